@@ -1,0 +1,57 @@
+"""probe: whose visual representations transfer better?
+
+Extract frozen timm backbone features once into a content-addressed HDF5 cache, judge them with cheap probes
+(logistic, ridge, kNN, nearest centroid), fine-tune the same backbones on the same splits, and report.
+
+Importing this package is cheap: the public names below are loaded on first use, so ``import probe`` does not
+import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._errors import ProbeError, UsageError
+from ._version import CACHE_FORMAT, PROBE_VERSION, __version__
+
+# public name -> private module that defines it
+_LAZY = {
+    "open_dataset": "probe._datasets",
+    "DatasetSource": "probe._datasets",
+    "create_backbone": "probe._backbones",
+    "family_of": "probe._backbones",
+    "extract_features": "probe._extract",
+    "CacheEntry": "probe._cache",
+    "CachedSplit": "probe._cache",
+    "load_split": "probe._cache",
+    "list_cache": "probe._cache",
+    "verify_cache": "probe._cache",
+    "LogisticProbe": "probe.probes",
+    "RidgeProbe": "probe.probes",
+    "KNNProbe": "probe.probes",
+    "CentroidProbe": "probe.probes",
+    "sweep": "probe._sweep",
+    "sweep_cached": "probe._sweep",
+    "finetune": "probe._finetune",
+    "load_study": "probe._study",
+    "run_study": "probe._study",
+    "write_report": "probe._report",
+    "paired_bootstrap": "probe._stats",
+    "scan_results": "probe.results",
+}
+
+__all__ = ["ProbeError", "UsageError", "CACHE_FORMAT", "PROBE_VERSION", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'probe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

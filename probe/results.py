@@ -1,0 +1,200 @@
+"""The tidy results contract: one parquet file per job, one row per scored setting.
+
+Every producer (probe sweeps, fine-tuning) writes rows through :func:`write_results`, and every consumer
+(report, notebooks) reads them through :func:`scan_results`, so the schema lives here once. Selected rows also
+save the fitted weights and the test predictions beside the parquet file (:func:`save_artifacts`), so that a
+notebook can recompute any metric or bootstrap without refitting.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from ._errors import UsageError
+from ._version import PROBE_VERSION
+
+#: Column name -> polars dtype name, in file order. Readers outside the package rely on these names.
+RESULT_COLUMNS: dict[str, str] = {
+    "backbone": "Utf8",  # timm name with tag
+    "family": "Utf8",  # convnet | transformer | hybrid
+    "weights": "Utf8",  # hub tag, file sha256 prefix, or random-init:<seed>
+    "dataset": "Utf8",  # dataset name (see probe.datasets)
+    "tap": "Utf8",  # pooled, cls, mean, block<i>; "-" for fine-tuning
+    "probe": "Utf8",  # logistic | ridge | knn | centroid | finetune
+    "params": "Utf8",  # JSON of the hyperparameters of this row
+    "selected": "Boolean",  # True on the one row per job chosen on val and scored on test
+    "split": "Utf8",  # val | test: the split this row's metrics are measured on
+    "top1": "Float64",  # fraction in [0, 1]
+    "top5": "Float64",  # fraction in [0, 1] (equals 1 when there are at most 5 classes)
+    "mean_per_class_acc": "Float64",  # mean over classes of per-class recall, fraction in [0, 1]
+    "n_train": "Int64",  # examples the probe was fit on
+    "n_eval": "Int64",  # examples scored
+    "shots": "Int64",  # examples per class drawn from train; 0 = all
+    "seed": "Int64",  # seed of the val carve, the few-shot draw and the probe's own randomness
+    "val_fraction": "Float64",  # part of train held out as val; 0 when the dataset has its own val
+    "select_metric": "Utf8",  # the metric that chose the selected row
+    "cache_key": "Utf8",  # feature cache key (features' provenance); "-" for fine-tuning
+    "fit_seconds": "Float64",  # wall time of the fit that produced this row, seconds
+    "created": "Utf8",  # ISO 8601 UTC time the row was written
+    "probe_version": "Utf8",  # probe package version of the code that wrote the row
+}
+
+METRICS = ("top1", "top5", "mean_per_class_acc")
+
+
+def classification_metrics(y_true: np.ndarray, scores: np.ndarray, n_classes: int | None = None) -> dict[str, float]:
+    """Return top1, top5 and mean per-class accuracy of ``scores`` [N, C] against integer labels ``y_true``.
+
+    Mean per-class accuracy averages recall over the classes that occur in ``y_true``. top5 is 1 whenever
+    the model has at most 5 classes.
+    """
+    y_true = np.asarray(y_true)
+    scores = np.asarray(scores)
+    if scores.ndim != 2 or len(scores) != len(y_true):
+        raise ValueError(f"scores must be [N, C] with N={len(y_true)}; got shape {scores.shape}")
+    n_classes = scores.shape[1] if n_classes is None else n_classes
+    if len(y_true) == 0:
+        return {m: float("nan") for m in METRICS}
+    k = min(5, scores.shape[1])
+    top = np.argpartition(-scores, kth=k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(
+        np.arange(scores.shape[1]), (len(scores), 1))
+    pred = scores.argmax(axis=1)
+    return {
+        "top1": float(np.mean(pred == y_true)),
+        "top5": float(np.mean((top == y_true[:, None]).any(axis=1))),
+        "mean_per_class_acc": mean_per_class_accuracy(y_true, pred),
+    }
+
+
+def mean_per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean over the classes present in ``y_true`` of the fraction of that class predicted correctly."""
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    classes, inverse = np.unique(y_true, return_inverse=True)
+    correct = np.bincount(inverse, weights=(y_pred == y_true).astype(float), minlength=len(classes))
+    counts = np.bincount(inverse, minlength=len(classes))
+    return float(np.mean(correct / counts))
+
+
+def make_row(**values: Any) -> dict[str, Any]:
+    """Build one results row; ``params`` may be a dict (serialised to sorted JSON). Unknown columns are errors."""
+    unknown = set(values) - set(RESULT_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown result columns {sorted(unknown)}; the schema is probe.results.RESULT_COLUMNS")
+    row = {name: None for name in RESULT_COLUMNS}
+    row.update(values)
+    if isinstance(row["params"], Mapping):
+        row["params"] = json.dumps(row["params"], sort_keys=True, default=_json_default)
+    row.setdefault("created", None)
+    if row["created"] is None:
+        row["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    if row["probe_version"] is None:
+        row["probe_version"] = PROBE_VERSION
+    return row
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot serialise {type(value).__name__} in result params")
+
+
+def results_frame(rows: Iterable[Mapping[str, Any]]):
+    """Return a polars DataFrame with exactly the contract's columns and dtypes."""
+    import polars as pl
+
+    schema = {name: getattr(pl, dtype) for name, dtype in RESULT_COLUMNS.items()}
+    return pl.DataFrame([dict(r) for r in rows], schema=schema, orient="row")
+
+
+def write_results(rows, path: str | os.PathLike) -> Path:
+    """Write rows (dicts or a polars DataFrame) to ``path`` as parquet, atomically. Returns the path."""
+    import polars as pl
+
+    frame = rows if isinstance(rows, pl.DataFrame) else results_frame(rows)
+    missing = [c for c in RESULT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"results are missing contract columns {missing}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    frame.write_parquet(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def scan_results(results_dir: str | os.PathLike):
+    """Lazily read every results file under ``results_dir`` (recursively) as one polars LazyFrame."""
+    import polars as pl
+
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise UsageError(f"results directory {results_dir} does not exist; run 'probe sweep' or 'probe run' first")
+    files = sorted(str(p) for p in results_dir.rglob("*.parquet"))
+    if not files:
+        raise UsageError(f"no results (*.parquet) under {results_dir}; run 'probe sweep' or 'probe run' first")
+    return pl.scan_parquet(files)
+
+
+def job_stem(results_dir: str | os.PathLike, *, backbone: str, dataset: str, probe: str, tap: str = "-",
+             shots: int = 0, seed: int = 0, tag: str | None = None) -> Path:
+    """Return the path stem (no suffix) of one job's results: ``<dir>/<backbone>/<dataset>/<probe>-<tap>-...``.
+
+    The parquet file is ``stem + '.parquet'``; artifacts of the selected row are ``stem + '.npz'``.
+    ``tag`` distinguishes jobs that differ in settings outside the name (e.g. a hash of a fine-tune config).
+    """
+    parts = [probe, tap if tap != "-" else "net", f"shots{shots}", f"seed{seed}"]
+    if tag:
+        parts.append(tag)
+    return Path(results_dir) / _safe(backbone) / _safe(dataset) / "-".join(_safe(p) for p in parts)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+=-]+", "_", str(name))
+
+
+def save_artifacts(stem: str | os.PathLike, *, ids: np.ndarray, labels: np.ndarray, scores: np.ndarray,
+                   weights: Mapping[str, np.ndarray] | None = None, classes: list[str] | None = None,
+                   max_score_cells: int = 20_000_000) -> Path:
+    """Save the selected row's test predictions (and probe weights) to ``stem + '.npz'``, atomically.
+
+    Stored arrays: ``ids``, ``labels``, ``pred`` (top-1 class), ``top5`` [N, min(5, C)], ``scores`` as
+    float16 [N, C] when N*C <= ``max_score_cells``, and every weight array as ``weight/<name>``.
+    """
+    scores = np.asarray(scores, dtype=np.float32)
+    k = min(5, scores.shape[1])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    arrays: dict[str, np.ndarray] = {
+        "ids": np.asarray(ids, dtype=str),
+        "labels": np.asarray(labels, dtype=np.int64),
+        "pred": top[:, 0].astype(np.int64),
+        "top5": top.astype(np.int32),
+    }
+    if scores.size <= max_score_cells:
+        arrays["scores"] = scores.astype(np.float16)
+    if classes is not None:
+        arrays["classes"] = np.asarray(classes, dtype=str)
+    for name, value in (weights or {}).items():
+        arrays[f"weight/{name}"] = np.asarray(value)
+    path = Path(str(stem) + ".npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def load_artifacts(stem_or_path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Load what :func:`save_artifacts` wrote (accepts the stem, the .parquet or the .npz path)."""
+    p = Path(stem_or_path)
+    if p.suffix in (".parquet", ".npz"):
+        p = p.with_suffix("")
+    with np.load(str(p) + ".npz", allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
