@@ -1,0 +1,74 @@
+"""Arguments shared by the subcommands that need a backbone, a dataset or the cache (no heavy imports)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+#: Default cache directory (relative to the current directory).
+DEFAULT_CACHE_DIR = "cache"
+#: Default results directory (relative to the current directory).
+DEFAULT_RESULTS_DIR = "results"
+
+
+def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
+    """BACKBONE and how its weights are obtained."""
+    parser.add_argument("backbone", metavar="BACKBONE",
+                        help="timm model name with its tag, e.g. vit_base_patch16_224.augreg_in21k or test_vit")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--weights", metavar="PATH", default=None,
+                         help="load weights from a local checkpoint (.safetensors or torch .pt/.pth/.bin) instead "
+                              "of the hub tag; a probe fine-tune checkpoint works too")
+    weights.add_argument("--random-init", action="store_true",
+                         help="use randomly initialised weights (seeded by --seed); never used as a silent fallback")
+    parser.add_argument("--img-size", type=int, default=None, metavar="N",
+                        help="override the input size (pixels, square); default: the checkpoint's own")
+    parser.add_argument("--family", choices=["convnet", "transformer", "hybrid"], default=None,
+                        help="override the architecture family derived from the timm model")
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """DATASET and its data root."""
+    parser.add_argument("dataset", metavar="DATASET",
+                        help="dataset spec: digits, shapes, imagefolder:PATH, csv:PATH (or .parquet manifest), "
+                             "torchvision:NAME, hf:REPO")
+    parser.add_argument("--data-root", metavar="DIR", default=None,
+                        help="where torchvision:/hf: datasets live (default: ./data)")
+
+
+def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
+    """Everything that controls how features are computed and cached (shared by extract, sweep, run)."""
+    parser.add_argument("--taps", nargs="+", default=["pooled"], metavar="TAP",
+                        help="representations to store: pooled, cls, mean, block<i> (e.g. block3, block-1), patch")
+    parser.add_argument("--seed", type=int, default=0, help="seed for --random-init and every seeded step")
+    parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, metavar="DIR", help="feature cache directory")
+    parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="data loading worker processes (default: min(4, CPU cores))")
+    parser.add_argument("--device", default="auto", help="torch device: auto (cuda if present, else cpu), cpu, cuda, cuda:1")
+    parser.add_argument("--dtype", choices=["float16", "float32"], default="float16",
+                        help="storage dtype of cached features; float16 falls back to float32 for a tap that overflows")
+    parser.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
+                        help="skip unreadable images (their ids are recorded in the cache's 'skipped' attribute) "
+                             "instead of stopping with an error")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars")
+
+
+def extraction_kwargs(args: argparse.Namespace) -> dict:
+    """Keyword arguments of :func:`probe.extract_features` taken from parsed CLI arguments."""
+    return dict(
+        weights=args.weights,
+        random_init=args.random_init,
+        img_size=args.img_size,
+        family=args.family,
+        data_root=args.data_root,
+        taps=tuple(args.taps),
+        seed=args.seed,
+        cache_dir=Path(args.cache_dir),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        dtype=args.dtype,
+        skip_bad=args.skip_bad,
+        progress=args.progress,
+    )
