@@ -1,0 +1,31 @@
+"""Turn a results directory into a markdown report (report.md) with PNG figures.
+
+Reads every ``*.parquet`` result under RESULTS_DIR (and the ``.npz`` test predictions beside them) and writes
+``report.md`` plus ``figures/*.png`` to --out, by default a ``report`` folder beside RESULTS_DIR (for
+``results/`` that is ``report/``). Prints the path of report.md. Best frozen probes, fine-tuning epochs and
+family representatives are chosen on val; every difference has a paired bootstrap confidence interval over the
+same test images.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``probe report``."""
+    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="folder of results (searched recursively)")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="output folder for report.md and figures/ (default: 'report' beside RESULTS_DIR)")
+    parser.add_argument("--n-boot", type=int, default=10_000, metavar="N",
+                        help="bootstrap resamples per confidence interval")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the report and print the path of report.md."""
+    from .._report import write_report
+
+    path = write_report(args.results_dir, args.out, n_boot=args.n_boot, seed=args.seed)
+    print(path)
+    return 0
