@@ -1,0 +1,242 @@
+"""Backbones: a timm name (with tag) plus a weights source -> a model, its preprocessing, family and taps.
+
+Weights come from exactly one place: the hub tag (default), a local checkpoint (``weights=PATH``, safetensors
+or torch, loaded through timm's own state-dict reader and the architecture's checkpoint filter), or an explicit
+seeded random initialisation (``random_init=True``). A missing download is an error that points at the other
+two, never a silent fallback to random weights.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._errors import ProbeError, UsageError
+
+FAMILIES = ("convnet", "transformer", "hybrid")
+
+# timm model modules -> family. Hybrids mix convolutions and attention in the trunk.
+_HYBRID_MODULES = {"maxxvit", "coat", "convit", "levit", "mobilevit", "efficientformer", "efficientformer_v2",
+                   "fastvit", "edgenext", "vision_transformer_hybrid", "tiny_vit", "nextvit", "rdnet", "hgnet",
+                   "mobilenetv5", "repvit", "twins", "pvt_v2", "cvt", "crossvit", "volo", "gcvit", "hiera", "vitamin"}
+_TRANSFORMER_MODULES = {"vision_transformer", "swin_transformer", "swin_transformer_v2", "swin_transformer_v2_cr",
+                        "deit", "beit", "eva", "cait", "xcit", "pit", "tnt", "vision_transformer_relpos",
+                        "vision_transformer_sam", "sequencer", "mvitv2", "focalnet", "davit", "naflexvit"}
+
+
+@dataclass
+class Backbone:
+    """A created backbone and everything that identifies its features.
+
+    Attributes
+    ----------
+    name : str
+        timm name as given (``arch.tag`` or ``arch``).
+    model : torch.nn.Module
+        The timm model in eval mode, classifier removed (``num_classes=0``) unless asked otherwise.
+    weights_id : str
+        Identity of the weights: ``hub:<tag>``, ``file:<sha256[:16]>`` or ``random-init:seed<N>``.
+    family : str
+        ``convnet``, ``transformer`` or ``hybrid``.
+    data_config : dict
+        Resolved timm data config (input_size, interpolation, mean, std, crop_pct, crop_mode): the
+        checkpoint's own preprocessing, with ``img_size`` applied.
+    """
+
+    name: str
+    model: Any
+    weights_id: str
+    family: str
+    data_config: dict = field(default_factory=dict)
+    weights_path: str | None = None
+
+    def eval_transform(self):
+        """The checkpoint's own evaluation transform (resize, center crop, normalise)."""
+        import timm.data
+
+        return timm.data.create_transform(**self.data_config, is_training=False)
+
+
+def check_model_name(name: str) -> tuple[str, str]:
+    """Split ``arch.tag`` and check that timm knows the architecture; suggest close names otherwise."""
+    import timm
+
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
+        candidates = timm.list_models()
+        close = difflib.get_close_matches(arch, candidates, n=4, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models() for names"
+        raise UsageError(f"unknown backbone {name!r}: timm has no architecture {arch!r}{hint}")
+    return arch, tag
+
+
+def create_backbone(name: str, *, weights: str | os.PathLike | None = None, random_init: bool = False,
+                    seed: int = 0, num_classes: int = 0, img_size: int | None = None,
+                    family: str | None = None) -> Backbone:
+    """Create a timm backbone with its weights, eval-mode, and resolve its preprocessing.
+
+    Parameters
+    ----------
+    name : str
+        timm model name, optionally with a pretrained tag (``vit_base_patch16_224.augreg_in21k``).
+    weights : path, optional
+        Local checkpoint (``.safetensors`` or torch). The classifier in the file is ignored when its shape does
+        not fit ``num_classes``; any other key that does not fit the backbone is an error naming the keys.
+    random_init : bool
+        Seeded random weights (``seed``). Must be asked for explicitly.
+    num_classes : int
+        Classifier outputs; 0 (default) removes the classifier so ``forward_head`` gives pre-logits.
+    img_size : int, optional
+        Square input size overriding the checkpoint's (ViT-style models get resized position embeddings).
+    family : str, optional
+        Override of the family derived from the architecture.
+    """
+    import torch
+
+    arch, tag = check_model_name(name)
+    if weights is not None and random_init:
+        raise UsageError("--weights and --random-init exclude each other; pass one")
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise UsageError(f"weights file {weights} does not exist; pass a .safetensors or torch checkpoint")
+        model = _create(name, pretrained=False, img_size=img_size, **kwargs)
+        load_weights_file(model, path)
+        weights_id = f"file:{file_sha256(path)[:16]}"
+    elif random_init:
+        torch.manual_seed(seed)
+        model = _create(name, pretrained=False, img_size=img_size, **kwargs)
+        weights_id = f"random-init:seed{seed}"
+    else:
+        model = _create_from_hub(name, arch, tag, img_size=img_size, **kwargs)
+        weights_id = f"hub:{model.pretrained_cfg.get('tag') or tag or 'default'}"
+    model.eval()
+    return Backbone(name=name, model=model, weights_id=weights_id, family=family or family_of(model),
+                    data_config=resolve_data_config(model, img_size),
+                    weights_path=str(Path(weights).resolve()) if weights is not None else None)
+
+
+def _create(name: str, *, pretrained: bool, img_size: int | None, **kwargs):
+    import timm
+
+    if img_size is not None:
+        try:
+            return timm.create_model(name, pretrained=pretrained, img_size=img_size, **kwargs)
+        except TypeError:  # ConvNets take any input size and have no img_size argument
+            pass
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def _create_from_hub(name: str, arch: str, tag: str, *, img_size: int | None, **kwargs):
+    import timm
+
+    if not timm.list_pretrained(name if tag else f"{arch}*"):
+        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+        raise UsageError(f"backbone {name!r} has no hub weights" + (f" (tags: {', '.join(tags)})" if tags else "")
+                         + "; pass --weights PATH with a local checkpoint or --random-init")
+    try:
+        return _create(name, pretrained=True, img_size=img_size, **kwargs)
+    except Exception as exc:  # network errors come in many types (OSError, HfHubHTTPError, LocalEntryNotFound...)
+        raise ProbeError(f"could not download hub weights for {name} ({exc.__class__.__name__}: "
+                         f"{_first_line(exc)}); pass --weights PATH with a local checkpoint or --random-init") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (streamed)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_weights_file(model, path: str | os.PathLike) -> None:
+    """Load a local checkpoint into ``model`` through timm's reader and the architecture's checkpoint filter.
+
+    Accepts plain state dicts and the usual wrappers (``state_dict``, ``model``, EMA). Classifier weights that
+    do not fit the model's head are dropped (extraction removes the head). Anything else missing, unexpected or
+    of the wrong shape raises a UsageError that names the keys.
+    """
+    import torch
+    from timm.models import load_state_dict
+
+    try:
+        state = load_state_dict(str(path), use_ema=False)
+    except Exception as exc:
+        raise UsageError(f"cannot read weights file {path} ({exc.__class__.__name__}: {_first_line(exc)}); "
+                         f"pass a .safetensors or torch checkpoint") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UsageError(f"weights file {path} holds no state dict of tensors")
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        try:
+            state = filter_fn(state, model)
+        except Exception:
+            pass  # the filter only converts foreign layouts; a mismatch is reported below by key
+    own = model.state_dict()
+    classifier_prefixes = _classifier_prefixes(model)
+    is_head = lambda k: any(k == p or k.startswith(p + ".") for p in classifier_prefixes)  # noqa: E731
+    state = {k: v for k, v in state.items() if not (is_head(k) and (k not in own or own[k].shape != v.shape))}
+    wrong_shape = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+                   if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state and not is_head(k)]
+    unexpected = [k for k in state if k not in own]
+    if wrong_shape or missing or unexpected:
+        parts = []
+        for label, keys in (("wrong shape", wrong_shape), ("missing", missing), ("unexpected", unexpected)):
+            if keys:
+                parts.append(f"{len(keys)} {label} ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})")
+        arch = model.pretrained_cfg.get("architecture", type(model).__name__)
+        raise UsageError(f"weights file {path} does not fit backbone {arch}: " + "; ".join(parts)
+                         + "; pass a checkpoint of this architecture")
+    model.load_state_dict(state, strict=False)
+
+
+def _classifier_prefixes(model) -> list[str]:
+    classifier = model.pretrained_cfg.get("classifier") or getattr(model, "default_cfg", {}).get("classifier")
+    names = [classifier] if isinstance(classifier, str) else list(classifier or [])
+    return [n for n in names if n] + ["head", "fc", "classifier", "head.fc"]
+
+
+def resolve_data_config(model, img_size: int | None = None) -> dict:
+    """The model's own timm data config (JSON-able), with a square ``img_size`` override applied."""
+    import timm.data
+
+    cfg = dict(timm.data.resolve_model_data_config(model))
+    if img_size is not None:
+        cfg["input_size"] = (cfg["input_size"][0], int(img_size), int(img_size))
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+
+
+def family_of(model_or_name) -> str:
+    """``convnet``, ``transformer`` or ``hybrid`` from the timm architecture (its model module)."""
+    if isinstance(model_or_name, str):
+        arch, _ = check_model_name(model_or_name)
+        module = _module_of_arch(arch)
+    else:
+        module = type(model_or_name).__module__.rsplit(".", 1)[-1]
+        if module == "vision_transformer" and type(getattr(model_or_name, "patch_embed", None)).__name__ == "HybridEmbed":
+            return "hybrid"
+    if module in _HYBRID_MODULES:
+        return "hybrid"
+    if module in _TRANSFORMER_MODULES or re.search(r"(^|_)(vit|transformer|former)($|_)", module):
+        return "transformer"
+    return "convnet"
+
+
+def _module_of_arch(arch: str) -> str:
+    from timm.models import _registry
+
+    return _registry._model_to_module.get(arch, "").rsplit(".", 1)[-1]

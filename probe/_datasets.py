@@ -1,0 +1,561 @@
+"""Dataset specs -> a uniform, picklable view: class names, splits, per-sample ids, labels and images.
+
+Specs (``DatasetSource.spec``):
+
+- ``digits``: scikit-learn's bundled handwritten digits (1,797 real 8x8 images, 10 classes), split once into a
+  fixed, stratified train (75%) and test (25%).
+- ``shapes``: synthetic and deterministic coloured shapes (6 classes) with a per-pixel segmentation map and a
+  depth map kept beside each image for the dense probes; splits train/val/test.
+- ``imagefolder:PATH``: ``PATH/<split>/<class>/...`` when PATH's sub-folders are split names, else
+  ``PATH/<class>/...`` (a single ``train`` split).
+- ``csv:PATH`` or a ``.parquet`` manifest: columns ``path,label[,split]``, paths relative to the manifest.
+- ``torchvision:NAME``: a ``torchvision.datasets`` class, read from ``--data-root`` (downloaded by the user).
+- ``hf:REPO``: a parquet-backed Hugging Face dataset: ``<data_root>/<REPO>/**/<split>-*.parquet`` with an image
+  column (``{bytes, path}``) and a ``label`` column; fetched with huggingface_hub when not on disk.
+
+Every source gives sorted class names (index = label), samples in a fixed dataset order, string ids (path
+relative to the dataset root, or the sample index as text) and a fingerprint that changes whenever the data does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ._errors import ProbeError, UsageError
+from ._images import is_image_file, load_image
+
+#: Canonical split names, and the folder / column spellings accepted for them.
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                  "dev": "val", "test": "test", "testing": "test"}
+
+#: Where torchvision:/hf: datasets are looked for when no data root is given.
+DEFAULT_DATA_ROOT = "data"
+
+
+@dataclass
+class DatasetSource:
+    """A dataset resolved from its spec: what is in each split and how to read one sample.
+
+    Attributes
+    ----------
+    spec : str
+        The spec as given (``digits``, ``imagefolder:/data/pets``...).
+    name : str
+        Short readable name used in cache paths and results (``digits``, ``pets``...).
+    classes : list of str
+        Class names; the index is the label.
+    splits : dict
+        Split name -> list of sample references (kind-specific), in dataset order.
+    labels : dict
+        Split name -> int64 array of labels, aligned with ``splits``.
+    ids : dict
+        Split name -> list of string ids, aligned with ``splits``.
+    """
+
+    spec: str
+    name: str
+    kind: str
+    classes: list[str]
+    splits: dict[str, list]
+    labels: dict[str, np.ndarray]
+    ids: dict[str, list[str]]
+    root: str | None = None
+    version: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    @property
+    def split_names(self) -> list[str]:
+        """The splits this dataset has, in train/val/test order."""
+        return [s for s in SPLITS if s in self.splits]
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.splits.values())
+
+    def check_split(self, split: str) -> str:
+        """Return the canonical split name, or raise a UsageError listing the splits the dataset has."""
+        canonical = _SPLIT_ALIASES.get(split, split)
+        if canonical not in self.splits:
+            raise UsageError(f"dataset {self.name!r} has no split {split!r}; it has {self.split_names}")
+        return canonical
+
+    def load(self, split: str, index: int):
+        """Return sample ``index`` of ``split`` as an 8-bit RGB PIL image (ProbeError naming it if unreadable)."""
+        ref = self.splits[split][index]
+        if self.kind in ("imagefolder", "manifest"):
+            return load_image(os.path.join(self.root, ref), name=os.path.join(self.root, ref))
+        if self.kind == "digits":
+            return _digit_image(ref)
+        if self.kind == "shapes":
+            return _shape_sample(ref, self.options["size"])[0]
+        if self.kind == "torchvision":
+            return load_image(self._torchvision(split)[ref][0], name=f"{self.spec}[{split}][{ref}]")
+        if self.kind == "hf":
+            path, row = ref
+            return load_image(_hf_image_bytes(path, row, self.options["image_column"]),
+                              name=f"{path} row {row}")
+        raise AssertionError(self.kind)
+
+    def dense(self, split: str, index: int) -> dict[str, np.ndarray]:
+        """Dense targets of one sample (``shapes`` only): ``segmentation`` int64 [H, W], ``depth`` float32 [H, W]."""
+        if self.kind != "shapes":
+            raise UsageError(f"dataset {self.name!r} has no dense labels; use the built-in 'shapes'")
+        _, seg, depth = _shape_sample(self.splits[split][index], self.options["size"])
+        return {"segmentation": seg, "depth": depth}
+
+    def fingerprint(self) -> str:
+        """Hash of everything that determines the data: file list with sizes and mtimes, or the built-in version."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(json.dumps({"kind": self.kind, "version": self.version, "classes": self.classes,
+                                 "options": self.options}, sort_keys=True, default=str).encode())
+            for split in self.split_names:
+                h.update(f"\n[{split}]".encode())
+                if self.kind in ("imagefolder", "manifest"):
+                    for ref, label in zip(self.splits[split], self.labels[split]):
+                        st = os.stat(os.path.join(self.root, ref))
+                        h.update(f"{ref}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                elif self.kind == "hf":
+                    for path in sorted({p for p, _ in self.splits[split]}):
+                        st = os.stat(path)
+                        h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                else:
+                    h.update(np.ascontiguousarray(self.labels[split]).tobytes())
+                    h.update("\0".join(self.ids[split]).encode())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def _torchvision(self, split: str):
+        cache = self.options.setdefault("_objects", {})
+        if split not in cache:
+            cache[split] = _torchvision_object(self.options["name"], self.root, self.options["split_args"][split])
+        return cache[split]
+
+    def __getstate__(self):  # torchvision objects are rebuilt in each worker, not pickled
+        state = dict(self.__dict__)
+        state["options"] = {k: v for k, v in self.options.items() if k != "_objects"}
+        return state
+
+
+def open_dataset(spec: str, *, data_root: str | os.PathLike | None = None) -> DatasetSource:
+    """Resolve a dataset spec (see the module docstring) into a :class:`DatasetSource`.
+
+    Raises
+    ------
+    UsageError
+        For an unknown spec kind, a missing path, an empty dataset or a malformed manifest.
+    """
+    if not isinstance(spec, str) or not spec:
+        raise UsageError("dataset spec is empty; use e.g. digits, shapes, imagefolder:PATH or csv:PATH")
+    kind, _, arg = spec.partition(":")
+    if kind == "digits" and not arg:
+        source = _open_digits()
+    elif kind == "shapes" and not arg:
+        source = _open_shapes()
+    elif kind == "imagefolder" and arg:
+        source = _open_imagefolder(arg)
+    elif kind in ("csv", "parquet") and arg:
+        source = _open_manifest(arg)
+    elif kind == "torchvision" and arg:
+        source = _open_torchvision(arg, data_root)
+    elif kind == "hf" and arg:
+        source = _open_hf(arg, data_root)
+    else:
+        raise UsageError(f"unknown dataset spec {spec!r}; use digits, shapes, imagefolder:PATH, csv:PATH "
+                         f"(or a .parquet manifest), torchvision:NAME or hf:REPO")
+    source.spec = spec
+    if len(source) == 0:
+        raise UsageError(f"dataset {spec!r} has no images; check the path and that it holds image files")
+    return source
+
+
+# ---------------------------------------------------------------------------------------------------- built-ins
+
+#: Built-in datasets' versions: part of their fingerprint, bumped whenever their content changes.
+DIGITS_VERSION = "digits-v1"
+SHAPES_VERSION = "shapes-v1"
+_DIGITS_TEST_FRACTION = 0.25
+_SHAPES_CLASSES = ["circle", "cross", "ring", "square", "triangle", "vertical-bar"]
+_SHAPES_SPLIT_SIZES = {"train": 360, "val": 120, "test": 240}  # images per split, balanced over 6 classes
+_SHAPES_SIZE = 48  # pixels, square
+
+
+def _open_digits() -> DatasetSource:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    labels = digits.target.astype(np.int64)
+    rng = np.random.default_rng(20211011)  # fixed forever: part of the built-in split definition
+    test = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        test.extend(rng.permutation(members)[: int(round(_DIGITS_TEST_FRACTION * len(members)))])
+    is_test = np.zeros(len(labels), dtype=bool)
+    is_test[test] = True
+    splits, lab, ids = {}, {}, {}
+    for split, mask in (("train", ~is_test), ("test", is_test)):
+        idx = np.flatnonzero(mask)
+        # a sample reference is the image itself (8x8 uint8): tiny, picklable, no re-loading in workers
+        splits[split] = [(digits.images[i] * (255.0 / 16.0)).round().astype(np.uint8) for i in idx]
+        lab[split] = labels[idx]
+        ids[split] = [str(i) for i in idx]
+    return DatasetSource(spec="digits", name="digits", kind="digits", classes=[str(c) for c in range(10)],
+                         splits=splits, labels=lab, ids=ids, version=DIGITS_VERSION)
+
+
+def _digit_image(pixels: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(pixels, mode="L").convert("RGB")
+
+
+def _open_shapes() -> DatasetSource:
+    splits, lab, ids = {}, {}, {}
+    offset = 0
+    for split, n in _SHAPES_SPLIT_SIZES.items():
+        index = np.arange(offset, offset + n)
+        offset += n
+        splits[split] = [int(i) for i in index]
+        lab[split] = (index % len(_SHAPES_CLASSES)).astype(np.int64)
+        ids[split] = [str(i) for i in index]
+    return DatasetSource(spec="shapes", name="shapes", kind="shapes", classes=list(_SHAPES_CLASSES), splits=splits,
+                         labels=lab, ids=ids, version=SHAPES_VERSION, options={"size": _SHAPES_SIZE})
+
+
+def _shape_sample(index: int, size: int):
+    """Deterministic image, segmentation (0 = background, 1 + class) and depth map of shapes sample ``index``."""
+    from PIL import Image
+
+    rng = np.random.default_rng([7, index])
+    cls = index % len(_SHAPES_CLASSES)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1)
+    cx, cy = rng.uniform(0.35, 0.65, size=2)
+    r = rng.uniform(0.18, 0.3)
+    dx, dy = xx - cx, yy - cy
+    name = _SHAPES_CLASSES[cls]
+    if name == "circle":
+        mask = dx**2 + dy**2 <= r**2
+    elif name == "ring":
+        d2 = dx**2 + dy**2
+        mask = (d2 <= r**2) & (d2 >= (0.55 * r) ** 2)
+    elif name == "square":
+        mask = (np.abs(dx) <= r * 0.85) & (np.abs(dy) <= r * 0.85)
+    elif name == "cross":
+        w = r * 0.3
+        mask = ((np.abs(dx) <= w) & (np.abs(dy) <= r)) | ((np.abs(dy) <= w) & (np.abs(dx) <= r))
+    elif name == "triangle":
+        mask = (dy <= r * 0.8) & (dy >= -r) & (np.abs(dx) <= (dy + r) * 0.6)
+    else:  # vertical-bar
+        mask = (np.abs(dx) <= r * 0.3) & (np.abs(dy) <= r * 1.1)
+    background = rng.uniform(0, 90, size=3)
+    colour = rng.uniform(120, 255, size=3)
+    noise = rng.normal(0, 12, size=(size, size, 3))
+    img = np.where(mask[..., None], colour, background) + noise
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    # depth: a tilted background plane (metres), the shape standing closer at its own depth
+    depth = (4.0 + 2.0 * yy * rng.uniform(0.5, 1.5)).astype(np.float32)
+    depth[mask] = np.float32(rng.uniform(1.0, 3.0))
+    seg = np.where(mask, cls + 1, 0).astype(np.int64)
+    return Image.fromarray(img, mode="RGB"), seg, depth
+
+
+# ---------------------------------------------------------------------------------------------------- files
+
+
+def _existing_dir(path: str, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UsageError(f"{what} {path} does not exist; check the path")
+    if not p.is_dir():
+        raise UsageError(f"{what} {path} is not a directory; imagefolder: takes a folder of class folders")
+    return p
+
+
+def _visible_dirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images_under(folder: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_file(f))
+    return found
+
+
+def _open_imagefolder(arg: str) -> DatasetSource:
+    root = _existing_dir(arg, "image folder")
+    subdirs = _visible_dirs(root)
+    split_dirs = {_SPLIT_ALIASES[d.name.lower()]: d for d in subdirs if d.name.lower() in _SPLIT_ALIASES}
+    if split_dirs and len(split_dirs) != len(subdirs):
+        others = [d.name for d in subdirs if d.name.lower() not in _SPLIT_ALIASES]
+        raise UsageError(f"image folder {root} mixes split folders ({sorted(split_dirs)}) with other folders "
+                         f"{others}; use PATH/<split>/<class>/ or PATH/<class>/, not both")
+    if not split_dirs:
+        split_dirs = {"train": root}
+    class_dirs = {split: _visible_dirs(d) for split, d in split_dirs.items()}
+    classes = sorted({d.name for dirs in class_dirs.values() for d in dirs})
+    if not classes:
+        raise UsageError(f"image folder {root} has no class folders; expected PATH/<class>/<image> "
+                         f"or PATH/<split>/<class>/<image>")
+    index = {c: i for i, c in enumerate(classes)}
+    splits, labels, ids = {}, {}, {}
+    for split, dirs in class_dirs.items():
+        refs, lab = [], []
+        for d in dirs:
+            for f in _images_under(d):
+                refs.append(f.relative_to(root).as_posix())
+                lab.append(index[d.name])
+        splits[split], labels[split], ids[split] = refs, np.asarray(lab, dtype=np.int64), list(refs)
+    return DatasetSource(spec=f"imagefolder:{arg}", name=_name_of(root), kind="imagefolder", classes=classes,
+                         splits=splits, labels=labels, ids=ids, root=str(root))
+
+
+def _name_of(path: Path) -> str:
+    path = path.resolve()
+    name = path.stem if path.is_file() else path.name
+    return name or "dataset"
+
+
+def _open_manifest(arg: str) -> DatasetSource:
+    import polars as pl
+
+    path = Path(arg).expanduser()
+    if not path.is_file():
+        raise UsageError(f"manifest {arg} does not exist; csv:PATH takes a .csv or .parquet file with columns "
+                         f"path,label[,split]")
+    try:
+        frame = pl.read_parquet(path) if path.suffix.lower() == ".parquet" else pl.read_csv(
+            path, infer_schema_length=0)  # every column as text: labels like "007" keep their spelling
+    except Exception as exc:
+        raise UsageError(f"cannot read manifest {arg}: {exc}") from None
+    missing = [c for c in ("path", "label") if c not in frame.columns]
+    if missing:
+        raise UsageError(f"manifest {arg} lacks column(s) {missing}; it has {frame.columns}, needs path,label[,split]")
+    root = path.resolve().parent
+    rel_paths = [str(p) for p in frame["path"].to_list()]
+    raw_labels = frame["label"].to_list()
+    if any(v is None for v in raw_labels) or any(p in ("", "None") for p in rel_paths):
+        raise UsageError(f"manifest {arg} has empty path or label cells; fill or remove those rows")
+    classes = _sorted_class_names(raw_labels)
+    index = {c: i for i, c in enumerate(classes)}
+    if "split" in frame.columns:
+        raw_splits = [str(s).lower() for s in frame["split"].to_list()]
+        bad = sorted({s for s in raw_splits if s not in _SPLIT_ALIASES})
+        if bad:
+            raise UsageError(f"manifest {arg} has unknown split values {bad}; use train, val or test")
+        split_of = [_SPLIT_ALIASES[s] for s in raw_splits]
+    else:
+        split_of = ["train"] * len(rel_paths)
+    splits: dict[str, list] = {}
+    labels: dict[str, list] = {}
+    for p, lab, s in zip(rel_paths, raw_labels, split_of):
+        p = Path(p).as_posix()
+        if not (root / p).is_file():
+            raise UsageError(f"manifest {arg} names {p}, which does not exist under {root}; paths are relative "
+                             f"to the manifest's folder")
+        splits.setdefault(s, []).append(p)
+        labels.setdefault(s, []).append(index[_label_text(lab)])
+    return DatasetSource(spec=f"csv:{arg}", name=_name_of(path), kind="manifest", classes=classes,
+                         splits=splits, labels={s: np.asarray(v, dtype=np.int64) for s, v in labels.items()},
+                         ids={s: list(v) for s, v in splits.items()}, root=str(root))
+
+
+def _label_text(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
+def _sorted_class_names(values: Sequence) -> list[str]:
+    names = sorted({_label_text(v) for v in values})
+    if all(n.lstrip("-").isdigit() for n in names):  # integer labels sort numerically
+        names.sort(key=int)
+    return names
+
+
+# ---------------------------------------------------------------------------------------------------- torchvision
+
+
+def _data_root(data_root) -> Path:
+    return Path(data_root if data_root is not None else DEFAULT_DATA_ROOT).expanduser()
+
+
+def _torchvision_object(name: str, root: str, kwargs: dict):
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, name)
+    try:
+        return cls(**({"root": root} if "root" in _init_params(cls) else {}), **kwargs)
+    except (RuntimeError, FileNotFoundError, OSError) as exc:
+        raise UsageError(f"torchvision dataset {name} is not under {root} ({exc}); download it there first "
+                         f"(e.g. torchvision.datasets.{name}(root={str(root)!r}, download=True) on a machine with "
+                         f"internet) and pass --data-root") from None
+
+
+def _init_params(cls) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(cls.__init__).parameters)
+
+
+def _open_torchvision(name: str, data_root) -> DatasetSource:
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, name, None)
+    if cls is None or not isinstance(cls, type):
+        import difflib
+
+        close = difflib.get_close_matches(name, [n for n in dir(tvd) if n[:1].isupper()], n=3)
+        raise UsageError(f"torchvision has no dataset {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    params = _init_params(cls)
+    root = str(_data_root(data_root))
+    if "split" in params:
+        split_args = {"train": {"split": "train"}, "val": {"split": "val"}, "test": {"split": "test"}}
+    elif "train" in params:
+        split_args = {"train": {"train": True}, "test": {"train": False}}
+    else:
+        split_args = {"train": {}}
+    splits, labels, ids, classes = {}, {}, {}, None
+    objects = {}
+    for split, kwargs in list(split_args.items()):
+        try:
+            obj = _torchvision_object(name, root, kwargs)
+        except UsageError:
+            if split == "train":
+                raise
+            del split_args[split]  # e.g. a dataset with train/test but no val
+            continue
+        except ValueError:  # split value not accepted by this dataset
+            del split_args[split]
+            continue
+        objects[split] = obj
+        lab = _torchvision_targets(obj)
+        splits[split] = list(range(len(lab)))
+        labels[split] = lab
+        ids[split] = [str(i) for i in range(len(lab))]
+        classes = classes or list(getattr(obj, "classes", []) or [])
+    n_classes = int(max(int(v.max()) for v in labels.values() if len(v)) + 1) if labels else 0
+    if not classes or len(classes) < n_classes:
+        classes = [str(i) for i in range(n_classes)]
+    source = DatasetSource(spec=f"torchvision:{name}", name=name.lower(), kind="torchvision", classes=classes,
+                           splits=splits, labels=labels, ids=ids, root=root,
+                           options={"name": name, "split_args": split_args})
+    source.options["_objects"] = objects
+    return source
+
+
+def _torchvision_targets(obj) -> np.ndarray:
+    for attr in ("targets", "_labels", "labels", "y", "_samples_labels"):
+        value = getattr(obj, attr, None)
+        if value is not None and len(value) == len(obj):
+            return np.asarray([int(v) for v in value], dtype=np.int64)
+    return np.asarray([int(obj[i][1]) for i in range(len(obj))], dtype=np.int64)  # slow path: reads every image
+
+
+# ---------------------------------------------------------------------------------------------------- huggingface
+
+
+def _open_hf(repo: str, data_root) -> DatasetSource:
+    import pyarrow.parquet as pq
+
+    local = _data_root(data_root) / repo
+    if not local.is_dir():
+        local = _hf_download(repo, local)
+    files = sorted(p for p in local.rglob("*.parquet") if not any(part.startswith(".") for part in p.parts))
+    if not files:
+        raise UsageError(f"no parquet files under {local}; hf:REPO needs a parquet-backed dataset")
+    by_split: dict[str, list[Path]] = {}
+    for f in files:
+        split = _hf_split_of(f)
+        if split is not None:
+            by_split.setdefault(split, []).append(f)
+    if not by_split:
+        raise UsageError(f"cannot tell the split of the parquet files under {local}; name them "
+                         f"<split>-*.parquet or put them in <split>/ folders")
+    schema = pq.read_schema(files[0])
+    image_column = next((c for c in ("image", "img", "jpg", "png") if c in schema.names), None)
+    label_column = next((c for c in ("label", "labels", "fine_label", "class") if c in schema.names), None)
+    if image_column is None or label_column is None:
+        raise UsageError(f"parquet files of hf:{repo} need an image column and a label column; found {schema.names}")
+    class_names = _hf_class_names(schema, label_column)
+    splits, labels, ids = {}, {}, {}
+    raw_all = {}
+    for split, paths in by_split.items():
+        refs, raw = [], []
+        for path in paths:
+            column = pq.read_table(path, columns=[label_column]).column(0).to_pylist()
+            refs.extend((str(path), row) for row in range(len(column)))
+            raw.extend(column)
+        splits[split], raw_all[split] = refs, raw
+        ids[split] = [f"{Path(p).relative_to(local).as_posix()}:{row}" for p, row in refs]
+    if class_names is None:
+        class_names = _sorted_class_names([v for raw in raw_all.values() for v in raw])
+        index = {c: i for i, c in enumerate(class_names)}
+        labels = {s: np.asarray([index[_label_text(v)] for v in raw], dtype=np.int64) for s, raw in raw_all.items()}
+    else:
+        labels = {s: np.asarray(raw, dtype=np.int64) for s, raw in raw_all.items()}
+    return DatasetSource(spec=f"hf:{repo}", name=repo.split("/")[-1].lower(), kind="hf", classes=class_names,
+                         splits=splits, labels=labels, ids=ids, root=str(local),
+                         options={"image_column": image_column})
+
+
+def _hf_download(repo: str, local: Path) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=repo, repo_type="dataset", local_dir=str(local),
+                                      allow_patterns=["*.parquet", "*.json", "*.md"]))
+    except Exception as exc:
+        raise UsageError(f"hf:{repo} is not under {local.parent} and could not be downloaded "
+                         f"({exc.__class__.__name__}); put its parquet files in {local} or pass --data-root") from None
+
+
+def _hf_split_of(path: Path) -> str | None:
+    for token in [path.stem.split("-")[0].lower(), *(p.lower() for p in reversed(path.parent.parts))]:
+        if token in _SPLIT_ALIASES:
+            return _SPLIT_ALIASES[token]
+    return None
+
+
+def _hf_class_names(schema, label_column: str) -> list[str] | None:
+    meta = (schema.metadata or {}).get(b"huggingface")
+    if not meta:
+        return None
+    try:
+        feature = json.loads(meta)["info"]["features"][label_column]
+        names = feature.get("names")
+        return [str(n) for n in names] if names else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _hf_image_bytes(path: str, row: int, column: str) -> bytes:
+    import pyarrow.parquet as pq
+
+    # parquet reads whole row groups; a per-file reader cache keeps this cheap for sequential access
+    table = _HF_TABLES.get(path)
+    if table is None:
+        _HF_TABLES.clear()
+        table = _HF_TABLES[path] = pq.read_table(path, columns=[column]).column(0)
+    value = table[row].as_py()
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return value["bytes"]
+        if value.get("path"):
+            with open(os.path.join(os.path.dirname(path), value["path"]), "rb") as fh:
+                return fh.read()
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    raise ProbeError(f"row {row} of {path} has no image bytes in column {column!r}")
+
+
+_HF_TABLES: dict[str, Any] = {}

@@ -1,0 +1,389 @@
+"""Run a frozen backbone once over a dataset and write its features to the HDF5 cache.
+
+How an entry is written, so that ``kill -9`` at any moment is harmless:
+
+1. Under a per-entry file lock (a second process waits, then reuses what the first wrote), every finished
+   batch goes to its own shard file ``<final>.parts/rows-<start>-<end>.npz`` (written to a temporary name,
+   then ``os.replace``): finished work is never lost, peak memory is one batch.
+2. A rerun resumes after the last contiguous shard, with the same batch boundaries, so its features are
+   identical to an uninterrupted run's.
+3. When every row is done, the shards are streamed into ``<final>.tmp<pid>``, which is marked complete and
+   renamed to the final ``<split>-<key[:12]>.h5``; then the shards are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from ._cache import CacheEntry, cache_key, entry_path, read_attrs
+from ._errors import ProbeError, UsageError
+from ._taps import check_taps, forward_taps, parse_taps
+from ._version import CACHE_FORMAT, __version__
+
+_FLOAT16_MAX = 65504.0
+_SHARD_RE = re.compile(r"^rows-(\d+)-(\d+)\.npz$")
+
+
+def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | None = None,
+                     taps: Iterable[str] = ("pooled",), weights: str | os.PathLike | None = None,
+                     random_init: bool = False, seed: int = 0, img_size: int | None = None,
+                     family: str | None = None, data_root: str | os.PathLike | None = None,
+                     cache_dir: str | os.PathLike = "cache", batch_size: int = 64, workers: int | None = None,
+                     device: str = "auto", dtype: str = "float16", skip_bad: bool = False,
+                     progress: bool = True) -> dict[str, CacheEntry]:
+    """Extract (or reuse) cached features of ``backbone`` on every requested split of ``dataset``.
+
+    Parameters
+    ----------
+    backbone : str
+        timm name with its tag (``vit_base_patch16_224.augreg_in21k``).
+    dataset : str
+        Dataset spec (``digits``, ``imagefolder:PATH``... see :func:`probe.open_dataset`).
+    splits : iterable of str, optional
+        Splits to extract; default every split the dataset has.
+    taps : iterable of str
+        Representations to store (``pooled``, ``cls``, ``mean``, ``block<i>``, ``patch``).
+    weights, random_init, seed, img_size, family
+        How the backbone is built (see :func:`probe.create_backbone`).
+    dtype : {"float16", "float32"}
+        Storage dtype; a float16 tap whose values overflow is stored as float32 instead.
+    skip_bad : bool
+        Skip unreadable images (ids recorded in the ``skipped`` attribute) instead of failing.
+
+    Returns
+    -------
+    dict
+        Split name -> :class:`probe.CacheEntry` (complete files; ``reused`` tells whether anything was computed).
+    """
+    from ._backbones import check_model_name, create_backbone, file_sha256
+    from ._datasets import open_dataset
+
+    taps = parse_taps(taps)
+    if dtype not in ("float16", "float32"):
+        raise UsageError(f"dtype must be float16 or float32; got {dtype!r}")
+    if batch_size < 1:
+        raise UsageError(f"batch size must be at least 1; got {batch_size}")
+    check_model_name(backbone)
+    source = open_dataset(dataset, data_root=data_root)
+    wanted = [source.check_split(s) for s in (splits or source.split_names)]
+
+    # Everything but the model weights' bytes is known before building anything: a cache hit costs no forward.
+    model_state: dict[str, Any] = {}
+
+    def get_backbone():
+        if "backbone" not in model_state:
+            model_state["backbone"] = create_backbone(backbone, weights=weights, random_init=random_init, seed=seed,
+                                                      img_size=img_size, family=family)
+            check_taps(model_state["backbone"].model, taps, backbone)
+        return model_state["backbone"]
+
+    spec = _describe(backbone, weights=weights, random_init=random_init, seed=seed, img_size=img_size,
+                     family=family, file_hash=file_sha256)
+    entries = {}
+    for split in wanted:
+        material = {"backbone": backbone, "weights": spec["weights"], "data_config": spec["data_config"],
+                    "dataset": {"name": source.name, "kind": source.kind, "fingerprint": source.fingerprint()},
+                    "split": split, "dtype": dtype}
+        key = cache_key({**material, "taps": list(taps)})
+        final = entry_path(cache_dir, backbone, source.name, split, key)
+        reuse = _find_reusable(final, key, cache_key(material), taps)
+        if reuse is not None:
+            entries[split] = reuse
+            continue
+        with _entry_lock(cache_dir, key, final, progress=progress):
+            reuse = _find_reusable(final, key, cache_key(material), taps)  # another process may have finished it
+            if reuse is not None:
+                entries[split] = reuse
+                continue
+            bb = get_backbone()
+            meta = {"format": CACHE_FORMAT, "key": key, "base_key": cache_key(material), "backbone": backbone,
+                    "weights": bb.weights_id, "family": bb.family, "dataset": source.name, "split": split,
+                    "classes": source.classes, "taps": list(taps), "data_config": bb.data_config,
+                    "dataset_spec": source.spec, "dtype": dtype,
+                    "versions": _versions()}
+            _extract_split(bb, source, split, taps, final, meta, batch_size=batch_size, workers=workers,
+                           device=device, skip_bad=skip_bad, progress=progress)
+            entries[split] = CacheEntry(path=final, key=key, split=split, taps=taps, rows=_rows(final))
+    return entries
+
+
+def _describe(backbone, *, weights, random_init, seed, img_size, family, file_hash) -> dict:
+    """Weights identity and resolved preprocessing without loading any weights (a model on the meta device)."""
+    import torch
+
+    from ._backbones import _create, family_of, resolve_data_config
+
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise UsageError(f"weights file {weights} does not exist; pass a .safetensors or torch checkpoint")
+        weights_id = f"file:{file_hash(path)[:16]}"
+    elif random_init:
+        weights_id = f"random-init:seed{seed}"
+    else:
+        weights_id = None  # resolved below from the pretrained config's tag
+    with torch.device("meta"):
+        model = _create(backbone, pretrained=False, img_size=img_size, num_classes=0)
+    if weights_id is None:
+        arch, _, tag = backbone.partition(".")
+        weights_id = f"hub:{model.pretrained_cfg.get('tag') or tag or 'default'}"
+    return {"weights": weights_id, "data_config": resolve_data_config(model, img_size),
+            "family": family or family_of(model)}
+
+
+def _versions() -> dict:
+    import timm
+    import torch
+
+    return {"probe": __version__, "timm": timm.__version__, "torch": torch.__version__}
+
+
+def _rows(path: Path) -> int:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return int(f["labels"].shape[0])
+
+
+def _find_reusable(final: Path, key: str, base_key: str, taps: tuple[str, ...]) -> CacheEntry | None:
+    """The exact entry if complete, else a complete sibling with the same base key and a superset of taps."""
+    import h5py
+
+    candidates = [final] + sorted(p for p in final.parent.glob(f"{final.name.split('-')[0]}-*.h5") if p != final)
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            with h5py.File(path, "r") as f:
+                attrs = read_attrs(f)
+                rows = int(f["labels"].shape[0])
+        except OSError:
+            continue
+        if not attrs.get("complete"):
+            continue
+        if attrs.get("key") == key or (attrs.get("base_key") == base_key and set(taps) <= set(attrs.get("taps", []))):
+            return CacheEntry(path=path, key=attrs["key"], split=attrs["split"], taps=tuple(attrs["taps"]),
+                              rows=rows, reused=True)
+    return None
+
+
+@contextmanager
+def _entry_lock(cache_dir, key: str, final: Path, *, progress: bool):
+    from filelock import FileLock, Timeout
+
+    lock_dir = Path(cache_dir) / ".locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_dir / f"{key[:24]}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"probe: another process is extracting {final}; waiting for it to finish", file=sys.stderr)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _resolve_device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def default_workers() -> int:
+    """Data-loading workers when none are asked for: one fewer than the CPU cores, between 1 and 8."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+class _SplitImages:
+    """Map-style dataset over one split: (index, tensor, error message or '')."""
+
+    def __init__(self, source, split: str, transform, shape):
+        self.source, self.split, self.transform, self.shape = source, split, transform, shape
+
+    def __len__(self) -> int:
+        return len(self.source.splits[self.split])
+
+    def __getitem__(self, i: int):
+        import torch
+
+        try:
+            return i, self.transform(self.source.load(self.split, i)), ""
+        except ProbeError as exc:  # reported by the main process: workers cannot print one clean line
+            return i, torch.zeros(self.shape), str(exc)
+
+
+def _shards(parts: Path) -> list[tuple[int, int, Path]]:
+    found = []
+    for p in parts.iterdir() if parts.is_dir() else []:
+        m = _SHARD_RE.match(p.name)
+        if m:
+            found.append((int(m.group(1)), int(m.group(2)), p))
+    return sorted(found)
+
+
+def _contiguous_end(shards) -> int:
+    end = 0
+    for start, stop, _ in shards:
+        if start != end:
+            break
+        end = stop
+    return end
+
+
+def _extract_split(bb, source, split: str, taps, final: Path, meta: dict, *, batch_size: int,
+                   workers: int | None, device: str, skip_bad: bool, progress: bool) -> None:
+    import torch
+    from tqdm.auto import tqdm
+
+    n = len(source.splits[split])
+    parts = Path(str(final) + ".parts")
+    if parts.is_dir():
+        old = json.loads((parts / "meta.json").read_text()) if (parts / "meta.json").is_file() else {}
+        if old.get("key") != meta["key"]:
+            shutil.rmtree(parts)  # leftovers of something else: never mix
+    parts.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(parts / "meta.json", meta)
+    shards = _shards(parts)
+    done = _contiguous_end(shards)
+    for start, _, p in shards:
+        if start >= done:
+            p.unlink()  # after a gap: recomputed with the regular batch boundaries
+
+    if done < n:
+        dev = _resolve_device(device)
+        model = bb.model.to(dev)
+        if dev.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        transform = bb.eval_transform()
+        images = _SplitImages(source, split, transform, tuple(bb.data_config["input_size"]))
+        # batches keep the boundaries of an uninterrupted run (multiples of batch_size from row 0)
+        batches = [list(range(s, min(s + batch_size, n))) for s in range(done, n, batch_size)]
+        n_workers = default_workers() if workers is None else workers
+        loader = torch.utils.data.DataLoader(images, batch_sampler=batches, num_workers=n_workers,
+                                             pin_memory=dev.type == "cuda",
+                                             persistent_workers=False,
+                                             prefetch_factor=4 if n_workers > 0 else None)
+        bar = tqdm(total=n, initial=done, unit="img", desc=f"{meta['backbone']} {meta['dataset']}/{split}",
+                   disable=not progress, dynamic_ncols=True, leave=False)
+        ids = source.ids[split]
+        with torch.inference_mode():
+            for index, x, errors in loader:
+                ok = np.array([not e for e in errors])
+                if not ok.all() and not skip_bad:
+                    raise ProbeError(next(e for e in errors if e))
+                x = x.to(dev, non_blocking=True)
+                if dev.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        out = forward_taps(model, x, taps)
+                else:
+                    out = forward_taps(model, x, taps)
+                arrays = {t: v.float().cpu().numpy() for t, v in out.items()}
+                for t, a in arrays.items():
+                    finite = np.isfinite(a.reshape(len(a), -1)).all(axis=1) | ~ok
+                    if not finite.all():
+                        bad = ids[int(index[int(np.argmin(finite))])]
+                        raise ProbeError(f"non-finite features for sample {bad} of {meta['dataset']}/{split} "
+                                         f"(tap {t}); check the image and the weights, or use --dtype float32")
+                start, stop = int(index[0]), int(index[-1]) + 1
+                _write_npz_atomic(parts / f"rows-{start:010d}-{stop:010d}.npz",
+                                  ok=ok, **{f"tap_{i}": arrays[t] for i, t in enumerate(taps)})
+                bar.update(stop - start)
+        bar.close()
+    _finalize(parts, final, source, split, taps, meta)
+
+
+def _write_npz_atomic(path: Path, **arrays) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _write_json_atomic(path: Path, value: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def _finalize(parts: Path, final: Path, source, split: str, taps, meta: dict) -> None:
+    """Stream the shards into a temporary HDF5 file, mark it complete, rename it into place, drop the shards."""
+    import h5py
+
+    shards = _shards(parts)
+    n = len(source.splits[split])
+    if _contiguous_end(shards) != n:
+        raise ProbeError(f"internal error: shards of {final} do not cover all {n} rows; rerun to resume")
+    keep = np.concatenate([np.load(p)["ok"] for _, _, p in shards])
+    ids = source.ids[split]
+    skipped = [ids[i] for i in np.flatnonzero(~keep)]
+    n_keep = int(keep.sum())
+    if n_keep == 0:
+        raise ProbeError(f"every image of {meta['dataset']}/{split} was unreadable; nothing to cache")
+    # storage dtype per tap: float16 unless a value would overflow it
+    tap_dtypes = {}
+    shapes = {}
+    with np.load(shards[0][2]) as first:
+        for i, t in enumerate(taps):
+            shapes[t] = first[f"tap_{i}"].shape[1:]
+    for i, t in enumerate(taps):
+        if meta["dtype"] == "float32":
+            tap_dtypes[t] = "float32"
+            continue
+        peak = 0.0
+        for _, _, p in shards:
+            with np.load(p) as z:
+                a = z[f"tap_{i}"][z["ok"]]
+                peak = max(peak, float(np.abs(a).max()) if a.size else 0.0)
+        tap_dtypes[t] = "float16" if peak <= _FLOAT16_MAX else "float32"
+    for stale in final.parent.glob(final.name + ".tmp*"):  # a finalize killed midway; we hold the lock
+        stale.unlink()
+    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("labels", data=source.labels[split][keep].astype(np.int64))
+        f.create_dataset("ids", data=np.array([ids[i] for i in np.flatnonzero(keep)], dtype=object),
+                         dtype=h5py.string_dtype("utf-8"))
+        group = f.create_group("features")
+        datasets = {}
+        for t in taps:
+            rows_per_chunk = max(1, min(n_keep, (1 << 20) // max(1, int(np.prod(shapes[t])) * 2)))
+            datasets[t] = group.create_dataset(t, shape=(n_keep, *shapes[t]), dtype=tap_dtypes[t],
+                                               chunks=(rows_per_chunk, *shapes[t]))
+        row = 0
+        for _, _, p in shards:
+            with np.load(p) as z:
+                ok = z["ok"]
+                m = int(ok.sum())
+                for i, t in enumerate(taps):
+                    datasets[t][row:row + m] = z[f"tap_{i}"][ok].astype(tap_dtypes[t])
+                row += m
+        for name in ("format", "key", "base_key", "backbone", "weights", "family", "dataset", "split",
+                     "dataset_spec", "dtype"):
+            f.attrs[name] = meta[name]
+        for name in ("classes", "taps", "data_config", "versions"):
+            f.attrs[name] = json.dumps(meta[name])
+        f.attrs["skipped"] = json.dumps(skipped)
+        f.attrs["tap_dtypes"] = json.dumps(tap_dtypes)
+        f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        f.attrs["complete"] = True
+    os.replace(tmp, final)
+    shutil.rmtree(parts, ignore_errors=True)

@@ -1,0 +1,107 @@
+"""Taps: which representations of one forward pass are stored.
+
+- ``pooled``: ``forward_head(features, pre_logits=True)``, the representation the classifier sees.
+- ``cls``: the class token after the final norm (token models with a class token).
+- ``mean``: the mean of the patch tokens after the final norm (prefix tokens excluded), or the spatial mean of
+  the final feature map for ConvNets.
+- ``block<i>``: the spatial mean (over patch tokens or positions) of intermediate block / stage ``i`` as
+  returned by timm's ``forward_intermediates`` (``i`` may be negative: ``block-1`` is the last), without the
+  final norm; for layer-wise curves.
+- ``patch``: the final patch-token grid ``[T, D]`` (ConvNets: the final feature map flattened to ``[H*W, C]``),
+  for dense probes.
+
+All requested taps come from one forward pass.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ._errors import UsageError
+
+TAP_PATTERN = re.compile(r"^(pooled|cls|mean|patch|block-?\d+)$")
+
+
+def parse_taps(taps) -> tuple[str, ...]:
+    """Validate tap names and return them sorted and de-duplicated (the canonical order used in cache keys)."""
+    if isinstance(taps, str):
+        taps = [taps]
+    taps = list(taps or [])
+    if not taps:
+        raise UsageError("no taps requested; use e.g. --taps pooled")
+    bad = [t for t in taps if not TAP_PATTERN.match(str(t))]
+    if bad:
+        raise UsageError(f"unknown tap(s) {bad}; taps are pooled, cls, mean, patch and block<i> (e.g. block3, block-1)")
+    return tuple(sorted(set(taps), key=_tap_order))
+
+
+def _tap_order(tap: str):
+    if tap.startswith("block"):
+        return (1, int(tap[5:]) if int(tap[5:]) >= 0 else 10_000 + int(tap[5:]), tap)
+    return (0, ["pooled", "cls", "mean", "patch"].index(tap), tap)
+
+
+def block_count(model) -> int:
+    """Number of indices ``forward_intermediates`` accepts (blocks for ViTs, stem + stages for ResNets...)."""
+    info = getattr(model, "feature_info", None)
+    if info is not None:
+        try:
+            return len(info)
+        except TypeError:
+            pass
+    blocks = getattr(model, "blocks", None) or getattr(model, "stages", None)
+    return len(blocks) if blocks is not None else 0
+
+
+def check_taps(model, taps: tuple[str, ...], name: str) -> None:
+    """Raise a UsageError for a tap that ``model`` cannot give, before any image is read."""
+    n_prefix = getattr(model, "num_prefix_tokens", 0)
+    blocks = [t for t in taps if t.startswith("block")]
+    if blocks:
+        if not hasattr(model, "forward_intermediates"):
+            raise UsageError(f"backbone {name} has no forward_intermediates in timm, so block taps are unavailable; "
+                             f"use pooled, mean or patch")
+        n = block_count(model)
+        for t in blocks:
+            i = int(t[5:])
+            if not -n <= i < n:
+                raise UsageError(f"tap {t} is out of range: backbone {name} has {n} blocks "
+                                 f"(block0..block{n - 1}, or block-1..block-{n})")
+    if "cls" in taps and (n_prefix < 1 or getattr(model, "cls_token", None) is None):
+        raise UsageError(f"backbone {name} has no class token, so tap 'cls' is unavailable; use pooled or mean")
+
+
+def forward_taps(model, x, taps: tuple[str, ...]) -> dict:
+    """Run one forward pass of ``model`` on batch ``x`` and return ``{tap: tensor}`` ([B, D] or [B, T, D])."""
+    import torch
+
+    blocks = [t for t in taps if t.startswith("block")]
+    intermediates = []
+    if blocks:
+        n = block_count(model)
+        indices = [int(t[5:]) % n for t in blocks]
+        final, intermediates = model.forward_intermediates(x, indices=sorted(set(indices)), norm=False,
+                                                           output_fmt="NCHW", intermediates_only=False)
+        by_index = dict(zip(sorted(set(indices)), intermediates))
+    else:
+        final = model.forward_features(x)
+    out = {}
+    if "pooled" in taps:
+        out["pooled"] = model.forward_head(final, pre_logits=True)
+    grid = None  # final features as [B, T, D] patch tokens
+    if final.ndim == 3:
+        n_prefix = getattr(model, "num_prefix_tokens", 0)
+        if "cls" in taps:
+            out["cls"] = final[:, 0]
+        grid = final[:, n_prefix:]
+    elif final.ndim == 4:
+        nchw = final.permute(0, 3, 1, 2) if getattr(model, "output_fmt", "NCHW") == "NHWC" else final
+        grid = nchw.flatten(2).transpose(1, 2)
+    if "mean" in taps:
+        out["mean"] = grid.mean(dim=1)
+    if "patch" in taps:
+        out["patch"] = grid
+    for t in blocks:
+        feat = by_index[int(t[5:]) % n]
+        out[t] = feat.mean(dim=(2, 3)) if feat.ndim == 4 else feat.mean(dim=1)
+    return {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in out.items()}

@@ -1,0 +1,30 @@
+"""Run a frozen timm backbone once over a dataset and cache its features in HDF5.
+
+The cache is content-addressed (backbone, weights, preprocessing, dataset contents, split, taps, dtype): the same
+request reuses the entry without computing anything, any change makes a new entry beside the old one. An
+interrupted run resumes where it stopped. Prints one line per split: split, rows, taps, reused or written, path.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import add_backbone_arguments, add_dataset_arguments, add_extraction_arguments, extraction_kwargs
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_backbone_arguments(parser)
+    add_dataset_arguments(parser)
+    parser.add_argument("--splits", nargs="+", default=None, metavar="SPLIT",
+                        help="splits to extract (train, val, test); default: every split the dataset has")
+    add_extraction_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from probe._extract import extract_features
+
+    entries = extract_features(args.backbone, args.dataset, splits=args.splits, **extraction_kwargs(args))
+    for split, entry in entries.items():
+        state = "reused" if entry.reused else "written"
+        print(f"{split}\t{entry.rows} rows\t{','.join(entry.taps)}\t{state}\t{entry.path}")
+    return 0
