@@ -409,7 +409,8 @@ class _Report:
 
     def _representative(self, best: dict, dataset: str, family: str) -> _Job | None:
         members = [j for (d, b), j in best.items() if d == dataset and self.family[b] == family]
-        return min(members, key=lambda j: (j.sort_key, j.backbone)) if members else None
+        # Best val; ties by backbone name (as in notebooks/convnets_vs_transformers.py).
+        return min(members, key=lambda j: (j.sort_key[0], j.backbone)) if members else None
 
     def _section_layerwise(self) -> list[str]:
         lines = ["## Layer-wise curves", ""]

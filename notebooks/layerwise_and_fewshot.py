@@ -1,0 +1,203 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Layer-wise and few-shot curves
+#
+# **Layer-wise**: test accuracy of probes on intermediate blocks (`block<i>` taps) against the block index,
+# with 95% bootstrap intervals over test images. **Few-shot**: test accuracy against training examples per class
+# (log scale), mean ± standard deviation over seeds (each seed draws other training examples); the full-data
+# accuracy of the same probe and tap is drawn as a dotted line when it exists.
+#
+# Run headless: `python notebooks/layerwise_and_fewshot.py --results results [--out DIR]`; or open it in Jupyter
+# (jupytext). Uses only the public API: `probe.scan_results`, `probe.paired_bootstrap`,
+# `probe.results.load_artifacts`, and polars.
+
+# %%
+import argparse
+import re
+from pathlib import Path
+
+import matplotlib
+
+try:  # inside Jupyter keep the inline backend; as a script draw off-screen
+    get_ipython  # noqa: B018
+except NameError:
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import polars as pl
+
+import probe
+from probe.results import load_artifacts
+
+parser = argparse.ArgumentParser(description="Layer-wise curves (block taps) and few-shot curves (shots per class).")
+parser.add_argument("--results", default="results", help="results directory (searched recursively)")
+parser.add_argument("--out", default=None, help="figure folder (default: notebook-figures beside --results)")
+parser.add_argument("--n-boot", type=int, default=10_000, help="bootstrap resamples per interval")
+parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+args, _ = parser.parse_known_args()  # known args only: Jupyter passes its own
+
+RESULTS = Path(args.results)
+OUT = Path(args.out) if args.out else RESULTS.resolve().parent / "notebook-figures"
+OUT.mkdir(parents=True, exist_ok=True)
+N_BOOT, SEED = args.n_boot, args.seed
+print(f"results: {RESULTS}\nfigures: {OUT}")
+
+
+def show(fig, name: str) -> None:
+    """Save ``fig`` as OUT/name; display it in Jupyter, close it when running headless."""
+    fig.savefig(OUT / name, dpi=150)
+    print("wrote", OUT / name)
+    if matplotlib.get_backend().lower() == "agg":
+        plt.close(fig)
+    else:
+        plt.show()
+
+# %% [markdown]
+# ## Load the results
+# One parquet file per job. The file path is kept: `<stem>.npz` beside it holds the selected row's test
+# predictions. Each job's val score is the val row with the selected row's params (the metric it was chosen on).
+
+# %%
+probe.scan_results(RESULTS)  # a clear error when RESULTS is missing or holds no results
+files = sorted(str(p) for p in RESULTS.rglob("*.parquet"))
+rows = (pl.scan_parquet(files, include_file_paths="file").collect()
+        .with_columns(pl.col("params").fill_null("{}")))  # a null would not match itself in the join below
+
+METRIC_OF_ROW = pl.coalesce([pl.when(pl.col("select_metric").fill_null("top1") == m).then(pl.col(m))
+                             for m in ("top1", "top5", "mean_per_class_acc")])
+val = (rows.filter(pl.col("split") == "val")
+       .group_by("file", "params").agg(METRIC_OF_ROW.max().alias("val_score")))
+jobs = (rows.filter(pl.col("selected") & (pl.col("split") == "test"))
+        .join(val, on=["file", "params"], how="left"))
+print(f"{rows.height} rows, {jobs.height} selected test rows")
+
+
+def best_by_val(frame: pl.DataFrame) -> pl.DataFrame:
+    """Per (dataset, backbone): the job with the best val score. Ties go by name, never by test."""
+    return (frame.filter(pl.col("val_score").is_not_null())
+            .sort(["val_score", "probe", "tap", "params", "seed"], descending=[True, False, False, False, False])
+            .group_by("dataset", "backbone", maintain_order=True).first())
+
+
+# %%
+def correctness(file: str):
+    """(ids, labels, per-image top-1 correctness) of a job's saved test predictions, or None."""
+    try:
+        art = load_artifacts(file)
+    except OSError:
+        return None
+    return art["ids"], art["labels"], art["pred"] == art["labels"]
+
+
+def paired(file_a: str, file_b: str, metric: str = "top1"):
+    """Paired bootstrap of metric(a) - metric(b) on the test images both scored, or None without predictions."""
+    a, b = correctness(file_a), correctness(file_b)
+    if a is None or b is None:
+        return None
+    _, ia, ib = np.intersect1d(a[0], b[0], return_indices=True)
+    return probe.paired_bootstrap(a[2][ia], b[2][ib], labels=a[1][ia], metric=metric, n_boot=N_BOOT, seed=SEED)
+
+
+def accuracy_ci(file: str):
+    """Bootstrap CI of one job's test top-1 (its paired difference from an all-wrong result), or None."""
+    a = correctness(file)
+    if a is None:
+        return None
+    return probe.paired_bootstrap(a[2], np.zeros_like(a[2]), n_boot=N_BOOT, seed=SEED)
+
+
+
+COLORS = {"convnet": "tab:blue", "transformer": "tab:orange", "hybrid": "tab:green"}
+MARKERS = "osD^v<>p*"
+
+# %% [markdown]
+# ## Layer-wise curves
+
+# %%
+blocks = (jobs.filter((pl.col("shots") == 0) & pl.col("tap").str.contains(r"^block-?\d+$"))
+          .with_columns(block=pl.col("tap").str.slice(5).cast(pl.Int64))
+          # several jobs for one block (seeds): keep the val-best, never the test-best
+          .sort(["val_score", "seed"], descending=[True, False], nulls_last=True)
+          .group_by("dataset", "backbone", "probe", "block", maintain_order=True).first()
+          .sort("dataset", "backbone", "probe", "block"))
+if not blocks.height:
+    print("No block<i> taps in the results: no layer-wise curves.")
+for (dataset,), sub in blocks.group_by("dataset", maintain_order=True):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lines = sub.group_by("backbone", "probe", maintain_order=True)
+    n_lines = sub.select("backbone", "probe").unique().height
+    for n, ((backbone, probe_name), line) in enumerate(lines):
+        x = line["block"].to_numpy() + 0.06 * (n - (n_lines - 1) / 2)  # offset keeps error bars apart
+        y = line["top1"].to_numpy() * 100
+        cis = [accuracy_ci(f) for f in line["file"]]
+        err = np.array([[(t - c.low) * 100, (c.high - t) * 100] if c else [0, 0]
+                        for t, c in zip(line["top1"], cis)]).T
+        family = line["family"][0]
+        ax.errorbar(x, y, yerr=err, marker=MARKERS[n % len(MARKERS)], capsize=3, color=COLORS.get(family),
+                    linestyle="-" if n % 2 == 0 else "--", label=f"{backbone} ({family}, {probe_name})")
+    ax.set_xlabel("block index (tap block<i>; negative counts from the last block)")
+    ax.set_ylabel("test top-1 accuracy (%)")
+    ax.set_title(f"{dataset}: layer-wise probe accuracy\n(error bars: 95% bootstrap CI over test images)", fontsize=10)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    show(fig, f"layerwise_{re.sub(r'[^A-Za-z0-9._-]+', '_', dataset)}.png")
+
+# %% [markdown]
+# ## Few-shot curves
+
+# %%
+few = (jobs.filter(pl.col("shots") > 0)
+       .group_by("dataset", "backbone", "family", "probe", "tap", "shots")
+       .agg((pl.col("top1").mean() * 100).alias("mean"), (pl.col("top1").std(ddof=1) * 100).alias("sd"),
+            pl.len().alias("seeds"))
+       .with_columns(pl.col("sd").fill_null(0.0))  # one seed: no spread to show
+       .sort("dataset", "backbone", "probe", "tap", "shots"))
+# The full-data accuracy of the same probe and tap (val-selected over seeds), drawn as a reference line.
+full_data = (jobs.filter(pl.col("shots") == 0)
+             .sort(["val_score", "seed"], descending=[True, False], nulls_last=True)
+             .group_by("dataset", "backbone", "probe", "tap", maintain_order=True).first()
+             .select("dataset", "backbone", "probe", "tap", (pl.col("top1") * 100).alias("all_data")))
+few = few.join(full_data, on=["dataset", "backbone", "probe", "tap"], how="left")
+if not few.height:
+    print("No few-shot results (shots > 0): no few-shot curves.")
+else:
+    with pl.Config(tbl_rows=100, tbl_cols=20, tbl_width_chars=200):
+        print(few.with_columns(pl.col("mean", "sd", "all_data").round(1)))
+for (dataset,), sub in few.group_by("dataset", maintain_order=True):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lines = sub.group_by("backbone", "probe", "tap", maintain_order=True)
+    n_lines = sub.select("backbone", "probe", "tap").unique().height
+    for n, ((backbone, probe_name, tap), line) in enumerate(lines):
+        color = COLORS.get(line["family"][0])
+        x = line["shots"].to_numpy() * 1.03 ** (n - (n_lines - 1) / 2)  # log axis: multiplicative offset
+        ax.errorbar(x, line["mean"], yerr=line["sd"], marker=MARKERS[n % len(MARKERS)], capsize=3, color=color,
+                    linestyle="-" if n % 2 == 0 else "--",
+                    label=f"{backbone} ({line['family'][0]}, {probe_name} / {tap}; {line['seeds'].max()} seeds)")
+        if line["all_data"][0] is not None:
+            ax.axhline(line["all_data"][0], color=color, linestyle=":", linewidth=1)
+    shots = sorted(sub["shots"].unique().to_list())
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(shots, [str(k) for k in shots])
+    ax.set_xlabel("training examples per class (shots, log scale)")
+    ax.set_ylabel("test top-1 accuracy (%)")
+    ax.set_title(f"{dataset}: few-shot transfer (mean ± sd over seeds)\n"
+                 "dotted: same probe trained on all data", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    show(fig, f"fewshot_{re.sub(r'[^A-Za-z0-9._-]+', '_', dataset)}.png")
