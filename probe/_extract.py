@@ -269,6 +269,8 @@ def _extract_split(bb, source, split: str, taps, final: Path, meta: dict, *, bat
         if start >= done:
             p.unlink()  # after a gap: recomputed with the regular batch boundaries
 
+    if 0 < done < n:
+        print(f"probe: resuming {final.name} ({meta['dataset']}/{split}) from row {done} of {n}", file=sys.stderr)
     if done < n:
         dev = _resolve_device(device)
         model = bb.model.to(dev)

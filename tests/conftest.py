@@ -1,0 +1,74 @@
+"""Shared test fixtures: small image folders made in the test, and a CLI runner (real subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Tests never reach a hub: a hub lookup fails at once instead of retrying for a minute.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked ``gpu`` when CUDA is not available."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:  # pragma: no cover
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def run_cli(*args, env=None, timeout=300, cwd=None, check=None) -> subprocess.CompletedProcess:
+    """Run ``python -m probe ARGS`` in a subprocess and return the completed process (text output)."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "probe", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=cwd)
+    if check is not None and proc.returncode != check:
+        raise AssertionError(f"exit {proc.returncode} != {check}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, *needles: str) -> str:
+    """The process failed with ``code``, printed no traceback, and its error line mentions every needle."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("probe: error:")]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def write_image_folder(root: Path, *, classes=("cat", "dog"), per_class=6, splits=("train", "test"), size=20,
+                       seed=0) -> Path:
+    """Write a small ``root/<split>/<class>/img_<i>.png`` dataset of class-dependent colour images."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        for c, name in enumerate(classes):
+            d = root / split / name if split else root / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                base = np.array([200 * (c == 0), 200 * (c == 1), 100], dtype=float)
+                img = np.clip(base + rng.normal(0, 30, size=(size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(d / f"img_{i}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """A 2-class train/test image folder with 6 images per class and split."""
+    return write_image_folder(tmp_path / "pets")

@@ -1,0 +1,301 @@
+"""Feature extraction and the HDF5 cache: equality with timm's forward, reuse, invalidation, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import probe
+from probe._taps import forward_taps
+from tests.conftest import assert_one_line_error, run_cli, write_image_folder
+
+SMALL = dict(random_init=True, img_size=32, batch_size=8, workers=0, progress=False)
+
+
+def _reference_features(backbone, source, split, taps):
+    """What timm itself gives for the same images: eval transform, then forward_features/forward_head."""
+    model, tf = backbone.model, backbone.eval_transform()
+    x = torch.stack([tf(source.load(split, i)) for i in range(len(source.splits[split]))])
+    with torch.inference_mode():
+        feats = model.forward_features(x)
+        ref = {"pooled": model.forward_head(feats, pre_logits=True)}
+        if feats.ndim == 3:
+            npt = model.num_prefix_tokens
+            ref["cls"] = feats[:, 0]
+            ref["mean"] = feats[:, npt:].mean(1)
+            ref["patch"] = feats[:, npt:]
+        else:
+            ref["mean"] = feats.mean((2, 3))
+            ref["patch"] = feats.flatten(2).transpose(1, 2)
+        final, inter = model.forward_intermediates(x, indices=[1], norm=False, output_fmt="NCHW")
+        ref["block1"] = inter[0].mean((2, 3))
+    return {t: ref[t].numpy() for t in taps}
+
+
+@pytest.mark.parametrize("name,taps", [
+    ("test_vit", ("pooled", "cls", "mean", "patch", "block1")),
+    ("test_resnet", ("pooled", "mean", "patch", "block1")),
+])
+def test_cached_features_equal_timm_forward(tmp_path, image_folder, name, taps):
+    entries = probe.extract_features(name, f"imagefolder:{image_folder}", taps=taps, cache_dir=tmp_path / "c",
+                                     dtype="float32", **SMALL)
+    source = probe.open_dataset(f"imagefolder:{image_folder}")
+    bb = probe.create_backbone(name, random_init=True, img_size=32)
+    for split in ("train", "test"):
+        cached = probe.load_split(entries[split])
+        ref = _reference_features(bb, source, split, taps)
+        assert cached.ids == source.ids[split]
+        np.testing.assert_array_equal(cached.labels, source.labels[split])
+        for tap in taps:
+            assert cached.features[tap].dtype == np.float32
+            np.testing.assert_allclose(cached.features[tap], ref[tap], rtol=1e-5, atol=1e-5, err_msg=tap)
+
+
+def test_file_layout_read_with_plain_h5py(tmp_path, image_folder):
+    entries = probe.extract_features("test_vit", f"imagefolder:{image_folder}", taps=("pooled", "patch"),
+                                     cache_dir=tmp_path / "c", **SMALL)
+    entry = entries["test"]
+    assert entry.path == tmp_path / "c" / "test_vit" / "pets" / f"test-{entry.key[:12]}.h5"
+    with h5py.File(entry.path, "r") as f:
+        assert set(f.keys()) == {"labels", "ids", "features"}
+        assert f["labels"].dtype == np.int64 and f["labels"].shape == (12,)
+        assert [s.decode() for s in f["ids"][()]][:2] == ["test/cat/img_0.png", "test/cat/img_1.png"]
+        assert f["features/pooled"].dtype == np.float16 and f["features/pooled"].shape == (12, 64)
+        assert f["features/patch"].ndim == 3 and f["features/patch"].shape[0] == 12
+        a = f.attrs
+        assert a["format"] == probe.CACHE_FORMAT and a["key"] == entry.key
+        assert a["backbone"] == "test_vit" and a["weights"] == "random-init:seed0"
+        assert a["family"] == "transformer" and a["dataset"] == "pets" and a["split"] == "test"
+        assert json.loads(a["classes"]) == ["cat", "dog"]
+        assert json.loads(a["taps"]) == ["pooled", "patch"]
+        assert json.loads(a["data_config"])["input_size"] == [3, 32, 32]
+        assert set(json.loads(a["versions"])) >= {"probe", "timm", "torch"}
+        assert json.loads(a["skipped"]) == [] and bool(a["complete"]) is True
+    assert probe.verify_cache(tmp_path / "c") == {}
+
+
+def test_reuse_touches_nothing_and_changes_make_new_entries(tmp_path, image_folder):
+    spec = f"imagefolder:{image_folder}"
+    first = probe.extract_features("test_resnet", spec, splits=["train"], cache_dir=tmp_path / "c", **SMALL)["train"]
+    mtime = first.path.stat().st_mtime_ns
+    again = probe.extract_features("test_resnet", spec, splits=["train"], cache_dir=tmp_path / "c", **SMALL)["train"]
+    assert again.reused and again.path == first.path and first.path.stat().st_mtime_ns == mtime
+    keys = {first.key}
+    for change in (dict(taps=("pooled", "mean")), dict(dtype="float32"), dict(img_size=40), dict(seed=1)):
+        entry = probe.extract_features("test_resnet", spec, splits=["train"], cache_dir=tmp_path / "c",
+                                       **{**SMALL, **change})["train"]
+        assert not entry.reused and entry.key not in keys, change
+        keys.add(entry.key)
+    # a subset of stored taps is served by the entry that has them
+    subset = probe.extract_features("test_resnet", spec, splits=["train"], taps=("mean",), cache_dir=tmp_path / "c",
+                                    **SMALL)["train"]
+    assert subset.reused and set(subset.taps) == {"pooled", "mean"}
+    # the dataset changing on disk (a file rewritten) is a new key: stale features are never reused
+    img = image_folder / "train" / "cat" / "img_0.png"
+    os.utime(img, ns=(img.stat().st_atime_ns, img.stat().st_mtime_ns + 10**9))
+    changed = probe.extract_features("test_resnet", spec, splits=["train"], cache_dir=tmp_path / "c", **SMALL)["train"]
+    assert not changed.reused and changed.key not in keys
+    assert first.path.exists()  # the old entry stays beside the new one
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_weights_file_round_trip(tmp_path, image_folder, suffix):
+    from safetensors.torch import save_file
+
+    seeded = probe.create_backbone("test_vit", random_init=True, seed=3, img_size=32)
+    path = tmp_path / f"w{suffix}"
+    state = {k: v.contiguous() for k, v in seeded.model.state_dict().items()}
+    if suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save({"state_dict": state, "epoch": 3}, path)  # the usual training-checkpoint wrapper
+    kw = {**SMALL, "random_init": False}
+    from_file = probe.extract_features("test_vit", f"imagefolder:{image_folder}", weights=path, splits=["test"],
+                                       cache_dir=tmp_path / "c", dtype="float32", **kw)["test"]
+    from_seed = probe.extract_features("test_vit", f"imagefolder:{image_folder}", seed=3, splits=["test"],
+                                       cache_dir=tmp_path / "c", dtype="float32", **SMALL)["test"]
+    a, b = probe.load_split(from_file), probe.load_split(from_seed)
+    assert a.weights.startswith("file:") and from_file.key != from_seed.key
+    np.testing.assert_array_equal(a.features["pooled"], b.features["pooled"])
+
+
+def test_images_of_every_mode_are_read(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "modes" / "only"
+    root.mkdir(parents=True)
+    rgb = np.random.default_rng(0).integers(0, 255, size=(12, 12, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert("L").save(root / "gray.png")
+    Image.fromarray(rgb).convert("P").save(root / "palette.GIF")
+    Image.fromarray(rgb).convert("RGBA").save(root / "alpha.png")
+    Image.fromarray(rgb).convert("CMYK").save(root / "cmyk.JPG")
+    Image.fromarray(rgb).save(root / "ünïcødé 名前.png")
+    sixteen = np.full((12, 12), 65535, dtype=np.uint16)
+    sixteen[:, :6] = 32768
+    Image.fromarray(sixteen).save(root / "deep16.png")
+    (root / ".hidden.png").write_bytes(b"not an image")
+    (root / "notes.txt").write_text("ignored")
+    source = probe.open_dataset(f"imagefolder:{tmp_path / 'modes'}")
+    names = sorted(os.path.basename(r) for r in source.splits["train"])
+    assert names == sorted(["gray.png", "palette.GIF", "alpha.png", "cmyk.JPG", "ünïcødé 名前.png", "deep16.png"])
+    for i, ref in enumerate(source.splits["train"]):
+        img = source.load("train", i)
+        assert img.mode == "RGB" and img.size == (12, 12), ref
+    deep = np.asarray(source.load("train", names_index(source, "deep16.png")))
+    assert deep[0, -1, 0] == 255 and deep[0, 0, 0] == 128  # scaled from 16 bits, not clipped at 255
+    entries = probe.extract_features("test_resnet", f"imagefolder:{tmp_path / 'modes'}", cache_dir=tmp_path / "c",
+                                     **SMALL)
+    assert entries["train"].rows == 6
+
+
+def names_index(source, name):
+    return [os.path.basename(r) for r in source.splits["train"]].index(name)
+
+
+def test_bad_image_names_the_file_and_skip_bad_records_it(tmp_path, image_folder):
+    bad = image_folder / "test" / "dog" / "broken.png"
+    good = (image_folder / "test" / "dog" / "img_0.png").read_bytes()
+    bad.write_bytes(good[: len(good) // 2])  # truncated PNG
+    cache = tmp_path / "c"
+    proc = run_cli("extract-features", "test_resnet", f"imagefolder:{image_folder}", "--random-init",
+                   "--img-size", "32", "--cache-dir", cache, "--workers", "0", "--no-progress")
+    assert_one_line_error(proc, 1, "broken.png", "--skip-bad")
+    assert not list(cache.rglob("test-*.h5"))  # nothing half-written under a final name
+    assert len(list(cache.rglob("train-*.h5"))) == 1  # the split that was fine is kept
+    proc = run_cli("extract-features", "test_resnet", f"imagefolder:{image_folder}", "--random-init",
+                   "--img-size", "32", "--cache-dir", cache, "--workers", "0", "--no-progress", "--skip-bad", check=0)
+    test_file = next(p for p in cache.rglob("test-*.h5"))
+    with h5py.File(test_file) as f:
+        assert json.loads(f.attrs["skipped"]) == ["test/dog/broken.png"]
+        assert f["labels"].shape == (12,) and "test/dog/broken.png" not in [s.decode() for s in f["ids"][()]]
+
+
+@pytest.mark.parametrize("args,code,needles", [
+    (["vit_bse_patch16_224", "digits", "--random-init"], 2, ["vit_bse_patch16_224", "vit_base_patch16_224"]),
+    (["test_resnet", "imagefolder:/no/such/dir", "--random-init"], 2, ["/no/such/dir", "does not exist"]),
+    (["test_resnet", "digits", "--random-init", "--splits", "val"], 2, ["no split", "'val'", "train"]),
+    (["test_resnet", "digits", "--random-init", "--taps", "pooled", "bogus"], 2, ["bogus", "block<i>"]),
+    (["test_resnet", "digits", "--random-init", "--taps", "cls"], 2, ["class token", "cls"]),
+    (["test_vit", "digits", "--random-init", "--taps", "block40"], 2, ["block40", "out of range"]),
+    (["test_resnet", "nosuch:thing", "--random-init"], 2, ["nosuch:thing", "imagefolder:PATH"]),
+    (["test_resnet.r160_in1k", "digits"], 1, ["hub weights", "--weights PATH", "--random-init"]),
+    (["test_resnet", "digits", "--weights", "/no/such/w.safetensors"], 2, ["does not exist"]),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, code, needles):
+    proc = run_cli("extract-features", *args, "--cache-dir", tmp_path / "c", "--img-size", "32", "--no-progress")
+    assert_one_line_error(proc, code, *needles)
+    assert not list((tmp_path / "c").rglob("*.h5"))
+
+
+def test_empty_dataset_and_mismatched_weights(tmp_path):
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    (tmp_path / "empty" / "cls" / "readme.txt").write_text("no images here")
+    proc = run_cli("extract-features", "test_resnet", f"imagefolder:{tmp_path / 'empty'}", "--random-init")
+    assert_one_line_error(proc, 2, "no images")
+    torch.save(probe.create_backbone("test_vit", random_init=True).model.state_dict(), tmp_path / "vit.pt")
+    proc = run_cli("extract-features", "test_resnet", "digits", "--weights", tmp_path / "vit.pt",
+                   "--cache-dir", tmp_path / "c")
+    assert_one_line_error(proc, 2, "does not fit backbone test_resnet", "missing", "unexpected", "conv1")
+
+
+def test_non_finite_features_name_the_sample(tmp_path, image_folder):
+    bb = probe.create_backbone("test_resnet", random_init=True)
+    state = bb.model.state_dict()
+    state["conv1.0.weight"] = torch.full_like(state["conv1.0.weight"], float("nan"))
+    torch.save(state, tmp_path / "nan.pt")
+    proc = run_cli("extract-features", "test_resnet", f"imagefolder:{image_folder}", "--weights", tmp_path / "nan.pt",
+                   "--img-size", "32", "--cache-dir", tmp_path / "c", "--workers", "0", "--no-progress")
+    assert_one_line_error(proc, 1, "non-finite features", "train/cat/img_0.png")
+
+
+def test_float16_overflow_falls_back_to_float32(tmp_path, image_folder):
+    bb = probe.create_backbone("test_vit", random_init=True, img_size=32)
+    state = bb.model.state_dict()
+    state["norm.weight"] = state["norm.weight"] * 1e6  # pooled features far beyond float16's 65504
+    torch.save(state, tmp_path / "big.pt")
+    entry = probe.extract_features("test_vit", f"imagefolder:{image_folder}", weights=tmp_path / "big.pt",
+                                   taps=("pooled", "block0"), splits=["test"], cache_dir=tmp_path / "c",
+                                   **{**SMALL, "random_init": False})["test"]
+    with h5py.File(entry.path) as f:
+        assert f["features/pooled"].dtype == np.float32
+        assert f["features/block0"].dtype == np.float16
+        assert np.abs(f["features/pooled"][()]).max() > 65504
+        assert json.loads(f.attrs["tap_dtypes"]) == {"pooled": "float32", "block0": "float16"}
+
+
+def _kill_when(proc, parts_glob, min_files, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = [p for p in parts_glob() if p.name.startswith("rows-") and p.suffix == ".npz"]
+        if len(found) >= min_files:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return len(found)
+        if proc.poll() is not None:
+            raise AssertionError(f"extraction ended before it could be killed: {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError("no shard appeared in time")
+
+
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
+    args = ["extract-features", "test_vit", "shapes", "--random-init", "--img-size", "32", "--batch-size", "16",
+            "--workers", "0", "--no-progress", "--splits", "train", "--dtype", "float32"]
+    killed_cache = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "probe", *args, "--cache-dir", str(killed_cache)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _kill_when(proc, lambda: list(killed_cache.rglob("*.parts/*")), min_files=3)
+    assert not list(killed_cache.rglob("*.h5")), "a killed run left a file under a final name"
+    resumed = run_cli(*args, "--cache-dir", killed_cache, check=0)
+    assert "resuming" in resumed.stderr and "from row 0 " not in resumed.stderr
+    run_cli(*args, "--cache-dir", tmp_path / "clean", check=0)
+    a = probe.load_split(next(killed_cache.rglob("*.h5")))
+    b = probe.load_split(next((tmp_path / "clean").rglob("*.h5")))
+    assert a.ids == b.ids and a.key == b.key
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.features["pooled"], b.features["pooled"])
+    assert not list(killed_cache.rglob("*.parts"))
+
+
+def test_two_processes_extracting_the_same_entry(tmp_path):
+    args = [sys.executable, "-m", "probe", "extract-features", "test_resnet", "shapes", "--random-init",
+            "--img-size", "32", "--workers", "0", "--no-progress", "--splits", "val", "--cache-dir",
+            str(tmp_path / "c")]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sum("reused" in out for out, _ in outs) == 1 and sum("written" in out for out, _ in outs) == 1
+    assert len(list((tmp_path / "c").rglob("*.h5"))) == 1
+    assert probe.verify_cache(tmp_path / "c") == {}
+
+
+def test_verify_finds_a_corrupted_file(tmp_path, image_folder):
+    entries = probe.extract_features("test_resnet", f"imagefolder:{image_folder}", cache_dir=tmp_path / "c", **SMALL)
+    with h5py.File(entries["train"].path, "r+") as f:
+        f["features/pooled"][0, 0] = np.nan
+    proc = run_cli("cache", "verify", "--cache-dir", tmp_path / "c")
+    assert proc.returncode == 1 and "non-finite" in proc.stdout and "1 of 2 entries ok" in proc.stdout
+    listing = run_cli("cache", "ls", "--cache-dir", tmp_path / "c", check=0).stdout
+    assert "test_resnet" in listing and "random-init:seed0" in listing and "2 entries" in listing
+
+
+def test_importing_probe_does_not_import_torch():
+    code = ("import sys, probe, probe.cli; probe.cli.build_parser(); "
+            "bad = [m for m in ('torch', 'timm', 'h5py', 'polars', 'matplotlib') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_extract_features_console_script_help_lists_every_flag():
+    out = run_cli("extract-features", "--help", check=0).stdout
+    for flag in ("--splits", "--taps", "--weights", "--random-init", "--seed", "--img-size", "--cache-dir",
+                 "--batch-size", "--workers", "--device", "--dtype", "--skip-bad"):
+        assert flag in out, flag
