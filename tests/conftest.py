@@ -40,11 +40,24 @@ def run_cli(*args, env=None, timeout=300, cwd=None, check=None) -> subprocess.Co
     return proc
 
 
+def run_main(capsys, *args) -> subprocess.CompletedProcess:
+    """Run the CLI in this process (``probe.cli.main``), for the many quick checks; subprocess tests cover the rest."""
+    from probe.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse usage errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, *needles: str) -> str:
     """The process failed with ``code``, printed no traceback, and its error line mentions every needle."""
     assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("probe: error:")]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("probe: error:") or ": error:" in ln]
     assert len(lines) == 1, proc.stderr
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])

@@ -16,7 +16,7 @@ import torch
 
 import probe
 from probe._taps import forward_taps
-from tests.conftest import assert_one_line_error, run_cli, write_image_folder
+from tests.conftest import assert_one_line_error, run_cli, run_main
 
 SMALL = dict(random_init=True, img_size=32, batch_size=8, workers=0, progress=False)
 
@@ -190,29 +190,30 @@ def test_bad_image_names_the_file_and_skip_bad_records_it(tmp_path, image_folder
     (["test_resnet.r160_in1k", "digits"], 1, ["hub weights", "--weights PATH", "--random-init"]),
     (["test_resnet", "digits", "--weights", "/no/such/w.safetensors"], 2, ["does not exist"]),
 ])
-def test_bad_input_is_one_clear_line(tmp_path, args, code, needles):
-    proc = run_cli("extract-features", *args, "--cache-dir", tmp_path / "c", "--img-size", "32", "--no-progress")
+def test_bad_input_is_one_clear_line(tmp_path, capsys, args, code, needles):
+    proc = run_main(capsys, "extract-features", *args, "--cache-dir", tmp_path / "c", "--img-size", "32", "--no-progress")
     assert_one_line_error(proc, code, *needles)
     assert not list((tmp_path / "c").rglob("*.h5"))
 
 
-def test_empty_dataset_and_mismatched_weights(tmp_path):
+def test_empty_dataset_and_mismatched_weights(tmp_path, capsys):
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     (tmp_path / "empty" / "cls" / "readme.txt").write_text("no images here")
-    proc = run_cli("extract-features", "test_resnet", f"imagefolder:{tmp_path / 'empty'}", "--random-init")
+    proc = run_main(capsys, "extract-features", "test_resnet", f"imagefolder:{tmp_path / 'empty'}", "--random-init")
     assert_one_line_error(proc, 2, "no images")
     torch.save(probe.create_backbone("test_vit", random_init=True).model.state_dict(), tmp_path / "vit.pt")
+    # a real subprocess: exit code and stderr exactly as a user sees them
     proc = run_cli("extract-features", "test_resnet", "digits", "--weights", tmp_path / "vit.pt",
                    "--cache-dir", tmp_path / "c")
     assert_one_line_error(proc, 2, "does not fit backbone test_resnet", "missing", "unexpected", "conv1")
 
 
-def test_non_finite_features_name_the_sample(tmp_path, image_folder):
+def test_non_finite_features_name_the_sample(tmp_path, image_folder, capsys):
     bb = probe.create_backbone("test_resnet", random_init=True)
     state = bb.model.state_dict()
     state["conv1.0.weight"] = torch.full_like(state["conv1.0.weight"], float("nan"))
     torch.save(state, tmp_path / "nan.pt")
-    proc = run_cli("extract-features", "test_resnet", f"imagefolder:{image_folder}", "--weights", tmp_path / "nan.pt",
+    proc = run_main(capsys, "extract-features", "test_resnet", f"imagefolder:{image_folder}", "--weights", tmp_path / "nan.pt",
                    "--img-size", "32", "--cache-dir", tmp_path / "c", "--workers", "0", "--no-progress")
     assert_one_line_error(proc, 1, "non-finite features", "train/cat/img_0.png")
 
@@ -247,8 +248,8 @@ def _kill_when(proc, parts_glob, min_files, timeout=120):
 
 
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
-    args = ["extract-features", "test_vit", "shapes", "--random-init", "--img-size", "32", "--batch-size", "16",
-            "--workers", "0", "--no-progress", "--splits", "train", "--dtype", "float32"]
+    args = ["extract-features", "test_vit", "shapes", "--random-init", "--img-size", "32", "--batch-size", "8",
+            "--workers", "0", "--no-progress", "--splits", "val", "--dtype", "float32"]
     killed_cache = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "probe", *args, "--cache-dir", str(killed_cache)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -277,13 +278,13 @@ def test_two_processes_extracting_the_same_entry(tmp_path):
     assert probe.verify_cache(tmp_path / "c") == {}
 
 
-def test_verify_finds_a_corrupted_file(tmp_path, image_folder):
+def test_verify_finds_a_corrupted_file(tmp_path, image_folder, capsys):
     entries = probe.extract_features("test_resnet", f"imagefolder:{image_folder}", cache_dir=tmp_path / "c", **SMALL)
     with h5py.File(entries["train"].path, "r+") as f:
         f["features/pooled"][0, 0] = np.nan
     proc = run_cli("cache", "verify", "--cache-dir", tmp_path / "c")
     assert proc.returncode == 1 and "non-finite" in proc.stdout and "1 of 2 entries ok" in proc.stdout
-    listing = run_cli("cache", "ls", "--cache-dir", tmp_path / "c", check=0).stdout
+    listing = run_main(capsys, "cache", "ls", "--cache-dir", tmp_path / "c").stdout
     assert "test_resnet" in listing and "random-init:seed0" in listing and "2 entries" in listing
 
 
