@@ -120,7 +120,45 @@ def accuracy_ci(file: str):
 
 
 COLORS = {"convnet": "tab:blue", "transformer": "tab:orange", "hybrid": "tab:green"}
-MARKERS = "osD^v<>p*"
+BACKBONES = sorted(jobs["backbone"].unique().to_list())
+
+
+def style(backbone: str, family: str) -> dict:
+    """Colour by family; marker and dashes by backbone, the same in every panel."""
+    n = BACKBONES.index(backbone)
+    return dict(color=COLORS.get(family, "tab:gray"), marker="osD^v<>p*"[n % 9], linestyle=("-", "--", "-.")[n % 3])
+
+
+def panels(titles: list[str]):
+    """One panel per title, at most three per row, sharing the y axis."""
+    ncols = min(3, len(titles))
+    nrows = -(-len(titles) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols + 2.6, 3.6 * nrows + 0.9), squeeze=False,
+                             sharey=True)
+    axes = axes.ravel()
+    for ax, title in zip(axes, titles):
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(titles):]:
+        ax.set_visible(False)
+    return fig, axes[:len(titles)]
+
+
+def finish(fig, axes, title: str, xlabel: str) -> None:
+    """Axis labels, one legend entry per backbone (outside the panels), and the title."""
+    for ax in axes:
+        ax.set_xlabel(xlabel, fontsize=8)
+    for ax in axes[::3]:
+        ax.set_ylabel("test top-1 accuracy (%)")
+    handles = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    right = 1.0 - 2.6 / fig.get_figwidth()
+    fig.legend(list(handles.values()), list(handles), loc="upper left", bbox_to_anchor=(right, 0.9), fontsize=8,
+               frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, right, 1))
 
 # %% [markdown]
 # ## Layer-wise curves
@@ -135,25 +173,22 @@ blocks = (jobs.filter((pl.col("shots") == 0) & pl.col("tap").str.contains(r"^blo
 if not blocks.height:
     print("No block<i> taps in the results: no layer-wise curves.")
 for (dataset,), sub in blocks.group_by("dataset", maintain_order=True):
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    lines = sub.group_by("backbone", "probe", maintain_order=True)
-    n_lines = sub.select("backbone", "probe").unique().height
-    for n, ((backbone, probe_name), line) in enumerate(lines):
-        x = line["block"].to_numpy() + 0.06 * (n - (n_lines - 1) / 2)  # offset keeps error bars apart
-        y = line["top1"].to_numpy() * 100
-        cis = [accuracy_ci(f) for f in line["file"]]
-        err = np.array([[(t - c.low) * 100, (c.high - t) * 100] if c else [0, 0]
-                        for t, c in zip(line["top1"], cis)]).T
-        family = line["family"][0]
-        ax.errorbar(x, y, yerr=err, marker=MARKERS[n % len(MARKERS)], capsize=3, color=COLORS.get(family),
-                    linestyle="-" if n % 2 == 0 else "--", label=f"{backbone} ({family}, {probe_name})")
-    ax.set_xlabel("block index (tap block<i>; negative counts from the last block)")
-    ax.set_ylabel("test top-1 accuracy (%)")
-    ax.set_title(f"{dataset}: layer-wise probe accuracy\n(error bars: 95% bootstrap CI over test images)", fontsize=10)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+    probes = sorted(sub["probe"].unique().to_list())
+    fig, axes = panels([f"probe: {p}" for p in probes])
+    for ax, probe_name in zip(axes, probes):
+        lines = sub.filter(pl.col("probe") == probe_name).group_by("backbone", maintain_order=True)
+        n_lines = sub.filter(pl.col("probe") == probe_name)["backbone"].n_unique()
+        for n, ((backbone,), line) in enumerate(lines):
+            x = line["block"].to_numpy() + 0.06 * (n - (n_lines - 1) / 2)  # offset keeps error bars apart
+            y = line["top1"].to_numpy() * 100
+            cis = [accuracy_ci(f) for f in line["file"]]
+            err = np.array([[(t - c.low) * 100, (c.high - t) * 100] if c else [0, 0]
+                            for t, c in zip(line["top1"], cis)]).T
+            family = line["family"][0]
+            ax.errorbar(x, y, yerr=err, capsize=3, label=f"{backbone} ({family})", **style(backbone, family))
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    finish(fig, axes, f"{dataset}: layer-wise probe accuracy (error bars: 95% bootstrap CI over test images)",
+           "block index (tap block<i>; negative: from the last)")
     show(fig, f"layerwise_{re.sub(r'[^A-Za-z0-9._-]+', '_', dataset)}.png")
 
 # %% [markdown]
@@ -178,26 +213,25 @@ else:
     with pl.Config(tbl_rows=100, tbl_cols=20, tbl_width_chars=200):
         print(few.with_columns(pl.col("mean", "sd", "all_data").round(1)))
 for (dataset,), sub in few.group_by("dataset", maintain_order=True):
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    lines = sub.group_by("backbone", "probe", "tap", maintain_order=True)
-    n_lines = sub.select("backbone", "probe", "tap").unique().height
-    for n, ((backbone, probe_name, tap), line) in enumerate(lines):
-        color = COLORS.get(line["family"][0])
-        x = line["shots"].to_numpy() * 1.03 ** (n - (n_lines - 1) / 2)  # log axis: multiplicative offset
-        ax.errorbar(x, line["mean"], yerr=line["sd"], marker=MARKERS[n % len(MARKERS)], capsize=3, color=color,
-                    linestyle="-" if n % 2 == 0 else "--",
-                    label=f"{backbone} ({line['family'][0]}, {probe_name} / {tap}; {line['seeds'].max()} seeds)")
-        if line["all_data"][0] is not None:
-            ax.axhline(line["all_data"][0], color=color, linestyle=":", linewidth=1)
-    shots = sorted(sub["shots"].unique().to_list())
-    ax.set_xscale("log")
-    ax.minorticks_off()
-    ax.set_xticks(shots, [str(k) for k in shots])
-    ax.set_xlabel("training examples per class (shots, log scale)")
-    ax.set_ylabel("test top-1 accuracy (%)")
-    ax.set_title(f"{dataset}: few-shot transfer (mean ± sd over seeds)\n"
-                 "dotted: same probe trained on all data", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+    sub = sub.with_columns(probe_tap=pl.col("probe") + " / " + pl.col("tap"))
+    combos = sorted(sub["probe_tap"].unique().to_list())
+    fig, axes = panels([f"probe / tap: {c}" for c in combos])
+    for ax, combo in zip(axes, combos):
+        part = sub.filter(pl.col("probe_tap") == combo)
+        n_lines = part["backbone"].n_unique()
+        for n, ((backbone,), line) in enumerate(part.group_by("backbone", maintain_order=True)):
+            st = style(backbone, line["family"][0])
+            x = line["shots"].to_numpy() * 1.03 ** (n - (n_lines - 1) / 2)  # log axis: multiplicative offset
+            ax.errorbar(x, line["mean"], yerr=line["sd"], capsize=3, label=f"{backbone} ({line['family'][0]})", **st)
+            if line["all_data"][0] is not None:
+                ax.axhline(line["all_data"][0], color=st["color"], linestyle=(0, (1, 3)), linewidth=1)
+        shots = sorted(part["shots"].unique().to_list())
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(shots, [str(k) for k in shots])
+        if len(shots) == 1:
+            ax.set_xlim(shots[0] / 1.5, shots[0] * 1.5)
+    seeds = sorted(sub["seeds"].unique().to_list())
+    finish(fig, axes, f"{dataset}: few-shot transfer, mean ± sd over {'-'.join(map(str, sorted({seeds[0], seeds[-1]})))}"
+           " seed(s); dotted: same probe on all training data", "training examples per class (shots, log scale)")
     show(fig, f"fewshot_{re.sub(r'[^A-Za-z0-9._-]+', '_', dataset)}.png")

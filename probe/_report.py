@@ -301,43 +301,52 @@ class _Report:
 
     def _section_protocols(self) -> list[str]:
         lines = ["## Frozen probes vs fine-tuning", ""]
-        if not self.best_frozen and not self.best_ft:
+        has_fz, has_ft = bool(self.best_frozen), bool(self.best_ft)
+        if not has_fz and not has_ft:
             return lines + ["_No full-data (shots = 0) frozen-probe or fine-tuning results; section omitted._", ""]
-        if not self.best_ft:
+        if not has_ft:
             lines += ["_No fine-tuning results: only frozen probes are shown, and no fine-tuning gain._", ""]
-        elif not self.best_frozen:
+        elif not has_fz:
             lines += ["_No frozen-probe results: only fine-tuning is shown, and no fine-tuning gain._", ""]
         pct = f"{self.ci:.0%}"
+        header = ["backbone", "family"]
+        if has_fz:
+            header += ["best frozen probe (val-selected)", "frozen top-1 (%)", "frozen mean per-class (%)"]
+        if has_ft:
+            header += ["fine-tuning (val-selected)", "fine-tune top-1 (%)", "fine-tune mean per-class (%)"]
+        if has_fz and has_ft:
+            header += [f"gain top-1 (pp) [{pct} CI]", f"gain mean per-class (pp) [{pct} CI]"]
+        header.append("test images")
+        align = ["---" if h in ("backbone", "family") or "(val-selected)" in h else "---:" for h in header]
         for dataset in self.datasets:
             keys = [b for b in self.backbones if (dataset, b) in self.best_frozen or (dataset, b) in self.best_ft]
             if not keys:
                 continue
-            lines += [f"### {dataset}", "",
-                      "| backbone | family | best frozen probe (val-selected) | frozen top-1 (%) | frozen mean "
-                      "per-class (%) | fine-tuning | fine-tune top-1 (%) | fine-tune mean per-class (%) | "
-                      f"gain top-1 (pp) [{pct} CI] | gain mean per-class (pp) [{pct} CI] | test images |",
-                      "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+            lines += [f"### {dataset}", "", "| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
             bars = []
             for backbone in keys:
                 fz, ft = self.best_frozen.get((dataset, backbone)), self.best_ft.get((dataset, backbone))
                 cells = [f"`{backbone}`", self.family[backbone]]
-                for job in (fz, ft):
-                    cells += [job.label, _pct(job.top1), _pct(job.mean_per_class_acc)] if job else ["—"] * 3
+                for job, present in ((fz, has_fz), (ft, has_ft)):
+                    if present:
+                        cells += [job.label, _pct(job.top1), _pct(job.mean_per_class_acc)] if job else ["—"] * 3
+                n_test = str((fz or ft).n_eval)
                 if fz and ft:
                     comp = self._compare(ft, fz)
                     if comp.top1:
-                        cells += [comp.top1.format(signed=True), comp.mpc.format(signed=True), str(comp.top1.n)]
+                        cells += [comp.top1.format(signed=True), comp.mpc.format(signed=True)]
+                        n_test = str(comp.top1.n)
+                        if comp.note:
+                            self.notes.append(f"{backbone} on {dataset}: {comp.note}.")
                     else:
-                        cells += [f"{(ft.top1 - fz.top1) * 100:+.1f} (no CI: {comp.note})", "—", str(ft.n_eval)]
-                    if comp.note and comp.top1:
-                        self.notes.append(f"{backbone} on {dataset}: {comp.note}.")
-                else:
-                    cells += ["—", "—", str((fz or ft).n_eval)]
-                lines.append("| " + " | ".join(cells) + " |")
+                        cells += [f"{(ft.top1 - fz.top1) * 100:+.1f} (no CI: {comp.note})", "—"]
+                elif has_fz and has_ft:
+                    cells += ["—", "—"]
+                lines.append("| " + " | ".join(cells + [n_test]) + " |")
                 bars.append((backbone, fz, ft))
             fig = self._plot_protocols(dataset, bars)
-            lines += ["", f"Gain = fine-tune − best frozen probe, on the same test images. "
-                          f"![{dataset}: frozen vs fine-tuning]({fig})", ""]
+            gain = "Gain = fine-tune − best frozen probe, on the same test images. " if has_fz and has_ft else ""
+            lines += ["", f"{gain}![{dataset}: frozen vs fine-tuning]({fig})", ""]
         return lines
 
     def _section_families(self) -> list[str]:
@@ -460,7 +469,12 @@ class _Report:
                     curves.setdefault((j.backbone, j.label), {}).setdefault(int(j.shots), []).append(j.top1)
             if not curves:
                 continue
-            fig = self._plot_few_shot(dataset, curves)
+            # The same probe and tap on all training data (val-best over seeds) is drawn as a reference line.
+            refs = {}
+            for j in sorted(self.full, key=lambda j: j.sort_key):
+                if j.dataset == dataset and j.val is not None:
+                    refs.setdefault((j.backbone, j.label), j)
+            fig = self._plot_few_shot(dataset, curves, refs)
             lines += [f"### {dataset}", "", f"![{dataset}: few-shot]({fig})", "",
                       "| backbone | probe | shots per class | seeds | test top-1 (%) mean ± sd |",
                       "|---|---|---:|---:|---:|"]
@@ -486,7 +500,9 @@ class _Report:
         ax = fig.add_subplot()
         x = np.arange(len(bars))
         width = 0.38
-        protocols = (("best frozen probe (val-selected)", 1, "", 0.45), ("fine-tuning", 2, "//", 0.95))
+        protocols = [(label, pick, hatch, alpha) for label, pick, hatch, alpha in
+                     (("best frozen probe (val-selected)", 1, "", 0.45), ("fine-tuning (val-selected)", 2, "//", 0.95))
+                     if any(b[pick] for b in bars)]
         for offset, (_, pick, hatch, alpha) in enumerate(protocols):
             for i, bar in enumerate(bars):
                 job = bar[pick]
@@ -495,11 +511,11 @@ class _Report:
                 iv = self._interval(job)
                 y = job.top1 * 100
                 yerr = None if iv is None else [[y - iv.low * 100], [iv.high * 100 - y]]
-                ax.bar(x[i] + (offset - 0.5) * width, y, width, yerr=yerr, capsize=4, hatch=hatch, alpha=alpha,
+                ax.bar(x[i] + (offset - (len(protocols) - 1) / 2) * width, y, width, yerr=yerr, capsize=4, hatch=hatch, alpha=alpha,
                        color=FAMILY_COLORS.get(self.family[bar[0]], "tab:gray"), edgecolor="black")
         # The legend names the protocol by bar style and the family by colour (bars are coloured by family).
         handles = [Patch(facecolor="lightgray", alpha=alpha, hatch=hatch, edgecolor="black", label=label)
-                   for label, pick, hatch, alpha in protocols if any(b[pick] for b in bars)]
+                   for label, pick, hatch, alpha in protocols]
         handles += [Patch(facecolor=FAMILY_COLORS.get(f, "tab:gray"), edgecolor="black", label=f)
                     for f in sorted({self.family[b[0]] for b in bars}, key=_family_order)]
         ax.set_xticks(x, [_wrap(b[0]) + f"\n({self.family[b[0]]})" for b in bars], fontsize=8)
@@ -535,54 +551,84 @@ class _Report:
         fig.tight_layout()
         return self._save(fig, name)
 
+    def _style(self, backbone: str) -> dict:
+        """Line style of a backbone, the same in every panel: colour by family, marker and dashes by backbone."""
+        n = self.backbones.index(backbone)
+        return dict(color=FAMILY_COLORS.get(self.family[backbone], "tab:gray"), marker="osD^v<>p*"[n % 9],
+                    linestyle=("-", "--", ":", "-.")[n % 4])
+
+    def _panels(self, titles: list[str]):
+        """A figure with one panel per title (at most 3 per row), sharing the y axis."""
+        ncols = min(3, len(titles))
+        nrows = math.ceil(len(titles) / ncols)
+        fig = _figure(width=4.6 * ncols + 2.6, height=3.6 * nrows + 0.9)
+        axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
+        for ax, title in zip(axes, titles):
+            ax.set_title(title, fontsize=9)
+            ax.grid(alpha=0.3)
+        for ax in axes[len(titles):]:
+            ax.set_visible(False)
+        return fig, axes[:len(titles)]
+
+    def _finish_panels(self, fig, axes, title: str, xlabel: str) -> None:
+        for ax in axes:
+            ax.set_xlabel(xlabel, fontsize=8)
+        for ax in axes[::min(3, len(axes))]:
+            ax.set_ylabel("test top-1 accuracy (%)")
+        handles, labels = {}, []
+        for ax in axes:  # one legend entry per backbone across panels
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(lab, h)
+        fig.legend(list(handles.values()), list(handles), loc="upper left", bbox_to_anchor=(1.0 - 2.5 / fig.get_figwidth(), 0.9),
+                   fontsize=8, frameon=False)
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout(rect=(0, 0, 1.0 - 2.6 / fig.get_figwidth(), 1))
+
     def _plot_layerwise(self, dataset: str, curves) -> str:
-        fig = _figure(width=7.0, height=4.5)
-        ax = fig.add_subplot()
-        markers = "osD^v<>p*"
-        for n, ((backbone, probe), points) in enumerate(curves.items()):
-            # A small horizontal offset per line keeps overlapping error bars apart.
-            xs = np.array([p[0] for p in points], dtype=float) + 0.06 * (n - (len(curves) - 1) / 2)
-            ys = np.array([p[1].top1 * 100 for p in points])
-            lo = np.array([(p[1].top1 - p[2].low) * 100 if p[2] else 0.0 for p in points])
-            hi = np.array([(p[2].high - p[1].top1) * 100 if p[2] else 0.0 for p in points])
-            ax.errorbar(xs, ys, yerr=[lo, hi], marker=markers[n % len(markers)], capsize=3,
-                        color=FAMILY_COLORS.get(self.family[backbone]), linestyle="-" if n % 2 == 0 else "--",
-                        label=f"{backbone} ({self.family[backbone]}, {probe})")
-        ax.set_xlabel("block index (tap block<i>)")
-        ax.set_ylabel("test top-1 accuracy (%)")
-        ax.set_title(f"{dataset}: layer-wise probe accuracy\n(error bars: {self.ci:.0%} bootstrap CI over test images)",
-                     fontsize=10)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
+        probes = sorted({probe for _, probe in curves})
+        fig, axes = self._panels([f"probe: {p}" for p in probes])
+        for ax, probe in zip(axes, probes):
+            lines = [(b, pts) for (b, p), pts in curves.items() if p == probe]
+            for n, (backbone, points) in enumerate(lines):
+                # A small horizontal offset per line keeps overlapping error bars apart.
+                xs = np.array([p[0] for p in points], dtype=float) + 0.06 * (n - (len(lines) - 1) / 2)
+                ys = np.array([p[1].top1 * 100 for p in points])
+                lo = np.array([(p[1].top1 - p[2].low) * 100 if p[2] else 0.0 for p in points])
+                hi = np.array([(p[2].high - p[1].top1) * 100 if p[2] else 0.0 for p in points])
+                ax.errorbar(xs, ys, yerr=[lo, hi], capsize=3, label=f"{backbone} ({self.family[backbone]})",
+                            **self._style(backbone))
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        self._finish_panels(fig, axes, f"{dataset}: layer-wise probe accuracy (error bars: {self.ci:.0%} "
+                                       "bootstrap CI over test images)", "block index (tap block<i>)")
         return self._save(fig, f"{dataset}-layerwise")
 
-    def _plot_few_shot(self, dataset: str, curves) -> str:
-        fig = _figure(width=7.0, height=4.5)
-        ax = fig.add_subplot()
-        markers = "osD^v<>p*"
-        all_k = set()
-        for n, ((backbone, label), per_shot) in enumerate(sorted(curves.items())):
-            ks = sorted(per_shot)
-            all_k.update(ks)
-            # A small multiplicative offset per line (the axis is logarithmic) keeps error bars apart.
-            xs = np.array(ks, dtype=float) * 1.03 ** (n - (len(curves) - 1) / 2)
-            means = [np.mean(per_shot[k]) * 100 for k in ks]
-            sds = [np.std(per_shot[k], ddof=1) * 100 if len(per_shot[k]) > 1 else 0.0 for k in ks]
-            seeds = max(len(v) for v in per_shot.values())
-            ax.errorbar(xs, means, yerr=sds, marker=markers[n % len(markers)], capsize=3,
-                        color=FAMILY_COLORS.get(self.family[backbone]), linestyle="-" if n % 2 == 0 else "--",
-                        label=f"{backbone} ({self.family[backbone]}, {label}; {seeds} seeds)")
-        ax.set_xscale("log")
-        ax.minorticks_off()
-        ax.set_xticks(sorted(all_k), [str(k) for k in sorted(all_k)])
-        ax.set_xlabel("training examples per class (shots, log scale)")
-        ax.set_ylabel("test top-1 accuracy (%)")
-        ax.set_title(f"{dataset}: few-shot transfer\n(mean ± sd over seeds)", fontsize=10)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
+    def _plot_few_shot(self, dataset: str, curves, refs) -> str:
+        labels = sorted({label for _, label in curves})
+        fig, axes = self._panels([f"probe / tap: {lab}" for lab in labels])
+        for ax, label in zip(axes, labels):
+            lines = [(b, per_shot) for (b, lab), per_shot in sorted(curves.items()) if lab == label]
+            all_k = sorted({k for _, per_shot in lines for k in per_shot})
+            for n, (backbone, per_shot) in enumerate(lines):
+                ks = sorted(per_shot)
+                # A small multiplicative offset per line (the axis is logarithmic) keeps error bars apart.
+                xs = np.array(ks, dtype=float) * 1.03 ** (n - (len(lines) - 1) / 2)
+                means = [np.mean(per_shot[k]) * 100 for k in ks]
+                sds = [np.std(per_shot[k], ddof=1) * 100 if len(per_shot[k]) > 1 else 0.0 for k in ks]
+                style = self._style(backbone)
+                ax.errorbar(xs, means, yerr=sds, capsize=3, label=f"{backbone} ({self.family[backbone]})", **style)
+                ref = refs.get((backbone, label))
+                if ref is not None:
+                    ax.axhline(ref.top1 * 100, color=style["color"], linestyle=(0, (1, 3)), linewidth=1)
+            ax.set_xscale("log")
+            ax.minorticks_off()
+            ax.set_xticks(all_k, [str(k) for k in all_k])
+            if len(all_k) == 1:
+                ax.set_xlim(all_k[0] / 1.5, all_k[0] * 1.5)
+        seeds = sorted({len(v) for per_shot in curves.values() for v in per_shot.values()})
+        seeds_text = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+        self._finish_panels(fig, axes, f"{dataset}: few-shot transfer, mean ± sd over {seeds_text} seed(s); "
+                                       "dotted: same probe on all training data",
+                            "training examples per class (shots, log scale)")
         return self._save(fig, f"{dataset}-few-shot")
 
 
