@@ -266,15 +266,8 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
     if results_path.is_file() and not overwrite:
         return _read_back(results_path, stem, ckpt_dir, settings, verbose)
 
-    from filelock import FileLock, Timeout
-
     results_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(stem) + ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise UsageError(f"another process is fine-tuning the same job ({stem}.lock is held); wait for it to "
-                         "finish, then rerun to read its results") from None
+    lock = _JobLock(Path(str(stem) + ".lock"))
     try:
         if overwrite:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -289,6 +282,47 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
     if not keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return result
+
+
+class _JobLock:
+    """An exclusive, non-blocking lock on one job, released when its process dies (even by ``kill -9``).
+
+    POSIX record locks (``lockf``) belong to the process, so forked data-loader workers, which may outlive a
+    killed trainer by a few seconds, do not hold the job; ``flock`` locks would be shared with them.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: filelock's own lock
+            from filelock import FileLock, Timeout
+
+            self._fallback = FileLock(str(path))
+            try:
+                self._fallback.acquire(timeout=0)
+            except Timeout:
+                self._busy()
+            return
+        self._fallback = None
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self._busy()
+
+    def _busy(self):
+        raise UsageError(f"another process is fine-tuning the same job ({self.path} is locked); wait for it to "
+                         "finish, then rerun to read its results")
+
+    def release(self) -> None:
+        if self._fallback is not None:
+            self._fallback.release()
+        elif self.fd is not None:
+            os.close(self.fd)  # closing drops the process's record lock
+            self.fd = None
 
 
 # ------------------------------------------------------------------------------------------------ validation

@@ -1,0 +1,240 @@
+"""Fine-tuning: learns on CPU, resumes exactly after kill -9, freezes what it says, lp-ft, results, bad input.
+
+Tiny timm models (test_vit, test_resnet) at random init and 32-pixel inputs on the built-in datasets, so the
+whole file runs on a 2-core CPU in about a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pl = pytest.importorskip("polars")
+
+import probe  # noqa: E402
+from probe._finetune import block_groups, freeze_for_partial, probe_head  # noqa: E402
+from probe.results import RESULT_COLUMNS, load_artifacts  # noqa: E402
+
+# One setting reused by the learning, results, export and resume tests (the resume test reruns it by CLI).
+DIGITS_RUN = dict(random_init=True, img_size=32, epochs=3, lr=2e-3, batch_size=32, warmup_epochs=0.5,
+                  crop_scale=(0.6, 1.0), hflip=False, seed=0, workers=1)
+DIGITS_CLI = ["test_vit", "digits", "--random-init", "--img-size", "32", "--epochs", "3", "--lr", "2e-3",
+              "--batch-size", "32", "--warmup-epochs", "0.5", "--crop-scale", "0.6", "1.0", "--no-hflip",
+              "--seed", "0", "--workers", "1", "--no-progress"]
+
+
+def _cli(args, cwd, timeout=120, **popen):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "probe", "finetune", *map(str, args)]
+    if popen:
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    result = probe.finetune("test_vit", "digits", results_dir=root / "results", cache_dir=root / "cache",
+                            progress=False, verbose=False, **DIGITS_RUN)
+    return root, result
+
+
+def test_tiny_model_learns_digits_on_cpu(digits_run):
+    _, result = digits_run
+    assert result.test_metrics["top1"] > 0.5  # chance is 0.1
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert all(r["images_per_s"] > 0 and 0 <= r["data_wait_share"] <= 1 for r in result.history)
+
+
+def test_results_schema_and_epoch_chosen_on_val(digits_run):
+    root, result = digits_run
+    frame = pl.scan_parquet(str(result.results_path)).collect()
+    assert frame.columns == list(RESULT_COLUMNS)
+    assert frame["probe"].unique().to_list() == ["finetune"]
+    assert frame["tap"].unique().to_list() == ["-"] and frame["cache_key"].unique().to_list() == ["-"]
+    val = frame.filter(pl.col("split") == "val")
+    test = frame.filter(pl.col("selected"))
+    assert len(val) == 3 and not val["selected"].any()
+    assert len(test) == 1 and test["split"][0] == "test"
+    epochs = [json.loads(p)["epoch"] for p in val["params"]]
+    assert epochs == [1, 2, 3]
+    chosen = epochs[int(np.argmax(val["top1"].to_numpy()))]  # first best: ties go to the earliest epoch
+    params = json.loads(test["params"][0])
+    assert params["epoch"] == params["chosen_epoch"] == chosen == result.best_epoch
+    assert params["mode"] == "full" and params["lr"] == 2e-3 and params["batch_size"] == 32
+    assert params["img_size"] == 32 and params["label_smoothing"] == 0.1 and params["layer_decay"] is None
+    assert val["val_fraction"][0] == pytest.approx(0.2)  # digits has no val: carved as the sweeps do
+    assert test["n_eval"][0] == 450 and test["n_train"][0] == 1347 - val["n_eval"][0]
+    assert test["top1"][0] == pytest.approx(result.test_metrics["top1"])
+    art = load_artifacts(result.results_path)
+    assert art["scores"].shape == (450, 10) and list(art["classes"]) == [str(i) for i in range(10)]
+    assert np.mean(art["pred"] == art["labels"]) == pytest.approx(test["top1"][0])
+    from safetensors import safe_open
+
+    with safe_open(str(result.weights_path), "pt") as f:
+        meta = f.metadata()
+    assert int(meta["epoch"]) == chosen and json.loads(meta["classes"]) == [str(i) for i in range(10)]
+    assert meta["backbone"] == "test_vit" and meta["dataset"] == "digits"
+    # the same call again reads the results back and trains nothing
+    again = probe.finetune("test_vit", "digits", results_dir=root / "results", cache_dir=root / "cache",
+                           progress=False, verbose=False, **DIGITS_RUN)
+    assert again.skipped and again.best_epoch == result.best_epoch
+    assert again.test_metrics == pytest.approx(result.test_metrics)
+    assert not result.checkpoint_dir.exists()  # removed after success by default
+
+
+def test_exported_weights_work_for_extraction(digits_run):
+    root, result = digits_run
+    entries = probe.extract_features("test_vit", "digits", splits=["test"], weights=result.weights_path,
+                                     img_size=32, cache_dir=root / "cache", dtype="float32", batch_size=128,
+                                     workers=0, progress=False)
+    cached = probe.load_split(entries["test"])
+    bb = probe.create_backbone("test_vit", img_size=32, num_classes=10, random_init=True)
+    from safetensors.torch import load_file
+
+    bb.model.load_state_dict(load_file(str(result.weights_path)))
+    source = probe.open_dataset("digits")
+    tf = bb.eval_transform()
+    x = torch.stack([tf(source.load("test", i)) for i in range(20)])
+    with torch.inference_mode():
+        ours = bb.model.forward_head(bb.model.forward_features(x), pre_logits=True).numpy()
+        logits = bb.model(x).numpy()
+    np.testing.assert_allclose(cached.features["pooled"][:20], ours, rtol=1e-4, atol=1e-5)
+    art = load_artifacts(result.results_path)  # and the head in the file is the one that scored test
+    np.testing.assert_allclose(art["scores"][:20].astype(np.float32), logits, rtol=1e-2, atol=1e-2)
+
+
+def test_resume_after_kill_equals_uninterrupted(digits_run, tmp_path):
+    _, reference = digits_run
+    proc = _cli(DIGITS_CLI + ["--results-dir", tmp_path / "results", "--cache-dir", tmp_path / "cache"],
+                tmp_path, popen=True)
+    deadline = time.time() + 120
+    checkpoint = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list((tmp_path / "results").rglob("last.pt"))
+        if found:
+            checkpoint = found[0]
+            break
+        time.sleep(0.02)
+    assert checkpoint is not None, proc.communicate()[1]
+    os.kill(proc.pid, signal.SIGKILL)  # mid-training: epoch 1 is on disk, epoch 2 is running
+    proc.wait()
+    assert not list((tmp_path / "results").rglob("*.parquet"))
+    done = _cli(DIGITS_CLI + ["--results-dir", tmp_path / "results", "--cache-dir", tmp_path / "cache"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stderr
+    resumed = pl.read_parquet(next((tmp_path / "results").rglob("*.parquet")))
+    ref = pl.read_parquet(reference.results_path)
+    assert resumed.filter(pl.col("selected"))["top1"][0] == ref.filter(pl.col("selected"))["top1"][0]
+    assert resumed["top1"].to_list() == ref["top1"].to_list()  # every epoch's val score too
+    a, b = load_artifacts(next((tmp_path / "results").rglob("*.npz"))), load_artifacts(reference.results_path)
+    np.testing.assert_array_equal(a["scores"], b["scores"])
+
+
+def _expected_trainable(names, prefixes):
+    return {n for n in names if any(n.startswith(p) for p in prefixes)}
+
+
+@pytest.mark.parametrize("name, n, prefixes", [
+    ("test_resnet", 1, ["layer4.", "fc."]),
+    ("test_resnet", 0, ["fc."]),
+    ("test_vit", 2, ["blocks.4.", "blocks.5.", "norm.", "head."]),
+])
+def test_partial_marks_exactly_the_last_blocks_trainable(name, n, prefixes):
+    bb = probe.create_backbone(name, random_init=True, img_size=32)
+    bb.model.reset_classifier(10)
+    freeze_for_partial(bb.model, n, name)
+    names = [k for k, _ in bb.model.named_parameters()]
+    trainable = {k for k, p in bb.model.named_parameters() if p.requires_grad}
+    assert trainable == _expected_trainable(names, prefixes)
+    _, depth = block_groups(bb.model)
+    with pytest.raises(probe.UsageError, match=f"has {depth} blocks"):
+        freeze_for_partial(bb.model, depth + 1, name)
+
+
+def test_partial_training_leaves_frozen_weights_and_statistics_unchanged(tmp_path):
+    result = probe.finetune("test_resnet", "shapes", mode="partial", trainable_blocks=1, random_init=True,
+                            img_size=32, epochs=1, lr=1e-3, batch_size=32, workers=1, results_dir=tmp_path,
+                            cache_dir=tmp_path / "cache", progress=False, verbose=False)
+    from safetensors.torch import load_file
+
+    trained = load_file(str(result.weights_path))
+    start = probe.create_backbone("test_resnet", random_init=True, img_size=32).model.state_dict()
+    for key, before in start.items():
+        if key.startswith("layer4."):
+            continue
+        assert torch.equal(trained[key], before), key  # params and BatchNorm statistics of frozen stages
+    changed = [k for k in trained if k.startswith("layer4.") and k.endswith("weight")
+               and not torch.equal(trained[k], start[k])]
+    assert changed  # the trainable stage did move
+    with pytest.raises(probe.UsageError, match="beyond the depth"):
+        probe.finetune("test_resnet", "shapes", mode="partial", trainable_blocks=5, random_init=True, img_size=32,
+                       epochs=1, results_dir=tmp_path, progress=False, verbose=False)
+
+
+def test_lp_ft_head_starts_from_the_logistic_probe(tmp_path):
+    result = probe.finetune("test_vit", "shapes", mode="lp-ft", random_init=True, img_size=32, epochs=1,
+                            lr=1e-4, batch_size=32, workers=1, results_dir=tmp_path / "results",
+                            cache_dir=tmp_path / "cache", progress=False, verbose=False)
+    assert result.lp["selected"] and result.lp["C"] > 0
+    entries = probe.extract_features("test_vit", "shapes", splits=["train"], random_init=True, img_size=32,
+                                     cache_dir=tmp_path / "cache", progress=False)
+    assert entries["train"].reused  # lp-ft's features are the sweeps' cache entry
+    train = probe.load_split(entries["train"])
+    est = probe.LogisticProbe(C=result.lp["C"], device="cpu").fit(train.features["pooled"].astype(np.float32),
+                                                                   train.labels)
+    W, b = probe_head(est, 6)
+    np.testing.assert_allclose(result.initial_head["weight"], W, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.initial_head["bias"], b, rtol=1e-5, atol=1e-6)
+    assert json.loads(result.frame.filter(pl.col("selected"))["params"][0])["lp_C"] == result.lp["C"]
+
+
+def test_probe_head_for_two_classes_gives_the_probe_scores():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 5)).astype(np.float32), np.repeat([0, 2], 30)
+    est = probe.LogisticProbe(C=1.0, device="cpu").fit(X, y)
+    W, b = probe_head(est, 3)
+    logits = X @ W.T + b
+    np.testing.assert_allclose(logits[:, 2] - logits[:, 0], est.decision_function(X), rtol=1e-5, atol=1e-5)
+    assert (logits[:, 1] <= logits.max(axis=1)).all()
+
+
+def _bad_imagefolder(root: Path) -> Path:
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (16, 16), (40 * i, 100 if c == "a" else 200, 0)).save(root / c / f"{i}.png")
+    (root / "a" / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["test_resnet", "digits", "--random-init", "--mode", "partial", "--trainable-blocks", "7"], 2,
+     "beyond the depth"),
+    (["test_vit", "digits", "--random-init", "--batch-size", "4096"], 2, "--batch-size"),
+    (["test_vit", "digits", "--random-init", "--img-size", "32", "--lr", "1e30", "--batch-size", "64"], 1,
+     "lower --lr"),
+    (["test_vit", "imagefolder:IMAGES", "--random-init", "--img-size", "32", "--batch-size", "4"], 1,
+     "broken.png"),
+    (["not_a_model", "digits", "--random-init"], 2, "unknown backbone"),
+])
+def test_bad_input_is_one_line_and_an_exit_code(tmp_path, args, code, words):
+    if "imagefolder:IMAGES" in args:
+        images = _bad_imagefolder(tmp_path / "images")
+        args = [a.replace("IMAGES", str(images)) for a in args]
+    done = _cli([*args, "--results-dir", tmp_path / "r", "--no-progress", "--workers", "1"], tmp_path)
+    assert done.returncode == code, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("probe: error")]
+    assert len(lines) == 1 and words in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
