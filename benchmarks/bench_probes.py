@@ -1,0 +1,231 @@
+"""Probe sweeps vs the scikit-learn recipe on synthetic class-structured features.
+
+Both sides follow the same protocol on the same data and grid: fit every grid value on train, select on val,
+refit the selected value on train+val, score test once. Printed per probe: wall time of both, the ratio, test
+top-1 of both, and the probe's achieved GFLOP/s as a share of this machine's float32 matmul peak (measured in the
+same run; FLOPs are estimated from the dominant matmuls, see ``flops_*``).
+
+Data (default scale 1): 20,000 train / 5,000 val / 10,000 test, 768-d, 100 classes. Class means live in a
+32-d subspace (low intrinsic dimension, like backbone features), samples add within-class spread in that subspace
+and isotropic noise in all 768 dimensions, through a random linear map with a decaying spectrum and an offset.
+
+Usage::
+
+    python benchmarks/bench_probes.py            # full size (several minutes on 2 cores, mostly scikit-learn)
+    python benchmarks/bench_probes.py --quick    # ~1 minute: --scale 0.25, fewer C values
+    python benchmarks/bench_probes.py --probes ridge knn --repeats 3
+
+On CUDA it also times the logistic sweep on 1,281,167 x 1024 features with 1000 classes (ImageNet-sized);
+without CUDA that part is skipped and says so. ``OPENBLAS_CORETYPE`` changes scikit-learn's BLAS kernels
+(numpy/scipy use OpenBLAS; torch uses MKL here); the script prints it but never sets it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+import warnings
+
+import numpy as np
+import torch
+
+import probe
+from probe.probes import LogisticProbe
+
+
+def make_features(n_train: int, n_val: int, n_test: int, dim: int = 768, n_classes: int = 100,
+                  intrinsic: int = 32, seed: int = 0):
+    """Synthetic features with class structure in a low-dimensional subspace; returns three (X, y) pairs."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(n_classes, intrinsic)) * 0.8
+    # Random map with a decaying spectrum (a few directions dominate, as in real features) plus an offset.
+    basis = np.linalg.qr(rng.normal(size=(dim, intrinsic)))[0].T * np.linspace(3.0, 0.5, intrinsic)[:, None]
+    offset = rng.normal(size=dim) * 0.5
+
+    def draw(n):
+        y = rng.integers(0, n_classes, size=n)
+        z = means[y] + rng.normal(size=(n, intrinsic))
+        X = z @ basis + offset + rng.normal(size=(n, dim)) * 0.3
+        return X.astype(np.float32), y.astype(np.int64)
+
+    return draw(n_train), draw(n_val), draw(n_test)
+
+
+def matmul_peak(device: torch.device, n: int = 4096, repeats: int = 5) -> float:
+    """Best float32 matmul GFLOP/s over ``repeats`` n x n products."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def sklearn_recipe(make, grid: list[dict], train, val, test) -> tuple[float, float]:
+    """Fit per grid value, select on val (first best = same tie rule given a strongest-first grid), refit, test."""
+    (Xtr, ytr), (Xv, yv), (Xte, yte) = train, val, test
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter: both sides share the budget
+        scores = [make(**p).fit(Xtr, ytr).score(Xv, yv) for p in grid]
+        best = grid[int(np.argmax(scores))]
+        acc = make(**best).fit(np.concatenate([Xtr, Xv]), np.concatenate([ytr, yv])).score(Xte, yte)
+    return time.perf_counter() - start, acc
+
+
+class CountingLogistic(LogisticProbe):
+    """LogisticProbe that counts objective evaluations (for the FLOP estimate)."""
+
+    evaluations = 0
+
+    def _lbfgs(self, *args, **kwargs):
+        out = super()._lbfgs(*args, **kwargs)
+        CountingLogistic.evaluations += self._last_func_evals
+        return out
+
+
+def ours(estimator, grid: dict, train, val, test, device) -> tuple[float, float, object]:
+    _sync(device)
+    start = time.perf_counter()
+    frame = probe.sweep(estimator, train, val, test, grid=grid, device=str(device))
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return seconds, float(frame.filter(frame["selected"])["top1"][0]), frame
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the number of examples (1 = 20k/5k/10k)")
+    parser.add_argument("--quick", action="store_true", help="about a minute: --scale 0.25 and 6 C values")
+    parser.add_argument("--probes", nargs="+", default=["logistic", "ridge", "knn"],
+                        choices=["logistic", "ridge", "knn"], help="which sweeps to compare")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per side (median and spread printed)")
+    parser.add_argument("--max-iter", type=int, default=1000, help="L-BFGS iteration cap for both logistic sides")
+    parser.add_argument("--device", default="auto", help="torch device for our probes")
+    parser.add_argument("--imagenet", action=argparse.BooleanOptionalAction, default=True,
+                        help="on CUDA, also time the logistic sweep on 1,281,167 x 1024 features, 1000 classes")
+    args = parser.parse_args(argv)
+    scale = 0.25 if args.quick and args.scale == 1.0 else args.scale
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+
+    from sklearn.linear_model import LogisticRegression, RidgeClassifier
+    from sklearn.neighbors import KNeighborsClassifier
+
+    n = [int(20_000 * scale), int(5_000 * scale), int(10_000 * scale)]
+    train, val, test = make_features(*n)
+    d, n_classes = train[0].shape[1], 100
+    peak = matmul_peak(device)
+    print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
+          f"device {device}, OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+    print(f"data: {n[0]} train / {n[1]} val / {n[2]} test, {d}-d, {n_classes} classes; repeats {args.repeats}")
+    print(f"float32 matmul peak ({device}): {peak:.0f} GFLOP/s\n")
+
+    n_c = 6 if args.quick else 10
+    C_grid = np.logspace(-4, 1, n_c).tolist()
+    alpha_grid = np.logspace(-1, 6, 10).tolist()
+    k_grid = [1, 5, 10, 20, 50, 100, 200]
+    ntr, nv, nte = n
+    specs = {
+        "logistic": dict(
+            ours=CountingLogistic(max_iter=args.max_iter), grid={"C": C_grid},
+            sk=lambda **p: LogisticRegression(max_iter=args.max_iter, **p),
+            sk_grid=[{"C": c} for c in C_grid], target=8.0),
+        "ridge": dict(
+            ours=probe.RidgeProbe(), grid={"alpha": alpha_grid},
+            sk=lambda **p: RidgeClassifier(**p),
+            sk_grid=[{"alpha": a} for a in sorted(alpha_grid, reverse=True)], target=5.0),
+        "knn": dict(
+            ours=probe.KNNProbe(), grid={"k": k_grid, "temperature": [None]},
+            sk=lambda **p: KNeighborsClassifier(n_neighbors=p["k"], metric="cosine", algorithm="brute"),
+            sk_grid=[{"k": k} for k in sorted(k_grid, reverse=True)], target=15.0),
+    }
+    # Logistic's sklearn grid runs from the strongest penalty, so np.argmax's first-best matches our tie rule.
+    header = f"{'probe':9s} {'ours s':>9s} {'sklearn s':>10s} {'speedup':>8s} {'target':>7s} " \
+             f"{'ours top1':>9s} {'skl top1':>9s} {'GFLOP/s':>8s} {'of peak':>8s}"
+    print(header)
+    print("-" * len(header))
+    for name in args.probes:
+        spec = specs[name]
+        ours_times, sk_times = [], []
+        for _ in range(args.repeats):
+            CountingLogistic.evaluations = 0
+            t, acc, _ = ours(spec["ours"], spec["grid"], train, val, test, device)
+            ours_times.append(t)
+            evals = CountingLogistic.evaluations
+            time.sleep(1.0)  # let torch's OpenMP threads stop spinning before OpenBLAS starts (and vice versa)
+            ts, acc_sk = sklearn_recipe(spec["sk"], spec["sk_grid"], train, val, test)
+            sk_times.append(ts)
+            time.sleep(1.0)
+        t, ts = statistics.median(ours_times), statistics.median(sk_times)
+        if name == "logistic":
+            # forward X W^T and backward X^T G, each 2 n d C, per objective evaluation (train or train+val)
+            flops = 4 * ntr * d * n_classes * evals
+        elif name == "ridge":
+            flops = 2 * ntr * d * d + 2 * nv * d * d + 2 * (ntr + nv) * d * d + 2 * 10 * nv * d * n_classes \
+                + 2 * 10 * d**3
+        else:
+            flops = 2 * nv * ntr * d + 2 * nte * (ntr + nv) * d
+        gflops = flops / t / 1e9
+        spread = ""
+        if args.repeats > 1:
+            spread = f"  (ours {min(ours_times):.2f}-{max(ours_times):.2f} s, " \
+                     f"sklearn {min(sk_times):.2f}-{max(sk_times):.2f} s)"
+        print(f"{name:9s} {t:9.2f} {ts:10.2f} {ts / t:7.1f}x {spec['target']:6.0f}x {acc * 100:8.2f}% "
+              f"{acc_sk * 100:8.2f}% {gflops:8.1f} {gflops / peak * 100:7.1f}%{spread}")
+        if name == "logistic":
+            print(f"{'':9s} ({evals} objective evaluations along the warm-started path of {len(C_grid)} C values)")
+
+    if args.imagenet:
+        if device.type != "cuda":
+            print("\nImageNet-sized logistic sweep (1,281,167 x 1024, 1000 classes): skipped, no CUDA device")
+        else:
+            imagenet_sweep(device, C_grid)
+    return 0
+
+
+def imagenet_sweep(device: torch.device, C_grid: list[float]) -> None:
+    """Time the logistic sweep on ImageNet-sized random class-structured features, kept on the GPU."""
+    n_train, n_val, d, n_classes = 1_281_167, 50_000, 1024, 1000
+    g = torch.Generator(device=device).manual_seed(0)
+    means = torch.randn(n_classes, 64, device=device, generator=g) * 1.2
+    basis = torch.linalg.qr(torch.randn(d, 64, device=device, generator=g))[0].T * 3
+
+    def draw(n):
+        y = torch.randint(0, n_classes, (n,), device=device, generator=g)
+        X = (means[y] + torch.randn(n, 64, device=device, generator=g)) @ basis
+        X += torch.randn(n, d, device=device, generator=g) * 0.3
+        return X, y
+
+    Xtr, ytr = draw(n_train)
+    Xv, yv = draw(n_val)
+    est = LogisticProbe(max_iter=1000, device=str(device))
+    from probe._sweep import _encode  # noqa: F401  (same metrics path as probe.sweep)
+    from probe.results import classification_metrics
+
+    _sync(device)
+    start = time.perf_counter()
+    best = None
+    for i, scores, _ in est._sweep_path(Xtr, ytr, n_classes, Xv, [{"C": c} for c in C_grid]):
+        top1 = classification_metrics(yv.cpu().numpy(), scores.cpu().numpy())["top1"]
+        best = max(best or (top1, i), (top1, i))
+    _sync(device)
+    print(f"\nImageNet-sized logistic sweep on {torch.cuda.get_device_name(device)}: {len(C_grid)} C values on "
+          f"{n_train:,} x {d} features, {n_classes} classes, scored on {n_val:,} val: "
+          f"{time.perf_counter() - start:.1f} s (best val top1 {best[0] * 100:.1f}%)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

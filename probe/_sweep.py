@@ -1,0 +1,369 @@
+"""Hyperparameter sweeps of the probes: select on val, refit, score test once; and sweeps over the feature cache.
+
+The protocol (one place, so every probe and every caller follows it):
+
+1. ``val``: the dataset's own val split when it has one; otherwise a stratified, seeded part of the *full* train
+   split is carved off (:func:`probe.splits.carve_val`; fraction and seed recorded in every row).
+2. Few-shot (``shots > 0``): ``shots`` examples per class are drawn (seeded, :func:`probe.splits.few_shot`) from
+   what remains of train *after* the carve, so val never overlaps the few-shot train and is the same set for
+   every ``shots``.
+3. Every grid point is fitted on train and scored on val (``split="val"``, ``selected=False``). Work is shared
+   across the grid (see each probe's ``_sweep_path``).
+4. The best point on val by ``select_metric`` is selected; ties go to the strongest regularisation (smallest C,
+   largest alpha, largest k; see each probe's ``_strength_order``), so a flat curve picks the simplest model.
+5. The selected setting is refitted on train+val (on the few-shot train alone when ``shots > 0``, so a k-shot
+   result never sees more than k labelled examples per class) and scored once on test (``split="test"``,
+   ``selected=True``). Test is never used for anything else. Without a test split the selected val row is
+   marked ``selected=True`` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ._errors import UsageError
+from .results import METRICS, classification_metrics, job_stem, make_row, results_frame, save_artifacts, write_results
+from .splits import DEFAULT_VAL_FRACTION, carve_val, few_shot
+
+#: Columns that :func:`sweep` computes itself; ``context`` may set any other results column.
+_COMPUTED = {"probe", "params", "selected", "split", "top1", "top5", "mean_per_class_acc", "n_train", "n_eval",
+             "shots", "seed", "val_fraction", "select_metric", "fit_seconds", "created", "probe_version"}
+
+#: The probes ``sweep_cached`` runs by default.
+DEFAULT_PROBES = ("logistic", "ridge", "knn", "centroid")
+
+
+@dataclass
+class SweepResult:
+    """What :func:`sweep` returns with ``return_result=True``.
+
+    Attributes
+    ----------
+    frame : polars.DataFrame
+        Rows in the results contract (val rows, then the selected test row).
+    selected_params : dict
+        The grid point chosen on val.
+    estimator : ProbeBase or None
+        The selected setting refitted (train+val, or the few-shot train); None without a test split.
+    test_scores : ndarray [n_test, n_classes] or None
+        ``estimator``'s scores on test; columns follow ``estimator.classes_``.
+    """
+
+    frame: Any
+    selected_params: dict
+    estimator: Any = None
+    test_scores: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def make_probe(probe, device: str | None = None):
+    """Return a fresh estimator for a probe name or a clone of an estimator (``device`` overrides its device)."""
+    from sklearn.base import clone
+
+    from .probes import PROBES, ProbeBase
+
+    if isinstance(probe, str):
+        if probe not in PROBES:
+            raise UsageError(f"unknown probe {probe!r}; choose from {', '.join(PROBES)}")
+        est = PROBES[probe]()
+    elif isinstance(probe, ProbeBase):
+        est = clone(probe)
+    else:
+        raise UsageError(f"probe must be a name ({', '.join(PROBES)}) or a probe.probes estimator; "
+                         f"got {type(probe).__name__}")
+    if device is not None:
+        est.set_params(device=device)
+    return est
+
+
+def _check_grid(est, grid: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    from .probes._base import expand_grid
+
+    grid = dict(type(est).default_grid if grid is None else grid)
+    valid = set(est.get_params()) - {"device"}
+    unknown = sorted(set(grid) - valid)
+    if unknown:
+        raise UsageError(f"grid keys {unknown} are not parameters of the {est.name} probe; "
+                         f"valid keys: {sorted(valid) or 'none (it has no hyperparameters)'}")
+    grid = {k: (list(v) if isinstance(v, (list, tuple, np.ndarray)) else [v]) for k, v in grid.items()}
+    empty = [k for k, v in grid.items() if not v]
+    if empty:
+        raise UsageError(f"grid values for {empty} are empty; give at least one value per key")
+    return expand_grid(grid)
+
+
+def _encode(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Labels -> column index in ``classes``; -1 for a label the probe never saw (always counted wrong)."""
+    pos = np.searchsorted(classes, y).clip(0, len(classes) - 1)
+    return np.where(classes[pos] == y, pos, -1)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def sweep(probe, train: tuple, val: tuple | None = None, test: tuple | None = None, *,
+          grid: Mapping[str, Sequence] | None = None, select_metric: str = "top1",
+          val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0, shots: int = 0,
+          class_names: Sequence[str] | None = None, refit_on_val: bool | None = None, device: str | None = None,
+          context: Mapping[str, Any] | None = None, return_result: bool = False):
+    """Sweep a probe's hyperparameters on val, refit the best, and score test once.
+
+    See the module docstring for the protocol (val carve, few-shot draw, selection, ties, refit).
+
+    Parameters
+    ----------
+    probe : str or ProbeBase
+        ``"logistic"``, ``"ridge"``, ``"knn"``, ``"centroid"``, or an estimator from :mod:`probe.probes` (its
+        non-grid parameters, e.g. ``max_iter``, are kept).
+    train, val, test : tuple of (X [n, d], y [n])
+        Features and integer labels. ``val=None`` carves val from train; ``test=None`` skips the test row.
+    grid : dict of lists, optional
+        E.g. ``{"C": [...]}``, ``{"alpha": [...]}``, ``{"k": [...], "temperature": [...]}``; default: the
+        probe's ``default_grid``.
+    select_metric : {"top1", "top5", "mean_per_class_acc"}
+        The val metric that selects the setting.
+    val_fraction : float
+        Part of each class of train carved off as val when ``val`` is None (recorded in every row; 0 otherwise).
+    seed : int
+        Seed of the val carve and the few-shot draw (recorded in every row).
+    shots : int
+        Examples per class drawn from train (after the carve); 0 means all.
+    class_names : list of str, optional
+        Names of the labels, used in the error for a class with too few examples.
+    refit_on_val : bool, optional
+        Refit the selected setting on train+val; default True for ``shots == 0`` and False for few-shot.
+    device : str, optional
+        Torch device for the probe (default: the estimator's own, ``"auto"`` for names).
+    context : dict, optional
+        Values of the other results columns (backbone, family, weights, dataset, tap, cache_key) for every row.
+    return_result : bool
+        Return a :class:`SweepResult` (frame, selected estimator, test scores) instead of the frame alone.
+
+    Returns
+    -------
+    polars.DataFrame or SweepResult
+    """
+    from .probes._base import check_features, check_labels, resolve_device, to_tensor
+    import torch
+
+    est = make_probe(probe, device)
+    if select_metric not in METRICS:
+        raise UsageError(f"select_metric must be one of {', '.join(METRICS)}; got {select_metric!r}")
+    context = dict(context or {})
+    clash = sorted(set(context) & _COMPUTED)
+    if clash:
+        raise UsageError(f"context may not set {clash}; sweep computes those columns (pass shots=/seed= instead)")
+    if not isinstance(shots, (int, np.integer)) or shots < 0:
+        raise UsageError(f"shots must be a non-negative integer (0 = all); got {shots!r}")
+    points = _check_grid(est, grid)
+    refit_on_val = (shots == 0) if refit_on_val is None else bool(refit_on_val)
+
+    X_train = check_features(train[0], name="train X")
+    y_train = check_labels(train[1], len(X_train), name="train y", min_classes=1)
+    d = X_train.shape[1]
+    if val is None:
+        keep, val_idx = carve_val(y_train, val_fraction, seed)
+        X_val, y_val = X_train[val_idx], y_train[val_idx]
+        X_train, y_train = X_train[keep], y_train[keep]
+        recorded_fraction = float(val_fraction)
+    else:
+        X_val = check_features(val[0], name="val X", n_features=d)
+        y_val = check_labels(val[1], len(X_val), name="val y", min_classes=1)
+        recorded_fraction = 0.0
+    if shots:
+        pick = few_shot(y_train, int(shots), seed, list(class_names) if class_names is not None else None)
+        X_train, y_train = X_train[pick], y_train[pick]
+    if len(np.unique(y_train)) < 2:
+        raise UsageError(f"train has a single class ({y_train[0]}) after the val carve and few-shot draw; "
+                         "a probe needs at least two classes")
+    if test is not None:
+        X_test = check_features(test[0], name="test X", n_features=d)
+        y_test = check_labels(test[1], len(X_test), name="test y", min_classes=1)
+
+    dev = resolve_device(est.get_params().get("device"))
+    classes, y_index = np.unique(y_train, return_inverse=True)
+    Xt, Xv = to_tensor(X_train, dev), to_tensor(X_val, dev)
+    yt = torch.as_tensor(y_index, device=dev)
+    y_val_index = _encode(y_val, classes)
+
+    base = dict(context, probe=est.name, shots=int(shots), seed=int(seed), val_fraction=recorded_fraction,
+                select_metric=select_metric)
+    val_rows: list[dict] = [None] * len(points)  # type: ignore[list-item]
+    for i, scores, seconds in est._sweep_path(Xt, yt, len(classes), Xv, points):
+        metrics = classification_metrics(y_val_index, scores.float().cpu().numpy())
+        val_rows[i] = make_row(**base, params={k: _plain(v) for k, v in points[i].items()}, selected=False,
+                               split="val", n_train=len(X_train), n_eval=len(X_val), fit_seconds=seconds, **metrics)
+    del Xv
+
+    best_value = max(row[select_metric] for row in val_rows)
+    best = next(i for i in est._strength_order(points) if val_rows[i][select_metric] == best_value)
+    selected_params = dict(points[best])
+
+    fitted, test_scores, rows = None, None, list(val_rows)
+    if test is None:
+        rows[best] = dict(rows[best], selected=True)
+    else:
+        fitted = est.set_params(**selected_params)
+        if refit_on_val:
+            X_fit, y_fit = np.concatenate([X_train, X_val]), np.concatenate([y_train, y_val])
+        else:
+            X_fit, y_fit = X_train, y_train
+        start = time.perf_counter()
+        fitted.fit(X_fit, y_fit)
+        seconds = time.perf_counter() - start
+        test_scores = fitted._scores(to_tensor(X_test, dev)).float().cpu().numpy()
+        metrics = classification_metrics(_encode(y_test, fitted.classes_), test_scores)
+        rows.append(make_row(**base, params={k: _plain(v) for k, v in selected_params.items()}, selected=True,
+                             split="test", n_train=len(X_fit), n_eval=len(X_test), fit_seconds=seconds, **metrics))
+    frame = results_frame(rows)
+    if return_result:
+        return SweepResult(frame=frame, selected_params=selected_params, estimator=fitted, test_scores=test_scores)
+    return frame
+
+
+def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] = DEFAULT_PROBES,
+                 taps: Sequence[str] = ("pooled",), shots: Sequence[int] = (0,), seeds: Sequence[int] = (0,),
+                 grids: Mapping[str, Mapping[str, Sequence]] | None = None, select_metric: str = "top1",
+                 val_fraction: float = DEFAULT_VAL_FRACTION, cache_dir: str | os.PathLike = "cache",
+                 results_dir: str | os.PathLike = "results", jobs: int = 1, device: str = "auto",
+                 overwrite: bool = False, progress: bool = True, **extract_kwargs) -> list[Path]:
+    """Sweep probes on a backbone's cached features of a dataset; one parquet file per job.
+
+    Features come from :func:`probe.extract_features` (which extracts whatever the cache lacks). One job per
+    (tap, probe, shots, seed) runs :func:`sweep` and writes ``job_stem(...) + ".parquet"``, plus the selected
+    probe's weights and test predictions (:func:`probe.results.save_artifacts`) beside it. The job stem carries
+    the first 8 characters of the train split's cache key (without the tap list), so results of different weights or preprocessing of
+    the same backbone never collide, and a job whose parquet exists is skipped unless ``overwrite``.
+
+    Parameters
+    ----------
+    backbone, dataset : str
+        timm model name and dataset spec, as for :func:`probe.extract_features`.
+    probes : sequence of str
+        Probe names.
+    taps : sequence of str
+        Feature taps to probe (all are extracted in one pass).
+    shots : sequence of int
+        Examples per class (0 = all); see :func:`sweep` for the order of val carve and few-shot draw.
+    seeds : sequence of int
+        Seeds of the val carve and few-shot draw; one job per seed.
+    grids : dict, optional
+        Probe name -> grid (dict of lists); probes not named use their default grid.
+    select_metric, val_fraction
+        As for :func:`sweep`.
+    cache_dir, results_dir : path
+        Feature cache and results directories.
+    jobs : int
+        Jobs run in parallel (joblib threads: features are shared in memory, torch releases the GIL).
+    device : str
+        Torch device for extraction and probes.
+    overwrite : bool
+        Re-run jobs whose results exist.
+    progress : bool
+        Show progress bars.
+    **extract_kwargs
+        Passed to :func:`probe.extract_features` (weights, random_init, img_size, batch_size, ...).
+
+    Returns
+    -------
+    list of Path
+        The parquet file of every job (run now or found), in job order.
+    """
+    from .probes import PROBES
+
+    probes = list(probes)
+    unknown = [p for p in probes if p not in PROBES]
+    if unknown:
+        raise UsageError(f"unknown probe(s) {unknown}; choose from {', '.join(PROBES)}")
+    if select_metric not in METRICS:
+        raise UsageError(f"select metric must be one of {', '.join(METRICS)}; got {select_metric!r}")
+    if not 0.0 < val_fraction < 1.0:
+        raise UsageError(f"val fraction must be in (0, 1); got {val_fraction}. Use e.g. --val-fraction 0.2")
+    bad_shots = [s for s in shots if int(s) != s or s < 0]
+    if bad_shots:
+        raise UsageError(f"shots must be non-negative integers (0 = all); got {bad_shots}")
+    if int(jobs) < 1:
+        raise UsageError(f"jobs must be at least 1; got {jobs}")
+    grids = dict(grids or {})
+    unknown = sorted(set(grids) - set(PROBES))
+    if unknown:  # grids of known probes that are not run are ignored, so one grids dict can serve many calls
+        raise UsageError(f"grids given for unknown probe(s) {unknown}; probes are {', '.join(PROBES)}")
+
+    from ._cache import load_split
+    from ._extract import extract_features
+
+    entries = extract_features(backbone, dataset, taps=tuple(taps), cache_dir=cache_dir, device=device,
+                               progress=progress, **extract_kwargs)
+    if "train" not in entries:
+        raise UsageError(f"dataset {dataset!r} has no train split (found {sorted(entries)}); probes need one")
+    splits = {name: load_split(entry, taps=list(taps)) for name, entry in entries.items()}
+    train = splits["train"]
+    # The key without the tap list (when the cache records it): asking for more taps later reuses the results.
+    tag = str(train.attrs.get("base_key") or train.key)[:8]
+
+    job_list, paths = [], []
+    for tap in taps:
+        for name in probes:
+            for k in shots:
+                for seed in seeds:
+                    stem = job_stem(results_dir, backbone=train.backbone, dataset=train.dataset, probe=name,
+                                    tap=tap, shots=int(k), seed=int(seed), tag=tag)
+                    path = Path(str(stem) + ".parquet")
+                    paths.append(path)
+                    if overwrite or not path.exists():
+                        job_list.append(dict(tap=tap, probe=name, shots=int(k), seed=int(seed), stem=stem,
+                                             grid=grids.get(name)))
+
+    def run(job):
+        return _run_job(splits, job, select_metric=select_metric, val_fraction=val_fraction, device=device)
+
+    bar = None
+    if progress and job_list:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(job_list), desc="sweep jobs", unit="job")
+    if int(jobs) == 1:
+        for job in job_list:
+            run(job)
+            if bar is not None:
+                bar.update()
+    else:
+        from joblib import Parallel, delayed
+
+        for _ in Parallel(n_jobs=int(jobs), prefer="threads", return_as="generator_unordered")(
+                delayed(run)(job) for job in job_list):
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
+    return paths
+
+
+def _run_job(splits: dict, job: dict, *, select_metric: str, val_fraction: float, device: str) -> Path:
+    """Run one (tap, probe, shots, seed) sweep on loaded splits; write artifacts, then the parquet file."""
+    train, val, test = splits["train"], splits.get("val"), splits.get("test")
+    tap = job["tap"]
+    context = dict(backbone=train.backbone, family=train.family, weights=train.weights, dataset=train.dataset,
+                   tap=tap, cache_key=train.key)
+    result = sweep(job["probe"], (train.features[tap], train.labels),
+                   (val.features[tap], val.labels) if val is not None else None,
+                   (test.features[tap], test.labels) if test is not None else None,
+                   grid=job["grid"], select_metric=select_metric, val_fraction=val_fraction, seed=job["seed"],
+                   shots=job["shots"], class_names=train.classes, device=device, context=context,
+                   return_result=True)
+    stem = job["stem"]
+    if result.estimator is not None:
+        est = result.estimator
+        names = [train.classes[c] if 0 <= c < len(train.classes) else str(c) for c in est.classes_]
+        save_artifacts(stem, ids=np.asarray(test.ids), labels=test.labels, scores=result.test_scores,
+                       weights=est._artifact_weights(), classes=names)
+    # The parquet file is written last: its existence marks the job complete (artifacts included).
+    return write_results(result.frame, Path(str(stem) + ".parquet"))

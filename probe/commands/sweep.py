@@ -1,0 +1,69 @@
+"""Fit probes on a backbone's cached features of a dataset, select on val, score test once, write results.
+
+Features come from the cache (whatever is missing is extracted first, through the same code as
+'probe extract-features'). One job per (tap, probe, shots, seed) writes one parquet file under the results
+directory, plus the selected probe's weights and test predictions beside it; jobs whose parquet exists are
+skipped unless --overwrite. When the dataset has no val split, a stratified part of train is held out as val
+(--val-fraction, seeded by each --seeds value); few-shot draws happen after that carve, from the rest of train.
+Prints one line per job: probe, tap, shots, seed, the selected setting and its test top-1, and the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import (DEFAULT_RESULTS_DIR, add_backbone_arguments, add_dataset_arguments, add_extraction_arguments,
+                      extraction_kwargs)
+
+PROBE_NAMES = ["logistic", "ridge", "knn", "centroid"]
+METRIC_NAMES = ["top1", "top5", "mean_per_class_acc"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_backbone_arguments(parser)
+    add_dataset_arguments(parser)
+    parser.add_argument("--probes", nargs="+", choices=PROBE_NAMES, default=PROBE_NAMES, metavar="PROBE",
+                        help=f"probes to sweep: {', '.join(PROBE_NAMES)}")
+    parser.add_argument("--shots", nargs="+", type=int, default=[0], metavar="K",
+                        help="examples per class drawn from train (after the val carve); 0 = all of train")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="S",
+                        help="seeds of the val carve and the few-shot draw; one job per seed "
+                             "(--seed seeds the backbone's --random-init)")
+    parser.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR, metavar="DIR",
+                        help="where the parquet results and the selected probes' artifacts go")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N", help="sweep jobs run in parallel (joblib threads)")
+    parser.add_argument("--select-metric", choices=METRIC_NAMES, default="top1",
+                        help="val metric that selects each probe's hyperparameters (mean_per_class_acc is usual for "
+                             "Flowers-102, Caltech-101, Aircraft and Pets)")
+    parser.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
+                        help="part of each class of train held out as val when the dataset has no val split")
+    parser.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
+                        help="re-run jobs whose results already exist")
+    add_extraction_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from probe._errors import UsageError
+
+    # Checked before anything is extracted, so a typo costs nothing.
+    if not 0.0 < args.val_fraction < 1.0:
+        raise UsageError(f"--val-fraction must be in (0, 1); got {args.val_fraction}. Use e.g. --val-fraction 0.2")
+    if any(k < 0 for k in args.shots):
+        raise UsageError(f"--shots must be 0 (all) or positive; got {args.shots}")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1; got {args.jobs}")
+
+    import polars as pl
+
+    from probe._sweep import sweep_cached
+
+    kwargs = extraction_kwargs(args)
+    taps = kwargs.pop("taps")
+    paths = sweep_cached(args.backbone, args.dataset, probes=args.probes, taps=taps, shots=args.shots,
+                         seeds=args.seeds, select_metric=args.select_metric, val_fraction=args.val_fraction,
+                         results_dir=args.results_dir, jobs=args.jobs, overwrite=args.overwrite, **kwargs)
+    for path in paths:
+        row = pl.read_parquet(path).filter(pl.col("selected")).row(0, named=True)
+        print(f"{row['probe']}\t{row['tap']}\tshots={row['shots']}\tseed={row['seed']}\t{row['params']}\t"
+              f"{row['split']} top1={row['top1']:.4f}\t{path}")
+    return 0

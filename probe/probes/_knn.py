@@ -1,0 +1,117 @@
+"""Cosine k-nearest-neighbour classification with DINO's temperature-weighted votes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._base import ProbeBase, check_positive, chunk_rows
+
+
+class KNNProbe(ProbeBase):
+    """k-nearest neighbours under cosine similarity; votes weighted by ``exp(sim / temperature)`` (DINO).
+
+    ``temperature=None`` gives each of the ``k`` neighbours one vote (scikit-learn's ``weights="uniform"``);
+    ties between classes go to the first class in ``classes_``. Similarities are computed in chunks of queries,
+    so memory stays bounded for large banks. ``k`` larger than the training set is clipped to its size.
+
+    Parameters
+    ----------
+    k : int, default=20
+        Number of neighbours.
+    temperature : float or None, default=0.07
+        Softmax temperature of the votes; None for uniform votes.
+    device : str, default="auto"
+        Torch device; ``"auto"`` picks cuda when available.
+
+    Attributes
+    ----------
+    classes_ : ndarray [n_classes]
+    bank_ : torch.Tensor [n_train, n_features]
+        L2-normalised training features (float32, on ``device``).
+    bank_labels_ : torch.Tensor [n_train]
+        Class index (into ``classes_``) of each bank row.
+    """
+
+    name = "knn"
+    # The k values of the DINO / Wu et al. evaluations, with DINO's weighted votes and plain majority votes.
+    default_grid = {"k": [1, 5, 10, 20, 50, 100, 200], "temperature": [0.07, None]}
+
+    def __init__(self, k: int = 20, *, temperature: float | None = 0.07, device: str = "auto"):
+        self.k = k
+        self.temperature = temperature
+        self.device = device
+
+    def _check_params(self) -> None:
+        check_positive(type(self).__name__, "k", self.k, integer=True)
+        check_positive(type(self).__name__, "temperature", self.temperature, allow_none=True)
+
+    def _fit(self, X: torch.Tensor, y_index: torch.Tensor) -> None:
+        self.bank_ = F.normalize(X, dim=1)
+        self.bank_labels_ = y_index
+
+    def _scores(self, X: torch.Tensor) -> torch.Tensor:
+        sims, labels = _top_neighbours(F.normalize(X, dim=1), self.bank_, self.bank_labels_, self.k)
+        return _votes(sims, labels, min(self.k, sims.shape[1]), self.temperature, len(self.classes_))
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Share of the (weighted) votes per class [n_samples, n_classes]."""
+        votes = self._scores(self._check_predict_input(X))
+        return (votes / votes.sum(dim=1, keepdim=True)).cpu().numpy()
+
+    def _sweep_path(self, X, y_index, n_classes, X_eval, points):
+        """One top-max(k) search; every (k, temperature) is then scored from the same neighbours."""
+        start = time.perf_counter()
+        for point in points:
+            check_positive(type(self).__name__, "k", point.get("k", self.k), integer=True)
+            check_positive(type(self).__name__, "temperature", point.get("temperature", self.temperature),
+                           allow_none=True)
+        max_k = max(int(p.get("k", self.k)) for p in points)
+        sims, labels = _top_neighbours(F.normalize(X_eval, dim=1), F.normalize(X, dim=1), y_index, max_k)
+        shared = (time.perf_counter() - start) / max(1, len(points))
+        for i, point in enumerate(points):
+            start = time.perf_counter()
+            k = min(int(point.get("k", self.k)), sims.shape[1])
+            scores = _votes(sims, labels, k, point.get("temperature", self.temperature), n_classes)
+            yield i, scores, shared + time.perf_counter() - start
+
+    @staticmethod
+    def _strength_order(points: list[dict[str, Any]]) -> list[int]:
+        # More neighbours smooth more; among equal k, uniform votes (None) smooth more than any temperature,
+        # and a higher temperature more than a lower one.
+        def key(i):
+            t = points[i].get("temperature")
+            return (-int(points[i].get("k", 1)), 0 if t is None else 1, -(t or 0.0), i)
+
+        return sorted(range(len(points)), key=key)
+
+
+def _top_neighbours(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor,
+                    k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Similarities [N, k'] (descending) and class indices [N, k'] of the k' = min(k, n_bank) nearest rows."""
+    k = min(int(k), len(bank))
+    sims = torch.empty(len(queries), k, device=queries.device, dtype=queries.dtype)
+    idx = torch.empty(len(queries), k, device=queries.device, dtype=torch.long)
+    step = chunk_rows(len(queries), len(bank))
+    for lo in range(0, len(queries), step):
+        block = queries[lo:lo + step] @ bank.T
+        sims[lo:lo + step], idx[lo:lo + step] = torch.topk(block, k, dim=1, largest=True, sorted=True)
+    return sims, bank_labels[idx]
+
+
+def _votes(sims: torch.Tensor, labels: torch.Tensor, k: int, temperature: float | None,
+           n_classes: int) -> torch.Tensor:
+    """Per-class votes [N, n_classes] of the first ``k`` neighbours."""
+    sims, labels = sims[:, :k], labels[:, :k]
+    if temperature is None:
+        weights = torch.ones_like(sims)
+    else:
+        # Subtracting the row's best similarity rescales a row's votes by one constant (argmax and shares are
+        # unchanged) and keeps exp() finite for small temperatures.
+        weights = torch.exp((sims - sims[:, :1]) / float(temperature))
+    votes = torch.zeros(len(sims), n_classes, device=sims.device, dtype=sims.dtype)
+    return votes.scatter_add_(1, labels, weights)

@@ -1,0 +1,251 @@
+"""Probes against scikit-learn and brute-force references on real data (scikit-learn's digits)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression, RidgeClassifier
+from sklearn.model_selection import train_test_split
+
+from probe.probes import PROBES, CentroidProbe, KNNProbe, LogisticProbe, RidgeProbe
+
+ALL = [LogisticProbe, RidgeProbe, KNNProbe, CentroidProbe]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    Xtr, Xte, ytr, yte = train_test_split(X.astype(np.float32), y, test_size=0.3, random_state=0, stratify=y)
+    return Xtr, ytr, Xte, yte
+
+
+def _normalize(X):
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+# ------------------------------------------------------------------------------------------------ logistic
+@pytest.mark.parametrize("C", [1e-3, 0.05, 1.0])
+def test_logistic_matches_sklearn(digits, C):
+    Xtr, ytr, Xte, yte = digits
+    # Default tolerance on both sides: where each solver stops differs a little, the accuracy must not.
+    ours = LogisticProbe(C=C, device="cpu").fit(Xtr, ytr)
+    ref = LogisticRegression(C=C, max_iter=5000).fit(Xtr.astype(np.float64), ytr)
+    assert abs(ours.score(Xte, yte) - ref.score(Xte, yte)) <= 0.0075  # 4 of 540 test images
+    assert np.mean(ours.predict(Xte) == ref.predict(Xte)) >= 0.98
+    assert ours.coef_.shape == ref.coef_.shape and ours.intercept_.shape == ref.intercept_.shape
+    # Both solved tightly: the same optimum, so the same accuracy and probabilities.
+    tight = LogisticProbe(C=C, tol=1e-6, device="cpu").fit(Xtr, ytr)
+    ref = LogisticRegression(C=C, tol=1e-6, max_iter=5000).fit(Xtr.astype(np.float64), ytr)
+    assert abs(tight.score(Xte, yte) - ref.score(Xte, yte)) <= 0.005
+    np.testing.assert_allclose(tight.predict_proba(Xte), ref.predict_proba(Xte), atol=0.01)
+
+
+def test_logistic_binary_is_binomial_like_sklearn(digits):
+    Xtr, ytr, Xte, yte = digits
+    tr, te = np.isin(ytr, [3, 8]), np.isin(yte, [3, 8])
+    ours = LogisticProbe(C=0.01, tol=1e-6).fit(Xtr[tr], ytr[tr])
+    ref = LogisticRegression(C=0.01, tol=1e-6, max_iter=5000).fit(Xtr[tr], ytr[tr])
+    assert ours.coef_.shape == (1, 64)
+    np.testing.assert_allclose(ours.decision_function(Xte[te]), ref.decision_function(Xte[te]), atol=5e-3)
+    np.testing.assert_allclose(ours.predict_proba(Xte[te]), ref.predict_proba(Xte[te]), atol=1e-3)
+
+
+def test_logistic_probabilities(digits):
+    Xtr, ytr, Xte, _ = digits
+    est = LogisticProbe(C=0.1).fit(Xtr, ytr)
+    proba = est.predict_proba(Xte)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.exp(est.predict_log_proba(Xte)), proba, rtol=1e-4, atol=1e-6)
+    assert est.n_iter_ > 0
+
+
+# --------------------------------------------------------------------------------------------------- ridge
+@pytest.mark.parametrize("alpha", [0.01, 10.0, 1e4])
+def test_ridge_matches_sklearn(digits, alpha):
+    Xtr, ytr, Xte, _ = digits
+    ours = RidgeProbe(alpha=alpha).fit(Xtr, ytr)
+    ref = RidgeClassifier(alpha=alpha).fit(Xtr.astype(np.float64), ytr)
+    np.testing.assert_array_equal(ours.predict(Xte), ref.predict(Xte))
+    np.testing.assert_allclose(ours.decision_function(Xte), ref.decision_function(Xte), atol=1e-3)
+    np.testing.assert_allclose(ours.coef_, ref.coef_, rtol=1e-3, atol=1e-3)
+
+
+def test_ridge_binary_and_fewer_samples_than_features(digits):
+    Xtr, ytr, Xte, _ = digits
+    tr = np.isin(ytr, [1, 7])
+    for X, y in [(Xtr[tr], ytr[tr]), (Xtr[:40], ytr[:40])]:  # binary; and n=40 < d=64 (dual solve)
+        ours = RidgeProbe(alpha=3.0).fit(X, y)
+        ref = RidgeClassifier(alpha=3.0).fit(X.astype(np.float64), y)
+        np.testing.assert_array_equal(ours.predict(Xte), ref.predict(Xte))
+        np.testing.assert_allclose(ours.decision_function(Xte), ref.decision_function(Xte), atol=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------------- knn
+def _knn_reference(Xtr, ytr, Xte, k, temperature):
+    classes = np.unique(ytr)
+    sims = _normalize(Xte.astype(np.float64)) @ _normalize(Xtr.astype(np.float64)).T
+    votes = np.zeros((len(Xte), len(classes)))
+    for i, row in enumerate(sims):
+        nn = np.argsort(-row, kind="stable")[:k]
+        w = np.ones(k) if temperature is None else np.exp(row[nn] / temperature)
+        np.add.at(votes[i], np.searchsorted(classes, ytr[nn]), w)
+    return votes, classes[votes.argmax(axis=1)]
+
+
+@pytest.mark.parametrize("k,temperature", [(1, None), (5, None), (20, 0.07), (20, None), (50, 0.5)])
+def test_knn_matches_brute_force(digits, k, temperature):
+    Xtr, ytr, Xte, _ = digits
+    est = KNNProbe(k=k, temperature=temperature).fit(Xtr, ytr)
+    votes, pred = _knn_reference(Xtr, ytr, Xte, k, temperature)
+    assert np.mean(est.predict(Xte) == pred) >= 0.998  # exact up to float32 near-ties
+    close = np.abs(est.predict_proba(Xte) - votes / votes.sum(1, keepdims=True)).max(axis=1) < 1e-3
+    assert close.mean() >= 0.995  # a float32 near-tie at the k-th neighbour may swap one vote
+
+
+def test_knn_uniform_matches_sklearn(digits):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    Xtr, ytr, Xte, _ = digits
+    ref = KNeighborsClassifier(n_neighbors=10, metric="cosine", algorithm="brute").fit(Xtr, ytr)
+    ours = KNNProbe(k=10, temperature=None).fit(Xtr, ytr)
+    assert np.mean(ours.predict(Xte) == ref.predict(Xte)) >= 0.995
+
+
+def test_knn_k_larger_than_train_and_small_temperature():
+    X = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]], dtype=np.float32)
+    y = np.array([0, 1, 0])
+    assert KNNProbe(k=50).fit(X, y).predict([[1.0, 0.05]]) == [0]
+    proba = KNNProbe(k=3, temperature=1e-4).fit(X, y).predict_proba([[0.1, 1.0]])
+    assert np.all(np.isfinite(proba)) and proba[0, 1] > 0.99
+
+
+# ------------------------------------------------------------------------------------------------ centroid
+def test_centroid_matches_numpy(digits):
+    Xtr, ytr, Xte, _ = digits
+    est = CentroidProbe().fit(Xtr, ytr)
+    Z = _normalize(Xtr.astype(np.float64))
+    cents = _normalize(np.stack([Z[ytr == c].mean(0) for c in np.unique(ytr)]))
+    scores = _normalize(Xte.astype(np.float64)) @ cents.T
+    np.testing.assert_allclose(est.decision_function(Xte), scores, atol=1e-5)
+    np.testing.assert_array_equal(est.predict(Xte), scores.argmax(1))
+
+
+# ---------------------------------------------------------------------------------------- estimator contract
+@pytest.mark.parametrize("cls", ALL)
+def test_clone_get_params_and_fit_returns_self(cls, digits):
+    Xtr, ytr, Xte, yte = digits
+    est = cls(device="cpu")
+    params = est.get_params()
+    assert params["device"] == "cpu"
+    twin = clone(est)
+    assert twin.get_params() == params and twin is not est
+    assert est.fit(Xtr, ytr) is est
+    assert not hasattr(twin, "classes_")
+    assert est.n_features_in_ == 64 and list(est.classes_) == list(range(10))
+    assert 0.8 < est.score(Xte, yte) <= 1.0
+    assert est.decision_function(Xte).shape == (len(Xte), 10)
+    assert PROBES[est.name] is cls
+
+
+def test_set_params_and_arbitrary_labels(digits):
+    Xtr, ytr, Xte, _ = digits
+    labels = np.array([-7, 3, 11, 12, 40, 41, 99, 100, 1000, 5])  # arbitrary ints, not sorted
+    for est in [LogisticProbe(C=0.1), RidgeProbe(), KNNProbe(k=5), CentroidProbe()]:
+        base = clone(est).fit(Xtr, ytr).predict(Xte)
+        mapped = clone(est).fit(Xtr, labels[ytr])
+        assert list(mapped.classes_) == sorted(labels)
+        np.testing.assert_array_equal(mapped.predict(Xte), labels[base])
+    assert LogisticProbe().set_params(C=3.0).C == 3.0
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("cls", ALL)
+def test_bad_input_is_a_clear_value_error(cls, digits):
+    Xtr, ytr, _, _ = digits
+    X = Xtr[:60].copy()
+    y = ytr[:60]
+    est = cls()
+    bad_nan = X.copy()
+    bad_nan[3, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite.*row 3"):
+        est.fit(bad_nan, y)
+    bad_inf = X.copy()
+    bad_inf[7, 0] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        est.fit(bad_inf, y)
+    with pytest.raises(ValueError, match="different lengths"):
+        est.fit(X, y[:-1])
+    with pytest.raises(ValueError, match="1 class"):
+        est.fit(X, np.zeros(len(X), dtype=int))
+    with pytest.raises(ValueError, match="2-D"):
+        est.fit(X[:, 0], y)
+    with pytest.raises(ValueError, match="integer class labels"):
+        est.fit(X, np.array(["a", "b"] * 30))
+    est.fit(X, y)
+    with pytest.raises(ValueError, match="has 63 features but the probe was fitted on 64"):
+        est.predict(X[:, :63])
+    with pytest.raises(ValueError, match="NaN"):
+        est.predict(bad_nan)
+
+
+def test_not_fitted_and_bad_parameters(digits):
+    from sklearn.exceptions import NotFittedError
+
+    Xtr, ytr, _, _ = digits
+    with pytest.raises(NotFittedError):
+        LogisticProbe().predict(Xtr)
+    for est, pattern in [(LogisticProbe(C=-1.0), "'C' parameter of LogisticProbe must be a positive float"),
+                         (LogisticProbe(max_iter=0), "'max_iter'"), (RidgeProbe(alpha=0), "'alpha'"),
+                         (KNNProbe(k=0), "'k' parameter of KNNProbe must be a positive int"),
+                         (KNNProbe(k=2.5), "'k'"), (KNNProbe(temperature=-1.0), "'temperature'")]:
+        with pytest.raises(ValueError, match=pattern):
+            est.fit(Xtr, ytr)
+
+
+# --------------------------------------------------------------------------------- sweep paths share work
+def _path(est, Xtr, ytr, Xte, points):
+    classes, y_index = np.unique(ytr, return_inverse=True)
+    out = {}
+    for i, scores, seconds in est._sweep_path(torch.tensor(Xtr), torch.tensor(y_index), len(classes),
+                                               torch.tensor(Xte), points):
+        assert seconds >= 0
+        out[i] = scores.numpy()
+    return [out[i] for i in range(len(points))]
+
+
+def test_ridge_path_equals_single_fits(digits):
+    Xtr, ytr, Xte, _ = digits
+    points = [{"alpha": a} for a in (1e-2, 1.0, 100.0, 1e5)]
+    for X in (Xtr, Xtr[:40]):  # primal and dual decompositions
+        y = ytr[:len(X)]
+        for p, scores in zip(points, _path(RidgeProbe(), X, y, Xte, points)):
+            single = RidgeProbe(**p).fit(X, y).decision_function(Xte)
+            np.testing.assert_allclose(scores, single, atol=1e-3)
+
+
+def test_knn_path_equals_single_fits(digits):
+    Xtr, ytr, Xte, _ = digits
+    points = [{"k": k, "temperature": t} for k in (1, 10, 30) for t in (0.07, None)]
+    for p, scores in zip(points, _path(KNNProbe(), Xtr, ytr, Xte, points)):
+        single = KNNProbe(**p).fit(Xtr, ytr).decision_function(Xte)
+        np.testing.assert_allclose(scores, single, rtol=1e-5, atol=1e-6)
+
+
+def test_logistic_warm_path_agrees_with_cold_fits(digits):
+    Xtr, ytr, Xte, yte = digits
+    points = [{"C": c} for c in (1.0, 1e-3, 0.03)]  # order given is not the path order; results come back by index
+    for p, scores in zip(points, _path(LogisticProbe(), Xtr, ytr, Xte, points)):
+        cold = LogisticProbe(**p).fit(Xtr, ytr)
+        assert abs(np.mean(scores.argmax(1) == yte) - cold.score(Xte, yte)) <= 0.005
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls", ALL)
+def test_cuda_matches_cpu(cls, digits):
+    Xtr, ytr, Xte, _ = digits
+    cpu = cls(device="cpu").fit(Xtr, ytr).predict(Xte)
+    gpu = cls(device="cuda").fit(Xtr, ytr).predict(Xte)
+    assert np.mean(cpu == gpu) >= 0.995
