@@ -70,9 +70,7 @@ def show(fig, name: str) -> None:
 # predictions. Each job's val score is the val row with the selected row's params (the metric it was chosen on).
 
 # %%
-probe.scan_results(RESULTS)  # a clear error when RESULTS is missing or holds no results
-files = sorted(str(p) for p in RESULTS.rglob("*.parquet"))
-rows = (pl.scan_parquet(files, include_file_paths="file").collect()
+rows = (probe.scan_results(RESULTS, include_file_paths="file").collect()
         .with_columns(pl.col("params").fill_null("{}")))  # a null would not match itself in the join below
 
 METRIC_OF_ROW = pl.coalesce([pl.when(pl.col("select_metric").fill_null("top1") == m).then(pl.col(m))

@@ -38,6 +38,7 @@ _LAZY = {
     "run_study": "probe._study",
     "write_report": "probe._report",
     "paired_bootstrap": "probe._stats",
+    "bootstrap_ci": "probe._stats",
     "scan_results": "probe.results",
 }
 

@@ -132,9 +132,7 @@ def _load_rows(results_dir: Path) -> list[dict[str, Any]]:
     """Every result row with the file it came from (the job), as dicts."""
     import polars as pl
 
-    scan_results(results_dir)  # the contract's checks and messages for a missing or empty folder
-    files = sorted(str(p) for p in results_dir.rglob("*.parquet"))
-    frame = pl.scan_parquet(files, include_file_paths="_file").collect()
+    frame = scan_results(results_dir, include_file_paths="_file").collect()
     return frame.to_dicts()
 
 

@@ -130,8 +130,11 @@ def write_results(rows, path: str | os.PathLike) -> Path:
     return path
 
 
-def scan_results(results_dir: str | os.PathLike):
-    """Lazily read every results file under ``results_dir`` (recursively) as one polars LazyFrame."""
+def scan_results(results_dir: str | os.PathLike, *, include_file_paths: str | None = None):
+    """Lazily read every results file under ``results_dir`` (recursively) as one polars LazyFrame.
+
+    ``include_file_paths`` names an extra column holding each row's parquet path (to find its ``.npz``).
+    """
     import polars as pl
 
     results_dir = Path(results_dir)
@@ -140,7 +143,7 @@ def scan_results(results_dir: str | os.PathLike):
     files = sorted(str(p) for p in results_dir.rglob("*.parquet"))
     if not files:
         raise UsageError(f"no results (*.parquet) under {results_dir}; run 'probe sweep' or 'probe run' first")
-    return pl.scan_parquet(files)
+    return pl.scan_parquet(files, include_file_paths=include_file_paths)
 
 
 def job_stem(results_dir: str | os.PathLike, *, backbone: str, dataset: str, probe: str, tap: str = "-",
