@@ -25,7 +25,6 @@
 
 # %%
 import argparse
-import re
 from pathlib import Path
 
 import matplotlib

@@ -24,7 +24,6 @@
 
 # %%
 import argparse
-import re
 from pathlib import Path
 
 import matplotlib

@@ -130,7 +130,6 @@ class _Job:
 
 def _load_rows(results_dir: Path) -> list[dict[str, Any]]:
     """Every result row with the file it came from (the job), as dicts."""
-    import polars as pl
 
     frame = scan_results(results_dir, include_file_paths="_file").collect()
     return frame.to_dicts()
@@ -573,7 +572,7 @@ class _Report:
             ax.set_xlabel(xlabel, fontsize=8)
         for ax in axes[::min(3, len(axes))]:
             ax.set_ylabel("test top-1 accuracy (%)")
-        handles, labels = {}, []
+        handles = {}
         for ax in axes:  # one legend entry per backbone across panels
             for h, lab in zip(*ax.get_legend_handles_labels()):
                 handles.setdefault(lab, h)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -131,7 +130,7 @@ def test_layerwise_and_few_shot_tables(study):
 def test_report_states_selection_ci_and_figures(study):
     _, path, text = study
     assert "Selection was on val, never on test" in text
-    assert f"paired bootstrap 95% confidence interval" in text and f"{N_BOOT} resamples" in text
+    assert "paired bootstrap 95% confidence interval" in text and f"{N_BOOT} resamples" in text
     figures = re.findall(r"\]\((figures/[^)]+\.png)\)", text)
     assert {Path(f).name for f in figures} == {
         "alpha-frozen-vs-finetune.png", "beta-frozen-vs-finetune.png", "families-transformer-vs-convnet.png",
