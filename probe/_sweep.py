@@ -212,6 +212,7 @@ def sweep(probe, train: tuple, val: tuple | None = None, test: tuple | None = No
         rows[best] = dict(rows[best], selected=True)
     else:
         fitted = est.set_params(**selected_params)
+        fitted._prepare_refit(best)
         if refit_on_val:
             X_fit, y_fit = np.concatenate([X_train, X_val]), np.concatenate([y_train, y_val])
         else:

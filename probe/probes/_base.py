@@ -140,6 +140,9 @@ class ProbeBase(ClassifierMixin, BaseEstimator):
             est._fit(X, y_index)
             yield i, est._scores(X_eval), time.perf_counter() - start
 
+    def _prepare_refit(self, point_index: int) -> None:
+        """Called by the sweep before refitting grid point ``point_index`` on more data (e.g. to warm-start)."""
+
     @staticmethod
     def _strength_order(points: list[dict[str, Any]]) -> list[int]:
         """Indices of ``points`` from the strongest regularisation to the weakest (the tie-break order)."""

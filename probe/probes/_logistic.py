@@ -68,7 +68,14 @@ class LogisticProbe(ProbeBase):
 
     # ------------------------------------------------------------------------------------------- fitting
     def _fit(self, X: torch.Tensor, y_index: torch.Tensor) -> None:
-        W, b, n_iter = self._lbfgs(X, y_index, len(self.classes_), float(self.C))
+        # A sweep's refit on train+val starts from the path's solution for this C (same answer, fewer iterations).
+        init, self._refit_init = getattr(self, "_refit_init", None), None
+        n_out = 1 if len(self.classes_) == 2 else len(self.classes_)
+        if init is not None and tuple(init[0].shape) != (n_out, X.shape[1]):
+            init = None
+        if init is not None:
+            init = tuple(t.to(X.device) for t in init)
+        W, b, n_iter = self._lbfgs(X, y_index, len(self.classes_), float(self.C), init=init)
         self._set_solution(W, b, n_iter)
 
     def _set_solution(self, W: torch.Tensor, b: torch.Tensor, n_iter: int) -> None:
@@ -142,13 +149,19 @@ class LogisticProbe(ProbeBase):
         """Warm-start along the C path from the strongest penalty (smallest C) to the weakest."""
         self._check_params()
         init = None
+        self._path_solutions = {}
         for i in self._strength_order(points):
             start = time.perf_counter()
             C = float(points[i].get("C", self.C))
             check_positive(type(self).__name__, "C", C)
             W, b, _ = self._lbfgs(X, y_index, n_classes, C, init=init)
-            init = (W, b)
+            init = self._path_solutions[i] = (W, b)
             yield i, _full_logits(X_eval @ W.T + b), time.perf_counter() - start
+
+    def _prepare_refit(self, point_index: int) -> None:
+        solutions = getattr(self, "_path_solutions", None) or {}
+        self._refit_init = solutions.get(point_index)
+        self._path_solutions = None  # free the path's weights
 
     @staticmethod
     def _strength_order(points: list[dict[str, Any]]) -> list[int]:

@@ -15,10 +15,10 @@ class RidgeProbe(ProbeBase):
     """Least squares on +-1 class targets with an L2 penalty, as scikit-learn's ``RidgeClassifier``.
 
     Targets are +1 for the true class and -1 elsewhere (one column for two classes); with ``fit_intercept``
-    features and targets are centred, so the intercept is unpenalised. The solution comes from one symmetric
-    eigendecomposition of the centred Gram matrix ``Xc^T Xc`` (or of ``Xc Xc^T`` when there are fewer samples than
-    features), which a sweep reuses for every alpha. The Gram matrix is accumulated in float32 on centred
-    features and decomposed in float64.
+    features and targets are centred, so the intercept is unpenalised. A single fit is a Cholesky solve of
+    ``(Xc^T Xc + alpha I) W = Xc^T Yc``; a sweep instead decomposes the centred Gram matrix once (``Xc^T Xc``, or
+    ``Xc Xc^T`` when there are fewer samples than features) and reuses it for every alpha. Gram matrices are
+    accumulated in float32 on centred features and solved or decomposed in float64.
 
     Parameters
     ----------
@@ -50,8 +50,17 @@ class RidgeProbe(ProbeBase):
         check_positive(type(self).__name__, "alpha", self.alpha)
 
     def _fit(self, X: torch.Tensor, y_index: torch.Tensor) -> None:
-        dec = _Decomposition(X, y_index, len(self.classes_), self.fit_intercept)
-        self._W, self._b = dec.solution(float(self.alpha))
+        n, d = X.shape
+        if n >= d:
+            # One alpha: a Cholesky solve of (Xc^T Xc + alpha I) W = Xc^T Yc is cheaper than a decomposition.
+            Xc, Yc, x_mean, y_mean = _centred(X, y_index, len(self.classes_), self.fit_intercept)
+            G = (Xc.T @ Xc).double()
+            G.diagonal().add_(float(self.alpha))
+            W = torch.cholesky_solve(Xc.T.double() @ Yc, torch.linalg.cholesky(G)).float()
+            self._W, self._b = W, y_mean - x_mean @ W
+        else:
+            dec = _Decomposition(X, y_index, len(self.classes_), self.fit_intercept)
+            self._W, self._b = dec.solution(float(self.alpha))
         self.coef_ = self._W.T.cpu().numpy()
         self.intercept_ = self._b.cpu().numpy()
 
@@ -97,19 +106,7 @@ class _Decomposition:
 
     def __init__(self, X: torch.Tensor, y_index: torch.Tensor, n_classes: int, fit_intercept: bool):
         n, d = X.shape
-        n_out = 1 if n_classes == 2 else n_classes
-        Y = torch.full((n, n_classes), -1.0, device=X.device, dtype=X.dtype)
-        Y[torch.arange(n, device=X.device), y_index] = 1.0
-        if n_out == 1:
-            Y = Y[:, 1:]
-        if fit_intercept:
-            self.x_mean = X.mean(dim=0)
-            self.y_mean = Y.mean(dim=0)
-        else:
-            self.x_mean = torch.zeros(d, device=X.device, dtype=X.dtype)
-            self.y_mean = torch.zeros(n_out, device=X.device, dtype=X.dtype)
-        Xc = X - self.x_mean
-        Yc = (Y - self.y_mean).double()
+        Xc, Yc, self.x_mean, self.y_mean = _centred(X, y_index, n_classes, fit_intercept)
         # Accumulate the Gram matrix in float32 (the O(n d^2) part), decompose in float64 for accuracy.
         if n >= d:
             eigvals, V = torch.linalg.eigh((Xc.T @ Xc).double())
@@ -130,5 +127,23 @@ class _Decomposition:
         return W, b
 
     def project(self, X_eval: torch.Tensor) -> torch.Tensor:
-        """``(X_eval - mean) P`` in float64, so that scores(alpha) = project @ (B / (l + alpha)) + y_mean."""
+        """``(X_eval - mean) P`` (float64 result), so that scores(alpha) = project @ (B / (l + alpha)) + y_mean."""
+        if self._dual_X is None:  # P = V is orthonormal: a float32 product loses nothing that matters
+            return ((X_eval - self.x_mean) @ self.P.float()).double()
         return (X_eval - self.x_mean).double() @ self.P
+
+
+def _centred(X: torch.Tensor, y_index: torch.Tensor, n_classes: int, fit_intercept: bool):
+    """Centred features (float32), centred +-1 targets (float64) and both means (float32)."""
+    n, d = X.shape
+    n_out = 1 if n_classes == 2 else n_classes
+    Y = torch.full((n, n_classes), -1.0, device=X.device, dtype=X.dtype)
+    Y[torch.arange(n, device=X.device), y_index] = 1.0
+    if n_out == 1:
+        Y = Y[:, 1:]
+    if fit_intercept:
+        x_mean, y_mean = X.mean(dim=0), Y.mean(dim=0)
+    else:
+        x_mean = torch.zeros(d, device=X.device, dtype=X.dtype)
+        y_mean = torch.zeros(n_out, device=X.device, dtype=X.dtype)
+    return X - x_mean, (Y - y_mean).double(), x_mean, y_mean
