@@ -1,0 +1,52 @@
+"""Run a whole study: extraction through the cache, probe sweeps, fine-tuning, then the report.
+
+With no STUDY file, runs the embedded default study: timm's tiny test ConvNets and transformers, trained briefly
+on the synthetic 'shapes' dataset and transferred to scikit-learn's 'digits' (frozen probes and fine-tuning),
+offline, in a few minutes on a CPU. Outputs go under the current directory: cache/ (features), results/ (one
+parquet per job), pretrain/ (source-task weights) and report/ (report.md with figures). Work already done is
+skipped, so a second run takes seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import DEFAULT_CACHE_DIR, DEFAULT_RESULTS_DIR
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("study", nargs="?", default=None, metavar="STUDY.toml",
+                        help="study file (TOML; format in the README); default: the embedded default study")
+    parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, metavar="DIR", help="feature cache directory")
+    parser.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR, metavar="DIR",
+                        help="results directory (one parquet file per job)")
+    parser.add_argument("--report-dir", default="report", metavar="DIR", help="where report.md and figures go")
+    parser.add_argument("--pretrain-dir", default="pretrain", metavar="DIR",
+                        help="results and weights of the [pretrain] step, kept apart from the transfer results")
+    parser.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                        help="write the report at the end")
+    parser.add_argument("--plan", action="store_true",
+                        help="only print the jobs the study would run, in order, and exit (reads no data)")
+    parser.add_argument("--device", default=None, help="torch device (default: the study's, else auto)")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="sweep jobs in parallel (default: the study's, else 1)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="data loading workers (default: the extractor's choice)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="show progress bars inside jobs")
+
+
+def run(args: argparse.Namespace) -> int:
+    from probe._study import load_study, plan_study, run_study
+
+    study = load_study(args.study)
+    if args.plan:
+        jobs = plan_study(study)
+        print(f"study {study.name} ({study.source}): {len(jobs)} jobs")
+        for i, job in enumerate(jobs, 1):
+            print(f"[{i}/{len(jobs)}] {job.describe()}")
+        return 0
+    run_study(study, cache_dir=args.cache_dir, results_dir=args.results_dir,
+              report_dir=args.report_dir if args.report else None, pretrain_dir=args.pretrain_dir,
+              device=args.device, jobs=args.jobs, workers=args.workers, progress=args.progress)
+    return 0
