@@ -200,7 +200,8 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
     device : str
         ``auto`` (cuda when present), ``cpu``, ``cuda``, ``cuda:N``.
     workers : int, optional
-        Data-loading worker processes (default: one fewer than the CPU cores, 1 to 8).
+        Data-loading worker processes (default: one fewer than the CPU cores, 1 to 8). On CPU, torch's threads
+        are capped at the cores left over during the run (oversubscription makes small models crawl).
     progress, verbose : bool
         A tqdm bar per epoch (loss, lr, images/s); a log line per epoch with the val metrics (stderr).
 
@@ -269,6 +270,8 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
     results_path.parent.mkdir(parents=True, exist_ok=True)
     lock = _JobLock(Path(str(stem) + ".lock"))
     try:
+        if results_path.is_file() and not overwrite:  # finished by another process while we looked
+            return _read_back(results_path, stem, ckpt_dir, settings, verbose)
         if overwrite:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
         run = _Run(backbone=backbone, source=source, config=config, split_plan=split_plan, settings=settings,
@@ -321,6 +324,7 @@ class _JobLock:
         if self._fallback is not None:
             self._fallback.release()
         elif self.fd is not None:
+            self.path.unlink(missing_ok=True)  # a finished or failed job leaves no lock file behind
             os.close(self.fd)  # closing drops the process's record lock
             self.fd = None
 
@@ -840,9 +844,7 @@ class _Run:
             loss_sum += loss * len(y)
             seen += len(y)
             bar.update(len(y))
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{self._lr():.2e}",
-                            img_s=f"{seen / max(elapsed, 1e-9):.0f}", refresh=False)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{self._lr():.2e}", refresh=False)  # + tqdm's img/s
         bar.close()
         del it
         seconds = time.perf_counter() - start
