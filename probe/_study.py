@@ -243,7 +243,9 @@ def _check_values(study: Study) -> None:
         bad = [p for p in s["probes"] if p not in probes_known]
         if bad:
             raise UsageError(f"unknown probe(s) {bad} in {study.source}; choose from {', '.join(probes_known)}")
-        parse_taps([t for t in s["taps"] if t != ALL_BLOCKS])
+        concrete = [t for t in s["taps"] if t != ALL_BLOCKS]
+        if concrete or not s["taps"]:
+            parse_taps(concrete)
     for metric in [study.select_metric, *(d.select_metric for d in study.datasets if d.select_metric)]:
         if metric not in METRICS:
             raise UsageError(f"select_metric {metric!r} in {study.source} must be one of {', '.join(METRICS)}")

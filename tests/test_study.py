@@ -1,0 +1,160 @@
+"""The study runner end to end on a tiny study (with a rerun that skips everything), planning the seed study
+without downloads, study-file errors, and every notebook run headless on the tiny study's results."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import probe
+from probe._study import expand_taps, load_study, plan_study
+from tests.conftest import assert_one_line_error, run_cli, run_main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_STUDY = """
+[study]
+name = "tiny"
+seeds = [0]
+
+[[backbones]]
+name = "test_resnet"
+random_init = true
+img_size = 32
+
+[[backbones]]
+name = "test_vit"
+random_init = true
+img_size = 32
+
+[[datasets]]
+spec = "digits"
+
+[extract]
+batch_size = 128
+workers = 0
+
+[pretrain]
+dataset = "shapes"
+epochs = 1
+batch_size = 32
+lr = 2e-3
+
+[[sweeps]]
+probes = ["logistic", "knn", "centroid"]
+taps = ["pooled"]
+grids = { logistic = { C = [0.1, 1.0, 10.0] }, knn = { k = [5, 20] } }
+
+[[sweeps]]
+probes = ["centroid"]
+taps = ["block*"]
+
+[[sweeps]]
+probes = ["centroid"]
+taps = ["pooled"]
+shots = [1, 5]
+seeds = [0, 1]
+
+[finetune]
+modes = ["full"]
+epochs = 1
+batch_size = 64
+lr = 1e-3
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    """Run the tiny study once through the CLI (a real subprocess), then a second time."""
+    work = tmp_path_factory.mktemp("study")
+    (work / "tiny.toml").write_text(TINY_STUDY)
+    first = run_cli("run", "tiny.toml", "--no-progress", "--workers", "0", cwd=work, timeout=600, check=0)
+    second = run_cli("run", "tiny.toml", "--no-progress", "--workers", "0", cwd=work, timeout=600, check=0)
+    return work, first, second
+
+
+def test_tiny_study_runs_every_protocol(tiny_study):
+    work, first, _ = tiny_study
+    rows = probe.scan_results(work / "results").collect()
+    assert set(rows["backbone"]) == {"test_resnet", "test_vit"}
+    assert set(rows["family"]) == {"convnet", "transformer"}
+    assert set(rows["probe"]) == {"logistic", "knn", "centroid", "finetune"}
+    assert {"pooled", "-"} <= set(rows["tap"]) and any(t.startswith("block") for t in rows["tap"])
+    assert set(rows.filter(pl.col("probe") == "centroid")["shots"]) == {0, 1, 5}
+    # weights of the transfer jobs are the pretrain step's export, not random init
+    assert all(w.startswith("file:") for w in rows["weights"])
+    selected = rows.filter(pl.col("selected"))
+    assert set(selected["split"]) == {"test"}
+    assert (work / "report" / "report.md").is_file()
+    assert "[1/" in first.stdout and "test top-1 (%)" in first.stdout and "report:" in first.stdout
+    # one results file per job; every selected row has its predictions beside it
+    for path in (work / "results").rglob("*.parquet"):
+        assert path.with_suffix(".npz").is_file(), path
+
+
+def test_second_run_skips_everything(tiny_study):
+    _, first, second = tiny_study
+    job_lines = [ln for ln in second.stdout.splitlines() if ln.startswith("[")]
+    assert job_lines and all(("skipped" in ln) or ("cached" in ln) for ln in job_lines), second.stdout
+    assert "extracted" not in second.stdout and "written" not in second.stdout
+
+
+@pytest.mark.parametrize("notebook", sorted(p.name for p in (ROOT / "notebooks").glob("*.py")))
+def test_notebooks_run_headless_on_the_tiny_study(tiny_study, notebook, tmp_path):
+    work, _, _ = tiny_study
+    out = tmp_path / "figs"
+    proc = subprocess.run([sys.executable, str(ROOT / "notebooks" / notebook), "--results", str(work / "results"),
+                           "--out", str(out), "--n-boot", "200"], capture_output=True, text=True, timeout=300,
+                          env={"MPLBACKEND": "Agg", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    pngs = list(out.glob("*.png"))
+    assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_seed_study_plans_without_downloading(capsys):
+    study = load_study(ROOT / "studies" / "convnets-vs-transformers.toml")
+    assert [b.name for b in study.backbones] == [
+        "resnetv2_101x3_bit.goog_in21k", "resnetv2_152x4_bit.goog_in21k", "vit_base_patch16_224.augreg_in21k",
+        "vit_large_patch16_224.augreg_in21k", "swin_base_patch4_window7_224.ms_in22k"]
+    assert {b.family for b in study.backbones} == {"convnet", "transformer"}
+    assert len(study.datasets) == 6 and study.datasets[0].spec == "torchvision:Flowers102"
+    jobs = plan_study(study)
+    kinds = [j.kind for j in jobs]
+    assert kinds.count("finetune") == 5 * 6 and kinds.count("extract") == 5 * 6 and kinds.count("sweep") == 5 * 6 * 3
+    proc = run_main(capsys, "run", ROOT / "studies" / "convnets-vs-transformers.toml", "--plan")
+    assert proc.returncode == 0 and f"{len(jobs)} jobs" in proc.stdout
+
+
+def test_block_star_expands_per_architecture():
+    assert expand_taps(["pooled", "block*"], "test_resnet") == ["pooled", "block0", "block1", "block2", "block3",
+                                                                 "block4"]
+    assert expand_taps(["block*"], "vit_large_patch16_224") == [f"block{i}" for i in range(24)]
+
+
+def test_default_study_loads_and_plans():
+    study = load_study(None)
+    assert {b.name for b in study.backbones} == {"test_resnet", "test_convnext", "test_vit", "test_vit2"}
+    assert study.pretrain["dataset"] == "shapes" and [d.spec for d in study.datasets] == ["digits"]
+    assert plan_study(study)[0].kind == "pretrain"
+
+
+@pytest.mark.parametrize("text,needles", [
+    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='digits'\n[[sweeps]]\nprobes=['knn']\ntapz=['pooled']\n",
+     ["tapz", "allowed"]),
+    ("[[datasets]]\nspec='digits'\n[[sweeps]]\nprobes=['knn']\n", ["no backbones"]),
+    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='digits'\n[[sweeps]]\nprobes=['svm']\n", ["svm"]),
+    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='digits'\n", ["nothing to run"]),
+    ("[[backbones]\nname=", ["not valid TOML"]),
+])
+def test_bad_study_files_are_one_clear_line(tmp_path, capsys, text, needles):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    assert_one_line_error(run_main(capsys, "run", path), 2, *needles)
+
+
+def test_missing_study_file(capsys):
+    assert_one_line_error(run_main(capsys, "run", "/no/such/study.toml"), 2, "does not exist")
