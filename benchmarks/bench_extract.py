@@ -44,10 +44,11 @@ def bench(model_name: str, spec: str, *, batch_size: int, workers: int | None, d
     import torch
 
     import probe
-    from probe._extract import _resolve_device, _SplitImages, default_workers
+    from probe._extract import _SplitImages
+    from probe._runtime import default_workers, resolve_device
     from probe._taps import forward_taps
 
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     bb = probe.create_backbone(model_name, random_init=True, img_size=img_size)
     source = probe.open_dataset(spec)
     split = source.split_names[0]

@@ -19,7 +19,6 @@ import re
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -27,6 +26,7 @@ import numpy as np
 
 from ._cache import CacheEntry, cache_key, entry_path, read_attrs
 from ._errors import ProbeError, UsageError
+from ._runtime import ProcessLock, cpu_threads, default_workers, resolve_device
 from ._taps import check_taps, forward_taps, parse_taps
 from ._version import CACHE_FORMAT, __version__
 
@@ -100,7 +100,8 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
         if reuse is not None:
             entries[split] = reuse
             continue
-        with _entry_lock(cache_dir, key, final, progress=progress):
+        with ProcessLock(Path(cache_dir) / ".locks" / f"{key[:24]}.lock", wait=True,
+                         waiting_message=f"probe: another process is extracting {final}; waiting for it to finish"):
             reuse = _find_reusable(final, key, cache_key(material), taps)  # another process may have finished it
             if reuse is not None:
                 entries[split] = reuse
@@ -177,43 +178,6 @@ def _find_reusable(final: Path, key: str, base_key: str, taps: tuple[str, ...]) 
     return None
 
 
-@contextmanager
-def _entry_lock(cache_dir, key: str, final: Path, *, progress: bool):
-    from filelock import FileLock, Timeout
-
-    lock_dir = Path(cache_dir) / ".locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(lock_dir / f"{key[:24]}.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        print(f"probe: another process is extracting {final}; waiting for it to finish", file=sys.stderr)
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def _resolve_device(device: str):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {device} requested but CUDA is not available; use --device cpu")
-    return dev
-
-
-def default_workers() -> int:
-    """Data-loading workers when none are asked for: one fewer than the CPU cores, between 1 and 8."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
 class _SplitImages:
     """Map-style dataset over one split: (index, tensor, error message or '')."""
 
@@ -272,7 +236,7 @@ def _extract_split(bb, source, split: str, taps, final: Path, meta: dict, *, bat
     if 0 < done < n:
         print(f"probe: resuming {final.name} ({meta['dataset']}/{split}) from row {done} of {n}", file=sys.stderr)
     if done < n:
-        dev = _resolve_device(device)
+        dev = resolve_device(device)
         model = bb.model.to(dev)
         if dev.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
@@ -288,7 +252,7 @@ def _extract_split(bb, source, split: str, taps, final: Path, meta: dict, *, bat
         bar = tqdm(total=n, initial=done, unit="img", desc=f"{meta['backbone']} {meta['dataset']}/{split}",
                    disable=not progress, dynamic_ncols=True, leave=False)
         ids = source.ids[split]
-        with torch.inference_mode():
+        with torch.inference_mode(), cpu_threads(dev, n_workers):
             for index, x, errors in loader:
                 ok = np.array([not e for e in errors])
                 if not ok.all() and not skip_bad:

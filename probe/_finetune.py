@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import ProbeError, UsageError
+from ._runtime import ProcessLock
 from .results import METRICS
 from .splits import DEFAULT_VAL_FRACTION
 
@@ -268,8 +269,9 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
         return _read_back(results_path, stem, ckpt_dir, settings, verbose)
 
     results_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = _JobLock(Path(str(stem) + ".lock"))
-    try:
+    busy = (f"another process is fine-tuning the same job ({stem}.lock is held); wait for it to finish, then "
+            "rerun to read its results")
+    with ProcessLock(Path(str(stem) + ".lock"), wait=False, busy_error=busy):
         if results_path.is_file() and not overwrite:  # finished by another process while we looked
             return _read_back(results_path, stem, ckpt_dir, settings, verbose)
         if overwrite:
@@ -280,53 +282,9 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
                    seed=int(seed), family=family, data_root=data_root, cache_dir=cache_dir, device=device,
                    workers=workers, progress=progress, verbose=verbose)
         result = run.execute()
-    finally:
-        lock.release()
     if not keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return result
-
-
-class _JobLock:
-    """An exclusive, non-blocking lock on one job, released when its process dies (even by ``kill -9``).
-
-    POSIX record locks (``lockf``) belong to the process, so forked data-loader workers, which may outlive a
-    killed trainer by a few seconds, do not hold the job; ``flock`` locks would be shared with them.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.fd: int | None = None
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: filelock's own lock
-            from filelock import FileLock, Timeout
-
-            self._fallback = FileLock(str(path))
-            try:
-                self._fallback.acquire(timeout=0)
-            except Timeout:
-                self._busy()
-            return
-        self._fallback = None
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self.fd)
-            self._busy()
-
-    def _busy(self):
-        raise UsageError(f"another process is fine-tuning the same job ({self.path} is locked); wait for it to "
-                         "finish, then rerun to read its results")
-
-    def release(self) -> None:
-        if self._fallback is not None:
-            self._fallback.release()
-        elif self.fd is not None:
-            self.path.unlink(missing_ok=True)  # a finished or failed job leaves no lock file behind
-            os.close(self.fd)  # closing drops the process's record lock
-            self.fd = None
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -640,29 +598,20 @@ class _Run:
 
     # ------------------------------------------------------------------------------------------ setup
     def execute(self) -> FinetuneResult:
-        import torch
-
-        from ._extract import default_workers
+        from ._runtime import cpu_threads, default_workers, resolve_device
 
         self.n_workers = default_workers() if self.workers is None else int(self.workers)
-        threads = torch.get_num_threads()
-        if self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available()):
-            # leave a core to each loader worker: oversubscribed OpenMP threads spin-wait on each other and make a
-            # small model's step 10-100x slower on a busy machine
-            torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - self.n_workers)))
-        try:
+        with cpu_threads(resolve_device(self.device), self.n_workers):
             return self._execute()
-        finally:
-            torch.set_num_threads(threads)
 
     def _execute(self) -> FinetuneResult:
         import torch
 
         from ._backbones import create_backbone
-        from ._extract import _resolve_device
+        from ._runtime import resolve_device
 
         c = self.config
-        self.dev = _resolve_device(self.device)
+        self.dev = resolve_device(self.device)
         self.amp_dtype, use_scaler = self._precision()
         bb = create_backbone(self.backbone, weights=self.weights, random_init=self.random_init, seed=self.seed,
                              num_classes=0, img_size=self.img_size, family=self.family)
