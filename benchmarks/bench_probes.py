@@ -212,7 +212,6 @@ def imagenet_sweep(device: torch.device, C_grid: list[float]) -> None:
     Xtr, ytr = draw(n_train)
     Xv, yv = draw(n_val)
     est = LogisticProbe(max_iter=1000, device=str(device))
-    from probe._sweep import _encode  # noqa: F401  (same metrics path as probe.sweep)
     from probe.results import classification_metrics
 
     _sync(device)

@@ -19,7 +19,6 @@ The protocol (one place, so every probe and every caller follows it):
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
