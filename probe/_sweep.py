@@ -323,7 +323,8 @@ def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] = DEFAULT
                                              grid=grids.get(name)))
 
     def run(job):
-        return _run_job(splits, job, select_metric=select_metric, val_fraction=val_fraction, device=device)
+        return _run_job(splits, job, select_metric=select_metric, val_fraction=val_fraction, device=device,
+                        family=extract_kwargs.get("family"))
 
     bar = None
     if progress and job_list:
@@ -347,11 +348,13 @@ def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] = DEFAULT
     return paths
 
 
-def _run_job(splits: dict, job: dict, *, select_metric: str, val_fraction: float, device: str) -> Path:
+def _run_job(splits: dict, job: dict, *, select_metric: str, val_fraction: float, device: str,
+             family: str | None = None) -> Path:
     """Run one (tap, probe, shots, seed) sweep on loaded splits; write artifacts, then the parquet file."""
     train, val, test = splits["train"], splits.get("val"), splits.get("test")
     tap = job["tap"]
-    context = dict(backbone=train.backbone, family=train.family, weights=train.weights, dataset=train.dataset,
+    # a family override is a label, not part of the features' key: the request's wins over the cached one
+    context = dict(backbone=train.backbone, family=family or train.family, weights=train.weights, dataset=train.dataset,
                    tap=tap, cache_key=train.key)
     result = sweep(job["probe"], (train.features[tap], train.labels),
                    (val.features[tap], val.labels) if val is not None else None,

@@ -251,3 +251,10 @@ def test_cli_sweep_and_bad_input(cache_dir, tmp_path):
     for flag in ["--probes", "--shots", "--seeds", "--results-dir", "--jobs", "--select-metric", "--val-fraction",
                  "--overwrite"]:
         assert flag in help_text
+
+
+def test_family_override_labels_rows_of_cached_features(cache_dir, tmp_path):
+    # the features were cached without an override; the override is a label and must still reach the rows
+    probe.sweep_cached("test_resnet", "digits", probes=("centroid",), cache_dir=cache_dir,
+                       results_dir=tmp_path / "r", family="hybrid", **EXTRACT)
+    assert set(probe.scan_results(tmp_path / "r").collect()["family"]) == {"hybrid"}
