@@ -37,7 +37,7 @@ import numpy as np
 import polars as pl
 
 import probe
-from probe.results import load_artifacts
+from probe.results import best_by_val, load_artifacts, selected_jobs
 
 parser = argparse.ArgumentParser(description="Frozen probes vs fine-tuning, with paired bootstrap CIs.")
 parser.add_argument("--results", default="results", help="results directory (searched recursively)")
@@ -68,23 +68,8 @@ def show(fig, name: str) -> None:
 # predictions. Each job's val score is the val row with the selected row's params (the metric it was chosen on).
 
 # %%
-rows = (probe.scan_results(RESULTS, include_file_paths="file").collect()
-        .with_columns(pl.col("params").fill_null("{}")))  # a null would not match itself in the join below
-
-METRIC_OF_ROW = pl.coalesce([pl.when(pl.col("select_metric").fill_null("top1") == m).then(pl.col(m))
-                             for m in ("top1", "top5", "mean_per_class_acc")])
-val = (rows.filter(pl.col("split") == "val")
-       .group_by("file", "params").agg(METRIC_OF_ROW.max().alias("val_score")))
-jobs = (rows.filter(pl.col("selected") & (pl.col("split") == "test"))
-        .join(val, on=["file", "params"], how="left"))
-print(f"{rows.height} rows, {jobs.height} selected test rows")
-
-
-def best_by_val(frame: pl.DataFrame) -> pl.DataFrame:
-    """Per (dataset, backbone): the job with the best val score. Ties go by name, never by test."""
-    return (frame.filter(pl.col("val_score").is_not_null())
-            .sort(["val_score", "probe", "tap", "params", "seed"], descending=[True, False, False, False, False])
-            .group_by("dataset", "backbone", maintain_order=True).first())
+jobs = selected_jobs(RESULTS)  # one row per job: selected test row, its val score and its file
+print(f"{jobs.height} jobs")
 
 
 full = jobs.filter(pl.col("shots") == 0)

@@ -201,3 +201,30 @@ def load_artifacts(stem_or_path: str | os.PathLike) -> dict[str, np.ndarray]:
         p = p.with_suffix("")
     with np.load(str(p) + ".npz", allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+
+
+def selected_jobs(results_dir: str | os.PathLike):
+    """One row per job: its selected test row, with ``val_score`` and ``file`` (the job's parquet path).
+
+    ``val_score`` is the job's val row with the selected params, measured in the job's ``select_metric`` (the
+    number it was chosen on); ``file`` locates the job's predictions (:func:`load_artifacts`).
+    """
+    import polars as pl
+
+    rows = (scan_results(results_dir, include_file_paths="file").collect()
+            .with_columns(pl.col("params").fill_null("{}")))  # a null would not match itself in the join below
+    metric_of_row = pl.coalesce([pl.when(pl.col("select_metric").fill_null("top1") == m).then(pl.col(m))
+                                 for m in METRICS])
+    val = (rows.filter(pl.col("split") == "val")
+           .group_by("file", "params").agg(metric_of_row.max().alias("val_score")))
+    return (rows.filter(pl.col("selected") & (pl.col("split") == "test"))
+            .join(val, on=["file", "params"], how="left"))
+
+
+def best_by_val(jobs, by=("dataset", "backbone")):
+    """Per group (default: dataset x backbone) the job with the best ``val_score``; ties go by name, never test."""
+    import polars as pl
+
+    return (jobs.filter(pl.col("val_score").is_not_null())
+            .sort(["val_score", "probe", "tap", "params", "seed"], descending=[True, False, False, False, False])
+            .group_by(*by, maintain_order=True).first())
