@@ -37,7 +37,7 @@ import numpy as np
 import polars as pl
 
 import probe
-from probe.results import best_by_val, load_artifacts, selected_jobs
+from probe.results import best_by_val, selected_jobs
 
 parser = argparse.ArgumentParser(description="Frozen probes vs fine-tuning, with paired bootstrap CIs.")
 parser.add_argument("--results", default="results", help="results directory (searched recursively)")
@@ -83,30 +83,14 @@ print(f"best frozen probes: {frozen.height}; fine-tuned backbones: {finetune.hei
 
 
 # %%
-def correctness(file: str):
-    """(ids, labels, per-image top-1 correctness) of a job's saved test predictions, or None."""
-    try:
-        art = load_artifacts(file)
-    except OSError:
-        return None
-    return art["ids"], art["labels"], art["pred"] == art["labels"]
-
-
 def paired(file_a: str, file_b: str, metric: str = "top1"):
     """Paired bootstrap of metric(a) - metric(b) on the test images both scored, or None without predictions."""
-    a, b = correctness(file_a), correctness(file_b)
-    if a is None or b is None:
-        return None
-    _, ia, ib = np.intersect1d(a[0], b[0], return_indices=True)
-    return probe.paired_bootstrap(a[2][ia], b[2][ib], labels=a[1][ia], metric=metric, n_boot=N_BOOT, seed=SEED)
+    return probe.compare_jobs(file_a, file_b, metric=metric, n_boot=N_BOOT, seed=SEED)
 
 
 def accuracy_ci(file: str):
-    """Bootstrap CI of one job's test top-1 (its paired difference from an all-wrong result), or None."""
-    a = correctness(file)
-    if a is None:
-        return None
-    return probe.paired_bootstrap(a[2], np.zeros_like(a[2]), n_boot=N_BOOT, seed=SEED)
+    """Bootstrap CI of one job's test top-1, or None without saved predictions."""
+    return probe.job_ci(file, n_boot=N_BOOT, seed=SEED)
 
 
 table = frozen.join(finetune, on=["dataset", "backbone"], suffix="_ft", how="inner")

@@ -39,6 +39,8 @@ _LAZY = {
     "write_report": "probe._report",
     "paired_bootstrap": "probe._stats",
     "bootstrap_ci": "probe._stats",
+    "compare_jobs": "probe._stats",
+    "job_ci": "probe._stats",
     "scan_results": "probe.results",
 }
 

@@ -214,3 +214,37 @@ def _bootstrap(values: np.ndarray, labels, *, metric: str, n_boot: int, seed: in
         metric=metric, std_error=float(samples.std(ddof=1)) if n_boot > 1 else 0.0,
         p_le_zero=float(np.mean(samples <= 0)) if paired else float("nan"), paired=paired, samples=samples,
     )
+
+
+def _job_predictions(file):
+    """(ids, labels, per-image top-1 correctness) of a job's saved test predictions, or None without them."""
+    from .results import load_artifacts
+
+    try:
+        art = load_artifacts(file)
+    except (OSError, KeyError, ValueError):
+        return None
+    return art["ids"], art["labels"], art["pred"] == art["labels"]
+
+
+def compare_jobs(file_a, file_b, *, metric: str = "top1", n_boot: int = 10_000, seed: int = 0,
+                 ci: float = 0.95) -> BootstrapResult | None:
+    """Paired bootstrap of ``metric(a) - metric(b)`` for two jobs (their parquet or ``.npz`` paths).
+
+    Predictions are paired by test image id (only ids both jobs scored count). Returns None when either job
+    saved no predictions.
+    """
+    a, b = _job_predictions(file_a), _job_predictions(file_b)
+    if a is None or b is None:
+        return None
+    _, ia, ib = np.intersect1d(a[0], b[0], return_indices=True)
+    return paired_bootstrap(a[2][ia], b[2][ib], labels=a[1][ia], metric=metric, n_boot=n_boot, seed=seed, ci=ci)
+
+
+def job_ci(file, *, metric: str = "top1", n_boot: int = 10_000, seed: int = 0,
+           ci: float = 0.95) -> BootstrapResult | None:
+    """Bootstrap interval of one job's test ``metric`` from its saved predictions (None without them)."""
+    a = _job_predictions(file)
+    if a is None:
+        return None
+    return bootstrap_ci(a[2], labels=a[1], metric=metric, n_boot=n_boot, seed=seed, ci=ci)

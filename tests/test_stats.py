@@ -147,3 +147,22 @@ def test_ten_thousand_resamples_of_ten_thousand_images_take_seconds():
 def test_bad_input_is_a_usage_error(call, match):
     with pytest.raises(UsageError, match=match):
         call()
+
+
+def test_compare_jobs_pairs_saved_predictions_by_id(tmp_path):
+    from probe.results import save_artifacts
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, size=200)
+    pred_a = np.where(rng.random(200) < 0.8, labels, (labels + 1) % 4)
+    pred_b = np.where(rng.random(200) < 0.6, labels, (labels + 1) % 4)
+    ids = np.array([f"img{i}" for i in range(200)])
+    save_artifacts(tmp_path / "a", ids=ids, labels=labels, scores=np.eye(4)[pred_a])
+    order = rng.permutation(200)  # job b saved its rows in another order
+    save_artifacts(tmp_path / "b", ids=ids[order], labels=labels[order], scores=np.eye(4)[pred_b[order]])
+    diff = probe.compare_jobs(tmp_path / "a.parquet", tmp_path / "b.npz", n_boot=500)
+    assert diff.estimate == pytest.approx(np.mean(pred_a == labels) - np.mean(pred_b == labels))
+    assert diff.low < diff.estimate < diff.high and diff.n == 200
+    single = probe.job_ci(tmp_path / "a", n_boot=500)
+    assert single.estimate == pytest.approx(np.mean(pred_a == labels))
+    assert probe.compare_jobs(tmp_path / "a", tmp_path / "missing") is None
