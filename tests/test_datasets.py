@@ -11,7 +11,7 @@ import pytest
 
 import probe
 from probe import UsageError
-from tests.conftest import write_image_folder
+from tests._helpers import write_image_folder
 
 
 def test_digits_is_real_fixed_and_stratified():

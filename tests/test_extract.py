@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import probe
-from tests.conftest import assert_one_line_error, run_cli, run_main
+from tests._helpers import assert_one_line_error, run_cli, run_main
 
 SMALL = dict(random_init=True, img_size=32, batch_size=8, workers=0, progress=False)
 

@@ -17,8 +17,7 @@ from probe._report import default_report_dir
 from probe._stats import paired_bootstrap
 from probe.results import mean_per_class_accuracy
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _results_fixture import BLOCKS, FEW_SHOT, FEW_SHOT_OFFSET, PLAN, write_fixture  # noqa: E402
+from tests._results_fixture import BLOCKS, FEW_SHOT, FEW_SHOT_OFFSET, PLAN, write_fixture
 
 N_BOOT = 2000  # enough for stable intervals, fast for the tests
 PYTHON = sys.executable

@@ -12,7 +12,7 @@ import pytest
 
 import probe
 from probe._study import expand_taps, load_study, plan_study
-from tests.conftest import assert_one_line_error, run_cli, run_main
+from tests._helpers import assert_one_line_error, run_cli, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
