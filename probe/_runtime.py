@@ -49,6 +49,20 @@ def cpu_threads(device, n_workers: int):
         torch.set_num_threads(threads)
 
 
+@contextmanager
+def quiet_blas():
+    """Hold numpy/scipy's BLAS (OpenBLAS) to one thread while torch does the heavy work on the CPU.
+
+    Between torch's kernels, scipy and numpy make small BLAS calls; OpenBLAS's idle threads then spin-wait on the
+    cores torch's OpenMP threads need. On 2 cores a logistic objective evaluation took 100 ms instead of 34 ms
+    (20,000 x 768 features, 100 classes) and a kNN sweep 3.7 s instead of 2.6 s.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 class ProcessLock:
     """An exclusive lock on ``path`` that belongs to this process and vanishes with it, even after ``kill -9``.
 

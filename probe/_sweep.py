@@ -19,6 +19,7 @@ The protocol (one place, so every probe and every caller follows it):
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -108,6 +109,20 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _quiet_blas_during(fn):
+    """Run ``fn`` with numpy/scipy's BLAS held to one thread (see :func:`probe._runtime.quiet_blas`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from ._runtime import quiet_blas
+
+        with quiet_blas():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_quiet_blas_during
 def sweep(probe, train: tuple, val: tuple | None = None, test: tuple | None = None, *,
           grid: Mapping[str, Sequence] | None = None, select_metric: str = "top1",
           val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0, shots: int = 0,

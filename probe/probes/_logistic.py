@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from scipy import optimize
 
+from .._runtime import quiet_blas
 from ._base import ProbeBase, check_positive
 
 
@@ -129,7 +130,7 @@ class LogisticProbe(ProbeBase):
         # optimiser's own O(history x parameters) vector work stays in single-threaded Fortran, which (unlike
         # many tiny multi-threaded torch ops) stays fast on a busy machine.
         theta0 = torch.cat([W.reshape(-1), c]).double().cpu().numpy()
-        with _few_threads_if_small(X.device, n * d * n_out):
+        with _few_threads_if_small(X.device, n * d * n_out), quiet_blas():
             res = optimize.minimize(objective, theta0, method="L-BFGS-B", jac=True,
                                     options={"maxiter": self.max_iter, "maxls": 50, "gtol": self.tol,
                                              "ftol": 64 * np.finfo(float).eps, "maxcor": self.history_size})
