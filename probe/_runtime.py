@@ -35,8 +35,8 @@ def default_workers() -> int:
 def cpu_threads(device, n_workers: int):
     """On CPU, leave one core to each loader worker while the block runs (restored afterwards).
 
-    Oversubscribed OpenMP threads spin-wait on each other: on a small, busy machine a step of a small model
-    becomes 10-100x slower. On GPU nothing changes.
+    Oversubscribed OpenMP threads spin-wait on each other, which on a small, busy machine slows a small model's
+    steps many times over. On GPU nothing changes.
     """
     import torch
 
@@ -54,8 +54,7 @@ def quiet_blas():
     """Hold numpy/scipy's BLAS (OpenBLAS) to one thread while torch does the heavy work on the CPU.
 
     Between torch's kernels, scipy and numpy make small BLAS calls; OpenBLAS's idle threads then spin-wait on the
-    cores torch's OpenMP threads need. On 2 cores a logistic objective evaluation took 100 ms instead of 34 ms
-    (20,000 x 768 features, 100 classes) and a kNN sweep 3.7 s instead of 2.6 s.
+    cores torch's OpenMP threads need (benchmarks/bench_probes.py shows the effect on the logistic sweep).
     """
     from threadpoolctl import threadpool_limits
 

@@ -191,7 +191,7 @@ _SMALL_WORK = 2**24
 @contextlib.contextmanager
 def _few_threads_if_small(device: torch.device, work: int):
     """Run tiny CPU fits single-threaded: each of the many small ops of an iterative fit otherwise pays an OpenMP
-    fork/join, which on a busy machine costs milliseconds (measured 20x slower on digits with 2 shared cores)."""
+    fork/join, which on a busy machine costs milliseconds."""
     if device.type != "cpu" or work >= _SMALL_WORK or torch.get_num_threads() == 1:
         yield
         return
