@@ -238,3 +238,26 @@ def test_bad_input_is_one_line_and_an_exit_code(tmp_path, args, code, words):
     lines = [line for line in done.stderr.splitlines() if line.startswith("probe: error")]
     assert len(lines) == 1 and words in lines[0], done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_divergence_after_an_epoch_keeps_its_checkpoint_and_resumes(tmp_path, monkeypatch):
+    import torch
+
+    from probe._finetune import _Run
+
+    real_step = _Run._step
+
+    def step_that_diverges_in_epoch_2(self, x, y):
+        loss = real_step(self, x, y)
+        return float("nan") if self.history else loss  # history holds the completed epochs
+
+    run = dict(DIGITS_RUN, epochs=2, workers=0, results_dir=tmp_path / "r", progress=False, verbose=True)
+    monkeypatch.setattr(_Run, "_step", step_that_diverges_in_epoch_2)
+    with pytest.raises(probe.ProbeError, match="diverged.*epoch 2.*checkpoints up to epoch 1 are kept"):
+        probe.finetune("test_vit", "digits", **run)
+    ckpt = next((tmp_path / "r").rglob("last.pt"))
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+    assert not list((tmp_path / "r").rglob("*.parquet"))  # no results from a diverged run
+    monkeypatch.setattr(_Run, "_step", real_step)
+    result = probe.finetune("test_vit", "digits", **run)  # the same command continues from epoch 1
+    assert result.resumed_from == 1 and [h["epoch"] for h in result.history] == [1, 2]
