@@ -105,23 +105,48 @@ def create_backbone(name: str, *, weights: str | os.PathLike | None = None, rand
         raise UsageError("--weights and --random-init exclude each other; pass one")
     kwargs: dict[str, Any] = {"num_classes": num_classes}
     if weights is not None:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise UsageError(f"weights file {weights} does not exist; pass a .safetensors or torch checkpoint")
         model = _create(name, pretrained=False, img_size=img_size, **kwargs)
-        load_weights_file(model, path)
-        weights_id = f"file:{file_sha256(path)[:16]}"
+        load_weights_file(model, weights_file(weights))
     elif random_init:
         torch.manual_seed(seed)
         model = _create(name, pretrained=False, img_size=img_size, **kwargs)
-        weights_id = f"random-init:seed{seed}"
     else:
         model = _create_from_hub(name, arch, tag, img_size=img_size, **kwargs)
-        weights_id = f"hub:{model.pretrained_cfg.get('tag') or tag or 'default'}"
+    weights_id = weights_identity(name, model, weights=weights, random_init=random_init, seed=seed)
     model.eval()
     return Backbone(name=name, model=model, weights_id=weights_id, family=family or family_of(model),
                     data_config=resolve_data_config(model, img_size),
                     weights_path=str(Path(weights).resolve()) if weights is not None else None)
+
+
+def weights_file(weights: str | os.PathLike) -> Path:
+    """The local checkpoint path, or a UsageError when it does not exist."""
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise UsageError(f"weights file {weights} does not exist; pass a .safetensors or torch checkpoint")
+    return path
+
+
+def weights_identity(name: str, model, *, weights=None, random_init: bool = False, seed: int = 0) -> str:
+    """The weights' identity in cache keys and results: ``file:<sha256[:16]>``, ``random-init:seed<N>`` or
+    ``hub:<tag>`` (the tag from ``model``'s pretrained config; a model on the meta device is enough)."""
+    if weights is not None:
+        return f"file:{file_sha256(weights_file(weights))[:16]}"
+    if random_init:
+        return f"random-init:seed{seed}"
+    return f"hub:{model.pretrained_cfg.get('tag') or name.partition('.')[2] or 'default'}"
+
+
+def describe_backbone(name: str, *, weights=None, random_init: bool = False, seed: int = 0,
+                      img_size: int | None = None, family: str | None = None) -> dict:
+    """Weights identity, resolved preprocessing and family without loading any weights (a meta-device model),
+    so a cache lookup costs no weight loading: the same values :func:`create_backbone` gives."""
+    import torch
+
+    with torch.device("meta"):
+        model = _create(name, pretrained=False, img_size=img_size, num_classes=0)
+    return {"weights": weights_identity(name, model, weights=weights, random_init=random_init, seed=seed),
+            "data_config": resolve_data_config(model, img_size), "family": family or family_of(model)}
 
 
 def _create(name: str, *, pretrained: bool, img_size: int | None, **kwargs):

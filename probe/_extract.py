@@ -65,7 +65,7 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
     dict
         Split name -> :class:`probe.CacheEntry` (complete files; ``reused`` tells whether anything was computed).
     """
-    from ._backbones import check_model_name, create_backbone, file_sha256
+    from ._backbones import check_model_name, create_backbone, describe_backbone
     from ._datasets import open_dataset
 
     taps = parse_taps(taps)
@@ -87,8 +87,8 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
             check_taps(model_state["backbone"].model, taps, backbone)
         return model_state["backbone"]
 
-    spec = _describe(backbone, weights=weights, random_init=random_init, seed=seed, img_size=img_size,
-                     family=family, file_hash=file_sha256)
+    spec = describe_backbone(backbone, weights=weights, random_init=random_init, seed=seed, img_size=img_size,
+                             family=family)
     entries = {}
     for split in wanted:
         material = {"backbone": backbone, "weights": spec["weights"], "data_config": spec["data_config"],
@@ -116,30 +116,6 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
                            device=device, skip_bad=skip_bad, progress=progress)
             entries[split] = CacheEntry(path=final, key=key, split=split, taps=taps, rows=_rows(final))
     return entries
-
-
-def _describe(backbone, *, weights, random_init, seed, img_size, family, file_hash) -> dict:
-    """Weights identity and resolved preprocessing without loading any weights (a model on the meta device)."""
-    import torch
-
-    from ._backbones import _create, family_of, resolve_data_config
-
-    if weights is not None:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise UsageError(f"weights file {weights} does not exist; pass a .safetensors or torch checkpoint")
-        weights_id = f"file:{file_hash(path)[:16]}"
-    elif random_init:
-        weights_id = f"random-init:seed{seed}"
-    else:
-        weights_id = None  # resolved below from the pretrained config's tag
-    with torch.device("meta"):
-        model = _create(backbone, pretrained=False, img_size=img_size, num_classes=0)
-    if weights_id is None:
-        arch, _, tag = backbone.partition(".")
-        weights_id = f"hub:{model.pretrained_cfg.get('tag') or tag or 'default'}"
-    return {"weights": weights_id, "data_config": resolve_data_config(model, img_size),
-            "family": family or family_of(model)}
 
 
 def _versions() -> dict:
