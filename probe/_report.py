@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from ._errors import UsageError
-from ._stats import BootstrapResult, bootstrap_ci, paired_bootstrap
-from .results import _safe, load_artifacts, scan_results
+from ._stats import BootstrapResult, bootstrap_ci, job_predictions, pair_by_id, paired_bootstrap
+from .results import _safe, scan_results
 
 #: Family display order and names; a family not listed here sorts after these.
 FAMILIES = {"convnet": "ConvNets", "transformer": "transformers", "hybrid": "hybrids"}
@@ -222,14 +222,10 @@ class _Report:
     # ----------------------------------------------------------------------------------------- predictions
 
     def _predictions(self, job: _Job):
-        """(ids, labels, pred, top5) of a job's test predictions, or None when they were not saved."""
+        """(ids, labels, pred) of a job's test predictions, or None when they were not saved."""
         key = str(job.stem)
         if key not in self._preds:
-            try:
-                art = load_artifacts(job.stem)
-                self._preds[key] = (art["ids"], art["labels"], art["pred"])
-            except (OSError, KeyError, ValueError):
-                self._preds[key] = None
+            self._preds[key] = job_predictions(job.stem)
         return self._preds[key]
 
     def _interval(self, job: _Job) -> BootstrapResult | None:
@@ -245,21 +241,14 @@ class _Report:
             missing = a if pa is None else b
             return _Comparison(a, b, None, None, note=f"no saved predictions for {missing.backbone} "
                                                       f"{missing.label}")
-        ids_a, labels_a, pred_a = pa
-        ids_b, labels_b, pred_b = pb
-        common, ia, ib = np.intersect1d(ids_a, ids_b, assume_unique=True, return_indices=True)
-        note = ""
-        if len(common) == 0:
-            return _Comparison(a, b, None, None, note="the two results share no test image ids")
-        if len(common) < max(len(ids_a), len(ids_b)):
-            note = f"paired on the {len(common)} test images both results scored"
-        labels = labels_a[ia]
-        if not np.array_equal(labels, labels_b[ib]):
-            return _Comparison(a, b, None, None, note="the two results disagree on test labels")
-        ca, cb = pred_a[ia] == labels, pred_b[ib] == labels
+        pair = pair_by_id(pa, pb)
+        if pair.correct_a is None:
+            return _Comparison(a, b, None, None, note=pair.note)
+        ca, cb = pair.correct_a, pair.correct_b
         kw = dict(n_boot=self.n_boot, seed=self.seed, ci=self.ci)
         return _Comparison(a, b, paired_bootstrap(ca, cb, **kw),
-                           paired_bootstrap(ca, cb, labels=labels, metric="mean_per_class_acc", **kw), note)
+                           paired_bootstrap(ca, cb, labels=pair.labels, metric="mean_per_class_acc", **kw),
+                           pair.note)
 
     # ----------------------------------------------------------------------------------------- rendering
 

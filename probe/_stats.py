@@ -216,35 +216,67 @@ def _bootstrap(values: np.ndarray, labels, *, metric: str, n_boot: int, seed: in
     )
 
 
-def _job_predictions(file):
-    """(ids, labels, per-image top-1 correctness) of a job's saved test predictions, or None without them."""
+@dataclass
+class PairedPredictions:
+    """Two jobs' test predictions matched by image id: shared labels and per-image top-1 correctness.
+
+    ``correct_a``/``correct_b`` are None when the jobs cannot be paired (no shared id, or different labels for
+    the same ids); ``note`` then says why, and otherwise says when only part of the test images are shared.
+    """
+
+    labels: np.ndarray | None
+    correct_a: np.ndarray | None
+    correct_b: np.ndarray | None
+    note: str = ""
+
+
+def pair_by_id(a: tuple, b: tuple) -> PairedPredictions:
+    """Match ``(ids, labels, pred)`` of two jobs on the test image ids both scored."""
+    (ids_a, labels_a, pred_a), (ids_b, labels_b, pred_b) = a, b
+    common, ia, ib = np.intersect1d(ids_a, ids_b, assume_unique=True, return_indices=True)
+    if len(common) == 0:
+        return PairedPredictions(None, None, None, note="the two results share no test image ids")
+    labels = labels_a[ia]
+    if not np.array_equal(labels, labels_b[ib]):
+        return PairedPredictions(None, None, None, note="the two results disagree on test labels")
+    note = (f"paired on the {len(common)} test images both results scored"
+            if len(common) < max(len(ids_a), len(ids_b)) else "")
+    return PairedPredictions(labels, pred_a[ia] == labels, pred_b[ib] == labels, note)
+
+
+def job_predictions(file) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(ids, labels, top-1 predictions) of a job's saved test predictions, or None without them."""
     from .results import load_artifacts
 
     try:
         art = load_artifacts(file)
     except (OSError, KeyError, ValueError):
         return None
-    return art["ids"], art["labels"], art["pred"] == art["labels"]
+    return art["ids"], art["labels"], art["pred"]
 
 
 def compare_jobs(file_a, file_b, *, metric: str = "top1", n_boot: int = 10_000, seed: int = 0,
                  ci: float = 0.95) -> BootstrapResult | None:
     """Paired bootstrap of ``metric(a) - metric(b)`` for two jobs (their parquet or ``.npz`` paths).
 
-    Predictions are paired by test image id (only ids both jobs scored count). Returns None when either job
-    saved no predictions.
+    Predictions are paired by test image id (:func:`pair_by_id`). Returns None when either job saved no
+    predictions or the two cannot be paired.
     """
-    a, b = _job_predictions(file_a), _job_predictions(file_b)
+    a, b = job_predictions(file_a), job_predictions(file_b)
     if a is None or b is None:
         return None
-    _, ia, ib = np.intersect1d(a[0], b[0], return_indices=True)
-    return paired_bootstrap(a[2][ia], b[2][ib], labels=a[1][ia], metric=metric, n_boot=n_boot, seed=seed, ci=ci)
+    pair = pair_by_id(a, b)
+    if pair.correct_a is None:
+        return None
+    return paired_bootstrap(pair.correct_a, pair.correct_b, labels=pair.labels, metric=metric, n_boot=n_boot,
+                            seed=seed, ci=ci)
 
 
 def job_ci(file, *, metric: str = "top1", n_boot: int = 10_000, seed: int = 0,
            ci: float = 0.95) -> BootstrapResult | None:
     """Bootstrap interval of one job's test ``metric`` from its saved predictions (None without them)."""
-    a = _job_predictions(file)
+    a = job_predictions(file)
     if a is None:
         return None
-    return bootstrap_ci(a[2], labels=a[1], metric=metric, n_boot=n_boot, seed=seed, ci=ci)
+    ids, labels, pred = a
+    return bootstrap_ci(pred == labels, labels=labels, metric=metric, n_boot=n_boot, seed=seed, ci=ci)
