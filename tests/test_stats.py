@@ -166,3 +166,12 @@ def test_compare_jobs_pairs_saved_predictions_by_id(tmp_path):
     single = probe.job_ci(tmp_path / "a", n_boot=500)
     assert single.estimate == pytest.approx(np.mean(pred_a == labels))
     assert probe.compare_jobs(tmp_path / "a", tmp_path / "missing") is None
+
+
+def test_compare_jobs_refuses_results_that_disagree_on_labels(tmp_path):
+    from probe.results import save_artifacts
+
+    ids = np.array(["a", "b", "c"])
+    save_artifacts(tmp_path / "x", ids=ids, labels=np.array([0, 1, 0]), scores=np.eye(2)[[0, 1, 1]])
+    save_artifacts(tmp_path / "y", ids=ids, labels=np.array([1, 1, 0]), scores=np.eye(2)[[0, 1, 1]])
+    assert probe.compare_jobs(tmp_path / "x", tmp_path / "y", n_boot=50) is None
