@@ -20,7 +20,6 @@ from typing import Any
 
 from ._errors import ProbeError, UsageError
 
-FAMILIES = ("convnet", "transformer", "hybrid")
 
 # timm model modules -> family. Hybrids mix convolutions and attention in the trunk.
 _HYBRID_MODULES = {"maxxvit", "coat", "convit", "levit", "mobilevit", "efficientformer", "efficientformer_v2",

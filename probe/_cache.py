@@ -18,6 +18,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ._errors import UsageError
+from ._io import safe_name
 from ._version import CACHE_FORMAT
 
 #: Attributes every complete file carries; the JSON-encoded ones are decoded by the reader.
@@ -31,11 +32,6 @@ def cache_key(material: dict[str, Any]) -> str:
     """SHA-256 of the canonical JSON of everything that determines an entry's features."""
     return hashlib.sha256(json.dumps({"format": CACHE_FORMAT, **material}, sort_keys=True,
                                      default=str).encode()).hexdigest()
-
-
-def safe_name(name: str) -> str:
-    """A path component a person can read: the name with anything but [A-Za-z0-9._+-] replaced by '_'."""
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("_") or "_"
 
 
 def entry_path(cache_dir: str | os.PathLike, backbone: str, dataset: str, split: str, key: str) -> Path:

@@ -26,6 +26,7 @@ import numpy as np
 
 from ._cache import CacheEntry, cache_key, entry_path, read_attrs
 from ._errors import ProbeError, UsageError
+from ._io import atomic_path, save_npz_atomic, write_text_atomic
 from ._runtime import ProcessLock, cpu_threads, default_workers, resolve_device
 from ._taps import check_taps, forward_taps, parse_taps
 from ._version import CACHE_FORMAT, __version__
@@ -202,7 +203,7 @@ def _extract_split(bb, source, split: str, taps, final: Path, meta: dict, *, bat
         if old.get("key") != meta["key"]:
             shutil.rmtree(parts)  # leftovers of something else: never mix
     parts.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(parts / "meta.json", meta)
+    write_text_atomic(parts / "meta.json", json.dumps(meta, sort_keys=True, default=str))
     shards = _shards(parts)
     done = _contiguous_end(shards)
     for start, _, p in shards:
@@ -248,23 +249,11 @@ def _extract_split(bb, source, split: str, taps, final: Path, meta: dict, *, bat
                         raise ProbeError(f"non-finite features for sample {bad} of {meta['dataset']}/{split} "
                                          f"(tap {t}); check the image and the weights, or use --dtype float32")
                 start, stop = int(index[0]), int(index[-1]) + 1
-                _write_npz_atomic(parts / f"rows-{start:010d}-{stop:010d}.npz",
+                save_npz_atomic(parts / f"rows-{start:010d}-{stop:010d}.npz",
                                   ok=ok, **{f"tap_{i}": arrays[t] for i, t in enumerate(taps)})
                 bar.update(stop - start)
         bar.close()
     _finalize(parts, final, source, split, taps, meta)
-
-
-def _write_npz_atomic(path: Path, **arrays) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(path: Path, value: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, sort_keys=True, default=str))
-    os.replace(tmp, path)
 
 
 def _finalize(parts: Path, final: Path, source, split: str, taps, meta: dict) -> None:
@@ -299,8 +288,7 @@ def _finalize(parts: Path, final: Path, source, split: str, taps, meta: dict) ->
         tap_dtypes[t] = "float16" if peak <= _FLOAT16_MAX else "float32"
     for stale in final.parent.glob(final.name + ".tmp*"):  # a finalize killed midway; we hold the lock
         stale.unlink()
-    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(final) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("labels", data=source.labels[split][keep].astype(np.int64))
         f.create_dataset("ids", data=np.array([ids[i] for i in np.flatnonzero(keep)], dtype=object),
                          dtype=h5py.string_dtype("utf-8"))
@@ -327,5 +315,4 @@ def _finalize(parts: Path, final: Path, source, split: str, taps, meta: dict) ->
         f.attrs["tap_dtypes"] = json.dumps(tap_dtypes)
         f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         f.attrs["complete"] = True
-    os.replace(tmp, final)
     shutil.rmtree(parts, ignore_errors=True)

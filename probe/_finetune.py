@@ -50,10 +50,8 @@ import numpy as np
 
 from ._errors import ProbeError, UsageError
 from ._runtime import ProcessLock
-from .results import METRICS
-from .splits import DEFAULT_VAL_FRACTION
-
-MODES = ("full", "partial", "lp-ft")
+from ._io import atomic_path
+from .vocab import DEFAULT_VAL_FRACTION, FINETUNE_MODES as MODES, METRICS
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Version of the checkpoint layout; a checkpoint of another version is not resumed from.
 CHECKPOINT_FORMAT = 1
@@ -556,9 +554,8 @@ def train_transform(data_config: dict, config: FinetuneConfig):
 def _atomic_torch_save(obj, path: Path) -> None:
     import torch
 
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_safetensors(model, path: Path, metadata: dict[str, str]) -> Path:
@@ -566,9 +563,8 @@ def save_safetensors(model, path: Path, metadata: dict[str, str]) -> Path:
     from safetensors.torch import save_file
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
     return path
 
 
@@ -982,8 +978,8 @@ class _Run:
                          mean_per_class_acc=r["val_mean_per_class_acc"]) for r in self.history]
         total_seconds = sum(r["train_seconds"] for r in self.history)
         weights_path = Path(str(self.stem) + ".safetensors")
-        shutil.copyfile(best_file, str(weights_path) + ".tmp")
-        os.replace(str(weights_path) + ".tmp", weights_path)
+        with atomic_path(weights_path) as tmp:
+            shutil.copyfile(best_file, tmp)
         test_metrics, artifacts = None, None
         if "test" in self.eval_images:
             test = self._evaluate("test")

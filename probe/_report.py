@@ -30,7 +30,8 @@ import numpy as np
 
 from ._errors import UsageError
 from ._stats import BootstrapResult, bootstrap_ci, job_predictions, pair_by_id, paired_bootstrap
-from .results import _safe, scan_results
+from ._io import safe_name as _safe, write_text_atomic
+from .results import scan_results
 
 #: Family display order and names; a family not listed here sorts after these.
 FAMILIES = {"convnet": "ConvNets", "transformer": "transformers", "hybrid": "hybrids"}
@@ -84,9 +85,7 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     report = _Report(rows, results_dir=results_dir, fig_dir=fig_dir, n_boot=int(n_boot), seed=seed, ci=ci)
     text = report.render()
     path = out_dir / "report.md"
-    tmp = path.with_name(f"report.md.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
     return path
 
 

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ProbeError, UsageError
+from .vocab import DEFAULT_VAL_FRACTION, FINETUNE_MODES, PROBES
 
 try:
     import tomllib
@@ -109,7 +110,7 @@ class Study:
     pretrain: dict | None = None
     extract: dict = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])
-    val_fraction: float = 0.2
+    val_fraction: float = DEFAULT_VAL_FRACTION
     select_metric: str = "top1"
     device: str = "auto"
     jobs: int = 1
@@ -214,7 +215,7 @@ def load_study(path: str | os.PathLike | None = None) -> Study:
     study = Study(name=head.get("name", Path(source).stem), backbones=backbones, datasets=datasets, sweeps=sweeps,
                   finetune=dict(finetune) if finetune is not None else None,
                   pretrain=dict(pretrain) if pretrain is not None else None, extract=extract,
-                  seeds=[int(s) for s in head.get("seeds", [0])], val_fraction=float(head.get("val_fraction", 0.2)),
+                  seeds=[int(s) for s in head.get("seeds", [0])], val_fraction=float(head.get("val_fraction", DEFAULT_VAL_FRACTION)),
                   select_metric=head.get("select_metric", "top1"), device=head.get("device", "auto"),
                   jobs=int(head.get("jobs", 1)), source=source)
     _check_values(study)
@@ -236,9 +237,9 @@ def _check_keys(table: Any, allowed: set[str], source: str, where: str) -> None:
 
 def _check_values(study: Study) -> None:
     from ._taps import parse_taps
-    from .results import METRICS
+    from .vocab import METRICS
 
-    probes_known = ("logistic", "ridge", "knn", "centroid")
+    probes_known = PROBES
     for s in study.sweeps:
         bad = [p for p in s["probes"] if p not in probes_known]
         if bad:
@@ -250,7 +251,7 @@ def _check_values(study: Study) -> None:
         if metric not in METRICS:
             raise UsageError(f"select_metric {metric!r} in {study.source} must be one of {', '.join(METRICS)}")
     if study.finetune is not None:
-        bad = [m for m in study.finetune.get("modes", ["full"]) if m not in ("full", "partial", "lp-ft")]
+        bad = [m for m in study.finetune.get("modes", ["full"]) if m not in FINETUNE_MODES]
         if bad:
             raise UsageError(f"unknown fine-tune mode(s) {bad} in {study.source}; use full, partial or lp-ft")
 

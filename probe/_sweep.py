@@ -29,15 +29,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ._errors import UsageError
-from .results import METRICS, classification_metrics, job_stem, make_row, results_frame, save_artifacts, write_results
-from .splits import DEFAULT_VAL_FRACTION, carve_val, few_shot
+from .results import classification_metrics, job_stem, make_row, results_frame, save_artifacts, write_results
+from .splits import carve_val, few_shot
+from .vocab import DEFAULT_VAL_FRACTION, METRICS, PROBES as DEFAULT_PROBES
 
 #: Columns that :func:`sweep` computes itself; ``context`` may set any other results column.
 _COMPUTED = {"probe", "params", "selected", "split", "top1", "top5", "mean_per_class_acc", "n_train", "n_eval",
              "shots", "seed", "val_fraction", "select_metric", "fit_seconds", "created", "probe_version"}
-
-#: The probes ``sweep_cached`` runs by default.
-DEFAULT_PROBES = ("logistic", "ridge", "knn", "centroid")
 
 
 @dataclass

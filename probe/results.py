@@ -11,14 +11,15 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from ._errors import UsageError
+from ._io import atomic_path, safe_name, save_npz_atomic
 from ._version import PROBE_VERSION
+from .vocab import METRICS
 
 #: Column name -> polars dtype name, in file order. Readers outside the package rely on these names.
 RESULT_COLUMNS: dict[str, str] = {
@@ -46,7 +47,6 @@ RESULT_COLUMNS: dict[str, str] = {
     "probe_version": "Utf8",  # probe package version of the code that wrote the row
 }
 
-METRICS = ("top1", "top5", "mean_per_class_acc")
 
 
 def classification_metrics(y_true: np.ndarray, scores: np.ndarray, n_classes: int | None = None) -> dict[str, float]:
@@ -124,9 +124,8 @@ def write_results(rows, path: str | os.PathLike) -> Path:
         raise ValueError(f"results are missing contract columns {missing}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    frame.write_parquet(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        frame.write_parquet(tmp)
     return path
 
 
@@ -156,11 +155,7 @@ def job_stem(results_dir: str | os.PathLike, *, backbone: str, dataset: str, pro
     parts = [probe, tap if tap != "-" else "net", f"shots{shots}", f"seed{seed}"]
     if tag:
         parts.append(tag)
-    return Path(results_dir) / _safe(backbone) / _safe(dataset) / "-".join(_safe(p) for p in parts)
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+=-]+", "_", str(name))
+    return Path(results_dir) / safe_name(backbone) / safe_name(dataset) / "-".join(safe_name(p) for p in parts)
 
 
 def save_artifacts(stem: str | os.PathLike, *, ids: np.ndarray, labels: np.ndarray, scores: np.ndarray,
@@ -188,10 +183,7 @@ def save_artifacts(stem: str | os.PathLike, *, ids: np.ndarray, labels: np.ndarr
         arrays[f"weight/{name}"] = np.asarray(value)
     path = Path(str(stem) + ".npz")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-    return path
+    return save_npz_atomic(path, **arrays)
 
 
 def load_artifacts(stem_or_path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from ._errors import UsageError
+from .vocab import DEFAULT_VAL_FRACTION
 
 #: Default part of train held out as val when a dataset has no val split of its own.
-DEFAULT_VAL_FRACTION = 0.2
 
 
 def carve_val(labels: np.ndarray, fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

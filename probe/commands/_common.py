@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from probe.vocab import FAMILIES
+
 #: Default cache directory (relative to the current directory).
 DEFAULT_CACHE_DIR = "cache"
 #: Default results directory (relative to the current directory).
@@ -23,7 +25,7 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
                          help="use randomly initialised weights (seeded by --seed); never used as a silent fallback")
     parser.add_argument("--img-size", type=int, default=None, metavar="N",
                         help="override the input size (pixels, square); default: the checkpoint's own")
-    parser.add_argument("--family", choices=["convnet", "transformer", "hybrid"], default=None,
+    parser.add_argument("--family", choices=FAMILIES, default=None,
                         help="override the architecture family derived from the timm model")
 
 

@@ -29,7 +29,7 @@ def _accum(text: str):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from probe._finetune import MODES, PRECISIONS, FinetuneConfig
-    from probe.results import METRICS
+    from probe.vocab import METRICS
 
     d = FinetuneConfig()
     add_backbone_arguments(parser)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 
+from probe.vocab import DEFAULT_VAL_FRACTION, PROBES
+
 from ._common import (DEFAULT_RESULTS_DIR, add_backbone_arguments, add_dataset_arguments, add_extraction_arguments,
                       extraction_kwargs)
 
-PROBE_NAMES = ["logistic", "ridge", "knn", "centroid"]
+PROBE_NAMES = list(PROBES)
 METRIC_NAMES = ["top1", "top5", "mean_per_class_acc"]
 
 
@@ -35,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--select-metric", choices=METRIC_NAMES, default="top1",
                         help="val metric that selects each probe's hyperparameters (mean_per_class_acc is usual for "
                              "Flowers-102, Caltech-101, Aircraft and Pets)")
-    parser.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
+    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION, metavar="F",
                         help="part of each class of train held out as val when the dataset has no val split")
     parser.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                         help="re-run jobs whose results already exist")
