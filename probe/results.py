@@ -19,7 +19,7 @@ import numpy as np
 from ._errors import UsageError
 from ._io import atomic_path, safe_name, save_npz_atomic
 from ._version import PROBE_VERSION
-from .vocab import METRICS
+from .vocab import DEFAULT_TASK, METRICS
 
 #: Column name -> polars dtype name, in file order. Readers outside the package rely on these names.
 RESULT_COLUMNS: dict[str, str] = {
@@ -45,6 +45,17 @@ RESULT_COLUMNS: dict[str, str] = {
     "fit_seconds": "Float64",  # wall time of the fit that produced this row, seconds
     "created": "Utf8",  # ISO 8601 UTC time the row was written
     "probe_version": "Utf8",  # probe package version of the code that wrote the row
+    # --- configuration identity: results are grouped, selected and compared only within one configuration
+    "task": "Utf8",  # classification | segmentation | depth | identification | verification | regression
+    "img_size": "Int64",  # input side length in pixels of the resolved preprocessing
+    "precision": "Utf8",  # compute precision of the forward passes: fp32 | bf16
+    "backbone_config": "Utf8",  # id of (backbone, weights identity, resolved preprocessing, precision)
+    "config_label": "Utf8",  # that configuration for people, e.g. "test_vit · random-init:1 · 160px"
+    "protocol": "Utf8",  # id of the protocol settings (task, probe, tap, grid, val/test carve, select metric,
+    #                      shots, refit policy, probe version): rows of one protocol are comparable
+    "n_val": "Int64",  # labelled val examples that chose the hyperparameters (or the fine-tuning epoch)
+    "test_fraction": "Float64",  # part of the data carved off as test; 0 when the dataset has its own test split
+    "family_source": "Utf8",  # table | override | unknown: where `family` came from
 }
 
 
@@ -95,6 +106,8 @@ def make_row(**values: Any) -> dict[str, Any]:
     row.setdefault("created", None)
     if row["created"] is None:
         row["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    if row["task"] is None:
+        row["task"] = DEFAULT_TASK
     if row["probe_version"] is None:
         row["probe_version"] = PROBE_VERSION
     return row
@@ -142,7 +155,9 @@ def scan_results(results_dir: str | os.PathLike, *, include_file_paths: str | No
     files = sorted(str(p) for p in results_dir.rglob("*.parquet"))
     if not files:
         raise UsageError(f"no results (*.parquet) under {results_dir}; run 'probe sweep' or 'probe run' first")
-    return pl.scan_parquet(files, include_file_paths=include_file_paths)
+    # files written before a column existed read it as null
+    return pl.scan_parquet(files, include_file_paths=include_file_paths, missing_columns="insert",
+                           schema={name: getattr(pl, dtype) for name, dtype in RESULT_COLUMNS.items()})
 
 
 def job_stem(results_dir: str | os.PathLike, *, backbone: str, dataset: str, probe: str, tap: str = "-",
