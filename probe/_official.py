@@ -57,6 +57,18 @@ OPTIONS: dict[str, dict[str, Any]] = {
 #: Spec kinds read here.
 KINDS = tuple(OPTIONS)
 
+#: What PATH must hold for each kind (named by the errors about a missing folder or file).
+LAYOUTS = {
+    "cub200": "the CUB_200_2011/ folder of CUB_200_2011.tgz (images/, images.txt, image_class_labels.txt, "
+              "train_test_split.txt, classes.txt)",
+    "flowers102": "jpg/ (from 102flowers.tgz), imagelabels.mat and setid.mat side by side",
+    "indoor67": "Images/ (from indoorCVPR_09.tar) beside TrainImages.txt and TestImages.txt",
+    "caltech101": "101_ObjectCategories/ (from 101_ObjectCategories.tar.gz: one folder per class)",
+    "wikiart": "the ArtGAN split files of wikiart_csv.zip (<target>_train.csv, <target>_val.csv, "
+               "<target>_class.txt) in PATH or PATH/wikiart_csv, and the images of wikiart.zip in PATH/wikiart",
+    "covid-cxr": "metadata.csv and images/ of the covid-chestxray-dataset repository (github.com/ieee8023)",
+}
+
 _CHOICES = {("wikiart", "target"): ("style", "genre", "artist"), ("covid-cxr", "label"): ("binary", "finding")}
 _CALTECH_BACKGROUND = "BACKGROUND_Google"
 _COVID_POSITIVE = "COVID-19"
@@ -83,7 +95,7 @@ def read_official(kind: str, arg: str) -> dict[str, Any]:
     path_text, options = _parse_options(kind, arg)
     path = Path(path_text).expanduser()
     if not path.exists():
-        raise UsageError(f"{kind}: {path_text} does not exist; point {kind}:PATH at the unpacked official download")
+        raise UsageError(f"{kind}: {path_text} does not exist; it should hold {LAYOUTS[kind]}")
     reader = {"cub200": _cub200, "flowers102": _flowers102, "indoor67": _indoor67, "caltech101": _caltech101,
               "wikiart": _wikiart, "covid-cxr": _covid_cxr}[kind]
     root, classes, split_refs, split_labels, index_files = reader(path, options)
@@ -167,10 +179,10 @@ def _base(path: Path, marker: str, folders: tuple[str, ...]) -> Path:
     return path
 
 
-def _need(kind: str, folder: Path, name: str, what: str) -> Path:
+def _need(kind: str, folder: Path, name: str) -> Path:
     p = folder / name
     if not p.exists():
-        raise UsageError(f"{kind}: {name} is missing from {folder}; expected {what}")
+        raise UsageError(f"{kind}: {name} is missing from {folder}; expected {LAYOUTS[kind]}")
     return p
 
 
@@ -212,12 +224,10 @@ def _check_listed_images(kind: str, root: Path, split_refs: dict[str, list[str]]
 
 
 def _cub200(path: Path, options: dict):
-    what = "the CUB_200_2011/ folder of CUB_200_2011.tgz (images/, images.txt, image_class_labels.txt, " \
-           "train_test_split.txt, classes.txt)"
     base = _base(path, "images.txt", ("CUB_200_2011",))
     names = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt")
-    files = {n: _need("cub200", base, n, what) for n in names}
-    root = _need("cub200", base, "images", what)
+    files = {n: _need("cub200", base, n) for n in names}
+    root = _need("cub200", base, "images")
     images, labels, is_train, class_table = (_id_table("cub200", files[n]) for n in names)
     class_ids = sorted(class_table)
     position = {cid: i for i, cid in enumerate(class_ids)}
@@ -240,11 +250,10 @@ def _cub200(path: Path, options: dict):
 def _flowers102(path: Path, options: dict):
     from scipy.io import loadmat
 
-    what = "jpg/ (from 102flowers.tgz), imagelabels.mat and setid.mat side by side"
     base = _base(path, "setid.mat", ("flowers-102",))
-    label_file = _need("flowers102", base, "imagelabels.mat", what)
-    setid_file = _need("flowers102", base, "setid.mat", what)
-    root = _need("flowers102", base, "jpg", what)
+    label_file = _need("flowers102", base, "imagelabels.mat")
+    setid_file = _need("flowers102", base, "setid.mat")
+    root = _need("flowers102", base, "jpg")
     try:
         image_labels = np.asarray(loadmat(label_file, squeeze_me=True)["labels"]).reshape(-1).astype(np.int64)
         setid = loadmat(setid_file, squeeze_me=True)
@@ -273,11 +282,10 @@ def _flowers_class_names() -> list[str]:
 
 
 def _indoor67(path: Path, options: dict):
-    what = "Images/ (from indoorCVPR_09.tar) beside TrainImages.txt and TestImages.txt"
-    files = {n: _need("indoor67", path, n, what) for n in ("TrainImages.txt", "TestImages.txt")}
+    files = {n: _need("indoor67", path, n) for n in ("TrainImages.txt", "TestImages.txt")}
     root = _base(path, "Images", ("indoorCVPR_09",)) / "Images"
     if not root.is_dir():
-        raise UsageError(f"indoor67: Images is missing from {path}; expected {what}")
+        raise UsageError(f"indoor67: Images is missing from {path}; expected {LAYOUTS['indoor67']}")
     listed = {split: [line.replace("\\", "/") for _, line in _lines(files[name])]
               for split, name in (("train", "TrainImages.txt"), ("test", "TestImages.txt"))}
     for split, refs in listed.items():
@@ -296,8 +304,7 @@ def _caltech101(path: Path, options: dict):
     folder = "101_ObjectCategories"
     root = path if path.name == folder else _base(path, folder, ("caltech101",)) / folder
     if not root.is_dir():
-        raise UsageError(f"caltech101: {folder} is missing from {path}; expected the folder unpacked from "
-                         f"101_ObjectCategories.tar.gz (one folder per class)")
+        raise UsageError(f"caltech101: {folder} is missing from {path}; expected {LAYOUTS['caltech101']}")
     dirs = [d for d in _visible_dirs(root) if options["keep_background"] or d.name != _CALTECH_BACKGROUND]
     if not dirs:
         raise UsageError(f"caltech101: {root} has no class folders")
@@ -323,14 +330,14 @@ def _caltech101(path: Path, options: dict):
 def _wikiart(path: Path, options: dict):
     target = options["target"]
     folders = [path, path / "wikiart_csv"]
-    what = f"the ArtGAN split files of wikiart_csv.zip in {path} or {path / 'wikiart_csv'}"
 
     def find(stem: str, suffix: str) -> Path:
         for folder in folders:
             for name in (stem + suffix, stem):  # the ArtGAN repository also has them without the extension
                 if (folder / name).is_file():
                     return folder / name
-        raise UsageError(f"wikiart: {stem}{suffix} is missing; expected {what}")
+        raise UsageError(f"wikiart: {stem}{suffix} is missing from {path} and {path / 'wikiart_csv'}; expected "
+                         f"{LAYOUTS['wikiart']}")
 
     files = {"train": find(f"{target}_train", ".csv"), "test": find(f"{target}_val", ".csv"),
              "classes": find(f"{target}_class", ".txt")}
@@ -358,10 +365,9 @@ def _wikiart(path: Path, options: dict):
 def _covid_cxr(path: Path, options: dict):
     import csv
 
-    what = "metadata.csv and images/ of the covid-chestxray-dataset repository (github.com/ieee8023)"
     base = _base(path, "metadata.csv", ("covid-chestxray-dataset",))
-    meta_file = _need("covid-cxr", base, "metadata.csv", what)
-    _need("covid-cxr", base, "images", what)
+    meta_file = _need("covid-cxr", base, "metadata.csv")
+    _need("covid-cxr", base, "images")
     with open(meta_file, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     columns = set(rows[0]) if rows else set()
