@@ -16,8 +16,9 @@ Specs (``DatasetSource.spec``):
   ``covid-cxr:PATH``: the seed study's datasets read from their official downloads with the official split, options
   after ``?`` (``wikiart:PATH?target=genre``); see ``probe/_official.py``.
 
-Every source gives class names (index = label; sorted unless the dataset defines its own order), samples in a fixed dataset order, string ids (path
-relative to the dataset root, or the sample index as text) and a fingerprint that changes whenever the data does.
+Every source gives class names (index = label; sorted unless the dataset defines its own order), samples in a fixed
+dataset order, string ids (path relative to the dataset root, or the sample index as text) and a fingerprint that
+changes whenever the data does.
 """
 
 from __future__ import annotations

@@ -240,7 +240,8 @@ def _cub200(path: Path, options: dict):
                                  f"the index files do not match, unpack the archive again")
         label = int(labels[image_id])
         if label not in position:
-            raise UsageError(f"cub200: class id {label} of image {image_id} is not in classes.txt ({files['classes.txt']})")
+            raise UsageError(f"cub200: class id {label} of image {image_id} is not in classes.txt "
+                             f"({files['classes.txt']})")
         split = "train" if is_train[image_id] == "1" else "test"
         refs[split].append(images[image_id])
         labs[split].append(position[label])

@@ -43,7 +43,8 @@ The study file (all tables but ``[[backbones]]`` and ``[[datasets]]`` optional):
     dataset = "shapes"            # resulting weights for every transfer job (pretrain -> transfer)
     epochs = 3
 
-Input paths in the file (weights, data roots, imagefolder:/csv: specs) are relative to the file; outputs
+Input paths in the file (weights, data roots, the paths of imagefolder:, csv: and official-download specs such as
+cub200:) are relative to the file; outputs
 (cache, results, report) go under the current directory unless given.
 """
 

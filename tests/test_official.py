@@ -201,8 +201,8 @@ def test_indoor67_unreadable_file_extraction_end_to_end(tmp_path):
 def test_keep_background_flag_and_the_recorded_draw(tmp_path, capsys):
     write_caltech101(tmp_path / "caltech")
     cache = tmp_path / "cache"
-    proc = run_main(capsys, "extract-features", "test_resnet", f"caltech101:{tmp_path / 'caltech'}", "--keep-background",
-                    "--random-init", "--img-size", "32", "--cache-dir", cache, "--workers", "0", "--no-progress",
+    proc = run_main(capsys, "extract-features", "test_resnet", f"caltech101:{tmp_path / 'caltech'}",
+                    "--keep-background", "--random-init", "--img-size", "32", "--cache-dir", cache, "--workers", "0", "--no-progress",
                     "--splits", "train")
     assert proc.returncode == 0, proc.stderr
     with h5py.File(next(cache.rglob("train-*.h5"))) as f:
