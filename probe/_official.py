@@ -145,6 +145,8 @@ def _option_value(kind: str, key: str, value: str, default: Any) -> Any:
             raise UsageError(f"option {key} of {kind}: must be a whole number (at least 1 for train_per_class); "
                              f"got {value!r}")
         return number
+    if not value.strip(" ,"):
+        raise UsageError(f"option {key} of {kind}: is empty; e.g. {key}={default}")
     choices = _CHOICES.get((kind, key))
     if choices is not None and value not in choices:
         raise UsageError(f"option {key} of {kind}: must be one of {', '.join(choices)}; got {value!r}")
@@ -156,15 +158,15 @@ def _option_text(value: Any) -> str:
 
 
 def _name(kind: str, options: dict[str, Any]) -> str:
-    """Readable dataset name for cache paths and results: the kind, plus the options that change the classes."""
+    """Readable dataset name for cache paths and results: the kind, plus options that change its images or classes."""
     if kind == "wikiart":
         return f"wikiart-{options['target']}"
     if kind == "caltech101" and options["keep_background"]:
         return "caltech101-bg"
     if kind == "covid-cxr":
         name = "covid-cxr" if options["label"] == "binary" else "covid-cxr-finding"
-        views = [v.strip().lower() for v in options["view"].split(",") if v.strip()]
-        return name if views == ["pa", "ap"] else f"{name}-{'+'.join(views)}"
+        views = sorted({v.strip().lower() for v in options["view"].split(",") if v.strip()})
+        return name if views == ["ap", "pa"] else f"{name}-{'+'.join(views)}"
     return kind
 
 
