@@ -167,11 +167,14 @@ def test_missing_listed_image_and_bad_options_are_usage_errors(tmp_path):
 
 
 def test_cli_missing_index_file_is_one_line(tmp_path):
-    base = write_cub200(tmp_path)
+    base = write_cub200(tmp_path / "data")
     (base / "image_class_labels.txt").unlink()
-    proc = run_cli("extract-features", "test_resnet", f"cub200:{base}", "--random-init", "--img-size", "32",
-                   "--cache-dir", tmp_path / "c", "--no-progress")
-    assert_one_line_error(proc, 2, "image_class_labels.txt", str(base))
+    study = tmp_path / "study.toml"
+    study.write_text('[[backbones]]\nname = "test_resnet"\nrandom_init = true\n'
+                     '[[datasets]]\nspec = "cub200:data/CUB_200_2011"\n[[sweeps]]\nprobes = ["knn"]\n')
+    proc = run_cli("run", study, "--plan", cwd=tmp_path)
+    assert "CANNOT BE READ" in proc.stdout and "[1/2] extract" in proc.stdout
+    assert_one_line_error(proc, 2, "image_class_labels.txt is missing from", str(base))
 
 
 def test_indoor67_unreadable_file_extraction_end_to_end(tmp_path):
