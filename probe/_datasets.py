@@ -12,9 +12,13 @@ Specs (``DatasetSource.spec``):
 - ``torchvision:NAME``: a ``torchvision.datasets`` class, read from ``--data-root`` (downloaded by the user).
 - ``hf:REPO``: a parquet-backed Hugging Face dataset: ``<data_root>/<REPO>/**/<split>-*.parquet`` with an image
   column (``{bytes, path}``) and a ``label`` column; fetched with huggingface_hub when not on disk.
+- ``cub200:PATH``, ``flowers102:PATH``, ``indoor67:PATH``, ``caltech101:PATH``, ``wikiart:PATH``,
+  ``covid-cxr:PATH``: the seed study's datasets read from their official downloads with the official split, options
+  after ``?`` (``wikiart:PATH?target=genre``); see ``probe/_official.py``.
 
-Every source gives sorted class names (index = label), samples in a fixed dataset order, string ids (path
-relative to the dataset root, or the sample index as text) and a fingerprint that changes whenever the data does.
+Every source gives class names (index = label; sorted unless the dataset defines its own order), samples in a fixed
+dataset order, string ids (path relative to the dataset root, or the sample index as text) and a fingerprint that
+changes whenever the data does.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import numpy as np
 
 from ._errors import ProbeError, UsageError
 from ._images import is_image_file, load_image
+from ._official import KINDS as OFFICIAL_KINDS
+from ._official import read_official
 
 #: Canonical split names, and the folder / column spellings accepted for them.
 SPLITS = ("train", "val", "test")
@@ -38,6 +44,9 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": 
 
 #: Where torchvision:/hf: datasets are looked for when no data root is given.
 DEFAULT_DATA_ROOT = "data"
+
+#: Kinds whose sample references are image files relative to ``root`` (read and fingerprinted as files).
+_FILE_KINDS = ("imagefolder", "manifest", *OFFICIAL_KINDS)
 
 
 @dataclass
@@ -90,7 +99,7 @@ class DatasetSource:
     def load(self, split: str, index: int):
         """Return sample ``index`` of ``split`` as an 8-bit RGB PIL image (ProbeError naming it if unreadable)."""
         ref = self.splits[split][index]
-        if self.kind in ("imagefolder", "manifest"):
+        if self.kind in _FILE_KINDS:
             return load_image(os.path.join(self.root, ref), name=os.path.join(self.root, ref))
         if self.kind == "digits":
             return _digit_image(ref)
@@ -119,7 +128,7 @@ class DatasetSource:
                                  "options": self.options}, sort_keys=True, default=str).encode())
             for split in self.split_names:
                 h.update(f"\n[{split}]".encode())
-                if self.kind in ("imagefolder", "manifest"):
+                if self.kind in _FILE_KINDS:
                     for ref, label in zip(self.splits[split], self.labels[split]):
                         st = os.stat(os.path.join(self.root, ref))
                         h.update(f"{ref}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -168,9 +177,13 @@ def open_dataset(spec: str, *, data_root: str | os.PathLike | None = None) -> Da
         source = _open_torchvision(arg, data_root)
     elif kind == "hf" and arg:
         source = _open_hf(arg, data_root)
+    elif kind in OFFICIAL_KINDS and arg:
+        source = DatasetSource(kind=kind, **read_official(kind, arg))
+        spec = source.spec  # canonical, every option spelled out: the cache records e.g. the seed of a drawn split
     else:
         raise UsageError(f"unknown dataset spec {spec!r}; use digits, shapes, imagefolder:PATH, csv:PATH "
-                         f"(or a .parquet manifest), torchvision:NAME or hf:REPO")
+                         f"(or a .parquet manifest), torchvision:NAME, hf:REPO or an official download: "
+                         f"{', '.join(k + ':PATH' for k in OFFICIAL_KINDS)}")
     source.spec = spec
     if len(source) == 0:
         raise UsageError(f"dataset {spec!r} has no images; check the path and that it holds image files")

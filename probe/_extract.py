@@ -267,6 +267,10 @@ def _finalize(parts: Path, final: Path, source, split: str, taps, meta: dict) ->
     keep = np.concatenate([np.load(p)["ok"] for _, _, p in shards])
     ids = source.ids[split]
     skipped = [ids[i] for i in np.flatnonzero(~keep)]
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        print(f"probe: skipped {len(skipped)} unreadable image(s) of {meta['dataset']}/{split} (--skip-bad; listed "
+              f"in the cache file's 'skipped' attribute): {shown}", file=sys.stderr)
     n_keep = int(keep.sum())
     if n_keep == 0:
         raise ProbeError(f"every image of {meta['dataset']}/{split} was unreadable; nothing to cache")

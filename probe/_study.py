@@ -43,7 +43,8 @@ The study file (all tables but ``[[backbones]]`` and ``[[datasets]]`` optional):
     dataset = "shapes"            # resulting weights for every transfer job (pretrain -> transfer)
     epochs = 3
 
-Input paths in the file (weights, data roots, imagefolder:/csv: specs) are relative to the file; outputs
+Input paths in the file (weights, data roots, the paths of imagefolder:, csv: and official-download specs such as
+cub200:) are relative to the file; outputs
 (cache, results, report) go under the current directory unless given.
 """
 
@@ -57,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ProbeError, UsageError
+from ._official import KINDS as OFFICIAL_KINDS
 from .vocab import DEFAULT_VAL_FRACTION, FINETUNE_MODES, PROBES
 
 try:
@@ -191,7 +193,7 @@ def load_study(path: str | os.PathLike | None = None) -> Study:
             raise UsageError(f"[[datasets]] #{i + 1} in {source} has no spec")
         d = dict(d)
         kind, sep, arg = d["spec"].partition(":")
-        if sep and kind in ("imagefolder", "csv", "parquet"):
+        if sep and kind in ("imagefolder", "csv", "parquet", *OFFICIAL_KINDS):
             d["spec"] = f"{kind}:{_resolve(base, arg)}"
         if d.get("data_root"):
             d["data_root"] = str(_resolve(base, d["data_root"]))
@@ -279,6 +281,38 @@ def plan_study(study: Study) -> list[Job]:
     return jobs
 
 
+def check_datasets(study: Study, *, out=None) -> list[str]:
+    """Open every dataset of the study (index files and image lists, no image decoded, nothing downloaded) and
+    print one line each to ``out``: its classes and split sizes, or what is missing.
+
+    Returns
+    -------
+    list of str
+        One line per dataset that cannot be opened (empty when all can).
+    """
+    from ._datasets import _data_root, open_dataset
+
+    out = out or sys.stdout
+    wanted = [(ds.spec, ds.data_root) for ds in study.datasets]
+    if study.pretrain is not None:
+        wanted.insert(0, (study.pretrain["dataset"], study.pretrain.get("data_root")))
+    problems = []
+    for spec, data_root in wanted:
+        kind, _, arg = spec.partition(":")
+        if kind == "hf" and not (_data_root(data_root) / arg).is_dir():
+            print(f"dataset {spec}: not on disk; fetched from the Hugging Face hub when the study runs", file=out)
+            continue
+        try:
+            source = open_dataset(spec, data_root=data_root)
+        except ProbeError as exc:
+            problems.append(str(exc))
+            print(f"dataset {spec}: CANNOT BE READ: {exc}", file=out)
+            continue
+        sizes = ", ".join(f"{s} {len(source.splits[s]):,}" for s in source.split_names)
+        print(f"dataset {source.name} ({source.spec}): {len(source.classes)} classes; {sizes}", file=out)
+    return problems
+
+
 @dataclass
 class StudyOutcome:
     """What :func:`run_study` did: per job its status and seconds, and where the outputs are."""
@@ -314,6 +348,9 @@ def run_study(study: Study | str | os.PathLike | None = None, *, cache_dir: str 
     device = device or study.device
     jobs = jobs or study.jobs
     plan = plan_study(study)
+    problems = check_datasets(study, out=out)
+    if problems:  # before any work: a missing file should not surface hours into the study
+        raise UsageError(f"{len(problems)} dataset(s) of {study.source} cannot be read; first: {problems[0]}")
     print(f"study {study.name}: {len(plan)} jobs, {len(study.backbones)} backbones x {len(study.datasets)} datasets; "
           f"cache {cache_dir}, results {results_dir}", file=out, flush=True)
     pretrained: dict[str, str] = {}  # backbone name -> weights file from the pretrain job

@@ -121,12 +121,48 @@ def test_seed_study_plans_without_downloading(capsys):
         "resnetv2_101x3_bit.goog_in21k", "resnetv2_152x4_bit.goog_in21k", "vit_base_patch16_224.augreg_in21k",
         "vit_large_patch16_224.augreg_in21k", "swin_base_patch4_window7_224.ms_in22k"]
     assert {b.family for b in study.backbones} == {"convnet", "transformer"}
-    assert len(study.datasets) == 6 and study.datasets[0].spec == "torchvision:Flowers102"
+    assert [d.spec.split(":")[0] for d in study.datasets] == ["flowers102", "caltech101", "cub200", "indoor67",
+                                                               "wikiart", "covid-cxr"]
+    assert study.datasets[0].spec == f"flowers102:{ROOT / 'studies' / '..' / 'data' / 'flowers-102'}"
     jobs = plan_study(study)
     kinds = [j.kind for j in jobs]
     assert kinds.count("finetune") == 5 * 6 and kinds.count("extract") == 5 * 6 and kinds.count("sweep") == 5 * 6 * 3
+    if (ROOT / "data").exists():
+        pytest.skip("a data/ folder exists beside the study: the missing-data half of this test does not apply")
+    # without the downloads, --plan still lists the jobs, then fails with one line naming the first missing file
     proc = run_main(capsys, "run", ROOT / "studies" / "convnets-vs-transformers.toml", "--plan")
-    assert proc.returncode == 0 and f"{len(jobs)} jobs" in proc.stdout
+    assert f"{len(jobs)} jobs" in proc.stdout and proc.stdout.count("CANNOT BE READ") == 6
+    assert_one_line_error(proc, 2, "6 dataset(s)", "flowers102", "data/flowers-102 does not exist", "setid.mat")
+
+
+def test_seed_study_plan_checks_each_official_download(tmp_path, capsys):
+    """The seed study file itself, beside miniatures of the six official downloads: --plan prints every dataset's
+    classes and split sizes and exits 0; a removed index file makes it exit 2 naming that file."""
+    from tests._official_layouts import (write_caltech101, write_covid_cxr, write_cub200, write_flowers102,
+                                         write_indoor67, write_wikiart)
+
+    (tmp_path / "studies").mkdir()
+    study_file = tmp_path / "studies" / "seed.toml"
+    study_file.write_text((ROOT / "studies" / "convnets-vs-transformers.toml").read_text())
+    data = tmp_path / "data"
+    write_flowers102(data / "flowers-102")
+    write_caltech101(data / "caltech101")
+    write_cub200(data)
+    write_indoor67(data / "indoor67")
+    write_wikiart(data / "wikiart")
+    write_covid_cxr(data / "covid-chestxray-dataset")
+    proc = run_main(capsys, "run", study_file, "--plan")
+    assert proc.returncode == 0, proc.stderr
+    for line in ("dataset flowers102 (", "102 classes; train 3, val 3, test 6",
+                 "dataset caltech101 (", "3 classes; train 90, test 9",
+                 "dataset cub200 (", "3 classes; train 7, test 5",
+                 "dataset indoor67 (", "3 classes; train 9, test 6",
+                 "dataset wikiart-style (", "3 classes; train 9, test 3",
+                 "dataset covid-cxr (", "2 classes; train "):
+        assert line in proc.stdout, (line, proc.stdout)
+    (data / "CUB_200_2011" / "train_test_split.txt").unlink()
+    proc = run_main(capsys, "run", study_file, "--plan")
+    assert_one_line_error(proc, 2, "1 dataset(s)", "train_test_split.txt is missing from", "data/CUB_200_2011")
 
 
 def test_block_star_expands_per_architecture():

@@ -33,9 +33,26 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """DATASET and its data root."""
     parser.add_argument("dataset", metavar="DATASET",
                         help="dataset spec: digits, shapes, imagefolder:PATH, csv:PATH (or .parquet manifest), "
-                             "torchvision:NAME, hf:REPO")
+                             "torchvision:NAME, hf:REPO, or an official download with its split: cub200:PATH, "
+                             "flowers102:PATH, indoor67:PATH, caltech101:PATH, wikiart:PATH[?target=genre], "
+                             "covid-cxr:PATH (options after '?', see the README)")
     parser.add_argument("--data-root", metavar="DIR", default=None,
                         help="where torchvision:/hf: datasets live (default: ./data)")
+    parser.add_argument("--keep-background", action="store_true",
+                        help="caltech101:PATH only: keep the BACKGROUND_Google clutter class (the same as "
+                             "caltech101:PATH?keep_background=1)")
+
+
+def dataset_spec(args: argparse.Namespace) -> str:
+    """The dataset spec of parsed CLI arguments, with the options that flags set (``--keep-background``)."""
+    spec = args.dataset
+    if getattr(args, "keep_background", False):
+        if not spec.startswith("caltech101:"):
+            from probe._errors import UsageError
+
+            raise UsageError(f"--keep-background applies to caltech101:PATH only; drop it for {spec}")
+        spec += ("&" if "?" in spec else "?") + "keep_background=1"
+    return spec
 
 
 def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_backbone_arguments, add_dataset_arguments, add_extraction_arguments, extraction_kwargs
+from ._common import (add_backbone_arguments, add_dataset_arguments, add_extraction_arguments, dataset_spec,
+                      extraction_kwargs)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from probe._extract import extract_features
 
-    entries = extract_features(args.backbone, args.dataset, splits=args.splits, **extraction_kwargs(args))
+    entries = extract_features(args.backbone, dataset_spec(args), splits=args.splits, **extraction_kwargs(args))
     for split, entry in entries.items():
         state = "reused" if entry.reused else "written"
         print(f"{split}\t{entry.rows} rows\t{','.join(entry.taps)}\t{state}\t{entry.path}")

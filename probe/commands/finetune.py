@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import DEFAULT_CACHE_DIR, DEFAULT_RESULTS_DIR, add_backbone_arguments, add_dataset_arguments
+from ._common import (DEFAULT_CACHE_DIR, DEFAULT_RESULTS_DIR, add_backbone_arguments, add_dataset_arguments,
+                      dataset_spec)
 
 
 def _accum(text: str):
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from probe._finetune import finetune
 
     result = finetune(
-        args.backbone, args.dataset, mode=args.mode, trainable_blocks=args.trainable_blocks, epochs=args.epochs,
+        args.backbone, dataset_spec(args), mode=args.mode, trainable_blocks=args.trainable_blocks, epochs=args.epochs,
         lr=args.lr, batch_size=args.batch_size, accum_steps=args.accum_steps, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, layer_decay=args.layer_decay,
         clip_grad=args.clip_grad or None, crop_scale=tuple(args.crop_scale), hflip=args.hflip,

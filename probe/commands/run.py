@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
                         help="write the report at the end")
     parser.add_argument("--plan", action="store_true",
-                        help="only print the jobs the study would run, in order, and exit (reads no data)")
+                        help="only check that each dataset's files are there (printing its classes and split "
+                             "sizes) and print the jobs the study would run, in order; computes nothing")
     parser.add_argument("--device", default=None, help="torch device (default: the study's, else auto)")
     parser.add_argument("--jobs", type=int, default=None, metavar="N",
                         help="sweep jobs in parallel (default: the study's, else 1)")
@@ -37,14 +38,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from probe._study import load_study, plan_study, run_study
+    from probe._errors import UsageError
+    from probe._study import check_datasets, load_study, plan_study, run_study
 
     study = load_study(args.study)
     if args.plan:
         jobs = plan_study(study)
+        problems = check_datasets(study)
         print(f"study {study.name} ({study.source}): {len(jobs)} jobs")
         for i, job in enumerate(jobs, 1):
             print(f"[{i}/{len(jobs)}] {job.describe()}")
+        if problems:
+            raise UsageError(f"{len(problems)} dataset(s) of the study cannot be read; first: {problems[0]}")
         return 0
     run_study(study, cache_dir=args.cache_dir, results_dir=args.results_dir,
               report_dir=args.report_dir if args.report else None, pretrain_dir=args.pretrain_dir,

@@ -15,7 +15,7 @@ import argparse
 from probe.vocab import DEFAULT_VAL_FRACTION, PROBES
 
 from ._common import (DEFAULT_RESULTS_DIR, add_backbone_arguments, add_dataset_arguments, add_extraction_arguments,
-                      extraction_kwargs)
+                      dataset_spec, extraction_kwargs)
 
 PROBE_NAMES = list(PROBES)
 METRIC_NAMES = ["top1", "top5", "mean_per_class_acc"]
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     kwargs = extraction_kwargs(args)
     taps = kwargs.pop("taps")
-    paths = sweep_cached(args.backbone, args.dataset, probes=args.probes, taps=taps, shots=args.shots,
+    paths = sweep_cached(args.backbone, dataset_spec(args), probes=args.probes, taps=taps, shots=args.shots,
                          seeds=args.seeds, select_metric=args.select_metric, val_fraction=args.val_fraction,
                          results_dir=args.results_dir, jobs=args.jobs, overwrite=args.overwrite, **kwargs)
     for path in paths:
