@@ -299,3 +299,33 @@ def test_extract_features_console_script_help_lists_every_flag():
     for flag in ("--splits", "--taps", "--weights", "--random-init", "--seed", "--img-size", "--cache-dir",
                  "--batch-size", "--workers", "--device", "--dtype", "--skip-bad"):
         assert flag in out, flag
+
+
+class _RunsCode:
+    """Unpickling this runs code: it writes ``marker`` (what a hostile checkpoint would do, harmlessly)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def test_weights_that_need_unpickling_are_refused_without_running_code(tmp_path, capsys):
+    marker = tmp_path / "code-ran"
+    state = {k: v.contiguous() for k, v in probe.create_backbone("test_resnet", random_init=True).model.state_dict().items()}
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": state, "payload": _RunsCode(marker)}, evil)
+    with pytest.raises(probe.UsageError, match="needs arbitrary unpickling.*safetensors"):
+        probe.create_backbone("test_resnet", weights=evil)
+    proc = run_cli("extract-features", "test_resnet", "digits", "--weights", evil, "--cache-dir", tmp_path / "c")
+    line = assert_one_line_error(proc, 2, "evil.pt", "needs arbitrary unpickling", "convert it to safetensors")
+    assert "builtins.exec" in line  # the global it asked for, named without running it
+    proc = run_main(capsys, "finetune", "test_resnet", "digits", "--weights", evil, "--epochs", "1",
+                    "--results-dir", tmp_path / "r", "--cache-dir", tmp_path / "c", "--no-progress")
+    assert_one_line_error(proc, 2, "needs arbitrary unpickling")
+    assert not marker.exists()
+    assert not list((tmp_path / "c").rglob("*.h5")) and not list((tmp_path / "r").rglob("*.parquet"))
+    # The file really is hostile: full unpickling (torch < 2.6's default) runs its code.
+    torch.load(evil, weights_only=False)
+    assert marker.read_text() == "ran"
