@@ -71,7 +71,7 @@ def check_labels(y: Any, n_samples: int, *, name: str = "y", min_classes: int = 
     Any labels work (integers, strings, ...); integer-valued floats become int64. A column vector is raveled
     with scikit-learn's DataConversionWarning, and a continuous target is refused ("Unknown label type").
     """
-    y = column_or_1d(_host(y), warn=True, input_name=name)
+    y = column_or_1d(_host(y), warn=True)
     if len(y) != n_samples:
         raise ValueError(f"X and {name} have different lengths ({n_samples} vs {len(y)}); "
                          "pass one label per feature row")
