@@ -204,8 +204,15 @@ def load_weights_file(model, path: str | os.PathLike) -> None:
     from timm.models import load_state_dict
 
     try:
-        state = load_state_dict(str(path), use_ema=False)
+        # A weights file may come from anywhere: torch checkpoints are read with weights_only=True, named here
+        # because torch < 2.6 and older timm (1.0.9 among them) default to full unpickling, which runs code in the file.
+        state = load_state_dict(str(path), use_ema=False, weights_only=True)
     except Exception as exc:
+        if _needs_unpickling(exc):
+            raise UsageError(f"weights file {path} needs arbitrary unpickling to load, which could run code from "
+                             f"the file{_unsafe_globals(path)}; probe reads only tensors (weights_only=True). Where "
+                             "you trust it, convert it to safetensors (safetensors.torch.save_file of its state "
+                             "dict) and pass that file") from None
         raise UsageError(f"cannot read weights file {path} ({exc.__class__.__name__}: {_first_line(exc)}); "
                          f"pass a .safetensors or torch checkpoint") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -233,6 +240,31 @@ def load_weights_file(model, path: str | os.PathLike) -> None:
         raise UsageError(f"weights file {path} does not fit backbone {arch}: " + "; ".join(parts)
                          + "; pass a checkpoint of this architecture")
     model.load_state_dict(state, strict=False)
+
+
+def _needs_unpickling(exc: BaseException) -> bool:
+    """Whether a checkpoint read failed because weights_only refused a pickled global (torch raises
+    UnpicklingError; newer timm re-raises it as a RuntimeError from it)."""
+    import pickle
+
+    while exc is not None:
+        if isinstance(exc, pickle.UnpicklingError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _unsafe_globals(path) -> str:
+    """`` (it names builtins.exec, ...)`` listing the globals a torch zip checkpoint asks for (read without running
+    them; torch >= 2.5), or ``""`` where they cannot be listed."""
+    import torch
+
+    lister = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    try:
+        names = lister(str(path)) if lister is not None else []
+    except Exception:
+        names = []
+    return f" (it names {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else ""
 
 
 def _classifier_prefixes(model) -> list[str]:

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 
 from ._errors import ProbeError
+
+#: Most pixels (width x height) an image may declare: PIL's own default, 2**30 // 4 // 3 (about 89.5 million, a
+#: 0.25 GiB RGB image), kept here on purpose. A header that declares more (a decompression bomb, or a corrupt size)
+#: makes a bad image, refused before decoding, instead of an out-of-memory crash. It holds even where PIL's global
+#: ``Image.MAX_IMAGE_PIXELS`` was raised or switched off; a lower PIL limit still applies.
+MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 
 #: File extensions read as images (compared lower-case).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
@@ -26,7 +33,8 @@ def is_image_file(path: str | os.PathLike) -> bool:
 def load_image(source, *, name: str | None = None):
     """Open ``source`` (a path, bytes or a PIL image) and return an RGB ``PIL.Image`` with 8 bits per channel.
 
-    Raises :class:`probe.ProbeError` naming the file when it cannot be decoded (unreadable or truncated).
+    Raises :class:`probe.ProbeError` naming the file when it cannot be decoded (unreadable or truncated) or when
+    its header declares more than :data:`MAX_IMAGE_PIXELS` pixels (checked before decoding).
     """
     from PIL import Image, ImageOps
 
@@ -35,14 +43,22 @@ def load_image(source, *, name: str | None = None):
         if isinstance(source, Image.Image):
             img = source
         else:
-            img = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+            with warnings.catch_warnings():
+                # PIL warns (below twice its limit) rather than refusing, then decodes: here that is a bad image.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                img.close()
+                raise ProbeError(f"cannot read image {label}: its header declares {img.width}x{img.height} pixels, "
+                                 f"more than the {MAX_IMAGE_PIXELS} read at most (a decompression bomb?); fix or "
+                                 "remove the file, or pass --skip-bad to skip unreadable images")
             img.load()  # decode now, so truncated files fail here and not later in a worker
         img = ImageOps.exif_transpose(img)
         return to_rgb8(img)
     except ProbeError:
         raise
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBomb...)
-        raise ProbeError(f"cannot read image {label}: {exc.__class__.__name__}: {exc}; fix or remove the file, "
+        raise ProbeError(f"cannot read image {label}: {exc.__class__.__name__}: {str(exc).rstrip('.')}; fix or remove the file, "
                          f"or pass --skip-bad to skip unreadable images") from None
 
 

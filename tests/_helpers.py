@@ -60,3 +60,16 @@ def write_image_folder(root: Path, *, classes=("cat", "dog"), per_class=6, split
                 img = np.clip(base + rng.normal(0, 30, size=(size, size, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(img).save(d / f"img_{i}.png")
     return root
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG file whose header declares ``width`` x ``height`` RGB pixels (a decompression bomb's header; the
+    pixels themselves are never written, so nothing that size is allocated)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")

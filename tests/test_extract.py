@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 import probe
-from tests._helpers import assert_one_line_error, run_cli, run_main
+from tests._helpers import assert_one_line_error, png_declaring, run_cli, run_main
 
 SMALL = dict(random_init=True, img_size=32, batch_size=8, workers=0, progress=False)
 
@@ -160,10 +161,37 @@ def names_index(source, name):
     return [os.path.basename(r) for r in source.splits["train"]].index(name)
 
 
+@pytest.mark.parametrize("width,height,needle", [
+    (100_000, 100_000, "DecompressionBombError"),  # PIL refuses above twice its limit
+    (10_000, 10_000, "DecompressionBombWarning"),  # PIL only warns (then decodes 0.3 GB) between one and two limits
+])
+def test_decompression_bomb_is_a_bad_image(width, height, needle):
+    from probe._images import MAX_IMAGE_PIXELS, load_image
+
+    assert width * height > MAX_IMAGE_PIXELS
+    with pytest.raises(probe.ProbeError, match=f"cannot read image bomb.png: {needle}.*decompression bomb.*--skip-bad"):
+        load_image(png_declaring(width, height), name="bomb.png")
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(png_declaring(40, 30))).size == (40, 30)  # PIL reads the size from the header
+
+
+def test_decompression_bomb_limit_holds_when_pil_check_is_off(monkeypatch, tmp_path):
+    from PIL import Image
+
+    from probe._images import load_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # as some other library in the process may have done
+    (tmp_path / "bomb.png").write_bytes(png_declaring(100_000, 100_000))
+    with pytest.raises(probe.ProbeError, match="bomb.png: its header declares 100000x100000 pixels.*--skip-bad"):
+        load_image(tmp_path / "bomb.png")
+
+
 def test_bad_image_names_the_file_and_skip_bad_records_it(tmp_path, image_folder):
     bad = image_folder / "test" / "dog" / "broken.png"
     good = (image_folder / "test" / "dog" / "img_0.png").read_bytes()
     bad.write_bytes(good[: len(good) // 2])  # truncated PNG
+    (image_folder / "test" / "dog" / "zbomb.png").write_bytes(png_declaring(100_000, 100_000))  # after broken.png
     cache = tmp_path / "c"
     proc = run_cli("extract-features", "test_resnet", f"imagefolder:{image_folder}", "--random-init",
                    "--img-size", "32", "--cache-dir", cache, "--workers", "0", "--no-progress")
@@ -174,8 +202,9 @@ def test_bad_image_names_the_file_and_skip_bad_records_it(tmp_path, image_folder
                    "--img-size", "32", "--cache-dir", cache, "--workers", "0", "--no-progress", "--skip-bad", check=0)
     test_file = next(p for p in cache.rglob("test-*.h5"))
     with h5py.File(test_file) as f:
-        assert json.loads(f.attrs["skipped"]) == ["test/dog/broken.png"]
-        assert f["labels"].shape == (12,) and "test/dog/broken.png" not in [s.decode() for s in f["ids"][()]]
+        assert json.loads(f.attrs["skipped"]) == ["test/dog/broken.png", "test/dog/zbomb.png"]
+        ids = [s.decode() for s in f["ids"][()]]
+        assert f["labels"].shape == (12,) and "test/dog/broken.png" not in ids and "test/dog/zbomb.png" not in ids
 
 
 @pytest.mark.parametrize("args,code,needles", [
@@ -299,3 +328,33 @@ def test_extract_features_console_script_help_lists_every_flag():
     for flag in ("--splits", "--taps", "--weights", "--random-init", "--seed", "--img-size", "--cache-dir",
                  "--batch-size", "--workers", "--device", "--dtype", "--skip-bad"):
         assert flag in out, flag
+
+
+class _RunsCode:
+    """Unpickling this runs code: it writes ``marker`` (what a hostile checkpoint would do, harmlessly)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def test_weights_that_need_unpickling_are_refused_without_running_code(tmp_path, capsys):
+    marker = tmp_path / "code-ran"
+    state = {k: v.contiguous() for k, v in probe.create_backbone("test_resnet", random_init=True).model.state_dict().items()}
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": state, "payload": _RunsCode(marker)}, evil)
+    with pytest.raises(probe.UsageError, match="needs arbitrary unpickling.*safetensors"):
+        probe.create_backbone("test_resnet", weights=evil)
+    proc = run_cli("extract-features", "test_resnet", "digits", "--weights", evil, "--cache-dir", tmp_path / "c")
+    line = assert_one_line_error(proc, 2, "evil.pt", "needs arbitrary unpickling", "convert it to safetensors")
+    assert "builtins.exec" in line  # the global it asked for, named without running it
+    proc = run_main(capsys, "finetune", "test_resnet", "digits", "--weights", evil, "--epochs", "1",
+                    "--results-dir", tmp_path / "r", "--cache-dir", tmp_path / "c", "--no-progress")
+    assert_one_line_error(proc, 2, "needs arbitrary unpickling")
+    assert not marker.exists()
+    assert not list((tmp_path / "c").rglob("*.h5")) and not list((tmp_path / "r").rglob("*.parquet"))
+    # The file really is hostile: full unpickling (torch < 2.6's default) runs its code.
+    torch.load(evil, weights_only=False)
+    assert marker.read_text() == "ran"

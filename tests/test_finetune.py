@@ -240,6 +240,15 @@ def test_bad_input_is_one_line_and_an_exit_code(tmp_path, args, code, words):
     assert "Traceback" not in done.stderr
 
 
+def _plain_types(obj) -> set:
+    """Every type inside nested dicts/lists/tuples (OrderedDict counts as dict)."""
+    if isinstance(obj, dict):
+        return {dict}.union(*(_plain_types(k) | _plain_types(v) for k, v in obj.items()))
+    if isinstance(obj, (list, tuple)):
+        return {type(obj)}.union(*map(_plain_types, obj))
+    return {torch.Tensor if isinstance(obj, torch.Tensor) else type(obj)}
+
+
 def test_divergence_after_an_epoch_keeps_its_checkpoint_and_resumes(tmp_path, monkeypatch):
     import torch
 
@@ -256,7 +265,11 @@ def test_divergence_after_an_epoch_keeps_its_checkpoint_and_resumes(tmp_path, mo
     with pytest.raises(probe.ProbeError, match="diverged.*epoch 2.*checkpoints up to epoch 1 are kept"):
         probe.finetune("test_vit", "digits", **run)
     ckpt = next((tmp_path / "r").rglob("last.pt"))
-    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+    state = torch.load(ckpt, weights_only=True)
+    assert state["epoch"] == 1
+    # Resume reads it with weights_only=True: it holds only tensors and plain types, which the weights-only
+    # unpickler of every declared torch accepts (no numpy arrays or scalars, no objects).
+    assert _plain_types(state) <= {dict, list, tuple, str, int, float, bool, type(None), torch.Tensor}
     assert not list((tmp_path / "r").rglob("*.parquet"))  # no results from a diverged run
     monkeypatch.setattr(_Run, "_step", real_step)
     result = probe.finetune("test_vit", "digits", **run)  # the same command continues from epoch 1

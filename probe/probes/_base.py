@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import itertools
 import time
+import warnings
 from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
 
 #: Bytes of similarity matrix a chunked kernel may hold at once (bounds memory of kNN / scoring).
 CHUNK_BYTES = 256 * 2**20
@@ -26,58 +29,69 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+#: Feature dtypes kept as they are (never copied); anything else (integers, objects holding numbers) becomes float32.
+#: float16 caches stay float16 on the host and are widened once, on the device, by :func:`to_tensor`.
+FEATURE_DTYPES = [np.float32, np.float64, np.float16]
+
+
+def _host(a: Any) -> Any:
+    """A torch tensor as a numpy array (scikit-learn's validation reads numpy); anything else unchanged."""
+    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a
+
+
 def check_features(X: Any, *, name: str = "X", n_features: int | None = None) -> np.ndarray:
-    """Return ``X`` as a 2-D numpy array, or raise ValueError naming what is wrong and how to fix it."""
-    if isinstance(X, torch.Tensor):
-        X = X.detach().cpu().numpy()
-    X = np.asarray(X)
-    if X.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array [n_samples, n_features]; got shape {X.shape}. "
-                         "Reshape a single sample with X.reshape(1, -1)")
-    if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
-        raise ValueError(f"{name} must hold numbers; got dtype {X.dtype}")
-    if len(X) == 0:
-        raise ValueError(f"{name} has no samples (shape {X.shape}); pass at least one row")
+    """Return ``X`` as a 2-D numeric numpy array, or raise ValueError naming what is wrong and how to fix it.
+
+    Shape, sparse, complex, object and empty inputs get scikit-learn's own messages (:func:`check_array`);
+    float32/float64/float16 arrays are returned without a copy.
+    """
+    X = check_array(_host(X), dtype=FEATURE_DTYPES, ensure_all_finite=False, input_name=name)
     if n_features is not None and X.shape[1] != n_features:
         raise ValueError(f"{name} has {X.shape[1]} features but the probe was fitted on {n_features}; "
                          "use features of the same backbone and tap for fit and predict")
-    finite = np.isfinite(X) if X.dtype.kind == "f" else True
-    if not np.all(finite):
-        bad = int(np.size(X) - np.count_nonzero(finite))
-        row = int(np.flatnonzero(~np.all(finite, axis=1))[0])
-        raise ValueError(f"{name} contains {bad} NaN or infinite values (first in row {row}); "
-                         "re-extract the features (float16 overflow?) or drop those rows")
+    check_finite(X, name=name)
     return X
 
 
+def check_finite(X: np.ndarray, *, name: str = "X") -> None:
+    """Raise ValueError naming the count and first row of NaN/inf values in a validated feature array."""
+    if X.dtype.kind != "f":
+        return
+    finite = np.isfinite(X)
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        row = int(np.flatnonzero(~finite.all(axis=1))[0])
+        raise ValueError(f"{name} contains {bad} NaN or infinite values (first in row {row}); "
+                         "re-extract the features (float16 overflow?) or drop those rows")
+
+
 def check_labels(y: Any, n_samples: int, *, name: str = "y", min_classes: int = 2) -> np.ndarray:
-    """Return ``y`` as a 1-D integer array of length ``n_samples`` with at least ``min_classes`` classes."""
-    if isinstance(y, torch.Tensor):
-        y = y.detach().cpu().numpy()
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y.ravel()
-    if y.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of class labels; got shape {y.shape}")
+    """Return ``y`` as a 1-D array of class labels of length ``n_samples`` with at least ``min_classes`` classes.
+
+    Any labels work (integers, strings, ...); integer-valued floats become int64. A column vector is raveled
+    with scikit-learn's DataConversionWarning, and a continuous target is refused ("Unknown label type").
+    """
+    y = column_or_1d(_host(y), warn=True)
     if len(y) != n_samples:
         raise ValueError(f"X and {name} have different lengths ({n_samples} vs {len(y)}); "
                          "pass one label per feature row")
-    if not np.issubdtype(y.dtype, np.integer):
-        if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
-            y = y.astype(np.int64)
-        else:
-            raise ValueError(f"{name} must hold integer class labels; got dtype {y.dtype}. "
-                             "Encode string labels first, e.g. with sklearn.preprocessing.LabelEncoder")
+    check_classification_targets(y)
+    if y.dtype.kind in "fiu":  # check_classification_targets has refused non-integral floats
+        y = y.astype(np.int64, copy=False)
     n_classes = len(np.unique(y))
     if n_classes < min_classes:
         raise ValueError(f"{name} has {n_classes} class(es); a probe needs at least {min_classes} to classify. "
                          "Check the labels or the few-shot draw")
-    return y.astype(np.int64, copy=False)
+    return y
 
 
 def to_tensor(X: np.ndarray, device: torch.device) -> torch.Tensor:
     """float32 tensor on ``device`` (float16 caches are widened here, once)."""
-    return torch.as_tensor(np.ascontiguousarray(X)).to(device=device, dtype=torch.float32)
+    with warnings.catch_warnings():
+        # A read-only array (a memory map) is only read by the probes; copying it to please torch would double the
+        # host memory of the largest array in a sweep.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.as_tensor(np.ascontiguousarray(X)).to(device=device, dtype=torch.float32)
 
 
 def chunk_rows(n_rows: int, n_cols: int, bytes_per: int = 4) -> int:
@@ -105,19 +119,27 @@ class ProbeBase(ClassifierMixin, BaseEstimator):
 
     # ----------------------------------------------------------------------------------------- public API
     def fit(self, X, y):
-        """Fit the probe on features ``X`` [n_samples, n_features] and integer labels ``y``; returns self."""
-        X = check_features(X)
+        """Fit the probe on features ``X`` [n_samples, n_features] and class labels ``y``; returns self.
+
+        ``y`` may hold any labels (class names, integers, ...); ``classes_`` is their sorted unique values and
+        ``predict`` returns values from it.
+        """
+        X, y = validate_data(self, _host(X), _host(y), dtype=FEATURE_DTYPES, ensure_all_finite=False)
+        check_finite(X)
         y = check_labels(y, len(X))
         self._check_params()
         device = resolve_device(getattr(self, "device", None))
         self.classes_, y_index = np.unique(y, return_inverse=True)
-        self.n_features_in_ = X.shape[1]
         self._fit(to_tensor(X, device), torch.as_tensor(y_index, device=device))
         return self
 
     def decision_function(self, X) -> np.ndarray:
-        """Per-class scores [n_samples, n_classes] (columns follow ``classes_``); larger means more likely."""
-        return self._scores(self._check_predict_input(X)).cpu().numpy()
+        """Per-class scores [n_samples, n_classes] (columns follow ``classes_``); larger means more likely.
+
+        For two classes one score per sample [n_samples], positive for ``classes_[1]``, as in scikit-learn.
+        """
+        scores = self._decision(self._scores(self._check_predict_input(X))).cpu().numpy()
+        return scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores
 
     def predict(self, X) -> np.ndarray:
         """Predicted labels (values from ``classes_``)."""
@@ -162,12 +184,16 @@ class ProbeBase(ClassifierMixin, BaseEstimator):
         """Validate hyperparameters (ValueError naming the parameter); called by ``fit``."""
 
     def _check_predict_input(self, X) -> torch.Tensor:
-        if not hasattr(self, "classes_"):
-            from sklearn.exceptions import NotFittedError
-
-            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X, y) first")
-        X = check_features(X, n_features=self.n_features_in_)
+        """Fitted check, then ``X`` validated against the fit (scikit-learn's messages) as a tensor on the device."""
+        check_is_fitted(self)
+        X = validate_data(self, _host(X), reset=False, dtype=FEATURE_DTYPES, ensure_all_finite=False)
+        check_finite(X)
         return to_tensor(X, self._device())
+
+    def _decision(self, scores: torch.Tensor) -> torch.Tensor:
+        """``_scores`` as reported by ``decision_function`` (a probe whose raw scores are not comparable across
+        samples, like kNN's vote counts, rescales them here)."""
+        return scores
 
     def _device(self) -> torch.device:
         return resolve_device(getattr(self, "device", None))

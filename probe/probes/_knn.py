@@ -18,6 +18,7 @@ class KNNProbe(ProbeBase):
     ``temperature=None`` gives each of the ``k`` neighbours one vote (scikit-learn's ``weights="uniform"``);
     ties between classes go to the first class in ``classes_``. Similarities are computed in chunks of queries,
     so memory stays bounded for large banks. ``k`` larger than the training set is clipped to its size.
+    ``decision_function`` and ``predict_proba`` report each class's share of the votes.
 
     Parameters
     ----------
@@ -60,8 +61,12 @@ class KNNProbe(ProbeBase):
 
     def predict_proba(self, X) -> np.ndarray:
         """Share of the (weighted) votes per class [n_samples, n_classes]."""
-        votes = self._scores(self._check_predict_input(X))
-        return (votes / votes.sum(dim=1, keepdim=True)).cpu().numpy()
+        return self._decision(self._scores(self._check_predict_input(X))).cpu().numpy()
+
+    def _decision(self, votes: torch.Tensor) -> torch.Tensor:
+        # Weighted vote totals differ from row to row; their shares are comparable across samples (and for two
+        # classes decision_function's share difference ranks samples as predict_proba does).
+        return votes / votes.sum(dim=1, keepdim=True)
 
     def _sweep_path(self, X, y_index, n_classes, X_eval, points):
         """One top-max(k) search; every (k, temperature) is then scored from the same neighbours."""

@@ -144,11 +144,6 @@ class LogisticProbe(ProbeBase):
         return _full_logits(X @ W.T + b)
 
     # ----------------------------------------------------------------------------------------- prediction
-    def decision_function(self, X) -> np.ndarray:
-        """Logits [n_samples, n_classes]; for two classes the single logit [n_samples], as in scikit-learn."""
-        scores = super().decision_function(X)
-        return scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores
-
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities [n_samples, n_classes] (softmax of the logits)."""
         return torch.softmax(self._scores(self._check_predict_input(X)), dim=1).cpu().numpy()

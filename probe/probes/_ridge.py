@@ -68,11 +68,6 @@ class RidgeProbe(ProbeBase):
         z = X @ self._W.to(X.device) + self._b.to(X.device)
         return torch.cat([torch.zeros_like(z), z], dim=1) if z.shape[1] == 1 else z
 
-    def decision_function(self, X) -> np.ndarray:
-        """Scores [n_samples, n_classes]; for two classes one score per sample [n_samples], as in scikit-learn."""
-        scores = super().decision_function(X)
-        return scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores
-
     def _sweep_path(self, X, y_index, n_classes, X_eval, points):
         """One decomposition for the whole alpha grid; each alpha then costs one [N_eval, r] x [r, C] matmul."""
         start = time.perf_counter()
