@@ -69,7 +69,11 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
     from ._backbones import check_model_name, create_backbone, describe_backbone
     from ._datasets import open_dataset
 
+    from ._checks import check_img_size, check_output_dir
+
     taps = parse_taps(taps)
+    img_size = check_img_size(img_size)
+    check_output_dir(cache_dir, "--cache-dir")
     if dtype not in ("float16", "float32"):
         raise UsageError(f"dtype must be float16 or float32; got {dtype!r}")
     if batch_size < 1:

@@ -51,7 +51,9 @@ import numpy as np
 from ._errors import ProbeError, UsageError
 from ._runtime import ProcessLock
 from ._io import atomic_path
+from ._schema import Setting, check_setting, constraint, dataclass_settings
 from .vocab import DEFAULT_VAL_FRACTION, FINETUNE_MODES as MODES, METRICS
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Version of the checkpoint layout; a checkpoint of another version is not resumed from.
 CHECKPOINT_FORMAT = 1
@@ -62,27 +64,50 @@ class FinetuneConfig:
     """Hyperparameters of one fine-tuning run; every field is part of the run's settings hash.
 
     The defaults are a common transfer recipe (AdamW, short warmup, cosine decay, label smoothing); the study
-    tunes ``lr`` per backbone family in practice.
+    tunes ``lr`` per backbone family in practice. Each field's type and range (``metadata``) are the one
+    declaration that ``probe finetune``'s flags and a study's ``[finetune]`` keys are checked against
+    (:func:`probe._schema.dataclass_settings`).
     """
 
-    mode: str = "full"  # full | partial | lp-ft
-    trainable_blocks: int | None = None  # partial / lp-ft: train the last N blocks or stages (+ norm + head)
-    epochs: int = 10  # passes over train
-    lr: float = 1e-4  # peak learning rate of AdamW, reached after warmup, for one step of batch_size images
-    batch_size: int = 64  # images per optimizer step (summed over accumulation micro-batches)
-    weight_decay: float = 0.05  # AdamW decoupled decay; not applied to biases, norms, tokens, position embeddings
-    warmup_epochs: float = 1.0  # linear warmup from ~0 to lr, then cosine decay to 0, updated every step
-    label_smoothing: float = 0.1  # cross-entropy target smoothing
-    layer_decay: float | None = None  # layer-wise lr decay factor per block (e.g. 0.75); None = off
-    clip_grad: float | None = 1.0  # max global gradient L2 norm; None = off
-    crop_scale: tuple[float, float] = (0.08, 1.0)  # random resized crop: fraction of the image area kept
+    mode: str = field(default="full", metadata=constraint(choices=MODES))  # full | partial | lp-ft
+    # partial / lp-ft: train the last N blocks or stages (+ norm + head)
+    trainable_blocks: int | None = field(default=None, metadata=constraint(lo=0))
+    epochs: int = field(default=10, metadata=constraint(lo=0, lo_open=True))  # passes over train
+    # peak learning rate of AdamW, reached after warmup, for one step of batch_size images
+    lr: float = field(default=1e-4, metadata=constraint(lo=0, lo_open=True))
+    # images per optimizer step (summed over accumulation micro-batches)
+    batch_size: int = field(default=64, metadata=constraint(lo=0, lo_open=True))
+    # AdamW decoupled decay; not applied to biases, norms, tokens, position embeddings
+    weight_decay: float = field(default=0.05, metadata=constraint(lo=0))
+    # linear warmup from ~0 to lr, then cosine decay to 0, updated every step
+    warmup_epochs: float = field(default=1.0, metadata=constraint(lo=0))
+    label_smoothing: float = field(default=0.1, metadata=constraint(lo=0, hi=1, hi_open=True))  # target smoothing
+    # layer-wise lr decay factor per block (e.g. 0.75); None = off
+    layer_decay: float | None = field(default=None, metadata=constraint(lo=0, lo_open=True, hi=1))
+    clip_grad: float | None = field(default=1.0, metadata=constraint(lo=0, lo_open=True))  # max grad L2 norm; None = off
+    # random resized crop: fraction of the image area kept (MIN, MAX)
+    crop_scale: tuple[float, float] = field(default=(0.08, 1.0), metadata=constraint(lo=0, lo_open=True, hi=1))
     hflip: bool = True  # random horizontal flip (p = 0.5)
-    color_jitter: float | None = None  # timm color jitter strength; None = off
-    lp_C: float | None = None  # lp-ft: logistic probe C; None = selected on val over the sweeps' grid
-    select_metric: str = "top1"  # val metric that chooses the epoch
-    val_fraction: float = DEFAULT_VAL_FRACTION  # part of train carved off as val when the dataset has no val
-    precision: str = "auto"  # auto (bf16 on CUDA, fp16 where bf16 is missing, fp32 on CPU) | fp32 | bf16 | fp16
+    color_jitter: float | None = field(default=None, metadata=constraint(lo=0))  # timm jitter strength; None = off
+    # lp-ft: logistic probe C; None = selected on val over the sweeps' grid
+    lp_C: float | None = field(default=None, metadata=constraint(lo=0, lo_open=True))
+    select_metric: str = field(default="top1", metadata=constraint(choices=METRICS))  # val metric choosing the epoch
+    # part of train carved off as val when the dataset has no val
+    val_fraction: float = field(default=DEFAULT_VAL_FRACTION, metadata=constraint(lo=0, lo_open=True, hi=1,
+                                                                                  hi_open=True))
+    # auto (bf16 on CUDA, fp16 where bf16 is missing, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = field(default="auto", metadata=constraint(choices=PRECISIONS))
     skip_bad: bool = False  # drop unreadable images from their batch instead of stopping
+
+
+def config_settings() -> dict:
+    """Field name -> :class:`probe._schema.Setting` of :class:`FinetuneConfig` (types, ranges, choices)."""
+    return dataclass_settings(FinetuneConfig)
+
+
+def cli_flag(name: str) -> str:
+    """The ``probe finetune`` flag of a :class:`FinetuneConfig` field: ``lp_C`` -> ``--lp-c``."""
+    return "--" + name.lower().replace("_", "-")
 
 
 @dataclass
@@ -134,6 +159,8 @@ class FinetuneResult:
 
 
 _DEFAULT = FinetuneConfig()
+#: Accepted values of ``accum_steps`` (not a config field: it adapts during a run).
+ACCUM_STEPS = Setting(kind="int", lo=0, lo_open=True, also=("auto",))
 
 
 def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
@@ -218,22 +245,20 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
         An unreadable image, or a diverging run (non-finite loss; earlier checkpoints are kept).
     """
     from ._backbones import check_model_name, file_sha256
+    from ._checks import check_img_size, check_output_dirs
     from ._datasets import open_dataset
     from .results import job_stem
 
-    config = FinetuneConfig(mode=mode, trainable_blocks=trainable_blocks, epochs=epochs, lr=lr,
-                            batch_size=batch_size, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-                            label_smoothing=label_smoothing, layer_decay=layer_decay, clip_grad=clip_grad,
-                            crop_scale=tuple(float(s) for s in crop_scale), hflip=bool(hflip),
-                            color_jitter=color_jitter, lp_C=lp_C, select_metric=select_metric,
-                            val_fraction=float(val_fraction), precision=precision, skip_bad=bool(skip_bad))
-    _check_config(config)
+    config = make_config(mode=mode, trainable_blocks=trainable_blocks, epochs=epochs, lr=lr, batch_size=batch_size,
+                         weight_decay=weight_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
+                         layer_decay=layer_decay, clip_grad=clip_grad, crop_scale=crop_scale, hflip=hflip,
+                         color_jitter=color_jitter, lp_C=lp_C, select_metric=select_metric,
+                         val_fraction=val_fraction, precision=precision, skip_bad=skip_bad)
     accum_auto = accum_steps == "auto"
-    if not accum_auto and (not isinstance(accum_steps, (int, np.integer)) or isinstance(accum_steps, bool)
-                           or accum_steps < 1):
-        raise UsageError(f"--accum-steps must be a positive integer or 'auto'; got {accum_steps!r}")
-    if img_size is not None and (not isinstance(img_size, (int, np.integer)) or img_size < 1):
-        raise UsageError(f"image size must be a positive integer; got {img_size!r}")
+    accum_steps = check_setting(accum_steps, ACCUM_STEPS, "--accum-steps")
+    img_size = check_img_size(img_size)
+    check_output_dirs({"--results-dir": results_dir, "--checkpoint-dir": checkpoint_dir,
+                       "--cache-dir": cache_dir if config.mode == "lp-ft" else None})  # lp-ft caches features
     if weights is not None and random_init:
         raise UsageError("--weights and --random-init exclude each other; pass one")
     check_model_name(backbone)
@@ -288,46 +313,29 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
 # ------------------------------------------------------------------------------------------------ validation
 
 
-def _check_config(c: FinetuneConfig) -> None:
-    def positive(name, value, integer=False):
-        ok = isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.number))
-        if not ok or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
-            kind = "integer" if integer else "number"
-            raise UsageError(f"{name} must be a positive {kind}; got {value!r}")
+def make_config(**values) -> FinetuneConfig:
+    """A checked :class:`FinetuneConfig`: every value against its declared setting (named by its CLI flag),
+    then the rules between fields. Raises one UsageError line for the first problem."""
+    settings = config_settings()
+    unknown = sorted(set(values) - set(settings))
+    if unknown:
+        raise UsageError(f"unknown fine-tune setting(s) {unknown}; known: {', '.join(settings)}")
+    checked = {k: check_setting(v, settings[k], cli_flag(k)) for k, v in values.items()}
+    config = FinetuneConfig(**checked)
+    check_config_rules(config, cli_flag)
+    return config
 
-    if c.mode not in MODES:
-        raise UsageError(f"mode must be one of {', '.join(MODES)}; got {c.mode!r}")
-    positive("--epochs", c.epochs, integer=True)
-    positive("--lr", c.lr)
-    positive("--batch-size", c.batch_size, integer=True)
-    if not isinstance(c.weight_decay, (int, float)) or not 0 <= c.weight_decay < math.inf:
-        raise UsageError(f"--weight-decay must be >= 0; got {c.weight_decay!r}")
-    if not isinstance(c.warmup_epochs, (int, float)) or not 0 <= c.warmup_epochs < math.inf:
-        raise UsageError(f"--warmup-epochs must be >= 0; got {c.warmup_epochs!r}")
-    if not 0 <= c.label_smoothing < 1:
-        raise UsageError(f"--label-smoothing must be in [0, 1); got {c.label_smoothing!r}")
-    if c.layer_decay is not None and not 0 < c.layer_decay <= 1:
-        raise UsageError(f"--layer-decay must be in (0, 1] (e.g. 0.75); got {c.layer_decay!r}")
-    if c.clip_grad is not None:
-        positive("--clip-grad", c.clip_grad)
+
+def check_config_rules(c: FinetuneConfig, name=cli_flag) -> None:
+    """The rules between fields of a (type-checked) config; ``name(field)`` spells a key in the error."""
     lo, hi = c.crop_scale
-    if not 0 < lo <= hi <= 1:
-        raise UsageError(f"--crop-scale must be two numbers 0 < MIN <= MAX <= 1 (e.g. 0.08 1.0); got {lo} {hi}")
-    if c.color_jitter is not None and not 0 <= c.color_jitter < math.inf:
-        raise UsageError(f"--color-jitter must be >= 0; got {c.color_jitter!r}")
-    if c.lp_C is not None:
-        positive("--lp-c", c.lp_C)
-    if c.select_metric not in METRICS:
-        raise UsageError(f"select metric must be one of {', '.join(METRICS)}; got {c.select_metric!r}")
-    if c.precision not in PRECISIONS:
-        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}; got {c.precision!r}")
+    if lo > hi:
+        raise UsageError(f"{name('crop_scale')} must be MIN <= MAX (e.g. 0.08 1.0); got {lo} {hi}")
     if c.mode == "partial" and c.trainable_blocks is None:
-        raise UsageError("--mode partial needs --trainable-blocks N (the last N blocks or stages are trained)")
+        raise UsageError(f"mode partial needs {name('trainable_blocks')} N (the last N blocks or stages are "
+                         "trained)")
     if c.mode == "full" and c.trainable_blocks is not None:
-        raise UsageError("--trainable-blocks applies to --mode partial or lp-ft; drop it or change --mode")
-    if c.trainable_blocks is not None and (not isinstance(c.trainable_blocks, (int, np.integer))
-                                           or isinstance(c.trainable_blocks, bool) or c.trainable_blocks < 0):
-        raise UsageError(f"--trainable-blocks must be an integer >= 0; got {c.trainable_blocks!r}")
+        raise UsageError(f"{name('trainable_blocks')} applies to mode partial or lp-ft; drop it or change the mode")
 
 
 def _pow2_floor(n: int) -> int:

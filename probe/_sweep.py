@@ -311,8 +311,10 @@ def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] = DEFAULT
         raise UsageError(f"grids given for unknown probe(s) {unknown}; probes are {', '.join(PROBES)}")
 
     from ._cache import load_split
+    from ._checks import check_output_dir
     from ._extract import extract_features
 
+    check_output_dir(results_dir, "--results-dir")
     entries = extract_features(backbone, dataset, taps=tuple(taps), cache_dir=cache_dir, device=device,
                                progress=progress, **extract_kwargs)
     if "train" not in entries:

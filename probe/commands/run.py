@@ -26,7 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
                         help="write the report at the end")
     parser.add_argument("--plan", action="store_true",
-                        help="only print the jobs the study would run, in order, and exit (reads no data)")
+                        help="only check the study and print the jobs it would run, in order, and exit (reads no data)")
+    parser.add_argument("--keep-going", action=argparse.BooleanOptionalAction, default=False,
+                        help="when a job fails, run the remaining ones (those that need it are skipped), write the "
+                             "report, list the failures at the end and exit 1")
     parser.add_argument("--device", default=None, help="torch device (default: the study's, else auto)")
     parser.add_argument("--jobs", type=int, default=None, metavar="N",
                         help="sweep jobs in parallel (default: the study's, else 1)")
@@ -37,10 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from probe._study import load_study, plan_study, run_study
+    from probe._study import check_study, load_study, plan_study, run_study
 
-    study = load_study(args.study)
+    study = load_study(args.study)  # the whole file against the study schema
     if args.plan:
+        check_study(study, data=False)  # backbone names; --plan reads no data
         jobs = plan_study(study)
         print(f"study {study.name} ({study.source}): {len(jobs)} jobs")
         for i, job in enumerate(jobs, 1):
@@ -48,5 +52,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     run_study(study, cache_dir=args.cache_dir, results_dir=args.results_dir,
               report_dir=args.report_dir if args.report else None, pretrain_dir=args.pretrain_dir,
-              device=args.device, jobs=args.jobs, workers=args.workers, progress=args.progress)
+              device=args.device, jobs=args.jobs, workers=args.workers, progress=args.progress,
+              keep_going=args.keep_going)
     return 0
