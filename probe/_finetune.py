@@ -50,6 +50,7 @@ import numpy as np
 
 from ._errors import ProbeError, UsageError
 from ._runtime import ProcessLock
+from ._checks import check_free_space, disk_full_guard, format_bytes
 from ._io import atomic_path
 from ._schema import Setting, check_setting, constraint, dataclass_settings
 from .vocab import DEFAULT_VAL_FRACTION, FINETUNE_MODES as MODES, METRICS
@@ -156,6 +157,7 @@ class FinetuneResult:
     lp: dict | None = None
     initial_head: dict | None = None
     settings: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
 
 
 _DEFAULT = FinetuneConfig()
@@ -248,6 +250,7 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
     from ._checks import check_img_size, check_output_dirs
     from ._datasets import open_dataset
     from .results import job_stem
+    from .splits import require_two_classes
 
     config = make_config(mode=mode, trainable_blocks=trainable_blocks, epochs=epochs, lr=lr, batch_size=batch_size,
                          weight_decay=weight_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
@@ -267,7 +270,9 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
         raise UsageError(f"dataset {source.name!r} has no train split (it has {source.split_names}); "
                          "fine-tuning needs one")
     split_plan = _plan_splits(source, config, seed)
-    n_train = len(split_plan["train"][1])
+    train_split, train_idx = split_plan["train"]
+    require_two_classes(source.labels[train_split][train_idx], source.classes, what="fine-tuning")
+    n_train = len(train_idx)
     if n_train < config.batch_size:
         raise UsageError(f"the train split of {source.name!r} has {n_train} images after the val carve, fewer "
                          f"than the batch size {config.batch_size}; use --batch-size {_pow2_floor(n_train)} or less")
@@ -615,6 +620,7 @@ class _Run:
         from ._runtime import resolve_device
 
         c = self.config
+        self.skipped: set[str] = set()  # unreadable images left out with skip_bad
         self.dev = resolve_device(self.device)
         self.amp_dtype, use_scaler = self._precision()
         bb = create_backbone(self.backbone, weights=self.weights, random_init=self.random_init, seed=self.seed,
@@ -644,6 +650,10 @@ class _Run:
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
 
+        # last.pt (weights + two AdamW moments, the old one until the new one replaces it), best weights, export
+        self.ckpt_bytes = 4 * 8 * sum(p.numel() for p in self.model.parameters())
+        check_free_space(self.ckpt_dir, self.ckpt_bytes, f"the checkpoints of {self.backbone}",
+                         fix=" or pass --checkpoint-dir on a larger disk")
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.history: list[dict] = []
         self.best = {"epoch": 0, "value": -math.inf, "file": None}
@@ -814,6 +824,7 @@ class _Run:
         if bad:
             if not self.config.skip_bad:
                 raise ProbeError(bad[0] + "; fix or remove it, or pass --skip-bad")
+            self.skipped.update(_image_name(e) for e in bad)
             keep = [i for i, e in enumerate(errors) if not e]
             x, y = x[keep], y[keep]
         return x, y
@@ -887,6 +898,7 @@ class _Run:
                 ok = [not e for e in errors]
                 if not all(ok) and not self.config.skip_bad:
                     raise ProbeError(next(e for e in errors if e) + "; fix or remove it, or pass --skip-bad")
+                self.skipped.update(_image_name(e) for e in errors if e)
                 x = x.to(self.dev, non_blocking=True)
                 if self.dev.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -911,9 +923,14 @@ class _Run:
                 "mode": self.config.mode, "settings_hash": self.digest,
                 "data_config": json.dumps(self.bb.data_config)}
 
+    def _space_guard(self, what: str):
+        return disk_full_guard(self.ckpt_dir, what, "the fine-tune resumes after its last completed epoch "
+                                                    f"(checkpoints need about {format_bytes(self.ckpt_bytes)})")
+
     def _save_best(self, epoch: int, value: float) -> None:
         name = f"best-epoch{epoch:04d}.safetensors"
-        save_safetensors(self.model, self.ckpt_dir / name, self._metadata(epoch))
+        with self._space_guard(f"the best weights {name}"):
+            save_safetensors(self.model, self.ckpt_dir / name, self._metadata(epoch))
         self.best = {"epoch": epoch, "value": float(value), "file": name}
 
     def _save_checkpoint(self, epoch: int) -> None:
@@ -922,7 +939,8 @@ class _Run:
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "rng": _rng_state(), "history": self.history, "best": self.best, "lp": self.lp,
                  "accum_steps": self.accum_steps}
-        _atomic_torch_save(state, self.ckpt_dir / "last.pt")
+        with self._space_guard(f"the epoch-{epoch} checkpoint last.pt"):
+            _atomic_torch_save(state, self.ckpt_dir / "last.pt")
         # only the best file that the checkpoint names is kept (an improvement written just before a kill is
         # recomputed on resume)
         for p in self.ckpt_dir.glob("best-epoch*.safetensors"):
@@ -986,7 +1004,8 @@ class _Run:
                          mean_per_class_acc=r["val_mean_per_class_acc"]) for r in self.history]
         total_seconds = sum(r["train_seconds"] for r in self.history)
         weights_path = Path(str(self.stem) + ".safetensors")
-        with atomic_path(weights_path) as tmp:
+        with disk_full_guard(weights_path.parent, f"the fine-tuned weights {weights_path.name}",
+                             "the fine-tune resumes from its last checkpoint"), atomic_path(weights_path) as tmp:
             shutil.copyfile(best_file, tmp)
         test_metrics, artifacts = None, None
         if "test" in self.eval_images:
@@ -1000,15 +1019,28 @@ class _Run:
                                        classes=self.source.classes)
         else:
             rows[best_epoch - 1] = dict(rows[best_epoch - 1], selected=True)
+        if self.skipped:
+            names = sorted(self.skipped)
+            print(f"probe: --skip-bad left out {len(names)} unreadable image{'s' if len(names) != 1 else ''} of "
+                  f"{self.source.name}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}", file=sys.stderr)
         frame = results_frame(rows)
         results_path = write_results(frame, Path(str(self.stem) + ".parquet"))
         if self.verbose:
             print(f"probe: chose epoch {best_epoch} on val ({c.select_metric} {self.best['value']:.4f})",
                   file=sys.stderr)
+        warnings = []
+        chance = chance_level(self.eval_images["val"].labels, c.select_metric, len(self.source.classes))
+        if self.best["value"] <= chance["threshold"]:
+            warnings.append(f"the best val {c.select_metric} ({self.best['value']:.3f}, epoch {best_epoch}) is at "
+                            f"chance level ({chance['chance']:.3f} with {len(self.source.classes)} classes): the "
+                            "network learned nothing the val split can see; try a larger --lr, more --epochs or "
+                            "pretrained weights")
+        for w in warnings:
+            print(f"probe: warning: {w}", file=sys.stderr)
         return FinetuneResult(frame=frame, results_path=results_path, weights_path=weights_path,
                               artifacts_path=artifacts, best_epoch=best_epoch, test_metrics=test_metrics,
                               history=self.history, checkpoint_dir=self.ckpt_dir, resumed_from=start_epoch,
-                              lp=self.lp, initial_head=initial_head, settings=self.settings)
+                              lp=self.lp, initial_head=initial_head, settings=self.settings, warnings=warnings)
 
     def _params(self) -> dict:
         c = self.config
@@ -1022,6 +1054,29 @@ class _Run:
         if self.lp is not None:
             params["lp_C"] = self.lp["C"]
         return params
+
+
+def chance_level(labels: np.ndarray, metric: str, n_classes: int) -> dict[str, float]:
+    """The val score a model gets without learning anything, and the score not distinguishable from it.
+
+    ``chance`` is what always predicting the most frequent classes scores (top1: the largest class share;
+    top5: the five largest; mean per-class accuracy: one over the classes present). ``threshold`` adds two
+    binomial standard errors over the val examples, so a tiny val split does not call noise learning.
+    """
+    labels = np.asarray(labels)
+    counts = np.sort(np.bincount(labels, minlength=n_classes))[::-1]
+    n = max(1, len(labels))
+    if metric == "mean_per_class_acc":
+        chance = 1.0 / max(1, int((counts > 0).sum()))
+    else:
+        chance = float(counts[: 5 if metric == "top5" else 1].sum()) / n
+    return {"chance": chance, "threshold": chance + 2.0 * math.sqrt(chance * (1.0 - chance) / n)}
+
+
+def _image_name(error: str) -> str:
+    """The file named by an image-loading error (``cannot read image NAME: ...``), else the message."""
+    m = re.match(r"cannot read image (.+?): ", error)
+    return m.group(1) if m else error
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):

@@ -18,7 +18,7 @@ COMMANDS = [
     ("sweep", "sweep", "fit probes (logistic, ridge, knn, centroid) on cached features and write results"),
     ("finetune", "finetune", "fine-tune a whole backbone on a dataset and write results beside the probes"),
     ("report", "report", "turn a results directory into a markdown report with figures"),
-    ("cache", "cache", "list or verify feature cache entries"),
+    ("cache", "cache", "list, verify or remove feature cache entries (ls, verify, rm, prune)"),
 ]
 
 
