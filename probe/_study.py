@@ -37,7 +37,8 @@ The study file (all tables but ``[[backbones]]`` and ``[[datasets]]`` optional):
     modes = ["full"]              # full | partial | lp-ft
     epochs = 10
     lr = 1e-4
-    batch_size = 64               # any other keyword of probe.finetune is accepted too
+    batch_size = 64               # any setting of probe finetune (FinetuneConfig), plus img_size, accum_steps;
+                                  # select_metric and val_fraction come from [study] (shared with the sweeps)
 
     [pretrain]                    # optional: fine-tune each backbone on a source dataset first and use the
     dataset = "shapes"            # resulting weights for every transfer job (pretrain -> transfer)
@@ -45,6 +46,13 @@ The study file (all tables but ``[[backbones]]`` and ``[[datasets]]`` optional):
 
 Input paths in the file (weights, data roots, imagefolder:/csv: specs) are relative to the file; outputs
 (cache, results, report) go under the current directory unless given.
+
+Validation: :func:`load_study` checks the whole file against one declared schema (:func:`study_schema`: type,
+range and allowed values of every key; ``[finetune]``/``[pretrain]`` derived from
+:class:`probe._finetune.FinetuneConfig`), so ``--plan`` already rejects a bad value. A single value where a list
+is expected is a one-element list (``seeds = 0`` is ``seeds = [0]``, ``probes = "knn"`` is ``["knn"]``).
+:func:`check_study` then checks backbone names (``--plan`` too) and, before the first job, weights files,
+datasets and grid keys. Every error is one line naming the table, the key and the fix.
 """
 
 from __future__ import annotations
