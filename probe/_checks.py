@@ -123,11 +123,11 @@ def check_free_space(folder: str | os.PathLike, needed: int, what: str, fix: str
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` (OSError, or a library's RuntimeError around one) means the disk or quota is full."""
+    """Whether ``exc`` (an OSError, or a library's own error around one) means the disk or quota is full."""
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
-    text = str(exc)
-    return "No space left on device" in text or "errno = 28" in text or "Disk quota exceeded" in text
+    text = str(exc)  # h5py, torch and polars wrap the OSError in their own types; their messages keep its text
+    return any(m in text for m in ("No space left on device", "errno = 28", "os error 28", "Disk quota exceeded"))
 
 
 @contextlib.contextmanager
@@ -140,7 +140,7 @@ def disk_full_guard(folder: str | os.PathLike, what: str, resume: str) -> Iterat
         yield
     except ProbeError:
         raise
-    except (OSError, RuntimeError) as exc:
+    except Exception as exc:
         if not is_disk_full(exc):
             raise
         raise ProbeError(f"no space left in {folder} while writing {what}; free some space and rerun: "
