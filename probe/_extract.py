@@ -28,14 +28,12 @@ from ._cache import CacheEntry, cache_key, entry_lock, entry_path, read_attrs
 from ._checks import disk_full_guard, format_bytes
 from ._errors import ProbeError, UsageError
 from ._io import atomic_path, save_npz_atomic, write_text_atomic
-from ._schema import Setting, check_setting
+from ._schema import SEED, WORKERS, Setting, check_setting
 from ._runtime import cpu_threads, default_workers, resolve_device
 from ._taps import check_taps, forward_taps, parse_taps
 from ._version import CACHE_FORMAT, __version__
 
 _FLOAT16_MAX = 65504.0
-#: Data-loading worker processes: None (the default choice) or 0 (load in the main process) and up.
-WORKERS = Setting("int", lo=0, optional=True)
 _SHARD_RE = re.compile(r"^rows-(\d+)-(\d+)\.npz$")
 
 
@@ -82,6 +80,8 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
         raise UsageError(f"dtype must be float16 or float32; got {dtype!r}")
     batch_size = check_setting(batch_size, Setting("int", lo=1), "--batch-size", example="--batch-size 64")
     workers = check_setting(workers, WORKERS, "--workers", example="--workers 4")
+    seed = check_setting(seed, SEED, "--seed", example="--seed 0")
+    resolve_device(device)  # a missing CUDA is an error before anything is written
     check_model_name(backbone)
     source = open_dataset(dataset, data_root=data_root)
     wanted = [source.check_split(s) for s in (splits or source.split_names)]

@@ -249,7 +249,8 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
     from ._backbones import check_model_name, file_sha256
     from ._checks import check_img_size, check_output_dirs
     from ._datasets import open_dataset
-    from ._extract import WORKERS
+    from ._runtime import resolve_device
+    from ._schema import SEED, WORKERS
     from .results import job_stem
     from .splits import require_two_classes
 
@@ -261,6 +262,8 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
     accum_auto = accum_steps == "auto"
     accum_steps = check_setting(accum_steps, ACCUM_STEPS, "--accum-steps")
     workers = check_setting(workers, WORKERS, "--workers", example="--workers 4")
+    seed = check_setting(seed, SEED, "--seed", example="--seed 0")
+    resolve_device(device)  # a missing CUDA is an error before anything is written
     img_size = check_img_size(img_size)
     check_output_dirs({"--results-dir": results_dir, "--checkpoint-dir": checkpoint_dir,
                        "--cache-dir": cache_dir if config.mode == "lp-ft" else None})  # lp-ft caches features

@@ -105,6 +105,11 @@ class Setting:
         return f"a{'n' if noun == 'integer' else ''} {noun}"
 
 
+#: Settings several entry points share.
+SEED = Setting("int", lo=0)  # numpy's generators take no negative seeds
+WORKERS = Setting("int", lo=0, optional=True)  # data-loading processes: None = the default choice, 0 = in-process
+
+
 def constraint(**kwargs) -> dict:
     """Field metadata for :func:`dataclasses.field`: the range and choices of a dataclass setting."""
     return {"setting": kwargs}

@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ProbeError, UsageError
-from ._schema import _MISSING as _MISSING_DEFAULT, Setting, check_setting, toml_value
+from ._schema import _MISSING as _MISSING_DEFAULT, WORKERS, Setting, check_setting, toml_value
 from .vocab import DEFAULT_VAL_FRACTION, FINETUNE_MODES, PROBES
 
 try:
@@ -509,8 +509,12 @@ def run_study(study: Study | str | os.PathLike | None = None, *, cache_dir: str 
     check_output_dirs({"--cache-dir": cache_dir, "--results-dir": results_dir, "--report-dir": report_dir,
                        "--pretrain-dir": pretrain_dir if study.pretrain is not None else None})
     check_study(study)
+    from ._runtime import resolve_device
+
     device = device or study.device
-    jobs = jobs or study.jobs
+    resolve_device(device)
+    jobs = check_setting(jobs or study.jobs, Setting("int", lo=1), "--jobs", example="--jobs 2")
+    workers = check_setting(workers, WORKERS, "--workers", example="--workers 4")
     plan = plan_study(study)
     print(f"study {study.name}: {len(plan)} jobs, {len(study.backbones)} backbones x {len(study.datasets)} datasets; "
           f"cache {cache_dir}, results {results_dir}", file=out, flush=True)

@@ -312,7 +312,10 @@ def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] = DEFAULT
     from ._cache import load_split
     from ._checks import check_output_dir
     from ._extract import extract_features
+    from ._schema import Setting, check_setting
 
+    seeds = check_setting(list(seeds), Setting("int", many=True, nonempty=True, lo=0), "--seeds",
+                          example="--seeds 0 1 2")
     check_output_dir(results_dir, "--results-dir")
     entries = extract_features(backbone, dataset, taps=tuple(taps), cache_dir=cache_dir, device=device,
                                progress=progress, **extract_kwargs)

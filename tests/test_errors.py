@@ -37,6 +37,21 @@ def test_bad_img_size_is_one_line_and_writes_nothing(tmp_path, command, size):
     assert _files(tmp_path) == []  # no cache/, no *.h5.parts, no results/
 
 
+@pytest.mark.parametrize("args,needles", [
+    (["sweep", "test_resnet", "digits", "--random-init", "--seeds", "-1"], ["--seeds", "integers >= 0", "[-1]"]),
+    (["extract-features", "test_resnet", "digits", "--random-init", "--workers", "-2"], ["--workers", ">= 0"]),
+    (["extract-features", "test_resnet", "digits", "--random-init", "--batch-size", "0"], ["--batch-size", ">= 1"]),
+    (["finetune", "test_resnet", "digits", "--random-init", "--seed", "-1"], ["--seed", ">= 0"]),
+    (["finetune", "test_resnet", "digits", "--random-init", "--epochs", "abc"], ["--epochs", "invalid int", "--help"]),
+    (["cache", "ls", "--cache-dir", "afile"], ["--cache-dir afile is not a directory"]),
+])
+def test_flag_values_are_checked_before_any_work(tmp_path, capsys, monkeypatch, args, needles):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    assert_one_line_error(run_main(capsys, *args), 2, *needles)
+    assert _files(tmp_path) == ["afile"]
+
+
 # ------------------------------------------------------------------------------------------------ output folders
 
 

@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
     from probe._errors import UsageError
 
+    if Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
+        raise UsageError(f"--cache-dir {args.cache_dir} is not a directory; pass the feature cache folder")
     if not Path(args.cache_dir).is_dir():
         raise UsageError(f"cache directory {args.cache_dir} does not exist; run 'probe extract-features' first "
                          f"or pass --cache-dir")
