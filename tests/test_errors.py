@@ -44,6 +44,7 @@ def test_bad_img_size_is_one_line_and_writes_nothing(tmp_path, command, size):
     (["finetune", "test_resnet", "digits", "--random-init", "--seed", "-1"], ["--seed", ">= 0"]),
     (["finetune", "test_resnet", "digits", "--random-init", "--epochs", "abc"], ["--epochs", "invalid int", "--help"]),
     (["cache", "ls", "--cache-dir", "afile"], ["--cache-dir afile is not a directory"]),
+    (["report", "afile", "--n-boot", "0"], ["--n-boot", ">= 1"]),
 ])
 def test_flag_values_are_checked_before_any_work(tmp_path, capsys, monkeypatch, args, needles):
     monkeypatch.chdir(tmp_path)
@@ -380,6 +381,23 @@ def test_full_disk_at_a_results_writer_is_one_line(tiny_disk):
                                                "free some space and rerun: jobs whose results exist are skipped"):
         write_results(frame, tiny_disk / "r" / "x.parquet")
     assert not [p for p in _files(tiny_disk) if ".tmp" in p]
+
+
+def test_full_disk_at_a_checkpoint_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import probe._finetune as ft
+
+    def full(obj, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ft, "_atomic_torch_save", full)
+    write_image_folder(tmp_path / "pets", per_class=6, size=16)
+    proc = run_main(capsys, "finetune", "test_resnet", f"imagefolder:{tmp_path / 'pets'}", *FAST, "--img-size", "32",
+                    "--epochs", "1", "--batch-size", "4", "--results-dir", tmp_path / "r")
+    assert_one_line_error(proc, 1, "no space left in", ".ckpt while writing the epoch-1 checkpoint last.pt",
+                          "resumes after its last completed epoch", "checkpoints need about")
+    assert not list((tmp_path / "r").rglob("*.parquet"))
 
 
 # ------------------------------------------------------------------------------------------------ chance level
