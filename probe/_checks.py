@@ -17,8 +17,8 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping
 
 from ._errors import ProbeError, UsageError
 

@@ -21,12 +21,14 @@ import math
 import numbers
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from ._errors import UsageError
 
-_MISSING = object()
+#: The default of a setting that has none (distinct from None, which may be a real default).
+MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class Setting:
     choices: tuple | None = None
     nonempty: bool = False
     also: tuple = ()
-    default: Any = _MISSING
+    default: Any = MISSING
 
     def describe(self) -> str:
         """What a value must be, in words: ``a positive integer``, ``a list of numbers in (0, 1]``..."""
@@ -198,7 +200,7 @@ def dataclass_settings(cls) -> dict[str, Setting]:
     out = {}
     for f in dataclasses.fields(cls):
         kind, many, length, optional = _kind_of(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else _MISSING
+        default = f.default if f.default is not dataclasses.MISSING else MISSING
         out[f.name] = Setting(kind=kind, many=many, length=length, optional=optional, default=default,
                               **f.metadata.get("setting", {}))
     return out

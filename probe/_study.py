@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ProbeError, UsageError
-from ._schema import _MISSING as _MISSING_DEFAULT, WORKERS, Setting, check_setting, toml_value
+from ._schema import MISSING, WORKERS, Setting, check_setting, toml_value
 from .vocab import DEFAULT_VAL_FRACTION, FINETUNE_MODES, PROBES
 
 try:
@@ -342,7 +342,7 @@ def _read_table(raw: dict, name: str, schema: dict[str, Setting], source: str) -
 
 
 def _example(setting: Setting):
-    if setting.default is not None and setting.default is not _MISSING_DEFAULT:
+    if setting.default is not None and setting.default is not MISSING:
         return setting.default
     if setting.choices:
         value = setting.choices[0]

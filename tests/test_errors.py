@@ -63,7 +63,7 @@ def read_only_dir(tmp_path):
     path = tmp_path / "ro"
     path.mkdir()
     if os.geteuid() == 0:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], capture_output=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], capture_output=True, check=False)
         if done.returncode != 0:
             pytest.skip(f"cannot mount a read-only tmpfs as root: {done.stderr.decode().strip()}")
         yield path
@@ -342,7 +342,7 @@ def tiny_disk(tmp_path):
     """A 1 MiB tmpfs (needs root); skipped with the reason when it cannot be mounted."""
     path = tmp_path / "disk"
     path.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], capture_output=True, check=False)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs to fill: {done.stderr.decode().strip() or 'mount failed'}")
     yield path
