@@ -8,6 +8,7 @@ two, never a silent fallback to random weights.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import hashlib
@@ -99,6 +100,9 @@ def create_backbone(name: str, *, weights: str | os.PathLike | None = None, rand
     """
     import torch
 
+    from ._checks import check_img_size
+
+    img_size = check_img_size(img_size)
     arch, tag = check_model_name(name)
     if weights is not None and random_init:
         raise UsageError("--weights and --random-init exclude each other; pass one")
@@ -142,6 +146,9 @@ def describe_backbone(name: str, *, weights=None, random_init: bool = False, see
     so a cache lookup costs no weight loading: the same values :func:`create_backbone` gives."""
     import torch
 
+    from ._checks import check_img_size
+
+    img_size = check_img_size(img_size)
     with torch.device("meta"):
         model = _create(name, pretrained=False, img_size=img_size, num_classes=0)
     return {"weights": weights_identity(name, model, weights=weights, random_init=random_init, seed=seed),
@@ -160,17 +167,81 @@ def _create(name: str, *, pretrained: bool, img_size: int | None, **kwargs):
 
 
 def _create_from_hub(name: str, arch: str, tag: str, *, img_size: int | None, **kwargs):
+    """The model with its hub weights: from the local hub cache when they are there, else downloaded.
+
+    An unreachable hub is one quick error (a connection probe with a short timeout) instead of a minute of
+    retries, and ``HF_HUB_OFFLINE`` is respected and named in the error.
+    """
     import timm
 
     if not timm.list_pretrained(name if tag else f"{arch}*"):
         tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
         raise UsageError(f"backbone {name!r} has no hub weights" + (f" (tags: {', '.join(tags)})" if tags else "")
                          + "; pass --weights PATH with a local checkpoint or --random-init")
+    fix = "pass --weights PATH with a local checkpoint or --random-init"
+    hub = _hub_source(name)
+    if hub is not None:
+        try:
+            with _hub_offline():  # weights downloaded before load without any network access
+                return _create(name, pretrained=True, img_size=img_size, **kwargs)
+        except Exception:
+            pass
+        from huggingface_hub import constants
+
+        if constants.is_offline_mode():
+            raise ProbeError(f"hub weights for {name} ({hub}) are not in the local hub cache and HF_HUB_OFFLINE is "
+                             f"set; unset HF_HUB_OFFLINE to download them, or {fix}")
+        if not _reachable(constants.ENDPOINT):
+            raise ProbeError(f"the Hugging Face hub ({constants.ENDPOINT}) cannot be reached and the weights of "
+                             f"{name} ({hub}) are not in the local hub cache; connect to the network (or set "
+                             f"HF_ENDPOINT to a mirror), or {fix}")
     try:
         return _create(name, pretrained=True, img_size=img_size, **kwargs)
     except Exception as exc:  # network errors come in many types (OSError, HfHubHTTPError, LocalEntryNotFound...)
         raise ProbeError(f"could not download hub weights for {name} ({exc.__class__.__name__}: "
-                         f"{_first_line(exc)}); pass --weights PATH with a local checkpoint or --random-init") from None
+                         f"{_first_line(exc)}); {fix}") from None
+
+
+#: Seconds to wait for the hub to accept a connection before calling it unreachable.
+HUB_CONNECT_TIMEOUT = 3.0
+
+
+def _hub_source(name: str) -> str | None:
+    """The Hugging Face hub repo that holds ``name``'s weights, or None (weights from a plain URL)."""
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(name)
+    except Exception:
+        return None
+    return getattr(cfg, "hf_hub_id", None) or None
+
+
+@contextlib.contextmanager
+def _hub_offline():
+    """huggingface_hub's offline mode for the block (its constant is read at call time)."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def _reachable(url: str, timeout: float = HUB_CONNECT_TIMEOUT) -> bool:
+    """Whether a TCP connection to ``url``'s host and port opens within ``timeout`` seconds."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _first_line(exc: BaseException) -> str:

@@ -146,6 +146,29 @@ def load_split(entry: CacheEntry | str | os.PathLike, taps: Iterable[str] | None
                        attrs=attrs)
 
 
+def entry_lock_path(cache_dir: str | os.PathLike, key: str) -> Path:
+    """The job lock that an extraction of ``key`` holds while it writes (``<cache_dir>/.locks/<key[:24]>.lock``)."""
+    return Path(cache_dir) / ".locks" / f"{key[:24]}.lock"
+
+
+def entry_lock(cache_dir: str | os.PathLike, key: str, *, wait: bool, **kwargs):
+    """A :class:`probe._runtime.ProcessLock` on an entry's job lock (extraction, removal)."""
+    from ._runtime import ProcessLock
+
+    return ProcessLock(entry_lock_path(cache_dir, key), wait=wait, **kwargs)
+
+
+def entry_busy(cache_dir: str | os.PathLike, key: str) -> bool:
+    """Whether another process holds the entry's job lock now (it is being written)."""
+    if not key or not entry_lock_path(cache_dir, key).exists():
+        return False
+    try:
+        with entry_lock(cache_dir, key, wait=False):
+            return False
+    except UsageError:
+        return True
+
+
 def find_entries(cache_dir: str | os.PathLike) -> list[Path]:
     """Every complete-named ``*.h5`` file under ``cache_dir``."""
     root = Path(cache_dir)
@@ -170,20 +193,100 @@ def list_cache(cache_dir: str | os.PathLike) -> list[dict[str, Any]]:
         except Exception as exc:
             rows.append({"backbone": "?", "weights": "?", "dataset": "?", "split": path.name, "taps": [],
                          "rows": 0, "size": path.stat().st_size, "key": f"unreadable: {exc.__class__.__name__}",
-                         "path": str(path)})
+                         "path": str(path), "full_key": "", "partial": False, "mtime": path.stat().st_mtime,
+                         "skipped": []})
             continue
         rows.append({"backbone": attrs.get("backbone"), "weights": attrs.get("weights"),
                      "dataset": attrs.get("dataset"), "split": attrs.get("split"), "taps": attrs.get("taps"),
-                     "rows": n, "size": path.stat().st_size, "key": attrs.get("key", "")[:12], "path": str(path)})
+                     "rows": n, "size": path.stat().st_size, "key": attrs.get("key", "")[:12], "path": str(path),
+                     "full_key": attrs.get("key", ""), "partial": False, "mtime": path.stat().st_mtime,
+                     "skipped": list(attrs.get("skipped") or [])})
     for parts in sorted(Path(cache_dir).rglob("*.h5.parts")) if Path(cache_dir).is_dir() else []:
         meta = _read_json(parts / "meta.json")
         done = sum(int(m.group(2)) - int(m.group(1)) for m in
                    (re.match(r"rows-(\d+)-(\d+)\.npz$", p.name) for p in parts.iterdir()) if m)
+        files = list(parts.iterdir())
         rows.append({"backbone": meta.get("backbone", "?"), "weights": meta.get("weights", "?"),
                      "dataset": meta.get("dataset", "?"), "split": f"{meta.get('split', '?')} (partial)",
-                     "taps": meta.get("taps", []), "rows": done, "size": sum(p.stat().st_size for p in parts.iterdir()),
-                     "key": meta.get("key", "")[:12], "path": str(parts)})
+                     "taps": meta.get("taps", []), "rows": done, "size": sum(p.stat().st_size for p in files),
+                     "key": meta.get("key", "")[:12], "path": str(parts), "full_key": meta.get("key", ""),
+                     "partial": True, "mtime": max([parts.stat().st_mtime] + [p.stat().st_mtime for p in files]),
+                     "skipped": []})
     return rows
+
+
+def skipped_images(cache_dir: str | os.PathLike, keys: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Images left out with ``--skip-bad``, per complete entry: key -> backbone, dataset, split, skipped ids.
+
+    ``keys`` (full keys or prefixes, e.g. the ``cache_key`` column of results) limits the answer to those
+    entries; entries that skipped nothing are included with an empty list, so a reader can tell "none skipped"
+    from "entry not found".
+    """
+    wanted = None if keys is None else [str(k) for k in keys if k and k != "-"]
+    out = {}
+    for row in list_cache(cache_dir):
+        if row["partial"] or not row["full_key"]:
+            continue
+        if wanted is not None and not any(row["full_key"].startswith(k) for k in wanted):
+            continue
+        out[row["full_key"]] = {"backbone": row["backbone"], "dataset": row["dataset"], "split": row["split"],
+                                "skipped": row["skipped"]}
+    return out
+
+
+def select_entries(cache_dir: str | os.PathLike, *, backbone: str | None = None, dataset: str | None = None,
+                   split: str | None = None, key: str | None = None, partial: bool | None = None,
+                   older_than_days: float | None = None) -> list[dict[str, Any]]:
+    """The :func:`list_cache` rows that match every filter given (``backbone``/``dataset`` accept shell
+    wildcards; ``key`` is a prefix; ``older_than_days`` compares the newest modification time)."""
+    import fnmatch
+    import time as _time
+
+    out = []
+    now = _time.time()
+    for row in list_cache(cache_dir):
+        plain_split = str(row["split"]).removesuffix(" (partial)")
+        if backbone is not None and not fnmatch.fnmatchcase(str(row["backbone"]), backbone):
+            continue
+        if dataset is not None and not fnmatch.fnmatchcase(str(row["dataset"]), dataset):
+            continue
+        if split is not None and plain_split != split:
+            continue
+        if key is not None and not (row["full_key"] or row["key"]).startswith(key):
+            continue
+        if partial is not None and row["partial"] != partial:
+            continue
+        if older_than_days is not None and now - row["mtime"] < older_than_days * 86400:
+            continue
+        out.append(row)
+    return out
+
+
+def remove_entry(cache_dir: str | os.PathLike, row: dict[str, Any]) -> bool:
+    """Remove one entry (a complete file or a partial ``.parts`` folder, with its stale temporary files) under
+    its job lock. Returns False, removing nothing, when another process holds the lock (it is writing it)."""
+    import shutil
+
+    path = Path(row["path"])
+    key = row.get("full_key") or ""
+    lock = entry_lock(cache_dir, key, wait=False) if key else None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except UsageError:
+            return False
+    try:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        final = path.with_name(path.name.removesuffix(".parts"))
+        for stale in final.parent.glob(final.name + ".tmp*"):  # a finalisation killed midway
+            stale.unlink(missing_ok=True)
+    finally:
+        if lock is not None:
+            lock.release()
+    return True
 
 
 def _read_json(path: Path) -> dict:

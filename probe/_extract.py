@@ -24,10 +24,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ._cache import CacheEntry, cache_key, entry_path, read_attrs
+from ._cache import CacheEntry, cache_key, entry_lock, entry_path, read_attrs
+from ._checks import disk_full_guard, format_bytes
 from ._errors import ProbeError, UsageError
 from ._io import atomic_path, save_npz_atomic, write_text_atomic
-from ._runtime import ProcessLock, cpu_threads, default_workers, resolve_device
+from ._schema import SEED, WORKERS, Setting, check_setting
+from ._runtime import cpu_threads, default_workers, resolve_device
 from ._taps import check_taps, forward_taps, parse_taps
 from ._version import CACHE_FORMAT, __version__
 
@@ -69,11 +71,17 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
     from ._backbones import check_model_name, create_backbone, describe_backbone
     from ._datasets import open_dataset
 
+    from ._checks import check_img_size, check_output_dir
+
     taps = parse_taps(taps)
+    img_size = check_img_size(img_size)
+    check_output_dir(cache_dir, "--cache-dir")
     if dtype not in ("float16", "float32"):
         raise UsageError(f"dtype must be float16 or float32; got {dtype!r}")
-    if batch_size < 1:
-        raise UsageError(f"batch size must be at least 1; got {batch_size}")
+    batch_size = check_setting(batch_size, Setting("int", lo=1), "--batch-size", example="--batch-size 64")
+    workers = check_setting(workers, WORKERS, "--workers", example="--workers 4")
+    seed = check_setting(seed, SEED, "--seed", example="--seed 0")
+    resolve_device(device)  # a missing CUDA is an error before anything is written
     check_model_name(backbone)
     source = open_dataset(dataset, data_root=data_root)
     wanted = [source.check_split(s) for s in (splits or source.split_names)]
@@ -90,6 +98,7 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
 
     spec = describe_backbone(backbone, weights=weights, random_init=random_init, seed=seed, img_size=img_size,
                              family=family)
+    plan = []  # (split, material, key, final) of every split; what is complete is reused without a lock
     entries = {}
     for split in wanted:
         material = {"backbone": backbone, "weights": spec["weights"], "data_config": spec["data_config"],
@@ -97,13 +106,19 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
                     "split": split, "dtype": dtype}
         key = cache_key({**material, "taps": list(taps)})
         final = entry_path(cache_dir, backbone, source.name, split, key)
-        reuse = _find_reusable(final, key, cache_key(material), taps)
+        reuse = _find_reusable(final, key, cache_key(material), taps, skip_bad)
         if reuse is not None:
             entries[split] = reuse
-            continue
-        with ProcessLock(Path(cache_dir) / ".locks" / f"{key[:24]}.lock", wait=True,
-                         waiting_message=f"probe: another process is extracting {final}; waiting for it to finish"):
-            reuse = _find_reusable(final, key, cache_key(material), taps)  # another process may have finished it
+        else:
+            plan.append((split, material, key, final))
+    needed = None
+    if plan:  # the space every missing entry needs is known before any forward pass
+        needed = _check_space(backbone, img_size, spec["data_config"], taps, dtype, source,
+                     [(split, final) for split, _, _, final in plan], cache_dir)
+    for split, material, key, final in plan:
+        with entry_lock(cache_dir, key, wait=True,
+                        waiting_message=f"probe: another process is extracting {final}; waiting for it to finish"):
+            reuse = _find_reusable(final, key, cache_key(material), taps, skip_bad)  # another may have finished it
             if reuse is not None:
                 entries[split] = reuse
                 continue
@@ -113,10 +128,54 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
                     "classes": source.classes, "taps": list(taps), "data_config": bb.data_config,
                     "dataset_spec": source.spec, "dtype": dtype,
                     "versions": _versions()}
-            _extract_split(bb, source, split, taps, final, meta, batch_size=batch_size, workers=workers,
-                           device=device, skip_bad=skip_bad, progress=progress)
+            resume = "the extraction resumes from its last finished batch"
+            size = f" (the missing entries need about {format_bytes(needed)})" if needed else ""
+            with disk_full_guard(final.parent, f"the cache entry {final.name}{size}", resume):
+                _extract_split(bb, source, split, taps, final, meta, batch_size=batch_size, workers=workers,
+                               device=device, skip_bad=skip_bad, progress=progress)
             entries[split] = CacheEntry(path=final, key=key, split=split, taps=taps, rows=_rows(final))
-    return entries
+    return {split: entries[split] for split in wanted}
+
+
+def tap_shapes(backbone: str, img_size: int | None, data_config: dict, taps) -> dict[str, tuple[int, ...]] | None:
+    """Per-row shape of every tap, from a forward pass on the meta device (no weights, no compute); None when
+    the architecture cannot run there."""
+    import torch
+
+    from ._backbones import _create
+    from ._taps import forward_taps
+
+    try:
+        with torch.device("meta"):
+            model = _create(backbone, pretrained=False, img_size=img_size, num_classes=0).eval()
+            out = forward_taps(model, torch.zeros(1, *data_config["input_size"]), taps)
+        return {t: tuple(v.shape[1:]) for t, v in out.items()}
+    except Exception:  # an op without a meta kernel: no estimate, no check
+        return None
+
+
+def _check_space(backbone, img_size, data_config, taps, dtype, source, todo, cache_dir) -> int | None:
+    """Fail before the first forward when the cache's disk cannot hold the missing entries: float32 shards of the
+    rows still to compute plus the final file in the storage dtype (both exist while the file is assembled)."""
+    from ._checks import check_free_space, format_bytes
+
+    shapes = tap_shapes(backbone, img_size, data_config, taps)
+    if shapes is None:
+        return None
+    per_row = sum(int(np.prod(s)) for s in shapes.values())
+    itemsize = 2 if dtype == "float16" else 4
+    needed, rows = 0, 0
+    for split, final in todo:
+        n = len(source.splits[split])
+        done = _contiguous_end(_shards(Path(str(final) + ".parts")))
+        needed += (n - done) * per_row * 4 + n * per_row * itemsize
+        rows += n
+    what = (f"extracting {backbone} on {source.name} ({rows:,} rows x {len(shapes)} tap{'s' if len(shapes) > 1 else ''}"
+            f" ({per_row:,} values per row) x {dtype}, with float32 shards while it runs)")
+    check_free_space(cache_dir, needed, what,
+                     fix=f" or pass a --cache-dir on a larger disk; a rerun resumes from the finished batches "
+                         f"({format_bytes(per_row * 4)} per row)")
+    return needed
 
 
 def _versions() -> dict:
@@ -133,8 +192,14 @@ def _rows(path: Path) -> int:
         return int(f["labels"].shape[0])
 
 
-def _find_reusable(final: Path, key: str, base_key: str, taps: tuple[str, ...]) -> CacheEntry | None:
-    """The exact entry if complete, else a complete sibling with the same base key and a superset of taps."""
+def _find_reusable(final: Path, key: str, base_key: str, taps: tuple[str, ...],
+                   skip_bad: bool = False) -> CacheEntry | None:
+    """The exact entry if complete, else a complete sibling with the same base key and a superset of taps.
+
+    The skip policy is not part of the key (the features of the readable images do not depend on it): an entry
+    that left images out with ``--skip-bad`` is reused by a request without ``--skip-bad`` only as the error
+    that the bad image would have raised, so dropped images are never silent.
+    """
     import h5py
 
     candidates = [final] + sorted(p for p in final.parent.glob(f"{final.name.split('-')[0]}-*.h5") if p != final)
@@ -150,9 +215,24 @@ def _find_reusable(final: Path, key: str, base_key: str, taps: tuple[str, ...]) 
         if not attrs.get("complete"):
             continue
         if attrs.get("key") == key or (attrs.get("base_key") == base_key and set(taps) <= set(attrs.get("taps", []))):
+            skipped = list(attrs.get("skipped") or [])
+            if skipped and not skip_bad:
+                raise ProbeError(f"cannot read image {skipped[0]} of {attrs.get('dataset')}/{attrs.get('split')} "
+                                 f"({len(skipped)} unreadable images were left out of cache entry {path.name} with "
+                                 "--skip-bad); fix or remove the files, or pass --skip-bad to skip unreadable images")
+            if skipped:
+                _report_skipped(skipped, f"{attrs.get('dataset')}/{attrs.get('split')}", reused=True)
             return CacheEntry(path=path, key=attrs["key"], split=attrs["split"], taps=tuple(attrs["taps"]),
                               rows=rows, reused=True)
     return None
+
+
+def _report_skipped(ids: list[str], where: str, reused: bool = False, show: int = 5) -> None:
+    """One stderr line: how many images --skip-bad left out of ``where`` and the first few of them."""
+    first = ", ".join(ids[:show]) + (", ..." if len(ids) > show else "")
+    when = " when its cache entry was made" if reused else ""
+    print(f"probe: --skip-bad left out {len(ids)} unreadable image{'s' if len(ids) != 1 else ''} of {where}{when}: "
+          f"{first}", file=sys.stderr, flush=True)
 
 
 class _SplitImages:
@@ -268,9 +348,7 @@ def _finalize(parts: Path, final: Path, source, split: str, taps, meta: dict) ->
     ids = source.ids[split]
     skipped = [ids[i] for i in np.flatnonzero(~keep)]
     if skipped:
-        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
-        print(f"probe: skipped {len(skipped)} unreadable image(s) of {meta['dataset']}/{split} (--skip-bad; listed "
-              f"in the cache file's 'skipped' attribute): {shown}", file=sys.stderr)
+        _report_skipped(skipped, f"{meta['dataset']}/{split}")
     n_keep = int(keep.sum())
     if n_keep == 0:
         raise ProbeError(f"every image of {meta['dataset']}/{split} was unreadable; nothing to cache")

@@ -50,8 +50,11 @@ import numpy as np
 
 from ._errors import ProbeError, UsageError
 from ._runtime import ProcessLock
+from ._checks import check_free_space, disk_full_guard, format_bytes
 from ._io import atomic_path
+from ._schema import Setting, check_setting, constraint, dataclass_settings
 from .vocab import DEFAULT_VAL_FRACTION, FINETUNE_MODES as MODES, METRICS
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Version of the checkpoint layout; a checkpoint of another version is not resumed from.
 CHECKPOINT_FORMAT = 1
@@ -62,27 +65,50 @@ class FinetuneConfig:
     """Hyperparameters of one fine-tuning run; every field is part of the run's settings hash.
 
     The defaults are a common transfer recipe (AdamW, short warmup, cosine decay, label smoothing); the study
-    tunes ``lr`` per backbone family in practice.
+    tunes ``lr`` per backbone family in practice. Each field's type and range (``metadata``) are the one
+    declaration that ``probe finetune``'s flags and a study's ``[finetune]`` keys are checked against
+    (:func:`probe._schema.dataclass_settings`).
     """
 
-    mode: str = "full"  # full | partial | lp-ft
-    trainable_blocks: int | None = None  # partial / lp-ft: train the last N blocks or stages (+ norm + head)
-    epochs: int = 10  # passes over train
-    lr: float = 1e-4  # peak learning rate of AdamW, reached after warmup, for one step of batch_size images
-    batch_size: int = 64  # images per optimizer step (summed over accumulation micro-batches)
-    weight_decay: float = 0.05  # AdamW decoupled decay; not applied to biases, norms, tokens, position embeddings
-    warmup_epochs: float = 1.0  # linear warmup from ~0 to lr, then cosine decay to 0, updated every step
-    label_smoothing: float = 0.1  # cross-entropy target smoothing
-    layer_decay: float | None = None  # layer-wise lr decay factor per block (e.g. 0.75); None = off
-    clip_grad: float | None = 1.0  # max global gradient L2 norm; None = off
-    crop_scale: tuple[float, float] = (0.08, 1.0)  # random resized crop: fraction of the image area kept
+    mode: str = field(default="full", metadata=constraint(choices=MODES))  # full | partial | lp-ft
+    # partial / lp-ft: train the last N blocks or stages (+ norm + head)
+    trainable_blocks: int | None = field(default=None, metadata=constraint(lo=0))
+    epochs: int = field(default=10, metadata=constraint(lo=0, lo_open=True))  # passes over train
+    # peak learning rate of AdamW, reached after warmup, for one step of batch_size images
+    lr: float = field(default=1e-4, metadata=constraint(lo=0, lo_open=True))
+    # images per optimizer step (summed over accumulation micro-batches)
+    batch_size: int = field(default=64, metadata=constraint(lo=0, lo_open=True))
+    # AdamW decoupled decay; not applied to biases, norms, tokens, position embeddings
+    weight_decay: float = field(default=0.05, metadata=constraint(lo=0))
+    # linear warmup from ~0 to lr, then cosine decay to 0, updated every step
+    warmup_epochs: float = field(default=1.0, metadata=constraint(lo=0))
+    label_smoothing: float = field(default=0.1, metadata=constraint(lo=0, hi=1, hi_open=True))  # target smoothing
+    # layer-wise lr decay factor per block (e.g. 0.75); None = off
+    layer_decay: float | None = field(default=None, metadata=constraint(lo=0, lo_open=True, hi=1))
+    clip_grad: float | None = field(default=1.0, metadata=constraint(lo=0, lo_open=True))  # max grad L2 norm; None = off
+    # random resized crop: fraction of the image area kept (MIN, MAX)
+    crop_scale: tuple[float, float] = field(default=(0.08, 1.0), metadata=constraint(lo=0, lo_open=True, hi=1))
     hflip: bool = True  # random horizontal flip (p = 0.5)
-    color_jitter: float | None = None  # timm color jitter strength; None = off
-    lp_C: float | None = None  # lp-ft: logistic probe C; None = selected on val over the sweeps' grid
-    select_metric: str = "top1"  # val metric that chooses the epoch
-    val_fraction: float = DEFAULT_VAL_FRACTION  # part of train carved off as val when the dataset has no val
-    precision: str = "auto"  # auto (bf16 on CUDA, fp16 where bf16 is missing, fp32 on CPU) | fp32 | bf16 | fp16
+    color_jitter: float | None = field(default=None, metadata=constraint(lo=0))  # timm jitter strength; None = off
+    # lp-ft: logistic probe C; None = selected on val over the sweeps' grid
+    lp_C: float | None = field(default=None, metadata=constraint(lo=0, lo_open=True))
+    select_metric: str = field(default="top1", metadata=constraint(choices=METRICS))  # val metric choosing the epoch
+    # part of train carved off as val when the dataset has no val
+    val_fraction: float = field(default=DEFAULT_VAL_FRACTION, metadata=constraint(lo=0, lo_open=True, hi=1,
+                                                                                  hi_open=True))
+    # auto (bf16 on CUDA, fp16 where bf16 is missing, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = field(default="auto", metadata=constraint(choices=PRECISIONS))
     skip_bad: bool = False  # drop unreadable images from their batch instead of stopping
+
+
+def config_settings() -> dict:
+    """Field name -> :class:`probe._schema.Setting` of :class:`FinetuneConfig` (types, ranges, choices)."""
+    return dataclass_settings(FinetuneConfig)
+
+
+def cli_flag(name: str) -> str:
+    """The ``probe finetune`` flag of a :class:`FinetuneConfig` field: ``lp_C`` -> ``--lp-c``."""
+    return "--" + name.lower().replace("_", "-")
 
 
 @dataclass
@@ -131,9 +157,12 @@ class FinetuneResult:
     lp: dict | None = None
     initial_head: dict | None = None
     settings: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
 
 
 _DEFAULT = FinetuneConfig()
+#: Accepted values of ``accum_steps`` (not a config field: it adapts during a run).
+ACCUM_STEPS = Setting(kind="int", lo=0, lo_open=True, also=("auto",))
 
 
 def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
@@ -218,22 +247,26 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
         An unreadable image, or a diverging run (non-finite loss; earlier checkpoints are kept).
     """
     from ._backbones import check_model_name, file_sha256
+    from ._checks import check_img_size, check_output_dirs
     from ._datasets import open_dataset
+    from ._runtime import resolve_device
+    from ._schema import SEED, WORKERS
     from .results import job_stem
+    from .splits import require_two_classes
 
-    config = FinetuneConfig(mode=mode, trainable_blocks=trainable_blocks, epochs=epochs, lr=lr,
-                            batch_size=batch_size, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-                            label_smoothing=label_smoothing, layer_decay=layer_decay, clip_grad=clip_grad,
-                            crop_scale=tuple(float(s) for s in crop_scale), hflip=bool(hflip),
-                            color_jitter=color_jitter, lp_C=lp_C, select_metric=select_metric,
-                            val_fraction=float(val_fraction), precision=precision, skip_bad=bool(skip_bad))
-    _check_config(config)
+    config = make_config(mode=mode, trainable_blocks=trainable_blocks, epochs=epochs, lr=lr, batch_size=batch_size,
+                         weight_decay=weight_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
+                         layer_decay=layer_decay, clip_grad=clip_grad, crop_scale=crop_scale, hflip=hflip,
+                         color_jitter=color_jitter, lp_C=lp_C, select_metric=select_metric,
+                         val_fraction=val_fraction, precision=precision, skip_bad=skip_bad)
     accum_auto = accum_steps == "auto"
-    if not accum_auto and (not isinstance(accum_steps, (int, np.integer)) or isinstance(accum_steps, bool)
-                           or accum_steps < 1):
-        raise UsageError(f"--accum-steps must be a positive integer or 'auto'; got {accum_steps!r}")
-    if img_size is not None and (not isinstance(img_size, (int, np.integer)) or img_size < 1):
-        raise UsageError(f"image size must be a positive integer; got {img_size!r}")
+    accum_steps = check_setting(accum_steps, ACCUM_STEPS, "--accum-steps")
+    workers = check_setting(workers, WORKERS, "--workers", example="--workers 4")
+    seed = check_setting(seed, SEED, "--seed", example="--seed 0")
+    resolve_device(device)  # a missing CUDA is an error before anything is written
+    img_size = check_img_size(img_size)
+    check_output_dirs({"--results-dir": results_dir, "--checkpoint-dir": checkpoint_dir,
+                       "--cache-dir": cache_dir if config.mode == "lp-ft" else None})  # lp-ft caches features
     if weights is not None and random_init:
         raise UsageError("--weights and --random-init exclude each other; pass one")
     check_model_name(backbone)
@@ -242,7 +275,9 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
         raise UsageError(f"dataset {source.name!r} has no train split (it has {source.split_names}); "
                          "fine-tuning needs one")
     split_plan = _plan_splits(source, config, seed)
-    n_train = len(split_plan["train"][1])
+    train_split, train_idx = split_plan["train"]
+    require_two_classes(source.labels[train_split][train_idx], source.classes, what="fine-tuning")
+    n_train = len(train_idx)
     if n_train < config.batch_size:
         raise UsageError(f"the train split of {source.name!r} has {n_train} images after the val carve, fewer "
                          f"than the batch size {config.batch_size}; use --batch-size {_pow2_floor(n_train)} or less")
@@ -288,46 +323,29 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
 # ------------------------------------------------------------------------------------------------ validation
 
 
-def _check_config(c: FinetuneConfig) -> None:
-    def positive(name, value, integer=False):
-        ok = isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.number))
-        if not ok or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
-            kind = "integer" if integer else "number"
-            raise UsageError(f"{name} must be a positive {kind}; got {value!r}")
+def make_config(**values) -> FinetuneConfig:
+    """A checked :class:`FinetuneConfig`: every value against its declared setting (named by its CLI flag),
+    then the rules between fields. Raises one UsageError line for the first problem."""
+    settings = config_settings()
+    unknown = sorted(set(values) - set(settings))
+    if unknown:
+        raise UsageError(f"unknown fine-tune setting(s) {unknown}; known: {', '.join(settings)}")
+    checked = {k: check_setting(v, settings[k], cli_flag(k)) for k, v in values.items()}
+    config = FinetuneConfig(**checked)
+    check_config_rules(config, cli_flag)
+    return config
 
-    if c.mode not in MODES:
-        raise UsageError(f"mode must be one of {', '.join(MODES)}; got {c.mode!r}")
-    positive("--epochs", c.epochs, integer=True)
-    positive("--lr", c.lr)
-    positive("--batch-size", c.batch_size, integer=True)
-    if not isinstance(c.weight_decay, (int, float)) or not 0 <= c.weight_decay < math.inf:
-        raise UsageError(f"--weight-decay must be >= 0; got {c.weight_decay!r}")
-    if not isinstance(c.warmup_epochs, (int, float)) or not 0 <= c.warmup_epochs < math.inf:
-        raise UsageError(f"--warmup-epochs must be >= 0; got {c.warmup_epochs!r}")
-    if not 0 <= c.label_smoothing < 1:
-        raise UsageError(f"--label-smoothing must be in [0, 1); got {c.label_smoothing!r}")
-    if c.layer_decay is not None and not 0 < c.layer_decay <= 1:
-        raise UsageError(f"--layer-decay must be in (0, 1] (e.g. 0.75); got {c.layer_decay!r}")
-    if c.clip_grad is not None:
-        positive("--clip-grad", c.clip_grad)
+
+def check_config_rules(c: FinetuneConfig, name=cli_flag) -> None:
+    """The rules between fields of a (type-checked) config; ``name(field)`` spells a key in the error."""
     lo, hi = c.crop_scale
-    if not 0 < lo <= hi <= 1:
-        raise UsageError(f"--crop-scale must be two numbers 0 < MIN <= MAX <= 1 (e.g. 0.08 1.0); got {lo} {hi}")
-    if c.color_jitter is not None and not 0 <= c.color_jitter < math.inf:
-        raise UsageError(f"--color-jitter must be >= 0; got {c.color_jitter!r}")
-    if c.lp_C is not None:
-        positive("--lp-c", c.lp_C)
-    if c.select_metric not in METRICS:
-        raise UsageError(f"select metric must be one of {', '.join(METRICS)}; got {c.select_metric!r}")
-    if c.precision not in PRECISIONS:
-        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}; got {c.precision!r}")
+    if lo > hi:
+        raise UsageError(f"{name('crop_scale')} must be MIN <= MAX (e.g. 0.08 1.0); got {lo} {hi}")
     if c.mode == "partial" and c.trainable_blocks is None:
-        raise UsageError("--mode partial needs --trainable-blocks N (the last N blocks or stages are trained)")
+        raise UsageError(f"mode partial needs {name('trainable_blocks')} N (the last N blocks or stages are "
+                         "trained)")
     if c.mode == "full" and c.trainable_blocks is not None:
-        raise UsageError("--trainable-blocks applies to --mode partial or lp-ft; drop it or change --mode")
-    if c.trainable_blocks is not None and (not isinstance(c.trainable_blocks, (int, np.integer))
-                                           or isinstance(c.trainable_blocks, bool) or c.trainable_blocks < 0):
-        raise UsageError(f"--trainable-blocks must be an integer >= 0; got {c.trainable_blocks!r}")
+        raise UsageError(f"{name('trainable_blocks')} applies to mode partial or lp-ft; drop it or change the mode")
 
 
 def _pow2_floor(n: int) -> int:
@@ -607,6 +625,7 @@ class _Run:
         from ._runtime import resolve_device
 
         c = self.config
+        self.skipped: set[str] = set()  # unreadable images left out with skip_bad
         self.dev = resolve_device(self.device)
         self.amp_dtype, use_scaler = self._precision()
         bb = create_backbone(self.backbone, weights=self.weights, random_init=self.random_init, seed=self.seed,
@@ -636,6 +655,10 @@ class _Run:
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
 
+        # last.pt (weights + two AdamW moments, the old one until the new one replaces it), best weights, export
+        self.ckpt_bytes = 4 * 8 * sum(p.numel() for p in self.model.parameters())
+        check_free_space(self.ckpt_dir, self.ckpt_bytes, f"the checkpoints of {self.backbone}",
+                         fix=" or pass --checkpoint-dir on a larger disk")
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.history: list[dict] = []
         self.best = {"epoch": 0, "value": -math.inf, "file": None}
@@ -806,6 +829,7 @@ class _Run:
         if bad:
             if not self.config.skip_bad:
                 raise ProbeError(bad[0] + "; fix or remove it, or pass --skip-bad")
+            self.skipped.update(_image_name(e) for e in bad)
             keep = [i for i, e in enumerate(errors) if not e]
             x, y = x[keep], y[keep]
         return x, y
@@ -879,6 +903,7 @@ class _Run:
                 ok = [not e for e in errors]
                 if not all(ok) and not self.config.skip_bad:
                     raise ProbeError(next(e for e in errors if e) + "; fix or remove it, or pass --skip-bad")
+                self.skipped.update(_image_name(e) for e in errors if e)
                 x = x.to(self.dev, non_blocking=True)
                 if self.dev.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -903,9 +928,14 @@ class _Run:
                 "mode": self.config.mode, "settings_hash": self.digest,
                 "data_config": json.dumps(self.bb.data_config)}
 
+    def _space_guard(self, what: str):
+        return disk_full_guard(self.ckpt_dir, what, "the fine-tune resumes after its last completed epoch "
+                                                    f"(checkpoints need about {format_bytes(self.ckpt_bytes)})")
+
     def _save_best(self, epoch: int, value: float) -> None:
         name = f"best-epoch{epoch:04d}.safetensors"
-        save_safetensors(self.model, self.ckpt_dir / name, self._metadata(epoch))
+        with self._space_guard(f"the best weights {name}"):
+            save_safetensors(self.model, self.ckpt_dir / name, self._metadata(epoch))
         self.best = {"epoch": epoch, "value": float(value), "file": name}
 
     def _save_checkpoint(self, epoch: int) -> None:
@@ -914,7 +944,8 @@ class _Run:
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "rng": _rng_state(), "history": self.history, "best": self.best, "lp": self.lp,
                  "accum_steps": self.accum_steps}
-        _atomic_torch_save(state, self.ckpt_dir / "last.pt")
+        with self._space_guard(f"the epoch-{epoch} checkpoint last.pt"):
+            _atomic_torch_save(state, self.ckpt_dir / "last.pt")
         # only the best file that the checkpoint names is kept (an improvement written just before a kill is
         # recomputed on resume)
         for p in self.ckpt_dir.glob("best-epoch*.safetensors"):
@@ -978,7 +1009,8 @@ class _Run:
                          mean_per_class_acc=r["val_mean_per_class_acc"]) for r in self.history]
         total_seconds = sum(r["train_seconds"] for r in self.history)
         weights_path = Path(str(self.stem) + ".safetensors")
-        with atomic_path(weights_path) as tmp:
+        with disk_full_guard(weights_path.parent, f"the fine-tuned weights {weights_path.name}",
+                             "the fine-tune resumes from its last checkpoint"), atomic_path(weights_path) as tmp:
             shutil.copyfile(best_file, tmp)
         test_metrics, artifacts = None, None
         if "test" in self.eval_images:
@@ -992,15 +1024,28 @@ class _Run:
                                        classes=self.source.classes)
         else:
             rows[best_epoch - 1] = dict(rows[best_epoch - 1], selected=True)
+        if self.skipped:
+            names = sorted(self.skipped)
+            print(f"probe: --skip-bad left out {len(names)} unreadable image{'s' if len(names) != 1 else ''} of "
+                  f"{self.source.name}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}", file=sys.stderr)
         frame = results_frame(rows)
         results_path = write_results(frame, Path(str(self.stem) + ".parquet"))
         if self.verbose:
             print(f"probe: chose epoch {best_epoch} on val ({c.select_metric} {self.best['value']:.4f})",
                   file=sys.stderr)
+        warnings = []
+        chance = chance_level(self.eval_images["val"].labels, c.select_metric, len(self.source.classes))
+        if self.best["value"] <= chance["threshold"]:
+            warnings.append(f"the best val {c.select_metric} ({self.best['value']:.3f}, epoch {best_epoch}) is at "
+                            f"chance level ({chance['chance']:.3f} with {len(self.source.classes)} classes): the "
+                            "network learned nothing the val split can see; try a larger --lr, more --epochs or "
+                            "pretrained weights")
+        for w in warnings:
+            print(f"probe: warning: {w}", file=sys.stderr)
         return FinetuneResult(frame=frame, results_path=results_path, weights_path=weights_path,
                               artifacts_path=artifacts, best_epoch=best_epoch, test_metrics=test_metrics,
                               history=self.history, checkpoint_dir=self.ckpt_dir, resumed_from=start_epoch,
-                              lp=self.lp, initial_head=initial_head, settings=self.settings)
+                              lp=self.lp, initial_head=initial_head, settings=self.settings, warnings=warnings)
 
     def _params(self) -> dict:
         c = self.config
@@ -1014,6 +1059,29 @@ class _Run:
         if self.lp is not None:
             params["lp_C"] = self.lp["C"]
         return params
+
+
+def chance_level(labels: np.ndarray, metric: str, n_classes: int) -> dict[str, float]:
+    """The val score a model gets without learning anything, and the score not distinguishable from it.
+
+    ``chance`` is what always predicting the most frequent classes scores (top1: the largest class share;
+    top5: the five largest; mean per-class accuracy: one over the classes present). ``threshold`` adds two
+    binomial standard errors over the val examples, so a tiny val split does not call noise learning.
+    """
+    labels = np.asarray(labels)
+    counts = np.sort(np.bincount(labels, minlength=n_classes))[::-1]
+    n = max(1, len(labels))
+    if metric == "mean_per_class_acc":
+        chance = 1.0 / max(1, int((counts > 0).sum()))
+    else:
+        chance = float(counts[: 5 if metric == "top5" else 1].sum()) / n
+    return {"chance": chance, "threshold": chance + 2.0 * math.sqrt(chance * (1.0 - chance) / n)}
+
+
+def _image_name(error: str) -> str:
+    """The file named by an image-loading error (``cannot read image NAME: ...``), else the message."""
+    m = re.match(r"cannot read image (.+?): ", error)
+    return m.group(1) if m else error
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):

@@ -37,7 +37,8 @@ The study file (all tables but ``[[backbones]]`` and ``[[datasets]]`` optional):
     modes = ["full"]              # full | partial | lp-ft
     epochs = 10
     lr = 1e-4
-    batch_size = 64               # any other keyword of probe.finetune is accepted too
+    batch_size = 64               # any setting of probe finetune (FinetuneConfig), plus img_size, accum_steps;
+                                  # select_metric and val_fraction come from [study] (shared with the sweeps)
 
     [pretrain]                    # optional: fine-tune each backbone on a source dataset first and use the
     dataset = "shapes"            # resulting weights for every transfer job (pretrain -> transfer)
@@ -46,6 +47,13 @@ The study file (all tables but ``[[backbones]]`` and ``[[datasets]]`` optional):
 Input paths in the file (weights, data roots, the paths of imagefolder:, csv: and official-download specs such as
 cub200:) are relative to the file; outputs
 (cache, results, report) go under the current directory unless given.
+
+Validation: :func:`load_study` checks the whole file against one declared schema (:func:`study_schema`: type,
+range and allowed values of every key; ``[finetune]``/``[pretrain]`` derived from
+:class:`probe._finetune.FinetuneConfig`), so ``--plan`` already rejects a bad value. A single value where a list
+is expected is a one-element list (``seeds = 0`` is ``seeds = [0]``, ``probes = "knn"`` is ``["knn"]``).
+:func:`check_study` then checks backbone names (``--plan`` too) and, before the first job, weights files,
+datasets and grid keys. Every error is one line naming the table, the key and the fix.
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ from typing import Any
 
 from ._errors import ProbeError, UsageError
 from ._official import KINDS as OFFICIAL_KINDS
+from ._schema import MISSING, WORKERS, Setting, check_setting, toml_value
 from .vocab import DEFAULT_VAL_FRACTION, FINETUNE_MODES, PROBES
 
 try:
@@ -66,14 +75,11 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib  # type: ignore[no-redef]
 
-_STUDY_KEYS = {"name", "seeds", "val_fraction", "select_metric", "device", "jobs", "description"}
-_BACKBONE_KEYS = {"name", "family", "weights", "random_init", "img_size", "finetune_img_size", "seed"}
-_DATASET_KEYS = {"spec", "data_root", "select_metric", "img_size", "name"}
-_EXTRACT_KEYS = {"batch_size", "workers", "dtype", "skip_bad"}
-_SWEEP_KEYS = {"probes", "taps", "shots", "seeds", "grids"}
 #: Study-file tap that expands to every block (stage) of each backbone: block0 .. block<n-1>.
 ALL_BLOCKS = "block*"
-_TOP_KEYS = {"study", "backbones", "datasets", "extract", "sweeps", "finetune", "pretrain"}
+#: Top-level tables: name -> whether it is an array of tables ([[name]]).
+_TABLES = {"study": False, "backbones": True, "datasets": True, "extract": False, "sweeps": True, "finetune": False,
+           "pretrain": False}
 
 
 @dataclass
@@ -150,13 +156,70 @@ def _default_study_text() -> str:
     return files("probe").joinpath("default_study.toml").read_text()
 
 
+def study_schema() -> dict[str, dict[str, Setting]]:
+    """The one declaration of a study file: table -> key -> :class:`probe._schema.Setting` (type, range, choices).
+
+    ``[finetune]`` and ``[pretrain]`` take the fields of :class:`probe._finetune.FinetuneConfig` (the same
+    declaration ``probe finetune``'s flags are checked against), so the three cannot drift. A single value where
+    a list is expected is a one-element list (``seeds = 0`` is ``seeds = [0]``).
+    """
+    from ._finetune import ACCUM_STEPS, config_settings
+    from .vocab import FAMILIES, METRICS
+
+    size = Setting("int", lo=1)
+    config = config_settings()
+    # [finetune] runs every mode of `modes` on the study's splits: the carve and the metric are the study's
+    finetune = {k: v for k, v in config.items() if k not in _FINETUNE_ELSEWHERE}
+    return {
+        "study": {"name": Setting("str"), "description": Setting("str"),
+                  "seeds": Setting("int", many=True, nonempty=True, lo=0, default=[0]),
+                  "val_fraction": Setting("float", lo=0, lo_open=True, hi=1, hi_open=True,
+                                          default=DEFAULT_VAL_FRACTION),
+                  "select_metric": Setting("str", choices=METRICS, default="top1"),
+                  "device": Setting("str", default="auto"), "jobs": Setting("int", lo=1, default=1)},
+        "backbones": {"name": Setting("str", default="vit_base_patch16_224.augreg_in21k"),
+                      "family": Setting("str", choices=FAMILIES), "weights": Setting("str", default="ckpt.safetensors"),
+                      "random_init": Setting("bool", default=False), "img_size": size, "finetune_img_size": size,
+                      "seed": Setting("int", lo=0, default=0)},
+        "datasets": {"spec": Setting("str", default="imagefolder:data/pets"), "data_root": Setting("str"),
+                     "select_metric": Setting("str", choices=METRICS), "img_size": size, "name": Setting("str")},
+        "extract": {"batch_size": Setting("int", lo=1, default=64), "workers": Setting("int", lo=0),
+                    "dtype": Setting("str", choices=("float16", "float32"), default="float16"),
+                    "skip_bad": Setting("bool", default=False)},
+        "sweeps": {"probes": Setting("str", many=True, nonempty=True, choices=tuple(PROBES), default=["logistic"]),
+                   "taps": Setting("str", many=True, nonempty=True, default=["pooled"]),
+                   "shots": Setting("int", many=True, nonempty=True, lo=0, default=[0]),
+                   "seeds": Setting("int", many=True, nonempty=True, lo=0, default=[0]),
+                   "grids": Setting("table")},
+        "finetune": {"modes": Setting("str", many=True, nonempty=True, choices=FINETUNE_MODES, default=["full"]),
+                     "img_size": size, "accum_steps": ACCUM_STEPS, **finetune},
+        "pretrain": {"dataset": Setting("str", default="shapes"), "data_root": Setting("str"), "img_size": size,
+                     "accum_steps": ACCUM_STEPS, **config},
+    }
+
+
+#: [finetune] keys that belong elsewhere, with the fix.
+_FINETUNE_ELSEWHERE = {
+    "mode": "list the modes as modes = [\"full\"] (full, partial, lp-ft)",
+    "select_metric": "set select_metric in [study] (or per dataset in [[datasets]]): sweeps and fine-tuning "
+                     "select on the same metric",
+    "val_fraction": "set val_fraction in [study]: sweeps and fine-tuning share the same val carve",
+}
+#: Keys each table must have.
+_REQUIRED = {"backbones": ("name",), "datasets": ("spec",), "sweeps": ("probes",), "pretrain": ("dataset",)}
+
+
 def load_study(path: str | os.PathLike | None = None) -> Study:
     """Read and validate a study file; ``None`` gives the embedded default study (offline, tiny models).
+
+    Every table and key is checked against :func:`study_schema` here, before any job runs (``--plan``
+    included): types, ranges, allowed values, unknown keys. Names of backbones and the dataset paths are
+    checked by :func:`check_study` just before the first job.
 
     Raises
     ------
     UsageError
-        For a missing file, invalid TOML, an unknown key (named, with the keys allowed there) or a bad value.
+        One line naming the table, the key, what it must be and how to write it.
     """
     if path is None:
         text, base, source = _default_study_text(), Path.cwd(), "<default study>"
@@ -169,59 +232,66 @@ def load_study(path: str | os.PathLike | None = None) -> Study:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"study file {source} is not valid TOML: {exc}") from None
-    _check_keys(raw, _TOP_KEYS, source, "the top level")
-    head = raw.get("study", {})
-    _check_keys(head, _STUDY_KEYS, source, "[study]")
-    if not raw.get("backbones"):
+    schema = study_schema()
+    unknown = sorted(set(raw) - set(_TABLES))
+    if unknown:
+        raise UsageError(f"unknown table(s) {unknown} in {source}; tables are "
+                         f"{', '.join(f'[[{t}]]' if many else f'[{t}]' for t, many in _TABLES.items())}")
+    tables = {name: _read_table(raw, name, schema[name], source) for name in _TABLES}
+
+    head = tables["study"][0] if tables["study"] else {}
+    if not tables["backbones"]:
         raise UsageError(f"study file {source} names no backbones; add [[backbones]] tables with name = \"...\"")
-    if not raw.get("datasets"):
+    if not tables["datasets"]:
         raise UsageError(f"study file {source} names no datasets; add [[datasets]] tables with spec = \"...\"")
     backbones = []
-    for i, b in enumerate(raw["backbones"]):
-        _check_keys(b, _BACKBONE_KEYS, source, f"[[backbones]] #{i + 1}")
-        if "name" not in b:
-            raise UsageError(f"[[backbones]] #{i + 1} in {source} has no name")
+    for i, b in enumerate(tables["backbones"]):
         if b.get("weights") and b.get("random_init"):
-            raise UsageError(f"backbone {b['name']} in {source} sets both weights and random_init; keep one")
+            raise UsageError(f"[[backbones]] #{i + 1} ({b['name']}) in {source} sets both weights and random_init; "
+                             "keep one")
         if b.get("weights"):
             b = {**b, "weights": str(_resolve(base, b["weights"]))}
         backbones.append(BackboneSpec(**b))
     datasets = []
-    for i, d in enumerate(raw["datasets"]):
-        _check_keys(d, _DATASET_KEYS, source, f"[[datasets]] #{i + 1}")
-        if "spec" not in d:
-            raise UsageError(f"[[datasets]] #{i + 1} in {source} has no spec")
-        d = dict(d)
+    for d in tables["datasets"]:
         kind, sep, arg = d["spec"].partition(":")
         if sep and kind in ("imagefolder", "csv", "parquet", *OFFICIAL_KINDS):
             d["spec"] = f"{kind}:{_resolve(base, arg)}"
         if d.get("data_root"):
             d["data_root"] = str(_resolve(base, d["data_root"]))
         datasets.append(DatasetSpec(**d))
-    extract = dict(raw.get("extract", {}))
-    _check_keys(extract, _EXTRACT_KEYS, source, "[extract]")
     sweeps = []
-    for i, s in enumerate(raw.get("sweeps", [])):
-        _check_keys(s, _SWEEP_KEYS, source, f"[[sweeps]] #{i + 1}")
-        if not s.get("probes"):
-            raise UsageError(f"[[sweeps]] #{i + 1} in {source} names no probes; e.g. probes = [\"logistic\"]")
-        sweeps.append({"probes": list(s["probes"]), "taps": list(s.get("taps", ["pooled"])),
-                       "shots": [int(k) for k in s.get("shots", [0])], "seeds": s.get("seeds"),
-                       "grids": dict(s.get("grids", {}))})
-    finetune = raw.get("finetune")
-    pretrain = raw.get("pretrain")
-    if pretrain is not None and "dataset" not in pretrain:
-        raise UsageError(f"[pretrain] in {source} needs dataset = \"...\" (the source dataset)")
+    for i, s in enumerate(tables["sweeps"]):
+        where = f"[[sweeps]] #{i + 1} in {source}"
+        taps = s.get("taps", ["pooled"])
+        concrete = [t for t in taps if t != ALL_BLOCKS]
+        if concrete:
+            from ._taps import parse_taps
+
+            try:
+                parse_taps(concrete)
+            except UsageError as exc:
+                raise UsageError(f"{where}: taps: {exc}; \"{ALL_BLOCKS}\" is every block") from None
+        sweeps.append({"probes": s["probes"], "taps": taps, "shots": s.get("shots", [0]), "seeds": s.get("seeds"),
+                       "grids": _check_grids(s.get("grids", {}), where)})
+    finetune = tables["finetune"][0] if tables["finetune"] else None
+    pretrain = tables["pretrain"][0] if tables["pretrain"] else None
+    for name, table in (("finetune", finetune), ("pretrain", pretrain)):
+        if table is not None:
+            _check_finetune_rules(table, name, source)
+    if pretrain is not None and pretrain.get("data_root"):
+        pretrain["data_root"] = str(_resolve(base, pretrain["data_root"]))
+    if pretrain is not None:
+        kind, sep, arg = pretrain["dataset"].partition(":")
+        if sep and kind in ("imagefolder", "csv", "parquet"):
+            pretrain["dataset"] = f"{kind}:{_resolve(base, arg)}"
     if not sweeps and finetune is None:
         raise UsageError(f"study file {source} has neither [[sweeps]] nor [finetune]: nothing to run")
-    study = Study(name=head.get("name", Path(source).stem), backbones=backbones, datasets=datasets, sweeps=sweeps,
-                  finetune=dict(finetune) if finetune is not None else None,
-                  pretrain=dict(pretrain) if pretrain is not None else None, extract=extract,
-                  seeds=[int(s) for s in head.get("seeds", [0])], val_fraction=float(head.get("val_fraction", DEFAULT_VAL_FRACTION)),
-                  select_metric=head.get("select_metric", "top1"), device=head.get("device", "auto"),
-                  jobs=int(head.get("jobs", 1)), source=source)
-    _check_values(study)
-    return study
+    return Study(name=head.get("name", Path(source).stem), backbones=backbones, datasets=datasets, sweeps=sweeps,
+                 finetune=finetune, pretrain=pretrain, extract=tables["extract"][0] if tables["extract"] else {},
+                 seeds=head.get("seeds", [0]), val_fraction=head.get("val_fraction", DEFAULT_VAL_FRACTION),
+                 select_metric=head.get("select_metric", "top1"), device=head.get("device", "auto"),
+                 jobs=head.get("jobs", 1), source=source)
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -229,33 +299,142 @@ def _resolve(base: Path, value: str) -> Path:
     return p if p.is_absolute() else base / p
 
 
-def _check_keys(table: Any, allowed: set[str], source: str, where: str) -> None:
-    if not isinstance(table, dict):
-        raise UsageError(f"{where} in {source} must be a table")
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise UsageError(f"unknown key(s) {unknown} in {where} of {source}; allowed: {', '.join(sorted(allowed))}")
+def _read_table(raw: dict, name: str, schema: dict[str, Setting], source: str) -> list[dict]:
+    """The checked tables called ``name`` (a list, empty when absent), values in canonical form."""
+    many = _TABLES[name]
+    value = raw.get(name)
+    if value is None:
+        return []
+    shape = f"[[{name}]]" if many else f"[{name}]"
+    if many and not (isinstance(value, list) and all(isinstance(t, dict) for t in value)):
+        raise UsageError(f"{name} in {source} must be an array of tables: write each one as {shape} followed by "
+                         "its keys")
+    if not many and not isinstance(value, dict):
+        raise UsageError(f"{name} in {source} must be a table: write {shape} followed by its keys")
+    out = []
+    for i, table in enumerate(value if many else [value]):
+        where = f"{shape}" + (f" #{i + 1}" if many else "")
+        unknown = sorted(set(table) - set(schema))
+        for key in unknown:
+            if name == "finetune" and key in _FINETUNE_ELSEWHERE:
+                raise UsageError(f"{where} in {source} cannot set {key}: {_FINETUNE_ELSEWHERE[key]}")
+            import difflib
+
+            close = difflib.get_close_matches(key, list(schema), n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise UsageError(f"unknown key {key!r} in {where} of {source}; {hint}allowed: {', '.join(sorted(schema))}")
+        for key in _REQUIRED.get(name, ()):
+            if key not in table:
+                example = schema[key].default
+                raise UsageError(f"{where} in {source} has no {key}; add {key} = {toml_value(example)}")
+        checked = {}
+        for key, v in table.items():
+            setting = schema[key]
+            if setting.kind == "table":
+                if not isinstance(v, dict):
+                    raise UsageError(f"{where} {key} in {source} must be a table, e.g. "
+                                     f"{key} = {{ logistic = {{ C = [0.1, 1.0] }} }}")
+                checked[key] = v
+                continue
+            example = (f"{key} = true (or false)" if setting.kind == "bool"
+                       else f"{key} = {toml_value(_example(setting))}")
+            checked[key] = check_setting(v, setting, f"{where} {key} in {source}", example=example)
+        out.append(checked)
+    return out
 
 
-def _check_values(study: Study) -> None:
-    from ._taps import parse_taps
-    from .vocab import METRICS
+def _example(setting: Setting):
+    if setting.default is not None and setting.default is not MISSING:
+        return setting.default
+    if setting.choices:
+        value = setting.choices[0]
+    elif setting.kind == "bool":
+        value = True
+    elif setting.kind == "str":
+        value = "..."
+    else:
+        value = max(1, setting.lo or 0) if setting.kind == "int" else (setting.lo or 0) + 0.5
+    return [value] * (setting.length or 1) if setting.many else value
 
-    probes_known = PROBES
-    for s in study.sweeps:
-        bad = [p for p in s["probes"] if p not in probes_known]
-        if bad:
-            raise UsageError(f"unknown probe(s) {bad} in {study.source}; choose from {', '.join(probes_known)}")
-        concrete = [t for t in s["taps"] if t != ALL_BLOCKS]
-        if concrete or not s["taps"]:
-            parse_taps(concrete)
-    for metric in [study.select_metric, *(d.select_metric for d in study.datasets if d.select_metric)]:
-        if metric not in METRICS:
-            raise UsageError(f"select_metric {metric!r} in {study.source} must be one of {', '.join(METRICS)}")
-    if study.finetune is not None:
-        bad = [m for m in study.finetune.get("modes", ["full"]) if m not in FINETUNE_MODES]
-        if bad:
-            raise UsageError(f"unknown fine-tune mode(s) {bad} in {study.source}; use full, partial or lp-ft")
+
+def _check_grids(grids: dict, where: str) -> dict:
+    """``grids = { probe = { param = [values] } }``: known probes, tables of value lists (a value is a list of
+    one). Parameter names are checked against the probes by :func:`check_study`."""
+    out = {}
+    for probe_name, grid in grids.items():
+        if probe_name not in PROBES:
+            raise UsageError(f"{where}: grids names unknown probe {probe_name!r}; probes are {', '.join(PROBES)}")
+        if not isinstance(grid, dict):
+            raise UsageError(f"{where}: grids.{probe_name} must be a table of value lists, e.g. "
+                             f"grids = {{ {probe_name} = {{ C = [0.1, 1.0] }} }}")
+        out[probe_name] = {}
+        for param, values in grid.items():
+            values = values if isinstance(values, list) else [values]
+            if not values or not all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in values):
+                raise UsageError(f"{where}: grids.{probe_name}.{param} must be a non-empty list of numbers; got "
+                                 f"{toml_value(values)}")
+            out[probe_name][param] = values
+    return out
+
+
+def _check_finetune_rules(table: dict, name: str, source: str) -> None:
+    """The rules between [finetune] / [pretrain] keys, checked on a config built from the table."""
+    from ._finetune import FinetuneConfig, check_config_rules
+
+    fields = {k: v for k, v in table.items() if k in FinetuneConfig.__dataclass_fields__}
+    for mode in table.get("modes", [fields.get("mode", "full")]):
+        cfg = FinetuneConfig(**{**fields, "mode": mode})
+        try:
+            check_config_rules(cfg, name=lambda key: key)
+        except UsageError as exc:
+            raise UsageError(f"[{name}] in {source}: {exc}") from None
+
+
+def check_study(study: Study, *, data: bool = True) -> None:
+    """What the schema cannot see, checked before the first job: backbone names (timm, with a did-you-mean),
+    and with ``data`` the weights files, every dataset (opened: paths, manifests, classes) and the grid keys.
+
+    Raises
+    ------
+    UsageError
+        One line naming the table, the key and the fix.
+    """
+    from ._backbones import check_model_name
+
+    where = study.source
+    for i, bb in enumerate(study.backbones):
+        try:
+            check_model_name(bb.name)
+        except UsageError as exc:
+            raise UsageError(f"[[backbones]] #{i + 1} name in {where}: {exc}") from None
+    if not data:
+        return
+    from ._datasets import open_dataset
+
+    for i, bb in enumerate(study.backbones):
+        if bb.weights and not Path(bb.weights).is_file():
+            raise UsageError(f"[[backbones]] #{i + 1} ({bb.name}) weights in {where}: file {bb.weights} does not "
+                             "exist; fix the path (relative to the study file) or use random_init = true")
+    checks = [(f"[[datasets]] #{i + 1} spec", d.spec, d.data_root) for i, d in enumerate(study.datasets)]
+    if study.pretrain is not None:
+        checks.append(("[pretrain] dataset", study.pretrain["dataset"], study.pretrain.get("data_root")))
+    for label, spec, root in checks:
+        try:
+            open_dataset(spec, data_root=root)
+        except UsageError as exc:
+            raise UsageError(f"{label} in {where}: {exc}") from None
+    if any(s["grids"] for s in study.sweeps):
+        import inspect
+
+        from .probes import PROBES as ESTIMATORS
+
+        for i, s in enumerate(study.sweeps):
+            for name, grid in s["grids"].items():
+                params = set(inspect.signature(ESTIMATORS[name]).parameters) - {"device"}
+                bad = sorted(set(grid) - params)
+                if bad:
+                    raise UsageError(f"[[sweeps]] #{i + 1} grids.{name} in {where}: {bad} are not parameters of the "
+                                     f"{name} probe; use {', '.join(sorted(params)) or 'none (it has no grid)'}")
 
 
 def plan_study(study: Study) -> list[Job]:
@@ -326,7 +505,8 @@ class StudyOutcome:
 def run_study(study: Study | str | os.PathLike | None = None, *, cache_dir: str | os.PathLike = "cache",
               results_dir: str | os.PathLike = "results", report_dir: str | os.PathLike | None = "report",
               pretrain_dir: str | os.PathLike = "pretrain", device: str | None = None, jobs: int | None = None,
-              workers: int | None = None, progress: bool = True, out=None) -> StudyOutcome:
+              workers: int | None = None, progress: bool = True, keep_going: bool = False,
+              out=None) -> StudyOutcome:
     """Run every job of a study (extraction through the cache, sweeps, fine-tuning), then the report.
 
     Work already done is found and skipped (cached features are reused, results files that exist are not
@@ -341,32 +521,43 @@ def run_study(study: Study | str | os.PathLike | None = None, *, cache_dir: str 
         so that they do not mix with the transfer results.
     device, jobs : optional
         Override the study's device and parallel sweep jobs.
+    keep_going : bool
+        When a job fails, run the remaining ones (jobs that need the failed one are skipped), write the report
+        of what succeeded, list the failures on stderr, then raise a ProbeError. Without it the first failure
+        stops the study.
+
+    Raises
+    ------
+    UsageError
+        Before any job: a bad study, an output folder that cannot be written, an unknown backbone name, a
+        missing dataset or weights file.
+    ProbeError
+        A failed job (with ``keep_going``: after the others ran, naming how many failed).
     """
+    from ._checks import check_output_dirs
+
     out = out or sys.stdout
     if not isinstance(study, Study):
         study = load_study(study)
+    # Everything that can be checked is checked before the first job (pretraining takes minutes).
+    check_output_dirs({"--cache-dir": cache_dir, "--results-dir": results_dir, "--report-dir": report_dir,
+                       "--pretrain-dir": pretrain_dir if study.pretrain is not None else None})
+    check_study(study)
+    from ._runtime import resolve_device
+
     device = device or study.device
-    jobs = jobs or study.jobs
+    resolve_device(device)
+    jobs = check_setting(jobs or study.jobs, Setting("int", lo=1), "--jobs", example="--jobs 2")
+    workers = check_setting(workers, WORKERS, "--workers", example="--workers 4")
     plan = plan_study(study)
     problems = check_datasets(study, out=out)
     if problems:  # before any work: a missing file should not surface hours into the study
         raise UsageError(f"{len(problems)} dataset(s) of {study.source} cannot be read; first: {problems[0]}")
     print(f"study {study.name}: {len(plan)} jobs, {len(study.backbones)} backbones x {len(study.datasets)} datasets; "
           f"cache {cache_dir}, results {results_dir}", file=out, flush=True)
-    pretrained: dict[str, str] = {}  # backbone name -> weights file from the pretrain job
-    records = []
-    for i, job in enumerate(plan, 1):
-        t0 = time.perf_counter()
-        print(f"[{i}/{len(plan)}] {job.describe()} ...", file=out, end=" ", flush=True)
-        try:
-            status = _run_job(job, study, pretrained, cache_dir=cache_dir, results_dir=results_dir,
-                              pretrain_dir=pretrain_dir, device=device, jobs=jobs, workers=workers, progress=progress)
-        except ProbeError as exc:
-            print("failed", file=out, flush=True)
-            raise type(exc)(f"study job {i}/{len(plan)} ({job.describe()}) failed: {exc}") from None
-        seconds = time.perf_counter() - t0
-        print(f"{status} ({seconds:.1f} s)", file=out, flush=True)
-        records.append({"job": job.describe(), "status": status, "seconds": seconds})
+    records, failures = _run_plan(plan, study, cache_dir=cache_dir, results_dir=results_dir,
+                                  pretrain_dir=pretrain_dir, device=device, jobs=jobs, workers=workers,
+                                  progress=progress, keep_going=keep_going, out=out)
     summary = study_summary(results_dir)
     if summary is not None:
         print(_format_table(summary), file=out)
@@ -376,7 +567,62 @@ def run_study(study: Study | str | os.PathLike | None = None, *, cache_dir: str 
 
         report_path = write_report(results_dir, report_dir)
         print(f"report: {report_path}", file=out)
+    if failures:
+        _raise_failures(failures, len(plan))
     return StudyOutcome(jobs=records, results_dir=Path(results_dir), report_path=report_path, summary=summary)
+
+
+def _run_plan(plan: list[Job], study: Study, *, keep_going: bool, out, **options) -> tuple[list[dict], list[dict]]:
+    """Run the jobs in order, one status line each; returns (records, failures).
+
+    Without ``keep_going`` the first failure raises, naming the job. With it, a failure is recorded and the
+    jobs that need the failed one (every job of a backbone whose pretraining failed; the sweeps of a failed
+    extraction) are skipped rather than run on the wrong weights or retried.
+    """
+    pretrained: dict[str, str] = {}  # backbone name -> weights file from the pretrain job
+    records, failures = [], []
+    failed: set[tuple] = set()  # ("pretrain", backbone) and ("extract", backbone, dataset spec)
+    for i, job in enumerate(plan, 1):
+        t0 = time.perf_counter()
+        print(f"[{i}/{len(plan)}] {job.describe()} ...", file=out, end=" ", flush=True)
+        blocked = _blocked_by(job, failed)
+        if blocked:
+            print(f"skipped ({blocked} failed)", file=out, flush=True)
+            records.append({"job": job.describe(), "status": f"skipped ({blocked} failed)", "seconds": 0.0})
+            continue
+        try:
+            status = _run_job(job, study, pretrained, **options)
+        except ProbeError as exc:
+            print("failed", file=out, flush=True)
+            if not keep_going:
+                raise type(exc)(f"study job {i}/{len(plan)} ({job.describe()}) failed: {exc}") from None
+            failed.add(("pretrain", job.backbone.name) if job.kind == "pretrain"
+                       else (job.kind, job.backbone.name, job.dataset.spec if job.dataset else ""))
+            failures.append({"index": i, "job": job.describe(), "error": str(exc)})
+            records.append({"job": job.describe(), "status": "failed", "seconds": time.perf_counter() - t0})
+            continue
+        seconds = time.perf_counter() - t0
+        print(f"{status} ({seconds:.1f} s)", file=out, flush=True)
+        records.append({"job": job.describe(), "status": status, "seconds": seconds})
+    return records, failures
+
+
+def _blocked_by(job: Job, failed: set[tuple]) -> str:
+    """The failed job this one needs (``"pretrain"``, ``"extract"``), or ``""``."""
+    if ("pretrain", job.backbone.name) in failed:
+        return "pretrain"
+    if job.kind == "sweep" and ("extract", job.backbone.name, job.dataset.spec) in failed:
+        return "extract"
+    return ""
+
+
+def _raise_failures(failures: list[dict], n_jobs: int) -> None:
+    """List the failed jobs on stderr, then raise one ProbeError line that counts them."""
+    print(f"probe: {len(failures)} of {n_jobs} study jobs failed:", file=sys.stderr)
+    for f in failures:
+        print(f"  [{f['index']}/{n_jobs}] {f['job']}: {f['error']}", file=sys.stderr)
+    raise ProbeError(f"{len(failures)} of {n_jobs} study jobs failed (listed above); fix them and rerun: finished "
+                     "jobs are skipped")
 
 
 def expand_taps(taps: list[str], backbone: str, img_size: int | None = None) -> list[str]:
@@ -467,17 +713,8 @@ def _run_job(job: Job, study: Study, pretrained: dict[str, str], *, cache_dir, r
 
 
 def _finetune_kwargs(settings: dict, bb: BackboneSpec) -> dict:
-    import inspect
-
-    from ._finetune import finetune
-
-    allowed = set(inspect.signature(finetune).parameters) - {"backbone", "dataset"}
-    unknown = sorted(set(settings) - allowed)
-    if unknown:
-        raise UsageError(f"unknown fine-tune setting(s) {unknown}; see 'probe finetune --help' for the options")
-    if "crop_scale" in settings:
-        settings["crop_scale"] = tuple(settings["crop_scale"])
-    return settings
+    """Keyword arguments of :func:`probe.finetune` from a job's (schema-checked) settings."""
+    return dict(settings)
 
 
 def _count_results(results_dir) -> int:

@@ -30,7 +30,7 @@ import numpy as np
 
 from ._errors import UsageError
 from .results import classification_metrics, job_stem, make_row, results_frame, save_artifacts, write_results
-from .splits import carve_val, few_shot
+from .splits import carve_val, few_shot, require_two_classes
 from .vocab import DEFAULT_VAL_FRACTION, METRICS, PROBES as DEFAULT_PROBES
 
 #: Columns that :func:`sweep` computes itself; ``context`` may set any other results column.
@@ -193,9 +193,8 @@ def sweep(probe, train: tuple, val: tuple | None = None, test: tuple | None = No
     if shots:
         pick = few_shot(y_train, int(shots), seed, list(class_names) if class_names is not None else None)
         X_train, y_train = X_train[pick], y_train[pick]
-    if len(np.unique(y_train)) < 2:
-        raise UsageError(f"train has a single class ({y_train[0]}) after the val carve and few-shot draw; "
-                         "a probe needs at least two classes")
+    require_two_classes(y_train, list(class_names) if class_names is not None else None,
+                        after="the val carve and few-shot draw")
     if test is not None:
         X_test = check_features(test[0], name="test X", n_features=d)
         y_test = check_labels(test[1], len(X_test), name="test y", min_classes=1)
@@ -311,8 +310,13 @@ def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] = DEFAULT
         raise UsageError(f"grids given for unknown probe(s) {unknown}; probes are {', '.join(PROBES)}")
 
     from ._cache import load_split
+    from ._checks import check_output_dir
     from ._extract import extract_features
+    from ._schema import Setting, check_setting
 
+    seeds = check_setting(list(seeds), Setting("int", many=True, nonempty=True, lo=0), "--seeds",
+                          example="--seeds 0 1 2")
+    check_output_dir(results_dir, "--results-dir")
     entries = extract_features(backbone, dataset, taps=tuple(taps), cache_dir=cache_dir, device=device,
                                progress=progress, **extract_kwargs)
     if "train" not in entries:

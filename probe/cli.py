@@ -18,7 +18,7 @@ COMMANDS = [
     ("sweep", "sweep", "fit probes (logistic, ridge, knn, centroid) on cached features and write results"),
     ("finetune", "finetune", "fine-tune a whole backbone on a dataset and write results beside the probes"),
     ("report", "report", "turn a results directory into a markdown report with figures"),
-    ("cache", "cache", "list or verify feature cache entries"),
+    ("cache", "cache", "list, verify or remove feature cache entries (ls, verify, rm, prune)"),
 ]
 
 
@@ -33,11 +33,18 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (with where to find help), like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the full ``probe`` argument parser with every subcommand that is installed."""
     from ._version import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="probe",
         description="Whose visual representations transfer better? Extract frozen timm backbone features once, "
                     "probe them, fine-tune the same backbones on the same splits, and report.",

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from ._checks import disk_full_guard
 from ._errors import UsageError
 from ._io import atomic_path, safe_name, save_npz_atomic
 from ._version import PROBE_VERSION
@@ -58,6 +59,8 @@ RESULT_COLUMNS: dict[str, str] = {
     "family_source": "Utf8",  # table | override | unknown: where `family` came from
 }
 
+#: What a rerun does after a results writer ran out of space.
+_RESUME = "jobs whose results exist are skipped, the others run again"
 
 
 def classification_metrics(y_true: np.ndarray, scores: np.ndarray, n_classes: int | None = None) -> dict[str, float]:
@@ -136,9 +139,10 @@ def write_results(rows, path: str | os.PathLike) -> Path:
     if missing:
         raise ValueError(f"results are missing contract columns {missing}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        frame.write_parquet(tmp)
+    with disk_full_guard(path.parent, f"the results file {path.name}", _RESUME):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            frame.write_parquet(tmp)
     return path
 
 
@@ -197,8 +201,9 @@ def save_artifacts(stem: str | os.PathLike, *, ids: np.ndarray, labels: np.ndarr
     for name, value in (weights or {}).items():
         arrays[f"weight/{name}"] = np.asarray(value)
     path = Path(str(stem) + ".npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return save_npz_atomic(path, **arrays)
+    with disk_full_guard(path.parent, f"the predictions {path.name}", _RESUME):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return save_npz_atomic(path, **arrays)
 
 
 def load_artifacts(stem_or_path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -59,3 +59,18 @@ def few_shot(labels: np.ndarray, shots: int, seed: int = 0, class_names: list[st
                              f"use --shots {len(members)} or fewer")
         picked.append(rng.choice(members, size=shots, replace=False))
     return np.sort(np.concatenate(picked))
+
+
+def require_two_classes(labels: np.ndarray, class_names: list[str] | None = None, *, what: str = "a probe",
+                        after: str = "the val carve") -> None:
+    """Raise the one 'needs at least two classes' error (sweeps and fine-tuning alike) when ``labels`` (train,
+    after ``after``) hold fewer than two classes."""
+    present = np.unique(np.asarray(labels))
+    if len(present) >= 2:
+        return
+    if len(present) == 0:
+        raise UsageError(f"train is empty after {after}; {what} needs at least two classes with examples")
+    cls = int(present[0])
+    name = class_names[cls] if class_names is not None and 0 <= cls < len(class_names) else str(cls)
+    raise UsageError(f"train has a single class ({name!r}) after {after}; {what} needs at least two classes: "
+                     "add images of another class")

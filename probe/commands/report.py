@@ -24,8 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the report and print the path of report.md."""
+    from .._checks import check_output_dir
     from .._report import write_report
+    from .._schema import SEED, Setting, check_setting
 
+    check_setting(args.n_boot, Setting("int", lo=1), "--n-boot", example="--n-boot 10000")
+    check_setting(args.seed, SEED, "--seed", example="--seed 0")
+    if args.out is not None:
+        check_output_dir(args.out, "--out")
     path = write_report(args.results_dir, args.out, n_boot=args.n_boot, seed=args.seed)
     print(path)
     return 0

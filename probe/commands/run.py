@@ -26,8 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
                         help="write the report at the end")
     parser.add_argument("--plan", action="store_true",
-                        help="only check that each dataset's files are there (printing its classes and split "
-                             "sizes) and print the jobs the study would run, in order; computes nothing")
+                        help="only check the study and that each dataset's files are there (printing its classes "
+                             "and split sizes), print the jobs it would run, in order, and exit; computes nothing")
+    parser.add_argument("--keep-going", action=argparse.BooleanOptionalAction, default=False,
+                        help="when a job fails, run the remaining ones (those that need it are skipped), write the "
+                             "report, list the failures at the end and exit 1")
     parser.add_argument("--device", default=None, help="torch device (default: the study's, else auto)")
     parser.add_argument("--jobs", type=int, default=None, metavar="N",
                         help="sweep jobs in parallel (default: the study's, else 1)")
@@ -39,10 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from probe._errors import UsageError
-    from probe._study import check_datasets, load_study, plan_study, run_study
+    from probe._study import check_datasets, check_study, load_study, plan_study, run_study
 
-    study = load_study(args.study)
+    study = load_study(args.study)  # the whole file against the study schema
     if args.plan:
+        check_study(study, data=False)  # backbone names; --plan reads no data
         jobs = plan_study(study)
         problems = check_datasets(study)
         print(f"study {study.name} ({study.source}): {len(jobs)} jobs")
@@ -53,5 +57,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     run_study(study, cache_dir=args.cache_dir, results_dir=args.results_dir,
               report_dir=args.report_dir if args.report else None, pretrain_dir=args.pretrain_dir,
-              device=args.device, jobs=args.jobs, workers=args.workers, progress=args.progress)
+              device=args.device, jobs=args.jobs, workers=args.workers, progress=args.progress,
+              keep_going=args.keep_going)
     return 0
