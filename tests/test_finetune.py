@@ -73,7 +73,9 @@ def test_results_schema_and_epoch_chosen_on_val(digits_run):
     assert params["mode"] == "full" and params["lr"] == 2e-3 and params["batch_size"] == 32
     assert params["img_size"] == 32 and params["label_smoothing"] == 0.1 and params["layer_decay"] is None
     assert val["val_fraction"][0] == pytest.approx(0.2)  # digits has no val: carved as the sweeps do
-    assert test["n_eval"][0] == 450 and test["n_train"][0] == 1347 - val["n_eval"][0]
+    # refit (default): the chosen epoch count retrained on train+val, so test's n_train is the whole train split
+    assert test["n_eval"][0] == 450 and test["n_train"][0] == 1347 and params["refit"] is True
+    assert set(val["n_train"]) == {1347 - val["n_eval"][0]} and set(frame["n_val"]) == {val["n_eval"][0]}
     assert test["top1"][0] == pytest.approx(result.test_metrics["top1"])
     art = load_artifacts(result.results_path)
     assert art["scores"].shape == (450, 10) and list(art["classes"]) == [str(i) for i in range(10)]
