@@ -266,9 +266,9 @@ def sweep(probe, train: tuple, val: tuple | None = None, test: tuple | None = No
     if not_converged:
         from sklearn.exceptions import ConvergenceWarning
 
-        warnings.warn(f"{est.name} probe: the solver stopped at its iteration limit without converging for "
+        warnings.warn(f"{est.name} probe: the solver stopped at max_iter without converging for "
                       f"{len(not_converged)} of {len(points)} grid points (e.g. {not_converged[0]}); "
-                      "'converged' is false in those rows' params", ConvergenceWarning, stacklevel=2)
+                      "'converged' is false in those rows' params", ConvergenceWarning, stacklevel=3)
 
     best_value = max(row[select_metric] for row in val_rows)
     best = next(i for i in est._strength_order(points) if val_rows[i][select_metric] == best_value)
@@ -376,19 +376,20 @@ def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] = DEFAULT
 
     from ._cache import load_split
     from ._checks import check_output_dir
+    from ._datasets import open_dataset
     from ._extract import extract_features
     from ._schema import Setting, check_setting
 
     seeds = check_setting(list(seeds), Setting("int", many=True, nonempty=True, lo=0), "--seeds",
                           example="--seeds 0 1 2")
     check_output_dir(results_dir, "--results-dir")
+    if test_fraction and "test" in open_dataset(dataset, data_root=extract_kwargs.get("data_root")).splits:
+        raise UsageError(f"dataset {dataset!r} has its own test split; drop --test-fraction (it carves a test "
+                         "split only for datasets without one)")
     entries = extract_features(backbone, dataset, taps=tuple(taps), cache_dir=cache_dir, device=device,
                                progress=progress, **extract_kwargs)
     if "train" not in entries:
         raise UsageError(f"dataset {dataset!r} has no train split (found {sorted(entries)}); probes need one")
-    if "test" in entries and test_fraction:
-        raise UsageError(f"dataset {dataset!r} has its own test split; drop --test-fraction (it carves a test "
-                         "split only for datasets without one)")
     splits = {name: load_split(entry, taps=list(taps)) for name, entry in entries.items()}
     train = splits["train"]
     if "test" not in splits and not test_fraction:

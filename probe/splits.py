@@ -173,7 +173,7 @@ def check_overlap(source, *, allow: bool = False, cache_dir=None) -> list[tuple[
     Returns
     -------
     list of (str, str)
-        The overlapping pairs as ``split/id`` entries (empty when clean).
+        The overlapping pairs as ``"<path> (<split>)"`` entries (empty when clean).
 
     Raises
     ------
@@ -191,25 +191,26 @@ def check_overlap(source, *, allow: bool = False, cache_dir=None) -> list[tuple[
         if marker.is_file():
             return []
     entries = [(split, ref) for split in source.split_names for ref in source.splits[split]]
-    pairs: list[tuple[str, str]] = []
-    seen_path: dict[str, str] = {}
-    for split, ref in entries:
-        where = os.path.realpath(os.path.join(source.root, ref))
-        if where in seen_path and not seen_path[where].startswith(split + "/"):
-            pairs.append((seen_path[where], f"{split}/{ref}"))
-        seen_path.setdefault(where, f"{split}/{ref}")
+    name = lambda entry: f"{entry[1]} ({entry[0]})"  # noqa: E731
+    found: list[tuple[tuple[str, str], tuple[str, str]]] = []
+    seen_path: dict[str, tuple[str, str]] = {}
+    for entry in entries:
+        where = os.path.realpath(os.path.join(source.root, entry[1]))
+        first = seen_path.setdefault(where, entry)
+        if first[0] != entry[0]:
+            found.append((first, entry))
     by_size: dict[int, list[tuple[str, str]]] = {}
-    for split, ref in entries:
-        by_size.setdefault(os.stat(os.path.join(source.root, ref)).st_size, []).append((split, ref))
+    for entry in entries:
+        by_size.setdefault(os.stat(os.path.join(source.root, entry[1])).st_size, []).append(entry)
     for group in by_size.values():
         if len({split for split, _ in group}) < 2:
             continue
-        by_hash: dict[str, str] = {}
-        for split, ref in group:
-            digest = _file_sha256(os.path.join(source.root, ref))
-            first = by_hash.setdefault(digest, f"{split}/{ref}")
-            if not first.startswith(split + "/") and (first, f"{split}/{ref}") not in pairs:
-                pairs.append((first, f"{split}/{ref}"))
+        by_hash: dict[str, tuple[str, str]] = {}
+        for entry in group:
+            first = by_hash.setdefault(_file_sha256(os.path.join(source.root, entry[1])), entry)
+            if first[0] != entry[0] and (first, entry) not in found:
+                found.append((first, entry))
+    pairs = [(name(a), name(b)) for a, b in found]
     if pairs and not allow:
         a, b = pairs[0]
         more = f" (and {len(pairs) - 1} more)" if len(pairs) > 1 else ""
