@@ -3,7 +3,9 @@
 The protocol (one place, so every probe and every caller follows it):
 
 1. ``val``: the dataset's own val split when it has one; otherwise a stratified, seeded part of the *full* train
-   split is carved off (:func:`probe.splits.carve_val`; fraction and seed recorded in every row).
+   split is carved off (:func:`probe.splits.carve_splits`: a per-id hash ranking over the dataset's full id list,
+   so images skipped as unreadable move no other image; fraction and seed recorded in every row). A dataset
+   without a test split gets one carved first when ``test_fraction`` > 0 (recorded in every row).
 2. Few-shot (``shots > 0``): ``shots`` examples per class are drawn (seeded, :func:`probe.splits.few_shot`) from
    what remains of train *after* the carve, so val never overlaps the few-shot train and is the same set for
    every ``shots``.
@@ -15,6 +17,9 @@ The protocol (one place, so every probe and every caller follows it):
    result never sees more than k labelled examples per class) and scored once on test (``split="test"``,
    ``selected=True``). Test is never used for anything else. Without a test split the selected val row is
    marked ``selected=True`` instead.
+
+Every row also names its configuration (:mod:`probe._identity`): the backbone configuration comes from the
+caller's ``context`` (:func:`backbone_context` for cached features), the protocol id and ``n_val`` from here.
 """
 
 from __future__ import annotations

@@ -142,6 +142,31 @@ def test_resume_after_kill_equals_uninterrupted(digits_run, tmp_path):
     np.testing.assert_array_equal(a["scores"], b["scores"])
 
 
+def test_kill_during_the_refit_resumes_to_the_same_result(digits_run, tmp_path):
+    """kill -9 once the refit on train+val has written its first checkpoint; the rerun finishes the refit from
+    there and ends with the uninterrupted run's rows and test scores."""
+    _, reference = digits_run
+    args = DIGITS_CLI + ["--results-dir", tmp_path / "results", "--cache-dir", tmp_path / "cache"]
+    proc = _cli(args, tmp_path, popen=True)
+    seen = []
+    for line in proc.stderr:  # verbose log lines, unbuffered
+        seen.append(line)
+        if line.startswith("probe: refit epoch 1/"):
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
+    assert any(s.startswith("probe: refit epoch 1/") for s in seen), "".join(seen)
+    assert not list((tmp_path / "results").rglob("*.parquet"))
+    done = _cli(args, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stderr and "refit on train+val" in done.stderr
+    resumed = pl.read_parquet(next((tmp_path / "results").rglob("*.parquet")))
+    ref = pl.read_parquet(reference.results_path)
+    assert resumed["top1"].to_list() == ref["top1"].to_list()
+    a, b = load_artifacts(next((tmp_path / "results").rglob("*.npz"))), load_artifacts(reference.results_path)
+    np.testing.assert_array_equal(a["scores"], b["scores"])
+
+
 def _expected_trainable(names, prefixes):
     return {n for n in names if any(n.startswith(p) for p in prefixes)}
 
