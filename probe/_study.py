@@ -44,7 +44,7 @@ The study file (all tables but ``[[backbones]]`` and ``[[datasets]]`` optional):
 
     [pretrain]                    # optional: fine-tune each backbone on a source dataset first and use the
     dataset = "shapes"            # resulting weights for every transfer job (pretrain -> transfer)
-    epochs = 3
+    epochs = 3                    # (no refit on train+val unless refit = true: the weights are the product)
 
 Input paths in the file (weights, data roots, the paths of imagefolder:, csv: and official-download specs such as
 cub200:) are relative to the file; outputs
@@ -670,6 +670,8 @@ def _run_job(job: Job, study: Study, pretrained: dict[str, str], *, cache_dir, r
 
         settings = dict(job.settings)
         source = settings.pop("dataset")
+        # pretraining produces weights, not a compared test score: no refit unless the study asks for it
+        settings.setdefault("refit", False)
         result = finetune(bb.name, source, weights=bb.weights, random_init=bb.random_init, init_seed=bb.seed,
                           family=bb.family,
                           img_size=settings.pop("img_size", bb.finetune_img_size or bb.img_size),
