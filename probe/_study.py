@@ -715,6 +715,7 @@ def _run_job(job: Job, study: Study, pretrained: dict[str, str], *, cache_dir, r
         # so a random-init fine-tune starts from the weights whose frozen features the sweeps probed
         result = finetune(bb.name, ds.spec, select_metric=ds.select_metric or study.select_metric,
                           val_fraction=study.val_fraction, test_fraction=ds.test_fraction, init_seed=bb.seed,
+                          allow_overlap=bool(extract_opts.get("allow_overlap", False)),
                           results_dir=results_dir, verbose=False,
                           workers=extract_opts.get("workers"),
                           **{**common, "img_size": ft_size}, **_finetune_kwargs(settings, bb))
