@@ -131,7 +131,8 @@ def test_resume_after_kill_equals_uninterrupted(digits_run, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)  # mid-training: epoch 1 is on disk, epoch 2 is running
     proc.wait()
     assert not list((tmp_path / "results").rglob("*.parquet"))
-    done = _cli(DIGITS_CLI + ["--results-dir", tmp_path / "results", "--cache-dir", tmp_path / "cache"], tmp_path)
+    done = _cli(DIGITS_CLI + ["--results-dir", tmp_path / "results", "--cache-dir", tmp_path / "cache"], tmp_path,
+                timeout=250)  # the rest of the selection, then the refit on train+val
     assert done.returncode == 0, done.stderr
     assert "resuming" in done.stderr
     resumed = pl.read_parquet(next((tmp_path / "results").rglob("*.parquet")))
@@ -157,7 +158,7 @@ def test_kill_during_the_refit_resumes_to_the_same_result(digits_run, tmp_path):
     proc.wait()
     assert any(s.startswith("probe: refit epoch 1/") for s in seen), "".join(seen)
     assert not list((tmp_path / "results").rglob("*.parquet"))
-    done = _cli(args, tmp_path)
+    done = _cli(args, tmp_path, timeout=250)
     assert done.returncode == 0, done.stderr
     assert "resuming" in done.stderr and "refit on train+val" in done.stderr
     resumed = pl.read_parquet(next((tmp_path / "results").rglob("*.parquet")))
