@@ -42,7 +42,8 @@ class Backbone:
     model : torch.nn.Module
         The timm model in eval mode, classifier removed (``num_classes=0``) unless asked otherwise.
     weights_id : str
-        Identity of the weights: ``hub:<tag>``, ``file:<sha256[:16]>`` or ``random-init:seed<N>``.
+        Identity of the weights: ``hub:<tag>@<sha256[:16]>`` (``hub:<tag>`` when the checkpoint is not on disk),
+        ``file:<sha256[:16]>`` or ``random-init:seed<N>``.
     family : str
         ``convnet``, ``transformer`` or ``hybrid``.
     data_config : dict
@@ -132,12 +133,58 @@ def weights_file(weights: str | os.PathLike) -> Path:
 
 def weights_identity(name: str, model, *, weights=None, random_init: bool = False, seed: int = 0) -> str:
     """The weights' identity in cache keys and results: ``file:<sha256[:16]>``, ``random-init:seed<N>`` or
-    ``hub:<tag>`` (the tag from ``model``'s pretrained config; a model on the meta device is enough)."""
+    ``hub:<tag>@<sha256[:16]>`` (the tag from ``model``'s pretrained config, the hash of the checkpoint file when
+    it is on disk: a re-uploaded checkpoint under the same tag is a different identity; ``hub:<tag>`` alone before
+    the first download). A model on the meta device is enough."""
     if weights is not None:
         return f"file:{file_sha256(weights_file(weights))[:16]}"
     if random_init:
         return f"random-init:seed{seed}"
-    return f"hub:{model.pretrained_cfg.get('tag') or name.partition('.')[2] or 'default'}"
+    tag = f"hub:{model.pretrained_cfg.get('tag') or name.partition('.')[2] or 'default'}"
+    local = hub_checkpoint_file(model.pretrained_cfg)
+    return tag if local is None else f"{tag}@{hub_file_sha256(local)[:16]}"
+
+
+def hub_checkpoint_file(pretrained_cfg: dict) -> Path | None:
+    """The local copy of a timm hub checkpoint (Hugging Face hub cache, timm's ``file`` or the torch hub cache),
+    or None when it has not been downloaded. Looks only at the disk, never at the network."""
+    cfg = dict(pretrained_cfg or {})
+    if cfg.get("file") and Path(cfg["file"]).is_file():
+        return Path(cfg["file"])
+    hub_id = cfg.get("hf_hub_id")
+    if hub_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover - huggingface_hub comes with timm
+            return None
+        repo, _, revision = str(hub_id).partition("@")
+        wanted = cfg.get("hf_hub_filename")
+        names = ([wanted[:-4] + ".safetensors", wanted] if wanted and wanted.endswith(".bin")
+                 else [wanted] if wanted else ["model.safetensors", "pytorch_model.bin"])
+        for filename in names:  # timm prefers the safetensors file, as here
+            found = try_to_load_from_cache(repo, filename, revision=revision or None)
+            if isinstance(found, str) and Path(found).is_file():
+                return Path(found)
+    url = cfg.get("url")
+    if url:
+        import torch
+
+        candidate = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(str(url).split("?")[0])
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+_SHA256_NAME = re.compile(r"^[0-9a-f]{64}$")
+
+
+def hub_file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a hub checkpoint. The Hugging Face cache stores large files as ``blobs/<sha256>`` (the snapshot
+    file links to it), so that name is used without reading the file; anything else is hashed."""
+    target = Path(os.path.realpath(path))
+    if target.parent.name == "blobs" and _SHA256_NAME.match(target.name):
+        return target.name
+    return file_sha256(path)
 
 
 def describe_backbone(name: str, *, weights=None, random_init: bool = False, seed: int = 0,

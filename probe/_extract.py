@@ -42,7 +42,8 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
                      random_init: bool = False, seed: int = 0, img_size: int | None = None,
                      family: str | None = None, data_root: str | os.PathLike | None = None,
                      cache_dir: str | os.PathLike = "cache", batch_size: int = 64, workers: int | None = None,
-                     device: str = "auto", dtype: str = "float16", skip_bad: bool = False,
+                     device: str = "auto", dtype: str = "float16", precision: str = "auto",
+                     skip_bad: bool = False, allow_overlap: bool = False,
                      progress: bool = True) -> dict[str, CacheEntry]:
     """Extract (or reuse) cached features of ``backbone`` on every requested split of ``dataset``.
 
@@ -60,8 +61,14 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
         How the backbone is built (see :func:`probe.create_backbone`).
     dtype : {"float16", "float32"}
         Storage dtype; a float16 tap whose values overflow is stored as float32 instead.
+    precision : {"auto", "fp32", "bf16"}
+        Compute precision of the forward passes: ``auto`` is bf16 autocast on CUDA and fp32 elsewhere. The
+        resolved precision is part of the cache key (and of the results' backbone configuration).
     skip_bad : bool
         Skip unreadable images (ids recorded in the ``skipped`` attribute) instead of failing.
+    allow_overlap : bool
+        Accept the same image (same path, or identical file content) in two splits; by default it is an error
+        naming both entries (:func:`probe.splits.check_overlap`).
 
     Returns
     -------
@@ -83,8 +90,12 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
     seed = check_setting(seed, SEED, "--seed", example="--seed 0")
     resolve_device(device)  # a missing CUDA is an error before anything is written
     check_model_name(backbone)
+    precision = resolve_precision(precision, device)
     source = open_dataset(dataset, data_root=data_root)
     wanted = [source.check_split(s) for s in (splits or source.split_names)]
+    from .splits import check_overlap
+
+    check_overlap(source, allow=allow_overlap, cache_dir=cache_dir)
 
     # Everything but the model weights' bytes is known before building anything: a cache hit costs no forward.
     model_state: dict[str, Any] = {}
@@ -103,14 +114,24 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
     for split in wanted:
         material = {"backbone": backbone, "weights": spec["weights"], "data_config": spec["data_config"],
                     "dataset": {"name": source.name, "kind": source.kind, "fingerprint": source.fingerprint()},
-                    "split": split, "dtype": dtype}
+                    "split": split, "dtype": dtype, "precision": precision}
         key = cache_key({**material, "taps": list(taps)})
         final = entry_path(cache_dir, backbone, source.name, split, key)
         reuse = _find_reusable(final, key, cache_key(material), taps, skip_bad)
         if reuse is not None:
             entries[split] = reuse
-        else:
-            plan.append((split, material, key, final))
+            continue
+        if spec["weights"].startswith("hub:") and "@" not in spec["weights"]:
+            # the hub checkpoint was not on disk: once downloaded, its file hash is part of the identity
+            spec["weights"] = get_backbone().weights_id
+            material["weights"] = spec["weights"]
+            key = cache_key({**material, "taps": list(taps)})
+            final = entry_path(cache_dir, backbone, source.name, split, key)
+            reuse = _find_reusable(final, key, cache_key(material), taps, skip_bad)
+            if reuse is not None:
+                entries[split] = reuse
+                continue
+        plan.append((split, material, key, final))
     needed = None
     if plan:  # the space every missing entry needs is known before any forward pass
         needed = _check_space(backbone, img_size, spec["data_config"], taps, dtype, source,
@@ -126,7 +147,7 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
             meta = {"format": CACHE_FORMAT, "key": key, "base_key": cache_key(material), "backbone": backbone,
                     "weights": bb.weights_id, "family": bb.family, "dataset": source.name, "split": split,
                     "classes": source.classes, "taps": list(taps), "data_config": bb.data_config,
-                    "dataset_spec": source.spec, "dtype": dtype,
+                    "dataset_spec": source.spec, "dtype": dtype, "precision": precision,
                     "versions": _versions()}
             resume = "the extraction resumes from its last finished batch"
             size = f" (the missing entries need about {format_bytes(needed)})" if needed else ""
@@ -176,6 +197,19 @@ def _check_space(backbone, img_size, data_config, taps, dtype, source, todo, cac
                      fix=f" or pass a --cache-dir on a larger disk; a rerun resumes from the finished batches "
                          f"({format_bytes(per_row * 4)} per row)")
     return needed
+
+
+#: Compute precisions of the forward passes (``auto`` resolves to bf16 on CUDA, fp32 elsewhere).
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``fp32`` or ``bf16``: the compute precision a request resolves to on ``device``."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision != "auto":
+        return precision
+    return "bf16" if resolve_device(device).type == "cuda" else "fp32"
 
 
 def _versions() -> dict:
@@ -317,9 +351,7 @@ def _extract_split(bb, source, split: str, taps, final: Path, meta: dict, *, bat
                 x = x.to(dev, non_blocking=True)
                 if dev.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
-                    with torch.autocast("cuda", dtype=torch.bfloat16):
-                        out = forward_taps(model, x, taps)
-                else:
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=meta["precision"] == "bf16"):
                     out = forward_taps(model, x, taps)
                 arrays = {t: v.float().cpu().numpy() for t, v in out.items()}
                 for t, a in arrays.items():
@@ -389,7 +421,7 @@ def _finalize(parts: Path, final: Path, source, split: str, taps, meta: dict) ->
                     datasets[t][row:row + m] = z[f"tap_{i}"][ok].astype(tap_dtypes[t])
                 row += m
         for name in ("format", "key", "base_key", "backbone", "weights", "family", "dataset", "split",
-                     "dataset_spec", "dtype"):
+                     "dataset_spec", "dtype", "precision"):
             f.attrs[name] = meta[name]
         for name in ("classes", "taps", "data_config", "versions"):
             f.attrs[name] = json.dumps(meta[name])

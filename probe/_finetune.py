@@ -3,11 +3,15 @@
 The protocol (the sweeps' protocol, see :mod:`probe._sweep`):
 
 1. ``val`` is the dataset's own val split, or a stratified, seeded part of train carved off with
-   :func:`probe.splits.carve_val` (the same call the sweeps make, so both see the same images).
-2. The model is trained on train for ``epochs`` epochs and scored on val after every epoch (one ``split="val"``
-   row per epoch). The epoch with the best val ``select_metric`` is chosen (ties: the earliest).
-3. That epoch's weights, kept on disk as the best checkpoint, are scored once on test (one ``selected=True``
-   row). Test is never used for anything else.
+   :func:`probe.splits.carve_splits` (the same call the sweeps make, so both see the same images); a dataset
+   without a test split gets one carved the same way when ``test_fraction`` > 0.
+2. Selection: the model is trained on train for ``epochs`` epochs and scored on val after every epoch (one
+   ``split="val"`` row per epoch). The epoch with the best val ``select_metric`` is chosen (ties: the earliest).
+3. Refit (default, ``refit=True``; Kornblith et al., 2019, as the probes do): the same recipe is trained again
+   from the same initial weights on train+val for the chosen number of epochs (its schedule spans those epochs),
+   and that model is scored once on test (one ``selected=True`` row whose ``n_train`` is train+val, as for the
+   probes). With ``refit=False`` the chosen epoch's weights, kept on disk as the best checkpoint, are scored
+   instead. Test is never used for anything else.
 
 Modes:
 
@@ -22,7 +26,7 @@ Modes:
   ``lp_C`` is given. The new head starts from the probe's ``coef_``/``intercept_``, then the whole network is
   fine-tuned (or only the last ``trainable_blocks``, when given).
 
-Every run is resumable: after each epoch a checkpoint with the model, optimizer, scheduler, grad scaler, RNG
+Every run is resumable (in the selection and in the refit phase): after each epoch a checkpoint with the model, optimizer, scheduler, grad scaler, RNG
 states, history and the best-val state is written atomically. Randomness is a pure function of
 ``(seed, epoch, sample)``: the shuffle order comes from a generator seeded by ``(seed, epoch)``, each sample's
 augmentation from ``(seed, epoch, index)`` (so the number of loader workers does not matter) and the model's own
@@ -99,6 +103,9 @@ class FinetuneConfig:
     # auto (bf16 on CUDA, fp16 where bf16 is missing, fp32 on CPU) | fp32 | bf16 | fp16
     precision: str = field(default="auto", metadata=constraint(choices=PRECISIONS))
     skip_bad: bool = False  # drop unreadable images from their batch instead of stopping
+    refit: bool = True  # retrain the chosen number of epochs on train+val before scoring test
+    # part of train carved off as test when the dataset has no test split; 0 = none
+    test_fraction: float = field(default=0.0, metadata=constraint(lo=0, hi=1, hi_open=True))
 
 
 def config_settings() -> dict:
@@ -176,7 +183,9 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
              weights: str | os.PathLike | None = None, random_init: bool = False, seed: int = 0,
              family: str | None = None, val_fraction: float = _DEFAULT.val_fraction,
              select_metric: str = _DEFAULT.select_metric, precision: str = _DEFAULT.precision,
-             skip_bad: bool = _DEFAULT.skip_bad, data_root: str | os.PathLike | None = None,
+             skip_bad: bool = _DEFAULT.skip_bad, refit: bool = _DEFAULT.refit,
+             test_fraction: float = _DEFAULT.test_fraction, init_seed: int | None = None,
+             allow_overlap: bool = False, data_root: str | os.PathLike | None = None,
              cache_dir: str | os.PathLike = "cache", results_dir: str | os.PathLike = "results",
              checkpoint_dir: str | os.PathLike | None = None, keep_checkpoints: bool = False,
              overwrite: bool = False, device: str = "auto", workers: int | None = None, progress: bool = True,
@@ -204,11 +213,23 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
         always uses the checkpoint's own preprocessing (:meth:`probe.Backbone.eval_transform`).
     lp_C : float, optional
         ``lp-ft``: the logistic probe's C; default: selected on val over the sweeps' grid.
-    img_size, weights, random_init, seed, family
-        How the backbone is built (see :func:`probe.create_backbone`). ``seed`` also seeds the val carve, the
-        new head, the shuffle order and the augmentation.
+    img_size, weights, random_init, family
+        How the backbone is built (see :func:`probe.create_backbone`).
+    seed : int
+        Seed of the val carve, the new head, the shuffle order and the augmentation (the sweeps' ``--seeds``).
+    init_seed : int, optional
+        Seed of ``random_init`` (default: ``seed``): the same weights as features extracted with
+        ``random_init=True, seed=init_seed``.
     val_fraction : float
         Part of train carved off as val when the dataset has none (recorded in every row).
+    test_fraction : float
+        For a dataset without a test split: part of train carved off as test (as the sweeps'
+        ``test_fraction``: the same images). 0 (default): no test row.
+    refit : bool
+        Retrain the chosen number of epochs on train+val and score that model on test (default), instead of the
+        chosen epoch's weights trained on train alone.
+    allow_overlap : bool
+        Accept the same image in two splits (:func:`probe.splits.check_overlap`).
     select_metric : {"top1", "top5", "mean_per_class_acc"}
         The val metric that chooses the epoch.
     precision : {"auto", "fp32", "bf16", "fp16"}
@@ -258,7 +279,8 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
                          weight_decay=weight_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
                          layer_decay=layer_decay, clip_grad=clip_grad, crop_scale=crop_scale, hflip=hflip,
                          color_jitter=color_jitter, lp_C=lp_C, select_metric=select_metric,
-                         val_fraction=val_fraction, precision=precision, skip_bad=skip_bad)
+                         val_fraction=val_fraction, precision=precision, skip_bad=skip_bad, refit=refit,
+                         test_fraction=test_fraction)
     accum_auto = accum_steps == "auto"
     accum_steps = check_setting(accum_steps, ACCUM_STEPS, "--accum-steps")
     workers = check_setting(workers, WORKERS, "--workers", example="--workers 4")
@@ -270,11 +292,18 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
     if weights is not None and random_init:
         raise UsageError("--weights and --random-init exclude each other; pass one")
     check_model_name(backbone)
+    init_seed = int(seed if init_seed is None else init_seed)
     source = open_dataset(dataset, data_root=data_root)
     if "train" not in source.splits:
         raise UsageError(f"dataset {source.name!r} has no train split (it has {source.split_names}); "
                          "fine-tuning needs one")
+    from .splits import check_overlap
+
+    check_overlap(source, allow=allow_overlap, cache_dir=cache_dir)
     split_plan = _plan_splits(source, config, seed)
+    if "test" not in split_plan and verbose:
+        print(f"probe: dataset {source.name!r} has no test split: the epoch is chosen on val and no test row is "
+              "written; pass --test-fraction F to carve a test split from train", file=sys.stderr)
     train_split, train_idx = split_plan["train"]
     require_two_classes(source.labels[train_split][train_idx], source.classes, what="fine-tuning")
     n_train = len(train_idx)
@@ -288,9 +317,12 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
             raise UsageError(f"weights file {weights} does not exist; pass a .safetensors or torch checkpoint")
         weights_key = f"file:{file_sha256(path)[:16]}"
     else:
-        weights_key = f"random-init:seed{seed}" if random_init else "hub"
+        weights_key = f"random-init:seed{init_seed}" if random_init else "hub"
+    from ._version import PROBE_VERSION
+
     settings = {"format": CHECKPOINT_FORMAT, "backbone": backbone, "weights": weights_key, "img_size": img_size,
                 "family": family, "dataset": source.name, "fingerprint": source.fingerprint(), "seed": int(seed),
+                "init_seed": init_seed, "probe_version": PROBE_VERSION,
                 **{k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
     tag = f"{config.mode}{'' if config.trainable_blocks is None else config.trainable_blocks}-{digest[:10]}"
@@ -312,7 +344,7 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
         run = _Run(backbone=backbone, source=source, config=config, split_plan=split_plan, settings=settings,
                    digest=digest, stem=stem, ckpt_dir=ckpt_dir, accum_steps=1 if accum_auto else int(accum_steps),
                    accum_auto=accum_auto, img_size=img_size, weights=weights, random_init=random_init,
-                   seed=int(seed), family=family, data_root=data_root, cache_dir=cache_dir, device=device,
+                   seed=int(seed), init_seed=init_seed, family=family, data_root=data_root, cache_dir=cache_dir, device=device,
                    workers=workers, progress=progress, verbose=verbose)
         result = run.execute()
     if not keep_checkpoints:
@@ -353,18 +385,23 @@ def _pow2_floor(n: int) -> int:
 
 
 def _plan_splits(source, config: FinetuneConfig, seed: int) -> dict[str, tuple[str, np.ndarray]]:
-    """Split -> (dataset split, indices into it): the sweeps' train/val/test (val carved from train if needed)."""
-    from .splits import carve_val
+    """Split -> (dataset split, indices into it): the sweeps' train/val/test, carved from train where missing
+    (:func:`probe.splits.carve_splits` over the dataset's full id list, as the sweeps carve it)."""
+    from .splits import carve_splits
 
-    plan = {}
-    if "val" in source.splits:
-        plan["train"] = ("train", np.arange(len(source.labels["train"])))
-        plan["val"] = ("val", np.arange(len(source.labels["val"])))
-    else:
-        train_idx, val_idx = carve_val(source.labels["train"], config.val_fraction, seed)
-        plan["train"], plan["val"] = ("train", train_idx), ("train", val_idx)
-    if "test" in source.splits:
+    has_val, has_test = "val" in source.splits, "test" in source.splits
+    if has_test and config.test_fraction:
+        raise UsageError(f"dataset {source.name!r} has its own test split; drop --test-fraction (it carves a test "
+                         "split only for datasets without one)")
+    parts = carve_splits(source.labels["train"], ids=source.ids["train"],
+                         val_fraction=0.0 if has_val else config.val_fraction,
+                         test_fraction=0.0 if has_test else config.test_fraction, seed=seed)
+    plan = {"train": ("train", parts["train"]),
+            "val": ("val", np.arange(len(source.labels["val"]))) if has_val else ("train", parts["val"])}
+    if has_test:
         plan["test"] = ("test", np.arange(len(source.labels["test"])))
+    elif "test" in parts:
+        plan["test"] = ("train", parts["test"])
     return plan
 
 
@@ -502,17 +539,19 @@ def _set_rng_state(state: dict) -> None:
 
 
 class _Images:
-    """Map-style dataset over chosen indices of one split: (image tensor, label, error message or '').
+    """Map-style dataset over chosen indices of one or more splits: (image tensor, label, error message or '').
 
+    ``parts`` is a list of (dataset split, indices) concatenated in that order (train+val for the refit).
     Training items are ``(epoch, k)`` pairs: with ``augment_seed`` set, each sample reseeds python's and torch's
-    RNGs from (seed, epoch, index) before its transform, so its augmentation depends neither on which worker
-    loads it nor on what came before. Evaluation items are plain positions ``k``.
+    RNGs from (seed, epoch, split, index) before its transform, so its augmentation depends neither on which
+    worker loads it nor on what came before. Evaluation items are plain positions ``k``.
     """
 
-    def __init__(self, source, split: str, indices: np.ndarray, transform, shape, augment_seed: int | None = None):
-        self.source, self.split, self.indices = source, split, np.asarray(indices)
-        self.transform, self.shape, self.augment_seed = transform, tuple(shape), augment_seed
-        self.labels = source.labels[split][self.indices]
+    def __init__(self, source, parts, transform, shape, augment_seed: int | None = None):
+        self.source, self.transform, self.shape, self.augment_seed = source, transform, tuple(shape), augment_seed
+        self.split_of = [split for split, idx in parts for _ in range(len(idx))]
+        self.indices = np.concatenate([np.asarray(idx, dtype=np.int64) for _, idx in parts])
+        self.labels = np.concatenate([source.labels[split][np.asarray(idx, dtype=np.int64)] for split, idx in parts])
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -521,15 +560,18 @@ class _Images:
         import torch
 
         epoch, k = item if isinstance(item, tuple) else (0, item)
-        i = int(self.indices[k])
+        i, split = int(self.indices[k]), self.split_of[k]
         if self.augment_seed is not None:
-            s = _mix(self.augment_seed, _STREAM_AUGMENT, epoch, i)
+            s = _mix(self.augment_seed, _STREAM_AUGMENT, epoch, _SPLIT_NUMBER[split], i)
             random.seed(s)
             torch.default_generator.manual_seed(s)  # the CPU generator only: torch.manual_seed costs 30x more
         try:
-            return self.transform(self.source.load(self.split, i)), int(self.labels[k]), ""
+            return self.transform(self.source.load(split, i)), int(self.labels[k]), ""
         except ProbeError as exc:  # reported by the main process: workers cannot print one clean line
             return torch.zeros(self.shape), int(self.labels[k]), str(exc)
+
+
+_SPLIT_NUMBER = {"train": 0, "val": 1, "test": 2}
 
 
 class _Batches:
@@ -602,6 +644,7 @@ class _Run:
     weights: Any
     random_init: bool
     seed: int
+    init_seed: int
     family: str | None
     data_root: Any
     cache_dir: Any
@@ -621,14 +664,66 @@ class _Run:
     def _execute(self) -> FinetuneResult:
         import torch
 
-        from ._backbones import create_backbone
         from ._runtime import resolve_device
 
         c = self.config
         self.skipped: set[str] = set()  # unreadable images left out with skip_bad
         self.dev = resolve_device(self.device)
-        self.amp_dtype, use_scaler = self._precision()
-        bb = create_backbone(self.backbone, weights=self.weights, random_init=self.random_init, seed=self.seed,
+        self.amp_dtype, self.use_scaler = self._precision()
+        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.history: list[dict] = []
+        self.refit_history: list[dict] = []
+        self.best = {"epoch": 0, "value": -math.inf, "file": None}
+        self.lp: dict | None = None
+        self.eval_loaders: dict[str, Any] = {}
+        refit = c.refit and "test" in self.split_plan
+        state = self._read_checkpoint()
+        phase = state["phase"] if state is not None else "select"
+        if phase == "refit":  # the selection is done: its outcome sets the refit's length
+            self.best, self.lp = dict(state["best"]), state["lp"]
+        start_epoch, initial_head = 0, None
+        if phase == "select":
+            start_epoch, initial_head = self._setup_phase("select", state)
+            for epoch in range(start_epoch + 1, c.epochs + 1):
+                record = self._train_epoch(epoch)
+                val = self._evaluate("val")
+                record.update({f"val_{k}": v for k, v in val["metrics"].items()}, val_loss=val["loss"])
+                improved = val["metrics"][c.select_metric] > self.best["value"]
+                if improved:
+                    self._save_best(epoch, val["metrics"][c.select_metric])
+                self.history.append(record)
+                self._save_checkpoint(epoch, "select")
+                if self.verbose:
+                    self._log(epoch, record, improved)
+            state = None
+        if refit:
+            # the chosen number of epochs again, from the same initial weights, on train+val
+            start = self._setup_phase("refit", state)
+            for epoch in range(start + 1, self.best["epoch"] + 1):
+                record = self._train_epoch(epoch)
+                self.refit_history.append(record)
+                self._save_checkpoint(epoch, "refit")
+                if self.verbose:
+                    print(f"probe: refit epoch {epoch}/{self.best['epoch']} on train+val: train loss "
+                          f"{record['train_loss']:.4f}; {record['images_per_s']:.0f} img/s", file=sys.stderr)
+        return self._finish(start_epoch, initial_head, refit)
+
+    def _setup_phase(self, phase: str, state: dict | None):
+        """Build the initial model, the optimizer and the loaders of a phase; resume from ``state`` when given.
+
+        ``select`` trains on train for ``epochs`` epochs; ``refit`` on train+val for the chosen epoch count. Both
+        start from the same weights: the backbone built exactly as extraction builds it (``num_classes=0``,
+        ``random_init`` seeded by ``init_seed``), then a new head seeded by ``seed``. Returns the epochs already
+        done (and, for ``select``, the fresh head's weights).
+        """
+        import torch
+
+        from ._backbones import create_backbone
+
+        c = self.config
+        self.model = None  # free the previous phase's model first
+        bb = create_backbone(self.backbone, weights=self.weights, random_init=self.random_init, seed=self.init_seed,
                              num_classes=0, img_size=self.img_size, family=self.family)
         self.bb = bb
         model = bb.model
@@ -644,57 +739,43 @@ class _Run:
             self.model = self.model.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True
 
-        train_split, train_idx = self.split_plan["train"]
-        self.steps_per_epoch = len(train_idx) // c.batch_size
-        self.total_steps = self.steps_per_epoch * c.epochs
+        parts = [self.split_plan["train"]] + ([self.split_plan["val"]] if phase == "refit" else [])
+        epochs = c.epochs if phase == "select" else self.best["epoch"]
+        self.phase_epochs = epochs
+        self.steps_per_epoch = sum(len(idx) for _, idx in parts) // c.batch_size
+        self.total_steps = self.steps_per_epoch * epochs
         self.warmup_steps = int(round(c.warmup_epochs * self.steps_per_epoch))
         # fused: one kernel for all tensors (CPU and CUDA); the per-tensor loop dominates a small model's step
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=c.lr, betas=(0.9, 0.999), fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            warmup_cosine(self.warmup_steps, self.total_steps))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
 
         # last.pt (weights + two AdamW moments, the old one until the new one replaces it), best weights, export
         self.ckpt_bytes = 4 * 8 * sum(p.numel() for p in self.model.parameters())
         check_free_space(self.ckpt_dir, self.ckpt_bytes, f"the checkpoints of {self.backbone}",
                          fix=" or pass --checkpoint-dir on a larger disk")
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        self.history: list[dict] = []
-        self.best = {"epoch": 0, "value": -math.inf, "file": None}
-        self.lp: dict | None = None
-        initial_head = None
-        start_epoch = self._resume()
-        if start_epoch == 0:
-            if c.mode == "lp-ft":
-                self.lp = self._linear_probe_head()
+        start_epoch, initial_head = 0, None
+        if state is not None:
+            start_epoch = self._load_state(state)
+        elif c.mode == "lp-ft":
+            self.lp = self._linear_probe_head(refit=phase == "refit")
+        if phase == "select" and start_epoch == 0:
             head = self.model.get_classifier()
             initial_head = {"weight": head.weight.detach().cpu().numpy().copy(),
                             "bias": head.bias.detach().cpu().numpy().copy()}
 
         data_config = bb.data_config
         shape = tuple(data_config["input_size"])
-        self.train_images = _Images(self.source, train_split, train_idx, train_transform(data_config, c), shape,
+        self.train_images = _Images(self.source, parts, train_transform(data_config, c), shape,
                                     augment_seed=self.seed)
-        eval_tf = bb.eval_transform()
-        self.eval_images = {s: _Images(self.source, split, idx, eval_tf, shape)
-                            for s, (split, idx) in self.split_plan.items() if s != "train"}
+        if not hasattr(self, "eval_images"):
+            eval_tf = bb.eval_transform()
+            self.eval_images = {s: _Images(self.source, [plan], eval_tf, shape)
+                                for s, plan in self.split_plan.items() if s != "train"}
         self.train_batches = _Batches()
         self.train_loader = _loader(self.train_images, self.train_batches, self.n_workers, self.dev, self.seed)
-        self.eval_loaders: dict[str, Any] = {}
-
-        for epoch in range(start_epoch + 1, c.epochs + 1):
-            record = self._train_epoch(epoch)
-            val = self._evaluate("val")
-            record.update({f"val_{k}": v for k, v in val["metrics"].items()}, val_loss=val["loss"])
-            improved = val["metrics"][c.select_metric] > self.best["value"]
-            if improved:
-                self._save_best(epoch, val["metrics"][c.select_metric])
-            self.history.append(record)
-            self._save_checkpoint(epoch)
-            if self.verbose:
-                self._log(epoch, record, improved)
-        return self._finish(start_epoch, initial_head)
+        return start_epoch if phase == "refit" else (start_epoch, initial_head)
 
     def _precision(self):
         import torch
@@ -725,7 +806,7 @@ class _Run:
         return groups
 
     # -------------------------------------------------------------------------------------------- lp-ft
-    def _linear_probe_head(self) -> dict:
+    def _linear_probe_head(self, refit: bool = False) -> dict:
         import torch
 
         from ._cache import load_split
@@ -736,7 +817,7 @@ class _Run:
         c = self.config
         splits = sorted({split for s, (split, _) in self.split_plan.items() if s in ("train", "val")})
         entries = extract_features(self.backbone, self.source.spec, splits=splits, taps=("pooled",),
-                                   weights=self.weights, random_init=self.random_init, seed=self.seed,
+                                   weights=self.weights, random_init=self.random_init, seed=self.init_seed,
                                    img_size=self.img_size, family=self.family, data_root=self.data_root,
                                    cache_dir=self.cache_dir, batch_size=max(1, self.config.batch_size),
                                    workers=self.workers, device=str(self.dev), skip_bad=c.skip_bad,
@@ -755,13 +836,17 @@ class _Run:
         X_val, y_val = rows("val")
         probe_device = str(self.dev)
         selected = c.lp_C is None
-        if selected:
+        if refit and self.lp is not None:  # the C chosen in the selection phase, fitted on train+val
+            C, selected = float(self.lp["C"]), bool(self.lp["selected"])
+        elif selected:
             res = sweep(LogisticProbe(device=probe_device), train=(X_train, y_train), val=(X_val, y_val),
                         test=None, select_metric=c.select_metric, seed=self.seed, return_result=True)
             C = float(res.selected_params["C"])
         else:
             C = float(c.lp_C)
-        est = LogisticProbe(C=C, device=probe_device).fit(X_train, y_train)
+        X_fit, y_fit = ((np.concatenate([X_train, X_val]), np.concatenate([y_train, y_val])) if refit
+                        else (X_train, y_train))
+        est = LogisticProbe(C=C, device=probe_device).fit(X_fit, y_fit)
         val_top1 = float(np.mean(est.predict(X_val) == y_val))
         W, b = probe_head(est, len(self.source.classes))
         head = self.model.get_classifier()
@@ -771,10 +856,11 @@ class _Run:
         with torch.no_grad():
             head.weight.copy_(torch.from_numpy(W))
             head.bias.copy_(torch.from_numpy(b))
-        np.savez(self.ckpt_dir / "lp_head.npz", weight=W, bias=b, C=C)
+        np.savez(self.ckpt_dir / f"lp_head{'_refit' if refit else ''}.npz", weight=W, bias=b, C=C)
         if self.verbose:
-            print(f"probe: lp-ft: logistic probe C={C:g} ({'selected on val' if selected else 'fixed'}), "
-                  f"val top1 {val_top1:.4f}; head initialised from it", file=sys.stderr)
+            print(f"probe: lp-ft: logistic probe C={C:g} ({'selected on val' if selected else 'fixed'}"
+                  f"{', fitted on train+val' if refit else ''}), val top1 {val_top1:.4f}; head initialised from it",
+                  file=sys.stderr)
         return {"C": C, "selected": selected, "val_top1": val_top1}
 
     # -------------------------------------------------------------------------------------------- training
@@ -791,7 +877,7 @@ class _Run:
         _seed_everything(_mix(self.seed, _STREAM_MODEL, epoch))
         self.train_batches.batches = batches
         set_train_mode(self.model, self.frozen)
-        bar = tqdm(total=len(batches) * c.batch_size, unit="img", desc=f"epoch {epoch}/{c.epochs}",
+        bar = tqdm(total=len(batches) * c.batch_size, unit="img", desc=f"epoch {epoch}/{self.phase_epochs}",
                    disable=not self.progress, dynamic_ncols=True, leave=False)
         loss_sum, seen, wait, start = 0.0, 0, 0.0, time.perf_counter()
         it = iter(self.train_loader)
@@ -918,7 +1004,7 @@ class _Run:
         scores, target = scores[mask], target[mask]
         loss = float(torch.nn.functional.cross_entropy(scores, target))
         scores_np = scores.numpy()
-        return {"metrics": classification_metrics(target.numpy(), scores_np, len(self.source.classes)),
+        return {"metrics": classification_metrics(target.numpy(), scores_np),
                 "loss": loss, "scores": scores_np, "labels": target.numpy(), "keep": mask.numpy()}
 
     # -------------------------------------------------------------------------------------------- checkpoints
@@ -938,12 +1024,12 @@ class _Run:
             save_safetensors(self.model, self.ckpt_dir / name, self._metadata(epoch))
         self.best = {"epoch": epoch, "value": float(value), "file": name}
 
-    def _save_checkpoint(self, epoch: int) -> None:
-        state = {"format": CHECKPOINT_FORMAT, "settings_hash": self.digest, "epoch": epoch,
+    def _save_checkpoint(self, epoch: int, phase: str) -> None:
+        state = {"format": CHECKPOINT_FORMAT, "settings_hash": self.digest, "phase": phase, "epoch": epoch,
                  "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                 "rng": _rng_state(), "history": self.history, "best": self.best, "lp": self.lp,
-                 "accum_steps": self.accum_steps}
+                 "rng": _rng_state(), "history": self.history, "refit_history": self.refit_history,
+                 "best": self.best, "lp": self.lp, "accum_steps": self.accum_steps}
         with self._space_guard(f"the epoch-{epoch} checkpoint last.pt"):
             _atomic_torch_save(state, self.ckpt_dir / "last.pt")
         # only the best file that the checkpoint names is kept (an improvement written just before a kill is
@@ -952,12 +1038,13 @@ class _Run:
             if p.name != self.best["file"]:
                 p.unlink(missing_ok=True)
 
-    def _resume(self) -> int:
+    def _read_checkpoint(self) -> dict | None:
+        """The last checkpoint of these settings, or None for a fresh run."""
         import torch
 
         path = self.ckpt_dir / "last.pt"
         if not path.is_file():
-            return 0
+            return None
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
@@ -966,18 +1053,26 @@ class _Run:
         if state.get("format") != CHECKPOINT_FORMAT or state.get("settings_hash") != self.digest:
             raise ProbeError(f"checkpoint {path} belongs to other settings; delete {self.ckpt_dir} or pass "
                              "--overwrite")
+        state.setdefault("phase", "select")
+        return state
+
+    def _load_state(self, state: dict) -> int:
+        """Restore a checkpoint into the phase just built; returns the epochs it had completed."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
         self.history, self.best, self.lp = list(state["history"]), dict(state["best"]), state["lp"]
+        self.refit_history = list(state.get("refit_history", []))
         self.accum_steps = int(state["accum_steps"])
         for p in self.ckpt_dir.glob("best-epoch*.safetensors"):
             if p.name != self.best["file"]:
                 p.unlink(missing_ok=True)
         if self.verbose:
-            print(f"probe: resuming {self.stem.name} after epoch {state['epoch']} from {path}", file=sys.stderr)
+            where = "the refit on train+val" if state["phase"] == "refit" else "selection"
+            print(f"probe: resuming {self.stem.name} ({where}) after epoch {state['epoch']} from "
+                  f"{self.ckpt_dir / 'last.pt'}", file=sys.stderr)
         return int(state["epoch"])
 
     def _log(self, epoch: int, r: dict, improved: bool) -> None:
@@ -987,37 +1082,53 @@ class _Run:
               f"{r['data_wait_share']:.0%}{' (best so far)' if improved else ''}", file=sys.stderr)
 
     # -------------------------------------------------------------------------------------------- results
-    def _finish(self, start_epoch: int, initial_head) -> FinetuneResult:
+    def _finish(self, start_epoch: int, initial_head, refit: bool) -> FinetuneResult:
         from safetensors.torch import load_file
 
+        from ._identity import identity_columns, protocol_id
+        from ._version import PROBE_VERSION
         from .results import make_row, results_frame, save_artifacts, write_results
 
         c = self.config
         best_epoch, best_file = self.best["epoch"], self.ckpt_dir / str(self.best["file"])
-        if not best_file.is_file():
-            raise ProbeError(f"best checkpoint {best_file} is missing; rerun with --overwrite")
-        self.model.load_state_dict(load_file(str(best_file), device=str(self.dev)))
+        if not refit:
+            if not best_file.is_file():
+                raise ProbeError(f"best checkpoint {best_file} is missing; rerun with --overwrite")
+            self.model.load_state_dict(load_file(str(best_file), device=str(self.dev)))
         params = self._params()
-        _, train_idx = self.split_plan["train"]
+        n_train, n_val = len(self.split_plan["train"][1]), len(self.split_plan["val"][1])
+        val_fraction = 0.0 if "val" in self.source.splits else c.val_fraction
+        test_fraction = 0.0 if "test" in self.source.splits else c.test_fraction
+        recipe = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(c).items()
+                  if k not in ("select_metric", "val_fraction", "test_fraction", "refit", "precision", "skip_bad")}
+        protocol = protocol_id(task="classification", probe="finetune", tap="-", grid=recipe,
+                               val_fraction=val_fraction, test_fraction=test_fraction, select_metric=c.select_metric,
+                               shots=0, refit=refit, probe_version=PROBE_VERSION)
         base = dict(backbone=self.backbone, family=self.bb.family, weights=self.bb.weights_id,
                     dataset=self.source.name, tap="-", probe="finetune", shots=0, seed=self.seed,
-                    val_fraction=0.0 if "val" in self.source.splits else c.val_fraction,
-                    select_metric=c.select_metric, cache_key="-", n_train=len(train_idx))
-        n_val = len(self.split_plan["val"][1])
+                    val_fraction=val_fraction, test_fraction=test_fraction, select_metric=c.select_metric,
+                    cache_key="-", protocol=protocol, n_val=n_val,
+                    **identity_columns(backbone=self.backbone, weights=self.bb.weights_id,
+                                       data_config=self.bb.data_config, precision=self._precision_name()))
         rows = [make_row(**base, params={**params, "epoch": r["epoch"]}, selected=False, split="val",
-                         n_eval=n_val, fit_seconds=r["train_seconds"], top1=r["val_top1"], top5=r["val_top5"],
-                         mean_per_class_acc=r["val_mean_per_class_acc"]) for r in self.history]
-        total_seconds = sum(r["train_seconds"] for r in self.history)
+                         n_train=n_train, n_eval=n_val, fit_seconds=r["train_seconds"], top1=r["val_top1"],
+                         top5=r["val_top5"], mean_per_class_acc=r["val_mean_per_class_acc"]) for r in self.history]
+        total_seconds = sum(r["train_seconds"] for r in self.history + self.refit_history)
         weights_path = Path(str(self.stem) + ".safetensors")
         with disk_full_guard(weights_path.parent, f"the fine-tuned weights {weights_path.name}",
-                             "the fine-tune resumes from its last checkpoint"), atomic_path(weights_path) as tmp:
-            shutil.copyfile(best_file, tmp)
+                             "the fine-tune resumes from its last checkpoint"):
+            if refit:  # the exported weights are the ones that scored test
+                save_safetensors(self.model, weights_path, {**self._metadata(best_epoch), "refit": "train+val"})
+            else:
+                with atomic_path(weights_path) as tmp:
+                    shutil.copyfile(best_file, tmp)
         test_metrics, artifacts = None, None
         if "test" in self.eval_images:
             test = self._evaluate("test")
             test_metrics = test["metrics"]
             rows.append(make_row(**base, params={**params, "epoch": best_epoch}, selected=True, split="test",
-                                 n_eval=int(test["keep"].sum()), fit_seconds=total_seconds, **test_metrics))
+                                 n_train=n_train + n_val if refit else n_train, n_eval=int(test["keep"].sum()),
+                                 fit_seconds=total_seconds, **test_metrics))
             split, idx = self.split_plan["test"]
             ids = np.asarray(self.source.ids[split])[idx][test["keep"]]
             artifacts = save_artifacts(self.stem, ids=ids, labels=test["labels"], scores=test["scores"],
@@ -1031,8 +1142,8 @@ class _Run:
         frame = results_frame(rows)
         results_path = write_results(frame, Path(str(self.stem) + ".parquet"))
         if self.verbose:
-            print(f"probe: chose epoch {best_epoch} on val ({c.select_metric} {self.best['value']:.4f})",
-                  file=sys.stderr)
+            print(f"probe: chose epoch {best_epoch} on val ({c.select_metric} {self.best['value']:.4f})"
+                  + ("; retrained on train+val for that many epochs" if refit else ""), file=sys.stderr)
         warnings = []
         chance = chance_level(self.eval_images["val"].labels, c.select_metric, len(self.source.classes))
         if self.best["value"] <= chance["threshold"]:
@@ -1047,6 +1158,11 @@ class _Run:
                               history=self.history, checkpoint_dir=self.ckpt_dir, resumed_from=start_epoch,
                               lp=self.lp, initial_head=initial_head, settings=self.settings, warnings=warnings)
 
+    def _precision_name(self) -> str:
+        import torch
+
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+
     def _params(self) -> dict:
         c = self.config
         params = {"mode": c.mode, "trainable_blocks": c.trainable_blocks, "epochs": c.epochs, "lr": c.lr,
@@ -1055,7 +1171,8 @@ class _Run:
                   "layer_decay": c.layer_decay, "clip_grad": c.clip_grad, "crop_scale": list(c.crop_scale),
                   "hflip": c.hflip, "color_jitter": c.color_jitter, "img_size": self.bb.data_config["input_size"][-1],
                   "precision": "fp32" if self.amp_dtype is None else str(self.amp_dtype).replace("torch.", ""),
-                  "chosen_epoch": self.best["epoch"], "settings_hash": self.digest[:10]}
+                  "chosen_epoch": self.best["epoch"], "refit": bool(c.refit and "test" in self.split_plan),
+                  "init_seed": self.init_seed if self.random_init else None, "settings_hash": self.digest[:10]}
         if self.lp is not None:
             params["lp_C"] = self.lp["C"]
         return params

@@ -22,6 +22,7 @@ The study file (all tables but ``[[backbones]]`` and ``[[datasets]]`` optional):
     data_root = "data"            # optional (relative to the study file)
     select_metric = "mean_per_class_acc"   # optional per-dataset override
     img_size = 224                # optional: overrides the backbone's img_size for this dataset
+    test_fraction = 0.2           # optional: carve a test split from train when the dataset has none
 
     [extract]                     # how features are computed (see probe extract-features)
     batch_size = 64
@@ -37,12 +38,13 @@ The study file (all tables but ``[[backbones]]`` and ``[[datasets]]`` optional):
     modes = ["full"]              # full | partial | lp-ft
     epochs = 10
     lr = 1e-4
+    refit = true                  # retrain the chosen epoch count on train+val before test (default)
     batch_size = 64               # any setting of probe finetune (FinetuneConfig), plus img_size, accum_steps;
                                   # select_metric and val_fraction come from [study] (shared with the sweeps)
 
     [pretrain]                    # optional: fine-tune each backbone on a source dataset first and use the
     dataset = "shapes"            # resulting weights for every transfer job (pretrain -> transfer)
-    epochs = 3
+    epochs = 3                    # (no refit on train+val unless refit = true: the weights are the product)
 
 Input paths in the file (weights, data roots, the paths of imagefolder:, csv: and official-download specs such as
 cub200:) are relative to the file; outputs
@@ -104,6 +106,7 @@ class DatasetSpec:
     select_metric: str | None = None
     img_size: int | None = None
     name: str | None = None
+    test_fraction: float = 0.0  # part of train carved off as test when the dataset has no test split
 
 
 @dataclass
@@ -182,10 +185,13 @@ def study_schema() -> dict[str, dict[str, Setting]]:
                       "random_init": Setting("bool", default=False), "img_size": size, "finetune_img_size": size,
                       "seed": Setting("int", lo=0, default=0)},
         "datasets": {"spec": Setting("str", default="imagefolder:data/pets"), "data_root": Setting("str"),
-                     "select_metric": Setting("str", choices=METRICS), "img_size": size, "name": Setting("str")},
+                     "select_metric": Setting("str", choices=METRICS), "img_size": size, "name": Setting("str"),
+                     "test_fraction": Setting("float", lo=0, hi=1, hi_open=True, default=0.0)},
         "extract": {"batch_size": Setting("int", lo=1, default=64), "workers": Setting("int", lo=0),
                     "dtype": Setting("str", choices=("float16", "float32"), default="float16"),
-                    "skip_bad": Setting("bool", default=False)},
+                    "skip_bad": Setting("bool", default=False),
+                    "precision": Setting("str", choices=("auto", "fp32", "bf16"), default="auto"),
+                    "allow_overlap": Setting("bool", default=False)},
         "sweeps": {"probes": Setting("str", many=True, nonempty=True, choices=tuple(PROBES), default=["logistic"]),
                    "taps": Setting("str", many=True, nonempty=True, default=["pooled"]),
                    "shots": Setting("int", many=True, nonempty=True, lo=0, default=[0]),
@@ -664,7 +670,10 @@ def _run_job(job: Job, study: Study, pretrained: dict[str, str], *, cache_dir, r
 
         settings = dict(job.settings)
         source = settings.pop("dataset")
-        result = finetune(bb.name, source, weights=bb.weights, random_init=bb.random_init, family=bb.family,
+        # pretraining produces weights, not a compared test score: no refit unless the study asks for it
+        settings.setdefault("refit", False)
+        result = finetune(bb.name, source, weights=bb.weights, random_init=bb.random_init, init_seed=bb.seed,
+                          family=bb.family,
                           img_size=settings.pop("img_size", bb.finetune_img_size or bb.img_size),
                           data_root=settings.pop("data_root", None), cache_dir=cache_dir, results_dir=pretrain_dir,
                           device=device, progress=progress, verbose=False, workers=extract_opts.get("workers"),
@@ -692,7 +701,8 @@ def _run_job(job: Job, study: Study, pretrained: dict[str, str], *, cache_dir, r
         before = _count_results(results_dir)
         sweep_cached(bb.name, ds.spec, probes=s["probes"], taps=s["taps"], shots=s["shots"], seeds=s["seeds"],
                      grids=s["grids"] or None, select_metric=ds.select_metric or study.select_metric,
-                     val_fraction=study.val_fraction, results_dir=results_dir, jobs=jobs, seed=bb.seed,
+                     val_fraction=study.val_fraction, test_fraction=ds.test_fraction, results_dir=results_dir,
+                     jobs=jobs, seed=bb.seed,
                      **common, **extract_opts)
         made = _count_results(results_dir) - before
         return f"{made} result files written" if made else "skipped (done before)"
@@ -701,8 +711,12 @@ def _run_job(job: Job, study: Study, pretrained: dict[str, str], *, cache_dir, r
 
         settings = dict(job.settings)
         ft_size = settings.pop("img_size", None) or bb.finetune_img_size or img_size
+        # the job's seed carves val and drives training; the backbone's own seed is its random initialisation,
+        # so a random-init fine-tune starts from the weights whose frozen features the sweeps probed
         result = finetune(bb.name, ds.spec, select_metric=ds.select_metric or study.select_metric,
-                          val_fraction=study.val_fraction, results_dir=results_dir, verbose=False,
+                          val_fraction=study.val_fraction, test_fraction=ds.test_fraction, init_seed=bb.seed,
+                          allow_overlap=bool(extract_opts.get("allow_overlap", False)),
+                          results_dir=results_dir, verbose=False,
                           workers=extract_opts.get("workers"),
                           **{**common, "img_size": ft_size}, **_finetune_kwargs(settings, bb))
         if result.skipped:

@@ -63,23 +63,44 @@ RESULT_COLUMNS: dict[str, str] = {
 _RESUME = "jobs whose results exist are skipped, the others run again"
 
 
-def classification_metrics(y_true: np.ndarray, scores: np.ndarray, n_classes: int | None = None) -> dict[str, float]:
-    """Return top1, top5 and mean per-class accuracy of ``scores`` [N, C] against integer labels ``y_true``.
+def top_k(scores: np.ndarray, k: int = 5) -> np.ndarray:
+    """Column indices of the ``k`` highest scores per row, best first; ties go to the lower column (stable).
 
-    Mean per-class accuracy averages recall over the classes that occur in ``y_true``. top5 is 1 whenever
-    the model has at most 5 classes.
+    This is the one tie rule of the package: the results' top-1/top-5, the saved ``pred``/``top5`` and any
+    recomputation from the saved scores agree even when scores tie (kNN votes tie often).
+    """
+    scores = np.asarray(scores)
+    k = min(k, scores.shape[1])
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+def classification_metrics(y_true: np.ndarray, scores: np.ndarray, classes: np.ndarray | None = None) -> dict[str, float]:
+    """Return top1, top5 and mean per-class accuracy of ``scores`` [N, C] against the class labels ``y_true``.
+
+    Parameters
+    ----------
+    y_true : array [N]
+        Class labels (dataset label space), which may include labels the model has no column for.
+    scores : array [N, C]
+        One column per class the model knows.
+    classes : array [C], optional
+        The class label of each score column (a probe's ``classes_``); default ``0..C-1``.
+
+    Ranking uses :func:`top_k` (ties to the lower column). A label without a column is always wrong, and in the
+    mean per-class accuracy it is its own class with recall 0. top5 is 1 whenever the model has at most 5 classes
+    and knows the true label.
     """
     y_true = np.asarray(y_true)
     scores = np.asarray(scores)
     if scores.ndim != 2 or len(scores) != len(y_true):
         raise ValueError(f"scores must be [N, C] with N={len(y_true)}; got shape {scores.shape}")
-    n_classes = scores.shape[1] if n_classes is None else n_classes
+    classes = np.arange(scores.shape[1]) if classes is None else np.asarray(classes)
+    if len(classes) != scores.shape[1]:
+        raise ValueError(f"classes has {len(classes)} labels for {scores.shape[1]} score columns")
     if len(y_true) == 0:
         return {m: float("nan") for m in METRICS}
-    k = min(5, scores.shape[1])
-    top = np.argpartition(-scores, kth=k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(
-        np.arange(scores.shape[1]), (len(scores), 1))
-    pred = scores.argmax(axis=1)
+    top = classes[top_k(scores, 5)]
+    pred = top[:, 0]
     return {
         "top1": float(np.mean(pred == y_true)),
         "top5": float(np.mean((top == y_true[:, None]).any(axis=1))),
@@ -88,7 +109,11 @@ def classification_metrics(y_true: np.ndarray, scores: np.ndarray, n_classes: in
 
 
 def mean_per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Mean over the classes present in ``y_true`` of the fraction of that class predicted correctly."""
+    """Mean over the classes present in ``y_true`` of the fraction of that class predicted correctly.
+
+    Both arrays hold class labels; a class the model never predicts (e.g. absent from its training data) counts
+    with recall 0, each on its own.
+    """
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
     classes, inverse = np.unique(y_true, return_inverse=True)
@@ -179,23 +204,30 @@ def job_stem(results_dir: str | os.PathLike, *, backbone: str, dataset: str, pro
 
 def save_artifacts(stem: str | os.PathLike, *, ids: np.ndarray, labels: np.ndarray, scores: np.ndarray,
                    weights: Mapping[str, np.ndarray] | None = None, classes: list[str] | None = None,
-                   max_score_cells: int = 20_000_000) -> Path:
+                   score_classes: np.ndarray | None = None, max_score_cells: int = 20_000_000) -> Path:
     """Save the selected row's test predictions (and probe weights) to ``stem + '.npz'``, atomically.
 
-    Stored arrays: ``ids``, ``labels``, ``pred`` (top-1 class), ``top5`` [N, min(5, C)], ``scores`` as
-    float16 [N, C] when N*C <= ``max_score_cells``, and every weight array as ``weight/<name>``.
+    Stored arrays: ``ids``, ``labels``, ``pred`` (top-1 class label), ``top5`` [N, min(5, C)] (class labels, best
+    first), ``score_classes`` (the class label of each score column), ``scores`` as float32 [N, C] when
+    N*C <= ``max_score_cells`` (so :func:`classification_metrics` on them gives the results' numbers exactly),
+    ``classes`` (the dataset's class names, index = label) and every weight array as ``weight/<name>``.
+    Predictions are always labels, never column indices: a model whose training data lacked a class still
+    scores correctly. Ranking ties go to the lower column (:func:`top_k`).
     """
     scores = np.asarray(scores, dtype=np.float32)
-    k = min(5, scores.shape[1])
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    score_classes = np.arange(scores.shape[1]) if score_classes is None else np.asarray(score_classes)
+    if len(score_classes) != scores.shape[1]:
+        raise ValueError(f"score_classes has {len(score_classes)} labels for {scores.shape[1]} score columns")
+    top = score_classes[top_k(scores, 5)].astype(np.int64)
     arrays: dict[str, np.ndarray] = {
         "ids": np.asarray(ids, dtype=str),
         "labels": np.asarray(labels, dtype=np.int64),
-        "pred": top[:, 0].astype(np.int64),
-        "top5": top.astype(np.int32),
+        "pred": top[:, 0],
+        "top5": top,
+        "score_classes": score_classes.astype(np.int64),
     }
     if scores.size <= max_score_cells:
-        arrays["scores"] = scores.astype(np.float16)
+        arrays["scores"] = scores
     if classes is not None:
         arrays["classes"] = np.asarray(classes, dtype=str)
     for name, value in (weights or {}).items():

@@ -73,7 +73,9 @@ def test_results_schema_and_epoch_chosen_on_val(digits_run):
     assert params["mode"] == "full" and params["lr"] == 2e-3 and params["batch_size"] == 32
     assert params["img_size"] == 32 and params["label_smoothing"] == 0.1 and params["layer_decay"] is None
     assert val["val_fraction"][0] == pytest.approx(0.2)  # digits has no val: carved as the sweeps do
-    assert test["n_eval"][0] == 450 and test["n_train"][0] == 1347 - val["n_eval"][0]
+    # refit (default): the chosen epoch count retrained on train+val, so test's n_train is the whole train split
+    assert test["n_eval"][0] == 450 and test["n_train"][0] == 1347 and params["refit"] is True
+    assert set(val["n_train"]) == {1347 - val["n_eval"][0]} and set(frame["n_val"]) == {val["n_eval"][0]}
     assert test["top1"][0] == pytest.approx(result.test_metrics["top1"])
     art = load_artifacts(result.results_path)
     assert art["scores"].shape == (450, 10) and list(art["classes"]) == [str(i) for i in range(10)]
@@ -129,13 +131,39 @@ def test_resume_after_kill_equals_uninterrupted(digits_run, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)  # mid-training: epoch 1 is on disk, epoch 2 is running
     proc.wait()
     assert not list((tmp_path / "results").rglob("*.parquet"))
-    done = _cli(DIGITS_CLI + ["--results-dir", tmp_path / "results", "--cache-dir", tmp_path / "cache"], tmp_path)
+    done = _cli(DIGITS_CLI + ["--results-dir", tmp_path / "results", "--cache-dir", tmp_path / "cache"], tmp_path,
+                timeout=250)  # the rest of the selection, then the refit on train+val
     assert done.returncode == 0, done.stderr
     assert "resuming" in done.stderr
     resumed = pl.read_parquet(next((tmp_path / "results").rglob("*.parquet")))
     ref = pl.read_parquet(reference.results_path)
     assert resumed.filter(pl.col("selected"))["top1"][0] == ref.filter(pl.col("selected"))["top1"][0]
     assert resumed["top1"].to_list() == ref["top1"].to_list()  # every epoch's val score too
+    a, b = load_artifacts(next((tmp_path / "results").rglob("*.npz"))), load_artifacts(reference.results_path)
+    np.testing.assert_array_equal(a["scores"], b["scores"])
+
+
+def test_kill_during_the_refit_resumes_to_the_same_result(digits_run, tmp_path):
+    """kill -9 once the refit on train+val has written its first checkpoint; the rerun finishes the refit from
+    there and ends with the uninterrupted run's rows and test scores."""
+    _, reference = digits_run
+    args = DIGITS_CLI + ["--results-dir", tmp_path / "results", "--cache-dir", tmp_path / "cache"]
+    proc = _cli(args, tmp_path, popen=True)
+    seen = []
+    for line in proc.stderr:  # verbose log lines, unbuffered
+        seen.append(line)
+        if line.startswith("probe: refit epoch 1/"):
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
+    assert any(s.startswith("probe: refit epoch 1/") for s in seen), "".join(seen)
+    assert not list((tmp_path / "results").rglob("*.parquet"))
+    done = _cli(args, tmp_path, timeout=250)
+    assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stderr and "refit on train+val" in done.stderr
+    resumed = pl.read_parquet(next((tmp_path / "results").rglob("*.parquet")))
+    ref = pl.read_parquet(reference.results_path)
+    assert resumed["top1"].to_list() == ref["top1"].to_list()
     a, b = load_artifacts(next((tmp_path / "results").rglob("*.npz"))), load_artifacts(reference.results_path)
     np.testing.assert_array_equal(a["scores"], b["scores"])
 

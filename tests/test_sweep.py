@@ -82,7 +82,7 @@ def test_ties_go_to_the_strongest_regularisation(data):
     f = probe.sweep(LogisticProbe(max_iter=50), train, val, test, grid={"C": [1e-9, 2e-9]})
     vals = f.filter(pl.col("split") == "val")
     if vals["top1"][0] == vals["top1"][1]:
-        assert json.loads(f.filter(pl.col("selected"))["params"][0]) == {"C": 1e-9}
+        assert json.loads(f.filter(pl.col("selected"))["params"][0]) == {"C": 1e-9, "converged": True}
 
 
 def test_val_is_carved_and_recorded_when_missing(data):

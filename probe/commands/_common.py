@@ -67,6 +67,12 @@ def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="torch device: auto (cuda if present, else cpu), cpu, cuda, cuda:1")
     parser.add_argument("--dtype", choices=["float16", "float32"], default="float16",
                         help="storage dtype of cached features; float16 falls back to float32 for a tap that overflows")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="compute precision of the forward passes: auto = bf16 autocast on CUDA, fp32 elsewhere "
+                             "(part of the cache key and of the results' backbone configuration)")
+    parser.add_argument("--allow-overlap", action=argparse.BooleanOptionalAction, default=False,
+                        help="accept the same image (same path or identical file) in two splits; by default that "
+                             "is an error naming both entries")
     parser.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
                         help="skip unreadable images (their ids are recorded in the cache's 'skipped' attribute) "
                              "instead of stopping with an error")
@@ -88,6 +94,8 @@ def extraction_kwargs(args: argparse.Namespace) -> dict:
         workers=args.workers,
         device=args.device,
         dtype=args.dtype,
+        precision=args.precision,
         skip_bad=args.skip_bad,
+        allow_overlap=args.allow_overlap,
         progress=args.progress,
     )

@@ -1,6 +1,7 @@
 """Fine-tune a whole timm backbone (or its last blocks) with a new head, on the same splits as the probe sweeps.
 
-The epoch is chosen on val (the dataset's own, or the same carve of train as the sweeps) and scored once on
+The epoch count is chosen on val (the dataset's own, or the same carve of train as the sweeps); by default the
+network is then retrained on train+val for that many epochs (--refit, as the probes refit) and scored once on
 test. Results go to the same table as the probes (probe = finetune, tap = -), with the test predictions and the
 best weights (safetensors, usable as --weights for extract-features) beside them. A checkpoint is written after
 every epoch: after an interruption the same command resumes from the last completed epoch. Prints the test
@@ -68,7 +69,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lp-c", type=float, default=d.lp_C, metavar="C",
                         help="lp-ft: the logistic probe's C (default: selected on val over the sweeps' grid)")
     parser.add_argument("--seed", type=int, default=0,
-                        help="seed of --random-init, the val carve, the new head, shuffling and augmentation")
+                        help="seed of the val carve, the new head, shuffling and augmentation (and of --random-init "
+                             "unless --init-seed is given)")
+    parser.add_argument("--init-seed", type=int, default=None, metavar="S",
+                        help="seed of --random-init (default: --seed): the same weights as features extracted with "
+                             "--random-init --seed S")
+    parser.add_argument("--refit", action=argparse.BooleanOptionalAction, default=d.refit,
+                        help="after choosing the epoch count on val, retrain that many epochs on train+val and score "
+                             "that model on test (as the probes refit); --no-refit scores the chosen epoch's weights")
+    parser.add_argument("--test-fraction", type=float, default=d.test_fraction, metavar="F",
+                        help="for a dataset without a test split: part of each class of train carved off as test "
+                             "(the same images as the sweeps' --test-fraction)")
+    parser.add_argument("--allow-overlap", action=argparse.BooleanOptionalAction, default=False,
+                        help="accept the same image (same path or identical file) in two splits")
     parser.add_argument("--val-fraction", type=float, default=d.val_fraction, metavar="X",
                         help="part of train carved off as val when the dataset has no val split")
     parser.add_argument("--select-metric", choices=METRICS, default=d.select_metric,
@@ -104,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
         clip_grad=args.clip_grad or None, crop_scale=tuple(args.crop_scale), hflip=args.hflip,
         color_jitter=args.color_jitter, lp_C=args.lp_c, img_size=args.img_size, weights=args.weights,
         random_init=args.random_init, seed=args.seed, family=args.family, val_fraction=args.val_fraction,
-        select_metric=args.select_metric, precision=args.precision, skip_bad=args.skip_bad,
+        select_metric=args.select_metric, precision=args.precision, skip_bad=args.skip_bad, refit=args.refit,
+        test_fraction=args.test_fraction, init_seed=args.init_seed, allow_overlap=args.allow_overlap,
         data_root=args.data_root, cache_dir=Path(args.cache_dir), results_dir=Path(args.results_dir),
         checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep_checkpoints, overwrite=args.overwrite,
         device=args.device, workers=args.workers, progress=args.progress)

@@ -5,6 +5,7 @@ Features come from the cache (whatever is missing is extracted first, through th
 directory, plus the selected probe's weights and test predictions beside it; jobs whose parquet exists are
 skipped unless --overwrite. When the dataset has no val split, a stratified part of train is held out as val
 (--val-fraction, seeded by each --seeds value); few-shot draws happen after that carve, from the rest of train.
+A dataset without a test split gets no test rows unless --test-fraction carves one (said at sweep time).
 Prints one line per job: probe, tap, shots, seed, the selected setting and its test top-1, and the file.
 """
 
@@ -39,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "Flowers-102, Caltech-101, Aircraft and Pets)")
     parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION, metavar="F",
                         help="part of each class of train held out as val when the dataset has no val split")
+    parser.add_argument("--test-fraction", type=float, default=0.0, metavar="F",
+                        help="for a dataset without a test split (e.g. a flat imagefolder): part of each class of "
+                             "train carved off as test (seeded, the same for every job); default 0 = no test rows")
     parser.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                         help="re-run jobs whose results already exist")
     add_extraction_arguments(parser)
@@ -50,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     # Checked before anything is extracted, so a typo costs nothing.
     if not 0.0 < args.val_fraction < 1.0:
         raise UsageError(f"--val-fraction must be in (0, 1); got {args.val_fraction}. Use e.g. --val-fraction 0.2")
+    if not 0.0 <= args.test_fraction < 1.0:
+        raise UsageError(f"--test-fraction must be in [0, 1); got {args.test_fraction}. Use e.g. --test-fraction 0.2")
     if any(k < 0 for k in args.shots):
         raise UsageError(f"--shots must be 0 (all) or positive; got {args.shots}")
     if args.jobs < 1:
@@ -63,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     taps = kwargs.pop("taps")
     paths = sweep_cached(args.backbone, dataset_spec(args), probes=args.probes, taps=taps, shots=args.shots,
                          seeds=args.seeds, select_metric=args.select_metric, val_fraction=args.val_fraction,
-                         results_dir=args.results_dir, jobs=args.jobs, overwrite=args.overwrite, **kwargs)
+                         test_fraction=args.test_fraction, results_dir=args.results_dir, jobs=args.jobs, overwrite=args.overwrite, **kwargs)
     for path in paths:
         row = pl.read_parquet(path).filter(pl.col("selected")).row(0, named=True)
         print(f"{row['probe']}\t{row['tap']}\tshots={row['shots']}\tseed={row['seed']}\t{row['params']}\t"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,8 @@ class LogisticProbe(ProbeBase):
     intercept_ : ndarray [n_classes] (or [1])
     n_iter_ : int
         L-BFGS iterations used by the last fit.
+    converged_ : bool
+        False when the last fit stopped at ``max_iter`` (a ConvergenceWarning is issued, as scikit-learn does).
     """
 
     name = "logistic"
@@ -81,6 +84,12 @@ class LogisticProbe(ProbeBase):
             init = tuple(t.to(X.device) for t in init)
         W, b, n_iter = self._lbfgs(X, y_index, len(self.classes_), float(self.C), init=init)
         self._set_solution(W, b, n_iter)
+        self.converged_ = self._last_converged
+        if not self.converged_:
+            from sklearn.exceptions import ConvergenceWarning
+
+            warnings.warn(f"L-BFGS did not converge in max_iter={self.max_iter} iterations (C={self.C:g}); "
+                          "increase max_iter or scale the features", ConvergenceWarning, stacklevel=3)
 
     def _set_solution(self, W: torch.Tensor, b: torch.Tensor, n_iter: int) -> None:
         self._W, self._b = W.detach(), b.detach()
@@ -135,6 +144,7 @@ class LogisticProbe(ProbeBase):
                                     options={"maxiter": self.max_iter, "maxls": 50, "gtol": self.tol,
                                              "ftol": 64 * np.finfo(float).eps, "maxcor": self.history_size})
         self._last_func_evals = int(res.nfev)
+        self._last_converged = int(res.status) != 1  # scipy's status 1: the iteration limit was reached
         theta = torch.from_numpy(res.x).to(device=X.device, dtype=X.dtype)
         W, c = theta[:n_w].view(n_out, d), theta[n_w:]
         return W, c - W @ mu, int(res.nit)
