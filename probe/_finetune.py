@@ -999,7 +999,8 @@ class _Run:
         self.model.load_state_dict(load_file(str(best_file), device=str(self.dev)))
         params = self._params()
         _, train_idx = self.split_plan["train"]
-        base = dict(backbone=self.backbone, family=self.bb.family, weights=self.bb.weights_id,
+        base = dict(backbone=self.backbone, family=self.bb.family, family_source=self.bb.family_source,
+                    weights=self.bb.weights_id,
                     dataset=self.source.name, tap="-", probe="finetune", shots=0, seed=self.seed,
                     val_fraction=0.0 if "val" in self.source.splits else c.val_fraction,
                     select_metric=c.select_metric, cache_key="-", n_train=len(train_idx))
