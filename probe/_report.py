@@ -279,7 +279,7 @@ class _Report:
         if not records:
             return lines + ["_No dataset has results from two families under the same protocol; family comparison "
                             "omitted._", ""]
-        kinds = {r["weights_kind"] for r in records}
+        kinds = {a.weights_kind(w) for w in self.jobs["weights"].to_list()}
         lines += [f"Each family's score on a dataset is the mean over its backbone configurations (each with its "
                   f"val-selected protocol). The {self.pct} interval of a difference comes from a two-level paired "
                   "bootstrap: every resample draws the test images (the same for every backbone) and, within each "

@@ -242,6 +242,14 @@ def test_cli_writes_the_report_and_prints_its_path(tmp_path):
         _assert_png(png)
 
 
+def test_cli_defaults_to_results_like_every_other_command(tmp_path):
+    write_fixture(tmp_path / "results", backbones=["cnn_c"], layerwise=False, few_shot=False)
+    proc = _cli("--n-boot", 50, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()) == (tmp_path / "report" / "report.md").resolve()
+    assert (tmp_path / "report" / "report.md").is_file()
+
+
 @pytest.mark.parametrize("args", [["missing"], ["empty"], ["results", "--n-boot", "0"]])
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, args):
     (tmp_path / "empty").mkdir()

@@ -158,7 +158,7 @@ def layerwise_figure(protocols, *, metric: str = "top1", relative_depth: bool = 
         :func:`aggregate_seeds` rows of one dataset (others than block taps are ignored). Error bars come from
         ``<metric>_low``/``<metric>_high`` (see :func:`with_intervals`) when present, else the sd over seeds.
     relative_depth : bool
-        Put depth on a relative axis, block / number of blocks (0 = first block, 1 = the output), so backbones of
+        Put depth on a relative axis, (block index + 1) / number of blocks (1 = the last block), so backbones of
         different depth line up.
     n_blocks : dict, optional
         Number of blocks per ``backbone_config`` (or per ``backbone``); default: the largest non-negative block
@@ -189,7 +189,7 @@ def layerwise_figure(protocols, *, metric: str = "top1", relative_depth: bool = 
                         **styles.of(config))
         if not relative_depth:
             ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_xlabel("relative depth (block / number of blocks)" if relative_depth
+        ax.set_xlabel("relative depth ((block index + 1) / number of blocks)" if relative_depth
                       else "block index (tap block<i>)", fontsize=8)
         ax.set_ylabel(f"test {metric_name(metric)}{_unit(metric)}", fontsize=8)
     _legend_outside(fig, axes)
