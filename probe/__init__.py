@@ -45,10 +45,11 @@ _LAZY = {
     "scan_results": "probe.results",
 }
 
-__all__ = ["ProbeError", "UsageError", "CACHE_FORMAT", "PROBE_VERSION", "__version__", *_LAZY]
+__all__ = ["ProbeError", "UsageError", "CACHE_FORMAT", "PROBE_VERSION", "__version__", "analysis", *_LAZY]
 
 
-#: public subpackages, imported on first attribute access (``probe.analysis``)
+#: public submodules, imported on first attribute access (``probe.analysis``: selection, seed means, bootstrap,
+#: figures; the layer the report, the notebooks and the console summary share)
 _SUBMODULES = {"analysis", "results", "vocab"}
 
 

@@ -263,7 +263,7 @@ class _Report:
     # ----------------------------------------------------------------------------------------- families
 
     def _section_families(self) -> list[str]:
-        a, pl = self.a, self.pl
+        a = self.a
         lines = ["## Families", ""]
         fams = sorted(set(self.jobs["family"].to_list()), key=a.family_order) if self.jobs.height else []
         if len(fams) < 2:
@@ -320,7 +320,9 @@ class _Report:
                         lines.append(f"  **The evidence does not separate {na} and {nb}** ({side}{kind}): over "
                                      f"{w['datasets']} dataset(s) the wins are not more uneven than chance (sign "
                                      f"test p = {w['p_value']:.3g} ≥ 0.05); the {self.pct} interval excludes 0 on "
-                                     f"{w['separated']} of {w['datasets']} dataset(s).")
+                                     f"{w['separated']} of {w['datasets']} dataset(s)."
+                                     + (" With fewer than 6 datasets (ties aside) no split of wins reaches p < 0.05."
+                                        if w["datasets"] - w["ties"] < 6 else ""))
             fig = a.family_figure(recs, title=f"{na} − {nb}: mean over each family's backbones, {self.pct} CI "
                                               "(resampling test images and backbones)")
             lines += ["", f"![{na} vs {nb}]({self._save(fig, f'families-{fa}-vs-{fb}')})", ""]
@@ -348,8 +350,8 @@ class _Report:
             return lines + ["_No `block<i>` taps in the results; layer-wise curves omitted._", ""]
         lines += [f"Test top-1 of probes on intermediate blocks (`block<i>` taps) per configuration, seeds averaged, "
                   f"with {self.pct} bootstrap intervals over test images. Negative indices count from the last "
-                  "block; the figure puts depth on a relative axis (block / number of blocks) when configurations "
-                  "differ in depth.", ""]
+                  "block; the figure puts depth on a relative axis ((block index + 1) / number of blocks) when "
+                  "configurations differ in depth.", ""]
         for dataset in self.datasets:
             sub = blocks.filter(pl.col("dataset") == dataset)
             if not sub.height:

@@ -12,7 +12,7 @@ The study file (all tables but ``[[backbones]]`` and ``[[datasets]]`` optional):
 
     [[backbones]]
     name = "vit_base_patch16_224.augreg_in21k"   # timm name with tag
-    family = "transformer"        # optional override of the derived family
+    family = "transformer"        # optional override of the families table (probe.family_of)
     weights = "ckpt.safetensors"  # optional local file (relative to the study file); or random_init = true
     img_size = 224                # optional: input size for frozen features
     finetune_img_size = 384       # optional: input size for fine-tuning (default img_size)

@@ -118,12 +118,21 @@ def _panels(titles: list[str], *, sharey: bool = True):
 
 
 def _legend_outside(fig, axes) -> None:
+    """One legend entry per configuration across panels, below the panels (clear of the title)."""
     handles: dict = {}
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8, frameon=False)
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", fontsize=8, frameon=False,
+                   ncols=1 if fig.get_figwidth() < 9 else 2)
+
+
+def _wrapped(text: str, fig, *, scale: float = 1.0) -> str:
+    """``text`` broken into lines that fit the figure's width at a 10 pt title (titles are never clipped)."""
+    import textwrap
+
+    return textwrap.fill(text, width=max(30, int(fig.get_figwidth() * 13 * scale)), break_long_words=False)
 
 
 def _errors(frame, metric: str, scale: float):
@@ -193,7 +202,7 @@ def layerwise_figure(protocols, *, metric: str = "top1", relative_depth: bool = 
                       else "block index (tap block<i>)", fontsize=8)
         ax.set_ylabel(f"test {metric_name(metric)}{_unit(metric)}", fontsize=8)
     _legend_outside(fig, axes)
-    fig.suptitle(title or f"layer-wise test {metric_name(metric)}", fontsize=10)
+    fig.suptitle(_wrapped(title or f"layer-wise test {metric_name(metric)}", fig), fontsize=10)
     return fig
 
 
@@ -234,8 +243,8 @@ def few_shot_figure(protocols, *, metric: str = "top1", styles: Styles | None = 
         ax.set_xlabel("training examples per class (shots, log scale)", fontsize=8)
         ax.set_ylabel(f"test {metric_name(metric)}{_unit(metric)}", fontsize=8)
     _legend_outside(fig, axes)
-    fig.suptitle(title or f"few-shot test {metric_name(metric)}, mean ± sd over seeds; dotted: all training data",
-                 fontsize=10)
+    fig.suptitle(_wrapped(title or f"few-shot test {metric_name(metric)}, mean ± sd over seeds; dotted: all "
+                          "training data", fig), fontsize=10)
     return fig
 
 
@@ -278,8 +287,8 @@ def frozen_vs_finetune_figure(gains, *, metric: str = "top1", styles: Styles | N
         ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
     fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
-    ax.set_title(title or "best frozen probe vs fine-tuning (error bars: bootstrap CI over test images)",
-                 fontsize=10)
+    ax.set_title(_wrapped(title or "best frozen probe vs fine-tuning (error bars: bootstrap CI over test images)",
+                          fig, scale=0.75), fontsize=10)
     return fig
 
 
@@ -319,7 +328,8 @@ def gain_figure(gains, *, metric: str = "top1", styles: Styles | None = None, ti
     ax.set_ylabel(f"fine-tune − best frozen probe\ntest {metric_name(metric)}{unit}")
     ax.grid(axis="y", alpha=0.3)
     fig.legend(loc="outside right upper", fontsize=8, frameon=False)
-    ax.set_title(title or "gain from fine-tuning (selection on val; paired bootstrap CI)", fontsize=10)
+    ax.set_title(_wrapped(title or "gain from fine-tuning (selection on val; paired bootstrap CI)", fig,
+                          scale=0.75), fontsize=10)
     return fig
 
 
@@ -365,7 +375,8 @@ def finetune_scatter_figure(gains, *, metric: str = "top1", styles: Styles | Non
     ax.set_ylabel(f"fine-tuning, test {metric_name(metric)}{_unit(metric)}")
     ax.grid(alpha=0.3)
     fig.legend(loc="outside right upper", fontsize=7, frameon=False)
-    ax.set_title(title or "frozen vs fine-tuned (error bars: bootstrap CI over test images)", fontsize=10)
+    ax.set_title(_wrapped(title or "frozen vs fine-tuned (error bars: bootstrap CI over test images)", fig,
+                          scale=0.7), fontsize=10)
     return fig
 
 
@@ -399,10 +410,12 @@ def family_figure(comparisons: list[dict], *, title: str | None = None):
     ax.set_ylim(-0.6, len(comparisons) - 0.4)
     na, nb = FAMILY_NAMES.get(fa, fa), FAMILY_NAMES.get(fb, fb)
     unit = " (percentage points)" if _is_fraction(metric) else ""
-    ax.set_xlabel(f"{na} − {nb}: mean test {metric_name(metric)} over each family's backbones{unit}")
+    better = na if _is_fraction(metric) else nb
+    ax.set_xlabel(_wrapped(f"{na} − {nb}: difference of the families' mean test {metric_name(metric)}{unit}; "
+                           f"right of 0: {better} better", fig, scale=0.85))
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title(title or f"{na} vs {nb}: CI resamples test images and, within each family, backbones",
-                 fontsize=10)
+    ax.set_title(_wrapped(title or f"{na} vs {nb}: CI resamples test images and, within each family, backbones",
+                          fig, scale=0.85), fontsize=10)
     return fig
 
 
