@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ._errors import UsageError
 from ._io import safe_name as _safe, write_text_atomic
-from .vocab import FINETUNE
+from .vocab import DEFAULT_TASK, FINETUNE, TASK_METRICS
 
 _METRIC_HEAD = {"top1": "top-1", "top5": "top-5", "mean_per_class_acc": "mean per-class"}
 
@@ -124,6 +124,15 @@ class _Report:
         self.pl = pl
         self.kw = dict(n_boot=self.n_boot, seed=self.seed, ci=self.ci)
         self.pct = f"{self.ci:.0%}"
+        # The headline metric is the task's (top1 for classification); tables and figures take it as a parameter.
+        tasks = sorted(set(self.jobs["task"].to_list())) if self.jobs.height else []
+        self.metric = analysis.primary_metric(tasks[0] if tasks else None)
+        self.extra = [m for m in TASK_METRICS.get(tasks[0] if tasks else DEFAULT_TASK, ())[1:]
+                      if m in analysis.BOOTSTRAP_METRICS and m != "top5"]
+        self.head = _METRIC_HEAD.get(self.metric, self.metric)
+        if len(tasks) > 1:
+            self.notes.append(f"results hold several tasks ({', '.join(tasks)}); this report covers {tasks[0]}.")
+            self.jobs = self.jobs.filter(pl.col("task") == tasks[0])
         self.styles = analysis.Styles.from_frame(self.jobs) if self.jobs.height else analysis.Styles()
         self.protocols = analysis.aggregate_seeds(self.jobs)
         full = self.protocols.filter(pl.col("shots") == 0)
@@ -196,7 +205,8 @@ class _Report:
 
     def _gains(self):
         if not hasattr(self, "_gain_frame"):
-            self._gain_frame = self.a.finetune_gains(self.best_frozen, self.best_ft, metric="top1", **self.kw)
+            self._gain_frame = self.a.finetune_gains(self.best_frozen, self.best_ft, metric=self.metric,
+                                                     extra_metrics=self.extra, **self.kw)
         return self._gain_frame
 
     def _section_protocols(self) -> list[str]:
@@ -214,10 +224,12 @@ class _Report:
         for side, name, present in (("frozen", "best frozen probe", has_fz), ("finetune", "fine-tuning", has_ft)):
             if present:
                 short = "frozen" if side == "frozen" else "fine-tune"
-                header += [f"{name} (val-selected)", f"{short} top-1 (%)", f"{short} mean per-class (%)",
+                header += [f"{name} (val-selected)", f"{short} {self.head} (%)",
+                           *(f"{short} {_METRIC_HEAD.get(m, m)} (%)" for m in self.extra),
                            f"{short} seeds", f"{short} train images"]
         if has_fz and has_ft:
-            header += [f"gain top-1 (pp) [{self.pct} CI]", f"gain mean per-class (pp) [{self.pct} CI]"]
+            header += [f"gain {self.head} (pp) [{self.pct} CI]",
+                       *(f"gain {_METRIC_HEAD.get(m, m)} (pp) [{self.pct} CI]" for m in self.extra)]
         header.append("test images")
         align = ["---:" if ("(%)" in h or "(pp)" in h or h.endswith(("seeds", "images"))) else "---" for h in header]
         for dataset in self.datasets:
@@ -232,32 +244,33 @@ class _Report:
                     if not present:
                         continue
                     if r[f"{side}_method"] is None:
-                        cells += ["—"] * 5
+                        cells += ["—"] * (4 + len(self.extra))
                         continue
                     n = r[f"{side}_n"]
                     cells += [r[f"{side}_method"], _pct(r[side], r[f"{side}_sd"], n),
-                              _pct(r[f"{side}_mean_per_class_acc"]), str(n), _int(r[f"{side}_n_train"])]
+                              *(_pct(r[f"{side}_{m}"]) for m in self.extra), str(n), _int(r[f"{side}_n_train"])]
                 n_test = r["gain_n"] or r["frozen_n_eval"] or r["finetune_n_eval"]
                 if has_fz and has_ft:
                     if r["gain"] is None:
-                        cells += ["—", "—"]
+                        cells += ["—"] * (1 + len(self.extra))
                     elif r["gain_low"] is None:
-                        cells += [f"{r['gain'] * 100:+.1f} (no CI: {r['note']})", "—"]
+                        cells += [f"{r['gain'] * 100:+.1f} (no CI: {r['note']})"] + ["—"] * len(self.extra)
                     else:
                         cells += [_ci(r["gain"], r["gain_low"], r["gain_high"]),
-                                  _ci(r["mean_per_class_acc_gain"], r["mean_per_class_acc_gain_low"],
-                                      r["mean_per_class_acc_gain_high"])]
+                                  *(_ci(r[f"{m}_gain"], r[f"{m}_gain_low"], r[f"{m}_gain_high"])
+                                    for m in self.extra)]
                         if r["note"]:
                             self.notes.append(f"{r['config_label']} on {dataset}: {r['note']}.")
                 lines.append("| " + " | ".join(cells + [_int(n_test)]) + " |")
             fig = self.a.frozen_vs_finetune_figure(gains.filter(pl.col("dataset") == dataset), styles=self.styles,
+                                                   metric=self.metric,
                                                    title=f"{dataset}: best frozen probe vs fine-tuning (error bars: "
                                                          f"{self.pct} bootstrap CI over test images)")
             gain = ("Gain = fine-tune − best frozen probe of the same configuration, on the same test images; "
                     "train images = examples each side was trained on (after the refit on train+val). "
                     if has_fz and has_ft else "")
-            lines += ["", f"{gain}![{dataset}: frozen vs fine-tuning]({self._save(fig, f'{dataset}-frozen-vs-finetune')})",
-                      ""]
+            png = self._save(fig, f"{dataset}-frozen-vs-finetune")
+            lines += ["", f"{gain}![{dataset}: frozen vs fine-tuning]({png})", ""]
         return lines
 
     # ----------------------------------------------------------------------------------------- families
@@ -273,7 +286,7 @@ class _Report:
                  if best.height]
         records = []
         for side, best in sides:
-            for rec in a.compare_families(best, **self.kw):
+            for rec in a.compare_families(best, metric=self.metric, **self.kw):
                 rec["side"] = side
                 records.append(rec)
         if not records:
@@ -293,8 +306,8 @@ class _Report:
             recs = [r for r in records if (r["family_a"], r["family_b"]) == (fa, fb)]
             weights_col = len(kinds) > 1
             lines += [f"### {na} vs {nb}", "",
-                      f"| dataset | side |{' weights |' if weights_col else ''} {na} (top-1 %, mean of n) | "
-                      f"{nb} (top-1 %, mean of n) | difference {na} − {nb} (pp) [{self.pct} CI] | test images | "
+                      f"| dataset | side |{' weights |' if weights_col else ''} {na} ({self.head} %, mean of n) | "
+                      f"{nb} ({self.head} %, mean of n) | difference {na} − {nb} (pp) [{self.pct} CI] | test images | "
                       "separated |",
                       f"|---|---|{'---|' if weights_col else ''}---:|---:|---:|---:|---|"]
             for r in recs:
@@ -348,7 +361,8 @@ class _Report:
             pl.col("tap").str.contains(r"^block-?\d+$"))
         if not blocks.height:
             return lines + ["_No `block<i>` taps in the results; layer-wise curves omitted._", ""]
-        lines += [f"Test top-1 of probes on intermediate blocks (`block<i>` taps) per configuration, seeds averaged, "
+        lines += [f"Test {self.head} of probes on intermediate blocks (`block<i>` taps) per configuration, seeds "
+                  "averaged, "
                   f"with {self.pct} bootstrap intervals over test images. Negative indices count from the last "
                   "block; the figure puts depth on a relative axis ((block index + 1) / number of blocks) when "
                   "configurations differ in depth.", ""]
@@ -356,21 +370,24 @@ class _Report:
             sub = blocks.filter(pl.col("dataset") == dataset)
             if not sub.height:
                 continue
-            sub = a.with_intervals(sub, metric="top1", **self.kw)
+            sub = a.with_intervals(sub, metric=self.metric, **self.kw)
             counts = {c: max((a.block_index(t) for t in g["tap"]), default=0) + 1
                       for (c,), g in sub.group_by("backbone_config")}
-            fig = a.layerwise_figure(sub, relative_depth=len(set(counts.values())) > 1, styles=self.styles,
+            fig = a.layerwise_figure(sub, metric=self.metric, relative_depth=len(set(counts.values())) > 1,
+                                     styles=self.styles,
                                      title=f"{dataset}: layer-wise probe accuracy (error bars: {self.pct} bootstrap "
                                            "CI over test images)")
             lines += [f"### {dataset}", "", f"![{dataset}: layer-wise]({self._save(fig, f'{dataset}-layerwise')})",
-                      "", f"| configuration | probe | block | seeds | test top-1 (%) [{self.pct} CI] | test images |",
+                      "", f"| configuration | probe | block | seeds | test {self.head} (%) [{self.pct} CI] | "
+                      "test images |",
                       "|---|---|---:|---:|---:|---:|"]
             rows = sorted(sub.to_dicts(), key=lambda r: (self.styles.configs.index(r["backbone_config"]), r["probe"],
                                                          a.block_index(r["tap"])))
             for r in rows:
-                cell = _pct(r["top1"], r["top1_sd"], r["n"])
-                if r["top1_low"] is not None:
-                    cell += f" [{r['top1_low'] * 100:.1f}, {r['top1_high'] * 100:.1f}]"
+                m = self.metric
+                cell = _pct(r[m], r[f"{m}_sd"], r["n"])
+                if r[f"{m}_low"] is not None:
+                    cell += f" [{r[f'{m}_low'] * 100:.1f}, {r[f'{m}_high'] * 100:.1f}]"
                 lines.append(f"| `{r['config_label']}` | {r['probe']} | {a.block_index(r['tap'])} | {r['n']} | {cell} "
                              f"| {_int(r['n_eval'])} |")
             lines.append("")
@@ -382,7 +399,8 @@ class _Report:
         few = self.protocols.filter(pl.col("shots") > 0)
         if not few.height:
             return lines + ["_No few-shot results (shots > 0); few-shot curves omitted._", ""]
-        lines += ["Test top-1 with k training examples per class, per configuration and protocol; mean ± standard "
+        lines += [f"Test {self.head} with k training examples per class, per configuration and protocol; mean ± "
+                  "standard "
                   "deviation over seeds (each seed draws different training examples), n = seeds. Error bars in "
                   "the figure are the same spread; the dotted line is the same probe and tap on all training data. "
                   "val images = labelled val examples that chose the hyperparameters.", ""]
@@ -393,16 +411,17 @@ class _Report:
             ref = self.protocols.filter((pl.col("dataset") == dataset) & (pl.col("shots") == 0)
                                         & (pl.col("probe") != FINETUNE))
             fig = a.few_shot_figure(pl.concat([sub, ref], how="diagonal_relaxed"), styles=self.styles,
+                                    metric=self.metric,
                                     title=f"{dataset}: few-shot transfer, mean ± sd over seeds; dotted: same probe "
                                           "on all training data")
             lines += [f"### {dataset}", "", f"![{dataset}: few-shot]({self._save(fig, f'{dataset}-few-shot')})", "",
-                      "| configuration | probe / tap | shots per class | seeds | test top-1 (%) mean ± sd | "
+                      f"| configuration | probe / tap | shots per class | seeds | test {self.head} (%) mean ± sd | "
                       "val images |", "|---|---|---:|---:|---:|---:|"]
             rows = sorted(sub.to_dicts(), key=lambda r: (self.styles.configs.index(r["backbone_config"]),
                                                          r["method"], r["shots"], r["protocol"]))
             for r in rows:
-                sd = (r["top1_sd"] or 0.0) * 100
+                sd = (r[f"{self.metric}_sd"] or 0.0) * 100
                 lines.append(f"| `{r['config_label']}` | {r['method']} | {r['shots']} | {r['n']} | "
-                             f"{r['top1'] * 100:.1f} ± {sd:.1f} | {_int(r['n_val'])} |")
+                             f"{r[self.metric] * 100:.1f} ± {sd:.1f} | {_int(r['n_val'])} |")
             lines.append("")
         return lines
