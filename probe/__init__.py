@@ -20,7 +20,7 @@ _LAZY = {
     "open_dataset": "probe._datasets",
     "DatasetSource": "probe._datasets",
     "create_backbone": "probe._backbones",
-    "family_of": "probe._backbones",
+    "family_of": "probe._families",
     "extract_features": "probe._extract",
     "CacheEntry": "probe._cache",
     "CachedSplit": "probe._cache",
@@ -37,17 +37,25 @@ _LAZY = {
     "load_study": "probe._study",
     "run_study": "probe._study",
     "write_report": "probe._report",
-    "paired_bootstrap": "probe._stats",
-    "bootstrap_ci": "probe._stats",
-    "compare_jobs": "probe._stats",
-    "job_ci": "probe._stats",
+    "paired_bootstrap": "probe.analysis",
+    "bootstrap_ci": "probe.analysis",
+    "compare_jobs": "probe.analysis",
+    "job_ci": "probe.analysis",
+    "family_bootstrap": "probe.analysis",
     "scan_results": "probe.results",
 }
 
-__all__ = ["ProbeError", "UsageError", "CACHE_FORMAT", "PROBE_VERSION", "__version__", *_LAZY]
+__all__ = ["ProbeError", "UsageError", "CACHE_FORMAT", "PROBE_VERSION", "__version__", "analysis", *_LAZY]
+
+
+#: public submodules, imported on first attribute access (``probe.analysis``: selection, seed means, bootstrap,
+#: figures; the layer the report, the notebooks and the console summary share)
+_SUBMODULES = {"analysis", "results", "vocab"}
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"probe.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'probe' has no attribute {name!r}")

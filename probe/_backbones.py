@@ -20,15 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ProbeError, UsageError
-
-
-# timm model modules -> family. Hybrids mix convolutions and attention in the trunk.
-_HYBRID_MODULES = {"maxxvit", "coat", "convit", "levit", "mobilevit", "efficientformer", "efficientformer_v2",
-                   "fastvit", "edgenext", "vision_transformer_hybrid", "tiny_vit", "nextvit", "rdnet", "hgnet",
-                   "mobilenetv5", "repvit", "twins", "pvt_v2", "cvt", "crossvit", "volo", "gcvit", "hiera", "vitamin"}
-_TRANSFORMER_MODULES = {"vision_transformer", "swin_transformer", "swin_transformer_v2", "swin_transformer_v2_cr",
-                        "deit", "beit", "eva", "cait", "xcit", "pit", "tnt", "vision_transformer_relpos",
-                        "vision_transformer_sam", "sequencer", "mvitv2", "focalnet", "davit", "naflexvit"}
+from ._families import family_of, resolve_family  # noqa: F401  (family_of: the one families table)
 
 
 @dataclass
@@ -45,7 +37,9 @@ class Backbone:
         Identity of the weights: ``hub:<tag>@<sha256[:16]>`` (``hub:<tag>`` when the checkpoint is not on disk),
         ``file:<sha256[:16]>`` or ``random-init:seed<N>``.
     family : str
-        ``convnet``, ``transformer`` or ``hybrid``.
+        ``convnet``, ``transformer``, ``hybrid``, ``mlp``, ``other`` or ``unknown`` (see :mod:`probe._families`).
+    family_source : str
+        Where the family came from: ``table``, ``override`` or ``unknown``.
     data_config : dict
         Resolved timm data config (input_size, interpolation, mean, std, crop_pct, crop_mode): the
         checkpoint's own preprocessing, with ``img_size`` applied.
@@ -57,6 +51,7 @@ class Backbone:
     family: str
     data_config: dict = field(default_factory=dict)
     weights_path: str | None = None
+    family_source: str = "table"
 
     def eval_transform(self):
         """The checkpoint's own evaluation transform (resize, center crop, normalise)."""
@@ -97,7 +92,7 @@ def create_backbone(name: str, *, weights: str | os.PathLike | None = None, rand
     img_size : int, optional
         Square input size overriding the checkpoint's (ViT-style models get resized position embeddings).
     family : str, optional
-        Override of the family derived from the architecture.
+        Override of the family from the families table (:func:`probe.family_of`).
     """
     import torch
 
@@ -118,7 +113,8 @@ def create_backbone(name: str, *, weights: str | os.PathLike | None = None, rand
         model = _create_from_hub(name, arch, tag, img_size=img_size, **kwargs)
     weights_id = weights_identity(name, model, weights=weights, random_init=random_init, seed=seed)
     model.eval()
-    return Backbone(name=name, model=model, weights_id=weights_id, family=family or family_of(model),
+    family, family_source = resolve_family(model, family)
+    return Backbone(name=name, model=model, weights_id=weights_id, family=family, family_source=family_source,
                     data_config=resolve_data_config(model, img_size),
                     weights_path=str(Path(weights).resolve()) if weights is not None else None)
 
@@ -198,8 +194,9 @@ def describe_backbone(name: str, *, weights=None, random_init: bool = False, see
     img_size = check_img_size(img_size)
     with torch.device("meta"):
         model = _create(name, pretrained=False, img_size=img_size, num_classes=0)
+    family, family_source = resolve_family(model, family)
     return {"weights": weights_identity(name, model, weights=weights, random_init=random_init, seed=seed),
-            "data_config": resolve_data_config(model, img_size), "family": family or family_of(model)}
+            "data_config": resolve_data_config(model, img_size), "family": family, "family_source": family_source}
 
 
 def _create(name: str, *, pretrained: bool, img_size: int | None, **kwargs):
@@ -399,25 +396,3 @@ def resolve_data_config(model, img_size: int | None = None) -> dict:
     if img_size is not None:
         cfg["input_size"] = (cfg["input_size"][0], int(img_size), int(img_size))
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
-
-
-def family_of(model_or_name) -> str:
-    """``convnet``, ``transformer`` or ``hybrid`` from the timm architecture (its model module)."""
-    if isinstance(model_or_name, str):
-        arch, _ = check_model_name(model_or_name)
-        module = _module_of_arch(arch)
-    else:
-        module = type(model_or_name).__module__.rsplit(".", 1)[-1]
-        if module == "vision_transformer" and type(getattr(model_or_name, "patch_embed", None)).__name__ == "HybridEmbed":
-            return "hybrid"
-    if module in _HYBRID_MODULES:
-        return "hybrid"
-    if module in _TRANSFORMER_MODULES or re.search(r"(^|_)(vit|transformer|former)($|_)", module):
-        return "transformer"
-    return "convnet"
-
-
-def _module_of_arch(arch: str) -> str:
-    from timm.models import _registry
-
-    return _registry._model_to_module.get(arch, "").rsplit(".", 1)[-1]

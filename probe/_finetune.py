@@ -1104,7 +1104,8 @@ class _Run:
         protocol = protocol_id(task="classification", probe="finetune", tap="-", grid=recipe,
                                val_fraction=val_fraction, test_fraction=test_fraction, select_metric=c.select_metric,
                                shots=0, refit=refit, probe_version=PROBE_VERSION)
-        base = dict(backbone=self.backbone, family=self.bb.family, weights=self.bb.weights_id,
+        base = dict(backbone=self.backbone, family=self.bb.family, family_source=self.bb.family_source,
+                    weights=self.bb.weights_id,
                     dataset=self.source.name, tap="-", probe="finetune", shots=0, seed=self.seed,
                     val_fraction=val_fraction, test_fraction=test_fraction, select_metric=c.select_metric,
                     cache_key="-", protocol=protocol, n_val=n_val,

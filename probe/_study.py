@@ -12,7 +12,7 @@ The study file (all tables but ``[[backbones]]`` and ``[[datasets]]`` optional):
 
     [[backbones]]
     name = "vit_base_patch16_224.augreg_in21k"   # timm name with tag
-    family = "transformer"        # optional override of the derived family
+    family = "transformer"        # optional override of the families table (probe.family_of)
     weights = "ckpt.safetensors"  # optional local file (relative to the study file); or random_init = true
     img_size = 224                # optional: input size for frozen features
     finetune_img_size = 384       # optional: input size for fine-tuning (default img_size)
@@ -737,32 +737,47 @@ def _count_results(results_dir) -> int:
 
 
 def study_summary(results_dir: str | os.PathLike):
-    """One row per (backbone, dataset): the selected test top-1 of every probe (pooled tap, all shots, mean over
-    seeds) and of every fine-tuning mode. Returns None when there are no results."""
-    import json
+    """One row per (dataset, backbone configuration, selection metric): the test top-1 of every protocol on pooled
+    features (``tap`` pooled, fine-tuning) at shots = 0, averaged over seeds (:mod:`probe.analysis`).
 
+    Columns come in a fixed order: dataset, configuration, family, selected on, then the probes in
+    :data:`probe.vocab.PROBES` order and the fine-tuning modes. A column is one protocol; when one probe ran under
+    several protocols (e.g. two val fractions), each gets its own column, suffixed with its protocol id. Returns
+    None when there are no results.
+    """
     import polars as pl
 
-    from .results import scan_results
+    from . import analysis
 
     try:
-        frame = scan_results(results_dir).filter(pl.col("selected") & (pl.col("split") == "test")).collect()
+        jobs = analysis.job_table(results_dir)
     except UsageError:
         return None
-    if frame.is_empty():
+    jobs = jobs.filter(pl.col("tap").is_in(["pooled", "-"]) & (pl.col("shots") == 0)) if jobs.height else jobs
+    if jobs.is_empty():
         return None
-    frame = frame.with_columns(
-        pl.when(pl.col("probe") == "finetune")
-        .then(pl.lit("finetune:") + pl.col("params").map_elements(lambda p: json.loads(p).get("mode", "full"),
-                                                                    return_dtype=pl.Utf8))
-        .otherwise(pl.col("probe")).alias("protocol"))
-    frame = frame.filter((pl.col("tap").is_in(["pooled", "-"])) & (pl.col("shots") == 0))
-    if frame.is_empty():
-        return None
-    wide = (frame.group_by(["backbone", "family", "dataset", "protocol"]).agg(pl.col("top1").mean())
-            .pivot(on="protocol", index=["backbone", "family", "dataset"], values="top1")
-            .sort(["dataset", "family", "backbone"]))
-    return wide
+    protocols = analysis.aggregate_seeds(jobs, metrics=["top1"])
+    # one column per protocol: the method's name, with the protocol id when a method ran under several protocols
+    ids = protocols.select("method", "protocol").unique()
+    shared = set(ids.group_by("method").len().filter(pl.col("len") > 1)["method"].to_list())
+    protocols = protocols.with_columns(
+        pl.when(pl.col("method").is_in(sorted(shared)))
+        .then(pl.concat_str([pl.col("method"), pl.lit(" ["), pl.col("protocol").str.slice(0, 12), pl.lit("]")]))
+        .otherwise(pl.col("method")).alias("column"))
+    protocols = protocols.with_columns(pl.col("top1").alias("value"),
+                                       pl.col("n").alias("seeds"))
+    index = ["dataset", "configuration", "family", "selected on"]
+    wide = (protocols.rename({"config_label": "configuration", "select_metric": "selected on"})
+            .pivot(on="column", index=index, values="value", aggregate_function=None))
+    order = {p: i for i, p in enumerate(PROBES)}
+    columns = sorted((c for c in wide.columns if c not in index),
+                     key=lambda c: (c.startswith("finetune"), order.get(c.split(" ")[0], len(order)), c))
+    renamed = protocols.rename({"config_label": "configuration", "select_metric": "selected on"})
+    seeds = (renamed.group_by(index).agg(pl.col("seeds").min().alias("lo"), pl.col("seeds").max().alias("hi"))
+             .select(*index, pl.when(pl.col("lo") == pl.col("hi")).then(pl.col("lo").cast(pl.Utf8))
+                     .otherwise(pl.concat_str([pl.col("lo"), pl.lit("-"), pl.col("hi")])).alias("seeds")))
+    return (wide.join(seeds, on=index, how="left").select(*index, "seeds", *columns)
+            .sort("dataset", "configuration", "selected on"))
 
 
 def _format_table(frame) -> str:
@@ -770,7 +785,8 @@ def _format_table(frame) -> str:
     rows = [[("-" if v is None else f"{100 * v:.1f}" if isinstance(v, float) else str(v)) for v in r]
             for r in frame.iter_rows()]
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-    lines = ["test top-1 (%) of the selected setting, pooled features, all shots, mean over seeds:",
+    lines = ["test top-1 (%) of the selected setting, pooled features, shots = 0, mean over seeds "
+             "(one row per backbone configuration):",
              "  ".join(c.ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
     return "\n".join(lines)

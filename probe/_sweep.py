@@ -36,8 +36,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ._errors import UsageError
+from ._families import resolve_family
 from .results import classification_metrics, job_stem, make_row, results_frame, save_artifacts, write_results
-from .splits import carve_val, few_shot, require_two_classes
+from .splits import few_shot, require_two_classes
 from .vocab import DEFAULT_TASK, DEFAULT_VAL_FRACTION, METRICS, PROBES as DEFAULT_PROBES
 
 #: Columns that :func:`sweep` computes itself; ``context`` may set any other results column.
@@ -477,9 +478,10 @@ def _run_job(splits: dict, job: dict, *, select_metric: str, val_fraction: float
     """Run one (tap, probe, shots, seed) sweep on loaded splits; write artifacts, then the parquet file."""
     train, val, test = splits["train"], splits.get("val"), splits.get("test")
     tap = job["tap"]
-    # a family override is a label, not part of the features' key: the request's wins over the cached one
-    context = dict(backbone=train.backbone, family=family or train.family, weights=train.weights, dataset=train.dataset,
-                   tap=tap, cache_key=train.key, **backbone_context(train))
+    # a family is a label, not part of the features' key: the request's override, else the families table
+    family, family_source = resolve_family(train.backbone, family)
+    context = dict(backbone=train.backbone, family=family, family_source=family_source, weights=train.weights,
+                   dataset=train.dataset, tap=tap, cache_key=train.key, **backbone_context(train))
     result = sweep(job["probe"], (train.features[tap], train.labels),
                    (val.features[tap], val.labels) if val is not None else None,
                    (test.features[tap], test.labels) if test is not None else None,

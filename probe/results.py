@@ -1,7 +1,8 @@
 """The tidy results contract: one parquet file per job, one row per scored setting.
 
 Every producer (probe sweeps, fine-tuning) writes rows through :func:`write_results`, and every consumer
-(report, notebooks) reads them through :func:`scan_results`, so the schema lives here once. Selected rows also
+(report, notebooks, console summary) reads them through :func:`scan_results`, so the schema lives here once.
+Selection, seed aggregation and comparisons over these rows live in :mod:`probe.analysis`. Selected rows also
 save the fitted weights and the test predictions beside the parquet file (:func:`save_artifacts`), so that a
 notebook can recompute any metric or bootstrap without refitting.
 """
@@ -25,7 +26,7 @@ from .vocab import DEFAULT_TASK, METRICS
 #: Column name -> polars dtype name, in file order. Readers outside the package rely on these names.
 RESULT_COLUMNS: dict[str, str] = {
     "backbone": "Utf8",  # timm name with tag
-    "family": "Utf8",  # convnet | transformer | hybrid
+    "family": "Utf8",  # convnet | transformer | hybrid | mlp | other | unknown (see probe.family_of)
     "weights": "Utf8",  # hub tag, file sha256 prefix, or random-init:<seed>
     "dataset": "Utf8",  # dataset name (see probe.datasets)
     "tap": "Utf8",  # pooled, cls, mean, block<i>; "-" for fine-tuning
@@ -245,30 +246,3 @@ def load_artifacts(stem_or_path: str | os.PathLike) -> dict[str, np.ndarray]:
         p = p.with_suffix("")
     with np.load(str(p) + ".npz", allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
-
-
-def selected_jobs(results_dir: str | os.PathLike):
-    """One row per job: its selected test row, with ``val_score`` and ``file`` (the job's parquet path).
-
-    ``val_score`` is the job's val row with the selected params, measured in the job's ``select_metric`` (the
-    number it was chosen on); ``file`` locates the job's predictions (:func:`load_artifacts`).
-    """
-    import polars as pl
-
-    rows = (scan_results(results_dir, include_file_paths="file").collect()
-            .with_columns(pl.col("params").fill_null("{}")))  # a null would not match itself in the join below
-    metric_of_row = pl.coalesce([pl.when(pl.col("select_metric").fill_null("top1") == m).then(pl.col(m))
-                                 for m in METRICS])
-    val = (rows.filter(pl.col("split") == "val")
-           .group_by("file", "params").agg(metric_of_row.max().alias("val_score")))
-    return (rows.filter(pl.col("selected") & (pl.col("split") == "test"))
-            .join(val, on=["file", "params"], how="left"))
-
-
-def best_by_val(jobs, by=("dataset", "backbone")):
-    """Per group (default: dataset x backbone) the job with the best ``val_score``; ties go by name, never test."""
-    import polars as pl
-
-    return (jobs.filter(pl.col("val_score").is_not_null())
-            .sort(["val_score", "probe", "tap", "params", "seed"], descending=[True, False, False, False, False])
-            .group_by(*by, maintain_order=True).first())

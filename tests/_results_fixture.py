@@ -68,16 +68,20 @@ def _predictions(labels: np.ndarray, n_classes: int, accuracy: float, key) -> np
 
 
 def _write_job(results_dir: Path, *, dataset: str, backbone: str, probe: str, tap: str, val: float, test: float,
-               shots: int = 0, seed: int = 0, reverse_ids: bool = False, with_artifacts: bool = True) -> dict:
+               shots: int = 0, seed: int = 0, reverse_ids: bool = False, with_artifacts: bool = True,
+               identity: dict | None = None) -> dict:
     spec = DATASETS[dataset]
     n, n_classes = spec["n_test"], spec["n_classes"]
     labels = _labels(dataset)
     ids = np.array([f"{dataset}/img{i:04d}.png" for i in range(n)])
-    pred = _predictions(labels, n_classes, test, (dataset, backbone, probe, tap, shots, seed))
-    common = dict(backbone=backbone, family=BACKBONES[backbone], weights="hub", dataset=dataset, tap=tap,
+    identity = dict(identity or {})
+    pred = _predictions(labels, n_classes, test, (dataset, backbone, probe, tap, shots, seed,
+                                                  identity.get("backbone_config")))
+    common = dict(backbone=backbone, family=BACKBONES.get(backbone), weights="hub", dataset=dataset, tap=tap,
                   probe=probe, shots=shots, seed=seed, val_fraction=0.2, select_metric="top1",
                   cache_key="-" if probe == "finetune" else f"key-{backbone}-{dataset}", fit_seconds=0.1,
                   n_train=40 if shots == 0 else shots * n_classes)
+    common.update(identity)
     if probe == "finetune":
         grid = [{"mode": "full", "epoch": 1}, {"mode": "full", "epoch": 2}]
     else:
@@ -90,7 +94,8 @@ def _write_job(results_dir: Path, *, dataset: str, backbone: str, probe: str, ta
             make_row(**common, params=chosen, selected=True, split="test", top1=float(np.mean(pred == labels)),
                      top5=1.0, mean_per_class_acc=mean_per_class_accuracy(labels, pred), n_eval=n)]
     stem = job_stem(results_dir, backbone=backbone, dataset=dataset, probe=probe, tap=tap, shots=shots, seed=seed,
-                    tag="full" if probe == "finetune" else None)
+                    tag="-".join(t for t in ("full" if probe == "finetune" else "", identity.get("backbone_config", ""),
+                                             identity.get("select_metric", "")) if t) or None)
     write_results(rows, str(stem) + ".parquet")
     if with_artifacts:
         order = np.arange(n)[::-1] if reverse_ids else np.arange(n)  # the report must pair images by id
@@ -145,3 +150,58 @@ def write_fixture(results_dir, *, frozen: bool = True, finetune: bool = True, ba
                     _write_job(results_dir, dataset=dataset, backbone=backbone, probe="logistic", tap="pooled",
                                val=test_s, test=test_s, shots=shots, seed=seed)
     return truth
+
+
+# --- the README scenario of issue 8: one backbone name under several configurations -----------------------------
+
+#: backbone_config -> identity columns. test_vit with pretrained-like weights (a file), and random-init test_vit at
+#: two input sizes; test_resnet (pretrained-like) so that there are two families.
+CONFIGS = {
+    "aaaaaaaaaaaa": dict(backbone="test_vit", weights="file:0123456789abcdef", img_size=224, family="transformer",
+                         config_label="test_vit · file:0123456789abcdef · 224px"),
+    "bbbbbbbbbbbb": dict(backbone="test_vit", weights="random-init:seed0", img_size=160, family="transformer",
+                         config_label="test_vit · random-init:seed0 · 160px"),
+    "cccccccccccc": dict(backbone="test_vit", weights="random-init:seed0", img_size=224, family="transformer",
+                         config_label="test_vit · random-init:seed0 · 224px"),
+    "dddddddddddd": dict(backbone="test_resnet", weights="file:fedcba9876543210", img_size=224, family="convnet",
+                         config_label="test_resnet · file:fedcba9876543210 · 224px"),
+}
+#: backbone_config -> {(probe, tap): ([val per seed 0, 1, 2], [test per seed])}, on dataset alpha (200 test
+#: images). The random-init configurations have the better *val* scores, so a report that pooled configurations
+#: would make them "best frozen" for test_vit. For bbbbbbbbbbbb, logistic has the luckiest carve (seed 0 val 0.95)
+#: but the lower val mean (0.683 < knn's 0.70): "best by val" must pick knn.
+MIXED = {
+    "aaaaaaaaaaaa": {("logistic", "pooled"): ([0.60, 0.62, 0.64], [0.70, 0.72, 0.74]),
+                     ("knn", "pooled"): ([0.50, 0.52, 0.54], [0.60, 0.62, 0.64]),
+                     ("finetune", "-"): ([0.80, 0.80, 0.80], [0.90, 0.91, 0.92])},
+    "bbbbbbbbbbbb": {("logistic", "pooled"): ([0.95, 0.55, 0.55], [0.30, 0.40, 0.50]),
+                     ("knn", "pooled"): ([0.70, 0.70, 0.70], [0.20, 0.22, 0.24])},
+    "cccccccccccc": {("logistic", "pooled"): ([0.90, 0.90, 0.90], [0.25, 0.25, 0.25]),
+                     ("knn", "pooled"): ([0.80, 0.80, 0.80], [0.15, 0.15, 0.15])},
+    "dddddddddddd": {("logistic", "pooled"): ([0.65, 0.65, 0.65], [0.66, 0.68, 0.70]),
+                     ("finetune", "-"): ([0.85, 0.85, 0.85], [0.80, 0.80, 0.80])},
+}
+#: Few-shot logistic (pooled), test top1 per seed, the same for every configuration plus an offset.
+MIXED_FEW_SHOT = {1: [0.30, 0.35, 0.40], 5: [0.50, 0.55, 0.60]}
+MIXED_OFFSET = {"aaaaaaaaaaaa": 0.10, "bbbbbbbbbbbb": 0.0, "cccccccccccc": 0.05, "dddddddddddd": 0.15}
+
+
+def write_mixed_fixture(results_dir) -> None:
+    """Write the README scenario: results of test_vit under three configurations (and test_resnet), 3 seeds each.
+
+    Rows carry distinct ``backbone_config``/``config_label``/``protocol`` the way the producers fill them.
+    """
+    results_dir = Path(results_dir)
+    for config, jobs in MIXED.items():
+        ident = dict(CONFIGS[config], backbone_config=config, precision="fp32", family_source="table")
+        backbone = ident.pop("backbone")
+        for (probe, tap), (vals, tests) in jobs.items():
+            for seed, (val, test) in enumerate(zip(vals, tests)):
+                _write_job(results_dir, dataset="alpha", backbone=backbone, probe=probe, tap=tap, val=val,
+                           test=test, seed=seed, identity=dict(ident, protocol=f"proto-{probe}-{tap}-0"))
+        for shots, per_seed in MIXED_FEW_SHOT.items():
+            for seed, test in enumerate(per_seed):
+                test = round(test + MIXED_OFFSET[config], 2)
+                _write_job(results_dir, dataset="alpha", backbone=backbone, probe="logistic", tap="pooled",
+                           val=test, test=test, shots=shots, seed=seed,
+                           identity=dict(ident, protocol=f"proto-logistic-pooled-{shots}"))

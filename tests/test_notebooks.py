@@ -15,7 +15,7 @@ from tests._results_fixture import write_fixture
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 EXPECTED = {
     "frozen_vs_finetune.py": {"gain_from_finetuning.png", "frozen_vs_finetune_scatter.png"},
-    "convnets_vs_transformers.py": {"family_means.png", "wins_transformer_vs_convnet.png"},
+    "convnets_vs_transformers.py": {"families_convnet_vs_transformer.png"},
     "layerwise_and_fewshot.py": {"layerwise_alpha.png", "fewshot_alpha.png", "fewshot_beta.png"},
 }
 
@@ -68,6 +68,7 @@ def test_frozen_vs_finetune_numbers(results, tmp_path):
     line = next(ln for ln in proc.stdout.splitlines() if "alpha" in ln and "vit_a" in ln)
     cells = [c.strip() for c in line.strip("│ ").split("┆")]
     # best frozen chosen on val (logistic, test 70.0), not on test (knn, 85.0); fine-tune 90.0; gain 20.0
+    assert cells[1] == "vit_a · hub"  # a row is a backbone configuration, named by its label
     assert cells[3:7] == ["logistic / pooled", "70.0", "90.0", "20.0"]
 
 
@@ -75,6 +76,8 @@ def test_frozen_vs_finetune_numbers(results, tmp_path):
 def test_notebooks_are_percent_format_and_use_the_public_api(notebook):
     source = (NOTEBOOKS / notebook).read_text()
     assert "format_name: percent" in source and source.count("\n# %%") >= 4
+    # short documents over probe.analysis: no plotting or argument parsing of their own
+    assert "matplotlib" not in source and "argparse" not in source and "def " not in source
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom):
             assert not (node.module or "").startswith("probe._"), node.module

@@ -9,7 +9,7 @@ import pytest
 
 import probe
 from probe import UsageError
-from probe._stats import bootstrap_ci, paired_bootstrap
+from probe.analysis import bootstrap_ci, paired_bootstrap
 from probe.results import mean_per_class_accuracy
 
 

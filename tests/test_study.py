@@ -3,6 +3,7 @@ without downloads, study-file errors, and every notebook run headless on the tin
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -109,7 +110,8 @@ def test_notebooks_run_headless_on_the_tiny_study(tiny_study, notebook, tmp_path
     out = tmp_path / "figs"
     proc = subprocess.run([sys.executable, str(ROOT / "notebooks" / notebook), "--results", str(work / "results"),
                            "--out", str(out), "--n-boot", "200"], capture_output=True, text=True, timeout=300,
-                          env={"MPLBACKEND": "Agg", "PATH": "/usr/bin:/bin"})
+                          env={"MPLBACKEND": "Agg", "PATH": "/usr/bin:/bin",  # this checkout's probe, if put first
+                               **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}})
     assert proc.returncode == 0, proc.stderr
     pngs = list(out.glob("*.png"))
     assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)

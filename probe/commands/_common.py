@@ -26,7 +26,7 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", type=int, default=None, metavar="N",
                         help="override the input size (pixels, square); default: the checkpoint's own")
     parser.add_argument("--family", choices=FAMILIES, default=None,
-                        help="override the architecture family derived from the timm model")
+                        help="override the family from probe's families table (see probe.family_of)")
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,10 +1,11 @@
 """Turn a results directory into a markdown report (report.md) with PNG figures.
 
-Reads every ``*.parquet`` result under RESULTS_DIR (and the ``.npz`` test predictions beside them) and writes
-``report.md`` plus ``figures/*.png`` to --out, by default a ``report`` folder beside RESULTS_DIR (for
-``results/`` that is ``report/``). Prints the path of report.md. Best frozen probes, fine-tuning epochs and
-family representatives are chosen on val; every difference has a paired bootstrap confidence interval over the
-same test images.
+Reads every ``*.parquet`` result under RESULTS_DIR (default ``results``, like every other command) and the
+``.npz`` test predictions beside them, and writes ``report.md`` plus ``figures/*.png`` to --out, by default a
+``report`` folder beside RESULTS_DIR (for ``results/`` that is ``report/``). Prints the path of report.md.
+Best frozen probes and fine-tuning modes are chosen on val (seed means, within one backbone configuration);
+every difference has a paired bootstrap confidence interval over the same test images, and family differences
+also resample the backbones.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``probe report``."""
-    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="folder of results (searched recursively)")
+    parser.add_argument("results_dir", metavar="RESULTS_DIR", nargs="?", default="results",
+                        help="folder of results, searched recursively (default: results)")
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="output folder for report.md and figures/ (default: 'report' beside RESULTS_DIR)")
     parser.add_argument("--n-boot", type=int, default=10_000, metavar="N",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._errors import UsageError
+from .._errors import UsageError
 
 #: Metric names understood by the bootstrap. "top1", "top5" and "accuracy" all mean "mean of the per-image
 #: correctness you pass" (pass top-5 hits for top5); "mean_per_class_acc" averages per-class recall.
@@ -181,16 +181,18 @@ def _bootstrap(values: np.ndarray, labels, *, metric: str, n_boot: int, seed: in
     else:
         labels = np.zeros(n, dtype=np.int64)  # one class: the statistic is the plain mean
 
-    # Kinds of image: (class, value). Sorting by class keeps each class's kinds contiguous for reduceat.
-    kinds, kind_counts = np.unique(np.stack([labels.astype(np.int64), values.astype(np.int64)]), axis=1,
+    # Kinds of image: (class, value). Sorting by class keeps each class's kinds contiguous for reduceat. Values
+    # are 0/1 correctness, their paired differences, or seed means of them: few distinct kinds per class.
+    _, class_index = np.unique(labels, return_inverse=True)
+    kinds, kind_counts = np.unique(np.stack([class_index.astype(np.float64), values.astype(np.float64)]), axis=1,
                                    return_counts=True)
-    kind_class, kind_value = kinds
+    kind_class, kind_value = kinds[0].astype(np.int64), kinds[1]
     class_starts = np.flatnonzero(np.r_[True, kind_class[1:] != kind_class[:-1]])
     shares = kind_counts / n
 
     def statistic(counts: np.ndarray) -> np.ndarray:
         # counts: [B, K] draws per kind -> metric per resample [B]
-        sums = counts @ kind_value.astype(np.float64)
+        sums = counts @ kind_value
         if not per_class:
             return sums / n
         class_n = np.add.reduceat(counts, class_starts, axis=1)
@@ -230,53 +232,159 @@ class PairedPredictions:
     note: str = ""
 
 
+@dataclass
+class Aligned:
+    """Several results matched on the test image ids they all scored.
+
+    Attributes
+    ----------
+    ids, labels : numpy.ndarray, [N]
+        The shared image ids (sorted) and their labels.
+    values : numpy.ndarray, [N, M]
+        Per-image value of each result (hits: 1 when the image counts as correct for the metric).
+    note : str
+        Says when only part of the images are shared; empty otherwise.
+    """
+
+    ids: np.ndarray
+    labels: np.ndarray
+    values: np.ndarray
+    note: str = ""
+
+
+def align_by_id(results: list[tuple], *, what: str = "results") -> Aligned | str:
+    """Match ``(ids, labels, values)`` of several results on the image ids all of them scored.
+
+    Returns an :class:`Aligned`, or a string saying why the results cannot be paired (no shared id, duplicate
+    ids, or different labels for the same ids).
+    """
+    if not results:
+        return f"no {what} to pair"
+    for ids, _, _ in results:
+        if len(np.unique(ids)) != len(ids):
+            return f"one of the {what} has duplicate test image ids, so images cannot be paired by id"
+    common = results[0][0]
+    for ids, _, _ in results[1:]:
+        common = np.intersect1d(common, ids, assume_unique=True)
+    if len(common) == 0:
+        return f"the {what} share no test image ids"
+    labels, columns = None, []
+    for ids, lab, val in results:
+        _, _, idx = np.intersect1d(common, ids, assume_unique=True, return_indices=True)
+        if labels is None:
+            labels = np.asarray(lab)[idx]
+        elif not np.array_equal(labels, np.asarray(lab)[idx]):
+            return f"the {what} disagree on test labels"
+        columns.append(np.asarray(val, dtype=np.float64)[idx])
+    largest = max(len(r[0]) for r in results)
+    note = f"paired on the {len(common)} test images all {what} scored" if len(common) < largest else ""
+    return Aligned(ids=np.sort(common), labels=labels, values=np.stack(columns, axis=1), note=note)
+
+
 def pair_by_id(a: tuple, b: tuple) -> PairedPredictions:
     """Match ``(ids, labels, pred)`` of two jobs on the test image ids both scored."""
     (ids_a, labels_a, pred_a), (ids_b, labels_b, pred_b) = a, b
-    common, ia, ib = np.intersect1d(ids_a, ids_b, assume_unique=True, return_indices=True)
-    if len(common) == 0:
-        return PairedPredictions(None, None, None, note="the two results share no test image ids")
-    labels = labels_a[ia]
-    if not np.array_equal(labels, labels_b[ib]):
-        return PairedPredictions(None, None, None, note="the two results disagree on test labels")
-    note = (f"paired on the {len(common)} test images both results scored"
-            if len(common) < max(len(ids_a), len(ids_b)) else "")
-    return PairedPredictions(labels, pred_a[ia] == labels, pred_b[ib] == labels, note)
+    aligned = align_by_id([(ids_a, labels_a, pred_a == labels_a), (ids_b, labels_b, pred_b == labels_b)],
+                          what="two results")
+    if isinstance(aligned, str):
+        return PairedPredictions(None, None, None, note=aligned)
+    return PairedPredictions(aligned.labels, aligned.values[:, 0].astype(bool), aligned.values[:, 1].astype(bool),
+                             aligned.note)
 
 
 def job_predictions(file) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(ids, labels, top-1 predictions) of a job's saved test predictions, or None without them."""
-    from .results import load_artifacts
+    art = _artifacts(file)
+    return None if art is None else (art["ids"], art["labels"], art["pred"])
+
+
+def _artifacts(file) -> dict | None:
+    from ..results import load_artifacts
 
     try:
-        art = load_artifacts(file)
+        return load_artifacts(file)
     except (OSError, KeyError, ValueError):
         return None
-    return art["ids"], art["labels"], art["pred"]
+
+
+def job_hits(file, metric: str = "top1") -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(ids, labels, hits) of one job: ``hits`` is 1 where the image counts as correct for ``metric``.
+
+    ``top1``/``accuracy``/``mean_per_class_acc``: the top-1 prediction is the label; ``top5``: the label is among
+    the five highest scores (the saved ``top5`` columns). Returns None when the job saved no predictions.
+
+    Raises
+    ------
+    UsageError
+        For a metric whose per-image values are not saved (the bootstrap cannot recompute it).
+    """
+    if metric not in BOOTSTRAP_METRICS:
+        raise UsageError(f"cannot bootstrap metric {metric!r} from saved predictions; use one of "
+                         f"{', '.join(BOOTSTRAP_METRICS)}")
+    art = _artifacts(file)
+    if art is None:
+        return None
+    labels = art["labels"]
+    if metric == "top5":
+        if "top5" not in art:
+            raise UsageError(f"{file} saved no top-5 predictions; use metric='top1'")
+        hits = (art["top5"] == labels[:, None]).any(axis=1)
+    else:
+        hits = art["pred"] == labels
+    return art["ids"], labels, hits.astype(np.float64)
+
+
+def seed_mean_hits(files, metric: str = "top1") -> Aligned | str:
+    """Per-image hits averaged over the seeds (jobs) of one protocol, on the images every seed scored.
+
+    ``files`` is one job file or a list of them. Returns an :class:`Aligned` with one column (the seed mean),
+    or a string saying why not (no saved predictions, no shared images).
+    """
+    files = [files] if isinstance(files, (str, bytes)) or not hasattr(files, "__iter__") else list(files)
+    per_seed = []
+    for f in files:
+        h = job_hits(f, metric)
+        if h is None:
+            return f"no saved predictions for {_name(f)}"
+        per_seed.append(h)
+    aligned = align_by_id(per_seed, what="seeds")
+    if isinstance(aligned, str):
+        return aligned
+    return Aligned(aligned.ids, aligned.labels, aligned.values.mean(axis=1, keepdims=True), aligned.note)
+
+
+def _name(file) -> str:
+    from pathlib import Path
+
+    return Path(str(file)).with_suffix("").name
 
 
 def compare_jobs(file_a, file_b, *, metric: str = "top1", n_boot: int = 10_000, seed: int = 0,
                  ci: float = 0.95) -> BootstrapResult | None:
     """Paired bootstrap of ``metric(a) - metric(b)`` for two jobs (their parquet or ``.npz`` paths).
 
-    Predictions are paired by test image id (:func:`pair_by_id`). Returns None when either job saved no
-    predictions or the two cannot be paired.
+    ``file_a``/``file_b`` may each be a list of job files: the seeds of one protocol, whose per-image hits are
+    averaged (the estimate is then the difference of the seed means). Predictions are paired by test image id.
+    ``metric`` is top1, top5 (from the saved top-5 columns) or mean_per_class_acc. Returns None when either job
+    saved no predictions or the two cannot be paired.
     """
-    a, b = job_predictions(file_a), job_predictions(file_b)
-    if a is None or b is None:
+    a, b = seed_mean_hits(file_a, metric), seed_mean_hits(file_b, metric)
+    if isinstance(a, str) or isinstance(b, str):
         return None
-    pair = pair_by_id(a, b)
-    if pair.correct_a is None:
+    pair = align_by_id([(a.ids, a.labels, a.values[:, 0]), (b.ids, b.labels, b.values[:, 0])], what="two results")
+    if isinstance(pair, str):
         return None
-    return paired_bootstrap(pair.correct_a, pair.correct_b, labels=pair.labels, metric=metric, n_boot=n_boot,
-                            seed=seed, ci=ci)
+    return _bootstrap(pair.values[:, 0] - pair.values[:, 1], pair.labels, metric=metric, n_boot=n_boot, seed=seed,
+                      ci=ci, paired=True)
 
 
 def job_ci(file, *, metric: str = "top1", n_boot: int = 10_000, seed: int = 0,
            ci: float = 0.95) -> BootstrapResult | None:
-    """Bootstrap interval of one job's test ``metric`` from its saved predictions (None without them)."""
-    a = job_predictions(file)
-    if a is None:
+    """Bootstrap interval of one job's test ``metric`` from its saved predictions (None without them).
+
+    ``file`` may be a list of job files (the seeds of one protocol): the interval is then for their mean.
+    """
+    a = seed_mean_hits(file, metric)
+    if isinstance(a, str):
         return None
-    ids, labels, pred = a
-    return bootstrap_ci(pred == labels, labels=labels, metric=metric, n_boot=n_boot, seed=seed, ci=ci)
+    return _bootstrap(a.values[:, 0], a.labels, metric=metric, n_boot=n_boot, seed=seed, ci=ci, paired=False)

@@ -1,0 +1,59 @@
+"""One analysis layer: selection by configuration, seed aggregation, bootstrap intervals and figures.
+
+The report (:func:`probe.write_report`), the notebooks and ``probe run``'s console summary all call these
+functions and hold no selection or plotting code of their own, so they cannot disagree.
+
+The flow, for any task and metric (the metric and its direction are parameters, never a hard-coded top-1)::
+
+    jobs = analysis.job_table("results")             # one row per job: selected test row + its val score
+    protocols = analysis.aggregate_seeds(jobs)       # per (dataset, task, backbone_config, protocol): mean, sd, n
+    best = analysis.best_by_val(protocols.filter(...))  # per configuration: the protocol with the best val mean
+    gains = analysis.finetune_gains(frozen_best, finetune_best)   # + paired bootstrap CIs
+    fams = analysis.compare_families(frozen_best)    # two-level bootstrap (images and backbones), sign test
+    fig = analysis.layerwise_figure(protocols.filter(...), relative_depth=True)   # a matplotlib Figure
+
+Importing this package is cheap (no torch, no polars, no matplotlib until a function needs them).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    # selection by configuration
+    "job_table": "._select", "with_identity": "._select", "aggregate_seeds": "._select", "best_by_val": "._select",
+    "configurations": "._select", "weights_kind": "._select", "lower_is_better": "._select",
+    "primary_metric": "._select", "GROUP": "._select",
+    # bootstrap over test images
+    "BootstrapResult": "._stats", "BOOTSTRAP_METRICS": "._stats", "paired_bootstrap": "._stats",
+    "bootstrap_ci": "._stats", "compare_jobs": "._stats", "job_ci": "._stats", "pair_by_id": "._stats",
+    "align_by_id": "._stats", "job_hits": "._stats", "job_predictions": "._stats", "seed_mean_hits": "._stats",
+    "PairedPredictions": "._stats", "Aligned": "._stats",
+    # comparisons
+    "FamilyComparison": "._compare", "family_bootstrap": "._compare", "sign_test": "._compare",
+    "compare_families": "._compare", "family_wins": "._compare", "finetune_gains": "._compare",
+    "with_intervals": "._compare", "family_order": "._compare",
+    # figures
+    "FAMILY_COLORS": "._figures", "FAMILY_NAMES": "._figures", "Styles": "._figures", "new_figure": "._figures",
+    "layerwise_figure": "._figures", "few_shot_figure": "._figures", "frozen_vs_finetune_figure": "._figures",
+    "gain_figure": "._figures", "finetune_scatter_figure": "._figures", "family_figure": "._figures",
+    "block_index": "._figures", "metric_name": "._figures",
+    # notebooks
+    "notebook_setup": "._notebook",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'probe.analysis' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
