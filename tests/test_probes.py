@@ -249,3 +249,56 @@ def test_cuda_matches_cpu(cls, digits):
     cpu = cls(device="cpu").fit(Xtr, ytr).predict(Xte)
     gpu = cls(device="cuda").fit(Xtr, ytr).predict(Xte)
     assert np.mean(cpu == gpu) >= 0.995
+
+
+# ------------------------------------------------------------------------------- fast paths of the sweeps
+def test_knn_selection_is_exact_with_ties(monkeypatch):
+    from probe.probes import _knn
+    from probe.probes._knn import _select_top, _top_neighbours
+
+    rng = np.random.default_rng(0)
+    # few distinct values: many ties inside the top k and across its boundary, for every k
+    block = torch.tensor(rng.integers(0, 6, size=(40, 300)).astype(np.float32))
+    for k in (1, 7, 50, 299, 300):
+        vals, cols = _select_top(block, k)
+        ref = np.argsort(-block.numpy(), axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(cols.numpy(), ref)
+        np.testing.assert_array_equal(vals.numpy(), np.take_along_axis(block.numpy(), ref, 1))
+    # blocked search (blocks of 8 queries) over a bank with duplicated rows equals one stable sort of all
+    # similarities; small integer features make every product exact, so ties are real ties
+    monkeypatch.setattr(_knn, "_BLOCK_BYTES", 8 * 4 * 500)
+    bank = torch.tensor(rng.integers(-3, 4, size=(500, 16)).astype(np.float32))
+    bank[250:] = bank[:250]
+    labels = torch.arange(500) % 7
+    queries = torch.tensor(rng.integers(-3, 4, size=(33, 16)).astype(np.float32))
+    sims, got = _top_neighbours(queries, bank, labels, 20)
+    full = (queries @ bank.T).numpy()
+    ref = np.argsort(-full, axis=1, kind="stable")[:, :20]
+    np.testing.assert_array_equal(got.numpy(), labels.numpy()[ref])
+    np.testing.assert_array_equal(sims.numpy(), np.take_along_axis(full, ref, 1))
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_ridge_refit_extends_the_path_moments(digits, monkeypatch, fit_intercept):
+    from probe.probes import _ridge
+
+    Xtr, ytr, Xte, _ = digits
+    Xa, ya, Xb, yb = Xtr[:900], ytr[:900], Xtr[900:], ytr[900:]
+    est = RidgeProbe(alpha=5.0, fit_intercept=fit_intercept)
+    _path(est, Xa, ya, Xte, [{"alpha": 5.0}])
+    rows = []
+    init = _ridge._Moments.__init__
+    monkeypatch.setattr(_ridge._Moments, "__init__", lambda self, X, *a: rows.append(len(X)) or init(self, X, *a))
+    est._prepare_refit(0)
+    est.fit(np.concatenate([Xa, Xb]), np.concatenate([ya, yb]))
+    assert rows == [len(Xb)]  # only the new rows were multiplied
+    ref = RidgeClassifier(alpha=5.0, fit_intercept=fit_intercept).fit(Xtr.astype(np.float64), ytr)
+    np.testing.assert_allclose(est.decision_function(Xte), ref.decision_function(Xte), atol=1e-3)
+    np.testing.assert_allclose(est.intercept_, ref.intercept_, atol=1e-3)
+    # other rows than the path's (here: shuffled) are fitted from scratch, with the same answer
+    _path(est, Xa, ya, Xte, [{"alpha": 5.0}])
+    rows.clear()
+    est._prepare_refit(0)
+    est.fit(Xtr[::-1], ytr[::-1])
+    assert rows == [len(Xtr)]
+    np.testing.assert_allclose(est.decision_function(Xte), ref.decision_function(Xte), atol=1e-3)
