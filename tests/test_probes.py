@@ -36,11 +36,26 @@ def test_logistic_matches_sklearn(digits, C):
     assert abs(ours.score(Xte, yte) - ref.score(Xte, yte)) <= 0.0075  # 4 of 540 test images
     assert np.mean(ours.predict(Xte) == ref.predict(Xte)) >= 0.98
     assert ours.coef_.shape == ref.coef_.shape and ours.intercept_.shape == ref.intercept_.shape
-    # Both solved tightly: the same optimum, so the same accuracy and probabilities.
+    # Solved tightly: the optimum, so the same accuracy and probabilities as scikit-learn's optimum. The reference
+    # is solved far tighter (tol 1e-9) because the same tol does not pin the same point: on these unscaled pixels
+    # at C=1 the objective is flat along some directions (curvature ~ 1/(C n)), and scikit-learn's own tol=1e-6
+    # stop was measured 0.024 away in a probability from its tol=1e-9 optimum on an AMD EPYC host (ours: 0.003).
     tight = LogisticProbe(C=C, tol=1e-6, device="cpu").fit(Xtr, ytr)
-    ref = LogisticRegression(C=C, tol=1e-6, max_iter=5000).fit(Xtr.astype(np.float64), ytr)
+    ref = LogisticRegression(C=C, tol=1e-9, max_iter=20000).fit(Xtr.astype(np.float64), ytr)
     assert abs(tight.score(Xte, yte) - ref.score(Xte, yte)) <= 0.005
     np.testing.assert_allclose(tight.predict_proba(Xte), ref.predict_proba(Xte), atol=0.01)
+    # and at least as low a value of scikit-learn's objective as scikit-learn reaches with the same tol
+    same_tol = LogisticRegression(C=C, tol=1e-6, max_iter=5000).fit(Xtr.astype(np.float64), ytr)
+    assert _sklearn_objective(tight, Xtr, ytr, C) <= _sklearn_objective(same_tol, Xtr, ytr, C) * (1 + 1e-6)
+
+
+def _sklearn_objective(est, X, y, C):
+    """C * sum of cross-entropies + 0.5 ||coef||^2, in float64 (multinomial)."""
+    coef, b = est.coef_.astype(np.float64), est.intercept_.astype(np.float64)
+    Z = X.astype(np.float64) @ coef.T + b
+    Z -= Z.max(axis=1, keepdims=True)
+    ce = np.log(np.exp(Z).sum(axis=1)) - Z[np.arange(len(y)), np.searchsorted(est.classes_, y)]
+    return C * ce.sum() + 0.5 * (coef**2).sum()
 
 
 def test_logistic_binary_is_binomial_like_sklearn(digits):
