@@ -29,7 +29,7 @@ from ._checks import disk_full_guard, format_bytes
 from ._errors import ProbeError, UsageError
 from ._io import atomic_path, save_npz_atomic, write_text_atomic
 from ._schema import SEED, WORKERS, Setting, check_setting
-from ._runtime import cpu_threads, default_workers, resolve_device
+from ._runtime import cpu_plan, cpu_threads, default_workers, resolve_device, torch_threads
 from ._taps import check_taps, forward_taps, parse_taps
 from ._version import CACHE_FORMAT, __version__
 
@@ -335,35 +335,60 @@ def _extract_split(bb, source, split: str, taps, final: Path, meta: dict, *, bat
         images = _SplitImages(source, split, transform, tuple(bb.data_config["input_size"]))
         # batches keep the boundaries of an uninterrupted run (multiples of batch_size from row 0)
         batches = [list(range(s, min(s + batch_size, n))) for s in range(done, n, batch_size)]
-        n_workers = default_workers() if workers is None else workers
-        loader = torch.utils.data.DataLoader(images, batch_sampler=batches, num_workers=n_workers,
-                                             pin_memory=dev.type == "cuda",
-                                             persistent_workers=False,
-                                             prefetch_factor=4 if n_workers > 0 else None)
         bar = tqdm(total=n, initial=done, unit="img", desc=f"{meta['backbone']} {meta['dataset']}/{split}",
                    disable=not progress, dynamic_ncols=True, leave=False)
         ids = source.ids[split]
-        with torch.inference_mode(), cpu_threads(dev, n_workers):
-            for index, x, errors in loader:
-                ok = np.array([not e for e in errors])
-                if not ok.all() and not skip_bad:
-                    raise ProbeError(next(e for e in errors if e))
-                x = x.to(dev, non_blocking=True)
-                if dev.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=meta["precision"] == "bf16"):
-                    out = forward_taps(model, x, taps)
-                arrays = {t: v.float().cpu().numpy() for t, v in out.items()}
-                for t, a in arrays.items():
-                    finite = np.isfinite(a.reshape(len(a), -1)).all(axis=1) | ~ok
-                    if not finite.all():
-                        bad = ids[int(index[int(np.argmin(finite))])]
-                        raise ProbeError(f"non-finite features for sample {bad} of {meta['dataset']}/{split} "
-                                         f"(tap {t}); check the image and the weights, or use --dtype float32")
-                start, stop = int(index[0]), int(index[-1]) + 1
-                save_npz_atomic(parts / f"rows-{start:010d}-{stop:010d}.npz",
-                                  ok=ok, **{f"tap_{i}": arrays[t] for i, t in enumerate(taps)})
-                bar.update(stop - start)
+
+        def consume(index, x, errors) -> float:
+            """Forward one batch and write its shard; returns the forward's seconds."""
+            ok = np.array([not e for e in errors])
+            if not ok.all() and not skip_bad:
+                raise ProbeError(next(e for e in errors if e))
+            begin = time.perf_counter()
+            x = x.to(dev, non_blocking=True)
+            if dev.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=meta["precision"] == "bf16"):
+                out = forward_taps(model, x, taps)
+            arrays = {t: v.float().cpu().numpy() for t, v in out.items()}
+            seconds = time.perf_counter() - begin
+            for t, a in arrays.items():
+                finite = np.isfinite(a.reshape(len(a), -1)).all(axis=1) | ~ok
+                if not finite.all():
+                    bad = ids[int(index[int(np.argmin(finite))])]
+                    raise ProbeError(f"non-finite features for sample {bad} of {meta['dataset']}/{split} "
+                                     f"(tap {t}); check the image and the weights, or use --dtype float32")
+            start, stop = int(index[0]), int(index[-1]) + 1
+            save_npz_atomic(parts / f"rows-{start:010d}-{stop:010d}.npz",
+                            ok=ok, **{f"tap_{i}": arrays[t] for i, t in enumerate(taps)})
+            bar.update(stop - start)
+            return seconds
+
+        def loader(rest, n_workers):
+            return torch.utils.data.DataLoader(images, batch_sampler=rest, num_workers=n_workers,
+                                               pin_memory=dev.type == "cuda", persistent_workers=False,
+                                               prefetch_factor=4 if n_workers > 0 else None)
+
+        with torch.inference_mode():
+            if dev.type != "cpu" or workers is not None:
+                n_workers = default_workers() if workers is None else workers
+                with cpu_threads(dev, n_workers):
+                    for batch in loader(batches, n_workers):
+                        consume(*batch)
+            else:
+                # CPU, workers not given: the first batches run in this process and are timed (the first
+                # forward warms up, so the second pair is the measurement); the rest use the layout that
+                # cpu_plan predicts fastest for these times.
+                data_s = forward_s = 0.0
+                for batch_rows in batches[:2]:
+                    begin = time.perf_counter()
+                    batch = torch.utils.data.default_collate([images[i] for i in batch_rows])
+                    data_s = (time.perf_counter() - begin) * batch_size / len(batch_rows)
+                    forward_s = consume(*batch) * batch_size / len(batch_rows)
+                threads, n_workers = cpu_plan(data_s, forward_s, torch.get_num_threads())
+                with torch_threads(threads):
+                    for batch in loader(batches[2:], n_workers) if len(batches) > 2 else ():
+                        consume(*batch)
         bar.close()
     _finalize(parts, final, source, split, taps, meta)
 

@@ -358,3 +358,33 @@ def test_weights_that_need_unpickling_are_refused_without_running_code(tmp_path,
     # The file really is hostile: full unpickling (torch < 2.6's default) runs its code.
     torch.load(evil, weights_only=False)
     assert marker.read_text() == "ran"
+
+
+def test_cpu_plan_from_measured_times():
+    from probe._runtime import cpu_plan
+
+    # ViT-S/16-like: forward 2.1 s, decoding 0.1 s per batch on 2 cores: every core on the forward, no workers
+    assert cpu_plan(0.1, 2.1, 2) == (2, 0)
+    # light backbone, heavy decoding: a worker decodes while the forward runs on the other core
+    assert cpu_plan(0.1, 0.02, 2) == (1, 1)
+    # balanced on 8 cores: enough workers that decoding keeps up, the rest on the forward
+    assert cpu_plan(0.8, 0.2, 8) == (5, 3)
+    assert cpu_plan(5.0, 0.01, 16, max_workers=3) == (13, 3)
+    assert cpu_plan(1.0, 1.0, 1) == (1, 0)  # one core: nothing to split
+
+
+@pytest.mark.parametrize("plan", [(1, 1), (2, 0)])
+def test_measured_cpu_layouts_write_the_same_features(tmp_path, image_folder, monkeypatch, plan):
+    from probe import _extract
+
+    spec = f"imagefolder:{image_folder}"
+    ref = probe.extract_features("test_resnet", spec, cache_dir=tmp_path / "ref", **SMALL)
+    seen = []
+    monkeypatch.setattr(_extract, "cpu_plan", lambda *a, **k: seen.append(a) or plan)
+    got = probe.extract_features("test_resnet", spec, cache_dir=tmp_path / "auto",
+                                 **dict(SMALL, workers=None, batch_size=2, device="cpu"))
+    assert len(seen) == 2 and all(data > 0 and forward > 0 for data, forward, _ in seen)  # one per split
+    for split in ("train", "test"):
+        a, b = probe.load_split(ref[split]), probe.load_split(got[split])
+        assert a.ids == b.ids
+        np.testing.assert_allclose(a.features["pooled"], b.features["pooled"], rtol=1e-3, atol=1e-3)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._base import ProbeBase, check_positive, chunk_rows
+from ._base import CHUNK_BYTES, ProbeBase, check_positive, chunk_rows
 
 
 class KNNProbe(ProbeBase):
@@ -95,17 +95,51 @@ class KNNProbe(ProbeBase):
         return sorted(range(len(points)), key=key)
 
 
+#: Bytes of one query block's similarities on CPU: near the cache size, so the selection reads the block while it
+#: is still in cache, and still hundreds of query rows per matmul (a full-speed product).
+_BLOCK_BYTES = 16 * 2**20
+
+
 def _top_neighbours(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor,
                     k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Similarities [N, k'] (descending) and class indices [N, k'] of the k' = min(k, n_bank) nearest rows."""
+    """Similarities [N, k'] (descending) and class indices [N, k'] of the k' = min(k, n_bank) nearest rows.
+
+    Exact: equal similarities are ordered by bank row (the earlier row first), as a stable sort of each row's
+    similarities would order them. On CPU, queries go in blocks of a few MiB of similarities, so the selection
+    reads each block while it is still in cache instead of streaming a large block back from memory.
+    """
     k = min(int(k), len(bank))
     sims = torch.empty(len(queries), k, device=queries.device, dtype=queries.dtype)
     idx = torch.empty(len(queries), k, device=queries.device, dtype=torch.long)
-    step = chunk_rows(len(queries), len(bank))
+    budget = _BLOCK_BYTES if queries.device.type == "cpu" else CHUNK_BYTES
+    step = max(1, min(chunk_rows(len(queries), len(bank)), budget // max(1, 4 * len(bank))))
     for lo in range(0, len(queries), step):
         block = queries[lo:lo + step] @ bank.T
-        sims[lo:lo + step], idx[lo:lo + step] = torch.topk(block, k, dim=1, largest=True, sorted=True)
+        sims[lo:lo + step], idx[lo:lo + step] = _select_top(block, k)
     return sims, bank_labels[idx]
+
+
+def _select_top(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest entries of each row of ``block`` (descending; ties: lower column first) and their columns.
+
+    ``torch.topk`` orders equal values arbitrarily, so it is asked for one entry more than needed: a row whose
+    k-th and (k+1)-th values differ has a unique top-k set, which a stable sort by value over ascending columns
+    puts in the promised order; a row with a tie across that boundary (rare: duplicated features) is sorted in
+    full, stably.
+    """
+    rows, n = block.shape
+    if k >= n:
+        vals, cols = torch.sort(block, dim=1, descending=True, stable=True)
+        return vals[:, :k], cols[:, :k]
+    top, cols = torch.topk(block, k + 1, dim=1, largest=True, sorted=True)
+    tied = top[:, k - 1] == top[:, k]
+    cols, order = torch.sort(cols[:, :k], dim=1)  # ascending columns, then a stable sort by value
+    vals, order = torch.sort(top[:, :k].gather(1, order), dim=1, descending=True, stable=True)
+    cols = cols.gather(1, order)
+    if bool(tied.any()):
+        full_vals, full_cols = torch.sort(block[tied], dim=1, descending=True, stable=True)
+        vals[tied], cols[tied] = full_vals[:, :k], full_cols[:, :k]
+    return vals, cols
 
 
 def _votes(sims: torch.Tensor, labels: torch.Tensor, k: int, temperature: float | None,

@@ -117,37 +117,25 @@ class LogisticProbe(ProbeBase):
             W = init[0].detach()
             c = (init[1] + W @ mu).detach()
         lam = 1.0 / (C * n)  # the scaled objective: mean CE + lam/2 ||W||^2
-        n_w = W.numel()
-
-        def unpack(theta: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            t = torch.from_numpy(theta).to(device=X.device, dtype=X.dtype)
-            return t[:n_w].view(n_out, d).requires_grad_(True), t[n_w:].requires_grad_(self.fit_intercept)
-
-        def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
-            # The matmuls run in float32 on the device; the loss is summed and the result handed back in float64.
-            Wt, ct = unpack(theta)
-            logits = X @ Wt.T + (ct - Wt @ mu)
-            ce = F.cross_entropy(_full_logits(logits), y_index, reduction="none").double().mean()
-            loss = ce + 0.5 * lam * Wt.double().pow(2).sum()
-            loss.backward()
-            grad_c = ct.grad if self.fit_intercept else torch.zeros_like(ct)
-            grad = torch.cat([Wt.grad.reshape(-1), grad_c]).double().cpu().numpy()
-            return float(loss.detach()), grad
-
-        # scipy's L-BFGS-B with scikit-learn's settings (gtol = tol on the scaled objective, maxls 50): the same
-        # stopping rule as LogisticRegression. Only the objective's matmuls are heavy, and they run in torch; the
-        # optimiser's own O(history x parameters) vector work stays in single-threaded Fortran, which (unlike
-        # many tiny multi-threaded torch ops) stays fast on a busy machine.
-        theta0 = torch.cat([W.reshape(-1), c]).double().cpu().numpy()
+        objective = _Objective(X, y_index, n_out, mu, lam, self.fit_intercept)
+        # scipy's L-BFGS-B with scikit-learn's settings and stopping rule (see _Objective.minimize): the same
+        # fitted objective as LogisticRegression. Only the objective's matmuls are heavy, and they run in torch;
+        # the optimiser's own O(history x parameters) vector work stays in single-threaded compiled code, which
+        # (unlike many tiny multi-threaded torch ops) stays fast on a busy machine.
         with _few_threads_if_small(X.device, n * d * n_out), quiet_blas():
-            res = optimize.minimize(objective, theta0, method="L-BFGS-B", jac=True,
-                                    options={"maxiter": self.max_iter, "maxls": 50, "gtol": self.tol,
-                                             "ftol": 64 * np.finfo(float).eps, "maxcor": self.history_size})
-        self._last_func_evals = int(res.nfev)
-        self._last_converged = int(res.status) != 1  # scipy's status 1: the iteration limit was reached
-        theta = torch.from_numpy(res.x).to(device=X.device, dtype=X.dtype)
-        W, c = theta[:n_w].view(n_out, d), theta[n_w:]
-        return W, c - W @ mu, int(res.nit)
+            W, c, n_iter = objective.minimize(W, c, tol=self.tol, max_iter=self.max_iter,
+                                              history=self.history_size)
+            if self.tol < _FLOAT32_TOL and objective.dtype == torch.float32:
+                # Below float32's resolution of the gradient, finish with a float64 objective from where float32
+                # stopped: a tight tol then means what it means in scikit-learn (float64 throughout).
+                objective = objective.in_float64()
+                W, c, more = objective.minimize(W, c, tol=self.tol, max_iter=max(1, self.max_iter - n_iter),
+                                                history=self.history_size)
+                n_iter += more
+        self._last_func_evals = objective.evaluations
+        self._last_converged = objective.converged
+        W, c = W.to(X.dtype), c.to(X.dtype)
+        return W, c - W @ mu, n_iter
 
     def _scores(self, X: torch.Tensor) -> torch.Tensor:
         W, b = self._W.to(X.device), self._b.to(X.device)
@@ -191,6 +179,70 @@ class LogisticProbe(ProbeBase):
 
 #: Below this many multiply-adds per objective matmul, CPU fits run on one thread (see _few_threads_if_small).
 _SMALL_WORK = 2**24
+#: A tol below this asks for more than a float32 gradient resolves (its rounding is about 1e-7 of the largest
+#: per-sample terms, summed over n samples): such fits finish in float64.
+_FLOAT32_TOL = 1e-5
+
+
+class _Objective:
+    """The scaled objective ``mean CE + lam/2 ||W||^2`` and its gradient, for scipy's L-BFGS-B.
+
+    Variables ``theta = [W, c]``, logits ``(X - mu) W^T + c``. The gradient is written out (no autograd graph,
+    no float64 copies of [n, K] arrays): one forward product ``X W^T`` and one backward product ``G^T X`` per
+    evaluation, in the objective's dtype on the device, per-sample losses summed in float64.
+    """
+
+    def __init__(self, X, y_index, n_out, mu, lam, fit_intercept):
+        self.X, self.y, self.n_out, self.mu, self.lam = X, y_index, n_out, mu, lam
+        self.fit_intercept, self.dtype = fit_intercept, X.dtype
+        self.n, self.d = X.shape
+        self.rows = torch.arange(self.n, device=X.device)
+        self.evaluations = 0
+
+    def in_float64(self) -> "_Objective":
+        out = _Objective(self.X.double(), self.y, self.n_out, self.mu.double(), self.lam, self.fit_intercept)
+        out.evaluations = self.evaluations
+        return out
+
+    def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        self.evaluations += 1
+        X, n, n_w = self.X, self.n, self.n_out * self.d
+        t = torch.from_numpy(theta).to(device=X.device, dtype=self.dtype)
+        W, c = t[:n_w].view(self.n_out, self.d), t[n_w:]
+        Z = torch.addmm(c - W @ self.mu, X, W.T)  # [n, n_out] logits
+        if self.n_out == 1:  # binomial: class scores [0, z]
+            z = Z[:, 0]
+            target = (self.y == 1).to(Z.dtype)
+            ce = (F.softplus(z) - target * z).double().sum()
+            G = (torch.sigmoid(z) - target)[:, None]
+        else:
+            logp = torch.log_softmax(Z, dim=1)
+            ce = -logp[self.rows, self.y].double().sum()
+            G = logp.exp_()
+            G[self.rows, self.y] -= 1.0
+        G /= n
+        g_c = G.sum(dim=0)
+        g_W = G.T @ X - torch.outer(g_c, self.mu) + self.lam * W
+        if not self.fit_intercept:
+            g_c = torch.zeros_like(g_c)
+        loss = float(ce) / n + 0.5 * self.lam * float(W.double().pow(2).sum())
+        return loss, torch.cat([g_W.reshape(-1), g_c]).double().cpu().numpy()
+
+    def minimize(self, W: torch.Tensor, c: torch.Tensor, *, tol: float, max_iter: int,
+                 history: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """L-BFGS-B from (W, c) with scikit-learn's settings; returns (W, c, iterations) in the objective's dtype.
+
+        scikit-learn's stopping rule: max |gradient| <= tol (scipy's gtol), at most ``max_iter`` iterations,
+        maxls 50, ftol 64 eps, ``maxcor = history``.
+        """
+        theta0 = torch.cat([W.reshape(-1), c]).double().cpu().numpy()
+        res = optimize.minimize(self, theta0, method="L-BFGS-B", jac=True,
+                                options={"maxiter": max_iter, "maxls": 50, "gtol": tol,
+                                         "ftol": 64 * np.finfo(float).eps, "maxcor": history})
+        self.converged = int(res.status) != 1  # scipy's status 1: the iteration limit was reached
+        theta = torch.from_numpy(res.x).to(device=self.X.device, dtype=self.dtype)
+        n_w = self.n_out * self.d
+        return theta[:n_w].view(self.n_out, self.d), theta[n_w:], int(res.nit)
 
 
 @contextlib.contextmanager

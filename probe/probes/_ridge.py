@@ -52,12 +52,14 @@ class RidgeProbe(ProbeBase):
     def _fit(self, X: torch.Tensor, y_index: torch.Tensor) -> None:
         n, d = X.shape
         if n >= d:
-            # One alpha: a Cholesky solve of (Xc^T Xc + alpha I) W = Xc^T Yc is cheaper than a decomposition.
-            Xc, Yc, x_mean, y_mean = _centred(X, y_index, len(self.classes_), self.fit_intercept)
-            G = (Xc.T @ Xc).double()
+            # One alpha: a Cholesky solve of (Xc^T Xc + alpha I) W = Xc^T Yc is cheaper than a decomposition. A
+            # sweep's refit on train+val reuses the train moments of its path (only the val rows are new).
+            known, self._refit_moments = getattr(self, "_refit_moments", None), None
+            mom = _Moments.extend(known, X, y_index, len(self.classes_), self.fit_intercept)
+            G = mom.gram.clone()
             G.diagonal().add_(float(self.alpha))
-            W = torch.cholesky_solve(Xc.T.double() @ Yc, torch.linalg.cholesky(G)).float()
-            self._W, self._b = W, y_mean - x_mean @ W
+            W = torch.cholesky_solve(mom.xty(), torch.linalg.cholesky(G)).float()
+            self._W, self._b = W, mom.y_mean - mom.x_mean @ W
         else:
             dec = _Decomposition(X, y_index, len(self.classes_), self.fit_intercept)
             self._W, self._b = dec.solution(float(self.alpha))
@@ -72,16 +74,22 @@ class RidgeProbe(ProbeBase):
         """One decomposition for the whole alpha grid; each alpha then costs one [N_eval, r] x [r, C] matmul."""
         start = time.perf_counter()
         dec = _Decomposition(X, y_index, n_classes, self.fit_intercept)
+        self._path_moments = dec.moments
         E = dec.project(X_eval)
         shared = (time.perf_counter() - start) / max(1, len(points))
         for i, point in enumerate(points):
             start = time.perf_counter()
             alpha = float(point.get("alpha", self.alpha))
             check_positive(type(self).__name__, "alpha", alpha)
-            z = (E @ (dec.B / (dec.eigvals + alpha)[:, None])).float() + dec.y_mean
+            # float32 product: E's columns are at most as large as the centred features, and the scores' rounding
+            # (~1e-6 relative) is far below any gap that changes a prediction that float64 would make
+            z = torch.addmm(dec.y_mean, E, (dec.B / (dec.eigvals + alpha)[:, None]).to(E.dtype))
             if z.shape[1] == 1:
                 z = torch.cat([torch.zeros_like(z), z], dim=1)
             yield i, z, shared + time.perf_counter() - start
+
+    def _prepare_refit(self, point_index: int) -> None:
+        self._refit_moments, self._path_moments = getattr(self, "_path_moments", None), None
 
     @staticmethod
     def _strength_order(points: list[dict[str, Any]]) -> list[int]:
@@ -89,6 +97,77 @@ class RidgeProbe(ProbeBase):
 
     def _artifact_weights(self) -> dict[str, np.ndarray]:
         return {"coef": self.coef_, "intercept": self.intercept_}
+
+
+class _Moments:
+    """What a ridge fit needs of (X, y): n, the feature mean, the centred Gram matrix and class sums (float64).
+
+    ``Xc^T Yc`` follows from the class sums (targets are +-1), so no [n, C] target matrix or float64 copy of ``X``
+    is ever made: the one O(n d^2) step is the float32 Gram product of the centred features. Moments of a sweep's
+    train rows are extended by the val rows of the refit (Chan et al.'s pairwise update), so the refit on
+    train+val multiplies only the new rows.
+    """
+
+    def __init__(self, X: torch.Tensor, y_index: torch.Tensor, n_classes: int, fit_intercept: bool):
+        n, d = X.shape
+        self.n, self.n_classes, self.fit_intercept = n, n_classes, fit_intercept
+        self.source = X  # the rows these moments describe (for extend's check); not copied
+        mean = X.mean(dim=0) if fit_intercept else torch.zeros(d, device=X.device, dtype=X.dtype)
+        Xc = X - mean
+        self.mean = mean.double()
+        self.gram = (Xc.T @ Xc).double()  # float32 accumulation of centred features, as scikit-learn's float32 path
+        self.counts = torch.bincount(y_index, minlength=n_classes).double()
+        sums = torch.zeros(n_classes, d, device=X.device, dtype=X.dtype).index_add_(0, y_index, Xc)
+        self.class_sums = sums.double()  # of the centred rows: sum over class members of (x - mean)
+
+    @classmethod
+    def extend(cls, known: "_Moments | None", X: torch.Tensor, y_index: torch.Tensor, n_classes: int,
+               fit_intercept: bool) -> "_Moments":
+        """Moments of ``X``, reusing ``known`` when ``X`` starts with exactly the rows ``known`` describes."""
+        m = getattr(known, "n", 0)
+        reusable = (known is not None and known.fit_intercept == fit_intercept and known.n_classes == n_classes
+                    and m < len(X) and known.source.shape[1] == X.shape[1]
+                    and known.source.device == X.device and torch.equal(known.source, X[:m]))
+        if not reusable:
+            return cls(X, y_index, n_classes, fit_intercept)
+        new = cls(X[m:], y_index[m:], n_classes, fit_intercept)
+        out = cls.__new__(cls)
+        out.n, out.n_classes, out.fit_intercept, out.source = m + new.n, n_classes, fit_intercept, X
+        out.counts = known.counts + new.counts
+        if fit_intercept:
+            delta = new.mean - known.mean
+            out.mean = known.mean + delta * (new.n / out.n)
+            out.gram = known.gram + new.gram + torch.outer(delta, delta) * (m * new.n / out.n)
+            # re-centre each part's class sums on the joint mean
+            out.class_sums = (known.class_sums - torch.outer(known.counts, out.mean - known.mean)
+                              + new.class_sums - torch.outer(new.counts, out.mean - new.mean))
+        else:
+            out.mean = known.mean
+            out.gram = known.gram + new.gram
+            out.class_sums = known.class_sums + new.class_sums
+        return out
+
+    @property
+    def n_out(self) -> int:
+        return 1 if self.n_classes == 2 else self.n_classes
+
+    @property
+    def x_mean(self) -> torch.Tensor:
+        return self.mean.float()
+
+    @property
+    def y_mean(self) -> torch.Tensor:
+        """Mean of the +-1 targets (zeros without an intercept), float32 [n_out]."""
+        ym = 2 * self.counts / self.n - 1 if self.fit_intercept else torch.zeros_like(self.counts)
+        return ym[-self.n_out:].float()
+
+    def xty(self) -> torch.Tensor:
+        """``Xc^T Yc`` [d, n_out] in float64 from the class sums: Y = 2 onehot - 1 column by column."""
+        total = self.class_sums.sum(dim=0)  # column sums of Xc: zero up to round-off with an intercept
+        y_mean = 2 * self.counts / self.n - 1 if self.fit_intercept else torch.zeros_like(self.counts)
+        # Xc^T Yc = Xc^T (2 onehot - 1 - 1 y_mean^T) = 2 S^T - total (1 + y_mean)^T
+        out = 2 * self.class_sums.T - torch.outer(total, 1 + y_mean)
+        return out[:, -self.n_out:]
 
 
 class _Decomposition:
@@ -101,14 +180,16 @@ class _Decomposition:
 
     def __init__(self, X: torch.Tensor, y_index: torch.Tensor, n_classes: int, fit_intercept: bool):
         n, d = X.shape
-        Xc, Yc, self.x_mean, self.y_mean = _centred(X, y_index, n_classes, fit_intercept)
-        # Accumulate the Gram matrix in float32 (the O(n d^2) part), decompose in float64 for accuracy.
+        self.moments = None
         if n >= d:
-            eigvals, V = torch.linalg.eigh((Xc.T @ Xc).double())
+            mom = self.moments = _Moments(X, y_index, n_classes, fit_intercept)
+            self.x_mean, self.y_mean = mom.x_mean, mom.y_mean
+            eigvals, V = torch.linalg.eigh(mom.gram)  # float64: small eigenvalues matter for small alphas
             self.P = V
-            self.B = V.T @ (Xc.T.double() @ Yc)
+            self.B = V.T @ mom.xty()
             self._dual_X = None
         else:
+            Xc, Yc, self.x_mean, self.y_mean = _centred(X, y_index, n_classes, fit_intercept)
             eigvals, U = torch.linalg.eigh((Xc @ Xc.T).double())
             self.P = Xc.T.double() @ U
             self.B = U.T @ Yc
@@ -122,14 +203,14 @@ class _Decomposition:
         return W, b
 
     def project(self, X_eval: torch.Tensor) -> torch.Tensor:
-        """``(X_eval - mean) P`` (float64 result), so that scores(alpha) = project @ (B / (l + alpha)) + y_mean."""
+        """``(X_eval - mean) P`` (float32), so that scores(alpha) = project @ (B / (l + alpha)) + y_mean."""
         if self._dual_X is None:  # P = V is orthonormal: a float32 product loses nothing that matters
-            return ((X_eval - self.x_mean) @ self.P.float()).double()
-        return (X_eval - self.x_mean).double() @ self.P
+            return (X_eval - self.x_mean) @ self.P.float()
+        return ((X_eval - self.x_mean).double() @ self.P).float()
 
 
 def _centred(X: torch.Tensor, y_index: torch.Tensor, n_classes: int, fit_intercept: bool):
-    """Centred features (float32), centred +-1 targets (float64) and both means (float32)."""
+    """Centred features (float32), centred +-1 targets (float64) and both means (float32); for the dual solve."""
     n, d = X.shape
     n_out = 1 if n_classes == 2 else n_classes
     Y = torch.full((n, n_classes), -1.0, device=X.device, dtype=X.dtype)
