@@ -415,20 +415,13 @@ def check_study(study: Study, *, data: bool = True) -> None:
             raise UsageError(f"[[backbones]] #{i + 1} name in {where}: {exc}") from None
     if not data:
         return
-    from ._datasets import open_dataset
-
     for i, bb in enumerate(study.backbones):
         if bb.weights and not Path(bb.weights).is_file():
             raise UsageError(f"[[backbones]] #{i + 1} ({bb.name}) weights in {where}: file {bb.weights} does not "
                              "exist; fix the path (relative to the study file) or use random_init = true")
-    checks = [(f"[[datasets]] #{i + 1} spec", d.spec, d.data_root) for i, d in enumerate(study.datasets)]
-    if study.pretrain is not None:
-        checks.append(("[pretrain] dataset", study.pretrain["dataset"], study.pretrain.get("data_root")))
-    for label, spec, root in checks:
-        try:
-            open_dataset(spec, data_root=root)
-        except UsageError as exc:
-            raise UsageError(f"{label} in {where}: {exc}") from None
+    problems = check_datasets(study)
+    if problems:
+        raise UsageError(problems[0])
     if any(s["grids"] for s in study.sweeps):
         import inspect
 
@@ -467,34 +460,37 @@ def plan_study(study: Study) -> list[Job]:
 
 
 def check_datasets(study: Study, *, out=None) -> list[str]:
-    """Open every dataset of the study (index files and image lists, no image decoded, nothing downloaded) and
-    print one line each to ``out``: its classes and split sizes, or what is missing.
+    """Open every dataset of the study (index files and image lists, no image decoded, nothing downloaded) and,
+    when ``out`` is given, print one line each to it: its classes and split sizes, or what is missing.
 
     Returns
     -------
     list of str
-        One line per dataset that cannot be opened (empty when all can).
+        One line per dataset that cannot be opened, naming its table in the study file (empty when all can).
     """
     from ._datasets import _data_root, open_dataset
 
-    out = out or sys.stdout
-    wanted = [(ds.spec, ds.data_root) for ds in study.datasets]
+    wanted = [(f"[[datasets]] #{i + 1} spec", d.spec, d.data_root) for i, d in enumerate(study.datasets)]
     if study.pretrain is not None:
-        wanted.insert(0, (study.pretrain["dataset"], study.pretrain.get("data_root")))
+        wanted.insert(0, ("[pretrain] dataset", study.pretrain["dataset"], study.pretrain.get("data_root")))
+    def say(line: str) -> None:
+        if out is not None:
+            print(line, file=out)
+
     problems = []
-    for spec, data_root in wanted:
+    for label, spec, data_root in wanted:
         kind, _, arg = spec.partition(":")
         if kind == "hf" and not (_data_root(data_root) / arg).is_dir():
-            print(f"dataset {spec}: not on disk; fetched from the Hugging Face hub when the study runs", file=out)
+            say(f"dataset {spec}: not on disk; fetched from the Hugging Face hub when the study runs")
             continue
         try:
             source = open_dataset(spec, data_root=data_root)
         except ProbeError as exc:
-            problems.append(str(exc))
-            print(f"dataset {spec}: CANNOT BE READ: {exc}", file=out)
+            problems.append(f"{label} in {study.source}: {exc}")
+            say(f"dataset {spec}: CANNOT BE READ: {exc}")
             continue
         sizes = ", ".join(f"{s} {len(source.splits[s]):,}" for s in source.split_names)
-        print(f"dataset {source.name} ({source.spec}): {len(source.classes)} classes; {sizes}", file=out)
+        say(f"dataset {source.name} ({source.spec}): {len(source.classes)} classes; {sizes}")
     return problems
 
 
@@ -556,9 +552,6 @@ def run_study(study: Study | str | os.PathLike | None = None, *, cache_dir: str 
     jobs = check_setting(jobs or study.jobs, Setting("int", lo=1), "--jobs", example="--jobs 2")
     workers = check_setting(workers, WORKERS, "--workers", example="--workers 4")
     plan = plan_study(study)
-    problems = check_datasets(study, out=out)
-    if problems:  # before any work: a missing file should not surface hours into the study
-        raise UsageError(f"{len(problems)} dataset(s) of {study.source} cannot be read; first: {problems[0]}")
     print(f"study {study.name}: {len(plan)} jobs, {len(study.backbones)} backbones x {len(study.datasets)} datasets; "
           f"cache {cache_dir}, results {results_dir}", file=out, flush=True)
     records, failures = _run_plan(plan, study, cache_dir=cache_dir, results_dir=results_dir,

@@ -189,7 +189,7 @@ def test_indoor67_unreadable_file_extraction_end_to_end(tmp_path):
     proc = run_cli(*args)
     assert_one_line_error(proc, 1, lists["test"][1], "--skip-bad")
     proc = run_cli(*args, "--skip-bad", check=0)
-    assert "skipped 1 unreadable image(s) of indoor67/test" in proc.stderr and lists["test"][1] in proc.stderr
+    assert "left out 1 unreadable image of indoor67/test" in proc.stderr and lists["test"][1] in proc.stderr
     with h5py.File(next(cache.rglob("test-*.h5"))) as f:
         assert json.loads(f.attrs["skipped"]) == [lists["test"][1]]
         assert json.loads(f.attrs["classes"]) == INDOOR_CLASSES and f.attrs["dataset"] == "indoor67"

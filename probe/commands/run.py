@@ -10,6 +10,7 @@ skipped, so a second run takes seconds.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ._common import DEFAULT_CACHE_DIR, DEFAULT_RESULTS_DIR
 
@@ -46,9 +47,9 @@ def run(args: argparse.Namespace) -> int:
 
     study = load_study(args.study)  # the whole file against the study schema
     if args.plan:
-        check_study(study, data=False)  # backbone names; --plan reads no data
+        check_study(study, data=False)  # backbone names; the datasets below, every one listed with its problem
         jobs = plan_study(study)
-        problems = check_datasets(study)
+        problems = check_datasets(study, out=sys.stdout)
         print(f"study {study.name} ({study.source}): {len(jobs)} jobs")
         for i, job in enumerate(jobs, 1):
             print(f"[{i}/{len(jobs)}] {job.describe()}")
