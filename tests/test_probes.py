@@ -15,6 +15,16 @@ from probe.probes import PROBES, CentroidProbe, KNNProbe, LogisticProbe, RidgePr
 ALL = [LogisticProbe, RidgeProbe, KNNProbe, CentroidProbe]
 
 
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    """scikit-learn's reference fits with multi-threaded OpenBLAS spin on a busy small machine: one
+    LogisticRegression(C=0.05) fit on these digits took 139 s on 2 shared cores, 1.3 s with one BLAS thread."""
+    from probe._runtime import quiet_blas
+
+    with quiet_blas():
+        yield
+
+
 @pytest.fixture(scope="module")
 def digits():
     X, y = load_digits(return_X_y=True)
