@@ -143,6 +143,7 @@ def test_resume_after_kill_equals_uninterrupted(digits_run, tmp_path):
     np.testing.assert_array_equal(a["scores"], b["scores"])
 
 
+@pytest.mark.timeout(600)  # two CLI runs of selection + refit on a shared CPU
 def test_kill_during_the_refit_resumes_to_the_same_result(digits_run, tmp_path):
     """kill -9 once the refit on train+val has written its first checkpoint; the rerun finishes the refit from
     there and ends with the uninterrupted run's rows and test scores."""
