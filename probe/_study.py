@@ -210,6 +210,8 @@ _FINETUNE_ELSEWHERE = {
     "select_metric": "set select_metric in [study] (or per dataset in [[datasets]]): sweeps and fine-tuning "
                      "select on the same metric",
     "val_fraction": "set val_fraction in [study]: sweeps and fine-tuning share the same val carve",
+    "test_fraction": "set test_fraction per dataset in [[datasets]]: sweeps and fine-tuning share the same test "
+                     "carve",
 }
 #: Keys each table must have.
 _REQUIRED = {"backbones": ("name",), "datasets": ("spec",), "sweeps": ("probes",), "pretrain": ("dataset",)}

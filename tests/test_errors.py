@@ -149,6 +149,7 @@ SWEEP = '\n[[sweeps]]\nprobes = ["centroid"]\n'
     (BASE + '\n[finetune]\nmodes = ["partial"]\n', ["[finetune]", "partial needs trainable_blocks"]),
     (BASE + '\n[finetune]\nmodes = ["ful"]\n', ["[finetune] modes", "did you mean 'full'"]),
     (BASE + '\n[finetune]\nselect_metric = "top5"\n', ["[finetune]", "select_metric", "[study]"]),
+    (BASE + '\n[finetune]\ntest_fraction = 0.2\n', ["[finetune]", "test_fraction", "[[datasets]]"]),
     (BASE + '\n[finetune]\nval_fraction = 0.1\n', ["[finetune]", "val_fraction", "[study]"]),
     (BASE + '\n[finetune]\nmode = "full"\n', ["[finetune]", "modes = "]),
     (BASE + '\n[finetune]\nwarmup = 1\n', ["'warmup'", "[finetune]", "did you mean warmup_epochs"]),
@@ -218,7 +219,7 @@ def test_finetune_schema_is_the_config_dataclass():
     for name, setting in config_settings().items():
         assert cli_flag(name) in flags, name
         assert schema["pretrain"][name] == setting
-        assert name in schema["finetune"] or name in ("mode", "select_metric", "val_fraction")
+        assert name in schema["finetune"] or name in ("mode", "select_metric", "val_fraction", "test_fraction")
         default = getattr(FinetuneConfig(), name)
         assert default is None or probe._schema.check_setting(default, setting, name) == default
 
