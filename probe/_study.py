@@ -262,9 +262,7 @@ def load_study(path: str | os.PathLike | None = None) -> Study:
         backbones.append(BackboneSpec(**b))
     datasets = []
     for d in tables["datasets"]:
-        kind, sep, arg = d["spec"].partition(":")
-        if sep and kind in ("imagefolder", "csv", "parquet", *OFFICIAL_KINDS):
-            d["spec"] = f"{kind}:{_resolve(base, arg)}"
+        d["spec"] = _resolve_spec(base, d["spec"])
         if d.get("data_root"):
             d["data_root"] = str(_resolve(base, d["data_root"]))
         datasets.append(DatasetSpec(**d))
@@ -290,9 +288,7 @@ def load_study(path: str | os.PathLike | None = None) -> Study:
     if pretrain is not None and pretrain.get("data_root"):
         pretrain["data_root"] = str(_resolve(base, pretrain["data_root"]))
     if pretrain is not None:
-        kind, sep, arg = pretrain["dataset"].partition(":")
-        if sep and kind in ("imagefolder", "csv", "parquet"):
-            pretrain["dataset"] = f"{kind}:{_resolve(base, arg)}"
+        pretrain["dataset"] = _resolve_spec(base, pretrain["dataset"])
     if not sweeps and finetune is None:
         raise UsageError(f"study file {source} has neither [[sweeps]] nor [finetune]: nothing to run")
     return Study(name=head.get("name", Path(source).stem), backbones=backbones, datasets=datasets, sweeps=sweeps,
@@ -305,6 +301,15 @@ def load_study(path: str | os.PathLike | None = None) -> Study:
 def _resolve(base: Path, value: str) -> Path:
     p = Path(value).expanduser()
     return p if p.is_absolute() else base / p
+
+
+def _resolve_spec(base: Path, spec: str) -> str:
+    """A dataset spec whose path part (imagefolder:, csv:, parquet: and the official downloads) is taken
+    relative to the study file."""
+    kind, sep, arg = spec.partition(":")
+    if sep and kind in ("imagefolder", "csv", "parquet", *OFFICIAL_KINDS):
+        return f"{kind}:{_resolve(base, arg)}"
+    return spec
 
 
 def _read_table(raw: dict, name: str, schema: dict[str, Setting], source: str) -> list[dict]:

@@ -176,6 +176,15 @@ def test_a_scalar_where_a_list_is_expected_is_a_one_element_list(tmp_path):
     assert isinstance(study.finetune["crop_scale"][1], float)
 
 
+def test_dataset_paths_resolve_against_the_study_file_in_every_table(tmp_path):
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "s.toml"
+    path.write_text(BASE.replace('"digits"', '"imagefolder:pets"') + SWEEP + '\n[pretrain]\ndataset = "csv:m.csv"\n')
+    study = probe.load_study(path)
+    assert study.datasets[0].spec == f"imagefolder:{tmp_path / 'sub' / 'pets'}"
+    assert study.pretrain["dataset"] == f"csv:{tmp_path / 'sub' / 'm.csv'}"
+
+
 def test_plan_checks_backbone_names_with_a_suggestion(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text(BASE.replace("test_resnet", "test_resnett") + SWEEP)
