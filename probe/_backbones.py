@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import functools
-import hashlib
 import os
 import re
 import sys
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ProbeError, UsageError
+from ._io import file_sha256
 from ._families import family_of, resolve_family  # noqa: F401  (family_of: the one families table)
 
 
@@ -291,21 +290,6 @@ def _reachable(url: str, timeout: float = HUB_CONNECT_TIMEOUT) -> bool:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else ""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (streamed; remembered per path, size and mtime, so a checkpoint is read once)."""
-    st = os.stat(path)
-    return _sha256_of(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_weights_file(model, path: str | os.PathLike) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -47,3 +49,18 @@ def save_npz_atomic(path: str | os.PathLike, **arrays) -> Path:
 def safe_name(name: str) -> str:
     """A path component a person can read: anything but ``[A-Za-z0-9._+=-]`` becomes ``_``."""
     return re.sub(r"[^A-Za-z0-9._+=-]+", "_", str(name)).strip("_") or "_"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (streamed; remembered per path, size and mtime, so a checkpoint is read once)."""
+    st = os.stat(path)
+    return _sha256_of(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -36,7 +36,6 @@ should be.
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import UsageError
+from ._io import file_sha256
 
 #: Options each kind accepts, with their defaults (the type of the default is the option's type).
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -106,7 +106,7 @@ def read_official(kind: str, arg: str) -> dict[str, Any]:
                 splits={s: list(r) for s, r in split_refs.items()},
                 labels={s: np.asarray(v, dtype=np.int64) for s, v in split_labels.items()},
                 ids={s: list(r) for s, r in split_refs.items()}, root=str(root), version=_READER_VERSION,
-                options={**options, "index_sha256": {name: _sha256(p) for name, p in sorted(index_files.items())}})
+                options={**options, "index_sha256": {name: file_sha256(p) for name, p in sorted(index_files.items())}})
 
 
 # ---------------------------------------------------------------------------------------------------- options
@@ -204,13 +204,6 @@ def _id_table(kind: str, path: Path) -> dict[int, str]:
         table[int(key)] = value.strip()
     return table
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_listed_images(kind: str, root: Path, split_refs: dict[str, list[str]]) -> None:

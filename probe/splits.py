@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ._errors import UsageError
+from ._io import file_sha256
 from .vocab import DEFAULT_VAL_FRACTION
 
 #: Seed of the test carve (``--test-fraction``): one test set per dataset and fraction, whatever the job's seed.
@@ -207,7 +208,7 @@ def check_overlap(source, *, allow: bool = False, cache_dir=None) -> list[tuple[
             continue
         by_hash: dict[str, tuple[str, str]] = {}
         for entry in group:
-            first = by_hash.setdefault(_file_sha256(os.path.join(source.root, entry[1])), entry)
+            first = by_hash.setdefault(file_sha256(os.path.join(source.root, entry[1])), entry)
             if first[0] != entry[0] and (first, entry) not in found:
                 found.append((first, entry))
     pairs = [(name(a), name(b)) for a, b in found]
@@ -223,10 +224,3 @@ def check_overlap(source, *, allow: bool = False, cache_dir=None) -> list[tuple[
         write_text_atomic(marker, "checked: no image in two splits\n")
     return pairs
 
-
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
