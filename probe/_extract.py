@@ -115,22 +115,14 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
         material = {"backbone": backbone, "weights": spec["weights"], "data_config": spec["data_config"],
                     "dataset": {"name": source.name, "kind": source.kind, "fingerprint": source.fingerprint()},
                     "split": split, "dtype": dtype, "precision": precision}
-        key = cache_key({**material, "taps": list(taps)})
-        final = entry_path(cache_dir, backbone, source.name, split, key)
-        reuse = _find_reusable(final, key, cache_key(material), taps, skip_bad)
+        key, final, reuse = _lookup(material, taps, cache_dir, skip_bad)
+        if reuse is None and spec["weights"].startswith("hub:") and "@" not in spec["weights"]:
+            # the hub checkpoint was not on disk: once downloaded, its file hash is part of the identity
+            spec["weights"] = material["weights"] = get_backbone().weights_id
+            key, final, reuse = _lookup(material, taps, cache_dir, skip_bad)
         if reuse is not None:
             entries[split] = reuse
             continue
-        if spec["weights"].startswith("hub:") and "@" not in spec["weights"]:
-            # the hub checkpoint was not on disk: once downloaded, its file hash is part of the identity
-            spec["weights"] = get_backbone().weights_id
-            material["weights"] = spec["weights"]
-            key = cache_key({**material, "taps": list(taps)})
-            final = entry_path(cache_dir, backbone, source.name, split, key)
-            reuse = _find_reusable(final, key, cache_key(material), taps, skip_bad)
-            if reuse is not None:
-                entries[split] = reuse
-                continue
         plan.append((split, material, key, final))
     needed = None
     if plan:  # the space every missing entry needs is known before any forward pass
@@ -224,6 +216,13 @@ def _rows(path: Path) -> int:
 
     with h5py.File(path, "r") as f:
         return int(f["labels"].shape[0])
+
+
+def _lookup(material: dict, taps, cache_dir, skip_bad: bool):
+    """(key, final path, reusable entry or None) of one split's cache entry described by ``material``."""
+    key = cache_key({**material, "taps": list(taps)})
+    final = entry_path(cache_dir, material["backbone"], material["dataset"]["name"], material["split"], key)
+    return key, final, _find_reusable(final, key, cache_key(material), taps, skip_bad)
 
 
 def _find_reusable(final: Path, key: str, base_key: str, taps: tuple[str, ...],
