@@ -58,6 +58,25 @@ RESULT_COLUMNS: dict[str, str] = {
     "n_val": "Int64",  # labelled val examples that chose the hyperparameters (or the fine-tuning epoch)
     "test_fraction": "Float64",  # part of the data carved off as test; 0 when the dataset has its own test split
     "family_source": "Utf8",  # table | override | unknown: where `family` came from
+    # --- metrics of the other tasks (probe.vocab.TASK_METRICS); null on rows of a task they do not belong to
+    "miou": "Float64",  # segmentation: mean over classes present in the split of IoU, fraction in [0, 1]
+    "pixel_acc": "Float64",  # segmentation: fraction of labelled (non-ignore) pixels right
+    "rmse": "Float64",  # depth: metres; regression: the target's unit (years for age)
+    "abs_rel": "Float64",  # depth: mean |d - d*| / d* over valid pixels (ratio)
+    "log10": "Float64",  # depth: mean |log10 d - log10 d*| over valid pixels
+    "delta1": "Float64",  # depth: fraction of valid pixels with max(d/d*, d*/d) < 1.25
+    "delta2": "Float64",  # depth: the same below 1.25**2
+    "delta3": "Float64",  # depth: the same below 1.25**3
+    "rank1": "Float64",  # identification: fraction of queries whose nearest gallery item has their identity
+    "rank5": "Float64",  # identification: the same within the 5 nearest
+    "map": "Float64",  # identification: mean average precision over queries, fraction in [0, 1]
+    "verif_acc": "Float64",  # verification: mean over folds of pair accuracy at the fold's threshold
+    "verif_acc_sd": "Float64",  # verification: standard deviation of that accuracy over folds
+    "roc_auc": "Float64",  # verification: area under the ROC curve of pair similarities
+    "tar_far1e3": "Float64",  # verification: true accept rate at false accept rate 1e-3
+    "mae": "Float64",  # regression: mean absolute error in the target's unit (years for age)
+    "cs5": "Float64",  # regression: fraction of predictions within 5 units (years) of the target
+    "fold": "Int64",  # cross-validation fold of this row; null on a whole-split or across-fold summary row
 }
 
 #: What a rerun does after a results writer ran out of space.

@@ -20,15 +20,33 @@ TASKS = ("classification", "segmentation", "depth", "identification", "verificat
 DEFAULT_TASK = "classification"
 
 #: Metric columns per task (fractions in [0, 1] unless noted in probe.results.RESULT_COLUMNS).
+#: The first metric of a task is its default ``select_metric`` and the report's headline.
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "classification": ("top1", "top5", "mean_per_class_acc"),
+    "segmentation": ("miou", "pixel_acc"),
+    "depth": ("rmse", "abs_rel", "log10", "delta1", "delta2", "delta3"),
+    "identification": ("rank1", "rank5", "map"),
+    "verification": ("verif_acc", "verif_acc_sd", "roc_auc", "tar_far1e3"),
+    "regression": ("mae", "rmse", "cs5"),
+}
+
+#: Unit of each metric column, for formatting: ``fraction`` values print as percentages, the others as numbers
+#: with their unit (``rmse`` is metres for depth and the target's unit, e.g. years, for regression).
+METRIC_UNITS: dict[str, str] = {
+    "top1": "fraction", "top5": "fraction", "mean_per_class_acc": "fraction",
+    "miou": "fraction", "pixel_acc": "fraction",
+    "rmse": "target", "abs_rel": "ratio", "log10": "log10", "delta1": "fraction", "delta2": "fraction",
+    "delta3": "fraction",
+    "rank1": "fraction", "rank5": "fraction", "map": "fraction",
+    "verif_acc": "fraction", "verif_acc_sd": "fraction", "roc_auc": "fraction", "tar_far1e3": "fraction",
+    "mae": "target", "cs5": "fraction",
 }
 
 #: Classification metrics: the ones a selection rule may use for classification jobs.
 METRICS = TASK_METRICS["classification"]
 
 #: Metrics for which a smaller value is better (selection and "best" flip their sign).
-LOWER_IS_BETTER = frozenset({"rmse", "abs_rel", "log10", "mae"})
+LOWER_IS_BETTER = frozenset({"rmse", "abs_rel", "log10", "mae", "verif_acc_sd"})
 
 #: Architecture families (see probe.family_of); ``unknown`` is what an architecture outside the table gets.
 FAMILIES = ("convnet", "transformer", "hybrid", "mlp", "other")
