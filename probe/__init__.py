@@ -48,8 +48,9 @@ _LAZY = {
 __all__ = ["ProbeError", "UsageError", "CACHE_FORMAT", "PROBE_VERSION", "__version__", "analysis", *_LAZY]
 
 
-#: public submodules, imported on first attribute access (``probe.dense``: dense targets and metrics; ``probe.analysis``: selection, seed means, bootstrap,
-#: figures; the layer the report, the notebooks and the console summary share)
+#: public submodules, imported on first attribute access (``probe.analysis``: selection, seed means, bootstrap,
+#: figures; the layer the report, the notebooks and the console summary share; ``probe.dense``: dense targets and
+#: metrics)
 _SUBMODULES = {"analysis", "dense", "results", "vocab"}
 
 
