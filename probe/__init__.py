@@ -49,8 +49,9 @@ __all__ = ["ProbeError", "UsageError", "CACHE_FORMAT", "PROBE_VERSION", "__versi
 
 
 #: public submodules, imported on first attribute access (``probe.analysis``: selection, seed means, bootstrap,
-#: figures; the layer the report, the notebooks and the console summary share)
-_SUBMODULES = {"analysis", "results", "vocab"}
+#: figures; the layer the report, the notebooks and the console summary share; ``probe.dense``: dense targets and
+#: metrics)
+_SUBMODULES = {"analysis", "dense", "results", "vocab"}
 
 
 def __getattr__(name: str) -> Any:

@@ -113,12 +113,34 @@ class DatasetSource:
                               name=f"{path} row {row}")
         raise AssertionError(self.kind)
 
-    def dense(self, split: str, index: int) -> dict[str, np.ndarray]:
-        """Dense targets of one sample (``shapes`` only): ``segmentation`` int64 [H, W], ``depth`` float32 [H, W]."""
-        if self.kind != "shapes":
-            raise UsageError(f"dataset {self.name!r} has no dense labels; use the built-in 'shapes'")
-        _, seg, depth = _shape_sample(self.splits[split][index], self.options["size"])
-        return {"segmentation": seg, "depth": depth}
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks whose targets this dataset carries: ``classification`` and its dense tasks, if any."""
+        dense = tuple(self.options.get("dense_tasks", ()))
+        return (("classification",) if self.options.get("classification", True) else ()) + dense
+
+    @property
+    def segmentation_classes(self) -> list[str]:
+        """Class names of the segmentation maps (index = class id; 255 is the ignore label), or []."""
+        return list(self.options.get("segmentation_classes", []))
+
+    def dense_targets(self, split: str, index: int) -> dict[str, np.ndarray]:
+        """Dense targets of sample ``index`` of ``split``, at the image's own resolution.
+
+        Returns
+        -------
+        dict
+            The dense tasks the dataset carries (:attr:`tasks`): ``segmentation`` int64 [H, W] class ids into
+            :attr:`segmentation_classes` (255 = ignore), ``depth`` float32 [H, W] in metres (0 = no measurement).
+            Map them onto the network input with :func:`probe.dense.transform_dense_target`.
+        """
+        if not self.options.get("dense_tasks"):
+            raise UsageError(f"dataset {self.name!r} has no dense labels; use the built-in 'shapes', nyuv2:PATH or "
+                             "a dense manifest (csv:PATH with mask/depth columns)")
+        if self.kind == "shapes":
+            _, seg, depth = _shape_sample(self.splits[split][index], self.options["size"])
+            return {"segmentation": seg, "depth": depth}
+        raise AssertionError(self.kind)
 
     def fingerprint(self) -> str:
         """Hash of everything that determines the data: file list with sizes and mtimes, or the built-in version."""
@@ -240,7 +262,9 @@ def _open_shapes() -> DatasetSource:
         lab[split] = (index % len(_SHAPES_CLASSES)).astype(np.int64)
         ids[split] = [str(i) for i in index]
     return DatasetSource(spec="shapes", name="shapes", kind="shapes", classes=list(_SHAPES_CLASSES), splits=splits,
-                         labels=lab, ids=ids, version=SHAPES_VERSION, options={"size": _SHAPES_SIZE})
+                         labels=lab, ids=ids, version=SHAPES_VERSION,
+                         options={"size": _SHAPES_SIZE, "dense_tasks": ["segmentation", "depth"],
+                                  "segmentation_classes": ["background", *_SHAPES_CLASSES]})
 
 
 def _shape_sample(index: int, size: int):

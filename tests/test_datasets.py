@@ -31,12 +31,13 @@ def test_shapes_is_deterministic_with_dense_labels():
     a, b = probe.open_dataset("shapes"), probe.open_dataset("shapes")
     assert a.split_names == ["train", "val", "test"] and len(a.classes) == 6
     assert np.array_equal(np.asarray(a.load("val", 5)), np.asarray(b.load("val", 5)))
-    dense = a.dense("val", 5)
+    dense = a.dense_targets("val", 5)
     seg, depth = dense["segmentation"], dense["depth"]
     assert seg.shape == depth.shape == (48, 48) and set(np.unique(seg)) == {0, a.labels["val"][5] + 1}
     assert depth[seg > 0].max() < depth[seg == 0].min()  # the shape stands in front of the background
+    assert a.tasks == ("classification", "segmentation", "depth") and a.segmentation_classes[0] == "background"
     with pytest.raises(UsageError, match="no dense labels"):
-        probe.open_dataset("digits").dense("train", 0)
+        probe.open_dataset("digits").dense_targets("train", 0)
 
 
 def test_imagefolder_with_and_without_splits(tmp_path):

@@ -1,0 +1,250 @@
+"""Dense targets and metrics: segmentation and depth, shared by the frozen dense probe and fine-tuning.
+
+Targets
+-------
+A dataset's dense targets (:meth:`probe.DatasetSource.dense_targets`) come at the image's own resolution:
+``segmentation`` int64 [H, W] class ids (:data:`IGNORE_INDEX` = 255 for unlabelled pixels) and ``depth`` float32
+[H, W] in metres (0, negative or non-finite = no measurement). :func:`transform_dense_target` maps them through the
+geometry of the backbone's evaluation transform (the same resize and centre crop as the image, nearest-neighbour
+for both, so class ids stay ids and depths stay measured metres; pixels that a ``border`` crop pads are ignored).
+
+Metrics (the standard NYU Depth V2 definitions)
+-----------------------------------------------
+Every metric is computed from *per-image sufficient statistics* (:func:`segmentation_stats`,
+:func:`depth_stats`), so that a paired bootstrap over test images resamples rows of these arrays and calls
+:func:`dense_metrics` on the resample, without the predictions.
+
+- ``miou``: per class, intersection over union of the pixel sets summed over the images, averaged over the classes
+  present in the ground truth of those images; pixels labelled :data:`IGNORE_INDEX` count nowhere.
+  ``pixel_acc``: correct labelled pixels / labelled pixels. Both fractions in [0, 1].
+- Depth, on *valid* pixels (ground truth finite and in ``(0, max_depth]``, :data:`DEPTH_CAP` = 10 m by default, the
+  NYUv2 sensor range; the NYUv2 reader also marks the pixels outside the Eigen evaluation crop, rows 45:471 and
+  columns 41:601 of the 480 x 640 frame, as invalid), with predictions clipped to ``[DEPTH_MIN, max_depth]``:
+  ``rmse`` sqrt(mean (p - g)^2) in metres, ``abs_rel`` mean |p - g| / g, ``log10`` mean |log10 p - log10 g|,
+  ``delta1..3`` the fraction with max(p / g, g / p) < 1.25, 1.25^2, 1.25^3. Each is computed per image and then
+  averaged over the images (as in the Eigen et al. protocol code used by BTS, AdaBins and DINOv2's depth
+  evaluation); images without a valid pixel are left out.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+#: Segmentation label of pixels that count nowhere (unlabelled, padded, outside the evaluation crop).
+IGNORE_INDEX = 255
+
+#: Depth cap in metres: ground truth beyond it is invalid and predictions are clipped to it (NYUv2's sensor range).
+DEPTH_CAP = 10.0
+
+#: Smallest depth in metres a prediction is clipped to (keeps log10 and the ratios finite).
+DEPTH_MIN = 1e-3
+
+#: Dense tasks and the per-image statistics each one saves (arrays with one row per image).
+STAT_NAMES: dict[str, tuple[str, ...]] = {
+    "segmentation": ("intersection", "union", "labelled"),  # each [N, C]: pixels per class
+    "depth": ("n_valid", "sq_err", "abs_rel", "log10", "delta1", "delta2", "delta3"),  # each [N]: sums, counts
+}
+
+DENSE_TASKS = tuple(STAT_NAMES)
+
+
+# ---------------------------------------------------------------------------------------------------- statistics
+
+
+def segmentation_stats(pred, target, n_classes: int) -> dict[str, np.ndarray]:
+    """Per-image, per-class pixel counts of a batch of predicted and true label maps.
+
+    Parameters
+    ----------
+    pred, target : array-like of int, [N, H, W] (or [H, W] for one image)
+        Predicted and true class ids; target pixels equal to :data:`IGNORE_INDEX` are left out of every count.
+    n_classes : int
+        Number of classes C; true labels must lie in ``[0, C)`` or be :data:`IGNORE_INDEX`.
+
+    Returns
+    -------
+    dict
+        ``intersection`` (pixels of class c predicted as c), ``union`` (pixels predicted c or labelled c) and
+        ``labelled`` (pixels labelled c): int64 [N, C] each.
+    """
+    pred, target = _batch(pred).astype(np.int64), _batch(target).astype(np.int64)
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from target shape {target.shape}")
+    n = len(target)
+    valid = target != IGNORE_INDEX
+    if np.any(valid & ((target < 0) | (target >= n_classes))):
+        raise ValueError(f"target labels outside [0, {n_classes}) other than {IGNORE_INDEX}")
+    rows = np.broadcast_to(np.arange(n)[:, None, None], target.shape)
+
+    def count(mask, labels):
+        flat = rows[mask] * n_classes + labels[mask]
+        return np.bincount(flat, minlength=n * n_classes).reshape(n, n_classes).astype(np.int64)
+
+    in_range = (pred >= 0) & (pred < n_classes)
+    labelled = count(valid, target)
+    predicted = count(valid & in_range, np.clip(pred, 0, n_classes - 1))
+    intersection = count(valid & (pred == target), target)
+    return {"intersection": intersection, "union": labelled + predicted - intersection, "labelled": labelled}
+
+
+def depth_stats(pred, target, *, max_depth: float = DEPTH_CAP) -> dict[str, np.ndarray]:
+    """Per-image sums over the valid pixels of a batch of predicted and true depth maps (metres).
+
+    Parameters
+    ----------
+    pred, target : array-like of float, [N, H, W] (or [H, W])
+        Predicted and true depths in metres. A target pixel is valid when finite and in ``(0, max_depth]``;
+        predictions are clipped to ``[DEPTH_MIN, max_depth]``.
+    max_depth : float
+        The depth cap in metres (:data:`DEPTH_CAP`).
+
+    Returns
+    -------
+    dict
+        float64 [N] each: ``n_valid`` (valid pixels), ``sq_err`` (sum of (p - g)^2), ``abs_rel`` (sum of
+        |p - g| / g), ``log10`` (sum of |log10 p - log10 g|), ``delta1..3`` (pixels with max(p/g, g/p) below
+        1.25, 1.25^2, 1.25^3).
+    """
+    pred, target = _batch(pred).astype(np.float64), _batch(target).astype(np.float64)
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from target shape {target.shape}")
+    valid = depth_valid(target, max_depth=max_depth)
+    g = np.where(valid, target, 1.0)
+    p = np.clip(np.nan_to_num(pred, nan=max_depth), DEPTH_MIN, max_depth)
+    ratio = np.maximum(p / g, g / p)
+    axes = (1, 2)
+
+    def total(values):
+        return np.where(valid, values, 0.0).sum(axis=axes)
+
+    return {"n_valid": valid.sum(axis=axes).astype(np.float64), "sq_err": total((p - g) ** 2),
+            "abs_rel": total(np.abs(p - g) / g), "log10": total(np.abs(np.log10(p) - np.log10(g))),
+            "delta1": total(ratio < 1.25), "delta2": total(ratio < 1.25 ** 2), "delta3": total(ratio < 1.25 ** 3)}
+
+
+def depth_valid(target, *, max_depth: float = DEPTH_CAP) -> np.ndarray:
+    """Boolean mask of the valid ground-truth depth pixels: finite and in ``(0, max_depth]``."""
+    target = np.asarray(target)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(target) & (target > 0) & (target <= max_depth)
+
+
+def _batch(a) -> np.ndarray:
+    a = np.asarray(a)
+    return a[None] if a.ndim == 2 else a
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+
+
+def segmentation_metrics(stats: Mapping[str, Any]) -> dict[str, float]:
+    """``miou`` and ``pixel_acc`` of per-image statistics (rows summed), see the module docstring."""
+    n_classes = np.shape(stats["labelled"])[-1]
+    inter, union, labelled = (np.asarray(stats[k], dtype=np.float64).reshape(-1, n_classes).sum(0)
+                              for k in ("intersection", "union", "labelled"))
+    present = labelled > 0
+    if not present.any():
+        return {"miou": float("nan"), "pixel_acc": float("nan")}
+    return {"miou": float(np.mean(inter[present] / union[present])),
+            "pixel_acc": float(inter.sum() / labelled.sum())}
+
+
+def depth_metrics(stats: Mapping[str, Any]) -> dict[str, float]:
+    """``rmse``, ``abs_rel``, ``log10``, ``delta1..3`` of per-image statistics (per image, then averaged)."""
+    n = np.atleast_1d(np.asarray(stats["n_valid"], dtype=np.float64))
+    keep = n > 0
+    if not keep.any():
+        return {m: float("nan") for m in ("rmse", "abs_rel", "log10", "delta1", "delta2", "delta3")}
+
+    def per_image(name):
+        return np.atleast_1d(np.asarray(stats[name], dtype=np.float64))[keep] / n[keep]
+
+    out = {"rmse": float(np.mean(np.sqrt(per_image("sq_err"))))}
+    for name in ("abs_rel", "log10", "delta1", "delta2", "delta3"):
+        out[name] = float(np.mean(per_image(name)))
+    return out
+
+
+def dense_metrics(task: str, stats: Mapping[str, Any], index=None) -> dict[str, float]:
+    """Metrics of ``task`` from per-image statistics, optionally over the images ``index`` (a bootstrap resample:
+    repeated indices count an image as often as it is drawn)."""
+    if task not in STAT_NAMES:
+        raise ValueError(f"no dense metrics for task {task!r}; dense tasks are {', '.join(DENSE_TASKS)}")
+    if index is not None:
+        stats = {k: np.asarray(stats[k])[index] for k in STAT_NAMES[task]}
+    return segmentation_metrics(stats) if task == "segmentation" else depth_metrics(stats)
+
+
+def dense_stats(task: str, pred, target, *, n_classes: int | None = None,
+                max_depth: float = DEPTH_CAP) -> dict[str, np.ndarray]:
+    """Per-image statistics of ``task`` (:func:`segmentation_stats` or :func:`depth_stats`)."""
+    if task == "segmentation":
+        if n_classes is None:
+            raise ValueError("segmentation statistics need n_classes")
+        return segmentation_stats(pred, target, n_classes)
+    if task == "depth":
+        return depth_stats(pred, target, max_depth=max_depth)
+    raise ValueError(f"no dense statistics for task {task!r}; dense tasks are {', '.join(DENSE_TASKS)}")
+
+
+# ---------------------------------------------------------------------------------------------------- geometry
+
+
+def transform_dense_target(target, data_config: Mapping[str, Any], *, task: str) -> np.ndarray:
+    """Map one dense target through the geometry of the backbone's evaluation transform.
+
+    The transform is timm's own (``timm.data.create_transform(**data_config, is_training=False)``, as
+    :meth:`probe._backbones.Backbone.eval_transform` builds it for the image) with nearest-neighbour
+    interpolation and without its tensor conversion and normalisation, so the target lands on exactly the
+    pixels of the network input.
+
+    Parameters
+    ----------
+    target : array-like [H, W]
+        ``segmentation``: class ids (int); ``depth``: metres (float), at the image's resolution.
+    data_config : dict
+        The backbone's resolved timm data config (``input_size``, ``crop_pct``, ``crop_mode``...).
+    task : {"segmentation", "depth"}
+
+    Returns
+    -------
+    numpy.ndarray
+        [input_size[1], input_size[2]]: int64 ids (padding = :data:`IGNORE_INDEX`) or float32 metres
+        (padding = 0, invalid).
+    """
+    from PIL import Image
+
+    target = np.asarray(target)
+    if task == "segmentation":
+        img, fill = Image.fromarray(target.astype(np.int32), mode="I"), IGNORE_INDEX
+    elif task == "depth":
+        img, fill = Image.fromarray(np.nan_to_num(target.astype(np.float32), nan=0.0), mode="F"), 0
+    else:
+        raise ValueError(f"no dense target geometry for task {task!r}; dense tasks are {', '.join(DENSE_TASKS)}")
+    for step in _geometry_steps(data_config):
+        if hasattr(step, "fill"):
+            step.fill = fill  # a border crop pads: padded pixels are unlabelled / unmeasured
+        img = step(img)
+    out = np.asarray(img)
+    return out.astype(np.int64) if task == "segmentation" else out.astype(np.float32)
+
+
+def _geometry_steps(data_config: Mapping[str, Any]) -> list:
+    """The resize / crop steps of timm's eval transform for ``data_config``, nearest-neighbour."""
+    import timm.data
+
+    cfg = {k: v for k, v in data_config.items() if k in ("input_size", "crop_pct", "crop_mode", "mean", "std")}
+    transform = timm.data.create_transform(**cfg, interpolation="nearest", is_training=False)
+    steps = []
+    for step in transform.transforms:
+        if type(step).__name__ in ("MaybeToTensor", "ToTensor", "Normalize", "MaybePILToTensor", "PILToTensor"):
+            break
+        steps.append(step)
+    return steps
+
+
+def target_size(data_config: Mapping[str, Any]) -> tuple[int, int]:
+    """(height, width) of a transformed dense target: the network input's."""
+    return int(data_config["input_size"][1]), int(data_config["input_size"][2])
