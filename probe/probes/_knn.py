@@ -106,8 +106,8 @@ def _top_neighbours(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torc
     """Similarities [N, k'] (descending) and class indices [N, k'] of the k' = min(k, n_bank) nearest rows.
 
     Exact: equal similarities are ordered by bank row (the earlier row first), as a stable sort of each row's
-    similarities would order them. On CPU, queries go in blocks of a few MiB of similarities, so the selection
-    reads each block while it is still in cache instead of streaming a large block back from memory.
+    similarities would order them. On CPU, queries go in blocks of about :data:`_BLOCK_BYTES` of similarities:
+    enough query rows for a full-speed product, and a bounded buffer whatever the size of the bank.
     """
     k = min(int(k), len(bank))
     sims = torch.empty(len(queries), k, device=queries.device, dtype=queries.dtype)
