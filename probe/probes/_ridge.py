@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._base import ProbeBase, check_positive
+from ._base import ProbeBase, check_positive, chunk_rows
 
 
 class RidgeProbe(ProbeBase):
@@ -76,17 +76,27 @@ class RidgeProbe(ProbeBase):
         dec = _Decomposition(X, y_index, n_classes, self.fit_intercept)
         self._path_moments = dec.moments
         E = dec.project(X_eval)
-        shared = (time.perf_counter() - start) / max(1, len(points))
-        for i, point in enumerate(points):
-            start = time.perf_counter()
-            alpha = float(point.get("alpha", self.alpha))
+        alphas = [float(point.get("alpha", self.alpha)) for point in points]
+        for alpha in alphas:
             check_positive(type(self).__name__, "alpha", alpha)
+        shared = (time.perf_counter() - start) / max(1, len(points))
+        n_out = dec.B.shape[1]
+        # Several alphas per product: one [N_eval, r] x [r, group * C] matmul runs near the matmul peak where C = 100
+        # columns alone do not (measured on one core: 10 alphas 167 ms one by one, 102 ms as one product).
+        group = max(1, min(len(points), chunk_rows(len(points), len(E) * n_out)))
+        for lo in range(0, len(points), group):
+            start = time.perf_counter()
+            ids = range(lo, min(lo + group, len(points)))
             # float32 product: E's columns are at most as large as the centred features, and the scores' rounding
             # (~1e-6 relative) is far below any gap that changes a prediction that float64 would make
-            z = torch.addmm(dec.y_mean, E, (dec.B / (dec.eigvals + alpha)[:, None]).to(E.dtype))
-            if z.shape[1] == 1:
-                z = torch.cat([torch.zeros_like(z), z], dim=1)
-            yield i, z, shared + time.perf_counter() - start
+            M = torch.cat([dec.B / (dec.eigvals + alphas[i])[:, None] for i in ids], dim=1).to(E.dtype)
+            Z = torch.addmm(dec.y_mean.repeat(len(ids)), E, M)
+            each = (time.perf_counter() - start) / len(ids)
+            for j, i in enumerate(ids):
+                z = Z[:, j * n_out:(j + 1) * n_out]
+                if n_out == 1:
+                    z = torch.cat([torch.zeros_like(z), z], dim=1)
+                yield i, z, shared + each
 
     def _prepare_refit(self, point_index: int) -> None:
         self._refit_moments, self._path_moments = getattr(self, "_path_moments", None), None
@@ -115,7 +125,8 @@ class _Moments:
         mean = X.mean(dim=0) if fit_intercept else torch.zeros(d, device=X.device, dtype=X.dtype)
         Xc = X - mean
         self.mean = mean.double()
-        self.gram = (Xc.T @ Xc).double()  # float32 accumulation of centred features, as scikit-learn's float32 path
+        self.gram = symmetric_gram(Xc).double()  # float32 accumulation of centred features, as scikit-learn's
+        # float32 path
         self.counts = torch.bincount(y_index, minlength=n_classes).double()
         sums = torch.zeros(n_classes, d, device=X.device, dtype=X.dtype).index_add_(0, y_index, Xc)
         self.class_sums = sums.double()  # of the centred rows: sum over class members of (x - mean)
@@ -207,6 +218,24 @@ class _Decomposition:
         if self._dual_X is None:  # P = V is orthonormal: a float32 product loses nothing that matters
             return (X_eval - self.x_mean) @ self.P.float()
         return ((X_eval - self.x_mean).double() @ self.P).float()
+
+
+def symmetric_gram(X: torch.Tensor, block: int = 192) -> torch.Tensor:
+    """``X^T X`` from the products of column blocks on and above the diagonal, mirrored (about 5/8 of the
+    multiply-adds of one full product at 768 columns, with the same float32 accumulation).
+
+    One core, 20,000 x 768: 188 ms against 329 ms for ``X.T @ X`` (the transposed left operand also runs slower).
+    """
+    d = X.shape[1]
+    if d <= block:
+        return X.T @ X
+    G = torch.empty(d, d, device=X.device, dtype=X.dtype)
+    for lo in range(0, d, block):
+        hi = min(lo + block, d)
+        part = X[:, lo:hi].T @ X[:, lo:]
+        G[lo:hi, lo:] = part
+        G[lo:, lo:hi] = part.T
+    return G
 
 
 def _centred(X: torch.Tensor, y_index: torch.Tensor, n_classes: int, fit_intercept: bool):
