@@ -8,6 +8,7 @@ the ones that need a monkeypatch (free space) run ``probe.cli.main`` in this pro
 from __future__ import annotations
 
 import collections
+import inspect
 import json
 import os
 import subprocess
@@ -225,12 +226,14 @@ def test_finetune_schema_is_the_config_dataclass():
     for action in finetune_parser._actions:
         flags.update(action.option_strings)
     schema = study_schema()
+    signature = inspect.signature(probe.finetune).parameters
     for name, setting in config_settings().items():
         assert cli_flag(name) in flags, name
         assert schema["pretrain"][name] == setting
         assert name in schema["finetune"] or name in ("mode", "select_metric", "val_fraction", "test_fraction")
         default = getattr(FinetuneConfig(), name)
         assert default is None or probe._schema.check_setting(default, setting, name) == default
+        assert signature[name].default == default, name  # probe.finetune's keyword has the config's default
 
 
 def test_finetune_api_checks_types_like_the_study(tmp_path):
@@ -396,12 +399,12 @@ def test_full_disk_at_a_results_writer_is_one_line(tiny_disk):
 def test_full_disk_at_a_checkpoint_is_one_line(tmp_path, capsys, monkeypatch):
     import errno
 
-    import probe._finetune as ft
+    import probe._finetune.checkpoint as ckpt
 
     def full(obj, path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ft, "_atomic_torch_save", full)
+    monkeypatch.setattr(ckpt, "atomic_torch_save", full)
     write_image_folder(tmp_path / "pets", per_class=6, size=16)
     proc = run_main(capsys, "finetune", "test_resnet", f"imagefolder:{tmp_path / 'pets'}", *FAST, "--img-size", "32",
                     "--epochs", "1", "--batch-size", "4", "--results-dir", tmp_path / "r")

@@ -281,16 +281,23 @@ def _plain_types(obj) -> set:
 def test_divergence_after_an_epoch_keeps_its_checkpoint_and_resumes(tmp_path, monkeypatch):
     import torch
 
-    from probe._finetune import _Run
+    from probe._finetune import Trainer
 
-    real_step = _Run._step
+    real_step = Trainer.step
+    epochs_started = []
+    real_epoch = Trainer.train_epoch
 
-    def step_that_diverges_in_epoch_2(self, x, y):
-        loss = real_step(self, x, y)
-        return float("nan") if self.history else loss  # history holds the completed epochs
+    def epoch(self, n):
+        epochs_started.append(n)
+        return real_epoch(self, n)
+
+    def step_that_diverges_in_epoch_2(self, x, targets):
+        loss = real_step(self, x, targets)
+        return float("nan") if epochs_started[-1] == 2 else loss
 
     run = dict(DIGITS_RUN, epochs=2, workers=0, results_dir=tmp_path / "r", progress=False, verbose=True)
-    monkeypatch.setattr(_Run, "_step", step_that_diverges_in_epoch_2)
+    monkeypatch.setattr(Trainer, "train_epoch", epoch)
+    monkeypatch.setattr(Trainer, "step", step_that_diverges_in_epoch_2)
     with pytest.raises(probe.ProbeError, match="diverged.*epoch 2.*checkpoints up to epoch 1 are kept"):
         probe.finetune("test_vit", "digits", **run)
     ckpt = next((tmp_path / "r").rglob("last.pt"))
@@ -300,6 +307,6 @@ def test_divergence_after_an_epoch_keeps_its_checkpoint_and_resumes(tmp_path, mo
     # unpickler of every declared torch accepts (no numpy arrays or scalars, no objects).
     assert _plain_types(state) <= {dict, list, tuple, str, int, float, bool, type(None), torch.Tensor}
     assert not list((tmp_path / "r").rglob("*.parquet"))  # no results from a diverged run
-    monkeypatch.setattr(_Run, "_step", real_step)
+    monkeypatch.setattr(Trainer, "step", real_step)
     result = probe.finetune("test_vit", "digits", **run)  # the same command continues from epoch 1
     assert result.resumed_from == 1 and [h["epoch"] for h in result.history] == [1, 2]

@@ -264,9 +264,10 @@ def test_skip_bad_moves_no_other_image_between_train_and_val(tmp_path):
                               size=16)
     spec = f"imagefolder:{root}"
     source = probe.open_dataset(spec)
-    from probe._finetune import FinetuneConfig, _plan_splits
+    from probe._finetune import FinetuneConfig, plan_splits
 
-    plan = _plan_splits(source, FinetuneConfig(), seed=0)
+    c = FinetuneConfig()
+    plan = plan_splits(source, val_fraction=c.val_fraction, test_fraction=c.test_fraction, seed=0)
     ids = np.asarray(source.ids["train"])
     val_ids = set(ids[plan["val"][1]])
     bad = sorted(val_ids)[0]
@@ -275,7 +276,8 @@ def test_skip_bad_moves_no_other_image_between_train_and_val(tmp_path):
                        results_dir=tmp_path / "r", skip_bad=True, **SMALL)
     rows = probe.scan_results(tmp_path / "r").collect()
     assert set(rows["n_val"]) == {len(val_ids) - 1}  # only the bad image left val
-    after = _plan_splits(probe.open_dataset(spec), FinetuneConfig(), seed=0)  # fine-tuning's carve: unchanged
+    after = plan_splits(probe.open_dataset(spec), val_fraction=c.val_fraction, test_fraction=c.test_fraction,
+                        seed=0)  # fine-tuning's carve: unchanged
     assert set(ids[after["val"][1]]) == val_ids
     from probe._cache import load_split
     from probe._sweep import _skipped_labels

@@ -1,0 +1,170 @@
+"""Fine-tuning data: the split plan, seeded per-sample augmentation, and loaders whose batches are set per pass.
+
+Randomness is a pure function of ``(seed, epoch, sample)``: the shuffle order comes from a generator seeded by
+``(seed, epoch)``, each sample's augmentation from ``(seed, epoch, split, index)`` (so neither the number of
+loader workers nor which worker loads a sample matters) and the model's own randomness (dropout, drop-path)
+from a reseed at the start of every epoch (:func:`seed_everything`).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+import numpy as np
+
+from .._errors import ProbeError, UsageError
+
+#: Independent random streams of one run, mixed into every seed with :func:`mix`.
+STREAM_SHUFFLE, STREAM_MODEL, STREAM_AUGMENT = 1, 2, 3
+_SPLIT_NUMBER = {"train": 0, "val": 1, "test": 2}
+
+
+def mix(*values: int) -> int:
+    """A 63-bit seed from integers (splitmix64 steps), so nearby (seed, epoch, index) give unrelated streams."""
+    x = 0x9E3779B97F4A7C15
+    for v in values:
+        x = (x ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) & 0xFFFFFFFFFFFFFFFF
+        x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x >> 1
+
+
+def seed_everything(value: int) -> None:
+    """Seed python's, numpy's and torch's global generators."""
+    import torch
+
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)
+
+
+def plan_splits(source, *, val_fraction: float, test_fraction: float, seed: int) -> dict[str, tuple[str, np.ndarray]]:
+    """Split -> (dataset split, indices into it): the sweeps' train/val/test, carved from train where missing
+    (:func:`probe.splits.carve_splits` over the dataset's full id list, as the sweeps carve it)."""
+    from ..splits import carve_splits
+
+    has_val, has_test = "val" in source.splits, "test" in source.splits
+    if has_test and test_fraction:
+        raise UsageError(f"dataset {source.name!r} has its own test split; drop --test-fraction (it carves a test "
+                         "split only for datasets without one)")
+    parts = carve_splits(source.labels["train"], ids=source.ids["train"],
+                         val_fraction=0.0 if has_val else val_fraction,
+                         test_fraction=0.0 if has_test else test_fraction, seed=seed)
+    plan = {"train": ("train", parts["train"]),
+            "val": ("val", np.arange(len(source.labels["val"]))) if has_val else ("train", parts["val"])}
+    if has_test:
+        plan["test"] = ("test", np.arange(len(source.labels["test"])))
+    elif "test" in parts:
+        plan["test"] = ("train", parts["test"])
+    return plan
+
+
+class ImageSet:
+    """Map-style dataset over chosen indices of one or more splits: ``(image tensor, targets, error or '')``.
+
+    ``parts`` is a list of (dataset split, indices) concatenated in that order (train+val for the refit).
+    ``targets`` is a dict task -> target; ``tasks`` names them (``classification``: the integer label).
+    ``transform(image, targets) -> (tensor, targets)`` applies one geometry to both (:class:`ImageOnly` wraps an
+    image transform). Training items are ``(epoch, k)`` pairs: with ``augment_seed`` set, each sample reseeds
+    python's and torch's RNGs from (seed, epoch, split, index) before its transform, so its augmentation depends
+    neither on which worker loads it nor on what came before. Evaluation items are plain positions ``k``.
+    """
+
+    def __init__(self, source, parts, transform, shape, *, tasks=("classification",), augment_seed: int | None = None):
+        self.source, self.transform, self.shape, self.augment_seed = source, transform, tuple(shape), augment_seed
+        self.tasks = tuple(tasks)
+        self.split_of = [split for split, idx in parts for _ in range(len(idx))]
+        self.indices = np.concatenate([np.asarray(idx, dtype=np.int64) for _, idx in parts])
+        self.labels = np.concatenate([source.labels[split][np.asarray(idx, dtype=np.int64)] for split, idx in parts])
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def targets(self, k: int) -> dict:
+        """The raw targets of item ``k`` (before the transform)."""
+        return {"classification": int(self.labels[k])}
+
+    def __getitem__(self, item):
+        import torch
+
+        epoch, k = item if isinstance(item, tuple) else (0, item)
+        i, split = int(self.indices[k]), self.split_of[k]
+        if self.augment_seed is not None:
+            s = mix(self.augment_seed, STREAM_AUGMENT, epoch, _SPLIT_NUMBER[split], i)
+            random.seed(s)
+            torch.default_generator.manual_seed(s)  # the CPU generator only: torch.manual_seed costs 30x more
+        targets = self.targets(k)
+        try:
+            x, targets = self.transform(self.source.load(split, i), targets)
+            return x, targets, ""
+        except ProbeError as exc:  # reported by the main process: workers cannot print one clean line
+            return torch.zeros(self.shape), targets, str(exc)
+
+
+class ImageOnly:
+    """A joint transform that applies an image transform and leaves the targets as they are."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, image, targets):
+        return self.transform(image), targets
+
+
+class Batches:
+    """A batch sampler whose batches are set before each pass, so one loader (and its workers) serves every epoch."""
+
+    def __init__(self):
+        self.batches: list[list] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def make_loader(images: ImageSet, batches: Batches, workers: int, device, seed: int):
+    """A DataLoader over ``images`` whose batches are ``batches`` (set before each pass)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)  # workers' base seed; keeps the global RNG untouched
+    # persistent workers: forking them again every epoch costs more than a small model's epoch on a busy CPU
+    return torch.utils.data.DataLoader(images, batch_sampler=batches, num_workers=workers,
+                                       pin_memory=device.type == "cuda", generator=generator,
+                                       prefetch_factor=4 if workers > 0 else None, persistent_workers=workers > 0)
+
+
+def shuffled_batches(n: int, batch_size: int, steps: int, *, seed: int, epoch: int) -> list[list]:
+    """The ``steps`` training batches of an epoch as ``(epoch, position)`` items; the order is seeded by
+    ``(seed, epoch)`` and the last partial batch is dropped."""
+    import torch
+
+    g = torch.Generator().manual_seed(mix(seed, STREAM_SHUFFLE, epoch))
+    order = torch.randperm(n, generator=g).tolist()
+    return [[(epoch, k) for k in order[s:s + batch_size]] for s in range(0, steps * batch_size, batch_size)]
+
+
+def train_transform(data_config: dict, config):
+    """timm's standard training transform at the checkpoint's input size, interpolation, mean and std."""
+    import timm.data
+
+    return timm.data.create_transform(
+        input_size=tuple(data_config["input_size"]), is_training=True, scale=tuple(config.crop_scale),
+        hflip=0.5 if config.hflip else 0.0, color_jitter=config.color_jitter, auto_augment=None,
+        interpolation=data_config.get("interpolation", "bilinear"), mean=tuple(data_config["mean"]),
+        std=tuple(data_config["std"]), re_prob=0.0)
+
+
+def image_name(error: str) -> str:
+    """The file named by an image-loading error (``cannot read image NAME: ...``), else the message."""
+    m = re.match(r"cannot read image (.+?): ", error)
+    return m.group(1) if m else error
+
+
+def pow2_floor(n: int) -> int:
+    """The largest power of two not above ``n`` (at least 1)."""
+    return 1 << max(0, int(n).bit_length() - 1)

@@ -1,0 +1,605 @@
+"""Fine-tuning as a protocol: choose the epoch on val, refit on train+val, score test once, write result rows.
+
+:func:`finetune` checks the settings, plans the splits, names the job and takes its lock; :class:`_Run` builds
+each phase's objects (model, head, optimizer, loaders) and hands them to a
+:class:`probe._finetune.trainer.Trainer`, checkpoints after every epoch, and writes the rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._checks import disk_full_guard
+from .._errors import ProbeError, UsageError
+from .._io import atomic_path
+from .._runtime import ProcessLock
+from .._schema import check_setting
+from ..vocab import METRICS
+from .checkpoint import CHECKPOINT_FORMAT, Checkpoints, save_safetensors
+from .config import ACCUM_STEPS, FinetuneConfig, make_config
+from .data import plan_splits, pow2_floor
+
+_DEFAULT = FinetuneConfig()
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` returns.
+
+    Attributes
+    ----------
+    frame : polars.DataFrame
+        Rows in the results contract: one val row per epoch, then the selected test row.
+    results_path : Path
+        The parquet file.
+    weights_path : Path or None
+        Best-val weights as safetensors (usable as ``--weights`` for extraction and fine-tuning).
+    artifacts_path : Path or None
+        Test predictions (``probe.results.load_artifacts``); None without a test split.
+    best_epoch : int
+        The epoch chosen on val (1-based).
+    test_metrics : dict or None
+        top1, top5 and mean per-class accuracy on test with the chosen epoch's weights.
+    history : list of dict
+        Per epoch: train loss, learning rate, images/s, data-wait share, val metrics.
+    checkpoint_dir : Path
+        Where the per-epoch checkpoints live (removed after success unless ``keep_checkpoints``).
+    skipped : bool
+        True when the results existed and nothing was trained.
+    resumed_from : int
+        Completed epochs found in a checkpoint at the start (0 for a fresh run).
+    lp : dict or None
+        lp-ft only: the probe's ``C``, whether it was selected on val, and its val top1.
+    initial_head : dict or None
+        The new head's weights (``weight`` [C, D], ``bias`` [C]) as they were before the first step of a fresh
+        run; None after a resume.
+    """
+
+    frame: Any
+    results_path: Path
+    weights_path: Path | None
+    artifacts_path: Path | None
+    best_epoch: int
+    test_metrics: dict | None
+    history: list = field(default_factory=list)
+    checkpoint_dir: Path | None = None
+    skipped: bool = False
+    resumed_from: int = 0
+    lp: dict | None = None
+    initial_head: dict | None = None
+    settings: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+
+def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
+             trainable_blocks: int | None = _DEFAULT.trainable_blocks, epochs: int = _DEFAULT.epochs,
+             lr: float = _DEFAULT.lr, batch_size: int = _DEFAULT.batch_size, accum_steps: int | str = "auto",
+             weight_decay: float = _DEFAULT.weight_decay, warmup_epochs: float = _DEFAULT.warmup_epochs,
+             label_smoothing: float = _DEFAULT.label_smoothing, layer_decay: float | None = _DEFAULT.layer_decay,
+             clip_grad: float | None = _DEFAULT.clip_grad, crop_scale: tuple[float, float] = _DEFAULT.crop_scale,
+             hflip: bool = _DEFAULT.hflip, color_jitter: float | None = _DEFAULT.color_jitter,
+             lp_C: float | None = _DEFAULT.lp_C, img_size: int | None = None,
+             weights: str | os.PathLike | None = None, random_init: bool = False, seed: int = 0,
+             family: str | None = None, val_fraction: float = _DEFAULT.val_fraction,
+             select_metric: str = _DEFAULT.select_metric, precision: str = _DEFAULT.precision,
+             skip_bad: bool = _DEFAULT.skip_bad, refit: bool = _DEFAULT.refit,
+             test_fraction: float = _DEFAULT.test_fraction, init_seed: int | None = None,
+             allow_overlap: bool = False, data_root: str | os.PathLike | None = None,
+             cache_dir: str | os.PathLike = "cache", results_dir: str | os.PathLike = "results",
+             checkpoint_dir: str | os.PathLike | None = None, keep_checkpoints: bool = False,
+             overwrite: bool = False, device: str = "auto", workers: int | None = None, progress: bool = True,
+             verbose: bool = True) -> FinetuneResult:
+    """Fine-tune ``backbone`` with a new head on ``dataset``; choose the epoch on val, score test once.
+
+    Parameters
+    ----------
+    backbone : str
+        timm name with its tag (``vit_base_patch16_224.augreg_in21k``).
+    dataset : str
+        Dataset spec (``digits``, ``imagefolder:PATH``... see :func:`probe.open_dataset`); needs a train split.
+    mode : {"full", "partial", "lp-ft"}
+        What is trained; see the module docstring.
+    trainable_blocks : int, optional
+        ``partial`` (required) and ``lp-ft`` (optional): train only the last N blocks or stages, plus the final
+        norm and the head. N may be 0 (head and final norm only); N beyond the model's depth is a UsageError.
+    epochs, lr, batch_size, weight_decay, warmup_epochs, label_smoothing, layer_decay, clip_grad
+        Optimisation, see :class:`FinetuneConfig` (units there). ``batch_size`` is the images per optimizer
+        step; the train split (after the val carve) must hold at least that many.
+    accum_steps : int or "auto"
+        Micro-batches per step. ``"auto"`` starts with 1 and doubles whenever a step runs out of GPU memory.
+    crop_scale, hflip, color_jitter
+        Training augmentation (timm's ``create_transform(is_training=True)``, no auto-augment). Evaluation
+        always uses the checkpoint's own preprocessing (:meth:`probe.Backbone.eval_transform`).
+    lp_C : float, optional
+        ``lp-ft``: the logistic probe's C; default: selected on val over the sweeps' grid.
+    img_size, weights, random_init, family
+        How the backbone is built (see :func:`probe.create_backbone`).
+    seed : int
+        Seed of the val carve, the new head, the shuffle order and the augmentation (the sweeps' ``--seeds``).
+    init_seed : int, optional
+        Seed of ``random_init`` (default: ``seed``): the same weights as features extracted with
+        ``random_init=True, seed=init_seed``.
+    val_fraction : float
+        Part of train carved off as val when the dataset has none (recorded in every row).
+    test_fraction : float
+        For a dataset without a test split: part of train carved off as test (as the sweeps'
+        ``test_fraction``: the same images). 0 (default): no test row.
+    refit : bool
+        Retrain the chosen number of epochs on train+val and score that model on test (default), instead of the
+        chosen epoch's weights trained on train alone.
+    allow_overlap : bool
+        Accept the same image in two splits (:func:`probe.splits.check_overlap`).
+    select_metric : {"top1", "top5", "mean_per_class_acc"}
+        The val metric that chooses the epoch.
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        Autocast precision; ``auto`` is bf16 on CUDA (fp16 with a grad scaler where bf16 is missing), fp32 on CPU.
+    skip_bad : bool
+        Drop unreadable images from their batch instead of stopping with an error naming the file.
+    cache_dir : path
+        Feature cache (``lp-ft`` extracts the frozen ``pooled`` features there, shared with the sweeps).
+    results_dir : path
+        Where the parquet file, the test predictions and the exported weights go.
+    checkpoint_dir : path, optional
+        Per-epoch checkpoints; default ``<results file stem>.ckpt/`` beside the results.
+    keep_checkpoints : bool
+        Keep the checkpoint folder after success (default: removed once the results are written).
+    overwrite : bool
+        Retrain even when the results exist (any checkpoint of the same settings is discarded).
+    device : str
+        ``auto`` (cuda when present), ``cpu``, ``cuda``, ``cuda:N``.
+    workers : int, optional
+        Data-loading worker processes (default: one fewer than the CPU cores, 1 to 8). On CPU, torch's threads
+        are capped at the cores left over during the run (oversubscription makes small models crawl).
+    progress, verbose : bool
+        A tqdm bar per epoch (loss, lr, images/s); a log line per epoch with the val metrics (stderr).
+
+    Returns
+    -------
+    FinetuneResult
+        Rows, paths and the chosen epoch. When the results already exist (and not ``overwrite``), they are
+        read back and nothing is trained (``skipped=True``).
+
+    Raises
+    ------
+    UsageError
+        Bad settings, a train split smaller than the batch, ``trainable_blocks`` beyond the depth.
+    ProbeError
+        An unreadable image, or a diverging run (non-finite loss; earlier checkpoints are kept).
+    """
+    from .._backbones import check_model_name, file_sha256
+    from .._checks import check_img_size, check_output_dirs
+    from .._datasets import open_dataset
+    from .._runtime import resolve_device
+    from .._schema import SEED, WORKERS
+    from ..results import job_stem
+    from ..splits import require_two_classes
+
+    config = make_config(mode=mode, trainable_blocks=trainable_blocks, epochs=epochs, lr=lr, batch_size=batch_size,
+                         weight_decay=weight_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
+                         layer_decay=layer_decay, clip_grad=clip_grad, crop_scale=crop_scale, hflip=hflip,
+                         color_jitter=color_jitter, lp_C=lp_C, select_metric=select_metric,
+                         val_fraction=val_fraction, precision=precision, skip_bad=skip_bad, refit=refit,
+                         test_fraction=test_fraction)
+    accum_auto = accum_steps == "auto"
+    accum_steps = check_setting(accum_steps, ACCUM_STEPS, "--accum-steps")
+    workers = check_setting(workers, WORKERS, "--workers", example="--workers 4")
+    seed = check_setting(seed, SEED, "--seed", example="--seed 0")
+    resolve_device(device)  # a missing CUDA is an error before anything is written
+    img_size = check_img_size(img_size)
+    check_output_dirs({"--results-dir": results_dir, "--checkpoint-dir": checkpoint_dir,
+                       "--cache-dir": cache_dir if config.mode == "lp-ft" else None})  # lp-ft caches features
+    if weights is not None and random_init:
+        raise UsageError("--weights and --random-init exclude each other; pass one")
+    check_model_name(backbone)
+    init_seed = int(seed if init_seed is None else init_seed)
+    source = open_dataset(dataset, data_root=data_root)
+    if "train" not in source.splits:
+        raise UsageError(f"dataset {source.name!r} has no train split (it has {source.split_names}); "
+                         "fine-tuning needs one")
+    from ..splits import check_overlap
+
+    check_overlap(source, allow=allow_overlap, cache_dir=cache_dir)
+    split_plan = plan_splits(source, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+                             seed=seed)
+    if "test" not in split_plan and verbose:
+        print(f"probe: dataset {source.name!r} has no test split: the epoch is chosen on val and no test row is "
+              "written; pass --test-fraction F to carve a test split from train", file=sys.stderr)
+    train_split, train_idx = split_plan["train"]
+    require_two_classes(source.labels[train_split][train_idx], source.classes, what="fine-tuning")
+    n_train = len(train_idx)
+    if n_train < config.batch_size:
+        raise UsageError(f"the train split of {source.name!r} has {n_train} images after the val carve, fewer "
+                         f"than the batch size {config.batch_size}; use --batch-size {pow2_floor(n_train)} or less")
+
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise UsageError(f"weights file {weights} does not exist; pass a .safetensors or torch checkpoint")
+        weights_key = f"file:{file_sha256(path)[:16]}"
+    else:
+        weights_key = f"random-init:seed{init_seed}" if random_init else "hub"
+    from .._version import PROBE_VERSION
+
+    settings = {"format": CHECKPOINT_FORMAT, "backbone": backbone, "weights": weights_key, "img_size": img_size,
+                "family": family, "dataset": source.name, "fingerprint": source.fingerprint(), "seed": int(seed),
+                "init_seed": init_seed, "probe_version": PROBE_VERSION,
+                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+    tag = f"{config.mode}{'' if config.trainable_blocks is None else config.trainable_blocks}-{digest[:10]}"
+    stem = job_stem(results_dir, backbone=backbone, dataset=source.name, probe="finetune", tap="-", shots=0,
+                    seed=int(seed), tag=tag)
+    results_path = Path(str(stem) + ".parquet")
+    ckpt_dir = Path(str(stem) + ".ckpt") if checkpoint_dir is None else Path(checkpoint_dir) / (stem.name + ".ckpt")
+    if results_path.is_file() and not overwrite:
+        return _read_back(results_path, stem, ckpt_dir, settings, verbose)
+
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    busy = (f"another process is fine-tuning the same job ({stem}.lock is held); wait for it to finish, then "
+            "rerun to read its results")
+    with ProcessLock(Path(str(stem) + ".lock"), wait=False, busy_error=busy):
+        if results_path.is_file() and not overwrite:  # finished by another process while we looked
+            return _read_back(results_path, stem, ckpt_dir, settings, verbose)
+        if overwrite:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        run = _Run(backbone=backbone, source=source, config=config, split_plan=split_plan, settings=settings,
+                   digest=digest, stem=stem, ckpt_dir=ckpt_dir, accum_steps=1 if accum_auto else int(accum_steps),
+                   accum_auto=accum_auto, img_size=img_size, weights=weights, random_init=random_init,
+                   seed=int(seed), init_seed=init_seed, family=family, data_root=data_root, cache_dir=cache_dir, device=device,
+                   workers=workers, progress=progress, verbose=verbose)
+        result = run.execute()
+    if not keep_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class _Run:
+    """One fine-tuning job: builds each phase's objects, runs them through a Trainer, writes the rows."""
+
+    backbone: str
+    source: Any
+    config: FinetuneConfig
+    split_plan: dict
+    settings: dict
+    digest: str
+    stem: Path
+    ckpt_dir: Path
+    accum_steps: int
+    accum_auto: bool
+    img_size: int | None
+    weights: Any
+    random_init: bool
+    seed: int
+    init_seed: int
+    family: str | None
+    data_root: Any
+    cache_dir: Any
+    device: str
+    workers: int | None
+    progress: bool
+    verbose: bool
+
+    def execute(self) -> FinetuneResult:
+        from .._runtime import cpu_threads, default_workers, resolve_device
+
+        self.n_workers = default_workers() if self.workers is None else int(self.workers)
+        with cpu_threads(resolve_device(self.device), self.n_workers):
+            return self._execute()
+
+    def _execute(self) -> FinetuneResult:
+        from .._runtime import resolve_device
+        from .build import resolve_precision
+
+        c = self.config
+        self.dev = resolve_device(self.device)
+        self.amp_dtype, self.use_scaler = resolve_precision(c.precision, self.dev)
+        self.ckpts = Checkpoints(self.ckpt_dir, self.digest)
+        self.history: list[dict] = []
+        self.refit_history: list[dict] = []
+        self.best = {"epoch": 0, "value": -math.inf, "file": None}
+        self.lp: dict | None = None
+        self.eval_loaders: dict[str, Any] = {}
+        self.skipped: set[str] = set()  # unreadable images left out with skip_bad, over both phases
+        refit = c.refit and "test" in self.split_plan
+        state = self.ckpts.read()
+        phase = state["phase"] if state is not None else "select"
+        if phase == "refit":  # the selection is done: its outcome sets the refit's length
+            self.best, self.lp = dict(state["best"]), state["lp"]
+        start_epoch, initial_head = 0, None
+        if phase == "select":
+            trainer, start_epoch, initial_head = self._build_phase("select", state)
+            for epoch in range(start_epoch + 1, c.epochs + 1):
+                record = trainer.train_epoch(epoch)
+                val = trainer.evaluate("val")["classification"]
+                record.update({f"val_{k}": v for k, v in val["metrics"].items()}, val_loss=val["loss"])
+                improved = val["metrics"][c.select_metric] > self.best["value"]
+                if improved:
+                    name = self.ckpts.save_best(trainer.model, epoch, self._metadata(epoch))
+                    self.best = {"epoch": epoch, "value": float(val["metrics"][c.select_metric]), "file": name}
+                self.history.append(record)
+                self._save(trainer, epoch, "select")
+                if self.verbose:
+                    self._log(epoch, record, improved)
+            state = None
+        if refit:
+            # the chosen number of epochs again, from the same initial weights, on train+val
+            trainer, start, _ = self._build_phase("refit", state)
+            for epoch in range(start + 1, self.best["epoch"] + 1):
+                record = trainer.train_epoch(epoch)
+                self.refit_history.append(record)
+                self._save(trainer, epoch, "refit")
+                if self.verbose:
+                    print(f"probe: refit epoch {epoch}/{self.best['epoch']} on train+val: train loss "
+                          f"{record['train_loss']:.4f}; {record['images_per_s']:.0f} img/s", file=sys.stderr)
+        return self._finish(trainer, start_epoch, initial_head, refit)
+
+    # ------------------------------------------------------------------------------------------ building
+    def _build_model(self):
+        """The initial model of a phase: the backbone built exactly as extraction builds it (``num_classes=0``,
+        ``random_init`` seeded by ``init_seed``, so lp-ft's cached features are this trunk's), then a new head for
+        the dataset's classes seeded by ``seed`` (never a checkpoint's classifier), then the freezing of
+        ``partial``. Returns (backbone, model on the device, frozen module names)."""
+        import torch
+
+        from .._backbones import create_backbone
+        from .build import freeze_for_partial
+        from .data import mix
+
+        bb = create_backbone(self.backbone, weights=self.weights, random_init=self.random_init, seed=self.init_seed,
+                             num_classes=0, img_size=self.img_size, family=self.family)
+        model = bb.model
+        torch.manual_seed(mix(self.seed, 0))
+        model.reset_classifier(len(self.source.classes))
+        frozen = []
+        if self.config.trainable_blocks is not None:
+            frozen = freeze_for_partial(model, self.config.trainable_blocks, self.backbone)
+        model = model.to(self.dev)
+        if self.dev.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
+        return bb, model, frozen
+
+    def _build_phase(self, phase: str, state: dict | None):
+        """Build the objects of a phase and the Trainer over them; resume from ``state`` when given.
+
+        ``select`` trains on train for ``epochs`` epochs; ``refit`` on train+val for the chosen epoch count. Both
+        start from the same weights (:meth:`_build_model`). Returns (trainer, epochs already done, the fresh
+        head's weights or None).
+        """
+        import torch
+
+        from .build import build_optimizer, param_groups
+        from .data import (
+            Batches,
+            ImageOnly,
+            ImageSet,
+            make_loader,
+            shuffled_batches,
+            train_transform,
+        )
+        from .heads import ClassificationTask
+        from .trainer import Trainer
+
+        c = self.config
+        if getattr(self, "trainer", None) is not None:  # micro-batches grown on an earlier phase's OOM stay
+            self.accum_steps = self.trainer.accum_steps
+        self.trainer = None  # free the previous phase's model first
+        self.bb, model, frozen = self._build_model()
+        parts = [self.split_plan["train"]] + ([self.split_plan["val"]] if phase == "refit" else [])
+        epochs = c.epochs if phase == "select" else self.best["epoch"]
+        n_images = sum(len(idx) for _, idx in parts)
+        steps_per_epoch = n_images // c.batch_size
+        optimizer, scheduler = build_optimizer(
+            param_groups(model, lr=c.lr, weight_decay=c.weight_decay, layer_decay=c.layer_decay), lr=c.lr,
+            warmup_steps=int(round(c.warmup_epochs * steps_per_epoch)), total_steps=steps_per_epoch * epochs)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
+        # last.pt (weights + two AdamW moments, the old one until the new one replaces it), best weights, export
+        self.ckpts.check_space(4 * 8 * sum(p.numel() for p in model.parameters()),
+                               f"the checkpoints of {self.backbone}")
+
+        data_config = self.bb.data_config
+        shape = tuple(data_config["input_size"])
+        train_images = ImageSet(self.source, parts, ImageOnly(train_transform(data_config, c)), shape,
+                                augment_seed=self.seed)
+        if not self.eval_loaders:  # the same loaders (and workers) serve both phases
+            eval_tf = ImageOnly(self.bb.eval_transform())
+            self.eval_loaders = {s: make_loader(ImageSet(self.source, [plan], eval_tf, shape), Batches(),
+                                                self.n_workers, self.dev, 0)
+                                 for s, plan in self.split_plan.items() if s != "train"}
+        train_batches = Batches()
+        trainer = Trainer(
+            model=model, tasks={"classification": ClassificationTask(len(self.source.classes), c.label_smoothing)},
+            optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+            train_loader=make_loader(train_images, train_batches, self.n_workers, self.dev, self.seed),
+            train_batches=train_batches,
+            plan_batches=lambda epoch: shuffled_batches(n_images, c.batch_size, steps_per_epoch, seed=self.seed,
+                                                        epoch=epoch),
+            eval_loaders=self.eval_loaders, device=self.dev, batch_size=c.batch_size, epochs=epochs, seed=self.seed,
+            amp_dtype=self.amp_dtype, accum_steps=self.accum_steps, accum_auto=self.accum_auto,
+            clip_grad=c.clip_grad, frozen=frozen, skip_bad=c.skip_bad, lr_hint=c.lr, checkpoint_dir=self.ckpt_dir,
+            progress=self.progress, verbose=self.verbose, skipped=self.skipped)
+        self.trainer = trainer
+
+        start_epoch, initial_head = 0, None
+        if state is not None:
+            start_epoch = self._load(trainer, state)
+        elif c.mode == "lp-ft":
+            self.lp = self._probe_head(model, refit=phase == "refit")
+        if phase == "select" and start_epoch == 0:
+            head = model.get_classifier()
+            initial_head = {"weight": head.weight.detach().cpu().numpy().copy(),
+                            "bias": head.bias.detach().cpu().numpy().copy()}
+        return trainer, start_epoch, initial_head
+
+    def _probe_head(self, model, refit: bool) -> dict:
+        from .lpft import probe_initialised_head
+
+        c = self.config
+        extract = dict(weights=self.weights, random_init=self.random_init, seed=self.init_seed,
+                       img_size=self.img_size, family=self.family, data_root=self.data_root,
+                       cache_dir=self.cache_dir, batch_size=max(1, c.batch_size), workers=self.workers,
+                       skip_bad=c.skip_bad, progress=self.progress)
+        return probe_initialised_head(model, backbone=self.backbone, source=self.source, split_plan=self.split_plan,
+                                      lp_C=c.lp_C, select_metric=c.select_metric, seed=self.seed, extract=extract,
+                                      device=self.dev, ckpt_dir=self.ckpt_dir, previous=self.lp, refit=refit,
+                                      verbose=self.verbose)
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def _metadata(self, epoch: int) -> dict[str, str]:
+        return {"format": "probe-finetune", "backbone": self.backbone, "weights": self.bb.weights_id,
+                "dataset": self.source.name, "classes": json.dumps(self.source.classes), "epoch": str(epoch),
+                "mode": self.config.mode, "settings_hash": self.digest,
+                "data_config": json.dumps(self.bb.data_config)}
+
+    def _save(self, trainer, epoch: int, phase: str) -> None:
+        self.ckpts.save({"phase": phase, "epoch": epoch, **trainer.state_dict(), "history": self.history,
+                         "refit_history": self.refit_history, "best": self.best, "lp": self.lp},
+                        best_file=self.best["file"])
+
+    def _load(self, trainer, state: dict) -> int:
+        """Restore a checkpoint into the phase just built; returns the epochs it had completed."""
+        from .checkpoint import set_rng_state
+
+        trainer.load_state_dict(state)
+        set_rng_state(state["rng"])
+        self.history, self.best, self.lp = list(state["history"]), dict(state["best"]), state["lp"]
+        self.refit_history = list(state.get("refit_history", []))
+        self.ckpts.keep_only(self.best["file"])
+        if self.verbose:
+            self.ckpts.announce(self.stem.name, state)
+        return int(state["epoch"])
+
+    def _log(self, epoch: int, r: dict, improved: bool) -> None:
+        print(f"probe: epoch {epoch}/{self.config.epochs}: train loss {r['train_loss']:.4f}, val loss "
+              f"{r['val_loss']:.4f}, val top1 {r['val_top1']:.4f}, top5 {r['val_top5']:.4f}, mean per class "
+              f"{r['val_mean_per_class_acc']:.4f}; {r['images_per_s']:.0f} img/s, data wait "
+              f"{r['data_wait_share']:.0%}{' (best so far)' if improved else ''}", file=sys.stderr)
+
+    # ------------------------------------------------------------------------------------------ results
+    def _finish(self, trainer, start_epoch: int, initial_head, refit: bool) -> FinetuneResult:
+        from safetensors.torch import load_file
+
+        from .._identity import identity_columns, protocol_id
+        from .._version import PROBE_VERSION
+        from ..results import make_row, results_frame, save_artifacts, write_results
+        from .build import precision_name
+        from .heads import chance_level
+
+        c = self.config
+        self.accum_steps = trainer.accum_steps
+        best_epoch, best_file = self.best["epoch"], self.ckpt_dir / str(self.best["file"])
+        if not refit:
+            if not best_file.is_file():
+                raise ProbeError(f"best checkpoint {best_file} is missing; rerun with --overwrite")
+            trainer.model.load_state_dict(load_file(str(best_file), device=str(self.dev)))
+        params = self._params()
+        n_train, n_val = len(self.split_plan["train"][1]), len(self.split_plan["val"][1])
+        val_fraction = 0.0 if "val" in self.source.splits else c.val_fraction
+        test_fraction = 0.0 if "test" in self.source.splits else c.test_fraction
+        recipe = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(c).items()
+                  if k not in ("select_metric", "val_fraction", "test_fraction", "refit", "precision", "skip_bad")}
+        protocol = protocol_id(task="classification", probe="finetune", tap="-", grid=recipe,
+                               val_fraction=val_fraction, test_fraction=test_fraction, select_metric=c.select_metric,
+                               shots=0, refit=refit, probe_version=PROBE_VERSION)
+        base = dict(backbone=self.backbone, family=self.bb.family, family_source=self.bb.family_source,
+                    weights=self.bb.weights_id,
+                    dataset=self.source.name, tap="-", probe="finetune", shots=0, seed=self.seed,
+                    val_fraction=val_fraction, test_fraction=test_fraction, select_metric=c.select_metric,
+                    cache_key="-", protocol=protocol, n_val=n_val,
+                    **identity_columns(backbone=self.backbone, weights=self.bb.weights_id,
+                                       data_config=self.bb.data_config, precision=precision_name(self.amp_dtype)))
+        rows = [make_row(**base, params={**params, "epoch": r["epoch"]}, selected=False, split="val",
+                         n_train=n_train, n_eval=n_val, fit_seconds=r["train_seconds"], top1=r["val_top1"],
+                         top5=r["val_top5"], mean_per_class_acc=r["val_mean_per_class_acc"]) for r in self.history]
+        total_seconds = sum(r["train_seconds"] for r in self.history + self.refit_history)
+        weights_path = Path(str(self.stem) + ".safetensors")
+        with disk_full_guard(weights_path.parent, f"the fine-tuned weights {weights_path.name}",
+                             "the fine-tune resumes from its last checkpoint"):
+            if refit:  # the exported weights are the ones that scored test
+                save_safetensors(trainer.model, weights_path, {**self._metadata(best_epoch), "refit": "train+val"})
+            else:
+                with atomic_path(weights_path) as tmp:
+                    shutil.copyfile(best_file, tmp)
+        test_metrics, artifacts = None, None
+        if "test" in self.eval_loaders:
+            test = trainer.evaluate("test")["classification"]
+            test_metrics = test["metrics"]
+            rows.append(make_row(**base, params={**params, "epoch": best_epoch}, selected=True, split="test",
+                                 n_train=n_train + n_val if refit else n_train, n_eval=int(test["keep"].sum()),
+                                 fit_seconds=total_seconds, **test_metrics))
+            split, idx = self.split_plan["test"]
+            ids = np.asarray(self.source.ids[split])[idx][test["keep"]]
+            artifacts = save_artifacts(self.stem, ids=ids, labels=test["labels"], scores=test["scores"],
+                                       classes=self.source.classes)
+        else:
+            rows[best_epoch - 1] = dict(rows[best_epoch - 1], selected=True)
+        if self.skipped:
+            names = sorted(self.skipped)
+            print(f"probe: --skip-bad left out {len(names)} unreadable image{'s' if len(names) != 1 else ''} of "
+                  f"{self.source.name}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}", file=sys.stderr)
+        frame = results_frame(rows)
+        results_path = write_results(frame, Path(str(self.stem) + ".parquet"))
+        if self.verbose:
+            print(f"probe: chose epoch {best_epoch} on val ({c.select_metric} {self.best['value']:.4f})"
+                  + ("; retrained on train+val for that many epochs" if refit else ""), file=sys.stderr)
+        warnings = []
+        chance = chance_level(self.eval_loaders["val"].dataset.labels, c.select_metric, len(self.source.classes))
+        if self.best["value"] <= chance["threshold"]:
+            warnings.append(f"the best val {c.select_metric} ({self.best['value']:.3f}, epoch {best_epoch}) is at "
+                            f"chance level ({chance['chance']:.3f} with {len(self.source.classes)} classes): the "
+                            "network learned nothing the val split can see; try a larger --lr, more --epochs or "
+                            "pretrained weights")
+        for w in warnings:
+            print(f"probe: warning: {w}", file=sys.stderr)
+        return FinetuneResult(frame=frame, results_path=results_path, weights_path=weights_path,
+                              artifacts_path=artifacts, best_epoch=best_epoch, test_metrics=test_metrics,
+                              history=self.history, checkpoint_dir=self.ckpt_dir, resumed_from=start_epoch,
+                              lp=self.lp, initial_head=initial_head, settings=self.settings, warnings=warnings)
+
+    def _params(self) -> dict:
+        c = self.config
+        params = {"mode": c.mode, "trainable_blocks": c.trainable_blocks, "epochs": c.epochs, "lr": c.lr,
+                  "batch_size": c.batch_size, "accum_steps": self.accum_steps, "weight_decay": c.weight_decay,
+                  "warmup_epochs": c.warmup_epochs, "label_smoothing": c.label_smoothing,
+                  "layer_decay": c.layer_decay, "clip_grad": c.clip_grad, "crop_scale": list(c.crop_scale),
+                  "hflip": c.hflip, "color_jitter": c.color_jitter, "img_size": self.bb.data_config["input_size"][-1],
+                  "precision": "fp32" if self.amp_dtype is None else str(self.amp_dtype).replace("torch.", ""),
+                  "chosen_epoch": self.best["epoch"], "refit": bool(c.refit and "test" in self.split_plan),
+                  "init_seed": self.init_seed if self.random_init else None, "settings_hash": self.digest[:10]}
+        if self.lp is not None:
+            params["lp_C"] = self.lp["C"]
+        return params
+
+
+
+def _read_back(results_path: Path, stem: Path, ckpt_dir: Path, settings: dict, verbose: bool) -> FinetuneResult:
+    import polars as pl
+
+    frame = pl.read_parquet(results_path)
+    test = frame.filter(pl.col("selected"))
+    best_epoch = int(json.loads(test["params"][0]).get("epoch", 0)) if len(test) else 0
+    test_metrics = ({m: float(test[m][0]) for m in METRICS}
+                    if len(test) and test["split"][0] == "test" else None)
+    weights_path = Path(str(stem) + ".safetensors")
+    artifacts = Path(str(stem) + ".npz")
+    if verbose:
+        print(f"probe: results exist, nothing trained: {results_path} (pass --overwrite to retrain)",
+              file=sys.stderr)
+    return FinetuneResult(frame=frame, results_path=results_path,
+                          weights_path=weights_path if weights_path.is_file() else None,
+                          artifacts_path=artifacts if artifacts.is_file() else None, best_epoch=best_epoch,
+                          test_metrics=test_metrics, checkpoint_dir=ckpt_dir, skipped=True, settings=settings)
