@@ -140,6 +140,9 @@ class _Report:
             full.filter((pl.col("probe") != FINETUNE) & (pl.col("tap") != "patch")), notes=self.notes)
         self.best_ft = analysis.best_by_val(full.filter(pl.col("probe") == FINETUNE), notes=self.notes)
         self.datasets = sorted(set(self.jobs["dataset"].to_list())) if self.jobs.height else []
+        for r in analysis.skipped_images(self.jobs).iter_rows(named=True):
+            self.notes.append(f"{r['dataset']}: {r['n_skipped']} unreadable image(s) left out with --skip-bad "
+                              f"for `{r['config_label']}` (listed by `probe cache ls`); its numbers are on the rest.")
 
     # ----------------------------------------------------------------------------------------- rendering
 

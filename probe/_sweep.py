@@ -458,10 +458,16 @@ def _skipped_labels(train, dataset: str, data_root) -> dict[str, int]:
         return {}
     from ._datasets import open_dataset
 
-    source = open_dataset(train.attrs.get("dataset_spec") or dataset, data_root=data_root)
+    # the spec as given in this process (the cached one may be a path relative to another working directory)
+    source = open_dataset(dataset or train.attrs.get("dataset_spec"), data_root=data_root)
     where = {id_: i for i, id_ in enumerate(source.ids["train"])}
     labels = source.labels["train"]
     return {id_: int(labels[where[id_]]) for id_ in skipped if id_ in where}
+
+
+def skipped_count(entries) -> int:
+    """Images left out as unreadable (``--skip-bad``) over the given cached splits (their ``skipped`` attribute)."""
+    return sum(len(entry.attrs.get("skipped") or []) for entry in entries)
 
 
 def backbone_context(entry) -> dict:
@@ -481,7 +487,8 @@ def _run_job(splits: dict, job: dict, *, select_metric: str, val_fraction: float
     # a family is a label, not part of the features' key: the request's override, else the families table
     family, family_source = resolve_family(train.backbone, family)
     context = dict(backbone=train.backbone, family=family, family_source=family_source, weights=train.weights,
-                   dataset=train.dataset, tap=tap, cache_key=train.key, **backbone_context(train))
+                   dataset=train.dataset, tap=tap, cache_key=train.key, n_skipped=skipped_count(splits.values()),
+                   **backbone_context(train))
     result = sweep(job["probe"], (train.features[tap], train.labels),
                    (val.features[tap], val.labels) if val is not None else None,
                    (test.features[tap], test.labels) if test is not None else None,

@@ -76,6 +76,7 @@ RESULT_COLUMNS: dict[str, str] = {
     "tar_far1e3": "Float64",  # verification: true accept rate at false accept rate 1e-3
     "mae": "Float64",  # regression: mean absolute error in the target's unit (years for age)
     "cs5": "Float64",  # regression: fraction of predictions within 5 units (years) of the target
+    "n_skipped": "Int64",  # images of the dataset left out as unreadable (--skip-bad) in the splits this job used
     "fold": "Int64",  # cross-validation fold of this row; null on a whole-split or across-fold summary row
 }
 

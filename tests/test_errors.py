@@ -315,6 +315,19 @@ def test_skip_bad_is_reported_and_never_reused_silently(tmp_path):
     (key,) = skipped
     assert skipped_images(tmp_path / "cache", keys=[key[:8]]) == skipped
     assert skipped_images(tmp_path / "cache", keys=["0000"]) == {}
+    # results rows record the count, and the report notes it per dataset and configuration
+    import polars as pl
+
+    import probe
+
+    probe.sweep_cached("test_resnet", f"imagefolder:{images}", probes=["centroid"], cache_dir=tmp_path / "cache",
+                       results_dir=tmp_path / "results", random_init=True, img_size=32, workers=0, skip_bad=True,
+                       progress=False)
+    rows = pl.read_parquet(next((tmp_path / "results").rglob("*.parquet")))
+    assert rows["n_skipped"].to_list() == [1] * rows.height
+    assert probe.analysis.skipped_images(probe.analysis.job_table(tmp_path / "results"))["n_skipped"].to_list() == [1]
+    report = probe.write_report(tmp_path / "results", n_boot=50).read_text()
+    assert "1 unreadable image(s) left out with --skip-bad" in report
 
 
 # ------------------------------------------------------------------------------------------------ the hub

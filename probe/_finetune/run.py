@@ -519,7 +519,7 @@ class _Run:
                     weights=self.bb.weights_id,
                     dataset=self.source.name, tap="-", probe="finetune", shots=0, seed=self.seed,
                     val_fraction=val_fraction, test_fraction=test_fraction, select_metric=c.select_metric,
-                    cache_key="-", protocol=protocol, n_val=n_val,
+                    cache_key="-", protocol=protocol, n_val=n_val, n_skipped=len(self.skipped),
                     **identity_columns(backbone=self.backbone, weights=self.bb.weights_id,
                                        data_config=self.bb.data_config, precision=precision_name(self.amp_dtype)))
         rows = [make_row(**base, params={**params, "epoch": r["epoch"]}, selected=False, split="val",

@@ -24,7 +24,7 @@ _LAZY = {
     # selection by configuration
     "job_table": "._select", "with_identity": "._select", "aggregate_seeds": "._select", "best_by_val": "._select",
     "configurations": "._select", "weights_kind": "._select", "lower_is_better": "._select",
-    "primary_metric": "._select", "GROUP": "._select",
+    "primary_metric": "._select", "GROUP": "._select", "skipped_images": "._select",
     # bootstrap over test images
     "BootstrapResult": "._stats", "BOOTSTRAP_METRICS": "._stats", "paired_bootstrap": "._stats",
     "bootstrap_ci": "._stats", "compare_jobs": "._stats", "job_ci": "._stats", "pair_by_id": "._stats",

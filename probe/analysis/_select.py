@@ -254,3 +254,20 @@ def as_list(value: Any) -> list:
     if value is None:
         return []
     return list(value) if not isinstance(value, (str, bytes)) else [value]
+
+
+def skipped_images(jobs):
+    """Images left out as unreadable (``--skip-bad``) per dataset and backbone configuration, where any were.
+
+    Returns a polars DataFrame ``dataset, config_label, n_skipped`` (the largest count over that configuration's
+    jobs on the dataset: jobs of one configuration read the same cached splits), sorted; empty when nothing was
+    skipped or the rows predate the ``n_skipped`` column.
+    """
+    import polars as pl
+
+    if "n_skipped" not in jobs.columns:
+        return pl.DataFrame(schema={"dataset": pl.Utf8, "config_label": pl.Utf8, "n_skipped": pl.Int64})
+    return (jobs.filter(pl.col("n_skipped").fill_null(0) > 0)
+            .group_by("dataset", "config_label").agg(pl.col("n_skipped").max())
+            .sort("dataset", "config_label"))
+
