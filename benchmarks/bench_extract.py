@@ -65,7 +65,7 @@ def bench(model_name: str, spec: str, *, batch_size: int, workers: int | None, d
     model = bb.model.to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    tensors = torch.stack([images[i][1] for i in range(min(n, 4 * batch_size))])
+    tensors = images.finish(torch.stack([images[i][1] for i in range(min(n, 4 * batch_size))]))
 
     def forward_only():
         with torch.inference_mode():
@@ -84,7 +84,7 @@ def bench(model_name: str, spec: str, *, batch_size: int, workers: int | None, d
     def data_only():
         count = 0
         for _, x, _ in loader():
-            count += len(x)
+            count += len(images.finish(x))
         return count
 
     def end_to_end():

@@ -7,6 +7,7 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from ._errors import UsageError
 
@@ -49,45 +50,65 @@ def cpu_threads(device, n_workers: int):
         torch.set_num_threads(threads)
 
 
-def cpu_plan(data_seconds: float, forward_seconds: float, threads: int, *, max_workers: int = 8) -> tuple[int, int]:
-    """Torch threads and loader workers for a CPU extraction, chosen from one batch's measured times.
+class CpuPlan(NamedTuple):
+    """How a CPU extraction runs: see :func:`cpu_plan`."""
+
+    threads: int  # torch threads of the main process's forward
+    workers: int  # loader worker processes that decode (0: decode in the main process between forwards)
+    forward_processes: int  # > 0: that many worker processes decode AND forward whole batches, one thread each
+
+
+def cpu_plan(data_seconds: float, forward_seconds: float, threads: int, *, max_workers: int = 8,
+             forward1_seconds: float | None = None) -> CpuPlan:
+    """Torch threads and processes for a CPU extraction, chosen from one batch's measured times.
 
     Parameters
     ----------
     data_seconds : float
-        Time to decode and transform one batch in one process.
+        Time to decode and transform one batch in this process (on ``threads`` decoding threads).
     forward_seconds : float
         Time of the forward on one batch with ``threads`` torch threads.
     threads : int
         The cores the run may use (torch's thread count when it was measured).
     max_workers : int
         Upper bound on loader workers.
+    forward1_seconds : float, optional
+        Time of the forward on one batch with one torch thread; enables the forward-in-workers layout.
 
     Returns
     -------
-    (torch_threads, workers) : tuple of int
-        ``workers == 0`` means: decode in the main process, between forwards, with every thread on the forward.
+    CpuPlan
+        ``workers == 0`` and ``forward_processes == 0`` means: decode in the main process, between forwards, with
+        every thread on the forward.
 
     Notes
     -----
-    A pure function of the measurements (no clock inside), so the decision is testable. Two layouts are compared
-    by their predicted time per batch, assuming the forward scales with its threads:
+    A pure function of the measurements (no clock inside), so the decision is testable. Layouts are compared by
+    their predicted time per batch:
 
-    - no workers: the main process decodes, then runs the forward on all threads: ``data + forward``;
+    - no workers: the main process decodes a batch (``data``, measured with as many decoding threads as torch
+      threads), then runs the forward on all threads: ``data + forward``;
     - ``w`` workers, each with a core of its own, the forward on the rest: ``max(data / w, forward * threads /
-      (threads - w))``.
+      (threads - w))``;
+    - ``threads`` worker processes that each decode (one thread: ``data * threads``) and forward (``forward1``)
+      whole batches: ``(data * threads + forward1) / threads``. A forward that scales poorly over threads (a
+      small backbone) runs faster this way; decoding costs a worker a whole core's time, so a cheap decode
+      favours it too.
 
-    A forward-heavy backbone (ViT-S/16 at 224: ~130 ms per image on 2 cores, against a few ms to decode a photo)
-    keeps every core on its forward, where giving a core to a worker would halve it; a light backbone on large
-    images keeps the workers, as the data bounds it.
+    A forward-heavy backbone (ViT-S/16 at 224: ~100 ms per image on 2 cores, against a few ms to decode a photo)
+    keeps every core on its forward, where giving a core to a decoding worker would halve it.
     """
     threads = max(1, int(threads))
-    best = (data_seconds + forward_seconds, threads, 0)
+    best = (data_seconds + forward_seconds, CpuPlan(threads, 0, 0))
     for w in range(1, min(max_workers, threads - 1) + 1):
         predicted = max(data_seconds / w, forward_seconds * threads / (threads - w))
         if predicted < best[0]:
-            best = (predicted, threads - w, w)
-    return best[1], best[2]
+            best = (predicted, CpuPlan(threads - w, w, 0))
+    if forward1_seconds is not None and threads > 1:
+        predicted = (data_seconds * threads + forward1_seconds) / threads
+        if predicted < best[0]:
+            best = (predicted, CpuPlan(1, 0, threads))
+    return best[1]
 
 
 @contextmanager

@@ -364,26 +364,35 @@ def test_cpu_plan_from_measured_times():
     from probe._runtime import cpu_plan
 
     # ViT-S/16-like: forward 2.1 s, decoding 0.1 s per batch on 2 cores: every core on the forward, no workers
-    assert cpu_plan(0.1, 2.1, 2) == (2, 0)
+    assert cpu_plan(0.1, 2.1, 2) == (2, 0, 0)
     # light backbone, heavy decoding: a worker decodes while the forward runs on the other core
-    assert cpu_plan(0.1, 0.02, 2) == (1, 1)
+    assert cpu_plan(0.1, 0.02, 2) == (1, 1, 0)
     # balanced on 8 cores: enough workers that decoding keeps up, the rest on the forward
-    assert cpu_plan(0.8, 0.2, 8) == (5, 3)
-    assert cpu_plan(5.0, 0.01, 16, max_workers=3) == (13, 3)
-    assert cpu_plan(1.0, 1.0, 1) == (1, 0)  # one core: nothing to split
+    assert cpu_plan(0.8, 0.2, 8) == (5, 3, 0)
+    assert cpu_plan(5.0, 0.01, 16, max_workers=3) == (13, 3, 0)
+    assert cpu_plan(1.0, 1.0, 1) == (1, 0, 0)  # one core: nothing to split
+    assert cpu_plan(1.0, 1.0, 1, forward1_seconds=1.0) == (1, 0, 0)
+    # test_resnet on the 2-core AMD host (batch 64): decode 0.15 s, forward 0.49 s on 2 threads, 0.75 s on one:
+    # two processes that each decode and forward on one core win (0.53 s per batch against 0.64 s)
+    assert cpu_plan(0.15, 0.49, 2, forward1_seconds=0.75) == (1, 0, 2)
+    # a forward that scales perfectly over threads keeps one process
+    assert cpu_plan(0.15, 0.49, 2, forward1_seconds=0.98) == (2, 0, 0)
 
 
-@pytest.mark.parametrize("plan", [(1, 1), (2, 0)])
+@pytest.mark.parametrize("plan", [(1, 1, 0), (2, 0, 0), (1, 0, 2)])
 def test_measured_cpu_layouts_write_the_same_features(tmp_path, image_folder, monkeypatch, plan):
     from probe import _extract
+    from probe._runtime import CpuPlan
 
     spec = f"imagefolder:{image_folder}"
     ref = probe.extract_features("test_resnet", spec, cache_dir=tmp_path / "ref", **SMALL)
     seen = []
-    monkeypatch.setattr(_extract, "cpu_plan", lambda *a, **k: seen.append(a) or plan)
+    monkeypatch.setattr(_extract, "cpu_plan", lambda *a, **k: seen.append((*a, k)) or CpuPlan(*plan))
     got = probe.extract_features("test_resnet", spec, cache_dir=tmp_path / "auto",
                                  **dict(SMALL, workers=None, batch_size=2, device="cpu"))
-    assert len(seen) == 2 and all(data > 0 and forward > 0 for data, forward, _ in seen)  # one per split
+    assert len(seen) == 2 and all(data > 0 and forward > 0 for data, forward, _, _ in seen)  # one per split
+    # the third batch timed the forward on one thread (torch's threads > 1 here)
+    assert all(k["forward1_seconds"] is None or k["forward1_seconds"] > 0 for *_, k in seen)
     for split in ("train", "test"):
         a, b = probe.load_split(ref[split]), probe.load_split(got[split])
         assert a.ids == b.ids
