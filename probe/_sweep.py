@@ -305,12 +305,13 @@ def sweep(probe, train: tuple, val: tuple | None = None, test: tuple | None = No
     return frame
 
 
-def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] = DEFAULT_PROBES,
-                 taps: Sequence[str] = ("pooled",), shots: Sequence[int] = (0,), seeds: Sequence[int] = (0,),
-                 grids: Mapping[str, Mapping[str, Sequence]] | None = None, select_metric: str = "top1",
+def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] | None = None,
+                 taps: Sequence[str] | None = None, shots: Sequence[int] = (0,), seeds: Sequence[int] = (0,),
+                 grids: Mapping[str, Mapping[str, Sequence]] | None = None, select_metric: str | None = None,
                  val_fraction: float = DEFAULT_VAL_FRACTION, test_fraction: float = 0.0,
                  cache_dir: str | os.PathLike = "cache", results_dir: str | os.PathLike = "results", jobs: int = 1,
-                 device: str = "auto", overwrite: bool = False, progress: bool = True, **extract_kwargs) -> list[Path]:
+                 device: str = "auto", overwrite: bool = False, progress: bool = True, task: str = DEFAULT_TASK,
+                 **extract_kwargs) -> list[Path]:
     """Sweep probes on a backbone's cached features of a dataset; one parquet file per job.
 
     Features come from :func:`probe.extract_features` (which extracts whatever the cache lacks). One job per
@@ -325,10 +326,11 @@ def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] = DEFAULT
     ----------
     backbone, dataset : str
         timm model name and dataset spec, as for :func:`probe.extract_features`.
-    probes : sequence of str
-        Probe names.
-    taps : sequence of str
-        Feature taps to probe (all are extracted in one pass).
+    probes : sequence of str, optional
+        Probe names; default every probe of the task (``logistic``, ``ridge``, ``knn``, ``centroid``; ``linear``
+        for the dense tasks).
+    taps : sequence of str, optional
+        Feature taps to probe (all are extracted in one pass); default ``pooled`` (``patch`` for dense tasks).
     shots : sequence of int
         Examples per class (0 = all); see :func:`sweep` for the order of val carve and few-shot draw.
     seeds : sequence of int
@@ -336,7 +338,7 @@ def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] = DEFAULT
     grids : dict, optional
         Probe name -> grid (dict of lists); probes not named use their default grid.
     select_metric, val_fraction
-        As for :func:`sweep`.
+        As for :func:`sweep`; ``select_metric`` defaults to the task's first metric (``top1``, ``miou``, ``rmse``).
     test_fraction : float
         For a dataset without a test split: the part of train carved off as test (seeded, stratified, the same
         for every job; see :mod:`probe.splits`). 0 (default) leaves such a dataset without test rows.
@@ -350,6 +352,9 @@ def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] = DEFAULT
         Re-run jobs whose results exist.
     progress : bool
         Show progress bars.
+    task : str
+        ``classification`` (default), or a dense task (``segmentation``, ``depth``) of a dataset that carries it:
+        the ``linear`` dense probe on the ``patch`` tap (:func:`probe._dense_sweep.sweep_dense_cached`).
     **extract_kwargs
         Passed to :func:`probe.extract_features` (weights, random_init, img_size, batch_size, ...).
 
@@ -358,9 +363,19 @@ def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] = DEFAULT
     list of Path
         The parquet file of every job (run now or found), in job order.
     """
+    from ._dense_sweep import DENSE_PROBES, DENSE_TASKS, check_task, sweep_dense_cached
     from .probes import PROBES
 
-    probes = list(probes)
+    if check_task(task) in DENSE_TASKS:
+        if test_fraction:
+            raise UsageError(f"--test-fraction is for classification sweeps; {task} probes need a test split")
+        return sweep_dense_cached(backbone, dataset, task=task, probes=probes or DENSE_PROBES,
+                                  taps=taps or ("patch",), seeds=seeds, grids=grids,
+                                  select_metric=select_metric, val_fraction=val_fraction, cache_dir=cache_dir,
+                                  results_dir=results_dir, device=device, overwrite=overwrite, progress=progress,
+                                  **extract_kwargs)
+    select_metric = select_metric or "top1"
+    probes, taps = list(probes or DEFAULT_PROBES), list(taps or ("pooled",))
     unknown = [p for p in probes if p not in PROBES]
     if unknown:
         raise UsageError(f"unknown probe(s) {unknown}; choose from {', '.join(PROBES)}")

@@ -248,3 +248,42 @@ def _geometry_steps(data_config: Mapping[str, Any]) -> list:
 def target_size(data_config: Mapping[str, Any]) -> tuple[int, int]:
     """(height, width) of a transformed dense target: the network input's."""
     return int(data_config["input_size"][1]), int(data_config["input_size"][2])
+
+
+def check_dense_target(task: str, target, *, name: str, n_classes: int | None = None,
+                       image_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Validate one dense target at the image's resolution; a :class:`probe.ProbeError` names ``name`` otherwise.
+
+    Checks: a 2-D map; the image's (height, width) when ``image_size`` is given; segmentation ids in
+    ``[0, n_classes)`` or :data:`IGNORE_INDEX`; depth without negative or NaN values (0 = no measurement).
+    """
+    from ._errors import ProbeError
+
+    target = np.asarray(target)
+    if target.ndim != 2:
+        raise ProbeError(f"{task} target {name} has shape {target.shape}; expected a single-channel [H, W] map")
+    if image_size is not None and tuple(target.shape) != tuple(image_size):
+        raise ProbeError(f"{task} target {name} is {target.shape[1]}x{target.shape[0]} pixels but its image is "
+                         f"{image_size[1]}x{image_size[0]}; masks and depth maps must match their image's size")
+    if task == "segmentation" and n_classes is not None:
+        bad = (target != IGNORE_INDEX) & ((target < 0) | (target >= n_classes))
+        if bad.any():
+            values = sorted({int(v) for v in np.unique(target[bad])[:5]})
+            raise ProbeError(f"segmentation mask {name} has class ids {values} outside the {n_classes} classes "
+                             f"(0..{n_classes - 1}, {IGNORE_INDEX} = ignore); fix the mask or the class list")
+    if task == "depth":
+        if np.isnan(target).any():
+            raise ProbeError(f"depth map {name} has NaN values; write 0 where there is no measurement")
+        if (target < 0).any():
+            raise ProbeError(f"depth map {name} has negative depths (min {float(target.min()):g}); depths are "
+                             "metres >= 0, with 0 where there is no measurement")
+    return target
+
+
+def network_view(image, data_config: Mapping[str, Any]) -> np.ndarray:
+    """The pixels the network sees of a PIL image (timm's eval transform, un-normalised): uint8 [H, W, 3]."""
+    import timm.data
+
+    x = timm.data.create_transform(**data_config, is_training=False)(image).numpy()
+    mean, std = np.asarray(data_config["mean"])[:, None, None], np.asarray(data_config["std"])[:, None, None]
+    return np.clip(np.rint((x * std + mean) * 255), 0, 255).astype(np.uint8).transpose(1, 2, 0)

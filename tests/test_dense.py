@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 
-from probe.dense import (IGNORE_INDEX, dense_metrics, depth_stats, segmentation_stats, transform_dense_target)
+from probe.dense import IGNORE_INDEX, dense_metrics, depth_stats, segmentation_stats, transform_dense_target
 
 SEG_TARGET = np.array([[[0, 0, 1], [1, IGNORE_INDEX, 2]],
                        [[2, 2, 2], [2, 2, 2]]])
@@ -81,3 +82,86 @@ def test_dense_targets_land_on_the_image_pixels(crop_mode):
     depth = transform_dense_target(ids.astype(np.float32) / 100, cfg, task="depth")
     assert depth.dtype == np.float32 and np.allclose(depth[real] * 100, seg[real])  # metres kept, not blended
     assert np.all(depth[~real] == 0)
+
+
+# ------------------------------------------------------------------------------------ the frozen dense probe
+
+DENSE_GRID = {"linear": {"lr": [3e-2, 1e-1], "epochs": [4]}}
+
+
+@pytest.fixture(scope="module")
+def dense_sweeps(tmp_path_factory):
+    """One extraction of test_vit on shapes (64 px: a 4x4 token grid), then a segmentation and a depth sweep."""
+    import probe
+
+    root = tmp_path_factory.mktemp("dense")
+    kw = dict(random_init=True, img_size=64, progress=False, grids=DENSE_GRID, cache_dir=root / "cache",
+              results_dir=root / "results", device="cpu")
+    paths = {task: probe.sweep_cached("test_vit", "shapes", task=task, **kw) for task in ("segmentation", "depth")}
+    return root, kw, paths
+
+
+def _targets(root, split, task):
+    import h5py
+
+    (path,) = (root / "cache" / "_targets" / "shapes").glob(f"{split}-{task}-*.h5")
+    with h5py.File(path, "r") as f:
+        return f["targets"][()]
+
+
+@pytest.mark.parametrize("task", ["segmentation", "depth"])
+def test_dense_sweep_rows_artifacts_and_baselines(dense_sweeps, task):
+    import polars as pl
+
+    from probe.results import RESULT_COLUMNS
+    from probe.vocab import TASK_METRICS
+
+    root, _, paths = dense_sweeps
+    (path,) = paths[task]
+    rows = pl.read_parquet(path)
+    assert rows.columns == list(RESULT_COLUMNS)
+    assert rows["split"].to_list() == ["val", "val", "test"] and rows["selected"].to_list() == [False, False, True]
+    assert set(rows["task"]) == {task} and set(rows["probe"]) == {"linear"} and set(rows["tap"]) == {"patch"}
+    assert set(rows["select_metric"]) == {TASK_METRICS[task][0]} and rows["protocol"].n_unique() == 1
+    test = rows.row(2, named=True)
+    assert test["n_train"] == 480 and test["n_eval"] == 240 and test["n_val"] == 120
+    for metric in RESULT_COLUMNS:
+        if metric in ("top1", "top5", "mean_per_class_acc", *TASK_METRICS["segmentation"], "abs_rel", "delta1"):
+            assert (test[metric] is not None) == (metric in TASK_METRICS[task]), metric
+    best = rows.filter(pl.col("split") == "val").sort(TASK_METRICS[task][0], descending=task != "depth")
+    assert json.loads(test["params"])["lr"] == json.loads(best["params"][0])["lr"]  # selected on val
+    art = np.load(str(path).replace(".parquet", ".npz"))
+    stats = {k.split("/", 1)[1]: art[k] for k in art.files if k.startswith("stat/")}
+    assert len(art["ids"]) == 240 and all(len(v) == 240 for v in stats.values())
+    again = dense_metrics(task, stats)  # the per-image statistics give the row's numbers exactly
+    assert all(again[m] == pytest.approx(test[m]) for m in TASK_METRICS[task])
+    assert art["preview/image"].shape == (4, 64, 64, 3) and art["preview/pred"].shape == (4, 64, 64)
+    # the probe beats the trivial predictor made from the training targets by a clear margin
+    target = _targets(root, "test", task)
+    if task == "segmentation":
+        train = _targets(root, "train", task)
+        majority = np.bincount(train[train != IGNORE_INDEX].ravel()).argmax()
+        base = dense_metrics(task, segmentation_stats(np.full_like(target, majority), target, 7))
+        assert test["miou"] > base["miou"] + 0.05 and test["miou"] > 1.5 * base["miou"]
+    else:
+        mean = float(_targets(root, "train", task).mean())
+        base = dense_metrics(task, depth_stats(np.full_like(target, mean), target))
+        assert test["rmse"] < 0.9 * base["rmse"] and test["abs_rel"] < base["abs_rel"]
+
+
+def test_dense_sweep_reuses_and_refuses(dense_sweeps):
+    import os
+
+    import probe
+    from probe import UsageError
+
+    root, kw, paths = dense_sweeps
+    before = os.stat(paths["depth"][0]).st_mtime_ns
+    assert probe.sweep_cached("test_vit", "shapes", task="depth", **kw) == paths["depth"]
+    assert os.stat(paths["depth"][0]).st_mtime_ns == before  # the job's parquet exists: nothing recomputed
+    with pytest.raises(UsageError, match="has no segmentation targets"):
+        probe.sweep_cached("test_vit", "digits", task="segmentation", **kw)
+    with pytest.raises(UsageError, match="dense probes are linear"):
+        probe.sweep_cached("test_vit", "shapes", task="depth", probes=["knn"], **kw)
+    with pytest.raises(UsageError, match="select metric for depth"):
+        probe.sweep_cached("test_vit", "shapes", task="depth", select_metric="top1", **kw)

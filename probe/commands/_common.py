@@ -57,8 +57,9 @@ def dataset_spec(args: argparse.Namespace) -> str:
 
 def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
     """Everything that controls how features are computed and cached (shared by extract, sweep, run)."""
-    parser.add_argument("--taps", nargs="+", default=["pooled"], metavar="TAP",
-                        help="representations to store: pooled, cls, mean, block<i> (e.g. block3, block-1), patch")
+    parser.add_argument("--taps", nargs="+", default=None, metavar="TAP",
+                        help="representations to store: pooled (the default; patch for dense tasks), cls, mean, "
+                             "block<i> (e.g. block3, block-1), patch")
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-init and every seeded step")
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, metavar="DIR", help="feature cache directory")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
@@ -79,6 +80,14 @@ def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars")
 
 
+def add_task_argument(parser: argparse.ArgumentParser) -> None:
+    from probe.vocab import DEFAULT_TASK
+
+    parser.add_argument("--task", choices=["classification", "segmentation", "depth"], default=DEFAULT_TASK,
+                        help="which target of the dataset to use: classification (default), or segmentation / depth "
+                             "for a dataset with dense targets (shapes, nyuv2:PATH, a dense manifest)")
+
+
 def extraction_kwargs(args: argparse.Namespace) -> dict:
     """Keyword arguments of :func:`probe.extract_features` taken from parsed CLI arguments."""
     return dict(
@@ -87,7 +96,8 @@ def extraction_kwargs(args: argparse.Namespace) -> dict:
         img_size=args.img_size,
         family=args.family,
         data_root=args.data_root,
-        taps=tuple(args.taps),
+        taps=tuple(args.taps or (("patch",) if getattr(args, "task", None) in ("segmentation", "depth")
+                                 else ("pooled",))),
         seed=args.seed,
         cache_dir=Path(args.cache_dir),
         batch_size=args.batch_size,

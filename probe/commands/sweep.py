@@ -6,27 +6,34 @@ directory, plus the selected probe's weights and test predictions beside it; job
 skipped unless --overwrite. When the dataset has no val split, a stratified part of train is held out as val
 (--val-fraction, seeded by each --seeds value); few-shot draws happen after that carve, from the rest of train.
 A dataset without a test split gets no test rows unless --test-fraction carves one (said at sweep time).
-Prints one line per job: probe, tap, shots, seed, the selected setting and its test top-1, and the file.
+With --task segmentation or depth (a dataset with dense targets: shapes, nyuv2:PATH, a dense manifest), the
+linear dense probe runs on the patch tap under the same protocol.
+Prints one line per job: probe, tap, shots, seed, the selected setting and its test score on the selection
+metric, and the file.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from probe.vocab import DEFAULT_VAL_FRACTION, PROBES
+from probe.vocab import DEFAULT_TASK, DEFAULT_VAL_FRACTION, PROBES, TASK_METRICS
 
 from ._common import (DEFAULT_RESULTS_DIR, add_backbone_arguments, add_dataset_arguments, add_extraction_arguments,
-                      dataset_spec, extraction_kwargs)
+                      add_task_argument, dataset_spec, extraction_kwargs)
 
+DENSE_PROBE_NAMES = ["linear"]  # probe._dense_sweep.DENSE_PROBES (no torch at --help)
 PROBE_NAMES = list(PROBES)
-METRIC_NAMES = ["top1", "top5", "mean_per_class_acc"]
+METRIC_NAMES = list(dict.fromkeys(m for task in ("classification", "segmentation", "depth")
+                                  for m in TASK_METRICS[task]))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backbone_arguments(parser)
     add_dataset_arguments(parser)
-    parser.add_argument("--probes", nargs="+", choices=PROBE_NAMES, default=PROBE_NAMES, metavar="PROBE",
-                        help=f"probes to sweep: {', '.join(PROBE_NAMES)}")
+    add_task_argument(parser)
+    parser.add_argument("--probes", nargs="+", choices=PROBE_NAMES + DENSE_PROBE_NAMES, default=None,
+                        metavar="PROBE", help=f"probes to sweep: {', '.join(PROBE_NAMES)} (default: all) for "
+                                              "classification; linear (the default) for segmentation and depth")
     parser.add_argument("--shots", nargs="+", type=int, default=[0], metavar="K",
                         help="examples per class drawn from train (after the val carve); 0 = all of train")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="S",
@@ -35,9 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR, metavar="DIR",
                         help="where the parquet results and the selected probes' artifacts go")
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="sweep jobs run in parallel (joblib threads)")
-    parser.add_argument("--select-metric", choices=METRIC_NAMES, default="top1",
-                        help="val metric that selects each probe's hyperparameters (mean_per_class_acc is usual for "
-                             "Flowers-102, Caltech-101, Aircraft and Pets)")
+    parser.add_argument("--select-metric", choices=METRIC_NAMES, default=None,
+                        help="val metric that selects each probe's hyperparameters; default the task's first: top1, "
+                             "miou (segmentation), rmse (depth, lower is better). mean_per_class_acc is usual for "
+                             "Flowers-102, Caltech-101, Aircraft and Pets")
     parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION, metavar="F",
                         help="part of each class of train held out as val when the dataset has no val split")
     parser.add_argument("--test-fraction", type=float, default=0.0, metavar="F",
@@ -67,11 +75,14 @@ def run(args: argparse.Namespace) -> int:
 
     kwargs = extraction_kwargs(args)
     taps = kwargs.pop("taps")
-    paths = sweep_cached(args.backbone, dataset_spec(args), probes=args.probes, taps=taps, shots=args.shots,
+    paths = sweep_cached(args.backbone, dataset_spec(args), probes=args.probes,
+                         taps=taps if args.taps is not None else None, shots=args.shots,
                          seeds=args.seeds, select_metric=args.select_metric, val_fraction=args.val_fraction,
-                         test_fraction=args.test_fraction, results_dir=args.results_dir, jobs=args.jobs, overwrite=args.overwrite, **kwargs)
+                         test_fraction=args.test_fraction, results_dir=args.results_dir, jobs=args.jobs,
+                         overwrite=args.overwrite, task=args.task, **kwargs)
     for path in paths:
         row = pl.read_parquet(path).filter(pl.col("selected")).row(0, named=True)
+        metric = row["select_metric"]
         print(f"{row['probe']}\t{row['tap']}\tshots={row['shots']}\tseed={row['seed']}\t{row['params']}\t"
-              f"{row['split']} top1={row['top1']:.4f}\t{path}")
+              f"{row['split']} {metric}={row[metric]:.4f}\t{path}")
     return 0

@@ -1,0 +1,395 @@
+"""Frozen dense probes over the feature cache: the sweep protocol of :mod:`probe._sweep` for dense tasks.
+
+For ``task`` ``segmentation`` or ``depth``, :func:`probe.sweep_cached` hands over to :func:`sweep_dense_cached`:
+
+1. Features: the ``patch`` tap from the cache (:func:`probe.extract_features`).
+2. Targets: the dataset's dense targets (:meth:`probe.DatasetSource.dense_targets`) mapped onto the network
+   input (:func:`probe.dense.transform_dense_target`), written once to a targets file beside the cache,
+   ``<cache_dir>/_targets/<dataset>/<split>-<task>-<key[:12]>.h5`` (``targets`` [N, H, W], ``ids`` [N]; the key
+   hashes the dataset's fingerprint, the task and the transform's geometry), shared by every backbone with that
+   geometry.
+3. The protocol of the classification sweeps: val is the dataset's own or a seeded carve of train (recorded in
+   ``val_fraction``); every grid point (``lr``, ``weight_decay``) trains on train and is scored on val
+   (``split="val"``); the best on val by ``select_metric`` (``miou`` / ``rmse``, lower is better for the depth
+   errors) is refitted on train+val and scored once on test (``selected=True``).
+4. Mini-batches are streamed from the two HDF5 files (:class:`DenseBatches`), so memory does not grow with the
+   dataset.
+
+Each job writes one parquet file (rows in :data:`probe.results.RESULT_COLUMNS`, ``task`` and the task's metric
+columns set) and, beside it, ``.npz`` artifacts: the probe's weights, the per-image statistics of the test images
+(``stat/<name>``, see :data:`probe.dense.STAT_NAMES`: the paired bootstrap resamples these) with their ``ids``,
+and a few test images with their targets and predictions (``preview/*``) for the report's figure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ._errors import ProbeError, UsageError
+from .dense import DENSE_TASKS, IGNORE_INDEX, check_dense_target, network_view, transform_dense_target
+from .vocab import DEFAULT_VAL_FRACTION, LOWER_IS_BETTER, TASK_METRICS
+
+#: Version of the targets files' layout (part of their key).
+TARGETS_FORMAT = 1
+
+#: Dense probes by name (``probe sweep --task segmentation --probes linear``).
+DENSE_PROBES = ("linear",)
+
+#: Test images whose predictions are saved for the report's figure.
+PREVIEW_IMAGES = 4
+
+
+def check_task(task: str, source=None) -> str:
+    """Return ``task`` if the dataset carries it (UsageError naming the tasks it has otherwise)."""
+    from ._schema import TASK, check_setting
+
+    task = check_setting(task, TASK, "--task", example="--task segmentation")
+    if source is not None and task not in source.tasks:
+        raise UsageError(f"dataset {source.name!r} has no {task} targets; it has {', '.join(source.tasks)}")
+    return task
+
+
+# ---------------------------------------------------------------------------------------------------- targets
+
+
+def targets_file(source, split: str, task: str, data_config: Mapping[str, Any],
+                 cache_dir: str | os.PathLike) -> Path:
+    """The targets file of one split (written when missing; see the module docstring)."""
+    import h5py
+
+    from ._cache import cache_key
+    from ._io import atomic_path, safe_name
+
+    geometry = {k: data_config.get(k) for k in ("input_size", "crop_pct", "crop_mode")}
+    key = cache_key({"targets_format": TARGETS_FORMAT, "dataset": source.name, "kind": source.kind,
+                     "fingerprint": source.fingerprint(), "split": split, "task": task, "geometry": geometry})
+    path = Path(cache_dir) / "_targets" / safe_name(source.name) / f"{split}-{task}-{key[:12]}.h5"
+    if path.is_file():
+        return path
+    n = len(source.splits[split])
+    size = (int(data_config["input_size"][1]), int(data_config["input_size"][2]))
+    classes = source.segmentation_classes
+    dtype = (np.uint8 if len(classes) <= IGNORE_INDEX else np.int32) if task == "segmentation" else np.float32
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        ds = f.create_dataset("targets", shape=(n, *size), dtype=dtype, chunks=(1, *size))
+        f.create_dataset("ids", data=np.array(source.ids[split], dtype=object), dtype=h5py.string_dtype("utf-8"))
+        for i in range(n):
+            name = f"{source.name}/{split}/{source.ids[split][i]}"
+            raw = check_dense_target(task, source.dense_targets(split, i)[task], name=name,
+                                     n_classes=len(classes) or None)
+            ds[i] = transform_dense_target(raw, data_config, task=task).astype(dtype)
+        f.attrs.update({"task": task, "key": key, "dataset": source.name, "split": split,
+                        "classes": json.dumps(classes), "geometry": json.dumps(geometry), "complete": True})
+    return path
+
+
+class DenseBatches:
+    """Mini-batches of cached patch features and their dense targets, streamed from the HDF5 files.
+
+    Parameters
+    ----------
+    parts : list of (features path, targets path, rows or None)
+        Cache entries with a ``patch`` tap, their targets files, and the feature rows to use (sorted; None =
+        all). Several parts make one dataset (train+val for the refit).
+    block : int
+        Batches read together and shuffled among each other (``shuffle=True``): the shuffle window.
+    """
+
+    def __init__(self, parts: Sequence[tuple], *, tap: str = "patch", block: int = 4):
+        import h5py
+
+        self.tap, self.block = tap, int(block)
+        self.parts = []
+        for features, targets, rows in parts:
+            with h5py.File(features, "r") as f, h5py.File(targets, "r") as t:
+                ds = f["features"][tap]
+                if ds.ndim != 3:
+                    raise UsageError(f"tap {tap} of {features} is not a token grid [N, T, D]; dense probes need "
+                                     "the patch tap")
+                ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f["ids"][()]]
+                where = {s.decode() if isinstance(s, bytes) else str(s): i for i, s in enumerate(t["ids"][()])}
+                tokens, dim = int(ds.shape[1]), int(ds.shape[2])
+                size = tuple(int(v) for v in t["targets"].shape[1:])
+            rows = np.arange(len(ids)) if rows is None else np.asarray(sorted(rows), dtype=np.int64)
+            missing = [ids[r] for r in rows if ids[r] not in where]
+            if missing:
+                raise ProbeError(f"targets file {targets} lacks sample {missing[0]} of {features}; remove it to "
+                                 "have it rewritten")
+            self.parts.append((Path(features), Path(targets), rows, np.asarray([where[ids[r]] for r in rows])))
+            self.dim, self.size = dim, size
+        self.grid = token_grid(tokens, self.size)
+        self.ids = [i for f, _, rows, _ in self.parts for i in _ids_of(f, rows)]
+
+    def __len__(self) -> int:
+        return sum(len(p[2]) for p in self.parts)
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0):
+        """Yield ``(features float32 [B, T, D], targets [B, H, W], positions [B])``; positions index ``ids``."""
+        import h5py
+
+        chunks, offset = [], 0
+        for p, (_, _, rows, _) in enumerate(self.parts):
+            chunks += [(p, np.arange(s, min(s + batch_size, len(rows))), offset) for s in range(0, len(rows),
+                                                                                                 batch_size)]
+            offset += len(rows)
+        rng = np.random.default_rng(seed)
+        if shuffle:
+            chunks = [chunks[i] for i in rng.permutation(len(chunks))]
+        files = [(h5py.File(f, "r"), h5py.File(t, "r")) for f, t, _, _ in self.parts]
+        try:
+            window = self.block if shuffle else 1
+            for start in range(0, len(chunks), window):
+                feats, targets, positions = [], [], []
+                for p, idx, off in chunks[start:start + window]:
+                    _, _, rows, target_rows = self.parts[p]
+                    f, t = files[p]
+                    feats.append(_read(f["features"][self.tap], rows[idx]))
+                    targets.append(_read(t["targets"], target_rows[idx]))
+                    positions.append(idx + off)
+                feats, targets, positions = map(np.concatenate, (feats, targets, positions))
+                order = rng.permutation(len(positions)) if shuffle else np.arange(len(positions))
+                for s in range(0, len(order), batch_size):
+                    pick = order[s:s + batch_size]
+                    yield feats[pick].astype(np.float32), targets[pick], positions[pick]
+        finally:
+            for f, t in files:
+                f.close()
+                t.close()
+
+
+def _ids_of(features: Path, rows: np.ndarray) -> list[str]:
+    import h5py
+
+    with h5py.File(features, "r") as f:
+        ids = f["ids"][()]
+    return [ids[r].decode() if isinstance(ids[r], bytes) else str(ids[r]) for r in rows]
+
+
+def _read(ds, index: np.ndarray) -> np.ndarray:
+    """Rows ``index`` (distinct) of an HDF5 dataset: one slice when contiguous, else one sorted selection."""
+    if len(index) and index[-1] - index[0] == len(index) - 1 and np.all(np.diff(index) == 1):
+        return ds[int(index[0]):int(index[-1]) + 1]
+    order = np.argsort(index, kind="stable")
+    out = np.empty((len(index), *ds.shape[1:]), dtype=ds.dtype)
+    out[order] = ds[index[order]]
+    return out
+
+
+def token_grid(tokens: int, size: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of a grid of ``tokens`` patch tokens over an input of ``size`` (its aspect ratio)."""
+    h = max(1, int(round(math.sqrt(tokens * size[0] / size[1]))))
+    if tokens % h:
+        raise UsageError(f"cannot lay {tokens} patch tokens out as a grid over a {size[0]}x{size[1]} input; "
+                         "the patch tap must hold the token grid only (no prefix tokens)")
+    return h, tokens // h
+
+
+def extract_dense_targets(backbone: str, dataset: str, *, task: str, taps: Sequence[str] = ("patch",),
+                          cache_dir: str | os.PathLike = "cache", **extract_kwargs) -> tuple[dict, dict]:
+    """Extract (or reuse) the features of ``backbone`` on ``dataset`` (:func:`probe.extract_features`) and write
+    (or reuse) the ``task`` targets file of every extracted split.
+
+    Returns
+    -------
+    (dict, dict)
+        Split -> :class:`probe.CacheEntry`, and split -> targets file path.
+    """
+    from ._cache import read_attrs
+    from ._datasets import open_dataset
+    from ._extract import extract_features
+
+    source = open_dataset(dataset, data_root=extract_kwargs.get("data_root"))
+    check_task(task, source)
+    if task not in DENSE_TASKS:
+        raise UsageError(f"{task} has no dense targets; dense tasks are {', '.join(DENSE_TASKS)}")
+    entries = extract_features(backbone, dataset, taps=tuple(taps), cache_dir=cache_dir, **extract_kwargs)
+    import h5py
+
+    targets = {}
+    for split, entry in entries.items():
+        with h5py.File(entry.path, "r") as f:
+            data_config = read_attrs(f)["data_config"]
+        targets[split] = targets_file(source, split, task, data_config, cache_dir)
+    return entries, targets
+
+
+# ---------------------------------------------------------------------------------------------------- sweep
+
+
+def sweep_dense_cached(backbone: str, dataset: str, *, task: str, probes: Sequence[str] = DENSE_PROBES,
+                       taps: Sequence[str] = ("patch",), seeds: Sequence[int] = (0,),
+                       grids: Mapping[str, Mapping[str, Sequence]] | None = None, select_metric: str | None = None,
+                       val_fraction: float = DEFAULT_VAL_FRACTION, cache_dir: str | os.PathLike = "cache",
+                       results_dir: str | os.PathLike = "results", device: str = "auto", overwrite: bool = False,
+                       progress: bool = True, **extract_kwargs) -> list[Path]:
+    """Sweep dense probes on a backbone's cached patch features; one parquet file per (probe, seed) job.
+
+    Parameters are those of :func:`probe.sweep_cached`; ``task`` is ``segmentation`` or ``depth`` and
+    ``select_metric`` defaults to the task's first metric (:data:`probe.vocab.TASK_METRICS`: ``miou``,
+    ``rmse``). ``grids`` may set ``lr``, ``weight_decay`` and the probe's other parameters (``epochs``,
+    ``batch_size``) as lists.
+    """
+    from ._cache import load_split
+    from ._checks import check_output_dir
+    from ._datasets import open_dataset
+    from ._schema import Setting, check_setting
+
+    if task not in DENSE_TASKS:
+        raise UsageError(f"sweep_dense_cached takes a dense task ({', '.join(DENSE_TASKS)}); got {task!r}")
+    unknown = [p for p in probes if p not in DENSE_PROBES]
+    if unknown:
+        raise UsageError(f"probe(s) {unknown} do not take {task} targets; dense probes are {', '.join(DENSE_PROBES)}")
+    select_metric = select_metric or TASK_METRICS[task][0]
+    if select_metric not in TASK_METRICS[task]:
+        raise UsageError(f"select metric for {task} must be one of {', '.join(TASK_METRICS[task])}; "
+                         f"got {select_metric!r}")
+    bad_taps = [t for t in taps if t != "patch"]
+    if bad_taps:
+        raise UsageError(f"dense probes read the patch tap; got {bad_taps}. Use --taps patch")
+    if not 0.0 < val_fraction < 1.0:
+        raise UsageError(f"val fraction must be in (0, 1); got {val_fraction}. Use e.g. --val-fraction 0.2")
+    seeds = check_setting(list(seeds), Setting("int", many=True, nonempty=True, lo=0), "--seeds",
+                          example="--seeds 0 1 2")
+    check_output_dir(results_dir, "--results-dir")
+    source = open_dataset(dataset, data_root=extract_kwargs.get("data_root"))
+    entries, targets = extract_dense_targets(backbone, dataset, task=task, cache_dir=cache_dir, device=device,
+                                             progress=progress, **extract_kwargs)
+    if "train" not in entries:
+        raise UsageError(f"dataset {dataset!r} has no train split (found {sorted(entries)}); probes need one")
+    meta = {split: load_split(entry, taps=[]) for split, entry in entries.items()}  # attributes, labels, ids
+    train = meta["train"]
+    feature_tag = str(train.attrs.get("base_key") or train.key)[:8]
+    n_classes = len(source.segmentation_classes)
+
+    paths = []
+    for name in probes:
+        for seed in seeds:
+            est, points = _estimator(name, task, n_classes, (grids or {}).get(name), seed=int(seed), device=device)
+            from ._sweep import protocol_of
+            from .results import job_stem
+
+            recorded = 0.0 if "val" in entries else float(val_fraction)
+            protocol = protocol_of(est, points, tap="patch", task=task, val_fraction=recorded, test_fraction=0.0,
+                                   select_metric=select_metric, shots=0, refit=True)
+            stem = job_stem(results_dir, backbone=train.backbone, dataset=train.dataset, probe=name, tap="patch",
+                            shots=0, seed=int(seed), tag=f"{task}-{feature_tag}-{protocol[:8]}")
+            path = Path(str(stem) + ".parquet")
+            paths.append(path)
+            if path.exists() and not overwrite:
+                continue
+            _run_dense_job(est, points, entries, meta, targets, source=source, task=task, seed=int(seed),
+                           select_metric=select_metric, val_fraction=val_fraction, protocol=protocol, stem=stem,
+                           family=extract_kwargs.get("family"))
+    return paths
+
+
+def _estimator(name: str, task: str, n_classes: int, grid, *, seed: int, device: str):
+    from ._sweep import _check_grid
+    from .probes.dense_linear import DenseLinearProbe
+
+    est = DenseLinearProbe(task=task, n_classes=max(n_classes, 1), seed=seed, device=device)
+    allowed = ("lr", "weight_decay", "epochs", "batch_size")
+    unknown = sorted(set(grid or {}) - set(allowed))
+    if unknown:
+        raise UsageError(f"grid keys {unknown} are not settings of the {name} dense probe; valid keys: {list(allowed)}")
+    points = _check_grid(est, grid)
+    # non-searched settings given as one-value lists (epochs, batch_size) are the estimator's own
+    fixed = {k for k in points[0] if k not in ("lr", "weight_decay") and len({repr(p[k]) for p in points}) == 1}
+    if fixed:
+        est.set_params(**{k: points[0][k] for k in fixed})
+        points = [{k: v for k, v in p.items() if k not in fixed} for p in points]
+    for p in points:
+        p.setdefault("lr", est.lr)
+        p.setdefault("weight_decay", est.weight_decay)
+    return est, points
+
+
+def _better(metric: str, a: float, b: float) -> bool:
+    return a < b if metric in LOWER_IS_BETTER else a > b
+
+
+def _run_dense_job(est, points, entries, meta, targets, *, source, task: str, seed: int, select_metric: str,
+                   val_fraction: float, protocol: str, stem: Path, family: str | None) -> Path:
+    from sklearn.base import clone
+
+    from ._families import resolve_family
+    from ._io import save_npz_atomic
+    from ._sweep import _plain, backbone_context
+    from .dense import dense_metrics
+    from .results import make_row, results_frame, write_results
+    from .splits import carve_splits
+
+    train = meta["train"]
+    if "val" in entries:
+        fit_parts = [(entries["train"].path, targets["train"], None)]
+        val_parts = [(entries["val"].path, targets["val"], None)]
+        recorded = 0.0
+    else:  # a seeded carve of train (the classification sweeps' carve, over the cached labels and ids)
+        parts = carve_splits(train.labels, ids=train.ids, val_fraction=val_fraction, seed=seed)
+        fit_parts = [(entries["train"].path, targets["train"], parts["train"])]
+        val_parts = [(entries["train"].path, targets["train"], parts["val"])]
+        recorded = float(val_fraction)
+    fit_data, val_data = DenseBatches(fit_parts), DenseBatches(val_parts)
+    fam, fam_source = resolve_family(train.backbone, family)
+    base = dict(backbone=train.backbone, family=fam, family_source=fam_source, weights=train.weights,
+                dataset=train.dataset, tap="patch", cache_key=train.key, **backbone_context(train), task=task,
+                probe=est.name, shots=0, seed=seed, val_fraction=recorded, test_fraction=0.0,
+                select_metric=select_metric, protocol=protocol, n_val=len(val_data))
+    fixed = {k: _plain(v) for k, v in est.get_params().items() if k in ("epochs", "batch_size")}
+    rows, scores = [], []
+    for i, stats, seconds in est._sweep_path(fit_data, val_data, points):
+        metrics = dense_metrics(task, stats)
+        scores.append(metrics[select_metric])
+        rows.append(make_row(**base, params={**{k: _plain(v) for k, v in points[i].items()}, **fixed},
+                             selected=False, split="val", n_train=len(fit_data), n_eval=len(val_data),
+                             fit_seconds=seconds, **metrics))
+    finite = [i for i, s in enumerate(scores) if np.isfinite(s)]
+    if not finite:
+        raise ProbeError(f"every {task} grid point gave a non-finite val {select_metric}; check the targets")
+    best = None
+    for i in est._strength_order(points):  # ties go to the strongest regularisation
+        if i in finite and (best is None or _better(select_metric, scores[i], scores[best])):
+            best = i
+    selected = dict(points[best])
+    if "test" not in entries:
+        rows[best] = dict(rows[best], selected=True)
+        write_results(results_frame(rows), Path(str(stem) + ".parquet"))
+        return Path(str(stem) + ".parquet")
+    refit_data = DenseBatches(fit_parts + val_parts)
+    test_data = DenseBatches([(entries["test"].path, targets["test"], None)])
+    fitted = clone(est).set_params(**selected)
+    start = time.perf_counter()
+    fitted.fit(refit_data)
+    seconds = time.perf_counter() - start
+    stats = fitted.score_stats(test_data)
+    rows.append(make_row(**base, params={**{k: _plain(v) for k, v in selected.items()}, **fixed}, selected=True,
+                         split="test", n_train=len(refit_data), n_eval=len(test_data), fit_seconds=seconds,
+                         **dense_metrics(task, stats)))
+    preview = _preview(fitted, test_data, source, meta["test"].attrs["data_config"])
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    save_npz_atomic(Path(str(stem) + ".npz"), task=np.asarray(task), ids=np.asarray(test_data.ids, dtype=str),
+                    classes=np.asarray(source.segmentation_classes if task == "segmentation" else [], dtype=str),
+                    **{f"stat/{k}": v for k, v in stats.items()},
+                    **{f"weight/{k}": v for k, v in fitted._artifact_weights().items()},
+                    **{f"preview/{k}": v for k, v in preview.items()})
+    # The parquet file is written last: its existence marks the job complete (artifacts included).
+    return write_results(results_frame(rows), Path(str(stem) + ".parquet"))
+
+
+def _preview(est, data: DenseBatches, source, data_config) -> dict[str, np.ndarray]:
+    """The first few test images as the network sees them, their targets and the probe's predictions."""
+    for pred, target, positions in est.predict_batches(data):
+        k = min(PREVIEW_IMAGES, len(positions))
+        ids = [data.ids[p] for p in positions[:k]]
+        where = {s: i for i, s in enumerate(source.ids["test"])}
+        images = np.stack([network_view(source.load("test", where[s]), data_config) for s in ids])
+        return {"ids": np.asarray(ids, dtype=str), "image": images, "target": target[:k], "pred": pred[:k]}
+    return {}
