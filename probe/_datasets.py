@@ -8,7 +8,12 @@ Specs (``DatasetSource.spec``):
   depth map kept beside each image for the dense probes; splits train/val/test.
 - ``imagefolder:PATH``: ``PATH/<split>/<class>/...`` when PATH's sub-folders are split names, else
   ``PATH/<class>/...`` (a single ``train`` split).
-- ``csv:PATH`` or a ``.parquet`` manifest: columns ``path,label[,split]``, paths relative to the manifest.
+- ``csv:PATH`` or a ``.parquet`` manifest: columns ``path,label[,split]``, paths relative to the manifest. A dense
+  manifest has ``mask`` and/or ``depth`` columns (``label`` optional): masks are PNG class ids (255 = ignore) into
+  the class names of ``classes.txt`` beside the manifest (one per line, line i = id i); depth maps are ``.npy``
+  float metres or 16-bit PNG in millimetres (``csv:PATH?depth_scale=1000``: value / scale = metres; 0 = none).
+- ``nyuv2:PATH[?classes=40|13]``: NYU Depth V2's labelled ``.mat`` with its official split and class mapping
+  (segmentation and depth); see ``probe/_nyuv2.py`` for the files it needs.
 - ``torchvision:NAME``: a ``torchvision.datasets`` class, read from ``--data-root`` (downloaded by the user).
 - ``hf:REPO``: a parquet-backed Hugging Face dataset: ``<data_root>/<REPO>/**/<split>-*.parquet`` with an image
   column (``{bytes, path}``) and a ``label`` column; fetched with huggingface_hub when not on disk.
@@ -105,6 +110,10 @@ class DatasetSource:
             return _digit_image(ref)
         if self.kind == "shapes":
             return _shape_sample(ref, self.options["size"])[0]
+        if self.kind == "nyuv2":
+            from ._nyuv2 import nyuv2_image
+
+            return nyuv2_image(self, ref)
         if self.kind == "torchvision":
             return load_image(self._torchvision(split)[ref][0], name=f"{self.spec}[{split}][{ref}]")
         if self.kind == "hf":
@@ -140,6 +149,12 @@ class DatasetSource:
         if self.kind == "shapes":
             _, seg, depth = _shape_sample(self.splits[split][index], self.options["size"])
             return {"segmentation": seg, "depth": depth}
+        if self.kind == "nyuv2":
+            from ._nyuv2 import nyuv2_dense
+
+            return nyuv2_dense(self, self.splits[split][index])
+        if self.kind == "manifest":
+            return _manifest_dense(self, split, index)
         raise AssertionError(self.kind)
 
     def fingerprint(self) -> str:
@@ -151,9 +166,11 @@ class DatasetSource:
             for split in self.split_names:
                 h.update(f"\n[{split}]".encode())
                 if self.kind in _FILE_KINDS:
-                    for ref, label in zip(self.splits[split], self.labels[split]):
-                        st = os.stat(os.path.join(self.root, ref))
-                        h.update(f"{ref}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                    dense = self.options.get("dense_files", {}).get(split) or [()] * len(self.splits[split])
+                    for ref, label, extra in zip(self.splits[split], self.labels[split], dense):
+                        for r in (ref, *(e for e in extra if e)):  # a dense manifest's masks and depth maps too
+                            st = os.stat(os.path.join(self.root, r))
+                            h.update(f"{r}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
                 elif self.kind == "hf":
                     for path in sorted({p for p, _ in self.splits[split]}):
                         st = os.stat(path)
@@ -199,12 +216,16 @@ def open_dataset(spec: str, *, data_root: str | os.PathLike | None = None) -> Da
         source = _open_torchvision(arg, data_root)
     elif kind == "hf" and arg:
         source = _open_hf(arg, data_root)
+    elif kind == "nyuv2" and arg:
+        from ._nyuv2 import open_nyuv2
+
+        source = DatasetSource(**open_nyuv2(arg, data_root))
     elif kind in OFFICIAL_KINDS and arg:
         source = DatasetSource(kind=kind, **read_official(kind, arg))
         spec = source.spec  # canonical, every option spelled out: the cache records e.g. the seed of a drawn split
     else:
         raise UsageError(f"unknown dataset spec {spec!r}; use digits, shapes, imagefolder:PATH, csv:PATH "
-                         f"(or a .parquet manifest), torchvision:NAME, hf:REPO or an official download: "
+                         f"(or a .parquet manifest), torchvision:NAME, hf:REPO, nyuv2:PATH or an official download: "
                          f"{', '.join(k + ':PATH' for k in OFFICIAL_KINDS)}")
     source.spec = spec
     if len(source) == 0:
@@ -365,6 +386,8 @@ def _name_of(path: Path) -> str:
 def _open_manifest(arg: str) -> DatasetSource:
     import polars as pl
 
+    spec_arg = arg
+    arg, depth_scale = _manifest_options(arg)
     path = Path(arg).expanduser()
     if not path.is_file():
         raise UsageError(f"manifest {arg} does not exist; csv:PATH takes a .csv or .parquet file with columns "
@@ -374,12 +397,14 @@ def _open_manifest(arg: str) -> DatasetSource:
             path, infer_schema_length=0)  # every column as text: labels like "007" keep their spelling
     except Exception as exc:
         raise UsageError(f"cannot read manifest {arg}: {exc}") from None
-    missing = [c for c in ("path", "label") if c not in frame.columns]
+    dense = [c for c in ("mask", "depth") if c in frame.columns]
+    missing = [c for c in ("path", "label") if c not in frame.columns and not (c == "label" and dense)]
     if missing:
-        raise UsageError(f"manifest {arg} lacks column(s) {missing}; it has {frame.columns}, needs path,label[,split]")
+        raise UsageError(f"manifest {arg} lacks column(s) {missing}; it has {frame.columns}, needs path,label[,split] "
+                         "(or path,mask,depth[,split] for dense targets)")
     root = path.resolve().parent
     rel_paths = [str(p) for p in frame["path"].to_list()]
-    raw_labels = frame["label"].to_list()
+    raw_labels = frame["label"].to_list() if "label" in frame.columns else ["image"] * len(rel_paths)
     if any(v is None for v in raw_labels) or any(p in ("", "None") for p in rel_paths):
         raise UsageError(f"manifest {arg} has empty path or label cells; fill or remove those rows")
     classes = _sorted_class_names(raw_labels)
@@ -392,18 +417,102 @@ def _open_manifest(arg: str) -> DatasetSource:
         split_of = [_SPLIT_ALIASES[s] for s in raw_splits]
     else:
         split_of = ["train"] * len(rel_paths)
+    dense_refs = list(zip(*(frame[c].to_list() for c in dense))) if dense else [()] * len(rel_paths)
     splits: dict[str, list] = {}
     labels: dict[str, list] = {}
-    for p, lab, s in zip(rel_paths, raw_labels, split_of):
+    dense_files: dict[str, list] = {}
+    for p, lab, s, refs in zip(rel_paths, raw_labels, split_of, dense_refs):
         p = Path(p).as_posix()
-        if not (root / p).is_file():
-            raise UsageError(f"manifest {arg} names {p}, which does not exist under {root}; paths are relative "
-                             f"to the manifest's folder")
+        for ref in (p, *(r for r in refs if r)):
+            if not (root / ref).is_file():
+                raise UsageError(f"manifest {arg} names {ref}, which does not exist under {root}; paths are "
+                                 f"relative to the manifest's folder")
         splits.setdefault(s, []).append(p)
         labels.setdefault(s, []).append(index[_label_text(lab)])
-    return DatasetSource(spec=f"csv:{arg}", name=_name_of(path), kind="manifest", classes=classes,
+        dense_files.setdefault(s, []).append([Path(r).as_posix() if r else None for r in refs])
+    options: dict[str, Any] = {}
+    if dense:
+        options = {"dense_tasks": ["segmentation" if c == "mask" else "depth" for c in dense],
+                   "classification": "label" in frame.columns, "depth_scale": depth_scale,
+                   "dense_columns": dense, "dense_files": dense_files}
+        if "mask" in dense:
+            options["segmentation_classes"] = _manifest_classes(root, arg)
+    return DatasetSource(spec=f"csv:{spec_arg}", name=_name_of(path), kind="manifest", classes=classes,
                          splits=splits, labels={s: np.asarray(v, dtype=np.int64) for s, v in labels.items()},
-                         ids={s: list(v) for s, v in splits.items()}, root=str(root))
+                         ids={s: list(v) for s, v in splits.items()}, root=str(root), options=options)
+
+
+#: 16-bit depth PNGs of a dense manifest: value / DEPTH_PNG_SCALE = metres (millimetres, as Kinect tools write).
+DEPTH_PNG_SCALE = 1000.0
+
+
+def _manifest_options(arg: str) -> tuple[str, float]:
+    """``PATH[?depth_scale=S]`` -> (PATH, S)."""
+    if "?" not in arg or Path(arg).expanduser().is_file():
+        return arg, DEPTH_PNG_SCALE
+    path, _, query = arg.rpartition("?")
+    options = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
+    unknown = sorted(set(options) - {"depth_scale"})
+    if unknown or "depth_scale" not in options:
+        raise UsageError(f"manifest {arg}: unknown option(s) {unknown or [query]}; the only option is "
+                         "depth_scale=S (16-bit depth PNG value / S = metres)")
+    try:
+        scale = float(options["depth_scale"])
+        if not scale > 0:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"manifest {arg}: depth_scale must be a positive number; got "
+                         f"{options['depth_scale']!r}") from None
+    return path, scale
+
+
+def _manifest_classes(root: Path, arg: str) -> list[str]:
+    names_file = root / "classes.txt"
+    if not names_file.is_file():
+        raise UsageError(f"manifest {arg} has a mask column but no {names_file}; write the segmentation class names "
+                         "there, one per line (line i = class id i; 255 = ignore)")
+    names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+    if not names or len(names) > 255:
+        raise UsageError(f"{names_file} must list 1 to 255 class names (255 is the ignore id); it has {len(names)}")
+    return names
+
+
+def _manifest_dense(source: DatasetSource, split: str, index: int) -> dict[str, np.ndarray]:
+    """Dense targets of one row of a dense manifest, checked against its image (errors name the file)."""
+    from PIL import Image
+
+    from .dense import check_dense_target
+
+    refs = source.options["dense_files"][split][index]
+    with Image.open(os.path.join(source.root, source.splits[split][index])) as img:  # header only
+        size = (img.height, img.width)
+    out = {}
+    for column, ref in zip(source.options["dense_columns"], refs):
+        task = "segmentation" if column == "mask" else "depth"
+        if ref is None:
+            raise ProbeError(f"manifest row {source.splits[split][index]} has no {column} file; every row needs one "
+                             f"for --task {task}")
+        full = os.path.join(source.root, ref)
+        try:
+            if full.lower().endswith(".npy"):
+                array = np.load(full, allow_pickle=False)
+            else:
+                with Image.open(full) as m:
+                    array = np.asarray(m)
+        except Exception as exc:
+            raise ProbeError(f"cannot read {column} file {full}: {exc.__class__.__name__}: {exc}") from None
+        if task == "segmentation":
+            if array.dtype.kind == "f" or array.ndim != 2:
+                raise ProbeError(f"segmentation mask {full} must be a single-channel integer PNG of class ids; "
+                                 f"got {array.dtype} {array.shape}")
+            array = array.astype(np.int64)
+        elif array.dtype.kind in "iu":
+            array = array.astype(np.float32) / np.float32(source.options["depth_scale"])
+        else:
+            array = array.astype(np.float32)
+        out[task] = check_dense_target(task, array, name=full, image_size=size,
+                                       n_classes=len(source.segmentation_classes) or None)
+    return out
 
 
 def _label_text(value) -> str:

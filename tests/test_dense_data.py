@@ -1,0 +1,110 @@
+"""Dense datasets: NYU Depth V2's official files (a small file in the same format, written here with h5py and
+scipy) and dense csv/parquet manifests, with their bad inputs as one-line errors naming the file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import probe
+from probe import ProbeError, UsageError
+from probe.dense import IGNORE_INDEX
+from tests._helpers import assert_one_line_error, run_main
+
+H, W, N = 12, 16, 6  # the official frame is 480 x 640 x 1449 images
+
+
+def write_nyuv2(folder, *, classes=40):
+    """A NYUv2-format labelled .mat (HDF5, MATLAB's transposed layout), splits.mat and a class mapping."""
+    import h5py
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(N, H, W, 3), dtype=np.uint8)
+    depths = rng.uniform(0.5, 9.0, size=(N, H, W)).astype(np.float32)
+    labels = rng.integers(0, 6, size=(N, H, W)).astype(np.uint16)  # raw classes 1..5, 0 = unlabelled
+    folder.mkdir(parents=True, exist_ok=True)
+    with h5py.File(folder / "nyu_depth_v2_labeled.mat", "w") as f:  # MATLAB v7.3 writes column-major arrays
+        f["images"] = images.transpose(0, 3, 2, 1)
+        f["depths"] = depths.transpose(0, 2, 1)
+        f["labels"] = labels.transpose(0, 2, 1)
+    savemat(folder / "splits.mat", {"trainNdxs": np.array([[1], [3], [4], [6]]), "testNdxs": np.array([[2], [5]])})
+    savemat(folder / f"classMapping{classes}.mat", {"mapClass": np.array([[2, 1, 3, 0, 2]]),  # raw 4 -> none
+                                                   "className": np.array(["wall", "floor", "bed"], dtype=object)})
+    return folder / "nyu_depth_v2_labeled.mat", images, depths, labels
+
+
+def test_nyuv2_reader_layout_split_mapping_and_ignore(tmp_path):
+    mat, images, depths, labels = write_nyuv2(tmp_path / "nyu")
+    d = probe.open_dataset(f"nyuv2:{mat}")
+    assert d.split_names == ["train", "test"] and d.ids["train"] == ["0001", "0003", "0004", "0006"]
+    assert d.ids["test"] == ["0002", "0005"] and d.tasks == ("segmentation", "depth")
+    assert d.segmentation_classes == ["wall", "floor", "bed"]
+    assert np.array_equal(np.asarray(d.load("test", 1)), images[4])  # test image 2 of 2 is image number 5
+    dense = d.dense_targets("test", 1)
+    seg, depth = dense["segmentation"], dense["depth"]
+    want = np.array([IGNORE_INDEX, 1, 0, 2, IGNORE_INDEX, 1])[labels[4]]  # 0 and raw 4 (mapped to 0) ignored
+    assert seg.shape == (H, W) and np.array_equal(seg, want)
+    inside = np.zeros((H, W), dtype=bool)
+    inside[1:12, 1:15] = True  # the Eigen crop (rows 45:471, columns 41:601 of 480 x 640) scaled to 12 x 16
+    assert np.array_equal(depth[inside], depths[4][inside]) and np.all(depth[~inside] == 0)
+    with pytest.raises(UsageError, match="classMapping13.mat is missing"):
+        probe.open_dataset(f"nyuv2:{mat}?classes=13")
+    meta = tmp_path / "meta"
+    write_nyuv2(meta, classes=13)
+    assert probe.open_dataset(f"nyuv2:{mat}?classes=13", data_root=meta).name == "nyuv2-13"
+    (tmp_path / "nyu" / "splits.mat").unlink()
+    with pytest.raises(UsageError, match="splits.mat is missing"):
+        probe.open_dataset(f"nyuv2:{mat}")
+
+
+def write_dense_manifest(root, *, mask_size=(10, 12), mask_value=1, depth=None):
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    rows = ["path,mask,depth,split"]
+    for i, split in enumerate(["train", "train", "test"]):
+        Image.fromarray(rng.integers(0, 256, size=(10, 12, 3), dtype=np.uint8)).save(root / f"img{i}.png")
+        mask = np.full(mask_size if i == 2 else (10, 12), mask_value if i == 2 else 1, dtype=np.uint8)
+        mask[0, 0] = IGNORE_INDEX
+        Image.fromarray(mask).save(root / f"mask{i}.png")
+        if i == 1:  # a 16-bit PNG in millimetres
+            Image.fromarray(np.full((10, 12), 2500, dtype=np.uint16)).save(root / f"depth{i}.png")
+            name = f"depth{i}.png"
+        else:
+            np.save(root / f"depth{i}.npy", np.full((10, 12), 1.5, dtype=np.float32) if depth is None or i != 2
+                    else depth)
+            name = f"depth{i}.npy"
+        rows.append(f"img{i}.png,mask{i}.png,{name},{split}")
+    (root / "dense.csv").write_text("\n".join(rows) + "\n")
+    (root / "classes.txt").write_text("background\nthing\n")
+    return root / "dense.csv"
+
+
+def test_dense_manifest_targets(tmp_path):
+    d = probe.open_dataset(f"csv:{write_dense_manifest(tmp_path / 'ok')}")
+    assert d.tasks == ("segmentation", "depth") and d.segmentation_classes == ["background", "thing"]
+    t = d.dense_targets("train", 1)
+    assert t["segmentation"][0, 0] == IGNORE_INDEX and t["segmentation"][5, 5] == 1
+    assert np.allclose(t["depth"], 2.5)  # 2500 / depth_scale 1000
+    scaled = probe.open_dataset(f"csv:{tmp_path / 'ok' / 'dense.csv'}?depth_scale=5000")
+    assert np.allclose(scaled.dense_targets("train", 1)["depth"], 0.5)
+    assert np.allclose(d.dense_targets("test", 0)["depth"], 1.5)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(mask_size=(8, 12)), "is 12x8 pixels but its image is 12x10"),
+    (dict(mask_value=7), "class ids [7] outside the 2 classes"),
+    (dict(depth=np.full((10, 12), np.nan, dtype=np.float32)), "has NaN values"),
+    (dict(depth=np.full((10, 12), -1.0, dtype=np.float32)), "has negative depths"),
+])
+def test_bad_dense_inputs_name_the_file(tmp_path, capsys, bad, message):
+    manifest = write_dense_manifest(tmp_path / "bad", **bad)
+    d = probe.open_dataset(f"csv:{manifest}")
+    with pytest.raises(ProbeError, match="(mask|depth)2"):
+        d.dense_targets("test", 0)
+    task = "segmentation" if "mask" in str(bad) or "class" in message else "depth"
+    proc = run_main(capsys, "extract-features", "test_resnet", f"csv:{manifest}", "--random-init", "--img-size",
+                    "32", "--task", task, "--cache-dir", tmp_path / "cache", "--no-progress")
+    assert_one_line_error(proc, 1, message, str(tmp_path / "bad"))
