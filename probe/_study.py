@@ -23,6 +23,8 @@ The study file (all tables but ``[[backbones]]`` and ``[[datasets]]`` optional):
     select_metric = "mean_per_class_acc"   # optional per-dataset override
     img_size = 224                # optional: overrides the backbone's img_size for this dataset
     test_fraction = 0.2           # optional: carve a test split from train when the dataset has none
+    tasks = ["classification"]    # optional: the targets studied on it (sweeps and fine-tuning of these tasks);
+                                  # e.g. ["segmentation", "depth"] for shapes, nyuv2:PATH or a dense manifest
 
     [extract]                     # how features are computed (see probe extract-features)
     batch_size = 64
@@ -33,6 +35,8 @@ The study file (all tables but ``[[backbones]]`` and ``[[datasets]]`` optional):
     taps = ["pooled"]             # "block*" = every block/stage of each backbone (layer-wise curves)
     shots = [0]                   # 0 = all training examples
     grids = { logistic = { C = [0.01, 0.1, 1.0] } }   # optional, per probe
+    task = "classification"       # optional: segmentation / depth run the linear dense probe on the patch tap,
+                                  # on the datasets whose tasks include it
 
     [finetune]                    # optional: whole-network fine-tuning on the same splits
     modes = ["full"]              # full | partial | lp-ft
@@ -69,8 +73,11 @@ from typing import Any
 
 from ._errors import ProbeError, UsageError
 from ._official import KINDS as OFFICIAL_KINDS
-from ._schema import MISSING, WORKERS, Setting, check_setting, toml_value
-from .vocab import DEFAULT_VAL_FRACTION, FINETUNE_MODES, PROBES
+from ._schema import MISSING, TASK, WORKERS, Setting, check_setting, toml_value
+from .vocab import DEFAULT_TASK, DEFAULT_VAL_FRACTION, FINETUNE_MODES, PROBES, TASK_METRICS
+
+#: The dense probe (probe._dense_sweep.DENSE_PROBES; named here without importing torch) and its grid keys.
+_DENSE_PROBES = {"linear": ("lr", "weight_decay", "epochs", "batch_size")}
 
 try:
     import tomllib
@@ -107,6 +114,7 @@ class DatasetSpec:
     img_size: int | None = None
     name: str | None = None
     test_fraction: float = 0.0  # part of train carved off as test when the dataset has no test split
+    tasks: list[str] = field(default_factory=lambda: [DEFAULT_TASK])  # targets studied on this dataset
 
 
 @dataclass
@@ -144,6 +152,8 @@ class Job:
         if self.kind == "sweep":
             s = self.settings
             extra = f" probes={','.join(s['probes'])} taps={','.join(s['taps'])}"
+            if s.get("task", DEFAULT_TASK) != DEFAULT_TASK:
+                extra += f" task={s['task']}"
             if any(k for k in s["shots"]):
                 extra += f" shots={','.join(map(str, s['shots']))}"
         elif self.kind in ("finetune", "pretrain"):
@@ -186,17 +196,20 @@ def study_schema() -> dict[str, dict[str, Setting]]:
                       "seed": Setting("int", lo=0, default=0)},
         "datasets": {"spec": Setting("str", default="imagefolder:data/pets"), "data_root": Setting("str"),
                      "select_metric": Setting("str", choices=METRICS), "img_size": size, "name": Setting("str"),
-                     "test_fraction": Setting("float", lo=0, hi=1, hi_open=True, default=0.0)},
+                     "test_fraction": Setting("float", lo=0, hi=1, hi_open=True, default=0.0),
+                     "tasks": Setting("str", many=True, nonempty=True, choices=TASK.choices,
+                                      default=[DEFAULT_TASK])},
         "extract": {"batch_size": Setting("int", lo=1, default=64), "workers": Setting("int", lo=0),
                     "dtype": Setting("str", choices=("float16", "float32"), default="float16"),
                     "skip_bad": Setting("bool", default=False),
                     "precision": Setting("str", choices=("auto", "fp32", "bf16"), default="auto"),
                     "allow_overlap": Setting("bool", default=False)},
-        "sweeps": {"probes": Setting("str", many=True, nonempty=True, choices=tuple(PROBES), default=["logistic"]),
+        "sweeps": {"probes": Setting("str", many=True, nonempty=True, choices=(*PROBES, *_DENSE_PROBES),
+                                       default=["logistic"]),
                    "taps": Setting("str", many=True, nonempty=True, default=["pooled"]),
                    "shots": Setting("int", many=True, nonempty=True, lo=0, default=[0]),
                    "seeds": Setting("int", many=True, nonempty=True, lo=0, default=[0]),
-                   "grids": Setting("table")},
+                   "grids": Setting("table"), "task": TASK},
         "finetune": {"modes": Setting("str", many=True, nonempty=True, choices=FINETUNE_MODES, default=["full"]),
                      "img_size": size, "accum_steps": ACCUM_STEPS, **finetune},
         "pretrain": {"dataset": Setting("str", default="shapes"), "data_root": Setting("str"), "img_size": size,
@@ -278,8 +291,17 @@ def load_study(path: str | os.PathLike | None = None) -> Study:
                 parse_taps(concrete)
             except UsageError as exc:
                 raise UsageError(f"{where}: taps: {exc}; \"{ALL_BLOCKS}\" is every block") from None
+        task = s.get("task", DEFAULT_TASK)
+        if task in ("segmentation", "depth"):
+            bad = [p for p in s["probes"] if p != "linear"] + [t for t in taps if t != "patch"]
+            if bad:
+                raise UsageError(f"{where}: a {task} sweep runs probes = [\"linear\"] on taps = [\"patch\"]; "
+                                 f"got {bad}")
+        elif "linear" in s["probes"]:
+            raise UsageError(f"{where}: probe 'linear' is the dense probe; add task = \"segmentation\" or "
+                             "\"depth\", or use logistic, ridge, knn, centroid")
         sweeps.append({"probes": s["probes"], "taps": taps, "shots": s.get("shots", [0]), "seeds": s.get("seeds"),
-                       "grids": _check_grids(s.get("grids", {}), where)})
+                       "grids": _check_grids(s.get("grids", {}), where, task), "task": task})
     finetune = tables["finetune"][0] if tables["finetune"] else None
     pretrain = tables["pretrain"][0] if tables["pretrain"] else None
     for name, table in (("finetune", finetune), ("pretrain", pretrain)):
@@ -307,7 +329,7 @@ def _resolve_spec(base: Path, spec: str) -> str:
     """A dataset spec whose path part (imagefolder:, csv:, parquet: and the official downloads) is taken
     relative to the study file."""
     kind, sep, arg = spec.partition(":")
-    if sep and kind in ("imagefolder", "csv", "parquet", *OFFICIAL_KINDS):
+    if sep and kind in ("imagefolder", "csv", "parquet", "nyuv2", *OFFICIAL_KINDS):
         return f"{kind}:{_resolve(base, arg)}"
     return spec
 
@@ -370,13 +392,20 @@ def _example(setting: Setting):
     return [value] * (setting.length or 1) if setting.many else value
 
 
-def _check_grids(grids: dict, where: str) -> dict:
+def _check_grids(grids: dict, where: str, task: str = DEFAULT_TASK) -> dict:
     """``grids = { probe = { param = [values] } }``: known probes, tables of value lists (a value is a list of
-    one). Parameter names are checked against the probes by :func:`check_study`."""
+    one). Parameter names are checked against the probes by :func:`check_study` (the dense probe's here)."""
     out = {}
+    known = tuple(_DENSE_PROBES) if task in ("segmentation", "depth") else PROBES
     for probe_name, grid in grids.items():
-        if probe_name not in PROBES:
-            raise UsageError(f"{where}: grids names unknown probe {probe_name!r}; probes are {', '.join(PROBES)}")
+        if probe_name not in known:
+            raise UsageError(f"{where}: grids names unknown probe {probe_name!r}; {task} probes are "
+                             f"{', '.join(known)}")
+        bad = sorted(set(grid) - set(_DENSE_PROBES[probe_name])) if probe_name in _DENSE_PROBES and isinstance(
+            grid, dict) else []
+        if bad:
+            raise UsageError(f"{where}: grids.{probe_name}: {bad} are not settings of the {probe_name} dense probe; "
+                             f"use {', '.join(_DENSE_PROBES[probe_name])}")
         if not isinstance(grid, dict):
             raise UsageError(f"{where}: grids.{probe_name} must be a table of value lists, e.g. "
                              f"grids = {{ {probe_name} = {{ C = [0.1, 1.0] }} }}")
@@ -436,6 +465,8 @@ def check_study(study: Study, *, data: bool = True) -> None:
 
         for i, s in enumerate(study.sweeps):
             for name, grid in s["grids"].items():
+                if name in _DENSE_PROBES:
+                    continue  # checked by _check_grids
                 params = set(inspect.signature(ESTIMATORS[name]).parameters) - {"device"}
                 bad = sorted(set(grid) - params)
                 if bad:
@@ -451,14 +482,15 @@ def plan_study(study: Study) -> list[Job]:
         if study.pretrain is not None:
             jobs.append(Job("pretrain", bb, None, {**study.pretrain, "seed": study.seeds[0]}))
         for ds in study.datasets:
+            sweeps = [s for s in study.sweeps if s.get("task", DEFAULT_TASK) in ds.tasks]  # the dataset's tasks
             taps = []
-            for s in study.sweeps:
+            for s in sweeps:
                 taps.extend(t for t in s["taps"] if t not in taps)
             if taps:
                 jobs.append(Job("extract", bb, ds, {"taps": taps}))
-            for s in study.sweeps:
+            for s in sweeps:
                 jobs.append(Job("sweep", bb, ds, {**s, "seeds": s["seeds"] or study.seeds}))
-            if study.finetune is not None:
+            if study.finetune is not None and DEFAULT_TASK in ds.tasks:
                 settings = {k: v for k, v in study.finetune.items() if k != "modes"}
                 for mode in study.finetune.get("modes", ["full"]):
                     for seed in study.seeds:
@@ -497,7 +529,10 @@ def check_datasets(study: Study, *, out=None) -> list[str]:
             say(f"dataset {spec}: CANNOT BE READ: {exc}")
             continue
         sizes = ", ".join(f"{s} {len(source.splits[s]):,}" for s in source.split_names)
-        say(f"dataset {source.name} ({source.spec}): {len(source.classes)} classes; {sizes}")
+        targets = [f"{len(source.classes)} classes"] if "classification" in source.tasks else []
+        targets += [f"{len(source.segmentation_classes)} segmentation classes" if t == "segmentation" else t
+                    for t in source.tasks if t != "classification"]
+        say(f"dataset {source.name} ({source.spec}): {', '.join(targets)}; {sizes}")
     return problems
 
 
@@ -699,8 +734,12 @@ def _run_job(job: Job, study: Study, pretrained: dict[str, str], *, cache_dir, r
 
         s = job.settings
         before = _count_results(results_dir)
+        task = s.get("task", DEFAULT_TASK)
+        select_metric = ds.select_metric or study.select_metric
+        if select_metric not in TASK_METRICS[task]:
+            select_metric = None  # the task's own default (miou, rmse)
         sweep_cached(bb.name, ds.spec, probes=s["probes"], taps=s["taps"], shots=s["shots"], seeds=s["seeds"],
-                     grids=s["grids"] or None, select_metric=ds.select_metric or study.select_metric,
+                     grids=s["grids"] or None, select_metric=select_metric, task=task,
                      val_fraction=study.val_fraction, test_fraction=ds.test_fraction, results_dir=results_dir,
                      jobs=jobs, seed=bb.seed,
                      **common, **extract_opts)

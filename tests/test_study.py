@@ -124,17 +124,18 @@ def test_seed_study_plans_without_downloading(capsys):
         "vit_large_patch16_224.augreg_in21k", "swin_base_patch4_window7_224.ms_in22k"]
     assert {b.family for b in study.backbones} == {"convnet", "transformer"}
     assert [d.spec.split(":")[0] for d in study.datasets] == ["flowers102", "caltech101", "cub200", "indoor67",
-                                                               "wikiart", "covid-cxr"]
+                                                               "wikiart", "covid-cxr", "nyuv2"]
     assert study.datasets[0].spec == f"flowers102:{ROOT / 'studies' / '..' / 'data' / 'flowers-102'}"
     jobs = plan_study(study)
     kinds = [j.kind for j in jobs]
-    assert kinds.count("finetune") == 5 * 6 and kinds.count("extract") == 5 * 6 and kinds.count("sweep") == 5 * 6 * 3
+    assert kinds.count("finetune") == 5 * 6 and kinds.count("extract") == 5 * 7
+    assert kinds.count("sweep") == 5 * 6 * 3 + 5 * 2  # NYUv2: a segmentation and a depth sweep per backbone
     if (ROOT / "data").exists():
         pytest.skip("a data/ folder exists beside the study: the missing-data half of this test does not apply")
     # without the downloads, --plan still lists the jobs, then fails with one line naming the first missing file
     proc = run_main(capsys, "run", ROOT / "studies" / "convnets-vs-transformers.toml", "--plan")
-    assert f"{len(jobs)} jobs" in proc.stdout and proc.stdout.count("CANNOT BE READ") == 6
-    assert_one_line_error(proc, 2, "6 dataset(s)", "flowers102", "data/flowers-102 does not exist", "setid.mat")
+    assert f"{len(jobs)} jobs" in proc.stdout and proc.stdout.count("CANNOT BE READ") == 7
+    assert_one_line_error(proc, 2, "7 dataset(s)", "flowers102", "data/flowers-102 does not exist", "setid.mat")
 
 
 def test_seed_study_plan_checks_each_official_download(tmp_path, capsys):
@@ -153,6 +154,9 @@ def test_seed_study_plan_checks_each_official_download(tmp_path, capsys):
     write_indoor67(data / "indoor67")
     write_wikiart(data / "wikiart")
     write_covid_cxr(data / "covid-chestxray-dataset")
+    from tests.test_dense_data import write_nyuv2
+
+    write_nyuv2(data / "nyuv2")
     proc = run_main(capsys, "run", study_file, "--plan")
     assert proc.returncode == 0, proc.stderr
     for line in ("dataset flowers102 (", "102 classes; train 3, val 3, test 6",
@@ -160,7 +164,8 @@ def test_seed_study_plan_checks_each_official_download(tmp_path, capsys):
                  "dataset cub200 (", "3 classes; train 7, test 5",
                  "dataset indoor67 (", "3 classes; train 9, test 6",
                  "dataset wikiart-style (", "3 classes; train 9, test 3",
-                 "dataset covid-cxr (", "2 classes; train "):
+                 "dataset covid-cxr (", "2 classes; train ",
+                 "dataset nyuv2 (", "train 4, test 2"):
         assert line in proc.stdout, (line, proc.stdout)
     (data / "CUB_200_2011" / "train_test_split.txt").unlink()
     proc = run_main(capsys, "run", study_file, "--plan")
@@ -176,8 +181,16 @@ def test_block_star_expands_per_architecture():
 def test_default_study_loads_and_plans():
     study = load_study(None)
     assert {b.name for b in study.backbones} == {"test_resnet", "test_convnext", "test_vit", "test_vit2"}
-    assert study.pretrain["dataset"] == "shapes" and [d.spec for d in study.datasets] == ["digits"]
-    assert plan_study(study)[0].kind == "pretrain"
+    assert study.pretrain["dataset"] == "shapes" and [d.spec for d in study.datasets] == ["digits", "shapes"]
+    jobs = plan_study(study)
+    assert jobs[0].kind == "pretrain"
+    on_shapes = [j for j in jobs if j.dataset is not None and j.dataset.spec == "shapes"]
+    # shapes gets only its dense sweeps (and their patch extraction), digits only the classification ones
+    assert sorted({(j.kind, j.settings.get("task", "-")) for j in on_shapes}) == [
+        ("extract", "-"), ("sweep", "depth"), ("sweep", "segmentation")]
+    assert all(j.settings["taps"] == ["patch"] for j in on_shapes)
+    assert not any(j.settings.get("task", "classification") != "classification" for j in jobs
+                   if j.dataset is not None and j.dataset.spec == "digits")
 
 
 @pytest.mark.parametrize("text,needles", [
