@@ -26,9 +26,15 @@ from pathlib import Path
 
 from ._errors import UsageError
 from ._io import safe_name as _safe, write_text_atomic
-from .vocab import DEFAULT_TASK, FINETUNE, TASK_METRICS
+from .vocab import DEFAULT_TASK, FINETUNE, METRIC_UNITS, TASK_METRICS
 
-_METRIC_HEAD = {"top1": "top-1", "top5": "top-5", "mean_per_class_acc": "mean per-class"}
+#: Tasks with per-pixel targets: their section is _section_dense (probe.dense.DENSE_TASKS, without numpy here).
+DENSE_TASKS = ("segmentation", "depth")
+_UNIT_NAMES = {"target": "m", "ratio": "ratio", "log10": "log10"}  # dense metrics' units (depth rmse in metres)
+
+_METRIC_HEAD = {"top1": "top-1", "top5": "top-5", "mean_per_class_acc": "mean per-class", "miou": "mIoU",
+                "pixel_acc": "pixel acc", "rmse": "RMSE", "abs_rel": "abs rel", "log10": "log10", "delta1": "δ<1.25",
+                "delta2": "δ<1.25²", "delta3": "δ<1.25³"}
 
 
 def default_report_dir(results_dir: str | os.PathLike) -> Path:
@@ -101,6 +107,24 @@ def _ci(est, low, high) -> str:
     return f"{est * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}]"
 
 
+def _value(metric: str, value, low=None, high=None, *, signed: bool = False) -> str:
+    """A metric by its unit (:data:`probe.vocab.METRIC_UNITS`): fractions in percent, the others as numbers."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    percent = METRIC_UNITS.get(metric, "fraction") == "fraction"
+    scale, fmt = (100.0, ".1f") if percent else (1.0, ".3f")
+    sign = "+" if signed else ""
+    text = f"{value * scale:{sign}{fmt}}"
+    if low is not None and high is not None:
+        text += f" [{low * scale:{sign}{fmt}}, {high * scale:{sign}{fmt}}]"
+    return text
+
+
+def _metric_head(metric: str) -> str:
+    unit = METRIC_UNITS.get(metric, "fraction")
+    return f"{_METRIC_HEAD.get(metric, metric)} ({'%' if unit == 'fraction' else _UNIT_NAMES.get(unit, unit)})"
+
+
 def _int(value) -> str:
     return "—" if value is None else str(int(value))
 
@@ -124,6 +148,10 @@ class _Report:
         self.pl = pl
         self.kw = dict(n_boot=self.n_boot, seed=self.seed, ci=self.ci)
         self.pct = f"{self.ci:.0%}"
+        # Dense tasks have their own section (_section_dense); the other sections cover one task.
+        dense = self.jobs.filter(pl.col("task").is_in(list(DENSE_TASKS))) if self.jobs.height else self.jobs
+        self.dense_jobs = dense
+        self.jobs = self.jobs.filter(~pl.col("task").is_in(list(DENSE_TASKS))) if self.jobs.height else self.jobs
         # The headline metric is the task's (top1 for classification); tables and figures take it as a parameter.
         tasks = sorted(set(self.jobs["task"].to_list())) if self.jobs.height else []
         self.metric = analysis.primary_metric(tasks[0] if tasks else None)
@@ -133,7 +161,9 @@ class _Report:
         if len(tasks) > 1:
             self.notes.append(f"results hold several tasks ({', '.join(tasks)}); this report covers {tasks[0]}.")
             self.jobs = self.jobs.filter(pl.col("task") == tasks[0])
-        self.styles = analysis.Styles.from_frame(self.jobs) if self.jobs.height else analysis.Styles()
+        every = pl.concat([self.jobs, dense], how="diagonal_relaxed") if dense.height else self.jobs
+        self.all_jobs = every  # every task: the header and the configurations table list them all
+        self.styles = analysis.Styles.from_frame(every) if every.height else analysis.Styles()
         self.protocols = analysis.aggregate_seeds(self.jobs)
         full = self.protocols.filter(pl.col("shots") == 0)
         self.best_frozen = analysis.best_by_val(
@@ -150,6 +180,7 @@ class _Report:
         lines = self._header()
         lines += self._section_configurations()
         lines += self._section_protocols()
+        lines += self._section_dense()
         lines += self._section_families()
         lines += self._section_layerwise()
         lines += self._section_few_shot()
@@ -163,13 +194,14 @@ class _Report:
         return f"figures/{path.name}"
 
     def _header(self) -> list[str]:
-        n_jobs = self.jobs.height
-        configs = self.jobs["backbone_config"].n_unique() if n_jobs else 0
-        fams = sorted(set(self.jobs["family"].to_list()), key=self.a.family_order) if n_jobs else []
+        n_jobs = self.all_jobs.height
+        configs = self.all_jobs["backbone_config"].n_unique() if n_jobs else 0
+        fams = sorted(set(self.all_jobs["family"].to_list()), key=self.a.family_order) if n_jobs else []
+        datasets = sorted(set(self.all_jobs["dataset"].to_list())) if n_jobs else []
         return [
             "# Whose visual representations transfer better?", "",
-            f"Results: `{self.results_dir}` ({n_jobs} jobs; {len(self.datasets)} dataset(s): "
-            f"{', '.join(self.datasets)}; {configs} backbone configuration(s); families: {', '.join(fams)}).", "",
+            f"Results: `{self.results_dir}` ({n_jobs} jobs; {len(datasets)} dataset(s): "
+            f"{', '.join(datasets)}; {configs} backbone configuration(s); families: {', '.join(fams)}).", "",
             "How to read this report:", "",
             "- All accuracies are on the **test** split, in percent; differences are in percentage points (pp).",
             "- Every row is one **backbone configuration**: backbone, weights, input size (and precision when not "
@@ -188,11 +220,11 @@ class _Report:
 
     def _section_configurations(self) -> list[str]:
         lines = ["## Backbone configurations", ""]
-        if not self.jobs.height:
+        if not self.all_jobs.height:
             return lines + ["_No jobs with a selected test row._", ""]
         lines += ["| configuration | backbone | weights | input size | precision | family | family source |",
                   "|---|---|---|---:|---|---|---|"]
-        rows = self.a.configurations(self.jobs).to_dicts()
+        rows = self.a.configurations(self.all_jobs).to_dicts()
         rows.sort(key=lambda r: (self.a.family_order(r["family"]), r["config_label"]))
         for r in rows:
             size = f"{r['img_size']} px" if r["img_size"] else "— (not recorded)"
@@ -274,6 +306,73 @@ class _Report:
                     if has_fz and has_ft else "")
             png = self._save(fig, f"{dataset}-frozen-vs-finetune")
             lines += ["", f"{gain}![{dataset}: frozen vs fine-tuning]({png})", ""]
+        return lines
+
+    # ----------------------------------------------------------------------------------------- dense
+
+    def _section_dense(self) -> list[str]:
+        a, pl = self.a, self.pl
+        jobs = self.dense_jobs
+        if not jobs.height:
+            return []
+        lines = ["## Dense transfer: segmentation and depth", "",
+                 "Per dataset and task, the frozen dense probe (a linear layer on each patch token, bilinearly "
+                 "upsampled to the labels; `linear / patch`) and fine-tuning when present, each chosen on val as "
+                 "above. Segmentation: mIoU over the classes present in the test ground truth and pixel accuracy, "
+                 "in percent; depth: RMSE (m), abs rel and log10 (lower is better), and δ thresholds in percent, on "
+                 "valid pixels (see `probe.dense` for the crop and the depth cap). Intervals are paired bootstrap "
+                 f"{self.pct} CIs over test images, resampling each image's saved statistics (intersection and "
+                 "union counts; depth error sums).", ""]
+        protocols = a.aggregate_seeds(jobs)
+        best_fz = a.best_by_val(protocols.filter(pl.col("probe") != FINETUNE), notes=self.notes)
+        best_ft = a.best_by_val(protocols.filter(pl.col("probe") == FINETUNE), notes=self.notes)
+        for dataset in sorted(set(jobs["dataset"].to_list())):
+            for task in [t for t in DENSE_TASKS if t in set(jobs.filter(pl.col("dataset") == dataset)["task"])]:
+                metrics = list(TASK_METRICS[task])
+                head = metrics[0]
+                fz = best_fz.filter((pl.col("dataset") == dataset) & (pl.col("task") == task))
+                ft = best_ft.filter((pl.col("dataset") == dataset) & (pl.col("task") == task))
+                gains = a.finetune_gains(fz, ft, metric=head, extra_metrics=metrics[1:], **self.kw)
+                lines += [f"### {dataset}: {task}", ""]
+                header = ["configuration", "family", "method (val-selected)", "seeds",
+                          f"{_metric_head(head)} [{self.pct} CI]", *(_metric_head(m) for m in metrics[1:]),
+                          "train images", "test images"]
+                lines += ["| " + " | ".join(header) + " |",
+                          "|---|---|---|" + "---:|" * (len(header) - 3)]
+                rows = []
+                for side, frame in (("frozen", fz), ("finetune", ft)):
+                    by_config = {r["backbone_config"]: r for r in frame.to_dicts()}
+                    for g in gains.to_dicts() if gains.height else []:
+                        r = by_config.get(g["backbone_config"])
+                        if r is not None:
+                            rows.append((side, g, r))
+                rows.sort(key=lambda t: (self.styles.configs.index(t[1]["backbone_config"])
+                                         if t[1]["backbone_config"] in self.styles.configs else 0, t[0]))
+                for side, g, r in rows:
+                    cells = [f"`{r['config_label']}`", r["family"], r["method"], str(r["n"]),
+                             _value(head, r[head], g[f"{side}_low"], g[f"{side}_high"]),
+                             *(_value(m, r[m]) for m in metrics[1:]), _int(r["n_train"]), _int(r["n_eval"])]
+                    lines.append("| " + " | ".join(cells) + " |")
+                both = [g for g in (gains.to_dicts() if gains.height else []) if g["gain"] is not None]
+                if both:
+                    lines += ["", f"Fine-tuning − frozen probe, same test images ({_metric_head(head)}, "
+                                  f"{self.pct} CI): " + "; ".join(
+                                      f"`{g['config_label']}` "
+                                      + _value(head, g["gain"], g["gain_low"], g["gain_high"], signed=True)
+                                      for g in both) + "."]
+                previews = []
+                for side, g, r in rows:
+                    p = a.job_preview(list(r["files"])[0])
+                    if p is not None and side == "frozen":
+                        previews.append((f"{r['config_label']}", p))
+                if previews:
+                    classes = [str(c) for c in previews[0][1].get("classes", [])]
+                    fig = a.dense_examples_figure(previews, task=task, classes=classes or None,
+                                                  title=f"{dataset} {task}: test images, ground truth and each "
+                                                        "configuration's frozen dense probe")
+                    png = self._save(fig, f"{dataset}-{task}-examples")
+                    lines += ["", f"![{dataset} {task}: examples]({png})"]
+                lines.append("")
         return lines
 
     # ----------------------------------------------------------------------------------------- families

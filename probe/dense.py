@@ -141,30 +141,12 @@ def _batch(a) -> np.ndarray:
 
 def segmentation_metrics(stats: Mapping[str, Any]) -> dict[str, float]:
     """``miou`` and ``pixel_acc`` of per-image statistics (rows summed), see the module docstring."""
-    n_classes = np.shape(stats["labelled"])[-1]
-    inter, union, labelled = (np.asarray(stats[k], dtype=np.float64).reshape(-1, n_classes).sum(0)
-                              for k in ("intersection", "union", "labelled"))
-    present = labelled > 0
-    if not present.any():
-        return {"miou": float("nan"), "pixel_acc": float("nan")}
-    return {"miou": float(np.mean(inter[present] / union[present])),
-            "pixel_acc": float(inter.sum() / labelled.sum())}
+    return dense_metrics("segmentation", stats)
 
 
 def depth_metrics(stats: Mapping[str, Any]) -> dict[str, float]:
     """``rmse``, ``abs_rel``, ``log10``, ``delta1..3`` of per-image statistics (per image, then averaged)."""
-    n = np.atleast_1d(np.asarray(stats["n_valid"], dtype=np.float64))
-    keep = n > 0
-    if not keep.any():
-        return {m: float("nan") for m in ("rmse", "abs_rel", "log10", "delta1", "delta2", "delta3")}
-
-    def per_image(name):
-        return np.atleast_1d(np.asarray(stats[name], dtype=np.float64))[keep] / n[keep]
-
-    out = {"rmse": float(np.mean(np.sqrt(per_image("sq_err"))))}
-    for name in ("abs_rel", "log10", "delta1", "delta2", "delta3"):
-        out[name] = float(np.mean(per_image(name)))
-    return out
+    return dense_metrics("depth", stats)
 
 
 def dense_metrics(task: str, stats: Mapping[str, Any], index=None) -> dict[str, float]:
@@ -172,9 +154,41 @@ def dense_metrics(task: str, stats: Mapping[str, Any], index=None) -> dict[str, 
     repeated indices count an image as often as it is drawn)."""
     if task not in STAT_NAMES:
         raise ValueError(f"no dense metrics for task {task!r}; dense tasks are {', '.join(DENSE_TASKS)}")
-    if index is not None:
-        stats = {k: np.asarray(stats[k])[index] for k in STAT_NAMES[task]}
-    return segmentation_metrics(stats) if task == "segmentation" else depth_metrics(stats)
+    first = np.asarray(stats[STAT_NAMES[task][0]])
+    n = (first.shape[0] if first.ndim == 2 else 1) if task == "segmentation" else np.atleast_1d(first).shape[0]
+    counts = np.ones(n) if index is None else np.bincount(np.asarray(index, dtype=np.int64).ravel(), minlength=n)
+    return {m: float(resampled_metric(task, m, stats, counts[None, :])[0]) for m in _METRICS[task]}
+
+
+_METRICS = {"segmentation": ("miou", "pixel_acc"), "depth": ("rmse", "abs_rel", "log10", "delta1", "delta2", "delta3")}
+
+
+def resampled_metric(task: str, metric: str, stats: Mapping[str, Any], counts) -> np.ndarray:
+    """``metric`` of each resample of the images: ``counts`` [B, N] says how often each image is drawn.
+
+    The one implementation of the dense metrics (:func:`dense_metrics` is the case of one resample drawing every
+    image once); linear in the counts, so a paired bootstrap over thousands of resamples is a few matrix products.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if task == "segmentation":
+        n_classes = np.shape(stats["labelled"])[-1]
+        inter, union, labelled = (counts @ np.asarray(stats[k], dtype=np.float64).reshape(-1, n_classes)
+                                  for k in ("intersection", "union", "labelled"))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if metric == "pixel_acc":
+                return inter.sum(axis=1) / labelled.sum(axis=1)
+            present = labelled > 0  # classes present in the ground truth of the resample
+            iou = np.where(present, inter / np.where(union > 0, union, 1.0), 0.0)
+            return iou.sum(axis=1) / present.sum(axis=1)
+    n = np.atleast_1d(np.asarray(stats["n_valid"], dtype=np.float64))
+    keep = n > 0  # images without a valid pixel are left out
+    safe = np.where(keep, n, 1.0)
+    if metric == "rmse":
+        per_image = np.sqrt(np.atleast_1d(np.asarray(stats["sq_err"], dtype=np.float64)) / safe)
+    else:
+        per_image = np.atleast_1d(np.asarray(stats[metric], dtype=np.float64)) / safe
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (counts @ np.where(keep, per_image, 0.0)) / (counts @ keep.astype(np.float64))
 
 
 def dense_stats(task: str, pred, target, *, n_classes: int | None = None,

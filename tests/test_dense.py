@@ -165,3 +165,22 @@ def test_dense_sweep_reuses_and_refuses(dense_sweeps):
         probe.sweep_cached("test_vit", "shapes", task="depth", probes=["knn"], **kw)
     with pytest.raises(UsageError, match="select metric for depth"):
         probe.sweep_cached("test_vit", "shapes", task="depth", select_metric="top1", **kw)
+
+
+def test_report_dense_section(dense_sweeps, tmp_path):
+    import probe
+    from probe.analysis import compare_jobs, job_ci
+
+    root, _, paths = dense_sweeps
+    text = probe.write_report(root / "results", tmp_path / "report", n_boot=200).read_text()
+    assert "## Dense transfer: segmentation and depth" in text
+    assert "### shapes: segmentation" in text and "### shapes: depth" in text
+    assert "| mIoU (%) [95% CI] |" in text and "| RMSE (m) [95% CI] |" in text
+    assert (tmp_path / "report" / "figures" / "shapes-segmentation-examples.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "figures" / "shapes-depth-examples.png").stat().st_size > 1000
+    seg = job_ci(paths["segmentation"][0], metric="miou", n_boot=300)
+    assert seg.low < seg.estimate < seg.high and seg.n == 240
+    depth = job_ci(paths["depth"][0], metric="rmse", n_boot=200)  # as the report: same resamples, same seed
+    assert f"{depth.estimate:.3f} [{depth.low:.3f}, {depth.high:.3f}]" in text  # the report shows this interval
+    same = compare_jobs(paths["depth"][0], paths["depth"][0], metric="abs_rel", n_boot=50)
+    assert same.paired and same.estimate == 0 and same.low == same.high == 0  # paired: identical images, no spread

@@ -30,6 +30,8 @@ _LAZY = {
     "bootstrap_ci": "._stats", "compare_jobs": "._stats", "job_ci": "._stats", "pair_by_id": "._stats",
     "align_by_id": "._stats", "job_hits": "._stats", "job_predictions": "._stats", "seed_mean_hits": "._stats",
     "PairedPredictions": "._stats", "Aligned": "._stats",
+    "DENSE_METRICS": "._stats", "job_dense_stats": "._stats", "dense_seed_stats": "._stats",
+    "job_preview": "._stats",
     # comparisons
     "FamilyComparison": "._compare", "family_bootstrap": "._compare", "sign_test": "._compare",
     "compare_families": "._compare", "family_wins": "._compare", "finetune_gains": "._compare",
@@ -38,7 +40,8 @@ _LAZY = {
     "FAMILY_COLORS": "._figures", "FAMILY_NAMES": "._figures", "Styles": "._figures", "new_figure": "._figures",
     "layerwise_figure": "._figures", "few_shot_figure": "._figures", "frozen_vs_finetune_figure": "._figures",
     "gain_figure": "._figures", "finetune_scatter_figure": "._figures", "family_figure": "._figures",
-    "block_index": "._figures", "metric_name": "._figures",
+    "block_index": "._figures", "metric_name": "._figures", "dense_examples_figure": "._figures",
+    "segmentation_palette": "._figures",
     # notebooks
     "notebook_setup": "._notebook",
 }

@@ -25,7 +25,9 @@ FAMILY_NAMES = {"convnet": "ConvNets", "transformer": "transformers", "hybrid": 
                 "other": "other", "unknown": "unknown family"}
 _MARKERS = "osD^v<>pP*Xh"
 _LINESTYLES = ("-", "--", ":", "-.")
-_METRIC_NAMES = {"top1": "top-1 accuracy", "top5": "top-5 accuracy", "mean_per_class_acc": "mean per-class accuracy"}
+_METRIC_NAMES = {"top1": "top-1 accuracy", "top5": "top-5 accuracy", "mean_per_class_acc": "mean per-class accuracy",
+                 "miou": "mIoU", "pixel_acc": "pixel accuracy", "rmse": "RMSE", "abs_rel": "abs rel",
+                 "log10": "log10 error", "delta1": "δ<1.25", "delta2": "δ<1.25²", "delta3": "δ<1.25³"}
 
 
 def metric_name(metric: str) -> str:
@@ -34,9 +36,12 @@ def metric_name(metric: str) -> str:
 
 
 def _is_fraction(metric: str) -> bool:
+    """Whether ``metric`` is a fraction shown in percent (:data:`probe.vocab.METRIC_UNITS`)."""
+    from ..vocab import METRIC_UNITS
     from ._select import lower_is_better
 
-    return not lower_is_better(metric)
+    unit = METRIC_UNITS.get(metric)
+    return unit == "fraction" if unit is not None else not lower_is_better(metric)
 
 
 @dataclass
@@ -433,3 +438,83 @@ def _wrap(text: str, width: int = 16) -> str:
                 line += piece
         out.append(line.replace("._", "."))
     return "\n".join(out)
+
+
+#: Fixed segmentation palette: class id -> RGB (the same colours in every figure); ignored pixels are black.
+def segmentation_palette(n_classes: int) -> np.ndarray:
+    """[n_classes, 3] RGB floats: tab20's colours, then a seeded draw; one fixed colour per class id."""
+    from matplotlib import colormaps
+
+    base = np.asarray(colormaps["tab20"].colors)
+    extra = np.random.default_rng(0).uniform(0.15, 0.95, size=(max(0, n_classes - len(base)), 3))
+    return np.concatenate([base, extra])[:n_classes]
+
+
+def dense_examples_figure(previews: list[tuple[str, dict]], *, task: str, classes=None, max_depth: float = 10.0,
+                          title: str | None = None):
+    """A few test images with their ground truth and each configuration's prediction.
+
+    Parameters
+    ----------
+    previews : list of (label, arrays)
+        One per configuration: its legend label and the ``preview/*`` arrays its dense job saved (``ids``,
+        ``image`` [k, H, W, 3], ``target``, ``pred`` [k, H, W]). The images and ground truth of the first are
+        drawn; the others' predictions are matched by image id.
+    task : {"segmentation", "depth"}
+        Masks in the fixed :func:`segmentation_palette` (ignored pixels black), depth in one colour scale (shared
+        by the ground truth and every prediction) with one colour bar in metres.
+    """
+    from matplotlib.colors import Normalize
+
+    from ..dense import IGNORE_INDEX, depth_valid
+
+    first = previews[0][1]
+    ids = [str(i) for i in first["ids"]][:3]
+    ncols = 2 + len(previews)
+    fig = new_figure(1.9 * ncols + (0.8 if task == "depth" else 0.0), 1.9 * len(ids) + 0.9)
+    axes = fig.subplots(len(ids), ncols, squeeze=False)
+    if task == "segmentation":
+        n = max(len(classes or []), int(max(np.max(np.where(p["pred"] == IGNORE_INDEX, 0, p["pred"]))
+                                            for _, p in previews)) + 1, 1)
+        palette = segmentation_palette(n)
+
+        def show(ax, m):
+            rgb = np.zeros((*m.shape, 3))
+            ok = (m != IGNORE_INDEX) & (m >= 0) & (m < n)
+            rgb[ok] = palette[m[ok]]
+            ax.imshow(rgb, interpolation="nearest")
+    else:
+        valid = [p["target"][depth_valid(p["target"], max_depth=max_depth)] for _, p in previews[:1]]
+        values = np.concatenate([v.ravel() for v in valid] + [p["pred"].ravel() for _, p in previews])
+        norm = Normalize(vmin=float(np.min(values)), vmax=float(np.max(values)))
+        image = None
+
+        def show(ax, m):
+            nonlocal image
+            shown = np.ma.masked_where(~depth_valid(m, max_depth=max_depth), m)
+            image = ax.imshow(shown, cmap="viridis", norm=norm, interpolation="nearest")
+    for row, image_id in enumerate(ids):
+        k = [str(i) for i in first["ids"]].index(image_id)
+        axes[row, 0].imshow(first["image"][k])
+        show(axes[row, 1], first["target"][k])
+        for col, (label, p) in enumerate(previews, start=2):
+            where = [str(i) for i in p["ids"]]
+            if image_id in where:
+                show(axes[row, col], p["pred"][where.index(image_id)])
+        for col in range(ncols):
+            axes[row, col].set_xticks([])
+            axes[row, col].set_yticks([])
+        axes[row, 0].set_ylabel(image_id, fontsize=8)
+    for col, name in enumerate(["image", "ground truth", *(_wrap(label, 18) for label, _ in previews)]):
+        axes[0, col].set_title(name, fontsize=8)
+    if task == "depth" and image is not None:
+        fig.colorbar(image, ax=axes[:, -1].tolist(), label="depth (m)", shrink=0.8)
+    if task == "segmentation" and classes:
+        from matplotlib.patches import Patch
+
+        handles = [Patch(color=palette[i], label=str(c)) for i, c in enumerate(classes[:20])]
+        fig.legend(handles=handles, loc="outside lower center", fontsize=7, frameon=False,
+                   ncols=min(len(handles), 7))
+    if title:
+        fig.suptitle(_wrapped(title, fig), fontsize=10)
+    return fig

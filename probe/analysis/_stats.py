@@ -24,7 +24,10 @@ from .._errors import UsageError
 
 #: Metric names understood by the bootstrap. "top1", "top5" and "accuracy" all mean "mean of the per-image
 #: correctness you pass" (pass top-5 hits for top5); "mean_per_class_acc" averages per-class recall.
-BOOTSTRAP_METRICS = ("top1", "top5", "accuracy", "mean_per_class_acc")
+_CLASSIFICATION_METRICS = ("top1", "top5", "accuracy", "mean_per_class_acc")
+#: Dense metrics, bootstrapped from the per-image statistics each dense job saves (:mod:`probe.dense`).
+DENSE_METRICS = ("miou", "pixel_acc", "rmse", "abs_rel", "log10", "delta1", "delta2", "delta3")
+BOOTSTRAP_METRICS = _CLASSIFICATION_METRICS + DENSE_METRICS
 
 #: Most int64 count cells drawn at once (resamples x kinds); bounds memory to about 64 MB per chunk.
 _CHUNK_CELLS = 8_000_000
@@ -161,8 +164,8 @@ def _as_correctness(values, name: str) -> np.ndarray:
 
 def _bootstrap(values: np.ndarray, labels, *, metric: str, n_boot: int, seed: int, ci: float,
                paired: bool) -> BootstrapResult:
-    if metric not in BOOTSTRAP_METRICS:
-        raise UsageError(f"bootstrap metric must be one of {BOOTSTRAP_METRICS}; got {metric!r}")
+    if metric not in _CLASSIFICATION_METRICS:
+        raise UsageError(f"bootstrap metric must be one of {_CLASSIFICATION_METRICS}; got {metric!r}")
     if int(n_boot) < 1:
         raise UsageError(f"n_boot must be a positive number of resamples; got {n_boot}. Use e.g. 10000")
     if not 0.0 < ci < 1.0:
@@ -318,9 +321,9 @@ def job_hits(file, metric: str = "top1") -> tuple[np.ndarray, np.ndarray, np.nda
     UsageError
         For a metric whose per-image values are not saved (the bootstrap cannot recompute it).
     """
-    if metric not in BOOTSTRAP_METRICS:
+    if metric not in _CLASSIFICATION_METRICS:
         raise UsageError(f"cannot bootstrap metric {metric!r} from saved predictions; use one of "
-                         f"{', '.join(BOOTSTRAP_METRICS)}")
+                         f"{', '.join(_CLASSIFICATION_METRICS)}")
     art = _artifacts(file)
     if art is None:
         return None
@@ -368,6 +371,8 @@ def compare_jobs(file_a, file_b, *, metric: str = "top1", n_boot: int = 10_000, 
     ``metric`` is top1, top5 (from the saved top-5 columns) or mean_per_class_acc. Returns None when either job
     saved no predictions or the two cannot be paired.
     """
+    if metric in DENSE_METRICS:
+        return _dense_bootstrap([file_a, file_b], metric, n_boot=n_boot, seed=seed, ci=ci)
     a, b = seed_mean_hits(file_a, metric), seed_mean_hits(file_b, metric)
     if isinstance(a, str) or isinstance(b, str):
         return None
@@ -384,7 +389,99 @@ def job_ci(file, *, metric: str = "top1", n_boot: int = 10_000, seed: int = 0,
 
     ``file`` may be a list of job files (the seeds of one protocol): the interval is then for their mean.
     """
+    if metric in DENSE_METRICS:
+        return _dense_bootstrap([file], metric, n_boot=n_boot, seed=seed, ci=ci)
     a = seed_mean_hits(file, metric)
     if isinstance(a, str):
         return None
     return _bootstrap(a.values[:, 0], a.labels, metric=metric, n_boot=n_boot, seed=seed, ci=ci, paired=False)
+
+
+def job_dense_stats(file) -> tuple[np.ndarray, str, dict[str, np.ndarray]] | None:
+    """(ids, task, per-image statistics) of a dense job's test images (:mod:`probe.dense`), or None without them."""
+    art = _artifacts(file)
+    if art is None or "task" not in art:
+        return None
+    stats = {k.split("/", 1)[1]: v for k, v in art.items() if k.startswith("stat/")}
+    return (art["ids"], str(art["task"]), stats) if stats else None
+
+
+def job_preview(file) -> dict[str, np.ndarray] | None:
+    """The few test images a dense job saved with their targets and its predictions (``ids``, ``image``,
+    ``target``, ``pred``; see :mod:`probe._dense_sweep`), or None without them."""
+    art = _artifacts(file)
+    if art is None or "preview/ids" not in art:
+        return None
+    return {k.split("/", 1)[1]: v for k, v in art.items() if k.startswith("preview/")} | {
+        "classes": art.get("classes", np.asarray([], dtype=str))}
+
+
+def dense_seed_stats(files) -> tuple[np.ndarray, str, list[dict[str, np.ndarray]]] | str:
+    """The per-image statistics of each seed (job) of one dense protocol, on the images every seed scored, in
+    one order: (ids, task, [stats per seed]); or a string saying why not."""
+    files = [files] if isinstance(files, (str, bytes)) or not hasattr(files, "__iter__") else list(files)
+    loaded = []
+    for f in files:
+        got = job_dense_stats(f)
+        if got is None:
+            return f"no saved per-image statistics for {_name(f)}"
+        loaded.append(got)
+    ids = [str(i) for i in loaded[0][0]]
+    common = set(ids).intersection(*({str(i) for i in got[0]} for got in loaded[1:]))
+    ids = [i for i in ids if i in common]
+    if not ids:
+        return "the seeds share no test image"
+    per_seed = []
+    for got_ids, _, stats in loaded:
+        where = {str(i): k for k, i in enumerate(got_ids)}
+        pick = np.asarray([where[i] for i in ids])
+        per_seed.append({k: np.asarray(v)[pick] for k, v in stats.items()})
+    return np.asarray(ids), loaded[0][1], per_seed
+
+
+def _dense_bootstrap(sides: list, metric: str, *, n_boot: int, seed: int, ci: float) -> BootstrapResult | None:
+    """Bootstrap of a dense metric (one side) or of a paired difference a - b (two sides), resampling test
+    images: every resample draws image counts once and recomputes each seed's metric from its per-image
+    statistics (:func:`probe.dense.resampled_metric`); a side's value is its seed mean."""
+    from ..dense import resampled_metric
+
+    if int(n_boot) < 1:
+        raise UsageError(f"n_boot must be a positive number of resamples; got {n_boot}. Use e.g. 10000")
+    if not 0.0 < ci < 1.0:
+        raise UsageError(f"ci must be a confidence level in (0, 1); got {ci}. Use e.g. 0.95")
+    got = [dense_seed_stats(files) for files in sides]
+    if any(isinstance(g, str) for g in got):
+        return None
+    ids = [str(i) for i in got[0][0]]
+    for g in got[1:]:
+        ids = [i for i in ids if i in {str(j) for j in g[0]}]
+    if not ids:
+        return None
+    aligned = []
+    for g_ids, task, per_seed in got:
+        where = {str(i): k for k, i in enumerate(g_ids)}
+        pick = np.asarray([where[i] for i in ids])
+        aligned.append((task, [{k: v[pick] for k, v in st.items()} for st in per_seed]))
+    n = len(ids)
+
+    def statistic(counts):
+        values = [np.mean([resampled_metric(task, metric, st, counts) for st in per_seed], axis=0)
+                  for task, per_seed in aligned]
+        return values[0] - values[1] if len(values) == 2 else values[0]
+
+    estimate = float(statistic(np.ones((1, n)))[0])
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _CHUNK_CELLS // max(n, 1))
+    samples = np.empty(int(n_boot), dtype=np.float64)
+    for start in range(0, int(n_boot), chunk):
+        stop = min(int(n_boot), start + chunk)
+        samples[start:stop] = statistic(rng.multinomial(n, np.full(n, 1.0 / n), size=stop - start))
+    samples = samples[np.isfinite(samples)] if not np.isfinite(samples).all() else samples
+    tail = (1.0 - ci) / 2.0
+    low, high = np.quantile(samples, [tail, 1.0 - tail])
+    paired = len(sides) == 2
+    return BootstrapResult(estimate=estimate, low=float(low), high=float(high), ci=float(ci), n=n,
+                           n_boot=int(n_boot), metric=metric,
+                           std_error=float(samples.std(ddof=1)) if len(samples) > 1 else 0.0,
+                           p_le_zero=float(np.mean(samples <= 0)) if paired else float("nan"), paired=paired,
+                           samples=samples)
