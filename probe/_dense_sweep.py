@@ -34,13 +34,10 @@ import numpy as np
 
 from ._errors import ProbeError, UsageError
 from .dense import DENSE_TASKS, IGNORE_INDEX, check_dense_target, network_view, transform_dense_target
-from .vocab import DEFAULT_VAL_FRACTION, LOWER_IS_BETTER, TASK_METRICS
+from .vocab import DEFAULT_VAL_FRACTION, DENSE_GRID_KEYS, DENSE_PROBES, LOWER_IS_BETTER, TASK_METRICS
 
 #: Version of the targets files' layout (part of their key).
 TARGETS_FORMAT = 1
-
-#: Dense probes by name (``probe sweep --task segmentation --probes linear``).
-DENSE_PROBES = ("linear",)
 
 #: Test images whose predictions are saved for the report's figure.
 PREVIEW_IMAGES = 4
@@ -296,10 +293,10 @@ def _estimator(name: str, task: str, n_classes: int, grid, *, seed: int, device:
     from .probes.dense_linear import DenseLinearProbe
 
     est = DenseLinearProbe(task=task, n_classes=max(n_classes, 1), seed=seed, device=device)
-    allowed = ("lr", "weight_decay", "epochs", "batch_size")
-    unknown = sorted(set(grid or {}) - set(allowed))
+    unknown = sorted(set(grid or {}) - set(DENSE_GRID_KEYS))
     if unknown:
-        raise UsageError(f"grid keys {unknown} are not settings of the {name} dense probe; valid keys: {list(allowed)}")
+        raise UsageError(f"grid keys {unknown} are not settings of the {name} dense probe; valid keys: "
+                         f"{list(DENSE_GRID_KEYS)}")
     points = _check_grid(est, grid)
     # non-searched settings given as one-value lists (epochs, batch_size) are the estimator's own
     fixed = {k for k in points[0] if k not in ("lr", "weight_decay") and len({repr(p[k]) for p in points}) == 1}

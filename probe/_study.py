@@ -74,10 +74,11 @@ from typing import Any
 from ._errors import ProbeError, UsageError
 from ._official import KINDS as OFFICIAL_KINDS
 from ._schema import MISSING, TASK, WORKERS, Setting, check_setting, toml_value
-from .vocab import DEFAULT_TASK, DEFAULT_VAL_FRACTION, FINETUNE_MODES, PROBES, TASK_METRICS
+from .vocab import (DEFAULT_TASK, DEFAULT_VAL_FRACTION, DENSE_GRID_KEYS, DENSE_PROBES, FINETUNE_MODES, PROBES,
+                    TASK_METRICS)
 
-#: The dense probe (probe._dense_sweep.DENSE_PROBES; named here without importing torch) and its grid keys.
-_DENSE_PROBES = {"linear": ("lr", "weight_decay", "epochs", "batch_size")}
+#: The dense probes and the keys of their grids.
+_DENSE_PROBES = {name: DENSE_GRID_KEYS for name in DENSE_PROBES}
 
 try:
     import tomllib

@@ -12,6 +12,11 @@ SPLITS = ("train", "val", "test")
 #: Frozen-feature probes for classification targets (``probe sweep --probes``).
 PROBES = ("logistic", "ridge", "knn", "centroid")
 
+#: Frozen dense probes for segmentation and depth targets, on the ``patch`` tap (``--task segmentation``).
+DENSE_PROBES = ("linear",)
+#: Settings a dense probe's grid may list (``grids = { linear = { lr = [...] } }``).
+DENSE_GRID_KEYS = ("lr", "weight_decay", "epochs", "batch_size")
+
 #: The ``probe`` value of fine-tuning rows in the results table (a protocol, not an estimator).
 FINETUNE = "finetune"
 

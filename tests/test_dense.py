@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 
+from tests._helpers import assert_one_line_error, run_main
+
 from probe.dense import IGNORE_INDEX, dense_metrics, depth_stats, segmentation_stats, transform_dense_target
 
 SEG_TARGET = np.array([[[0, 0, 1], [1, IGNORE_INDEX, 2]],
@@ -184,3 +186,11 @@ def test_report_dense_section(dense_sweeps, tmp_path):
     assert f"{depth.estimate:.3f} [{depth.low:.3f}, {depth.high:.3f}]" in text  # the report shows this interval
     same = compare_jobs(paths["depth"][0], paths["depth"][0], metric="abs_rel", n_boot=50)
     assert same.paired and same.estimate == 0 and same.low == same.high == 0  # paired: identical images, no spread
+
+
+def test_sweep_cli_task(capsys):
+    proc = run_main(capsys, "sweep", "test_vit", "digits", "--random-init", "--task", "depth", "--no-progress")
+    assert_one_line_error(proc, 2, "has no depth targets", "classification")
+    proc = run_main(capsys, "sweep", "test_vit", "shapes", "--random-init", "--task", "segmentation", "--probes",
+                    "knn", "--no-progress")
+    assert_one_line_error(proc, 2, "dense probes are linear")

@@ -200,6 +200,12 @@ def test_default_study_loads_and_plans():
     ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='digits'\n[[sweeps]]\nprobes=['svm']\n", ["svm"]),
     ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='digits'\n", ["nothing to run"]),
     ("[[backbones]\nname=", ["not valid TOML"]),
+    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='shapes'\n[[sweeps]]\nprobes=['linear']\n",
+     ["'linear' is the dense probe", "task"]),
+    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='shapes'\n[[sweeps]]\ntask='depth'\nprobes=['linear']\n"
+     "taps=['patch']\ngrids={linear={C=[1]}}\n", ["grids.linear", "['C']", "lr, weight_decay"]),
+    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='shapes'\n[[sweeps]]\ntask='depht'\nprobes=['linear']\n",
+     ["task", "did you mean 'depth'"]),
 ])
 def test_bad_study_files_are_one_clear_line(tmp_path, capsys, text, needles):
     path = tmp_path / "bad.toml"

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 
-from probe.vocab import DEFAULT_TASK, DEFAULT_VAL_FRACTION, PROBES, TASK_METRICS
+from probe.vocab import DENSE_PROBES, DEFAULT_VAL_FRACTION, PROBES, TASK_METRICS
 
 from ._common import (DEFAULT_RESULTS_DIR, add_backbone_arguments, add_dataset_arguments, add_extraction_arguments,
                       add_task_argument, dataset_spec, extraction_kwargs)
 
-DENSE_PROBE_NAMES = ["linear"]  # probe._dense_sweep.DENSE_PROBES (no torch at --help)
+DENSE_PROBE_NAMES = list(DENSE_PROBES)
 PROBE_NAMES = list(PROBES)
 METRIC_NAMES = list(dict.fromkeys(m for task in ("classification", "segmentation", "depth")
                                   for m in TASK_METRICS[task]))
