@@ -231,13 +231,17 @@ def sweep_dense_cached(backbone: str, dataset: str, *, task: str, probes: Sequen
 
     Parameters are those of :func:`probe.sweep_cached`; ``task`` is ``segmentation`` or ``depth`` and
     ``select_metric`` defaults to the task's first metric (:data:`probe.vocab.TASK_METRICS`: ``miou``,
-    ``rmse``). ``grids`` may set ``lr``, ``weight_decay`` and the probe's other parameters (``epochs``,
-    ``batch_size``) as lists.
+    ``rmse``). ``grids`` may set ``lr``, ``weight_decay``, ``epochs`` and ``batch_size`` as lists; keys it
+    leaves out keep the probe's default grid (:attr:`DenseLinearProbe.default_grid`).
     """
+    from sklearn.base import clone
+
     from ._cache import load_split
     from ._checks import check_output_dir
     from ._datasets import open_dataset
     from ._schema import Setting, check_setting
+    from ._sweep import protocol_of
+    from .results import job_stem
 
     if task not in DENSE_TASKS:
         raise UsageError(f"sweep_dense_cached takes a dense task ({', '.join(DENSE_TASKS)}); got {task!r}")
@@ -270,12 +274,11 @@ def sweep_dense_cached(backbone: str, dataset: str, *, task: str, probes: Sequen
     for name in probes:
         for seed in seeds:
             est, points = _estimator(name, task, n_classes, (grids or {}).get(name), seed=int(seed), device=device)
-            from ._sweep import protocol_of
-            from .results import job_stem
-
             recorded = 0.0 if "val" in entries else float(val_fraction)
-            protocol = protocol_of(est, points, tap="patch", task=task, val_fraction=recorded, test_fraction=0.0,
-                                   select_metric=select_metric, shots=0, refit=True)
+            # the seed is the job's (its own column), not part of the protocol: seeds of one protocol are averaged
+            protocol = protocol_of(clone(est).set_params(seed=0), points, tap="patch", task=task,
+                                   val_fraction=recorded, test_fraction=0.0, select_metric=select_metric, shots=0,
+                                   refit=True)
             stem = job_stem(results_dir, backbone=train.backbone, dataset=train.dataset, probe=name, tap="patch",
                             shots=0, seed=int(seed), tag=f"{task}-{feature_tag}-{protocol[:8]}")
             path = Path(str(stem) + ".parquet")
@@ -297,7 +300,7 @@ def _estimator(name: str, task: str, n_classes: int, grid, *, seed: int, device:
     if unknown:
         raise UsageError(f"grid keys {unknown} are not settings of the {name} dense probe; valid keys: "
                          f"{list(DENSE_GRID_KEYS)}")
-    points = _check_grid(est, grid)
+    points = _check_grid(est, {**DenseLinearProbe.default_grid, **(grid or {})})  # a grid adds to the default
     # non-searched settings given as one-value lists (epochs, batch_size) are the estimator's own
     fixed = {k for k in points[0] if k not in ("lr", "weight_decay") and len({repr(p[k]) for p in points}) == 1}
     if fixed:
