@@ -416,14 +416,18 @@ def job_preview(file) -> dict[str, np.ndarray] | None:
         "classes": art.get("classes", np.asarray([], dtype=str))}
 
 
-def dense_seed_stats(files) -> tuple[np.ndarray, str, list[dict[str, np.ndarray]]] | str:
+def dense_seed_stats(files, metric: str = "miou") -> tuple[np.ndarray, str, list[dict[str, np.ndarray]]] | str:
     """The per-image statistics of each seed (job) of one dense protocol, on the images every seed scored, in
-    one order: (ids, task, [stats per seed]); or a string saying why not."""
+    one order: (ids, task, [stats per seed]); or a string saying why not (UsageError naming ``metric`` for a
+    job of another task)."""
     files = [files] if isinstance(files, (str, bytes)) or not hasattr(files, "__iter__") else list(files)
     loaded = []
     for f in files:
         got = job_dense_stats(f)
         if got is None:
+            if _artifacts(f) is not None:  # predictions of another task: nothing to resample for a dense metric
+                raise UsageError(f"cannot bootstrap metric {metric!r} from {_name(f)}: it saved no per-image "
+                                 "dense statistics (not a segmentation or depth job)")
             return f"no saved per-image statistics for {_name(f)}"
         loaded.append(got)
     ids = [str(i) for i in loaded[0][0]]
@@ -449,7 +453,7 @@ def _dense_bootstrap(sides: list, metric: str, *, n_boot: int, seed: int, ci: fl
         raise UsageError(f"n_boot must be a positive number of resamples; got {n_boot}. Use e.g. 10000")
     if not 0.0 < ci < 1.0:
         raise UsageError(f"ci must be a confidence level in (0, 1); got {ci}. Use e.g. 0.95")
-    got = [dense_seed_stats(files) for files in sides]
+    got = [dense_seed_stats(files, metric) for files in sides]
     if any(isinstance(g, str) for g in got):
         return None
     ids = [str(i) for i in got[0][0]]
