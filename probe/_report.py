@@ -320,9 +320,9 @@ class _Report:
                  "upsampled to the labels; `linear / patch`) and fine-tuning when present, each chosen on val as "
                  "above. Segmentation: mIoU over the classes present in the test ground truth and pixel accuracy, "
                  "in percent; depth: RMSE (m), abs rel and log10 (lower is better), and δ thresholds in percent, on "
-                 "valid pixels (see `probe.dense` for the crop and the depth cap). Intervals are paired bootstrap "
-                 f"{self.pct} CIs over test images, resampling each image's saved statistics (intersection and "
-                 "union counts; depth error sums).", ""]
+                 "valid pixels (see `probe.dense` for the crop and the depth cap). Intervals are bootstrap "
+                 f"{self.pct} CIs over test images (paired for differences), resampling each image's saved "
+                 "statistics (intersection and union counts; depth error sums).", ""]
         protocols = a.aggregate_seeds(jobs)
         best_fz = a.best_by_val(protocols.filter(pl.col("probe") != FINETUNE), notes=self.notes)
         best_ft = a.best_by_val(protocols.filter(pl.col("probe") == FINETUNE), notes=self.notes)

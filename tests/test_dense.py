@@ -88,7 +88,7 @@ def test_dense_targets_land_on_the_image_pixels(crop_mode):
 
 # ------------------------------------------------------------------------------------ the frozen dense probe
 
-DENSE_GRID = {"linear": {"lr": [3e-2, 1e-1], "epochs": [4]}}
+DENSE_GRID = {"linear": {"lr": [3e-2, 1e-1], "weight_decay": [0.0], "epochs": [4]}}
 
 
 @pytest.fixture(scope="module")
