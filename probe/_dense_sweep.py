@@ -322,7 +322,7 @@ def _run_dense_job(est, points, entries, meta, targets, *, source, task: str, se
 
     from ._families import resolve_family
     from ._io import save_npz_atomic
-    from ._sweep import _plain, backbone_context
+    from ._sweep import _plain, backbone_context, skipped_count
     from .dense import dense_metrics
     from .results import make_row, results_frame, write_results
     from .splits import carve_splits
@@ -340,7 +340,8 @@ def _run_dense_job(est, points, entries, meta, targets, *, source, task: str, se
     fit_data, val_data = DenseBatches(fit_parts), DenseBatches(val_parts)
     fam, fam_source = resolve_family(train.backbone, family)
     base = dict(backbone=train.backbone, family=fam, family_source=fam_source, weights=train.weights,
-                dataset=train.dataset, tap="patch", cache_key=train.key, **backbone_context(train), task=task,
+                dataset=train.dataset, tap="patch", cache_key=train.key, n_skipped=skipped_count(meta.values()),
+                **backbone_context(train), task=task,
                 probe=est.name, shots=0, seed=seed, val_fraction=recorded, test_fraction=0.0,
                 select_metric=select_metric, protocol=protocol, n_val=len(val_data))
     fixed = {k: _plain(v) for k, v in est.get_params().items() if k in ("epochs", "batch_size")}
