@@ -2,7 +2,8 @@
 
 The cache is content-addressed (backbone, weights, preprocessing, dataset contents, split, taps, dtype): the same
 request reuses the entry without computing anything, any change makes a new entry beside the old one. An
-interrupted run resumes where it stopped. Prints one line per split: split, rows, taps, reused or written, path.
+interrupted run resumes where it stopped. Under torchrun (torchrun --nproc-per-node N -m probe extract-features ...)
+the ranks share each entry's batches and write the same entry as one process. Prints one line per split: split, rows, taps, reused or written, path.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from probe import _distributed
     from probe._extract import extract_features
 
     entries = extract_features(args.backbone, dataset_spec(args), splits=args.splits, **extraction_kwargs(args))
+    if not _distributed.is_main():  # under torchrun rank 0 speaks for the group
+        return 0
     for split, entry in entries.items():
         state = "reused" if entry.reused else "written"
         print(f"{split}\t{entry.rows} rows\t{','.join(entry.taps)}\t{state}\t{entry.path}")

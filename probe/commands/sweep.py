@@ -63,13 +63,21 @@ def run(args: argparse.Namespace) -> int:
 
     import polars as pl
 
+    from probe import _distributed
     from probe._sweep import sweep_cached
 
     kwargs = extraction_kwargs(args)
+    if _distributed.init(args.device):  # under torchrun the ranks share the extraction; rank 0 then sweeps
+        from probe._extract import extract_features
+
+        extract_features(args.backbone, dataset_spec(args), **kwargs)
     taps = kwargs.pop("taps")
-    paths = sweep_cached(args.backbone, dataset_spec(args), probes=args.probes, taps=taps, shots=args.shots,
-                         seeds=args.seeds, select_metric=args.select_metric, val_fraction=args.val_fraction,
-                         test_fraction=args.test_fraction, results_dir=args.results_dir, jobs=args.jobs, overwrite=args.overwrite, **kwargs)
+    paths = _distributed.on_main(lambda: sweep_cached(
+        args.backbone, dataset_spec(args), probes=args.probes, taps=taps, shots=args.shots, seeds=args.seeds,
+        select_metric=args.select_metric, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        results_dir=args.results_dir, jobs=args.jobs, overwrite=args.overwrite, **kwargs))
+    if not _distributed.is_main():
+        return 0
     for path in paths:
         row = pl.read_parquet(path).filter(pl.col("selected")).row(0, named=True)
         print(f"{row['probe']}\t{row['tap']}\tshots={row['shots']}\tseed={row['seed']}\t{row['params']}\t"
