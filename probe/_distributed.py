@@ -183,20 +183,54 @@ def gather_errors(error: BaseException | None) -> None:
 def main_process_lock(lock):
     """Hold ``lock`` (a :class:`probe._runtime.ProcessLock`) on rank 0 while every rank runs the block.
 
-    The other ranks wait for rank 0 to get it; when not distributed it is the plain lock.
+    The other ranks wait for rank 0 to get it (when rank 0 cannot, every rank raises); when not distributed it
+    is the plain lock.
     """
     if not active():
         with lock:
             yield
         return
+    error = None
     if is_main():
-        lock.acquire()
+        try:
+            lock.acquire()
+        except Exception as exc:  # e.g. busy: every rank raises, none waits forever
+            error = exc
+    gather_errors(error)
     try:
-        barrier()
         yield
     finally:
         if is_main():
             lock.release()
+
+
+def all_sum(value: float) -> float:
+    """The sum of ``value`` over the ranks (``value`` when not distributed)."""
+    if not active():
+        return value
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def wrap_model(model, *, sync_batchnorm: bool = False):
+    """``model`` in DistributedDataParallel (gradients averaged over the ranks), or ``model`` itself when not
+    distributed. ``sync_batchnorm`` makes BatchNorm layers use the statistics of the global batch."""
+    if not active():
+        return model
+    import torch
+
+    if sync_batchnorm:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    device_ids = [local_rank()] if next(model.parameters()).is_cuda else None
+    # frozen blocks (partial, lp-ft) have no gradient; their parameters are simply not reduced
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+                                                     find_unused_parameters=False)
 
 
 def rank_batches(batches: Sequence, rank_: int | None = None, world: int | None = None) -> list:

@@ -641,11 +641,11 @@ def _run_plan(plan: list[Job], study: Study, *, keep_going: bool, out, **options
 
 
 def _run_job_on_ranks(job: Job, study: Study, pretrained: dict[str, str], **options) -> str:
-    """:func:`_run_job`; under torchrun an extraction is shared by the ranks and every other job runs on rank 0
-    alone (the others wait for it and take its pretrained weights and its outcome)."""
+    """:func:`_run_job`; under torchrun extraction and fine-tuning (pretraining included) are shared by the ranks
+    and a sweep runs on rank 0 alone (the others wait for it)."""
     from . import _distributed
 
-    if job.kind == "extract" or not _distributed.active():
+    if job.kind != "sweep" or not _distributed.active():
         return _run_job(job, study, pretrained, **options)
     status, weights = _distributed.on_main(lambda: (_run_job(job, study, pretrained, **options), pretrained))
     pretrained.update(weights)
