@@ -3,6 +3,7 @@ against the in-process run, `--status` with a failed job, what a rerun submits, 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 import probe
 from probe._errors import ProbeError
-from tests._helpers import assert_one_line_error, run_cli, run_main, write_image_folder
+from tests._helpers import assert_one_line_error, run_main, write_image_folder
 
 pytest.importorskip("submitit")
 
@@ -43,14 +44,29 @@ timeout_min = 30
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
-    """The study run once through `--executor local` (a CLI subprocess) and once in-process, in separate output
-    folders; its second dataset has an unreadable image, so its extraction fails and its sweep is skipped."""
+    """The study run once through `--executor local` (the CLI in this process; each job a separate process) and
+    once in-process, in separate output folders; its second dataset has an unreadable image, so its extraction
+    fails and its sweep is skipped."""
+    import contextlib
+    import io
+    import subprocess
+
+    from probe.cli import main
+
     work = tmp_path_factory.mktemp("exec")
     write_image_folder(work / "good")
     write_image_folder(work / "bad")
     (work / "bad" / "train" / "cat" / "img_0.png").write_bytes(b"not a png")
     (work / "study.toml").write_text(STUDY)
-    proc = run_cli("run", "study.toml", "--executor", "local", "--no-progress", "--no-report", cwd=work, timeout=600)
+    out, err = io.StringIO(), io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["run", "study.toml", "--executor", "local", "--no-progress", "--no-report"])
+    finally:
+        os.chdir(cwd)
+    proc = subprocess.CompletedProcess([], code, out.getvalue(), err.getvalue())
     with pytest.raises(ProbeError, match="1 of 4 study jobs failed"):
         probe.run_study(work / "study.toml", cache_dir=work / "ip-cache", results_dir=work / "ip-results",
                         report_dir=None, progress=False, keep_going=True, out=open(work / "ip.log", "w"))
