@@ -19,6 +19,7 @@ What the callers rely on:
 
 from __future__ import annotations
 
+import atexit
 import os
 from contextlib import contextmanager
 from datetime import timedelta
@@ -57,7 +58,19 @@ def init(device: str = "auto") -> bool:
     if cuda:
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=TIMEOUT)
+    # leave the group before the interpreter tears down: gloo's threads destroyed at exit abort the process
+    atexit.register(_leave)
     return True
+
+
+def _leave() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # exiting anyway
+            pass
 
 
 def active() -> bool:

@@ -214,7 +214,11 @@ def _make_executor(kind: str, log_dir: Path, resources: dict, stage: str):
         ex.update_parameters(timeout_min=resources.get("timeout_min", 24 * 60), tasks_per_node=tasks,
                              gpus_per_node=job_gpus, setup=list(resources.get("setup", [])))
         return ex
-    ex = submitit.SlurmExecutor(folder=log_dir)
+    try:
+        ex = submitit.SlurmExecutor(folder=log_dir)
+    except RuntimeError:  # submitit looks for srun
+        raise UsageError("--executor slurm needs Slurm (srun and sbatch are not found here); run probe on the "
+                         "cluster's login node, or use --executor local on this machine") from None
     params = {"job_name": f"probe-{stage}", "ntasks_per_node": tasks, "gpus_per_node": job_gpus or None,
               "cpus_per_task": resources.get("cpus"), "partition": resources.get("partition"),
               "account": resources.get("account"), "qos": resources.get("qos"),

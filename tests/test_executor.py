@@ -124,3 +124,35 @@ def test_executor_table_is_validated_like_the_rest(tmp_path, capsys, table, need
     path.write_text("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='digits'\n[[sweeps]]\nprobes=['knn']\n"
                     f"[executor]\n{table}\n")
     assert_one_line_error(run_main(capsys, "run", path, "--plan"), 2, *needles)
+
+
+def test_slurm_arrays_get_the_executor_table(tmp_path, monkeypatch):
+    """The sbatch header of each stage's array: the [executor] resources, one task per GPU for extraction only,
+    and the extra sbatch options (no sbatch is run)."""
+    import shutil
+
+    from probe._executor import _make_executor
+
+    if shutil.which("srun") is None:  # submitit insists on it; an error line says so (below)
+        (tmp_path / "bin").mkdir()
+        (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 1\n")
+        (tmp_path / "bin" / "srun").chmod(0o755)
+        monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    resources = {"partition": "gpu", "account": "proj", "gpus": 4, "cpus": 8, "mem_gb": 64, "timeout_min": 90,
+                 "setup": ["module load cuda"], "extra": {"constraint": "a100"}}
+    extract = _make_executor("slurm", tmp_path, resources, "extract")._make_submission_file_text("run", "x")
+    sweep = _make_executor("slurm", tmp_path, resources, "sweep")._make_submission_file_text("run", "x")
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --account=proj", "#SBATCH --cpus-per-task=8",
+                 "#SBATCH --mem=64GB", "#SBATCH --time=90", "#SBATCH --constraint=a100", "module load cuda"):
+        assert line in extract and line in sweep, line
+    assert "#SBATCH --ntasks-per-node=4" in extract and "#SBATCH --gpus-per-node=4" in extract
+    assert "#SBATCH --ntasks-per-node=1" in sweep and "#SBATCH --gpus-per-node=1" in sweep
+
+
+def test_slurm_without_slurm_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun anywhere
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.toml").write_text("[[backbones]]\nname='test_vit'\nrandom_init=true\n[[datasets]]\n"
+                                     "spec='digits'\n[[sweeps]]\nprobes=['knn']\n")
+    assert_one_line_error(run_main(capsys, "run", "s.toml", "--executor", "slurm"), 2, "needs Slurm",
+                          "--executor local")

@@ -38,18 +38,16 @@ def test_cuda_extraction_matches_cpu(tmp_path, image_folder, name):
 
 def test_finetune_out_of_memory_halves_the_micro_batch(tmp_path, monkeypatch):
     """A CUDA out-of-memory error in a step doubles the accumulation steps and retries the same step."""
-    from probe import _finetune
+    from probe._finetune.trainer import Trainer
 
-    real = _finetune._Run._accumulate if hasattr(_finetune, "_Run") else None
-    if real is None:
-        pytest.skip("the trainer class moved; update this test")
+    real = Trainer._accumulate
 
-    def tight(self, x, y):
-        if len(y) / self.accum_steps > 8:  # pretend more than 8 images do not fit
+    def tight(self, x, targets):
+        if len(x) / self.accum_steps > 8:  # pretend more than 8 images do not fit
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(self, x, y)
+        return real(self, x, targets)
 
-    monkeypatch.setattr(_finetune._Run, "_accumulate", tight)
+    monkeypatch.setattr(Trainer, "_accumulate", tight)
     result = probe.finetune("test_resnet", "digits", random_init=True, img_size=32, epochs=1, batch_size=32,
                             device="cuda", workers=2, results_dir=tmp_path / "r", progress=False, verbose=False)
     assert result.history[0]["accum_steps"] == 4 and np.isfinite(result.history[0]["train_loss"])
