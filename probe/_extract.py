@@ -5,9 +5,12 @@ How an entry is written, so that ``kill -9`` at any moment is harmless:
 1. Under a per-entry file lock (a second process waits, then reuses what the first wrote), every finished
    batch goes to its own shard file ``<final>.parts/rows-<start>-<end>.npz`` (written to a temporary name,
    then ``os.replace``): finished work is never lost, peak memory is one batch.
-2. A rerun resumes after the last contiguous shard, with the same batch boundaries, so its features are
-   identical to an uninterrupted run's.
-3. When every row is done, the shards are streamed into ``<final>.tmp<pid>``, which is marked complete and
+2. A rerun keeps every finished shard and computes the missing batches with the same batch boundaries, so its
+   features are identical to an uninterrupted run's.
+3. Under ``torchrun`` (:mod:`probe._distributed`) the missing batches are dealt to the ranks round robin; rank 0
+   holds the entry lock for the group, every rank writes its own shards, and rank 0 finalises after all are done.
+   The entry (key, path, rows in dataset order, features) is the one a single process writes.
+4. When every row is done, the shards are streamed into ``<final>.tmp<pid>``, which is marked complete and
    renamed to the final ``<split>-<key[:12]>.h5``; then the shards are removed.
 """
 
@@ -24,6 +27,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from . import _distributed
 from ._cache import CacheEntry, cache_key, entry_lock, entry_path, read_attrs
 from ._checks import disk_full_guard, format_bytes
 from ._errors import ProbeError, UsageError
@@ -89,6 +93,7 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
     workers = check_setting(workers, WORKERS, "--workers", example="--workers 4")
     seed = check_setting(seed, SEED, "--seed", example="--seed 0")
     resolve_device(device)  # a missing CUDA is an error before anything is written
+    _distributed.init(device)  # under torchrun: join the group; the ranks share the work of each entry
     check_model_name(backbone)
     precision = resolve_precision(precision, device)
     source = open_dataset(dataset, data_root=data_root)
@@ -124,14 +129,18 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
             entries[split] = reuse
             continue
         plan.append((split, material, key, final))
+    # every rank follows rank 0's view of the cache (another process may finish an entry between two lookups)
+    entries, plan = _distributed.share((entries, plan))
     needed = None
     if plan:  # the space every missing entry needs is known before any forward pass
         needed = _check_space(backbone, img_size, spec["data_config"], taps, dtype, source,
                      [(split, final) for split, _, _, final in plan], cache_dir)
     for split, material, key, final in plan:
-        with entry_lock(cache_dir, key, wait=True,
-                        waiting_message=f"probe: another process is extracting {final}; waiting for it to finish"):
-            reuse = _find_reusable(final, key, cache_key(material), taps, skip_bad)  # another may have finished it
+        lock = entry_lock(cache_dir, key, wait=True,
+                          waiting_message=f"probe: another process is extracting {final}; waiting for it to finish")
+        with _distributed.main_process_lock(lock):  # under torchrun rank 0 holds it for the group
+            # another process may have finished it
+            reuse = _distributed.on_main(lambda: _find_reusable(final, key, cache_key(material), taps, skip_bad))
             if reuse is not None:
                 entries[split] = reuse
                 continue
@@ -404,11 +413,31 @@ def _contiguous_end(shards) -> int:
 
 def _extract_split(bb, source, split: str, taps, final: Path, meta: dict, *, batch_size: int,
                    workers: int | None, device: str, skip_bad: bool, progress: bool) -> None:
-    import torch
-    from tqdm.auto import tqdm
-
+    """Compute the missing batches of one entry (under torchrun: this rank's share of them), then finalise it on
+    rank 0 once every rank's shards are written."""
     n = len(source.splits[split])
     parts = Path(str(final) + ".parts")
+    done, todo = _distributed.on_main(lambda: _prepare_parts(parts, meta, n, batch_size))
+    if 0 < done < n and _distributed.is_main():
+        print(f"probe: resuming {final.name} ({meta['dataset']}/{split}) from row {done} of {n}", file=sys.stderr)
+    error = None
+    try:
+        _compute_batches(bb, source, split, taps, parts, meta, _distributed.rank_batches(todo), n=n,
+                         batch_size=batch_size, workers=workers, device=device, skip_bad=skip_bad,
+                         progress=progress and _distributed.is_main())
+    except Exception as exc:  # every rank must reach the collective below, failed or not
+        error = exc
+    _distributed.gather_errors(error)  # under torchrun: every rank's shards are written once this returns
+    _distributed.on_main(lambda: _finalize(parts, final, source, split, taps, meta))
+
+
+def _prepare_parts(parts: Path, meta: dict, n: int, batch_size: int) -> tuple[int, list[list[int]]]:
+    """Make ``parts`` ready for ``meta``'s entry; returns (rows done contiguously from 0, batches still to do).
+
+    Finished shards are kept; the missing rows are cut into batches with the boundaries of an uninterrupted run
+    (multiples of ``batch_size`` from the end of the contiguous prefix, which is a multiple of it when the batch
+    size did not change). A shard that does not sit on those boundaries is recomputed.
+    """
     if parts.is_dir():
         old = json.loads((parts / "meta.json").read_text()) if (parts / "meta.json").is_file() else {}
         if old.get("key") != meta["key"]:
@@ -417,22 +446,33 @@ def _extract_split(bb, source, split: str, taps, final: Path, meta: dict, *, bat
     write_text_atomic(parts / "meta.json", json.dumps(meta, sort_keys=True, default=str))
     shards = _shards(parts)
     done = _contiguous_end(shards)
-    for start, _, p in shards:
+    grid = [(s, min(s + batch_size, n)) for s in range(done, n, batch_size)]
+    have = set()
+    for start, stop, p in shards:
         if start >= done:
-            p.unlink()  # after a gap: recomputed with the regular batch boundaries
+            if (start, stop) in grid:  # a later batch another rank finished before an interruption
+                have.add((start, stop))
+            else:
+                p.unlink()
+    return done, [list(range(a, b)) for a, b in grid if (a, b) not in have]
 
-    if 0 < done < n:
-        print(f"probe: resuming {final.name} ({meta['dataset']}/{split}) from row {done} of {n}", file=sys.stderr)
-    if done < n:
-        dev = resolve_device(device)
+
+def _compute_batches(bb, source, split: str, taps, parts: Path, meta: dict, batches: list[list[int]], *, n: int,
+                     batch_size: int, workers: int | None, device: str, skip_bad: bool,
+                     progress: bool) -> None:
+    """Forward ``batches`` (lists of row indices) and write one shard per batch into ``parts``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if batches:
+        dev = _distributed.local_device(resolve_device(device))
         model = bb.model.to(dev)
         if dev.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         transform = bb.eval_transform()
         images = _SplitImages(source, split, transform, tuple(bb.data_config["input_size"]))
-        # batches keep the boundaries of an uninterrupted run (multiples of batch_size from row 0)
-        batches = [list(range(s, min(s + batch_size, n))) for s in range(done, n, batch_size)]
-        bar = tqdm(total=n, initial=done, unit="img", desc=f"{meta['backbone']} {meta['dataset']}/{split}",
+        bar = tqdm(total=n, initial=n - sum(map(len, batches)), unit="img",
+                   desc=f"{meta['backbone']} {meta['dataset']}/{split}",
                    disable=not progress, dynamic_ncols=True, leave=False)
         ids = source.ids[split]
 
@@ -516,7 +556,6 @@ def _extract_split(bb, source, split: str, taps, final: Path, meta: dict, *, bat
                                 for batch in loader(rest, plan.workers) if rest else ():
                                     consume(*batch)
         bar.close()
-    _finalize(parts, final, source, split, taps, meta)
 
 
 def _finalize(parts: Path, final: Path, source, split: str, taps, meta: dict) -> None:

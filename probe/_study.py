@@ -50,6 +50,15 @@ The study file (all tables but ``[[backbones]]`` and ``[[datasets]]`` optional):
     dataset = "shapes"            # resulting weights for every transfer job (pretrain -> transfer)
     epochs = 3                    # (no refit on train+val unless refit = true: the weights are the product)
 
+    [executor]                    # optional: resources of `probe run --executor slurm` (and local), see
+    partition = "gpu"             # probe._executor; one job array per stage, logs in --log-dir
+    gpus = 1                      # GPUs per job (extraction runs one rank per GPU)
+    cpus = 8                      # CPUs per task
+    mem_gb = 64
+    timeout_min = 240             # time limit per job; a job that reaches it is requeued and resumes
+    account = "my-project"        # also: qos, array_parallelism, setup = ["module load cuda"]
+    extra = { constraint = "a100" }   # any other sbatch option
+
 Input paths in the file (weights, data roots, the paths of imagefolder:, csv: and official-download specs such as
 cub200:) are relative to the file; outputs
 (cache, results, report) go under the current directory unless given.
@@ -89,7 +98,7 @@ except ModuleNotFoundError:  # Python < 3.11
 ALL_BLOCKS = "block*"
 #: Top-level tables: name -> whether it is an array of tables ([[name]]).
 _TABLES = {"study": False, "backbones": True, "datasets": True, "extract": False, "sweeps": True, "finetune": False,
-           "pretrain": False}
+           "pretrain": False, "executor": False}
 
 
 @dataclass
@@ -129,6 +138,7 @@ class Study:
     finetune: dict | None = None
     pretrain: dict | None = None
     extract: dict = field(default_factory=dict)
+    executor: dict = field(default_factory=dict)  # resources of --executor slurm/local (probe._executor)
     seeds: list[int] = field(default_factory=lambda: [0])
     val_fraction: float = DEFAULT_VAL_FRACTION
     select_metric: str = "top1"
@@ -177,6 +187,7 @@ def study_schema() -> dict[str, dict[str, Setting]]:
     declaration ``probe finetune``'s flags are checked against), so the three cannot drift. A single value where
     a list is expected is a one-element list (``seeds = 0`` is ``seeds = [0]``).
     """
+    from ._executor import executor_schema
     from ._finetune import ACCUM_STEPS, config_settings
     from .vocab import FAMILIES, METRICS
 
@@ -215,6 +226,7 @@ def study_schema() -> dict[str, dict[str, Setting]]:
                      "img_size": size, "accum_steps": ACCUM_STEPS, **finetune},
         "pretrain": {"dataset": Setting("str", default="shapes"), "data_root": Setting("str"), "img_size": size,
                      "accum_steps": ACCUM_STEPS, **config},
+        "executor": executor_schema(),
     }
 
 
@@ -227,6 +239,8 @@ _FINETUNE_ELSEWHERE = {
     "test_fraction": "set test_fraction per dataset in [[datasets]]: sweeps and fine-tuning share the same test "
                      "carve",
 }
+#: How a table-valued key is written (for errors).
+_TABLE_EXAMPLES = {"extra": '{ constraint = "a100", exclude = "node7" }'}
 #: Keys each table must have.
 _REQUIRED = {"backbones": ("name",), "datasets": ("spec",), "sweeps": ("probes",), "pretrain": ("dataset",)}
 
@@ -316,6 +330,7 @@ def load_study(path: str | os.PathLike | None = None) -> Study:
         raise UsageError(f"study file {source} has neither [[sweeps]] nor [finetune]: nothing to run")
     return Study(name=head.get("name", Path(source).stem), backbones=backbones, datasets=datasets, sweeps=sweeps,
                  finetune=finetune, pretrain=pretrain, extract=tables["extract"][0] if tables["extract"] else {},
+                 executor=tables["executor"][0] if tables["executor"] else {},
                  seeds=head.get("seeds", [0]), val_fraction=head.get("val_fraction", DEFAULT_VAL_FRACTION),
                  select_metric=head.get("select_metric", "top1"), device=head.get("device", "auto"),
                  jobs=head.get("jobs", 1), source=source)
@@ -367,9 +382,11 @@ def _read_table(raw: dict, name: str, schema: dict[str, Setting], source: str) -
         for key, v in table.items():
             setting = schema[key]
             if setting.kind == "table":
-                if not isinstance(v, dict):
-                    raise UsageError(f"{where} {key} in {source} must be a table, e.g. "
-                                     f"{key} = {{ logistic = {{ C = [0.1, 1.0] }} }}")
+                example = _TABLE_EXAMPLES.get(key, "{ logistic = { C = [0.1, 1.0] } }")
+                if not isinstance(v, dict) or (key == "extra" and not all(
+                        isinstance(x, (str, int)) and not isinstance(x, bool) for x in v.values())):
+                    raise UsageError(f"{where} {key} in {source} must be a table"
+                                     f"{' of strings or integers' if key == 'extra' else ''}, e.g. {key} = {example}")
                 checked[key] = v
                 continue
             example = (f"{key} = true (or false)" if setting.kind == "bool"
@@ -594,12 +611,24 @@ def run_study(study: Study | str | os.PathLike | None = None, *, cache_dir: str 
     resolve_device(device)
     jobs = check_setting(jobs or study.jobs, Setting("int", lo=1), "--jobs", example="--jobs 2")
     workers = check_setting(workers, WORKERS, "--workers", example="--workers 4")
+    from . import _distributed
+
+    if _distributed.init(device) and not _distributed.is_main():
+        out = open(os.devnull, "w")  # under torchrun rank 0 speaks for the group
     plan = plan_study(study)
     print(f"study {study.name}: {len(plan)} jobs, {len(study.backbones)} backbones x {len(study.datasets)} datasets; "
           f"cache {cache_dir}, results {results_dir}", file=out, flush=True)
     records, failures = _run_plan(plan, study, cache_dir=cache_dir, results_dir=results_dir,
                                   pretrain_dir=pretrain_dir, device=device, jobs=jobs, workers=workers,
                                   progress=progress, keep_going=keep_going, out=out)
+    summary, report_path = _distributed.on_main(lambda: _summarize(results_dir, report_dir, out))
+    if failures:
+        _raise_failures(failures, len(plan))
+    return StudyOutcome(jobs=records, results_dir=Path(results_dir), report_path=report_path, summary=summary)
+
+
+def _summarize(results_dir, report_dir, out):
+    """The console summary (printed to ``out``) and the report; returns (summary frame, report path)."""
     summary = study_summary(results_dir)
     if summary is not None:
         print(_format_table(summary), file=out)
@@ -609,9 +638,7 @@ def run_study(study: Study | str | os.PathLike | None = None, *, cache_dir: str 
 
         report_path = write_report(results_dir, report_dir)
         print(f"report: {report_path}", file=out)
-    if failures:
-        _raise_failures(failures, len(plan))
-    return StudyOutcome(jobs=records, results_dir=Path(results_dir), report_path=report_path, summary=summary)
+    return summary, report_path
 
 
 def _run_plan(plan: list[Job], study: Study, *, keep_going: bool, out, **options) -> tuple[list[dict], list[dict]]:
@@ -633,7 +660,7 @@ def _run_plan(plan: list[Job], study: Study, *, keep_going: bool, out, **options
             records.append({"job": job.describe(), "status": f"skipped ({blocked} failed)", "seconds": 0.0})
             continue
         try:
-            status = _run_job(job, study, pretrained, **options)
+            status = _run_job_on_ranks(job, study, pretrained, **options)
         except ProbeError as exc:
             print("failed", file=out, flush=True)
             if not keep_going:
@@ -647,6 +674,18 @@ def _run_plan(plan: list[Job], study: Study, *, keep_going: bool, out, **options
         print(f"{status} ({seconds:.1f} s)", file=out, flush=True)
         records.append({"job": job.describe(), "status": status, "seconds": seconds})
     return records, failures
+
+
+def _run_job_on_ranks(job: Job, study: Study, pretrained: dict[str, str], **options) -> str:
+    """:func:`_run_job`; under torchrun extraction and fine-tuning (pretraining included) are shared by the ranks
+    and a sweep runs on rank 0 alone (the others wait for it)."""
+    from . import _distributed
+
+    if job.kind != "sweep" or not _distributed.active():
+        return _run_job(job, study, pretrained, **options)
+    status, weights = _distributed.on_main(lambda: (_run_job(job, study, pretrained, **options), pretrained))
+    pretrained.update(weights)
+    return status
 
 
 def _blocked_by(job: Job, failed: set[tuple]) -> str:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -397,3 +398,54 @@ def test_measured_cpu_layouts_write_the_same_features(tmp_path, image_folder, mo
         a, b = probe.load_split(ref[split]), probe.load_split(got[split])
         assert a.ids == b.ids
         np.testing.assert_allclose(a.features["pooled"], b.features["pooled"], rtol=1e-3, atol=1e-3)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun starts its ranks in sessions of their own)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        out += children
+        todo += children
+    return out
+
+
+def test_torchrun_two_ranks_kill_9_resume_equal_single_process(tmp_path):
+    """2 gloo ranks on CPU: the whole job killed with -9 mid-way, then run again: it resumes from the shards both
+    ranks wrote and ends with the single-process entry (same key and path, ids in order, equal features)."""
+    args = ["extract-features", "test_vit", "shapes", "--random-init", "--img-size", "32", "--batch-size", "4",
+            "--workers", "0", "--no-progress", "--splits", "test", "--dtype", "float32", "--cache-dir", tmp_path / "c"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "probe",
+              *map(str, args)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(launch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 180
+    while len(list((tmp_path / "c").rglob("*.parts/rows-*.npz"))) < 4:
+        assert proc.poll() is None, f"extraction ended before it could be killed: {proc.communicate()}"
+        assert time.time() < deadline, "no shard appeared in time"
+        time.sleep(0.05)
+    for pid in [proc.pid, *_descendants(proc.pid)]:  # the whole job, as Slurm would: launcher and both ranks
+        os.kill(pid, signal.SIGKILL)
+    proc.communicate()
+    assert not list((tmp_path / "c").rglob("*.h5")), "a killed run left a file under a final name"
+    resumed = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr and "from row 0 " not in resumed.stderr
+    assert resumed.stdout.count("written") == 1, resumed.stdout  # rank 0 speaks for the group
+    single = probe.extract_features("test_vit", "shapes", splits=["test"], random_init=True, img_size=32,
+                                    batch_size=4, workers=0, progress=False, dtype="float32",
+                                    cache_dir=tmp_path / "single")["test"]
+    [path] = list((tmp_path / "c").rglob("*.h5"))
+    assert path.relative_to(tmp_path / "c") == single.path.relative_to(tmp_path / "single")
+    a, b = probe.load_split(path), probe.load_split(single)
+    assert a.key == b.key and a.ids == b.ids == probe.open_dataset("shapes").ids["test"]
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.features["pooled"], b.features["pooled"])  # bit-identical on CPU float32
+    assert not list((tmp_path / "c").rglob("*.parts")) and probe.verify_cache(tmp_path / "c") == {}

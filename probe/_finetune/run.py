@@ -23,6 +23,7 @@ import numpy as np
 from .._checks import disk_full_guard
 from .._errors import ProbeError, UsageError
 from .._io import atomic_path
+from .. import _distributed
 from .._runtime import ProcessLock
 from .._schema import check_setting
 from ..vocab import METRICS
@@ -99,7 +100,7 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
              cache_dir: str | os.PathLike = "cache", results_dir: str | os.PathLike = "results",
              checkpoint_dir: str | os.PathLike | None = None, keep_checkpoints: bool = False,
              overwrite: bool = False, device: str = "auto", workers: int | None = None, progress: bool = True,
-             verbose: bool = True) -> FinetuneResult:
+             verbose: bool = True, sync_batchnorm: bool = False) -> FinetuneResult:
     """Fine-tune ``backbone`` with a new head on ``dataset``; choose the epoch on val, score test once.
 
     Parameters
@@ -163,6 +164,16 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
         are capped at the cores left over during the run (oversubscription makes small models crawl).
     progress, verbose : bool
         A tqdm bar per epoch (loss, lr, images/s); a log line per epoch with the val metrics (stderr).
+    sync_batchnorm : bool
+        Under torchrun: BatchNorm layers use the statistics of the global batch (SyncBatchNorm, CUDA) instead of
+        each rank's share of it. Models without BatchNorm are unaffected.
+
+    Notes
+    -----
+    Under ``torchrun`` (:mod:`probe._distributed`) every global batch is the single process's, split among the
+    ranks, and DistributedDataParallel averages the gradients once per step, so a step is the single-process
+    step (the same loss within float tolerance). The epoch is chosen on val, test is scored and every file is
+    written by rank 0 alone; the checkpoints hold no rank-dependent state, so any number of ranks resumes them.
 
     Returns
     -------
@@ -196,6 +207,7 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
     workers = check_setting(workers, WORKERS, "--workers", example="--workers 4")
     seed = check_setting(seed, SEED, "--seed", example="--seed 0")
     resolve_device(device)  # a missing CUDA is an error before anything is written
+    _distributed.init(device)  # under torchrun: DistributedDataParallel over the ranks
     img_size = check_img_size(img_size)
     check_output_dirs({"--results-dir": results_dir, "--checkpoint-dir": checkpoint_dir,
                        "--cache-dir": cache_dir if config.mode == "lp-ft" else None})  # lp-ft caches features
@@ -247,19 +259,20 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
     results_path.parent.mkdir(parents=True, exist_ok=True)
     busy = (f"another process is fine-tuning the same job ({stem}.lock is held); wait for it to finish, then "
             "rerun to read its results")
-    with ProcessLock(Path(str(stem) + ".lock"), wait=False, busy_error=busy):
+    with _distributed.main_process_lock(ProcessLock(Path(str(stem) + ".lock"), wait=False, busy_error=busy)):
         if results_path.is_file() and not overwrite:  # finished by another process while we looked
             return _read_back(results_path, stem, ckpt_dir, settings, verbose)
         if overwrite:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
+            _distributed.on_main(lambda: shutil.rmtree(ckpt_dir, ignore_errors=True))
         run = _Run(backbone=backbone, source=source, config=config, split_plan=split_plan, settings=settings,
                    digest=digest, stem=stem, ckpt_dir=ckpt_dir, accum_steps=1 if accum_auto else int(accum_steps),
                    accum_auto=accum_auto, img_size=img_size, weights=weights, random_init=random_init,
                    seed=int(seed), init_seed=init_seed, family=family, data_root=data_root, cache_dir=cache_dir, device=device,
-                   workers=workers, progress=progress, verbose=verbose)
+                   workers=workers, progress=progress and _distributed.is_main(),
+                   verbose=verbose and _distributed.is_main(), sync_batchnorm=sync_batchnorm)
         result = run.execute()
     if not keep_checkpoints:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        _distributed.on_main(lambda: shutil.rmtree(ckpt_dir, ignore_errors=True))
     return result
 
 
@@ -292,6 +305,7 @@ class _Run:
     workers: int | None
     progress: bool
     verbose: bool
+    sync_batchnorm: bool = False
 
     def execute(self) -> FinetuneResult:
         from .._runtime import cpu_threads, default_workers, resolve_device
@@ -305,7 +319,7 @@ class _Run:
         from .build import resolve_precision
 
         c = self.config
-        self.dev = resolve_device(self.device)
+        self.dev = _distributed.local_device(resolve_device(self.device))
         self.amp_dtype, self.use_scaler = resolve_precision(c.precision, self.dev)
         self.ckpts = Checkpoints(self.ckpt_dir, self.digest)
         self.history: list[dict] = []
@@ -324,16 +338,8 @@ class _Run:
             trainer, start_epoch, initial_head = self._build_phase("select", state)
             for epoch in range(start_epoch + 1, c.epochs + 1):
                 record = trainer.train_epoch(epoch)
-                val = trainer.evaluate("val")["classification"]
-                record.update({f"val_{k}": v for k, v in val["metrics"].items()}, val_loss=val["loss"])
-                improved = val["metrics"][c.select_metric] > self.best["value"]
-                if improved:
-                    name = self.ckpts.save_best(trainer.model, epoch, self._metadata(epoch))
-                    self.best = {"epoch": epoch, "value": float(val["metrics"][c.select_metric]), "file": name}
-                self.history.append(record)
-                self._save(trainer, epoch, "select")
-                if self.verbose:
-                    self._log(epoch, record, improved)
+                # val, the best weights and the checkpoint: rank 0 alone under torchrun, the others wait
+                self.best = _distributed.on_main(lambda: self._select_epoch(trainer, epoch, record))
             state = None
         if refit:
             # the chosen number of epochs again, from the same initial weights, on train+val
@@ -341,11 +347,26 @@ class _Run:
             for epoch in range(start + 1, self.best["epoch"] + 1):
                 record = trainer.train_epoch(epoch)
                 self.refit_history.append(record)
-                self._save(trainer, epoch, "refit")
+                _distributed.on_main(lambda: self._save(trainer, epoch, "refit"))
                 if self.verbose:
                     print(f"probe: refit epoch {epoch}/{self.best['epoch']} on train+val: train loss "
                           f"{record['train_loss']:.4f}; {record['images_per_s']:.0f} img/s", file=sys.stderr)
-        return self._finish(trainer, start_epoch, initial_head, refit)
+        return _distributed.on_main(lambda: self._finish(trainer, start_epoch, initial_head, refit))
+
+    def _select_epoch(self, trainer, epoch: int, record: dict) -> dict:
+        """Score val after ``epoch``, keep the best weights, write the checkpoint; returns the best so far."""
+        c = self.config
+        val = trainer.evaluate("val")["classification"]
+        record.update({f"val_{k}": v for k, v in val["metrics"].items()}, val_loss=val["loss"])
+        improved = val["metrics"][c.select_metric] > self.best["value"]
+        if improved:
+            name = self.ckpts.save_best(trainer.model, epoch, self._metadata(epoch))
+            self.best = {"epoch": epoch, "value": float(val["metrics"][c.select_metric]), "file": name}
+        self.history.append(record)
+        self._save(trainer, epoch, "select")
+        if self.verbose:
+            self._log(epoch, record, improved)
+        return self.best
 
     # ------------------------------------------------------------------------------------------ building
     def _build_model(self):
@@ -426,8 +447,10 @@ class _Run:
             optimizer=optimizer, scheduler=scheduler, scaler=scaler,
             train_loader=make_loader(train_images, train_batches, self.n_workers, self.dev, self.seed),
             train_batches=train_batches,
-            plan_batches=lambda epoch: shuffled_batches(n_images, c.batch_size, steps_per_epoch, seed=self.seed,
-                                                        epoch=epoch),
+            # under torchrun each rank loads its share of every global batch (the same batches on every rank)
+            plan_batches=lambda epoch: [_distributed.rank_batches(b) for b in shuffled_batches(
+                n_images, c.batch_size, steps_per_epoch, seed=self.seed, epoch=epoch)],
+            step_model=_distributed.wrap_model(model, sync_batchnorm=self.sync_batchnorm),
             eval_loaders=self.eval_loaders, device=self.dev, batch_size=c.batch_size, epochs=epochs, seed=self.seed,
             amp_dtype=self.amp_dtype, accum_steps=self.accum_steps, accum_auto=self.accum_auto,
             clip_grad=c.clip_grad, frozen=frozen, skip_bad=c.skip_bad, lr_hint=c.lr, checkpoint_dir=self.ckpt_dir,

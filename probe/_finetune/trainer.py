@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import _distributed
 from .._errors import ProbeError
 from .build import set_train_mode
 from .data import STREAM_MODEL, image_name, mix, seed_everything
@@ -69,6 +70,10 @@ class Trainer:
         ``epoch -> list of batches`` of ``(epoch, position)`` items this process loads in that epoch.
     eval_loaders : dict
         Split -> DataLoader whose batch sampler is a :class:`~probe._finetune.data.Batches`.
+    step_model : torch.nn.Module, optional
+        What the training steps run (default ``model``): under torchrun, ``model`` in DistributedDataParallel
+        (:func:`probe._distributed.wrap_model`), whose gradients are averaged over the ranks once per step.
+        Evaluation, checkpoints and exports use ``model`` itself.
     """
 
     model: Any
@@ -96,10 +101,13 @@ class Trainer:
     verbose: bool = False
     objective: Any = None
     skipped: set = field(default_factory=set)  # unreadable images left out with skip_bad
+    step_model: Any = None  # what training steps run: ``model``, or under torchrun ``model`` in DDP
 
     def __post_init__(self):
         if self.objective is None:
             self.objective = Objective(self.tasks)
+        if self.step_model is None:
+            self.step_model = self.model
 
     # ------------------------------------------------------------------------------------------ training
     def train_epoch(self, epoch: int) -> dict:
@@ -113,7 +121,7 @@ class Trainer:
         set_train_mode(self.model, self.frozen)
         bar = tqdm(total=len(batches) * self.batch_size, unit="img", desc=f"epoch {epoch}/{self.epochs}",
                    disable=not self.progress, dynamic_ncols=True, leave=False)
-        loss_sum, seen, wait, start = 0.0, 0, 0.0, time.perf_counter()
+        loss_sum, seen, wait, start, steps = 0.0, 0, 0.0, time.perf_counter(), []
         it = iter(self.train_loader)
         for step in range(len(batches)):
             t0 = time.perf_counter()
@@ -130,6 +138,7 @@ class Trainer:
                 raise ProbeError(f"fine-tuning diverged: the loss is {loss} at epoch {epoch} (step {step + 1}) "
                                  f"with --lr {self.lr_hint:g}; use a lower --lr (e.g. {self.lr_hint / 10:g}); "
                                  f"{kept}")
+            steps.append(loss)
             loss_sum += loss * len(x)
             seen += len(x)
             bar.update(len(x))
@@ -139,7 +148,7 @@ class Trainer:
         seconds = time.perf_counter() - start
         return {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "lr": self.lr(),
                 "images_per_s": seen / seconds, "data_wait_share": wait / seconds, "train_seconds": seconds,
-                "accum_steps": self.accum_steps}
+                "accum_steps": self.accum_steps, "step_losses": steps}
 
     def lr(self) -> float:
         """The peak learning rate now (the top layer's under layer decay)."""
@@ -171,6 +180,10 @@ class Trainer:
             except torch.OutOfMemoryError:
                 self.optimizer.zero_grad(set_to_none=True)
                 micro = math.ceil(len(x) / self.accum_steps)
+                if _distributed.world_size() > 1:  # the other ranks are inside this step's collectives
+                    raise ProbeError(f"out of GPU memory with micro-batches of {micro} images on rank "
+                                     f"{_distributed.rank()}; under torchrun pass a larger --accum-steps N (it "
+                                     "cannot adapt there), a smaller --img-size or --mode partial") from None
                 if not self.accum_auto or micro <= 1:
                     raise ProbeError(f"out of GPU memory with micro-batches of {micro} images "
                                      f"({self.batch_size} per step / {self.accum_steps} accumulation steps); "
@@ -188,21 +201,30 @@ class Trainer:
         return {name: out}
 
     def _accumulate(self, x, targets) -> float:
+        import contextlib
+
         import torch
 
-        n = len(x)
-        micro = math.ceil(n / self.accum_steps)
+        # under torchrun x is this rank's share of the global batch: its loss is its share of the global mean,
+        # times the world size that DistributedDataParallel divides the summed gradients by, and the gradients
+        # are reduced once, on the last micro-batch
+        world = _distributed.world_size()
+        n = _distributed.all_sum(len(x)) if world > 1 else len(x)
+        micro = math.ceil(len(x) / self.accum_steps)
         total = torch.zeros((), device=self.device)
         parts = {k: v.split(micro) for k, v in targets.items()}
-        for j, xs in enumerate(x.split(micro)):
+        chunks = x.split(micro)
+        for j, xs in enumerate(chunks):
             ys = {k: v[j] for k, v in parts.items()}
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                out = self._outputs(self.model(xs))
-            loss, _ = self.objective(out, ys)
-            loss = loss * (len(xs) / n)
-            self.scaler.scale(loss).backward()
+            defer = world > 1 and j < len(chunks) - 1
+            with self.step_model.no_sync() if defer else contextlib.nullcontext():
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    out = self._outputs(self.step_model(xs))
+                loss, _ = self.objective(out, ys)
+                loss = loss * (len(xs) / n)
+                self.scaler.scale(loss * world if world > 1 else loss).backward()
             total += loss.detach()
-        value = float(total)
+        value = _distributed.all_sum(float(total))  # the global batch's mean loss, the same on every rank
         if not math.isfinite(value):
             self.optimizer.zero_grad(set_to_none=True)
             return value

@@ -3,8 +3,9 @@
 The cache is content-addressed (backbone, weights, preprocessing, dataset contents, split, taps, dtype): the same
 request reuses the entry without computing anything, any change makes a new entry beside the old one. An
 interrupted run resumes where it stopped. With --task segmentation or depth, the patch tap is stored (by default)
-and the dataset's dense targets are mapped onto the network input and written beside the cache. Prints one line
-per split: split, rows, taps, reused or written, path (and the targets file).
+and the dataset's dense targets are mapped onto the network input and written beside the cache. Under torchrun
+(torchrun --nproc-per-node N -m probe extract-features ...) the ranks share each entry's batches and write the same
+entry as one process. Prints one line per split: split, rows, taps, reused or written, path (and the targets file).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from probe import _distributed
     from probe._extract import extract_features
 
     kwargs = extraction_kwargs(args)
@@ -36,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
                                                  splits=args.splits, **kwargs)
     else:
         entries = extract_features(args.backbone, dataset_spec(args), splits=args.splits, **kwargs)
+    if not _distributed.is_main():  # under torchrun rank 0 speaks for the group
+        return 0
     for split, entry in entries.items():
         state = "reused" if entry.reused else "written"
         extra = f"\t{args.task} targets {targets[split]}" if split in targets else ""

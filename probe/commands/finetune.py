@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="data loading worker processes (default: CPU cores - 1, at most 8)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="a progress bar per epoch (loss, lr, images/s)")
+    parser.add_argument("--sync-batchnorm", action=argparse.BooleanOptionalAction, default=False,
+                        help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA) "
+                             "instead of each rank's share; models without BatchNorm are unaffected")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +75,11 @@ def run(args: argparse.Namespace) -> int:
         family=args.family, init_seed=args.init_seed, allow_overlap=args.allow_overlap, data_root=args.data_root,
         cache_dir=Path(args.cache_dir), results_dir=Path(args.results_dir), checkpoint_dir=args.checkpoint_dir,
         keep_checkpoints=args.keep_checkpoints, overwrite=args.overwrite, device=args.device, workers=args.workers,
-        progress=args.progress)
+        progress=args.progress, sync_batchnorm=args.sync_batchnorm)
+    from probe import _distributed
+
+    if not _distributed.is_main():  # under torchrun rank 0 speaks for the group
+        return 0
     state = "reused" if result.skipped else "written"
     if result.test_metrics is not None:
         m = result.test_metrics

@@ -5,6 +5,10 @@ on the synthetic 'shapes' dataset and transferred to scikit-learn's 'digits' (fr
 offline, in a few minutes on a CPU. Outputs go under the current directory: cache/ (features), results/ (one
 parquet per job), pretrain/ (source-task weights) and report/ (report.md with figures). Work already done is
 skipped, so a second run takes seconds.
+
+--executor local|slurm runs the same jobs through submitit (one job array per stage; Slurm resources from the
+study's [executor] table); --status shows each job's state and the log of a failed one. Under torchrun
+(torchrun --nproc-per-node N -m probe run ...) the ranks share every extraction.
 """
 
 from __future__ import annotations
@@ -39,10 +43,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="data loading workers (default: the extractor's choice)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="show progress bars inside jobs")
+    parser.add_argument("--executor", choices=["inprocess", "local", "slurm"], default="inprocess",
+                        help="where the jobs run: in this process; as local processes through submitit (one job "
+                             "array per stage, one stage after the other); or as Slurm job arrays through submitit, "
+                             "later stages depending on earlier ones, resources from the study's [executor] table. "
+                             "Rerunning submits only the jobs that are not done")
+    parser.add_argument("--status", action="store_true",
+                        help="print each job's state (done, running, submitted, failed with its log file, "
+                             "skipped) from --log-dir and exit; computes nothing")
+    parser.add_argument("--log-dir", default=None, metavar="DIR",
+                        help="submitit's logs and the jobs' state files (default: logs/<study name>)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from probe._errors import UsageError
+    from probe._io import safe_name
     from probe._study import check_datasets, check_study, load_study, plan_study, run_study
 
     study = load_study(args.study)  # the whole file against the study schema
@@ -55,6 +72,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"[{i}/{len(jobs)}] {job.describe()}")
         if problems:
             raise UsageError(f"{len(problems)} dataset(s) of the study cannot be read; first: {problems[0]}")
+        return 0
+    log_dir = args.log_dir or str(Path("logs") / safe_name(study.name))
+    if args.status:
+        from probe._executor import print_status
+
+        print_status(study, log_dir)
+        return 0
+    if args.executor != "inprocess":
+        from probe._executor import run_with_executor
+
+        run_with_executor(study, executor=args.executor, log_dir=log_dir, cache_dir=args.cache_dir,
+                          results_dir=args.results_dir, report_dir=args.report_dir if args.report else None,
+                          pretrain_dir=args.pretrain_dir, device=args.device, jobs=args.jobs,
+                          workers=args.workers, progress=False)
         return 0
     run_study(study, cache_dir=args.cache_dir, results_dir=args.results_dir,
               report_dir=args.report_dir if args.report else None, pretrain_dir=args.pretrain_dir,

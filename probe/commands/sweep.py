@@ -71,15 +71,23 @@ def run(args: argparse.Namespace) -> int:
 
     import polars as pl
 
+    from probe import _distributed
     from probe._sweep import sweep_cached
 
     kwargs = extraction_kwargs(args)
+    # under torchrun the ranks share the extraction (classification taps); rank 0 then sweeps
+    if _distributed.init(args.device) and args.task == "classification":
+        from probe._extract import extract_features
+
+        extract_features(args.backbone, dataset_spec(args), **kwargs)
     taps = kwargs.pop("taps")
-    paths = sweep_cached(args.backbone, dataset_spec(args), probes=args.probes,
-                         taps=taps if args.taps is not None else None, shots=args.shots,
-                         seeds=args.seeds, select_metric=args.select_metric, val_fraction=args.val_fraction,
-                         test_fraction=args.test_fraction, results_dir=args.results_dir, jobs=args.jobs,
-                         overwrite=args.overwrite, task=args.task, **kwargs)
+    paths = _distributed.on_main(lambda: sweep_cached(
+        args.backbone, dataset_spec(args), probes=args.probes, taps=taps if args.taps is not None else None,
+        shots=args.shots, seeds=args.seeds, select_metric=args.select_metric, val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction, results_dir=args.results_dir, jobs=args.jobs, overwrite=args.overwrite,
+        task=args.task, **kwargs))
+    if not _distributed.is_main():
+        return 0
     for path in paths:
         row = pl.read_parquet(path).filter(pl.col("selected")).row(0, named=True)
         metric = row["select_metric"]
