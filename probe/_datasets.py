@@ -33,6 +33,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._errors import ProbeError, UsageError
+from ._faces import BUILTIN_KINDS as FACE_BUILTINS
+from ._faces import FILE_KINDS as FACE_FILE_KINDS
 from ._images import is_image_file, load_image
 from ._official import KINDS as OFFICIAL_KINDS
 from ._official import read_official
@@ -46,7 +48,7 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": 
 DEFAULT_DATA_ROOT = "data"
 
 #: Kinds whose sample references are image files relative to ``root`` (read and fingerprinted as files).
-_FILE_KINDS = ("imagefolder", "manifest", *OFFICIAL_KINDS)
+_FILE_KINDS = ("imagefolder", "manifest", *OFFICIAL_KINDS, *FACE_FILE_KINDS)
 
 
 @dataclass
@@ -67,6 +69,9 @@ class DatasetSource:
         Split name -> int64 array of labels, aligned with ``splits``.
     ids : dict
         Split name -> list of string ids, aligned with ``splits``.
+    targets : dict
+        Other targets the dataset carries besides its class labels: name (``age``, ``target``) -> split name ->
+        float64 array aligned with ``splits`` (``--task`` picks which one a job uses; see :meth:`target`).
     """
 
     spec: str
@@ -79,6 +84,7 @@ class DatasetSource:
     root: str | None = None
     version: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    targets: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     _fingerprint: str | None = field(default=None, repr=False)
 
     @property
@@ -96,6 +102,15 @@ class DatasetSource:
             raise UsageError(f"dataset {self.name!r} has no split {split!r}; it has {self.split_names}")
         return canonical
 
+    def target(self, name: str, split: str) -> np.ndarray:
+        """The continuous target ``name`` of ``split`` (float64, aligned with ``ids``), or a UsageError naming
+        the targets the dataset has."""
+        if name not in self.targets:
+            have = ", ".join(sorted(self.targets)) or "none (only class labels)"
+            raise UsageError(f"dataset {self.name!r} has no target {name!r}; its continuous targets: {have} (a "
+                             "csv/parquet manifest gives one with a 'target' column)")
+        return self.targets[name][split]
+
     def load(self, split: str, index: int):
         """Return sample ``index`` of ``split`` as an 8-bit RGB PIL image (ProbeError naming it if unreadable)."""
         ref = self.splits[split][index]
@@ -105,6 +120,10 @@ class DatasetSource:
             return _digit_image(ref)
         if self.kind == "shapes":
             return _shape_sample(ref, self.options["size"])[0]
+        if self.kind == "faces":
+            from ._faces import face_image
+
+            return face_image(ref, self.options["size"])
         if self.kind == "torchvision":
             return load_image(self._torchvision(split)[ref][0], name=f"{self.spec}[{split}][{ref}]")
         if self.kind == "hf":
@@ -161,6 +180,8 @@ class DatasetSource:
                 else:
                     h.update(np.ascontiguousarray(self.labels[split]).tobytes())
                     h.update("\0".join(self.ids[split]).encode())
+                for name in sorted(self.targets):  # continuous targets (a manifest's column) are data too
+                    h.update(f"\0{name}\0".encode() + np.ascontiguousarray(self.targets[name][split]).tobytes())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
@@ -199,12 +220,16 @@ def open_dataset(spec: str, *, data_root: str | os.PathLike | None = None) -> Da
         source = _open_torchvision(arg, data_root)
     elif kind == "hf" and arg:
         source = _open_hf(arg, data_root)
+    elif (kind in FACE_FILE_KINDS and arg) or (kind in FACE_BUILTINS and not arg):
+        from ._faces import open_face_dataset
+
+        source = DatasetSource(kind=kind, **open_face_dataset(kind, arg))
     elif kind in OFFICIAL_KINDS and arg:
         source = DatasetSource(kind=kind, **read_official(kind, arg))
         spec = source.spec  # canonical, every option spelled out: the cache records e.g. the seed of a drawn split
     else:
-        raise UsageError(f"unknown dataset spec {spec!r}; use digits, shapes, imagefolder:PATH, csv:PATH "
-                         f"(or a .parquet manifest), torchvision:NAME, hf:REPO or an official download: "
+        raise UsageError(f"unknown dataset spec {spec!r}; use digits, shapes, faces, imagefolder:PATH, csv:PATH "
+                         f"(or a .parquet manifest), torchvision:NAME, hf:REPO, fgnet:PATH or an official download: "
                          f"{', '.join(k + ':PATH' for k in OFFICIAL_KINDS)}")
     source.spec = spec
     if len(source) == 0:
@@ -374,12 +399,15 @@ def _open_manifest(arg: str) -> DatasetSource:
             path, infer_schema_length=0)  # every column as text: labels like "007" keep their spelling
     except Exception as exc:
         raise UsageError(f"cannot read manifest {arg}: {exc}") from None
-    missing = [c for c in ("path", "label") if c not in frame.columns]
+    # a continuous target (``target`` column, for --task regression) may stand in for the class label
+    missing = [c for c in ("path", "label") if c not in frame.columns and (c == "path" or "target" not in frame.columns)]
     if missing:
-        raise UsageError(f"manifest {arg} lacks column(s) {missing}; it has {frame.columns}, needs path,label[,split]")
+        raise UsageError(f"manifest {arg} lacks column(s) {missing}; it has {frame.columns}, needs "
+                         "path,label[,split] (or path,target[,split] for a continuous target)")
     root = path.resolve().parent
     rel_paths = [str(p) for p in frame["path"].to_list()]
-    raw_labels = frame["label"].to_list()
+    raw_labels = frame["label"].to_list() if "label" in frame.columns else ["-"] * frame.height
+    raw_targets = _manifest_targets(frame, arg) if "target" in frame.columns else None
     if any(v is None for v in raw_labels) or any(p in ("", "None") for p in rel_paths):
         raise UsageError(f"manifest {arg} has empty path or label cells; fill or remove those rows")
     classes = _sorted_class_names(raw_labels)
@@ -394,16 +422,36 @@ def _open_manifest(arg: str) -> DatasetSource:
         split_of = ["train"] * len(rel_paths)
     splits: dict[str, list] = {}
     labels: dict[str, list] = {}
-    for p, lab, s in zip(rel_paths, raw_labels, split_of):
+    targets: dict[str, list] = {}
+    for row, (p, lab, s) in enumerate(zip(rel_paths, raw_labels, split_of)):
         p = Path(p).as_posix()
         if not (root / p).is_file():
             raise UsageError(f"manifest {arg} names {p}, which does not exist under {root}; paths are relative "
                              f"to the manifest's folder")
         splits.setdefault(s, []).append(p)
         labels.setdefault(s, []).append(index[_label_text(lab)])
+        if raw_targets is not None:
+            targets.setdefault(s, []).append(raw_targets[row])
     return DatasetSource(spec=f"csv:{arg}", name=_name_of(path), kind="manifest", classes=classes,
                          splits=splits, labels={s: np.asarray(v, dtype=np.int64) for s, v in labels.items()},
-                         ids={s: list(v) for s, v in splits.items()}, root=str(root))
+                         ids={s: list(v) for s, v in splits.items()}, root=str(root),
+                         targets={} if raw_targets is None else
+                         {"target": {s: np.asarray(v, dtype=np.float64) for s, v in targets.items()}})
+
+
+def _manifest_targets(frame, arg: str) -> list[float]:
+    """The ``target`` column as floats, or a UsageError naming the first cell that is not a finite number."""
+    out = []
+    for row, value in enumerate(frame["target"].to_list()):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not np.isfinite(number):
+            raise UsageError(f"manifest {arg} row {row + 1} has target {value!r}, not a finite number; the target "
+                             "column holds the continuous value to regress (e.g. an age in years)")
+        out.append(number)
+    return out
 
 
 def _label_text(value) -> str:
