@@ -124,7 +124,7 @@ def _quiet_blas_during(fn):
 
 
 def protocol_of(est, points: list[dict], *, tap: str, task: str, val_fraction: float, test_fraction: float,
-                select_metric: str, shots: int, refit: bool) -> str:
+                select_metric: str, shots: int, refit: bool, evaluation: Mapping[str, Any] | None = None) -> str:
     """The protocol id (:func:`probe._identity.protocol_id`) of a sweep of ``est`` over ``points``.
 
     The grid is the expanded list of points plus the estimator's other parameters (e.g. ``max_iter``), so a
@@ -137,7 +137,7 @@ def protocol_of(est, points: list[dict], *, tap: str, task: str, val_fraction: f
     grid = {"points": [{k: _plain(v) for k, v in p.items()} for p in points], "estimator": fixed}
     return protocol_id(task=task, probe=est.name, tap=tap, grid=grid, val_fraction=val_fraction,
                        test_fraction=test_fraction, select_metric=select_metric, shots=shots, refit=refit,
-                       probe_version=PROBE_VERSION)
+                       probe_version=PROBE_VERSION, evaluation=evaluation)
 
 
 def _converged(est) -> dict:
