@@ -14,6 +14,7 @@ items (or people) in its ``params``.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -285,8 +286,8 @@ def summary_row(fold_rows: list[dict], metrics: Sequence[str], items: dict, *, n
             low, high = cluster_bootstrap(item, items["group"] if grouped else None, n_boot=n_boot, seed=seed, ci=ci,
                                           sqrt=m == "rmse")
             intervals[m] = [low, high]
-    first.update(fold=None, params={"folds": len(fold_rows), "fold_sd": sd, "ci": ci,
-                                    "interval": intervals, "interval_over": "people" if grouped else "items"},
+    first.update(fold=None, params=json.dumps({"folds": len(fold_rows), "fold_sd": sd, "ci": ci, "interval": intervals,
+                                               "interval_over": "people" if grouped else "items"}, sort_keys=True),
                  n_eval=int(sum(r["n_eval"] or 0 for r in fold_rows)),
                  n_train=int(np.median([r["n_train"] or 0 for r in fold_rows])),
                  n_val=int(np.median([r["n_val"] or 0 for r in fold_rows])),

@@ -72,8 +72,8 @@ def _open_fgnet(arg: str) -> dict:
 
 #: Version of the generated faces: part of their fingerprint, bumped whenever their content changes.
 FACES_VERSION = "faces-v1"
-_FACES_PEOPLE = 12
-_FACES_PER_PERSON = 8
+_FACES_PEOPLE = 20
+_FACES_PER_PERSON = 5
 _FACES_SIZE = 32  # pixels, square
 _AGE_RANGE = (5.0, 75.0)  # years
 

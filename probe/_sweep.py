@@ -310,7 +310,9 @@ def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] = DEFAULT
                  grids: Mapping[str, Mapping[str, Sequence]] | None = None, select_metric: str = "top1",
                  val_fraction: float = DEFAULT_VAL_FRACTION, test_fraction: float = 0.0,
                  cache_dir: str | os.PathLike = "cache", results_dir: str | os.PathLike = "results", jobs: int = 1,
-                 device: str = "auto", overwrite: bool = False, progress: bool = True, **extract_kwargs) -> list[Path]:
+                 device: str = "auto", overwrite: bool = False, progress: bool = True, task: str = DEFAULT_TASK,
+                 cv: int | None = None, cv_group: str | None = None, pairs: str | os.PathLike | None = None,
+                 **extract_kwargs) -> list[Path]:
     """Sweep probes on a backbone's cached features of a dataset; one parquet file per job.
 
     Features come from :func:`probe.extract_features` (which extracts whatever the cache lacks). One job per
@@ -350,6 +352,17 @@ def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] = DEFAULT
         Re-run jobs whose results exist.
     progress : bool
         Show progress bars.
+    task : str
+        What the target asks (:data:`probe.vocab.TASKS`): ``identification``, ``verification`` and
+        ``regression`` (and ``classification`` with ``cv``) run through :mod:`probe._tasks`, with their own probes
+        (``cosine`` retrieval; ``ridge``/``knn`` regressors) and metric columns.
+    cv : int, optional
+        Cross-validate with this many folds (for a dataset without a test split), selection nested in each
+        training fold; one row per fold and a summary row (``fold`` null).
+    cv_group : {"subject"}, optional
+        Keep each person's images in one fold (``cv`` = number of people: leave-one-person-out).
+    pairs : path, optional
+        Verification pairs in the LFW pairs.txt format (default: drawn from the identities, 10 folds).
     **extract_kwargs
         Passed to :func:`probe.extract_features` (weights, random_init, img_size, batch_size, ...).
 
@@ -360,6 +373,14 @@ def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] = DEFAULT
     """
     from .probes import PROBES
 
+    if task != DEFAULT_TASK or cv is not None or cv_group is not None or pairs is not None:
+        from ._tasks import sweep_task_cached
+
+        return sweep_task_cached(backbone, dataset, task=task, probes=None if probes is DEFAULT_PROBES else probes,
+                                 taps=list(taps), seeds=list(seeds), grids=grids, select_metric=select_metric,
+                                 val_fraction=val_fraction, cv=cv, cv_group=cv_group, pairs=pairs,
+                                 cache_dir=cache_dir, results_dir=results_dir, device=device, overwrite=overwrite,
+                                 progress=progress, **extract_kwargs)
     probes = list(probes)
     unknown = [p for p in probes if p not in PROBES]
     if unknown:
