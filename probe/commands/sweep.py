@@ -13,20 +13,41 @@ from __future__ import annotations
 
 import argparse
 
-from probe.vocab import DEFAULT_VAL_FRACTION, PROBES
+from probe.vocab import COSINE, DEFAULT_TASK, DEFAULT_VAL_FRACTION, PROBES, TASK_METRICS, TASK_PROBES
 
 from ._common import (DEFAULT_RESULTS_DIR, add_backbone_arguments, add_dataset_arguments, add_extraction_arguments,
                       dataset_spec, extraction_kwargs)
 
 PROBE_NAMES = list(PROBES)
 METRIC_NAMES = ["top1", "top5", "mean_per_class_acc"]
+#: Tasks of the frozen-feature path here (segmentation and depth are the dense probes').
+TASK_NAMES = ["classification", "identification", "verification", "regression"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backbone_arguments(parser)
     add_dataset_arguments(parser)
-    parser.add_argument("--probes", nargs="+", choices=PROBE_NAMES, default=PROBE_NAMES, metavar="PROBE",
-                        help=f"probes to sweep: {', '.join(PROBE_NAMES)}")
+    parser.add_argument("--probes", nargs="+", choices=[*PROBE_NAMES, COSINE], default=None, metavar="PROBE",
+                        help=f"probes to sweep: {', '.join(PROBE_NAMES)} (default all) for classification; "
+                             f"{COSINE} (retrieval on the features as they are, the default) and the classifiers "
+                             "(identity classifiers, under --cv) for identification; cosine for verification; "
+                             "ridge and knn (regressors) for regression")
+    parser.add_argument("--task", choices=TASK_NAMES, default=DEFAULT_TASK,
+                        help="what the target asks: classification (class labels), identification (who is this: "
+                             "leave-one-image-out retrieval, rank-1/rank-5/mAP), verification (same person? pairs, "
+                             "threshold chosen on the other folds), regression (a continuous target: FG-NET's age, "
+                             "or a manifest's 'target' column; MAE, RMSE, CS(5))")
+    parser.add_argument("--cv", type=int, default=None, metavar="K",
+                        help="cross-validate with K folds (stratified, seeded by --seeds) for a dataset without a "
+                             "test split; hyperparameters are selected on a val carve inside each training fold. "
+                             "Writes one row per fold and a summary row (fold empty) with mean, sd and a CI")
+    parser.add_argument("--cv-group", choices=["subject"], default=None,
+                        help="keep each person's images in one fold (subject = the dataset's identity label); with "
+                             "--cv equal to the number of people this is leave-one-person-out (FG-NET's age protocol)")
+    parser.add_argument("--pairs", default=None, metavar="FILE",
+                        help="verification pairs in the LFW pairs.txt format (10 folds of matched 'name n1 n2' and "
+                             "mismatched 'name1 n1 name2 n2' lines), resolved in an LFW-layout dataset "
+                             "(imagefolder:lfw with <Name>/<Name>_0001.jpg); default: pairs drawn from the identities")
     parser.add_argument("--shots", nargs="+", type=int, default=[0], metavar="K",
                         help="examples per class drawn from train (after the val carve); 0 = all of train")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="S",
@@ -35,9 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR, metavar="DIR",
                         help="where the parquet results and the selected probes' artifacts go")
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="sweep jobs run in parallel (joblib threads)")
-    parser.add_argument("--select-metric", choices=METRIC_NAMES, default="top1",
-                        help="val metric that selects each probe's hyperparameters (mean_per_class_acc is usual for "
-                             "Flowers-102, Caltech-101, Aircraft and Pets)")
+    parser.add_argument("--select-metric", choices=[*METRIC_NAMES, *TASK_METRICS["regression"]], default=None,
+                        help="val metric that selects each probe's hyperparameters (default top1; mae for "
+                             "regression; mean_per_class_acc is usual for Flowers-102, Caltech-101, Aircraft and "
+                             "Pets)")
     parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION, metavar="F",
                         help="part of each class of train held out as val when the dataset has no val split")
     parser.add_argument("--test-fraction", type=float, default=0.0, metavar="F",
@@ -67,11 +89,34 @@ def run(args: argparse.Namespace) -> int:
 
     kwargs = extraction_kwargs(args)
     taps = kwargs.pop("taps")
-    paths = sweep_cached(args.backbone, dataset_spec(args), probes=args.probes, taps=taps, shots=args.shots,
-                         seeds=args.seeds, select_metric=args.select_metric, val_fraction=args.val_fraction,
-                         test_fraction=args.test_fraction, results_dir=args.results_dir, jobs=args.jobs, overwrite=args.overwrite, **kwargs)
+    task_args = {}
+    if args.task != DEFAULT_TASK or args.cv is not None or args.cv_group is not None or args.pairs is not None:
+        task_args = dict(task=args.task, cv=args.cv, cv_group=args.cv_group, pairs=args.pairs)
+    probes = args.probes if args.probes is not None else (PROBE_NAMES if not task_args else None)
+    if probes is None:
+        probes = list(TASK_PROBES[args.task][:1] if args.task != "regression" else TASK_PROBES["regression"])
+    if args.task == DEFAULT_TASK and COSINE in probes:
+        raise UsageError(f"--probes {COSINE} is for --task identification or verification; classification takes "
+                         f"{', '.join(PROBE_NAMES)}")
+    select_metric = args.select_metric or ("mae" if args.task == "regression" else "top1")
+    paths = sweep_cached(args.backbone, dataset_spec(args), probes=probes, taps=taps, shots=args.shots,
+                         seeds=args.seeds, select_metric=select_metric, val_fraction=args.val_fraction,
+                         test_fraction=args.test_fraction, results_dir=args.results_dir, jobs=args.jobs,
+                         overwrite=args.overwrite, **task_args, **kwargs)
+    import json
+
+    headline = TASK_METRICS[args.task][0]
     for path in paths:
-        row = pl.read_parquet(path).filter(pl.col("selected")).row(0, named=True)
-        print(f"{row['probe']}\t{row['tap']}\tshots={row['shots']}\tseed={row['seed']}\t{row['params']}\t"
-              f"{row['split']} top1={row['top1']:.4f}\t{path}")
+        # the selected test row (a cross-validated job's summary row: fold empty)
+        frame = pl.read_parquet(path).filter(pl.col("selected"))
+        row = frame.sort(pl.col("fold").is_not_null()).row(0, named=True)
+        metric = headline if row[headline] is not None else "top1"
+        params = json.loads(row["params"] or "{}")
+        if "folds" in params:  # the summary of a cross-validation: mean ± sd over folds
+            text = f"{metric}={row[metric]:.4f} ± {params['fold_sd'].get(metric, 0.0):.4f} over {params['folds']} folds"
+            params = "cv"
+        else:
+            text = f"{metric}={row[metric]:.4f}"
+        print(f"{row['probe']}\t{row['tap']}\tshots={row['shots']}\tseed={row['seed']}\t{params}\t"
+              f"{row['split']} {text}\t{path}")
     return 0
