@@ -12,6 +12,7 @@ The report is markdown over :mod:`probe.analysis`; it selects, pools and draws n
   that resamples test images and, within each family, backbones; across datasets, wins with an exact sign test,
   and a plain statement when the evidence does not separate the families.
 - **Layer-wise** (``block<i>`` taps) and **few-shot** (``shots > 0``) curves, seeds averaged per configuration.
+- **Faces and continuous targets** (identification, verification, regression): see :mod:`probe._report_faces`.
 
 Everything that is missing (no fine-tuning, one family, no saved predictions) drops the section or the interval
 with a note instead of failing.
@@ -125,6 +126,12 @@ class _Report:
         self.kw = dict(n_boot=self.n_boot, seed=self.seed, ci=self.ci)
         self.pct = f"{self.ci:.0%}"
         # The headline metric is the task's (top1 for classification); tables and figures take it as a parameter.
+        # Face and continuous-target tasks have their own section (probe._report_faces) over the full job table.
+        from ._report_faces import FACE_TASKS
+
+        self.all_jobs = self.jobs
+        if self.jobs.height:
+            self.jobs = self.jobs.filter(~pl.col("task").is_in(list(FACE_TASKS)))
         tasks = sorted(set(self.jobs["task"].to_list())) if self.jobs.height else []
         self.metric = analysis.primary_metric(tasks[0] if tasks else None)
         self.extra = [m for m in TASK_METRICS.get(tasks[0] if tasks else DEFAULT_TASK, ())[1:]
@@ -133,7 +140,7 @@ class _Report:
         if len(tasks) > 1:
             self.notes.append(f"results hold several tasks ({', '.join(tasks)}); this report covers {tasks[0]}.")
             self.jobs = self.jobs.filter(pl.col("task") == tasks[0])
-        self.styles = analysis.Styles.from_frame(self.jobs) if self.jobs.height else analysis.Styles()
+        self.styles = analysis.Styles.from_frame(self.all_jobs) if self.all_jobs.height else analysis.Styles()
         self.protocols = analysis.aggregate_seeds(self.jobs)
         full = self.protocols.filter(pl.col("shots") == 0)
         self.best_frozen = analysis.best_by_val(
@@ -153,6 +160,9 @@ class _Report:
         lines += self._section_families()
         lines += self._section_layerwise()
         lines += self._section_few_shot()
+        from ._report_faces import faces_section
+
+        lines += faces_section(self)
         if self.notes:
             lines += ["## Notes", ""] + [f"- {n}" for n in dict.fromkeys(self.notes)] + [""]
         return "\n".join(lines).rstrip() + "\n"
@@ -163,13 +173,14 @@ class _Report:
         return f"figures/{path.name}"
 
     def _header(self) -> list[str]:
-        n_jobs = self.jobs.height
-        configs = self.jobs["backbone_config"].n_unique() if n_jobs else 0
-        fams = sorted(set(self.jobs["family"].to_list()), key=self.a.family_order) if n_jobs else []
+        n_jobs = self.all_jobs.height
+        configs = self.all_jobs["backbone_config"].n_unique() if n_jobs else 0
+        fams = sorted(set(self.all_jobs["family"].to_list()), key=self.a.family_order) if n_jobs else []
+        datasets = sorted(set(self.all_jobs["dataset"].to_list())) if n_jobs else []
         return [
             "# Whose visual representations transfer better?", "",
-            f"Results: `{self.results_dir}` ({n_jobs} jobs; {len(self.datasets)} dataset(s): "
-            f"{', '.join(self.datasets)}; {configs} backbone configuration(s); families: {', '.join(fams)}).", "",
+            f"Results: `{self.results_dir}` ({n_jobs} jobs; {len(datasets)} dataset(s): "
+            f"{', '.join(datasets)}; {configs} backbone configuration(s); families: {', '.join(fams)}).", "",
             "How to read this report:", "",
             "- All accuracies are on the **test** split, in percent; differences are in percentage points (pp).",
             "- Every row is one **backbone configuration**: backbone, weights, input size (and precision when not "
@@ -188,11 +199,11 @@ class _Report:
 
     def _section_configurations(self) -> list[str]:
         lines = ["## Backbone configurations", ""]
-        if not self.jobs.height:
+        if not self.all_jobs.height:
             return lines + ["_No jobs with a selected test row._", ""]
         lines += ["| configuration | backbone | weights | input size | precision | family | family source |",
                   "|---|---|---|---:|---|---|---|"]
-        rows = self.a.configurations(self.jobs).to_dicts()
+        rows = self.a.configurations(self.all_jobs).to_dicts()
         rows.sort(key=lambda r: (self.a.family_order(r["family"]), r["config_label"]))
         for r in rows:
             size = f"{r['img_size']} px" if r["img_size"] else "— (not recorded)"

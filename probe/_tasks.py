@@ -125,6 +125,7 @@ def sweep_task_cached(backbone: str, dataset: str, *, task: str, probes: Sequenc
                     continue
                 base = dict(context, protocol=protocol)
                 job = dict(tap=tap, probe=name, seed=int(seed), grid=grid, select_metric=select_metric,
+                           dataset_spec=str(first.attrs.get("dataset_spec") or dataset),
                            val_fraction=val_fraction, cv=cv, cv_group=cv_group, device=device)
                 rows, items = _run(task, data, job, base, pair_set)
                 _write(stem, rows, items)
@@ -234,7 +235,8 @@ def _run(task: str, data: _Data, job: dict, base: dict, pair_set) -> tuple[list[
         v = r.valid
         items = {"ids": data.ids[v], "labels": data.labels[v], "item/rank1": r.rank1[v], "item/rank5": r.rank5[v],
                  "item/map": r.ap[v], "neighbours": r.neighbours[v], "gallery_ids": data.ids,
-                 "gallery_labels": data.labels, "classes": np.asarray(data.classes, dtype=str)}
+                 "gallery_labels": data.labels, "classes": np.asarray(data.classes, dtype=str),
+                 "dataset_spec": np.asarray(job["dataset_spec"])}
         return [row], items
     if task == "verification":
         import time
@@ -273,7 +275,9 @@ def _run_learned(task: str, data: _Data, X: np.ndarray, job: dict, base: dict) -
 
     if job["cv"] is not None:
         folds = cv_folds(data.ids, k=job["cv"], seed=job["seed"], labels=None if regression else y, groups=groups)
-        return cross_validate(run_fold, folds, metrics=metrics, groups=groups, ids=data.ids, seed=job["seed"])
+        rows, items = cross_validate(run_fold, folds, metrics=metrics, groups=groups, ids=data.ids,
+                                     seed=job["seed"])
+        return rows, dict(items, **_target_name(data))
     # split-based (a dataset with its own test split): train (+ its own val) -> test
     parts = data.parts
     tr, te = parts["train"], parts["test"]
@@ -283,8 +287,14 @@ def _run_learned(task: str, data: _Data, X: np.ndarray, job: dict, base: dict) -
                                   select_metric=job["select_metric"], val_fraction=job["val_fraction"],
                                   seed=job["seed"], train_ids=data.ids[tr], test_ids=data.ids[te],
                                   device=job["device"], base=base)
-        return result.rows, dict(result.test, groups=data.labels[te])
+        return result.rows, dict(result.test, group=data.labels[te], **_target_name(data))
     raise UsageError("identity classifiers need --cv K (a face dataset has no test split of its own)")
+
+
+def _target_name(data: _Data) -> dict:
+    """The regressed target's name for the figures' units (``age`` is in years)."""
+    name = getattr(data, "target_name", None)
+    return {"target_name": np.asarray(name)} if name else {}
 
 
 def _classify(task: str, data: _Data, X, tr, te, job: dict, base: dict):

@@ -39,6 +39,8 @@ _LAZY = {
     "layerwise_figure": "._figures", "few_shot_figure": "._figures", "frozen_vs_finetune_figure": "._figures",
     "gain_figure": "._figures", "finetune_scatter_figure": "._figures", "family_figure": "._figures",
     "block_index": "._figures", "metric_name": "._figures",
+    # face and continuous-target figures
+    "retrieval_examples": "._faces", "retrieval_figure": "._faces", "prediction_scatter_figure": "._faces",
     # notebooks
     "notebook_setup": "._notebook",
 }

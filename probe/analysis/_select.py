@@ -200,7 +200,9 @@ def aggregate_seeds(jobs, *, metrics: Iterable[str] | None = None):
         pl.col("n_eval").first(),
     ]
     for m in metrics:
-        aggs += [pl.col(m).mean().alias(m), sd(m).alias(f"{m}_sd")]
+        aggs.append(pl.col(m).mean().alias(m))
+        if f"{m}_sd" not in metrics:  # verif_acc_sd is a metric itself (the sd over pair folds), kept as its mean
+            aggs.append(sd(m).alias(f"{m}_sd"))
     return ordered.group_by(list(GROUP), maintain_order=True).agg(aggs).sort(list(GROUP))
 
 
