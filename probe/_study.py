@@ -23,6 +23,13 @@ The study file (all tables but ``[[backbones]]`` and ``[[datasets]]`` optional):
     select_metric = "mean_per_class_acc"   # optional per-dataset override
     img_size = 224                # optional: overrides the backbone's img_size for this dataset
     test_fraction = 0.2           # optional: carve a test split from train when the dataset has none
+    task = "regression"           # optional: classification (default), identification, verification, regression
+    cv = 5                        # optional: K-fold cross-validation (a dataset without a test split)
+    cv_group = "subject"          # optional: keep each person in one fold (cv = people: leave-one-person-out)
+    pairs = "lfw/pairs.txt"       # optional (verification): LFW pairs file, relative to the study file
+    probes = ["ridge", "knn"]     # optional: the task's probes (default: cosine for identification and
+                                  # verification, ridge and knn for regression); a task dataset runs these on
+                                  # pooled features instead of the [[sweeps]], and is not fine-tuned
 
     [extract]                     # how features are computed (see probe extract-features)
     batch_size = 64
@@ -70,7 +77,7 @@ from typing import Any
 from ._errors import ProbeError, UsageError
 from ._official import KINDS as OFFICIAL_KINDS
 from ._schema import MISSING, WORKERS, Setting, check_setting, toml_value
-from .vocab import DEFAULT_VAL_FRACTION, FINETUNE_MODES, PROBES
+from .vocab import DEFAULT_VAL_FRACTION, FINETUNE_MODES, PROBES, TASK_DEFAULT_PROBES
 
 try:
     import tomllib
@@ -107,6 +114,11 @@ class DatasetSpec:
     img_size: int | None = None
     name: str | None = None
     test_fraction: float = 0.0  # part of train carved off as test when the dataset has no test split
+    task: str = "classification"  # what the target asks (probe.vocab.TASKS, the frozen-feature ones)
+    cv: int | None = None  # folds of cross-validation (for a dataset without a test split)
+    cv_group: str | None = None  # "subject": each person's images in one fold
+    pairs: str | None = None  # verification pairs file (LFW pairs.txt); default: drawn from the identities
+    probes: list[str] | None = None  # the task's probes (default probe.vocab.TASK_DEFAULT_PROBES)
 
 
 @dataclass
@@ -140,6 +152,8 @@ class Job:
     def describe(self) -> str:
         """A short human-readable line: kind, backbone, dataset and the settings that tell jobs apart."""
         where = self.dataset.spec if self.dataset is not None else self.settings.get("dataset", "")
+        if self.dataset is not None and (self.dataset.task != "classification" or self.dataset.cv):
+            where += f" [{self.dataset.task}" + (f", cv {self.dataset.cv}" if self.dataset.cv else "") + "]"
         extra = ""
         if self.kind == "sweep":
             s = self.settings
@@ -166,8 +180,10 @@ def study_schema() -> dict[str, dict[str, Setting]]:
     declaration ``probe finetune``'s flags are checked against), so the three cannot drift. A single value where
     a list is expected is a one-element list (``seeds = 0`` is ``seeds = [0]``).
     """
+    from ._cv import CV_GROUPS
     from ._finetune import ACCUM_STEPS, config_settings
-    from .vocab import FAMILIES, METRICS
+    from ._tasks import TASKS_HERE
+    from .vocab import COSINE, FAMILIES, METRICS, TASK_METRICS
 
     size = Setting("int", lo=1)
     config = config_settings()
@@ -185,8 +201,14 @@ def study_schema() -> dict[str, dict[str, Setting]]:
                       "random_init": Setting("bool", default=False), "img_size": size, "finetune_img_size": size,
                       "seed": Setting("int", lo=0, default=0)},
         "datasets": {"spec": Setting("str", default="imagefolder:data/pets"), "data_root": Setting("str"),
-                     "select_metric": Setting("str", choices=METRICS), "img_size": size, "name": Setting("str"),
-                     "test_fraction": Setting("float", lo=0, hi=1, hi_open=True, default=0.0)},
+                     "select_metric": Setting("str", choices=(*METRICS, *TASK_METRICS["regression"])),
+                     "img_size": size, "name": Setting("str"),
+                     "test_fraction": Setting("float", lo=0, hi=1, hi_open=True, default=0.0),
+                     "task": Setting("str", choices=TASKS_HERE, default="classification"),
+                     "cv": Setting("int", lo=2, default=5), "cv_group": Setting("str", choices=CV_GROUPS),
+                     "pairs": Setting("str", default="pairs.txt"),
+                     "probes": Setting("str", many=True, nonempty=True, choices=(COSINE, *PROBES),
+                                       default=["cosine"])},
         "extract": {"batch_size": Setting("int", lo=1, default=64), "workers": Setting("int", lo=0),
                     "dtype": Setting("str", choices=("float16", "float32"), default="float16"),
                     "skip_bad": Setting("bool", default=False),
@@ -261,10 +283,13 @@ def load_study(path: str | os.PathLike | None = None) -> Study:
             b = {**b, "weights": str(_resolve(base, b["weights"]))}
         backbones.append(BackboneSpec(**b))
     datasets = []
-    for d in tables["datasets"]:
+    for i, d in enumerate(tables["datasets"]):
         d["spec"] = _resolve_spec(base, d["spec"])
         if d.get("data_root"):
             d["data_root"] = str(_resolve(base, d["data_root"]))
+        if d.get("pairs"):
+            d["pairs"] = str(_resolve(base, d["pairs"]))
+        _check_task_keys(d, f"[[datasets]] #{i + 1} in {source}")
         datasets.append(DatasetSpec(**d))
     sweeps = []
     for i, s in enumerate(tables["sweeps"]):
@@ -296,6 +321,26 @@ def load_study(path: str | os.PathLike | None = None) -> Study:
                  seeds=head.get("seeds", [0]), val_fraction=head.get("val_fraction", DEFAULT_VAL_FRACTION),
                  select_metric=head.get("select_metric", "top1"), device=head.get("device", "auto"),
                  jobs=head.get("jobs", 1), source=source)
+
+
+def _check_task_keys(d: dict, where: str) -> None:
+    """The rules between a dataset's task keys (each key's own type and range are the schema's)."""
+    from ._tasks import resolve_probes
+
+    task = d.get("task", "classification")
+    if d.get("cv_group") and not d.get("cv"):
+        raise UsageError(f"{where}: cv_group = \"{d['cv_group']}\" groups the folds of cv; add cv = K (the number "
+                         "of people for leave-one-person-out)")
+    if d.get("pairs") and task != "verification":
+        raise UsageError(f"{where}: pairs is for task = \"verification\"; drop it or set the task")
+    if d.get("probes") and task == "classification":
+        raise UsageError(f"{where}: probes belongs to a task dataset; classification datasets take their probes "
+                         "from [[sweeps]]")
+    if task != "classification":
+        try:
+            resolve_probes(task, d.get("probes"))
+        except UsageError as exc:
+            raise UsageError(f"{where} probes: {exc}") from None
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -451,14 +496,23 @@ def plan_study(study: Study) -> list[Job]:
         if study.pretrain is not None:
             jobs.append(Job("pretrain", bb, None, {**study.pretrain, "seed": study.seeds[0]}))
         for ds in study.datasets:
+            if ds.task != "classification":
+                # a task dataset runs its task's probes on pooled features (probe._tasks), and no fine-tuning
+                jobs.append(Job("extract", bb, ds, {"taps": ["pooled"]}))
+                jobs.append(Job("sweep", bb, ds, {"probes": list(ds.probes or TASK_DEFAULT_PROBES[ds.task]),
+                                                  "taps": ["pooled"], "shots": [0], "seeds": study.seeds,
+                                                  "grids": {}}))
+                continue
             taps = []
             for s in study.sweeps:
                 taps.extend(t for t in s["taps"] if t not in taps)
             if taps:
                 jobs.append(Job("extract", bb, ds, {"taps": taps}))
             for s in study.sweeps:
+                if ds.cv and any(s["shots"]):
+                    continue  # few-shot draws are not cross-validated
                 jobs.append(Job("sweep", bb, ds, {**s, "seeds": s["seeds"] or study.seeds}))
-            if study.finetune is not None:
+            if study.finetune is not None and not ds.cv:
                 settings = {k: v for k, v in study.finetune.items() if k != "modes"}
                 for mode in study.finetune.get("modes", ["full"]):
                     for seed in study.seeds:
@@ -699,10 +753,12 @@ def _run_job(job: Job, study: Study, pretrained: dict[str, str], *, cache_dir, r
 
         s = job.settings
         before = _count_results(results_dir)
+        task = {} if ds.task == "classification" and not ds.cv else dict(task=ds.task, cv=ds.cv,
+                                                                            cv_group=ds.cv_group, pairs=ds.pairs)
         sweep_cached(bb.name, ds.spec, probes=s["probes"], taps=s["taps"], shots=s["shots"], seeds=s["seeds"],
                      grids=s["grids"] or None, select_metric=ds.select_metric or study.select_metric,
                      val_fraction=study.val_fraction, test_fraction=ds.test_fraction, results_dir=results_dir,
-                     jobs=jobs, seed=bb.seed,
+                     jobs=jobs, seed=bb.seed, **task,
                      **common, **extract_opts)
         made = _count_results(results_dir) - before
         return f"{made} result files written" if made else "skipped (done before)"
@@ -753,7 +809,8 @@ def study_summary(results_dir: str | os.PathLike):
         jobs = analysis.job_table(results_dir)
     except UsageError:
         return None
-    jobs = jobs.filter(pl.col("tap").is_in(["pooled", "-"]) & (pl.col("shots") == 0)) if jobs.height else jobs
+    jobs = jobs.filter(pl.col("tap").is_in(["pooled", "-"]) & (pl.col("shots") == 0)
+                       & (pl.col("task") == "classification")) if jobs.height else jobs
     if jobs.is_empty():
         return None
     protocols = analysis.aggregate_seeds(jobs, metrics=["top1"])
