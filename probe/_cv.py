@@ -134,6 +134,13 @@ def regression_items(y: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]:
     return {"item/mae": err, "item/cs5": (err <= CS_TOLERANCE).astype(np.float64), "item/rmse": err ** 2}
 
 
+def _quiet_blas(fn):
+    from ._sweep import _quiet_blas_during
+
+    return _quiet_blas_during(fn)
+
+
+@_quiet_blas
 def sweep_regression(probe, train: tuple, val: tuple | None = None, test: tuple | None = None, *,
                      grid: Mapping[str, Sequence] | None = None, select_metric: str = "mae",
                      val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0, train_ids=None, test_ids=None,

@@ -100,6 +100,10 @@ def sweep_task_cached(backbone: str, dataset: str, *, task: str, probes: Sequenc
     if task == "regression" and cv is None and "test" not in source.splits:
         raise UsageError(f"dataset {source.name!r} has no test split; add --cv K to cross-validate the regression "
                          "(e.g. --cv 5, or --cv-group subject --cv <people> for leave-one-person-out)")
+    if pairs is not None:  # a bad pairs file (a missing image) costs no extraction
+        from ._faces import read_pairs
+
+        read_pairs(pairs, [i for s in source.split_names for i in source.ids[s]])
     entries = extract_features(backbone, dataset, taps=tuple(taps), cache_dir=cache_dir, device=device,
                                progress=progress, family=family, **extract_kwargs)
     splits = {name: load_split(entry, taps=list(taps)) for name, entry in entries.items()}

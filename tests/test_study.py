@@ -176,8 +176,15 @@ def test_block_star_expands_per_architecture():
 def test_default_study_loads_and_plans():
     study = load_study(None)
     assert {b.name for b in study.backbones} == {"test_resnet", "test_convnext", "test_vit", "test_vit2"}
-    assert study.pretrain["dataset"] == "shapes" and [d.spec for d in study.datasets] == ["digits"]
-    assert plan_study(study)[0].kind == "pretrain"
+    assert study.pretrain["dataset"] == "shapes" and [d.spec for d in study.datasets] == ["digits", "faces", "faces",
+                                                                                          "faces"]
+    assert [d.task for d in study.datasets] == ["classification", "identification", "verification", "regression"]
+    plan = plan_study(study)
+    assert plan[0].kind == "pretrain"
+    # a task dataset runs its task's probes on pooled features, and is not fine-tuned
+    faces = [j for j in plan if j.dataset is not None and j.dataset.spec == "faces"]
+    assert {j.kind for j in faces} == {"extract", "sweep"}
+    assert [j.settings["probes"] for j in faces if j.kind == "sweep"][:3] == [["cosine"], ["cosine"], ["ridge"]]
 
 
 @pytest.mark.parametrize("text,needles", [
@@ -187,6 +194,12 @@ def test_default_study_loads_and_plans():
     ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='digits'\n[[sweeps]]\nprobes=['svm']\n", ["svm"]),
     ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='digits'\n", ["nothing to run"]),
     ("[[backbones]\nname=", ["not valid TOML"]),
+    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='faces'\ntask='age'\n", ["task", "regression", "age"]),
+    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='faces'\ntask='regression'\ncv_group='subject'\n",
+     ["cv_group", "add cv = K"]),
+    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='faces'\ntask='regression'\nprobes=['cosine']\ncv=5\n",
+     ["[[datasets]] #1", "ridge, knn"]),
+    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='faces'\npairs='p.txt'\n", ["pairs", "verification"]),
 ])
 def test_bad_study_files_are_one_clear_line(tmp_path, capsys, text, needles):
     path = tmp_path / "bad.toml"
