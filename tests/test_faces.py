@@ -232,10 +232,14 @@ def test_identification_against_brute_force_with_known_neighbours():
     X = (centres[y] + 0.35 * rng.normal(size=(len(y), 32))).astype(np.float32)
     X[5] = X[6] = X[7]  # ties across people's rows: the earlier row ranks first
     X[y == 3] = centres[2] + 0.4 * rng.normal(size=((y == 3).sum(), 32))  # person 3 looks like person 2
+    # person 41: six unrelated images, ranked far down each other's lists (past the top-K: rows sorted in full)
+    y = np.r_[y, np.full(6, 41)]
+    X = np.r_[X, rng.normal(size=(6, 32)).astype(np.float32) * 3]
     ref = _brute_force(X.astype(np.float64), y)
-    for method in ("count", "sort"):
+    for method in ("auto", "sort"):
         r = loo_retrieval(X, y, method=method, block_bytes=4 * len(y) * 13)  # 13 queries a block: chunked
         assert r.valid.tolist() == (y != 40).tolist()
+        assert np.isnan(r.rank1[y == 41]).sum() == 0 and r.ap[y == 41].max() < 0.5
         np.testing.assert_array_equal(r.rank1, ref["rank1"])
         np.testing.assert_array_equal(r.rank5, ref["rank5"])
         np.testing.assert_allclose(r.ap, ref["ap"], rtol=1e-12)
