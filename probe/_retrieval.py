@@ -18,8 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Bytes of one block's similarities on CPU (as the kNN probe: the selection reads the block while it is in cache).
-BLOCK_BYTES = 16 * 2**20
 #: Most neighbours a block's top-K selection keeps (above it, rows are sorted in full).
 MAX_TOP_K = 2048
 
@@ -68,7 +66,7 @@ def loo_retrieval(features, labels, *, top: int = 5, device: str = "cpu", block_
     device : str
         Torch device.
     block_bytes : int, optional
-        Bytes of similarities per block (default :data:`BLOCK_BYTES` on CPU, 256 MiB on GPU).
+        Bytes of similarities per block (default: the kNN probe's block size on CPU, 256 MiB on GPU).
     method : {"auto", "sort"}
         ``auto``: a top-K selection per block, rows sorted in full only when their positives fall outside it;
         ``sort``: every row sorted in full (the reference path; slower).
@@ -77,7 +75,7 @@ def loo_retrieval(features, labels, *, top: int = 5, device: str = "cpu", block_
     import torch.nn.functional as F
 
     from .probes._base import CHUNK_BYTES, resolve_device, to_tensor
-    from .probes._knn import _select_top
+    from .probes._knn import _BLOCK_BYTES, _select_top
 
     if method not in ("auto", "sort"):
         raise ValueError(f"method must be 'auto' or 'sort'; got {method!r}")
@@ -95,16 +93,17 @@ def loo_retrieval(features, labels, *, top: int = 5, device: str = "cpu", block_
     top = max(0, min(int(top), n - 1))
     k = min(n - 1, max(top, 4 * max_pos + 8)) if method == "auto" else 0
     k = k if k <= MAX_TOP_K else 0
-    budget = block_bytes or (BLOCK_BYTES if dev.type == "cpu" else CHUNK_BYTES)
+    budget = block_bytes or (_BLOCK_BYTES if dev.type == "cpu" else CHUNK_BYTES)
     step = max(1, min(n, budget // max(1, 4 * n)))
     rank1 = np.full(n, np.nan)
     rank5 = np.full(n, np.nan)
     ap = np.full(n, np.nan)
     neighbours = np.zeros((n, top), dtype=np.int64)
+    buffer = torch.empty(min(step, n), n, device=dev, dtype=X.dtype)
     for lo in range(0, n, step):
         hi = min(n, lo + step)
         rows = torch.arange(lo, hi, device=dev)
-        S = X[lo:hi] @ X.T
+        S = torch.mm(X[lo:hi], X.T, out=buffer[:hi - lo])  # one buffer for every block: no page faults per block
         S[rows - lo, rows] = -float("inf")  # a query never retrieves itself
         qlab, qpos = lab[lo:hi], n_pos[lo:hi]
         if k:
