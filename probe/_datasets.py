@@ -136,7 +136,9 @@ class DatasetSource:
     def tasks(self) -> tuple[str, ...]:
         """The tasks whose targets this dataset carries: ``classification`` and its dense tasks, if any."""
         dense = tuple(self.options.get("dense_tasks", ()))
-        return (("classification",) if self.options.get("classification", True) else ()) + dense
+        # identities (a person per class: identification, verification) and continuous targets (regression)
+        faces = tuple(self.options.get("identity_tasks", ())) + (("regression",) if self.targets else ())
+        return (("classification",) if self.options.get("classification", True) else ()) + dense + faces
 
     @property
     def segmentation_classes(self) -> list[str]:

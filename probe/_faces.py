@@ -28,6 +28,8 @@ from ._images import is_image_file
 #: Dataset kinds defined here (``probe._datasets.open_dataset`` dispatches to :func:`open_face_dataset`).
 FILE_KINDS = ("fgnet",)
 BUILTIN_KINDS = ("faces",)
+#: Tasks of a dataset whose classes are people (:attr:`probe._datasets.DatasetSource.tasks`).
+IDENTITY_TASKS = ("identification", "verification")
 
 #: ``<subject>A<age>[letter].<ext>``; the subject keeps its spelling (``001``), the letter marks a second photo.
 _FGNET_NAME = re.compile(r"^(?P<subject>\d+)A(?P<age>\d+)(?P<extra>[A-Za-z]?)\.[A-Za-z]+$", re.IGNORECASE)
@@ -65,7 +67,7 @@ def _open_fgnet(arg: str) -> dict:
     ages = np.asarray([a for _, a in parsed], dtype=np.float64)
     return dict(spec=f"fgnet:{arg}", name="fgnet", classes=subjects, splits={"train": files},
                 labels={"train": labels}, ids={"train": list(files)}, root=str(root),
-                targets={"age": {"train": ages}})
+                targets={"age": {"train": ages}}, options={"identity_tasks": list(IDENTITY_TASKS)})
 
 
 # ---------------------------------------------------------------------------------------------------- generated
@@ -86,7 +88,8 @@ def _open_faces() -> dict:
     return dict(spec="faces", name="faces", classes=[f"person{p:02d}" for p in range(_FACES_PEOPLE)],
                 splits={"train": [int(i) for i in index]}, labels={"train": labels},
                 ids={"train": [f"person{int(p):02d}/{int(i):03d}" for p, i in zip(labels, index)]},
-                version=FACES_VERSION, options={"size": _FACES_SIZE}, targets={"age": {"train": ages}})
+                version=FACES_VERSION, options={"size": _FACES_SIZE, "identity_tasks": list(IDENTITY_TASKS)},
+                targets={"age": {"train": ages}})
 
 
 def _face_age(index: int) -> float:

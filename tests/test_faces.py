@@ -47,6 +47,7 @@ def test_fgnet_dataset_carries_identity_and_age(tmp_path):
     (root / "images" / ".DS_Store").write_bytes(b"x")  # hidden files are not images
     src = open_dataset(f"fgnet:{root}")
     assert src.classes == ["001", "010"] and src.split_names == ["train"]
+    assert src.tasks == ("classification", "identification", "verification", "regression")
     assert src.ids["train"] == ["001A02.JPG", "001A43a.JPG", "001A43b.JPG", "010A05.JPG"]
     assert src.labels["train"].tolist() == [0, 0, 0, 1]
     assert src.target("age", "train").tolist() == [2, 43, 43, 5]
