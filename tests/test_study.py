@@ -124,17 +124,21 @@ def test_seed_study_plans_without_downloading(capsys):
         "vit_large_patch16_224.augreg_in21k", "swin_base_patch4_window7_224.ms_in22k"]
     assert {b.family for b in study.backbones} == {"convnet", "transformer"}
     assert [d.spec.split(":")[0] for d in study.datasets] == ["flowers102", "caltech101", "cub200", "indoor67",
-                                                               "wikiart", "covid-cxr"]
+                                                               "wikiart", "covid-cxr", "fgnet", "fgnet"]
+    assert [(d.task, d.cv, d.cv_group) for d in study.datasets[6:]] == [("identification", 5, None),
+                                                                      ("regression", 82, "subject")]
     assert study.datasets[0].spec == f"flowers102:{ROOT / 'studies' / '..' / 'data' / 'flowers-102'}"
     jobs = plan_study(study)
     kinds = [j.kind for j in jobs]
-    assert kinds.count("finetune") == 5 * 6 and kinds.count("extract") == 5 * 6 and kinds.count("sweep") == 5 * 6 * 3
+    # the FG-NET task datasets: one extraction and one sweep each, no fine-tuning
+    assert kinds.count("finetune") == 5 * 6 and kinds.count("extract") == 5 * 8
+    assert kinds.count("sweep") == 5 * 6 * 3 + 5 * 2
     if (ROOT / "data").exists():
         pytest.skip("a data/ folder exists beside the study: the missing-data half of this test does not apply")
     # without the downloads, --plan still lists the jobs, then fails with one line naming the first missing file
     proc = run_main(capsys, "run", ROOT / "studies" / "convnets-vs-transformers.toml", "--plan")
-    assert f"{len(jobs)} jobs" in proc.stdout and proc.stdout.count("CANNOT BE READ") == 6
-    assert_one_line_error(proc, 2, "6 dataset(s)", "flowers102", "data/flowers-102 does not exist", "setid.mat")
+    assert f"{len(jobs)} jobs" in proc.stdout and proc.stdout.count("CANNOT BE READ") == 8
+    assert_one_line_error(proc, 2, "8 dataset(s)", "flowers102", "data/flowers-102 does not exist", "setid.mat")
 
 
 def test_seed_study_plan_checks_each_official_download(tmp_path, capsys):
