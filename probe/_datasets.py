@@ -38,6 +38,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._errors import ProbeError, UsageError
+from ._faces import BUILTIN_KINDS as FACE_BUILTINS
+from ._faces import FILE_KINDS as FACE_FILE_KINDS
 from ._images import is_image_file, load_image
 from ._official import KINDS as OFFICIAL_KINDS
 from ._official import read_official
@@ -51,7 +53,7 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": 
 DEFAULT_DATA_ROOT = "data"
 
 #: Kinds whose sample references are image files relative to ``root`` (read and fingerprinted as files).
-_FILE_KINDS = ("imagefolder", "manifest", *OFFICIAL_KINDS)
+_FILE_KINDS = ("imagefolder", "manifest", *OFFICIAL_KINDS, *FACE_FILE_KINDS)
 
 
 @dataclass
@@ -72,6 +74,9 @@ class DatasetSource:
         Split name -> int64 array of labels, aligned with ``splits``.
     ids : dict
         Split name -> list of string ids, aligned with ``splits``.
+    targets : dict
+        Other targets the dataset carries besides its class labels: name (``age``, ``target``) -> split name ->
+        float64 array aligned with ``splits`` (``--task`` picks which one a job uses; see :meth:`target`).
     """
 
     spec: str
@@ -84,6 +89,7 @@ class DatasetSource:
     root: str | None = None
     version: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    targets: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     _fingerprint: str | None = field(default=None, repr=False)
 
     @property
@@ -101,6 +107,15 @@ class DatasetSource:
             raise UsageError(f"dataset {self.name!r} has no split {split!r}; it has {self.split_names}")
         return canonical
 
+    def target(self, name: str, split: str) -> np.ndarray:
+        """The continuous target ``name`` of ``split`` (float64, aligned with ``ids``), or a UsageError naming
+        the targets the dataset has."""
+        if name not in self.targets:
+            have = ", ".join(sorted(self.targets)) or "none (only class labels)"
+            raise UsageError(f"dataset {self.name!r} has no target {name!r}; its continuous targets: {have} (a "
+                             "csv/parquet manifest gives one with a 'target' column)")
+        return self.targets[name][split]
+
     def load(self, split: str, index: int):
         """Return sample ``index`` of ``split`` as an 8-bit RGB PIL image (ProbeError naming it if unreadable)."""
         ref = self.splits[split][index]
@@ -114,6 +129,10 @@ class DatasetSource:
             from ._nyuv2 import nyuv2_image
 
             return nyuv2_image(self, ref)
+        if self.kind == "faces":
+            from ._faces import face_image
+
+            return face_image(ref, self.options["size"])
         if self.kind == "torchvision":
             return load_image(self._torchvision(split)[ref][0], name=f"{self.spec}[{split}][{ref}]")
         if self.kind == "hf":
@@ -126,7 +145,9 @@ class DatasetSource:
     def tasks(self) -> tuple[str, ...]:
         """The tasks whose targets this dataset carries: ``classification`` and its dense tasks, if any."""
         dense = tuple(self.options.get("dense_tasks", ()))
-        return (("classification",) if self.options.get("classification", True) else ()) + dense
+        # identities (a person per class: identification, verification) and continuous targets (regression)
+        faces = tuple(self.options.get("identity_tasks", ())) + (("regression",) if self.targets else ())
+        return (("classification",) if self.options.get("classification", True) else ()) + dense + faces
 
     @property
     def segmentation_classes(self) -> list[str]:
@@ -178,6 +199,8 @@ class DatasetSource:
                 else:
                     h.update(np.ascontiguousarray(self.labels[split]).tobytes())
                     h.update("\0".join(self.ids[split]).encode())
+                for name in sorted(self.targets):  # continuous targets (a manifest's column) are data too
+                    h.update(f"\0{name}\0".encode() + np.ascontiguousarray(self.targets[name][split]).tobytes())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
@@ -220,12 +243,17 @@ def open_dataset(spec: str, *, data_root: str | os.PathLike | None = None) -> Da
         from ._nyuv2 import open_nyuv2
 
         source = DatasetSource(**open_nyuv2(arg, data_root))
+    elif (kind in FACE_FILE_KINDS and arg) or (kind in FACE_BUILTINS and not arg):
+        from ._faces import open_face_dataset
+
+        source = DatasetSource(kind=kind, **open_face_dataset(kind, arg))
     elif kind in OFFICIAL_KINDS and arg:
         source = DatasetSource(kind=kind, **read_official(kind, arg))
         spec = source.spec  # canonical, every option spelled out: the cache records e.g. the seed of a drawn split
     else:
-        raise UsageError(f"unknown dataset spec {spec!r}; use digits, shapes, imagefolder:PATH, csv:PATH "
-                         f"(or a .parquet manifest), torchvision:NAME, hf:REPO, nyuv2:PATH or an official download: "
+        raise UsageError(f"unknown dataset spec {spec!r}; use digits, shapes, faces, imagefolder:PATH, csv:PATH "
+                         f"(or a .parquet manifest), torchvision:NAME, hf:REPO, nyuv2:PATH, fgnet:PATH or an official "
+                         f"download: "
                          f"{', '.join(k + ':PATH' for k in OFFICIAL_KINDS)}")
     source.spec = spec
     if len(source) == 0:
@@ -398,13 +426,16 @@ def _open_manifest(arg: str) -> DatasetSource:
     except Exception as exc:
         raise UsageError(f"cannot read manifest {arg}: {exc}") from None
     dense = [c for c in ("mask", "depth") if c in frame.columns]
-    missing = [c for c in ("path", "label") if c not in frame.columns and not (c == "label" and dense)]
+    # dense targets or a continuous target (``target`` column, for --task regression) may stand in for the label
+    missing = [c for c in ("path", "label") if c not in frame.columns
+               and (c == "path" or not (dense or "target" in frame.columns))]
     if missing:
         raise UsageError(f"manifest {arg} lacks column(s) {missing}; it has {frame.columns}, needs path,label[,split] "
-                         "(or path,mask,depth[,split] for dense targets)")
+                         "(or path,target[,split] for a continuous target, path,mask,depth[,split] for dense targets)")
     root = path.resolve().parent
     rel_paths = [str(p) for p in frame["path"].to_list()]
-    raw_labels = frame["label"].to_list() if "label" in frame.columns else ["image"] * len(rel_paths)
+    raw_labels = frame["label"].to_list() if "label" in frame.columns else ["image" if dense else "-"] * len(rel_paths)
+    raw_targets = _manifest_targets(frame, arg) if "target" in frame.columns else None
     if any(v is None for v in raw_labels) or any(p in ("", "None") for p in rel_paths):
         raise UsageError(f"manifest {arg} has empty path or label cells; fill or remove those rows")
     classes = _sorted_class_names(raw_labels)
@@ -421,7 +452,8 @@ def _open_manifest(arg: str) -> DatasetSource:
     splits: dict[str, list] = {}
     labels: dict[str, list] = {}
     dense_files: dict[str, list] = {}
-    for p, lab, s, refs in zip(rel_paths, raw_labels, split_of, dense_refs):
+    targets: dict[str, list] = {}
+    for row, (p, lab, s, refs) in enumerate(zip(rel_paths, raw_labels, split_of, dense_refs)):
         p = Path(p).as_posix()
         for ref in (p, *(r for r in refs if r)):
             if not (root / ref).is_file():
@@ -430,6 +462,8 @@ def _open_manifest(arg: str) -> DatasetSource:
         splits.setdefault(s, []).append(p)
         labels.setdefault(s, []).append(index[_label_text(lab)])
         dense_files.setdefault(s, []).append([Path(r).as_posix() if r else None for r in refs])
+        if raw_targets is not None:
+            targets.setdefault(s, []).append(raw_targets[row])
     options: dict[str, Any] = {}
     if dense:
         options = {"dense_tasks": ["segmentation" if c == "mask" else "depth" for c in dense],
@@ -439,7 +473,24 @@ def _open_manifest(arg: str) -> DatasetSource:
             options["segmentation_classes"] = _manifest_classes(root, arg)
     return DatasetSource(spec=f"csv:{spec_arg}", name=_name_of(path), kind="manifest", classes=classes,
                          splits=splits, labels={s: np.asarray(v, dtype=np.int64) for s, v in labels.items()},
-                         ids={s: list(v) for s, v in splits.items()}, root=str(root), options=options)
+                         ids={s: list(v) for s, v in splits.items()}, root=str(root), options=options,
+                         targets={} if raw_targets is None else
+                         {"target": {s: np.asarray(v, dtype=np.float64) for s, v in targets.items()}})
+
+
+def _manifest_targets(frame, arg: str) -> list[float]:
+    """The ``target`` column as floats, or a UsageError naming the first cell that is not a finite number."""
+    out = []
+    for row, value in enumerate(frame["target"].to_list()):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not np.isfinite(number):
+            raise UsageError(f"manifest {arg} row {row + 1} has target {value!r}, not a finite number; the target "
+                             "column holds the continuous value to regress (e.g. an age in years)")
+        out.append(number)
+    return out
 
 
 #: 16-bit depth PNGs of a dense manifest: value / DEPTH_PNG_SCALE = metres (millimetres, as Kinect tools write).

@@ -76,15 +76,21 @@ def img_size_of(data_config: Mapping[str, Any]) -> int | None:
 
 
 def protocol_id(*, task: str, probe: str, tap: str, grid: Any, val_fraction: float, test_fraction: float,
-                select_metric: str, shots: int, refit: bool, probe_version: str) -> str:
+                select_metric: str, shots: int, refit: bool, probe_version: str,
+                evaluation: Mapping[str, Any] | None = None) -> str:
     """12-hex id of the protocol settings that change a job's numbers; the seed is deliberately left out.
 
     ``grid`` is what was searched (a probe's expanded grid, or a fine-tuning recipe); ``refit`` whether the
-    selected setting was retrained on train+val before test.
+    selected setting was retrained on train+val before test; ``evaluation`` how the test numbers were made when
+    not on a test split (cross-validation folds and grouping, verification pairs), absent otherwise so that
+    the ids of split-based protocols do not change.
     """
-    return _digest({"task": task, "probe": probe, "tap": tap, "grid": grid, "val_fraction": float(val_fraction),
-                    "test_fraction": float(test_fraction), "select_metric": select_metric, "shots": int(shots),
-                    "refit": bool(refit), "probe_version": probe_version})
+    material = {"task": task, "probe": probe, "tap": tap, "grid": grid, "val_fraction": float(val_fraction),
+                "test_fraction": float(test_fraction), "select_metric": select_metric, "shots": int(shots),
+                "refit": bool(refit), "probe_version": probe_version}
+    if evaluation:
+        material["evaluation"] = dict(evaluation)
+    return _digest(material)
 
 
 def identity_columns(*, backbone: str, weights: str, data_config: Mapping[str, Any], precision: str) -> dict:

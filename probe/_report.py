@@ -12,6 +12,7 @@ The report is markdown over :mod:`probe.analysis`; it selects, pools and draws n
   that resamples test images and, within each family, backbones; across datasets, wins with an exact sign test,
   and a plain statement when the evidence does not separate the families.
 - **Layer-wise** (``block<i>`` taps) and **few-shot** (``shots > 0``) curves, seeds averaged per configuration.
+- **Faces and continuous targets** (identification, verification, regression): see :mod:`probe._report_faces`.
 
 Everything that is missing (no fine-tuning, one family, no saved predictions) drops the section or the interval
 with a note instead of failing.
@@ -153,6 +154,12 @@ class _Report:
         self.dense_jobs = dense
         self.jobs = self.jobs.filter(~pl.col("task").is_in(list(DENSE_TASKS))) if self.jobs.height else self.jobs
         # The headline metric is the task's (top1 for classification); tables and figures take it as a parameter.
+        # Face and continuous-target tasks have their own section (probe._report_faces) over the full job table.
+        from ._report_faces import FACE_TASKS
+
+        self.all_jobs = self.jobs
+        if self.jobs.height:
+            self.jobs = self.jobs.filter(~pl.col("task").is_in(list(FACE_TASKS)))
         tasks = sorted(set(self.jobs["task"].to_list())) if self.jobs.height else []
         self.metric = analysis.primary_metric(tasks[0] if tasks else None)
         self.extra = [m for m in TASK_METRICS.get(tasks[0] if tasks else DEFAULT_TASK, ())[1:]
@@ -161,8 +168,8 @@ class _Report:
         if len(tasks) > 1:
             self.notes.append(f"results hold several tasks ({', '.join(tasks)}); this report covers {tasks[0]}.")
             self.jobs = self.jobs.filter(pl.col("task") == tasks[0])
-        every = pl.concat([self.jobs, dense], how="diagonal_relaxed") if dense.height else self.jobs
-        self.all_jobs = every  # every task: the header and the configurations table list them all
+        every = pl.concat([self.all_jobs, dense], how="diagonal_relaxed") if dense.height else self.all_jobs
+        self.all_jobs = every  # every task: the header, the configurations table and the faces section read it
         self.styles = analysis.Styles.from_frame(every) if every.height else analysis.Styles()
         self.protocols = analysis.aggregate_seeds(self.jobs)
         full = self.protocols.filter(pl.col("shots") == 0)
@@ -184,6 +191,9 @@ class _Report:
         lines += self._section_families()
         lines += self._section_layerwise()
         lines += self._section_few_shot()
+        from ._report_faces import faces_section
+
+        lines += faces_section(self)
         if self.notes:
             lines += ["## Notes", ""] + [f"- {n}" for n in dict.fromkeys(self.notes)] + [""]
         return "\n".join(lines).rstrip() + "\n"

@@ -25,6 +25,13 @@ The study file (all tables but ``[[backbones]]`` and ``[[datasets]]`` optional):
     test_fraction = 0.2           # optional: carve a test split from train when the dataset has none
     tasks = ["classification"]    # optional: the targets studied on it (sweeps and fine-tuning of these tasks);
                                   # e.g. ["segmentation", "depth"] for shapes, nyuv2:PATH or a dense manifest
+    task = "regression"           # optional: classification (default), identification, verification, regression
+    cv = 5                        # optional: K-fold cross-validation (a dataset without a test split)
+    cv_group = "subject"          # optional: keep each person in one fold (cv = people: leave-one-person-out)
+    pairs = "lfw/pairs.txt"       # optional (verification): LFW pairs file, relative to the study file
+    probes = ["ridge", "knn"]     # optional: the task's probes (default: cosine for identification and
+                                  # verification, ridge and knn for regression); a task dataset runs these on
+                                  # pooled features instead of the [[sweeps]], and is not fine-tuned
 
     [extract]                     # how features are computed (see probe extract-features)
     batch_size = 64
@@ -84,7 +91,7 @@ from ._errors import ProbeError, UsageError
 from ._official import KINDS as OFFICIAL_KINDS
 from ._schema import MISSING, TASK, WORKERS, Setting, check_setting, toml_value
 from .vocab import (DEFAULT_TASK, DEFAULT_VAL_FRACTION, DENSE_GRID_KEYS, DENSE_PROBES, FINETUNE_MODES, PROBES,
-                    TASK_METRICS)
+                    TASK_DEFAULT_PROBES, TASK_METRICS)
 
 #: The dense probes and the keys of their grids.
 _DENSE_PROBES = {name: DENSE_GRID_KEYS for name in DENSE_PROBES}
@@ -125,6 +132,11 @@ class DatasetSpec:
     name: str | None = None
     test_fraction: float = 0.0  # part of train carved off as test when the dataset has no test split
     tasks: list[str] = field(default_factory=lambda: [DEFAULT_TASK])  # targets studied on this dataset
+    task: str = "classification"  # what the target asks (probe.vocab.TASKS, the frozen-feature ones)
+    cv: int | None = None  # folds of cross-validation (for a dataset without a test split)
+    cv_group: str | None = None  # "subject": each person's images in one fold
+    pairs: str | None = None  # verification pairs file (LFW pairs.txt); default: drawn from the identities
+    probes: list[str] | None = None  # the task's probes (default probe.vocab.TASK_DEFAULT_PROBES)
 
 
 @dataclass
@@ -159,6 +171,8 @@ class Job:
     def describe(self) -> str:
         """A short human-readable line: kind, backbone, dataset and the settings that tell jobs apart."""
         where = self.dataset.spec if self.dataset is not None else self.settings.get("dataset", "")
+        if self.dataset is not None and (self.dataset.task != "classification" or self.dataset.cv):
+            where += f" [{self.dataset.task}" + (f", cv {self.dataset.cv}" if self.dataset.cv else "") + "]"
         extra = ""
         if self.kind == "sweep":
             s = self.settings
@@ -187,9 +201,11 @@ def study_schema() -> dict[str, dict[str, Setting]]:
     declaration ``probe finetune``'s flags are checked against), so the three cannot drift. A single value where
     a list is expected is a one-element list (``seeds = 0`` is ``seeds = [0]``).
     """
+    from ._cv import CV_GROUPS
     from ._executor import executor_schema
     from ._finetune import ACCUM_STEPS, config_settings
-    from .vocab import FAMILIES, METRICS
+    from ._tasks import TASKS_HERE
+    from .vocab import COSINE, FAMILIES, METRICS, TASK_METRICS
 
     size = Setting("int", lo=1)
     config = config_settings()
@@ -207,10 +223,16 @@ def study_schema() -> dict[str, dict[str, Setting]]:
                       "random_init": Setting("bool", default=False), "img_size": size, "finetune_img_size": size,
                       "seed": Setting("int", lo=0, default=0)},
         "datasets": {"spec": Setting("str", default="imagefolder:data/pets"), "data_root": Setting("str"),
-                     "select_metric": Setting("str", choices=METRICS), "img_size": size, "name": Setting("str"),
+                     "select_metric": Setting("str", choices=(*METRICS, *TASK_METRICS["regression"])),
+                     "img_size": size, "name": Setting("str"),
                      "test_fraction": Setting("float", lo=0, hi=1, hi_open=True, default=0.0),
                      "tasks": Setting("str", many=True, nonempty=True, choices=TASK.choices,
-                                      default=[DEFAULT_TASK])},
+                                      default=[DEFAULT_TASK]),
+                     "task": Setting("str", choices=TASKS_HERE, default="classification"),
+                     "cv": Setting("int", lo=2, default=5), "cv_group": Setting("str", choices=CV_GROUPS),
+                     "pairs": Setting("str", default="pairs.txt"),
+                     "probes": Setting("str", many=True, nonempty=True, choices=(COSINE, *PROBES),
+                                       default=["cosine"])},
         "extract": {"batch_size": Setting("int", lo=1, default=64), "workers": Setting("int", lo=0),
                     "dtype": Setting("str", choices=("float16", "float32"), default="float16"),
                     "skip_bad": Setting("bool", default=False),
@@ -289,10 +311,13 @@ def load_study(path: str | os.PathLike | None = None) -> Study:
             b = {**b, "weights": str(_resolve(base, b["weights"]))}
         backbones.append(BackboneSpec(**b))
     datasets = []
-    for d in tables["datasets"]:
+    for i, d in enumerate(tables["datasets"]):
         d["spec"] = _resolve_spec(base, d["spec"])
         if d.get("data_root"):
             d["data_root"] = str(_resolve(base, d["data_root"]))
+        if d.get("pairs"):
+            d["pairs"] = str(_resolve(base, d["pairs"]))
+        _check_task_keys(d, f"[[datasets]] #{i + 1} in {source}")
         datasets.append(DatasetSpec(**d))
     sweeps = []
     for i, s in enumerate(tables["sweeps"]):
@@ -334,6 +359,26 @@ def load_study(path: str | os.PathLike | None = None) -> Study:
                  seeds=head.get("seeds", [0]), val_fraction=head.get("val_fraction", DEFAULT_VAL_FRACTION),
                  select_metric=head.get("select_metric", "top1"), device=head.get("device", "auto"),
                  jobs=head.get("jobs", 1), source=source)
+
+
+def _check_task_keys(d: dict, where: str) -> None:
+    """The rules between a dataset's task keys (each key's own type and range are the schema's)."""
+    from ._tasks import resolve_probes
+
+    task = d.get("task", "classification")
+    if d.get("cv_group") and not d.get("cv"):
+        raise UsageError(f"{where}: cv_group = \"{d['cv_group']}\" groups the folds of cv; add cv = K (the number "
+                         "of people for leave-one-person-out)")
+    if d.get("pairs") and task != "verification":
+        raise UsageError(f"{where}: pairs is for task = \"verification\"; drop it or set the task")
+    if d.get("probes") and task == "classification":
+        raise UsageError(f"{where}: probes belongs to a task dataset; classification datasets take their probes "
+                         "from [[sweeps]]")
+    if task != "classification":
+        try:
+            resolve_probes(task, d.get("probes"))
+        except UsageError as exc:
+            raise UsageError(f"{where} probes: {exc}") from None
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -500,6 +545,13 @@ def plan_study(study: Study) -> list[Job]:
         if study.pretrain is not None:
             jobs.append(Job("pretrain", bb, None, {**study.pretrain, "seed": study.seeds[0]}))
         for ds in study.datasets:
+            if ds.task != "classification":
+                # a task dataset runs its task's probes on pooled features (probe._tasks), and no fine-tuning
+                jobs.append(Job("extract", bb, ds, {"taps": ["pooled"]}))
+                jobs.append(Job("sweep", bb, ds, {"probes": list(ds.probes or TASK_DEFAULT_PROBES[ds.task]),
+                                                  "taps": ["pooled"], "shots": [0], "seeds": study.seeds,
+                                                  "grids": {}}))
+                continue
             sweeps = [s for s in study.sweeps if s.get("task", DEFAULT_TASK) in ds.tasks]  # the dataset's tasks
             taps = []
             for s in sweeps:
@@ -507,8 +559,10 @@ def plan_study(study: Study) -> list[Job]:
             if taps:
                 jobs.append(Job("extract", bb, ds, {"taps": taps}))
             for s in sweeps:
+                if ds.cv and any(s["shots"]):
+                    continue  # few-shot draws are not cross-validated
                 jobs.append(Job("sweep", bb, ds, {**s, "seeds": s["seeds"] or study.seeds}))
-            if study.finetune is not None and DEFAULT_TASK in ds.tasks:
+            if study.finetune is not None and DEFAULT_TASK in ds.tasks and not ds.cv:
                 settings = {k: v for k, v in study.finetune.items() if k != "modes"}
                 for mode in study.finetune.get("modes", ["full"]):
                     for seed in study.seeds:
@@ -776,12 +830,16 @@ def _run_job(job: Job, study: Study, pretrained: dict[str, str], *, cache_dir, r
         before = _count_results(results_dir)
         task = s.get("task", DEFAULT_TASK)
         select_metric = ds.select_metric or study.select_metric
+        task_args = {}
+        if ds.task != "classification" or ds.cv:  # a face / continuous-target dataset, or cross-validation
+            task = ds.task
+            task_args = dict(cv=ds.cv, cv_group=ds.cv_group, pairs=ds.pairs)
         if select_metric not in TASK_METRICS[task]:
-            select_metric = None  # the task's own default (miou, rmse)
+            select_metric = None  # the task's own default (miou, rmse, mae, ...)
         sweep_cached(bb.name, ds.spec, probes=s["probes"], taps=s["taps"], shots=s["shots"], seeds=s["seeds"],
                      grids=s["grids"] or None, select_metric=select_metric, task=task,
                      val_fraction=study.val_fraction, test_fraction=ds.test_fraction, results_dir=results_dir,
-                     jobs=jobs, seed=bb.seed,
+                     jobs=jobs, seed=bb.seed, **task_args,
                      **common, **extract_opts)
         made = _count_results(results_dir) - before
         return f"{made} result files written" if made else "skipped (done before)"
@@ -832,7 +890,8 @@ def study_summary(results_dir: str | os.PathLike):
         jobs = analysis.job_table(results_dir)
     except UsageError:
         return None
-    jobs = jobs.filter(pl.col("tap").is_in(["pooled", "-"]) & (pl.col("shots") == 0)) if jobs.height else jobs
+    jobs = jobs.filter(pl.col("tap").is_in(["pooled", "-"]) & (pl.col("shots") == 0)
+                       & (pl.col("task") == "classification")) if jobs.height else jobs
     if jobs.is_empty():
         return None
     protocols = analysis.aggregate_seeds(jobs, metrics=["top1"])

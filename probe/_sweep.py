@@ -124,7 +124,7 @@ def _quiet_blas_during(fn):
 
 
 def protocol_of(est, points: list[dict], *, tap: str, task: str, val_fraction: float, test_fraction: float,
-                select_metric: str, shots: int, refit: bool) -> str:
+                select_metric: str, shots: int, refit: bool, evaluation: Mapping[str, Any] | None = None) -> str:
     """The protocol id (:func:`probe._identity.protocol_id`) of a sweep of ``est`` over ``points``.
 
     The grid is the expanded list of points plus the estimator's other parameters (e.g. ``max_iter``), so a
@@ -137,7 +137,7 @@ def protocol_of(est, points: list[dict], *, tap: str, task: str, val_fraction: f
     grid = {"points": [{k: _plain(v) for k, v in p.items()} for p in points], "estimator": fixed}
     return protocol_id(task=task, probe=est.name, tap=tap, grid=grid, val_fraction=val_fraction,
                        test_fraction=test_fraction, select_metric=select_metric, shots=shots, refit=refit,
-                       probe_version=PROBE_VERSION)
+                       probe_version=PROBE_VERSION, evaluation=evaluation)
 
 
 def _converged(est) -> dict:
@@ -311,6 +311,7 @@ def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] | None = 
                  val_fraction: float = DEFAULT_VAL_FRACTION, test_fraction: float = 0.0,
                  cache_dir: str | os.PathLike = "cache", results_dir: str | os.PathLike = "results", jobs: int = 1,
                  device: str = "auto", overwrite: bool = False, progress: bool = True, task: str = DEFAULT_TASK,
+                 cv: int | None = None, cv_group: str | None = None, pairs: str | os.PathLike | None = None,
                  **extract_kwargs) -> list[Path]:
     """Sweep probes on a backbone's cached features of a dataset; one parquet file per job.
 
@@ -354,7 +355,17 @@ def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] | None = 
         Show progress bars.
     task : str
         ``classification`` (default), or a dense task (``segmentation``, ``depth``) of a dataset that carries it:
-        the ``linear`` dense probe on the ``patch`` tap (:func:`probe._dense_sweep.sweep_dense_cached`).
+        the ``linear`` dense probe on the ``patch`` tap (:func:`probe._dense_sweep.sweep_dense_cached`);
+        ``identification``, ``verification`` and ``regression`` (and ``classification`` with ``cv``) run through
+        :mod:`probe._tasks`, with their own probes (``cosine`` retrieval; ``ridge``/``knn`` regressors) and metric
+        columns.
+    cv : int, optional
+        Cross-validate with this many folds (for a dataset without a test split), selection nested in each
+        training fold; one row per fold and a summary row (``fold`` null).
+    cv_group : {"subject"}, optional
+        Keep each person's images in one fold (``cv`` = number of people: leave-one-person-out).
+    pairs : path, optional
+        Verification pairs in the LFW pairs.txt format (default: drawn from the identities, 10 folds).
     **extract_kwargs
         Passed to :func:`probe.extract_features` (weights, random_init, img_size, batch_size, ...).
 
@@ -374,6 +385,14 @@ def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] | None = 
                                   select_metric=select_metric, val_fraction=val_fraction, cache_dir=cache_dir,
                                   results_dir=results_dir, device=device, overwrite=overwrite, progress=progress,
                                   **extract_kwargs)
+    if task != DEFAULT_TASK or cv is not None or cv_group is not None or pairs is not None:
+        from ._tasks import sweep_task_cached
+
+        return sweep_task_cached(backbone, dataset, task=task, probes=list(probes) if probes else None,
+                                 taps=list(taps or ("pooled",)), seeds=list(seeds), grids=grids,
+                                 select_metric=select_metric, val_fraction=val_fraction, cv=cv, cv_group=cv_group,
+                                 pairs=pairs, cache_dir=cache_dir, results_dir=results_dir, device=device,
+                                 overwrite=overwrite, progress=progress, **extract_kwargs)
     select_metric = select_metric or "top1"
     probes, taps = list(probes or DEFAULT_PROBES), list(taps or ("pooled",))
     unknown = [p for p in probes if p not in PROBES]

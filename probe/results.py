@@ -140,6 +140,19 @@ def classification_metrics(y_true: np.ndarray, scores: np.ndarray, classes: np.n
     }
 
 
+#: Tolerance of the cumulative score ``cs5``: predictions within this many target units (years) count.
+CS_TOLERANCE = 5.0
+
+
+def regression_metrics(y_true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Return mae, rmse (in the target's unit) and cs5 (fraction within :data:`CS_TOLERANCE` units) of ``pred``."""
+    err = np.abs(np.asarray(pred, dtype=np.float64) - np.asarray(y_true, dtype=np.float64))
+    if err.size == 0:
+        return {"mae": float("nan"), "rmse": float("nan"), "cs5": float("nan")}
+    return {"mae": float(err.mean()), "rmse": float(np.sqrt(np.mean(err ** 2))),
+            "cs5": float(np.mean(err <= CS_TOLERANCE))}
+
+
 def mean_per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Mean over the classes present in ``y_true`` of the fraction of that class predicted correctly.
 

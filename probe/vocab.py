@@ -24,6 +24,21 @@ FINETUNE = "finetune"
 TASKS = ("classification", "segmentation", "depth", "identification", "verification", "regression")
 DEFAULT_TASK = "classification"
 
+#: The probe of retrieval and verification on the features as they are (cosine similarity, nothing learned).
+COSINE = "cosine"
+
+#: Probes each task accepts (``--probes``); the first ones listed in TASK_DEFAULT_PROBES run by default. The
+#: classification probes of an ``identification`` task are identity classifiers scored under cross-validation.
+TASK_PROBES: dict[str, tuple[str, ...]] = {
+    "classification": PROBES,
+    "identification": (COSINE, *PROBES),
+    "verification": (COSINE,),
+    "regression": ("ridge", "knn"),
+}
+TASK_DEFAULT_PROBES: dict[str, tuple[str, ...]] = {
+    "classification": PROBES, "identification": (COSINE,), "verification": (COSINE,), "regression": ("ridge", "knn"),
+}
+
 #: Metric columns per task (fractions in [0, 1] unless noted in probe.results.RESULT_COLUMNS).
 #: The first metric of a task is its default ``select_metric`` and the report's headline.
 TASK_METRICS: dict[str, tuple[str, ...]] = {

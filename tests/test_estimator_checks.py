@@ -11,7 +11,7 @@ from sklearn.datasets import load_digits
 from sklearn.exceptions import DataConversionWarning, NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from probe.probes import PROBES, CentroidProbe, KNNProbe, LogisticProbe, RidgeProbe
+from probe.probes import PROBES, REGRESSORS, CentroidProbe, KNNProbe, LogisticProbe, RidgeProbe
 from probe.probes import _base
 
 ALL = [LogisticProbe, RidgeProbe, KNNProbe, CentroidProbe]
@@ -26,6 +26,12 @@ def test_every_probe_is_checked():
 # depend on a GPU's kernels; tests/test_probes.py compares CUDA with CPU.
 @parametrize_with_checks([cls(device="cpu") for cls in ALL])
 def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+# The regression probes (--task regression) meet scikit-learn's regressor contract the same way.
+@parametrize_with_checks([cls(device="cpu") for cls in REGRESSORS.values()])
+def test_sklearn_regressor_checks(estimator, check):
     check(estimator)
 
 

@@ -124,18 +124,22 @@ def test_seed_study_plans_without_downloading(capsys):
         "vit_large_patch16_224.augreg_in21k", "swin_base_patch4_window7_224.ms_in22k"]
     assert {b.family for b in study.backbones} == {"convnet", "transformer"}
     assert [d.spec.split(":")[0] for d in study.datasets] == ["flowers102", "caltech101", "cub200", "indoor67",
-                                                               "wikiart", "covid-cxr", "nyuv2"]
+                                                               "wikiart", "covid-cxr", "nyuv2", "fgnet", "fgnet"]
+    assert [(d.task, d.cv, d.cv_group) for d in study.datasets[7:]] == [("identification", 5, None),
+                                                                      ("regression", 82, "subject")]
     assert study.datasets[0].spec == f"flowers102:{ROOT / 'studies' / '..' / 'data' / 'flowers-102'}"
     jobs = plan_study(study)
     kinds = [j.kind for j in jobs]
-    assert kinds.count("finetune") == 5 * 6 and kinds.count("extract") == 5 * 7
-    assert kinds.count("sweep") == 5 * 6 * 3 + 5 * 2  # NYUv2: a segmentation and a depth sweep per backbone
+    # the FG-NET task datasets: one extraction and one sweep each, no fine-tuning
+    assert kinds.count("finetune") == 5 * 6 and kinds.count("extract") == 5 * 9
+    # NYUv2: a segmentation and a depth sweep per backbone; FG-NET: one sweep per task dataset
+    assert kinds.count("sweep") == 5 * 6 * 3 + 5 * 2 + 5 * 2
     if (ROOT / "data").exists():
         pytest.skip("a data/ folder exists beside the study: the missing-data half of this test does not apply")
     # without the downloads, --plan still lists the jobs, then fails with one line naming the first missing file
     proc = run_main(capsys, "run", ROOT / "studies" / "convnets-vs-transformers.toml", "--plan")
-    assert f"{len(jobs)} jobs" in proc.stdout and proc.stdout.count("CANNOT BE READ") == 7
-    assert_one_line_error(proc, 2, "7 dataset(s)", "flowers102", "data/flowers-102 does not exist", "setid.mat")
+    assert f"{len(jobs)} jobs" in proc.stdout and proc.stdout.count("CANNOT BE READ") == 9
+    assert_one_line_error(proc, 2, "9 dataset(s)", "flowers102", "data/flowers-102 does not exist", "setid.mat")
 
 
 def test_seed_study_plan_checks_each_official_download(tmp_path, capsys):
@@ -181,7 +185,10 @@ def test_block_star_expands_per_architecture():
 def test_default_study_loads_and_plans():
     study = load_study(None)
     assert {b.name for b in study.backbones} == {"test_resnet", "test_convnext", "test_vit", "test_vit2"}
-    assert study.pretrain["dataset"] == "shapes" and [d.spec for d in study.datasets] == ["digits", "shapes"]
+    assert study.pretrain["dataset"] == "shapes" and [d.spec for d in study.datasets] == [
+        "digits", "faces", "faces", "faces", "shapes"]
+    assert [d.task for d in study.datasets] == ["classification", "identification", "verification", "regression",
+                                                "classification"]
     jobs = plan_study(study)
     assert jobs[0].kind == "pretrain"
     on_shapes = [j for j in jobs if j.dataset is not None and j.dataset.spec == "shapes"]
@@ -191,6 +198,10 @@ def test_default_study_loads_and_plans():
     assert all(j.settings["taps"] == ["patch"] for j in on_shapes)
     assert not any(j.settings.get("task", "classification") != "classification" for j in jobs
                    if j.dataset is not None and j.dataset.spec == "digits")
+    # a task dataset runs its task's probes on pooled features, and is not fine-tuned
+    faces = [j for j in jobs if j.dataset is not None and j.dataset.spec == "faces"]
+    assert {j.kind for j in faces} == {"extract", "sweep"}
+    assert [j.settings["probes"] for j in faces if j.kind == "sweep"][:3] == [["cosine"], ["cosine"], ["ridge"]]
 
 
 @pytest.mark.parametrize("text,needles", [
@@ -206,6 +217,12 @@ def test_default_study_loads_and_plans():
      "taps=['patch']\ngrids={linear={C=[1]}}\n", ["grids.linear", "['C']", "lr, weight_decay"]),
     ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='shapes'\n[[sweeps]]\ntask='depht'\nprobes=['linear']\n",
      ["task", "did you mean 'depth'"]),
+    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='faces'\ntask='age'\n", ["task", "regression", "age"]),
+    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='faces'\ntask='regression'\ncv_group='subject'\n",
+     ["cv_group", "add cv = K"]),
+    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='faces'\ntask='regression'\nprobes=['cosine']\ncv=5\n",
+     ["[[datasets]] #1", "ridge, knn"]),
+    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='faces'\npairs='p.txt'\n", ["pairs", "verification"]),
 ])
 def test_bad_study_files_are_one_clear_line(tmp_path, capsys, text, needles):
     path = tmp_path / "bad.toml"

@@ -42,6 +42,8 @@ _LAZY = {
     "gain_figure": "._figures", "finetune_scatter_figure": "._figures", "family_figure": "._figures",
     "block_index": "._figures", "metric_name": "._figures", "dense_examples_figure": "._figures",
     "segmentation_palette": "._figures",
+    # face and continuous-target figures
+    "retrieval_examples": "._faces", "retrieval_figure": "._faces", "prediction_scatter_figure": "._faces",
     # notebooks
     "notebook_setup": "._notebook",
 }

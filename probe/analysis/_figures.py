@@ -27,7 +27,10 @@ _MARKERS = "osD^v<>pP*Xh"
 _LINESTYLES = ("-", "--", ":", "-.")
 _METRIC_NAMES = {"top1": "top-1 accuracy", "top5": "top-5 accuracy", "mean_per_class_acc": "mean per-class accuracy",
                  "miou": "mIoU", "pixel_acc": "pixel accuracy", "rmse": "RMSE", "abs_rel": "abs rel",
-                 "log10": "log10 error", "delta1": "δ<1.25", "delta2": "δ<1.25²", "delta3": "δ<1.25³"}
+                 "log10": "log10 error", "delta1": "δ<1.25", "delta2": "δ<1.25²", "delta3": "δ<1.25³",
+                 "rank1": "rank-1 identification rate", "rank5": "rank-5 identification rate",
+                 "map": "mean average precision", "verif_acc": "verification accuracy", "roc_auc": "ROC AUC",
+                 "tar_far1e3": "TAR at FAR 1e-3", "mae": "mean absolute error", "cs5": "CS(5): share within 5 units"}
 
 
 def metric_name(metric: str) -> str:
@@ -415,7 +418,9 @@ def family_figure(comparisons: list[dict], *, title: str | None = None):
     ax.set_ylim(-0.6, len(comparisons) - 0.4)
     na, nb = FAMILY_NAMES.get(fa, fa), FAMILY_NAMES.get(fb, fb)
     unit = " (percentage points)" if _is_fraction(metric) else ""
-    better = na if _is_fraction(metric) else nb
+    from ._select import lower_is_better
+
+    better = nb if lower_is_better(metric) else na
     ax.set_xlabel(_wrapped(f"{na} − {nb}: difference of the families' mean test {metric_name(metric)}{unit}; "
                            f"right of 0: {better} better", fig, scale=0.85))
     ax.grid(axis="x", alpha=0.3)

@@ -3,7 +3,8 @@
 The rules every table and figure follows (report, notebooks, console summary):
 
 - A *job* is one results file: its selected test row, plus the val score of that selected setting measured in the
-  job's ``select_metric`` (the number it was chosen on). A job without such a val row has no val score and is
+  job's ``select_metric`` (the number it was chosen on). A cross-validated job is its summary row (``fold``
+  null: the mean over folds), and its val score the mean over folds of each fold's selected val score. A job without such a val row has no val score and is
   never chosen; a note says so.
 - Rows are grouped by ``(dataset, task, backbone_config, protocol)``; nothing is pooled across backbone
   configurations or protocol ids. Rows written before those columns existed get their own fallback identity
@@ -77,6 +78,9 @@ def job_table(results, *, notes: list[str] | None = None):
     jobs = []
     for file, rows in sorted(by_file.items()):
         tests = [r for r in rows if r["selected"] and r["split"] == "test"]
+        folds = [r for r in tests if r.get("fold") is not None]
+        if folds:  # cross-validated: the job is its summary row; its val score is the folds' mean
+            tests = [r for r in tests if r.get("fold") is None]
         if not tests:
             if notes is not None:
                 notes.append(f"{Path(file).name} has no selected test row; it is left out.")
@@ -84,7 +88,11 @@ def job_table(results, *, notes: list[str] | None = None):
         vals = [r for r in rows if r["split"] == "val"]
         for row in tests:
             row = dict(row)
-            row["val_score"] = _val_score(row, vals)
+            if folds:
+                scores = [_val_score(t, [v for v in vals if v.get("fold") == t["fold"]]) for t in folds]
+                row["val_score"] = None if any(v is None for v in scores) else float(sum(scores) / len(scores))
+            else:
+                row["val_score"] = _val_score(row, vals)
             jobs.append(row)
     schema = {**frame.schema, "val_score": pl.Float64}
     return pl.DataFrame(jobs, schema=schema, orient="row") if jobs else pl.DataFrame(schema=schema)
@@ -192,7 +200,9 @@ def aggregate_seeds(jobs, *, metrics: Iterable[str] | None = None):
         pl.col("n_eval").first(),
     ]
     for m in metrics:
-        aggs += [pl.col(m).mean().alias(m), sd(m).alias(f"{m}_sd")]
+        aggs.append(pl.col(m).mean().alias(m))
+        if f"{m}_sd" not in metrics:  # verif_acc_sd is a metric itself (the sd over pair folds), kept as its mean
+            aggs.append(sd(m).alias(f"{m}_sd"))
     return ordered.group_by(list(GROUP), maintain_order=True).agg(aggs).sort(list(GROUP))
 
 

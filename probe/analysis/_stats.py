@@ -27,7 +27,10 @@ from .._errors import UsageError
 _CLASSIFICATION_METRICS = ("top1", "top5", "accuracy", "mean_per_class_acc")
 #: Dense metrics, bootstrapped from the per-image statistics each dense job saves (:mod:`probe.dense`).
 DENSE_METRICS = ("miou", "pixel_acc", "rmse", "abs_rel", "log10", "delta1", "delta2", "delta3")
-BOOTSTRAP_METRICS = _CLASSIFICATION_METRICS + DENSE_METRICS
+#: The metrics of the face and regression tasks that are means of per-item values take those values (hits,
+#: average precisions, absolute errors), saved by their jobs as ``item/<metric>``.
+ITEM_METRICS = ("rank1", "rank5", "map", "verif_acc", "mae", "cs5")
+BOOTSTRAP_METRICS = _CLASSIFICATION_METRICS + DENSE_METRICS + ITEM_METRICS
 
 #: Most int64 count cells drawn at once (resamples x kinds); bounds memory to about 64 MB per chunk.
 _CHUNK_CELLS = 8_000_000
@@ -123,8 +126,8 @@ def paired_bootstrap(correct_a, correct_b, *, labels=None, metric: str = "top1",
     >>> r = paired_bootstrap(pred_ft == y, pred_frozen == y, n_boot=10_000)  # doctest: +SKIP
     >>> print(f"gain {r.estimate:+.1%}, 95% CI [{r.low:+.1%}, {r.high:+.1%}] on {r.n} images")  # doctest: +SKIP
     """
-    a = _as_correctness(correct_a, "correct_a")
-    b = _as_correctness(correct_b, "correct_b")
+    a = _as_correctness(correct_a, "correct_a", metric)
+    b = _as_correctness(correct_b, "correct_b", metric)
     if a.shape != b.shape:
         raise UsageError(f"paired_bootstrap needs both results on the same images; got {a.size} and {b.size} "
                          "values. Align them by image id first")
@@ -149,14 +152,19 @@ def bootstrap_ci(correct, *, labels=None, metric: str = "top1", n_boot: int = 10
     BootstrapResult
         ``estimate`` is the metric on the full set; ``p_le_zero`` is NaN.
     """
-    values = _as_correctness(correct, "correct")
+    values = _as_correctness(correct, "correct", metric)
     return _bootstrap(values, labels, metric=metric, n_boot=n_boot, seed=seed, ci=ci, paired=False)
 
 
-def _as_correctness(values, name: str) -> np.ndarray:
+def _as_correctness(values, name: str, metric: str = "top1") -> np.ndarray:
     arr = np.asarray(values)
     if arr.ndim != 1:
         raise UsageError(f"{name} must be one value per test image (1-D); got shape {arr.shape}")
+    if metric in ITEM_METRICS:  # per-item values (average precision, absolute error): any finite numbers
+        arr = arr.astype(np.float64)
+        if not np.isfinite(arr).all():
+            raise UsageError(f"{name} must hold finite per-item values of {metric}")
+        return arr
     if arr.dtype != bool and arr.size and not np.isin(arr, (0, 1)).all():
         raise UsageError(f"{name} must hold per-image correctness (bool or 0/1), e.g. pred == labels")
     return arr.astype(np.int8)
@@ -321,13 +329,17 @@ def job_hits(file, metric: str = "top1") -> tuple[np.ndarray, np.ndarray, np.nda
     UsageError
         For a metric whose per-image values are not saved (the bootstrap cannot recompute it).
     """
-    if metric not in _CLASSIFICATION_METRICS:
+    if metric not in _CLASSIFICATION_METRICS + ITEM_METRICS:
         raise UsageError(f"cannot bootstrap metric {metric!r} from saved predictions; use one of "
-                         f"{', '.join(_CLASSIFICATION_METRICS)}")
+                         f"{', '.join(_CLASSIFICATION_METRICS + ITEM_METRICS)}")
     art = _artifacts(file)
     if art is None:
         return None
     labels = art["labels"]
+    if f"item/{metric}" in art:  # saved per-item values (face and regression tasks, cross-validated jobs)
+        return art["ids"], labels, art[f"item/{metric}"].astype(np.float64)
+    if metric in ITEM_METRICS:
+        return None
     if metric == "top5":
         if "top5" not in art:
             raise UsageError(f"{file} saved no top-5 predictions; use metric='top1'")

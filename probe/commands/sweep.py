@@ -16,24 +16,46 @@ from __future__ import annotations
 
 import argparse
 
-from probe.vocab import DENSE_PROBES, DEFAULT_VAL_FRACTION, PROBES, TASK_METRICS
+from probe.vocab import COSINE, DEFAULT_TASK, DEFAULT_VAL_FRACTION, DENSE_PROBES, PROBES, TASK_METRICS, TASK_PROBES
 
 from ._common import (DEFAULT_RESULTS_DIR, add_backbone_arguments, add_dataset_arguments, add_extraction_arguments,
-                      add_task_argument, dataset_spec, extraction_kwargs)
+                      dataset_spec, extraction_kwargs)
 
 DENSE_PROBE_NAMES = list(DENSE_PROBES)
 PROBE_NAMES = list(PROBES)
-METRIC_NAMES = list(dict.fromkeys(m for task in ("classification", "segmentation", "depth")
+METRIC_NAMES = list(dict.fromkeys(m for task in ("classification", "segmentation", "depth", "regression")
                                   for m in TASK_METRICS[task]))
+#: Tasks of the sweep: classification, the dense probes' segmentation and depth, and the face / continuous tasks.
+TASK_NAMES = ["classification", "segmentation", "depth", "identification", "verification", "regression"]
+DENSE_TASK_NAMES = ("segmentation", "depth")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backbone_arguments(parser)
     add_dataset_arguments(parser)
-    add_task_argument(parser)
-    parser.add_argument("--probes", nargs="+", choices=PROBE_NAMES + DENSE_PROBE_NAMES, default=None,
-                        metavar="PROBE", help=f"probes to sweep: {', '.join(PROBE_NAMES)} (default: all) for "
-                                              "classification; linear (the default) for segmentation and depth")
+    parser.add_argument("--task", choices=TASK_NAMES, default=DEFAULT_TASK,
+                        help="what the target asks: classification (class labels); segmentation / depth (dense "
+                             "targets of shapes, nyuv2:PATH or a dense manifest: the linear probe on patch tokens); "
+                             "identification (who is this: leave-one-image-out retrieval, rank-1/rank-5/mAP), "
+                             "verification (same person? pairs, threshold chosen on the other folds), regression (a "
+                             "continuous target: FG-NET's age, or a manifest's 'target' column; MAE, RMSE, CS(5))")
+    parser.add_argument("--probes", nargs="+", choices=[*PROBE_NAMES, *DENSE_PROBE_NAMES, COSINE], default=None,
+                        metavar="PROBE",
+                        help=f"probes to sweep: {', '.join(PROBE_NAMES)} (default all) for classification; linear "
+                             f"(the default) for segmentation and depth; {COSINE} (retrieval on the features as they "
+                             "are, the default) and the classifiers (identity classifiers, under --cv) for "
+                             "identification; cosine for verification; ridge and knn (regressors) for regression")
+    parser.add_argument("--cv", type=int, default=None, metavar="K",
+                        help="cross-validate with K folds (stratified, seeded by --seeds) for a dataset without a "
+                             "test split; hyperparameters are selected on a val carve inside each training fold. "
+                             "Writes one row per fold and a summary row (fold empty) with mean, sd and a CI")
+    parser.add_argument("--cv-group", choices=["subject"], default=None,
+                        help="keep each person's images in one fold (subject = the dataset's identity label); with "
+                             "--cv equal to the number of people this is leave-one-person-out (FG-NET's age protocol)")
+    parser.add_argument("--pairs", default=None, metavar="FILE",
+                        help="verification pairs in the LFW pairs.txt format (10 folds of matched 'name n1 n2' and "
+                             "mismatched 'name1 n1 name2 n2' lines), resolved in an LFW-layout dataset "
+                             "(imagefolder:lfw with <Name>/<Name>_0001.jpg); default: pairs drawn from the identities")
     parser.add_argument("--shots", nargs="+", type=int, default=[0], metavar="K",
                         help="examples per class drawn from train (after the val carve); 0 = all of train")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="S",
@@ -44,8 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="sweep jobs run in parallel (joblib threads)")
     parser.add_argument("--select-metric", choices=METRIC_NAMES, default=None,
                         help="val metric that selects each probe's hyperparameters; default the task's first: top1, "
-                             "miou (segmentation), rmse (depth, lower is better). mean_per_class_acc is usual for "
-                             "Flowers-102, Caltech-101, Aircraft and Pets")
+                             "miou (segmentation), rmse (depth, lower is better), mae (regression). "
+                             "mean_per_class_acc is usual for Flowers-102, Caltech-101, Aircraft and Pets")
     parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION, metavar="F",
                         help="part of each class of train held out as val when the dataset has no val split")
     parser.add_argument("--test-fraction", type=float, default=0.0, metavar="F",
@@ -81,16 +103,41 @@ def run(args: argparse.Namespace) -> int:
 
         extract_features(args.backbone, dataset_spec(args), **kwargs)
     taps = kwargs.pop("taps")
+    dense = args.task in DENSE_TASK_NAMES
+    task_args = {}
+    if args.task != DEFAULT_TASK or args.cv is not None or args.cv_group is not None or args.pairs is not None:
+        task_args = dict(task=args.task, cv=args.cv, cv_group=args.cv_group, pairs=args.pairs)
+    probes = args.probes
+    if probes is None and not dense:
+        probes = PROBE_NAMES if args.task == DEFAULT_TASK else list(
+            TASK_PROBES[args.task][:1] if args.task != "regression" else TASK_PROBES["regression"])
+    if args.task == DEFAULT_TASK and probes and COSINE in probes:
+        raise UsageError(f"--probes {COSINE} is for --task identification or verification; classification takes "
+                         f"{', '.join(PROBE_NAMES)}")
+    select_metric = args.select_metric
+    if select_metric is None and not dense:
+        select_metric = "mae" if args.task == "regression" else "top1"
     paths = _distributed.on_main(lambda: sweep_cached(
-        args.backbone, dataset_spec(args), probes=args.probes, taps=taps if args.taps is not None else None,
-        shots=args.shots, seeds=args.seeds, select_metric=args.select_metric, val_fraction=args.val_fraction,
+        args.backbone, dataset_spec(args), probes=probes, taps=taps if args.taps is not None else None,
+        shots=args.shots, seeds=args.seeds, select_metric=select_metric, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, results_dir=args.results_dir, jobs=args.jobs, overwrite=args.overwrite,
-        task=args.task, **kwargs))
+        **{"task": args.task, **task_args}, **kwargs))
     if not _distributed.is_main():
         return 0
+    import json
+
+    headline = TASK_METRICS[args.task][0]
     for path in paths:
-        row = pl.read_parquet(path).filter(pl.col("selected")).row(0, named=True)
-        metric = row["select_metric"]
-        print(f"{row['probe']}\t{row['tap']}\tshots={row['shots']}\tseed={row['seed']}\t{row['params']}\t"
-              f"{row['split']} {metric}={row[metric]:.4f}\t{path}")
+        # the selected test row (a cross-validated job's summary row: fold empty)
+        frame = pl.read_parquet(path).filter(pl.col("selected"))
+        row = frame.sort(pl.col("fold").is_not_null()).row(0, named=True)
+        metric = headline if row[headline] is not None else (row["select_metric"] or "top1")
+        params = json.loads(row["params"] or "{}")
+        if "folds" in params:  # the summary of a cross-validation: mean ± sd over folds
+            text = f"{metric}={row[metric]:.4f} ± {params['fold_sd'].get(metric, 0.0):.4f} over {params['folds']} folds"
+            params = "cv"
+        else:
+            text = f"{metric}={row[metric]:.4f}"
+        print(f"{row['probe']}\t{row['tap']}\tshots={row['shots']}\tseed={row['seed']}\t{params}\t"
+              f"{row['split']} {text}\t{path}")
     return 0

@@ -207,6 +207,25 @@ class _Decomposition:
             self._dual_X = Xc
         self.eigvals = eigvals.clamp_min(0.0)  # round-off can leave tiny negative eigenvalues
 
+    @classmethod
+    def for_targets(cls, X: torch.Tensor, Y: torch.Tensor, fit_intercept: bool) -> "_Decomposition":
+        """The same decomposition for real-valued targets ``Y`` [n, t] (float64): ridge regression."""
+        n, d = X.shape
+        self = cls.__new__(cls)
+        self.moments = None
+        x_mean = X.mean(dim=0) if fit_intercept else torch.zeros(d, device=X.device, dtype=X.dtype)
+        y_mean = Y.mean(dim=0) if fit_intercept else torch.zeros(Y.shape[1], device=Y.device, dtype=Y.dtype)
+        Xc, Yc = X - x_mean, Y - y_mean
+        if n >= d:
+            eigvals, V = torch.linalg.eigh((Xc.T @ Xc).double())
+            self.P, self.B, self._dual_X = V, V.T @ (Xc.T @ Yc.to(X.dtype)).double(), None
+        else:
+            eigvals, U = torch.linalg.eigh((Xc @ Xc.T).double())
+            self.P, self.B, self._dual_X = Xc.T.double() @ U, U.T @ Yc, Xc
+        self.x_mean, self.y_mean = x_mean, y_mean.float()
+        self.eigvals = eigvals.clamp_min(0.0)
+        return self
+
     def solution(self, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (W [d, n_out], b [n_out]) in float32 for penalty ``alpha``."""
         W = (self.P @ (self.B / (self.eigvals + alpha)[:, None])).float()

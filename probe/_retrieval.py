@@ -1,0 +1,200 @@
+"""Identification by retrieval on frozen features: leave-one-image-out cosine ranking, chunked.
+
+Each image queries every other image of the dataset; a query is answered by the ranking of the others by cosine
+similarity (ties: the earlier row first, the package's one tie rule). Per query: ``rank1`` (the nearest other
+image has the query's identity), ``rank5`` (one of the five nearest has), and average precision over all other
+images of its identity. Queries whose identity has no other image are not scored (``valid`` false).
+
+Queries go in blocks of a few MiB of similarities, so the N x N similarity matrix is never held: memory is
+O(block x N). Each block is read once more after its matmul, by one exact top-K selection (the kNN probe's
+:func:`probe.probes._knn._select_top`: ties to the earlier row) with K a few times the largest number of other
+images of one identity; a query whose positives are not all inside its top K (features that rank its own person
+far down) gets a full stable sort of its row. Both give the exact ranks of a full stable sort.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Most neighbours a block's top-K selection keeps (above it, rows are sorted in full).
+MAX_TOP_K = 2048
+
+
+@dataclass
+class Retrieval:
+    """Per-query results of :func:`loo_retrieval` (arrays over all N rows).
+
+    Attributes
+    ----------
+    rank1, rank5, ap : numpy.ndarray of float64 [N]
+        1/0 hits and average precision (NaN where ``valid`` is false).
+    valid : numpy.ndarray of bool [N]
+        The query's identity has another image.
+    neighbours : numpy.ndarray of int64 [N, top]
+        Rows of the ``top`` nearest other images, nearest first.
+    """
+
+    rank1: np.ndarray
+    rank5: np.ndarray
+    ap: np.ndarray
+    valid: np.ndarray
+    neighbours: np.ndarray
+
+    def metrics(self) -> dict[str, float]:
+        """``rank1``, ``rank5`` and ``map`` (fractions) over the valid queries."""
+        v = self.valid
+        if not v.any():
+            return {"rank1": float("nan"), "rank5": float("nan"), "map": float("nan")}
+        return {"rank1": float(self.rank1[v].mean()), "rank5": float(self.rank5[v].mean()),
+                "map": float(self.ap[v].mean())}
+
+
+def loo_retrieval(features, labels, *, top: int = 5, device: str = "cpu", block_bytes: int | None = None,
+                  method: str = "auto") -> Retrieval:
+    """Leave-one-image-out cosine retrieval of every row against all others (see the module docstring).
+
+    Parameters
+    ----------
+    features : array [N, D]
+        Features (any float dtype; compared in float32 after L2 normalisation).
+    labels : array [N]
+        Identity of each row.
+    top : int
+        Nearest neighbours kept per query (for figures); at most N - 1.
+    device : str
+        Torch device.
+    block_bytes : int, optional
+        Bytes of similarities per block (default: the kNN probe's block size on CPU, 256 MiB on GPU).
+    method : {"auto", "sort"}
+        ``auto``: a top-K selection per block, rows sorted in full only when their positives fall outside it;
+        ``sort``: every row sorted in full (the reference path; slower).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .probes._base import CHUNK_BYTES, resolve_device, to_tensor
+    from .probes._knn import _BLOCK_BYTES, _select_top
+
+    if method not in ("auto", "sort"):
+        raise ValueError(f"method must be 'auto' or 'sort'; got {method!r}")
+    dev = resolve_device(device)
+    labels = np.asarray(labels)
+    n = len(labels)
+    _, label_index = np.unique(labels, return_inverse=True)
+    X = F.normalize(to_tensor(np.asarray(features), dev), dim=1)
+    lab = torch.as_tensor(label_index, device=dev)
+    counts = np.bincount(label_index) if n else np.zeros(0, dtype=np.int64)
+    n_pos = torch.as_tensor(counts[label_index] - 1, device=dev)
+    max_pos = int(counts.max()) - 1 if n else 0
+    members = np.argsort(label_index, kind="stable")  # rows of each identity, contiguous (CSR with starts)
+    starts = np.r_[0, np.cumsum(counts)]
+    top = max(0, min(int(top), n - 1))
+    k = min(n - 1, max(top, 4 * max_pos + 8)) if method == "auto" else 0
+    k = k if k <= MAX_TOP_K else 0
+    budget = block_bytes or (_BLOCK_BYTES if dev.type == "cpu" else CHUNK_BYTES)
+    step = max(1, min(n, budget // max(1, 4 * n)))
+    rank1 = np.full(n, np.nan)
+    rank5 = np.full(n, np.nan)
+    ap = np.full(n, np.nan)
+    neighbours = np.zeros((n, top), dtype=np.int64)
+    buffer = torch.empty(min(step, n), n, device=dev, dtype=X.dtype)
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        rows = torch.arange(lo, hi, device=dev)
+        S = torch.mm(X[lo:hi], X.T, out=buffer[:hi - lo])  # one buffer for every block: no page faults per block
+        S[rows - lo, rows] = -float("inf")  # a query never retrieves itself
+        qlab, qpos = lab[lo:hi], n_pos[lo:hi]
+        if k:
+            cols = _select_top(S, k)[1]
+            hit = lab[cols] == qlab[:, None]
+            inside = hit.sum(dim=1) == qpos  # every positive of the row is in its top k
+        else:
+            inside = torch.zeros(hi - lo, dtype=torch.bool, device=dev)
+        if k:
+            r1, r5, a = (np.array(v) for v in _scores(hit, qpos))
+            if top:
+                neighbours[lo:hi] = cols[:, :top].cpu().numpy()
+        else:
+            r1, r5, a = (np.full(hi - lo, np.nan) for _ in range(3))
+        # rows whose positives are not all in the top k: ranks by counting (every row, sorted, without a top k)
+        out = torch.nonzero(~inside & (qpos > 0) if k else torch.ones_like(inside)).flatten()
+        if len(out):
+            idx = out.cpu().numpy()
+            ranks, tied = _counted_ranks(S[out], members, starts, label_index, lo + idx) if k else (None, idx >= 0)
+            if ranks is not None:
+                r1[idx], r5[idx], a[idx] = _scores_from_ranks(ranks)
+            if tied.any():  # exact ties around a positive (duplicated features): a stable sort of the row
+                t = out[torch.as_tensor(np.flatnonzero(tied), device=dev)]
+                order = torch.sort(S[t], dim=1, descending=True, stable=True)[1]
+                full = (lab[order] == qlab[t, None]) & (order != rows[t, None])  # the query itself ranks last
+                ti = t.cpu().numpy()
+                r1[ti], r5[ti], a[ti] = _scores(full, qpos[t])
+                if top and not k:
+                    neighbours[lo + ti] = order[:, :top].cpu().numpy()
+        rank1[lo:hi], rank5[lo:hi], ap[lo:hi] = r1, r5, a
+    valid = counts[label_index] > 1
+    for arr in (rank1, rank5, ap):
+        arr[~valid] = np.nan
+    return Retrieval(rank1=rank1, rank5=rank5, ap=ap, valid=valid, neighbours=neighbours)
+
+
+def _counted_ranks(S, members, starts, label_index, queries):
+    """1-based ranks [r, P] (ascending, inf padded) of each query's positives in its row of ``S``, by counting.
+
+    The positives' similarities, sorted, split the row into intervals; one batched ``searchsorted`` puts every
+    entry of the row in its interval, and the entries above a positive are the counts of the intervals above it.
+    Returns (ranks, tied): ``tied`` marks rows where another entry equals a positive's similarity exactly (their
+    order would need the column tie rule); those rows' ranks are not used.
+    """
+    import torch
+
+    dev = S.device
+    lists = []
+    for q in queries:
+        lab = label_index[q]
+        m = members[starts[lab]:starts[lab + 1]]
+        lists.append(m[m != q])
+    width = max(len(m) for m in lists)
+    pos = np.zeros((len(lists), width), dtype=np.int64)
+    pad = np.ones((len(lists), width), dtype=bool)
+    for i, m in enumerate(lists):
+        pos[i, :len(m)] = m
+        pad[i, :len(m)] = False
+    pad_t = torch.as_tensor(pad, device=dev)
+    ps = S.gather(1, torch.as_tensor(pos, device=dev)).masked_fill(pad_t, float("inf"))
+    asc = torch.sort(ps, dim=1)[0].contiguous()  # padding (inf) last
+    below = torch.searchsorted(asc, S, right=False)  # [r, N]: positives' similarities strictly below each entry
+    at_or_below = torch.searchsorted(asc, S, right=True)
+    equal = (at_or_below - below).sum(dim=1)  # entries equal to some positive's similarity (positives included)
+    r, w = asc.shape
+    flat = below + (torch.arange(r, device=dev) * (w + 1))[:, None]
+    counts = torch.bincount(flat.flatten(), minlength=r * (w + 1)).view(r, w + 1)
+    above = counts.flip(1).cumsum(1).flip(1)[:, 1:]  # [r, w]: entries strictly above positive j (ascending j)
+    ranks = (above + 1).double().masked_fill(torch.isinf(asc), float("inf"))
+    n_pos = torch.as_tensor([len(m) for m in lists], device=dev)
+    tied = (equal != n_pos).cpu().numpy()
+    return ranks, tied
+
+
+def _scores_from_ranks(ranks):
+    """rank1, rank5 hits and average precision from the positives' 1-based ranks (inf = padding)."""
+    import torch
+
+    ranks = torch.sort(ranks, dim=1)[0]
+    finite = torch.isfinite(ranks)
+    i = torch.arange(1, ranks.shape[1] + 1, device=ranks.device, dtype=torch.float64)
+    ap = torch.where(finite, i / ranks, torch.zeros_like(ranks)).sum(dim=1) / finite.sum(dim=1).clamp_min(1)
+    first = ranks[:, 0]
+    return (first == 1).double().cpu().numpy(), (first <= 5).double().cpu().numpy(), ap.cpu().numpy()
+
+
+def _scores(hit, n_pos):
+    """rank1, rank5 hits and average precision per query from its ranked hits [b, K] (every positive inside)."""
+    import torch
+
+    hit = hit.double()
+    position = torch.arange(1, hit.shape[1] + 1, device=hit.device, dtype=torch.float64)
+    ap = (torch.cumsum(hit, dim=1) / position * hit).sum(dim=1) / n_pos.clamp_min(1)
+    return (hit[:, 0].cpu().numpy(), hit[:, :5].amax(dim=1).cpu().numpy(), ap.cpu().numpy())
