@@ -387,10 +387,10 @@ def _resolve(base: Path, value: str) -> Path:
 
 
 def _resolve_spec(base: Path, spec: str) -> str:
-    """A dataset spec whose path part (imagefolder:, csv:, parquet: and the official downloads) is taken
+    """A dataset spec whose path part (imagefolder:, csv:, parquet:, nyuv2:, fgnet: and the official downloads) is taken
     relative to the study file."""
     kind, sep, arg = spec.partition(":")
-    if sep and kind in ("imagefolder", "csv", "parquet", "nyuv2", *OFFICIAL_KINDS):
+    if sep and kind in ("imagefolder", "csv", "parquet", "nyuv2", "fgnet", *OFFICIAL_KINDS):
         return f"{kind}:{_resolve(base, arg)}"
     return spec
 

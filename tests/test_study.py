@@ -161,6 +161,10 @@ def test_seed_study_plan_checks_each_official_download(tmp_path, capsys):
     from tests.test_dense_data import write_nyuv2
 
     write_nyuv2(data / "nyuv2")
+    from tests.test_faces import _fgnet_folder
+
+    # FG-NET: 2 people x 3 ages (the age entry's cv = 82 folds is checked against people only at run time)
+    _fgnet_folder(data / "FGNET", [f"{p:03d}A{a:02d}.JPG" for p in (1, 2) for a in (3, 10, 20)])
     proc = run_main(capsys, "run", study_file, "--plan")
     assert proc.returncode == 0, proc.stderr
     for line in ("dataset flowers102 (", "102 classes; train 3, val 3, test 6",

@@ -172,8 +172,8 @@ def _as_correctness(values, name: str, metric: str = "top1") -> np.ndarray:
 
 def _bootstrap(values: np.ndarray, labels, *, metric: str, n_boot: int, seed: int, ci: float,
                paired: bool) -> BootstrapResult:
-    if metric not in _CLASSIFICATION_METRICS:
-        raise UsageError(f"bootstrap metric must be one of {_CLASSIFICATION_METRICS}; got {metric!r}")
+    if metric not in _CLASSIFICATION_METRICS + ITEM_METRICS:
+        raise UsageError(f"bootstrap metric must be one of {_CLASSIFICATION_METRICS + ITEM_METRICS}; got {metric!r}")
     if int(n_boot) < 1:
         raise UsageError(f"n_boot must be a positive number of resamples; got {n_boot}. Use e.g. 10000")
     if not 0.0 < ci < 1.0:
