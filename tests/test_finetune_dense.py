@@ -41,7 +41,7 @@ def runs(tmp_path_factory):
 
 
 def test_each_task_writes_its_own_rows_naming_the_co_trained_tasks(runs):
-    root, out = runs
+    _, out = runs
     multi = out["multi"]
     assert set(multi.results_paths) == {"segmentation", "depth"}
     for task, path in multi.results_paths.items():
@@ -192,3 +192,26 @@ def test_bad_dense_settings_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(probe.UsageError, match="mode lp-ft"):
         probe.finetune("test_vit", "shapes", tasks="depth", mode="lp-ft", random_init=True, results_dir=tmp_path)
     assert not (tmp_path / "r").exists()
+
+
+def test_multitask_gain_table_figure_and_report_section(runs):
+    root, out = runs
+    from probe import analysis
+
+    gains = analysis.multitask_gains(analysis.job_table(root / "results"), n_boot=200)
+    assert gains.height == 1  # segmentation has its single-task run; depth alone was not run here
+    r = gains.row(0, named=True)
+    assert (r["task"], r["cotrained"], r["weighting"], r["metric"]) == ("segmentation", "segmentation+depth",
+                                                                       "equal", "miou")
+    multi = out["multi"].task_metrics["segmentation"]["miou"]
+    single = out["segmentation"].task_metrics["segmentation"]["miou"]
+    assert r["multi"] == pytest.approx(multi) and r["single"] == pytest.approx(single)
+    assert r["gain"] == pytest.approx(multi - single) and r["family"] == "transformer"
+    if r["gain_low"] is not None:  # the paired bootstrap over test images, from the saved per-image statistics
+        assert r["gain_low"] <= r["gain"] <= r["gain_high"] and r["gain_n"] == 240
+    fig = analysis.multitask_figure(gains)
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()][0].startswith("shapes: segmentation (")
+    path = probe.write_report(root / "results", root / "report", n_boot=200)
+    text = path.read_text() if path.suffix == ".md" else (path / "report.md").read_text()
+    assert "## Multi-task fine-tuning" in text and "segmentation+depth" in text
+    assert (root / "report" / "figures" / "multitask.png").is_file()

@@ -184,13 +184,18 @@ def test_default_study_loads_and_plans():
     assert study.pretrain["dataset"] == "shapes" and [d.spec for d in study.datasets] == ["digits", "shapes"]
     jobs = plan_study(study)
     assert jobs[0].kind == "pretrain"
-    on_shapes = [j for j in jobs if j.dataset is not None and j.dataset.spec == "shapes"]
+    on_shapes = [j for j in jobs if j.dataset is not None and j.dataset.spec == "shapes" and "tasks" not in j.settings]
     # shapes gets only its dense sweeps (and their patch extraction), digits only the classification ones
     assert sorted({(j.kind, j.settings.get("task", "-")) for j in on_shapes}) == [
         ("extract", "-"), ("sweep", "depth"), ("sweep", "segmentation")]
     assert all(j.settings["taps"] == ["patch"] for j in on_shapes)
     assert not any(j.settings.get("task", "classification") != "classification" for j in jobs
                    if j.dataset is not None and j.dataset.spec == "digits")
+    # the multi-task miniature: per chosen backbone, the joint run and each task alone
+    dense = [(j.backbone.name, tuple(j.settings["tasks"])) for j in jobs if "tasks" in j.settings]
+    assert dense == [(b, t) for b in ("test_resnet", "test_vit")
+                     for t in (("segmentation", "depth"), ("segmentation",), ("depth",))]
+    assert {j.dataset.spec for j in jobs if "tasks" in j.settings} == {"shapes"}
 
 
 @pytest.mark.parametrize("text,needles", [
