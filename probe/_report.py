@@ -165,6 +165,7 @@ class _Report:
         self.extra = [m for m in TASK_METRICS.get(tasks[0] if tasks else DEFAULT_TASK, ())[1:]
                       if m in analysis.BOOTSTRAP_METRICS and m != "top5"]
         self.head = _METRIC_HEAD.get(self.metric, self.metric)
+        self.all_jobs = self.jobs  # every task (the multi-task section compares dense fine-tunes)
         if len(tasks) > 1:
             self.notes.append(f"results hold several tasks ({', '.join(tasks)}); this report covers {tasks[0]}.")
             self.jobs = self.jobs.filter(pl.col("task") == tasks[0])
@@ -191,6 +192,7 @@ class _Report:
         lines += self._section_families()
         lines += self._section_layerwise()
         lines += self._section_few_shot()
+        lines += self._section_multitask()
         from ._report_faces import faces_section
 
         lines += faces_section(self)
@@ -503,6 +505,35 @@ class _Report:
                 lines.append(f"| `{r['config_label']}` | {r['probe']} | {a.block_index(r['tap'])} | {r['n']} | {cell} "
                              f"| {_int(r['n_eval'])} |")
             lines.append("")
+        return lines
+
+    def _section_multitask(self) -> list[str]:
+        a = self.a
+        gains = a.multitask_gains(self.all_jobs, **self.kw) if self.all_jobs.height else self.pl.DataFrame()
+        if not gains.height:
+            return []  # no joint fine-tune with its single-task runs: no section
+        lines = ["## Multi-task fine-tuning", "",
+                 "One backbone with one head per task, trained jointly (loss weights equal, or learned "
+                 "uncertainties where the weighting says so), against single-task fine-tunes of the same settings "
+                 "on the same splits. Both choose their epoch on val (the joint run by the mean over its tasks of "
+                 "each val metric relative to epoch 1) and are retrained on train+val for that many epochs; test "
+                 f"is scored once. multi − single with its paired bootstrap {self.pct} CI over test images "
+                 "(per-image statistics, seed means), grouped by family; for the depth errors (rmse, lower is "
+                 "better) a negative difference is a gain.", "",
+                 "| family | configuration | dataset | task | co-trained | weighting | metric | multi | single | "
+                 f"multi − single [{self.pct} CI] | seeds | note |",
+                 "|---|---|---|---|---|---|---|---:|---:|---:|---:|---|"]
+        for r in gains.to_dicts():
+            frac = METRIC_UNITS.get(r["metric"]) == "fraction"
+            value = _pct if frac else (lambda v: "—" if v is None else f"{v:.3f}")
+            diff = (_ci(r["gain"], r["gain_low"], r["gain_high"]) if frac else
+                    f"{r['gain']:+.3f}" + ("" if r["gain_low"] is None else
+                                           f" [{r['gain_low']:+.3f}, {r['gain_high']:+.3f}]"))
+            lines.append(f"| {r['family']} | `{r['config_label']}` | {r['dataset']} | {r['task']} | "
+                         f"{r['cotrained']} | {r['weighting'] or '—'} | {r['metric']}{' (%)' if frac else ''} | "
+                         f"{value(r['multi'])} | {value(r['single'])} | {diff} | {r['n']} | {r['note']} |")
+        fig = a.multitask_figure(gains, styles=self.styles)
+        lines += ["", f"![multi-task minus single-task]({self._save(fig, 'multitask')})", ""]
         return lines
 
     def _section_few_shot(self) -> list[str]:

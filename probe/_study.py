@@ -45,6 +45,12 @@ The study file (all tables but ``[[backbones]]`` and ``[[datasets]]`` optional):
     task = "classification"       # optional: segmentation / depth run the linear dense probe on the patch tap,
                                   # on the datasets whose tasks include it
 
+    [multitask]                   # optional: dense multi-task fine-tuning on one dataset: the joint run of
+    dataset = "shapes"            # `tasks` (one backbone, one head per task) and each task alone, per backbone
+    tasks = ["segmentation", "depth"]
+    backbones = ["test_vit"]      # optional: a subset of [[backbones]] (default: all)
+    epochs = 1                    # any probe finetune setting (head, task_weighting...), as in [finetune]
+
     [finetune]                    # optional: whole-network fine-tuning on the same splits
     modes = ["full"]              # full | partial | lp-ft
     epochs = 10
@@ -105,7 +111,7 @@ except ModuleNotFoundError:  # Python < 3.11
 ALL_BLOCKS = "block*"
 #: Top-level tables: name -> whether it is an array of tables ([[name]]).
 _TABLES = {"study": False, "backbones": True, "datasets": True, "extract": False, "sweeps": True, "finetune": False,
-           "pretrain": False, "executor": False}
+           "pretrain": False, "executor": False, "multitask": False}
 
 
 @dataclass
@@ -149,6 +155,7 @@ class Study:
     sweeps: list[dict] = field(default_factory=list)
     finetune: dict | None = None
     pretrain: dict | None = None
+    multitask: dict | None = None
     extract: dict = field(default_factory=dict)
     executor: dict = field(default_factory=dict)  # resources of --executor slurm/local (probe._executor)
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -183,6 +190,8 @@ class Job:
                 extra += f" shots={','.join(map(str, s['shots']))}"
         elif self.kind in ("finetune", "pretrain"):
             extra = f" mode={self.settings.get('mode', 'full')} seed={self.settings.get('seed', 0)}"
+            if "tasks" in self.settings:
+                extra += f" tasks={'+'.join(self.settings['tasks'])}"
         elif self.kind == "extract":
             extra = f" taps={','.join(self.settings['taps'])}"
         return f"{self.kind:<8} {self.backbone.name} on {where}{extra}"
@@ -249,6 +258,13 @@ def study_schema() -> dict[str, dict[str, Setting]]:
         "pretrain": {"dataset": Setting("str", default="shapes"), "data_root": Setting("str"), "img_size": size,
                      "accum_steps": ACCUM_STEPS, **config},
         "executor": executor_schema(),
+        # dense multi-task fine-tuning on one dataset: the joint run of `tasks` and each task alone
+        "multitask": {"dataset": Setting("str", default="shapes"), "data_root": Setting("str"), "img_size": size,
+                      "backbones": Setting("str", many=True, nonempty=True, default=["test_vit"]),
+                      "accum_steps": ACCUM_STEPS,
+                      **{k: v for k, v in config.items() if k not in ("mode", "select_metric", "val_fraction")},
+                      "tasks": Setting("str", many=True, nonempty=True, choices=("segmentation", "depth"),
+                                       default=["segmentation", "depth"])},
     }
 
 
@@ -260,11 +276,15 @@ _FINETUNE_ELSEWHERE = {
     "val_fraction": "set val_fraction in [study]: sweeps and fine-tuning share the same val carve",
     "test_fraction": "set test_fraction per dataset in [[datasets]]: sweeps and fine-tuning share the same test "
                      "carve",
+    "tasks": "dense and multi-task fine-tuning has its own table: [multitask] with dataset and tasks",
+    "head": "dense heads are set in [multitask]",
+    "task_weighting": "multi-task loss weights are set in [multitask]",
 }
 #: How a table-valued key is written (for errors).
 _TABLE_EXAMPLES = {"extra": '{ constraint = "a100", exclude = "node7" }'}
 #: Keys each table must have.
-_REQUIRED = {"backbones": ("name",), "datasets": ("spec",), "sweeps": ("probes",), "pretrain": ("dataset",)}
+_REQUIRED = {"backbones": ("name",), "datasets": ("spec",), "sweeps": ("probes",), "pretrain": ("dataset",),
+             "multitask": ("dataset", "tasks")}
 
 
 def load_study(path: str | os.PathLike | None = None) -> Study:
@@ -351,10 +371,25 @@ def load_study(path: str | os.PathLike | None = None) -> Study:
         pretrain["data_root"] = str(_resolve(base, pretrain["data_root"]))
     if pretrain is not None:
         pretrain["dataset"] = _resolve_spec(base, pretrain["dataset"])
+    multitask = tables["multitask"][0] if tables["multitask"] else None
+    if multitask is not None:
+        multitask["dataset"] = _resolve_spec(base, multitask["dataset"])
+        if multitask.get("data_root"):
+            multitask["data_root"] = str(_resolve(base, multitask["data_root"]))
+        names = {b.name for b in backbones}
+        unknown = [n for n in multitask.get("backbones", []) if n not in names]
+        if unknown:
+            raise UsageError(f"[multitask] in {source}: backbones {unknown} are not in [[backbones]]; use some of "
+                             f"{', '.join(sorted(names))}")
+        if len(multitask["tasks"]) < 2:
+            raise UsageError(f"[multitask] in {source}: tasks needs two dense tasks to train jointly, e.g. "
+                             'tasks = ["segmentation", "depth"]')
+        _check_finetune_rules({**multitask, "modes": ["full"]}, "multitask", source)
     if not sweeps and finetune is None:
         raise UsageError(f"study file {source} has neither [[sweeps]] nor [finetune]: nothing to run")
     return Study(name=head.get("name", Path(source).stem), backbones=backbones, datasets=datasets, sweeps=sweeps,
-                 finetune=finetune, pretrain=pretrain, extract=tables["extract"][0] if tables["extract"] else {},
+                 finetune=finetune, pretrain=pretrain, multitask=multitask,
+                 extract=tables["extract"][0] if tables["extract"] else {},
                  executor=tables["executor"][0] if tables["executor"] else {},
                  seeds=head.get("seeds", [0]), val_fraction=head.get("val_fraction", DEFAULT_VAL_FRACTION),
                  select_metric=head.get("select_metric", "top1"), device=head.get("device", "auto"),
@@ -567,6 +602,13 @@ def plan_study(study: Study) -> list[Job]:
                 for mode in study.finetune.get("modes", ["full"]):
                     for seed in study.seeds:
                         jobs.append(Job("finetune", bb, ds, {**settings, "mode": mode, "seed": seed}))
+        mt = study.multitask
+        if mt is not None and bb.name in mt.get("backbones", [bb.name]):
+            ds = DatasetSpec(spec=mt["dataset"], data_root=mt.get("data_root"))
+            settings = {k: v for k, v in mt.items() if k not in ("dataset", "data_root", "backbones", "tasks")}
+            for tasks in [list(mt["tasks"])] + [[t] for t in mt["tasks"]]:  # jointly, then each task alone
+                for seed in study.seeds:
+                    jobs.append(Job("finetune", bb, ds, {**settings, "tasks": tasks, "seed": seed}))
     return jobs
 
 
@@ -858,8 +900,9 @@ def _run_job(job: Job, study: Study, pretrained: dict[str, str], *, cache_dir, r
                           **{**common, "img_size": ft_size}, **_finetune_kwargs(settings, bb))
         if result.skipped:
             return "skipped (done before)"
-        acc = result.test_metrics["top1"] if result.test_metrics else float("nan")
-        return f"done, best epoch {result.best_epoch}, test top1 {acc:.3f}"
+        scores = ", ".join(f"{task} {metric} {m[metric]:.3f}" if task != "classification" else f"top1 {m[metric]:.3f}"
+                           for task, m in result.task_metrics.items() for metric in list(m)[:1])
+        return f"done, best epoch {result.best_epoch}" + (f", test {scores}" if scores else "")
     raise AssertionError(job.kind)
 
 
@@ -890,8 +933,8 @@ def study_summary(results_dir: str | os.PathLike):
         jobs = analysis.job_table(results_dir)
     except UsageError:
         return None
-    jobs = jobs.filter(pl.col("tap").is_in(["pooled", "-"]) & (pl.col("shots") == 0)
-                       & (pl.col("task") == "classification")) if jobs.height else jobs
+    jobs = (jobs.filter(pl.col("tap").is_in(["pooled", "-"]) & (pl.col("shots") == 0)
+                        & (pl.col("task") == "classification")) if jobs.height else jobs)
     if jobs.is_empty():
         return None
     protocols = analysis.aggregate_seeds(jobs, metrics=["top1"])

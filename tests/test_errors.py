@@ -230,9 +230,12 @@ def test_finetune_schema_is_the_config_dataclass():
     for name, setting in config_settings().items():
         assert cli_flag(name) in flags, name
         assert schema["pretrain"][name] == setting
-        assert name in schema["finetune"] or name in ("mode", "select_metric", "val_fraction", "test_fraction")
+        assert name in schema["finetune"] or name in ("mode", "select_metric", "val_fraction", "test_fraction",
+                                                      "tasks", "head", "task_weighting")
+        assert name in schema["multitask"] or name in ("mode", "select_metric", "val_fraction")
         default = getattr(FinetuneConfig(), name)
-        assert default is None or probe._schema.check_setting(default, setting, name) == default
+        canonical = list(default) if isinstance(default, tuple) and setting.length is None else default
+        assert default is None or probe._schema.check_setting(default, setting, name) == canonical
         assert signature[name].default == default, name  # probe.finetune's keyword has the config's default
 
 

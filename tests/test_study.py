@@ -195,7 +195,7 @@ def test_default_study_loads_and_plans():
                                                 "classification"]
     jobs = plan_study(study)
     assert jobs[0].kind == "pretrain"
-    on_shapes = [j for j in jobs if j.dataset is not None and j.dataset.spec == "shapes"]
+    on_shapes = [j for j in jobs if j.dataset is not None and j.dataset.spec == "shapes" and "tasks" not in j.settings]
     # shapes gets only its dense sweeps (and their patch extraction), digits only the classification ones
     assert sorted({(j.kind, j.settings.get("task", "-")) for j in on_shapes}) == [
         ("extract", "-"), ("sweep", "depth"), ("sweep", "segmentation")]
@@ -206,6 +206,11 @@ def test_default_study_loads_and_plans():
     faces = [j for j in jobs if j.dataset is not None and j.dataset.spec == "faces"]
     assert {j.kind for j in faces} == {"extract", "sweep"}
     assert [j.settings["probes"] for j in faces if j.kind == "sweep"][:3] == [["cosine"], ["cosine"], ["ridge"]]
+    # the multi-task miniature: per chosen backbone, the joint run and each task alone
+    dense = [(j.backbone.name, tuple(j.settings["tasks"])) for j in jobs if "tasks" in j.settings]
+    assert dense == [(b, t) for b in ("test_resnet", "test_vit")
+                     for t in (("segmentation", "depth"), ("segmentation",), ("depth",))]
+    assert {j.dataset.spec for j in jobs if "tasks" in j.settings} == {"shapes"}
 
 
 @pytest.mark.parametrize("text,needles", [

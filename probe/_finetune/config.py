@@ -19,6 +19,12 @@ from ..vocab import DEFAULT_VAL_FRACTION, METRICS
 from ..vocab import FINETUNE_MODES as MODES
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Tasks a fine-tune trains heads for (the dense ones on the backbone's feature maps).
+FINETUNE_TASKS = ("classification", "segmentation", "depth")
+#: Dense heads (see :mod:`probe._finetune.decoders`); classification always uses the backbone's linear classifier.
+HEADS = ("linear", "multiscale")
+#: How the task losses of a multi-task fine-tune are weighed.
+TASK_WEIGHTINGS = ("equal", "uncertainty")
 #: Accepted values of ``accum_steps`` (not a config field: it adapts during a run).
 ACCUM_STEPS = Setting(kind="int", lo=0, lo_open=True, also=("auto",))
 
@@ -38,6 +44,17 @@ class FinetuneConfig:
     against (:func:`probe._schema.dataclass_settings`).
     """
 
+    # the heads trained on one shared backbone: classification, or one or more dense tasks (multi-task)
+    tasks: tuple[str, ...] = _field(("classification",), "what the heads predict: classification (default), or "
+                                    "segmentation and/or depth (two dense tasks = one backbone trained jointly "
+                                    "with both heads)", choices=FINETUNE_TASKS, nonempty=True)
+    # dense tasks: a linear layer on the last block's patch features, or a light multi-scale decoder
+    head: str = _field("linear", "dense tasks: linear (a linear layer on each patch token of the last block) or "
+                                 "multiscale (a light FPN/DPT-style decoder over four blocks)", choices=HEADS)
+    # multi-task loss weights: equal (sum) or learned homoscedastic uncertainty (Kendall et al., 2018)
+    task_weighting: str = _field("equal", "multi-task loss weights: equal (the losses summed) or uncertainty "
+                                          "(learned per-task log-variances, Kendall et al. 2018)",
+                                 choices=TASK_WEIGHTINGS)
     mode: str = _field("full", "full: train everything; partial: only the last --trainable-blocks blocks/stages "
                                "(+ final norm and head); lp-ft: start the head from a logistic probe on the frozen "
                                "features, then fine-tune", choices=MODES)
@@ -122,11 +139,15 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         if s.many:
             kwargs["nargs"] = s.length or "+"
         parser.add_argument(cli_flag(name), **kwargs)
+        if name == "tasks":  # the single-task spelling the sweeps use
+            parser.add_argument("--task", choices=s.choices, default=None, help="one task: the same as --tasks TASK")
 
 
 def config_from_args(args: argparse.Namespace) -> dict:
     """The :class:`FinetuneConfig` values of parsed :func:`add_config_arguments` flags (``--clip-grad 0`` = off)."""
     values = {name: getattr(args, name) for name in config_settings()}
+    if getattr(args, "task", None):  # --task T is --tasks T
+        values["tasks"] = [args.task]
     for name, value in values.items():
         if isinstance(value, list):
             values[name] = tuple(value)
@@ -143,6 +164,8 @@ def make_config(**values) -> FinetuneConfig:
     if unknown:
         raise UsageError(f"unknown fine-tune setting(s) {unknown}; known: {', '.join(settings)}")
     checked = {k: check_setting(v, settings[k], cli_flag(k)) for k, v in values.items()}
+    if "tasks" in checked:
+        checked["tasks"] = tuple(dict.fromkeys(checked["tasks"]))  # in order, once each
     config = FinetuneConfig(**checked)
     check_config_rules(config, cli_flag)
     return config
@@ -158,3 +181,17 @@ def check_config_rules(c: FinetuneConfig, name=cli_flag) -> None:
                          "trained)")
     if c.mode == "full" and c.trainable_blocks is not None:
         raise UsageError(f"{name('trainable_blocks')} applies to mode partial or lp-ft; drop it or change the mode")
+    tasks = tuple(c.tasks)
+    dense = [t for t in tasks if t != "classification"]
+    if dense and "classification" in tasks:
+        raise UsageError(f"{name('tasks')} mixes classification with dense tasks; train classification alone, or "
+                         "segmentation and/or depth together")
+    if dense and c.mode == "lp-ft":
+        raise UsageError(f"mode lp-ft starts a classification head from a logistic probe; use mode full or partial "
+                         f"for {', '.join(dense)}")
+    if dense and c.layer_decay is not None:
+        raise UsageError(f"{name('layer_decay')} applies to classification fine-tunes; drop it for "
+                         f"{', '.join(dense)}")
+    if not dense and c.head != "linear":
+        raise UsageError(f"{name('head')} {c.head} is a dense head; classification uses the backbone's linear "
+                         f"classifier (pass {name('tasks')} segmentation or depth)")

@@ -84,8 +84,28 @@ class ImageSet:
         return len(self.indices)
 
     def targets(self, k: int) -> dict:
-        """The raw targets of item ``k`` (before the transform)."""
-        return {"classification": int(self.labels[k])}
+        """The raw targets of item ``k`` (before the transform): the class label, and the dense maps at the
+        image's resolution (:meth:`probe.DatasetSource.dense_targets`)."""
+        out = {"classification": int(self.labels[k])} if "classification" in self.tasks else {}
+        if any(t != "classification" for t in self.tasks):
+            dense = self.source.dense_targets(self.split_of[k], int(self.indices[k]))
+            out.update({t: dense[t] for t in self.tasks if t != "classification"})
+        return out
+
+    def _placeholder(self, k: int) -> dict:
+        """Targets of an unreadable item (left out of every loss and metric by its error)."""
+        import torch
+
+        from ..dense import IGNORE_INDEX
+
+        out = {}
+        for t in self.tasks:
+            if t == "classification":
+                out[t] = int(self.labels[k])
+            else:
+                out[t] = (torch.full(self.shape[1:], IGNORE_INDEX, dtype=torch.int64) if t == "segmentation"
+                          else torch.zeros(self.shape[1:], dtype=torch.float32))
+        return out
 
     def __getitem__(self, item):
         import torch
@@ -96,12 +116,11 @@ class ImageSet:
             s = mix(self.augment_seed, STREAM_AUGMENT, epoch, _SPLIT_NUMBER[split], i)
             random.seed(s)
             torch.default_generator.manual_seed(s)  # the CPU generator only: torch.manual_seed costs 30x more
-        targets = self.targets(k)
         try:
-            x, targets = self.transform(self.source.load(split, i), targets)
+            x, targets = self.transform(self.source.load(split, i), self.targets(k))
             return x, targets, ""
         except ProbeError as exc:  # reported by the main process: workers cannot print one clean line
-            return torch.zeros(self.shape), targets, str(exc)
+            return torch.zeros(self.shape), self._placeholder(k), str(exc)
 
 
 class ImageOnly:
@@ -112,6 +131,63 @@ class ImageOnly:
 
     def __call__(self, image, targets):
         return self.transform(image), targets
+
+
+class DenseTrainTransform:
+    """Training augmentation applied with one geometry to the image and its dense targets: a random resized crop
+    (``crop_scale`` of the area, aspect 3/4..4/3) to the input size (the checkpoint's interpolation for the image,
+    nearest for the targets, so class ids stay ids and depths stay measured metres), a horizontal flip (p = 0.5
+    with ``hflip``), colour jitter on the image only, then the checkpoint's normalisation."""
+
+    def __init__(self, data_config: dict, config):
+        from torchvision.transforms import InterpolationMode, v2
+
+        size = tuple(int(v) for v in data_config["input_size"][1:])
+        mode = {"bicubic": InterpolationMode.BICUBIC, "nearest": InterpolationMode.NEAREST}.get(
+            data_config.get("interpolation", "bilinear"), InterpolationMode.BILINEAR)
+        import torch
+
+        # the image becomes a tensor first, so image and targets are resampled by the same (torch) pixel grid
+        steps = [v2.ToImage(),
+                 v2.RandomResizedCrop(size, scale=tuple(config.crop_scale), interpolation=mode, antialias=True)]
+        if config.hflip:
+            steps.append(v2.RandomHorizontalFlip(0.5))
+        if config.color_jitter:
+            j = float(config.color_jitter)
+            steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
+        steps += [v2.ToDtype(torch.float32, scale=True),
+                  v2.Normalize(mean=list(data_config["mean"]), std=list(data_config["std"]))]
+        self.transform = v2.Compose(steps)
+
+    def __call__(self, image, targets):
+        import torch
+        from torchvision import tv_tensors
+
+        dense = {t: tv_tensors.Mask(torch.as_tensor(np.asarray(v))) for t, v in targets.items()
+                 if t != "classification"}
+        x, dense = self.transform(image, dense)
+        out = {t: v.as_subclass(torch.Tensor) for t, v in dense.items()}
+        if "classification" in targets:
+            out["classification"] = targets["classification"]
+        return x, out
+
+
+class DenseEvalTransform:
+    """The checkpoint's evaluation transform for the image, and the same resize and crop for its dense targets
+    (:func:`probe.dense.transform_dense_target`)."""
+
+    def __init__(self, eval_transform, data_config: dict):
+        self.transform, self.data_config = eval_transform, data_config
+
+    def __call__(self, image, targets):
+        import torch
+
+        from ..dense import transform_dense_target
+
+        out = {t: (v if t == "classification" else
+                   torch.from_numpy(transform_dense_target(v, self.data_config, task=t)))
+               for t, v in targets.items()}
+        return self.transform(image), out
 
 
 class Batches:

@@ -28,6 +28,9 @@ class ClassificationTask:
 
     name = "classification"
 
+    def n_outputs(self) -> int:
+        return self.n_classes
+
     def __init__(self, n_classes: int, label_smoothing: float = 0.0):
         import torch
 
@@ -61,6 +64,131 @@ class _ClassificationEval:
         scores_np = scores.numpy()
         return {"metrics": classification_metrics(target.numpy(), scores_np), "loss": loss, "scores": scores_np,
                 "labels": target.numpy(), "keep": mask.numpy()}
+
+
+#: Variance focus of the SILog depth loss (1 = fully scale-invariant, 0 = plain log-RMSE), as the frozen dense
+#: probe's depth loss (BTS, AdaBins and DINOv2's depth heads).
+SILOG_VARIANCE_FOCUS = 0.85
+
+
+def silog_loss(log_pred, target):
+    """Scale-invariant log loss over the valid pixels (:func:`probe.dense.depth_valid`) of a batch:
+    ``sqrt(mean(d^2) - 0.85 mean(d)^2)`` with ``d = log p - log g``; its 0.15 share of ``mean(d)^2`` keeps the
+    absolute scale in the loss. ``log_pred`` and ``target`` are [B, H, W]; a batch without a valid pixel gives 0
+    (with a gradient, so every parameter still takes part in the step)."""
+    import torch
+
+    from ..dense import DEPTH_CAP
+
+    valid = torch.isfinite(target) & (target > 0) & (target <= DEPTH_CAP)
+    if not bool(valid.any()):
+        return log_pred.sum() * 0.0
+    d = log_pred[valid] - torch.log(target[valid])
+    return torch.sqrt(torch.clamp((d ** 2).mean() - SILOG_VARIANCE_FOCUS * d.mean() ** 2, min=1e-12))
+
+
+class SegmentationTask:
+    """Semantic segmentation: per-pixel class logits, cross-entropy over the labelled pixels
+    (:data:`probe.dense.IGNORE_INDEX` ignored); evaluated by mIoU and pixel accuracy from per-image statistics
+    (:func:`probe.dense.segmentation_stats`)."""
+
+    name = "segmentation"
+
+    def __init__(self, n_classes: int):
+        self.n_classes = n_classes
+
+    def n_outputs(self) -> int:
+        return self.n_classes
+
+    def loss(self, output, target):
+        import torch
+
+        from ..dense import IGNORE_INDEX
+
+        output = output.float()
+        if not bool((target != IGNORE_INDEX).any()):
+            return output.sum() * 0.0
+        return torch.nn.functional.cross_entropy(output, target, ignore_index=IGNORE_INDEX)
+
+    def predict(self, output):
+        return output.argmax(dim=1)
+
+    def evaluator(self):
+        return _DenseEval(self)
+
+
+class DepthTask:
+    """Monocular depth: one channel of log-depth per pixel (the prediction is its ``exp``, clipped to
+    ``[DEPTH_MIN, DEPTH_CAP]``), trained with :func:`silog_loss`; evaluated by the NYUv2 depth metrics from
+    per-image statistics (:func:`probe.dense.depth_stats`)."""
+
+    name = "depth"
+
+    def n_outputs(self) -> int:
+        return 1
+
+    def loss(self, output, target):
+        return silog_loss(output.float()[:, 0], target)
+
+    def predict(self, output):
+        import torch
+
+        from ..dense import DEPTH_CAP, DEPTH_MIN
+
+        return torch.exp(output.float()[:, 0]).clamp(DEPTH_MIN, DEPTH_CAP)
+
+    def evaluator(self):
+        return _DenseEval(self)
+
+
+class _DenseEval:
+    """Per-image statistics of a dense task over a split (:func:`probe.dense.dense_stats`), and the metrics."""
+
+    def __init__(self, task):
+        self.task, self.stats, self.losses, self.keep = task, [], [], []
+        self.preview: dict[str, list] = {"target": [], "pred": []}
+
+    def add(self, output, target, keep) -> None:
+        from ..dense import dense_stats
+
+        self.keep.append(keep)
+        if not bool(keep.any()):
+            return
+        output, target = output[keep], target[keep]
+        self.losses.append((float(self.task.loss(output, target)), len(target)))
+        pred = self.task.predict(output)
+        self.stats.append(dense_stats(self.task.name, pred.numpy(), target.numpy(),
+                                      n_classes=getattr(self.task, "n_classes", None)))
+        have = sum(len(t) for t in self.preview["target"])
+        if have < PREVIEW_IMAGES:
+            self.preview["target"].append(target[:PREVIEW_IMAGES - have].numpy())
+            self.preview["pred"].append(pred[:PREVIEW_IMAGES - have].numpy())
+
+    def result(self) -> dict:
+        import torch
+
+        from ..dense import STAT_NAMES, dense_metrics
+
+        stats = {k: np.concatenate([s[k] for s in self.stats]) for k in STAT_NAMES[self.task.name]}
+        n = sum(w for _, w in self.losses)
+        return {"metrics": dense_metrics(self.task.name, stats), "loss": sum(v * w for v, w in self.losses) / n,
+                "stats": stats, "keep": torch.cat(self.keep).numpy(),
+                "preview": {k: np.concatenate(v) for k, v in self.preview.items() if v}}
+
+
+#: Test images whose targets and predictions a dense fine-tune saves for the report's figure.
+PREVIEW_IMAGES = 4
+
+
+def make_task(name: str, source, config):
+    """The task object of ``name`` for a dataset (``source``) and a config (label smoothing)."""
+    if name == "classification":
+        return ClassificationTask(len(source.classes), config.label_smoothing)
+    if name == "segmentation":
+        return SegmentationTask(len(source.segmentation_classes))
+    if name == "depth":
+        return DepthTask()
+    raise AssertionError(name)
 
 
 def chance_level(labels: np.ndarray, metric: str, n_classes: int) -> dict[str, float]:

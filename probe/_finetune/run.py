@@ -26,7 +26,6 @@ from .._io import atomic_path
 from .. import _distributed
 from .._runtime import ProcessLock
 from .._schema import check_setting
-from ..vocab import METRICS
 from .checkpoint import CHECKPOINT_FORMAT, Checkpoints, save_safetensors
 from .config import ACCUM_STEPS, FinetuneConfig, make_config
 from .data import plan_splits, pow2_floor
@@ -64,7 +63,12 @@ class FinetuneResult:
         lp-ft only: the probe's ``C``, whether it was selected on val, and its val top1.
     initial_head : dict or None
         The new head's weights (``weight`` [C, D], ``bias`` [C]) as they were before the first step of a fresh
-        run; None after a resume.
+        run; None after a resume (classification only).
+    task_metrics : dict
+        Task -> its test metrics (one entry for a single-task run; ``test_metrics`` is the first task's).
+    results_paths : dict
+        Task -> its parquet file (each task of a multi-task run writes its own rows; ``results_path`` is the
+        first task's).
     """
 
     frame: Any
@@ -81,9 +85,12 @@ class FinetuneResult:
     initial_head: dict | None = None
     settings: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    task_metrics: dict = field(default_factory=dict)
+    results_paths: dict = field(default_factory=dict)
 
 
-def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
+def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEFAULT.tasks,
+             head: str = _DEFAULT.head, task_weighting: str = _DEFAULT.task_weighting, mode: str = _DEFAULT.mode,
              trainable_blocks: int | None = _DEFAULT.trainable_blocks, epochs: int = _DEFAULT.epochs,
              lr: float = _DEFAULT.lr, batch_size: int = _DEFAULT.batch_size, accum_steps: int | str = "auto",
              weight_decay: float = _DEFAULT.weight_decay, warmup_epochs: float = _DEFAULT.warmup_epochs,
@@ -109,6 +116,14 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
         timm name with its tag (``vit_base_patch16_224.augreg_in21k``).
     dataset : str
         Dataset spec (``digits``, ``imagefolder:PATH``... see :func:`probe.open_dataset`); needs a train split.
+    tasks : str or sequence of {"classification", "segmentation", "depth"}
+        The heads on the shared backbone. Classification (default), one dense task, or several dense tasks
+        trained jointly (multi-task: one backbone, one head per task, each task writing its own rows whose params
+        name the co-trained tasks). See :mod:`probe._finetune` for the dense protocol.
+    head : {"linear", "multiscale"}
+        Dense tasks: a linear layer on the last block's patch features, or a light multi-scale decoder.
+    task_weighting : {"equal", "uncertainty"}
+        Multi-task loss weights: the losses summed, or weighed by learned per-task uncertainties.
     mode : {"full", "partial", "lp-ft"}
         What is trained; see the module docstring.
     trainable_blocks : int, optional
@@ -196,7 +211,7 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
     from ..results import job_stem
     from ..splits import require_two_classes
 
-    config = make_config(mode=mode, trainable_blocks=trainable_blocks, epochs=epochs, lr=lr, batch_size=batch_size,
+    config = make_config(tasks=tasks, head=head, task_weighting=task_weighting, mode=mode, trainable_blocks=trainable_blocks, epochs=epochs, lr=lr, batch_size=batch_size,
                          weight_decay=weight_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
                          layer_decay=layer_decay, clip_grad=clip_grad, crop_scale=crop_scale, hflip=hflip,
                          color_jitter=color_jitter, lp_C=lp_C, select_metric=select_metric,
@@ -227,8 +242,13 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
     if "test" not in split_plan and verbose:
         print(f"probe: dataset {source.name!r} has no test split: the epoch is chosen on val and no test row is "
               "written; pass --test-fraction F to carve a test split from train", file=sys.stderr)
+    missing = [t for t in config.tasks if t not in source.tasks]
+    if missing:
+        raise UsageError(f"dataset {source.name!r} has no {' or '.join(missing)} targets; it has "
+                         f"{', '.join(source.tasks)}")
     train_split, train_idx = split_plan["train"]
-    require_two_classes(source.labels[train_split][train_idx], source.classes, what="fine-tuning")
+    if config.tasks == ("classification",):
+        require_two_classes(source.labels[train_split][train_idx], source.classes, what="fine-tuning")
     n_train = len(train_idx)
     if n_train < config.batch_size:
         raise UsageError(f"the train split of {source.name!r} has {n_train} images after the val carve, fewer "
@@ -243,29 +263,44 @@ def finetune(backbone: str, dataset: str, *, mode: str = _DEFAULT.mode,
         weights_key = f"random-init:seed{init_seed}" if random_init else "hub"
     from .._version import PROBE_VERSION
 
+    recipe = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
+    if config.tasks == ("classification",):  # a classification run keeps the settings hash it always had
+        for k in ("tasks", "head", "task_weighting"):
+            recipe.pop(k)
     settings = {"format": CHECKPOINT_FORMAT, "backbone": backbone, "weights": weights_key, "img_size": img_size,
                 "family": family, "dataset": source.name, "fingerprint": source.fingerprint(), "seed": int(seed),
-                "init_seed": init_seed, "probe_version": PROBE_VERSION,
-                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}}
+                "init_seed": init_seed, "probe_version": PROBE_VERSION, **recipe}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
-    tag = f"{config.mode}{'' if config.trainable_blocks is None else config.trainable_blocks}-{digest[:10]}"
-    stem = job_stem(results_dir, backbone=backbone, dataset=source.name, probe="finetune", tap="-", shots=0,
-                    seed=int(seed), tag=tag)
-    results_path = Path(str(stem) + ".parquet")
-    ckpt_dir = Path(str(stem) + ".ckpt") if checkpoint_dir is None else Path(checkpoint_dir) / (stem.name + ".ckpt")
-    if results_path.is_file() and not overwrite:
-        return _read_back(results_path, stem, ckpt_dir, settings, verbose)
+    base_tag = f"{config.mode}{'' if config.trainable_blocks is None else config.trainable_blocks}"
 
-    results_path.parent.mkdir(parents=True, exist_ok=True)
+    def stem_of(what: str | None):
+        tag = f"{base_tag}-{what}-{digest[:10]}" if what else f"{base_tag}-{digest[:10]}"
+        return job_stem(results_dir, backbone=backbone, dataset=source.name, probe="finetune", tap="-", shots=0,
+                        seed=int(seed), tag=tag)
+
+    # one stem for the run (lock, checkpoints, weights) and one per task for its rows and predictions
+    dense = config.tasks != ("classification",)
+    stem = stem_of("+".join(config.tasks) if dense else None)
+    stems = {t: stem_of(t) for t in config.tasks} if dense else {"classification": stem}
+    results_paths = {t: Path(str(st) + ".parquet") for t, st in stems.items()}
+    ckpt_dir = Path(str(stem) + ".ckpt") if checkpoint_dir is None else Path(checkpoint_dir) / (stem.name + ".ckpt")
+
+    def done() -> bool:
+        return all(p.is_file() for p in results_paths.values())
+
+    if done() and not overwrite:
+        return _read_back(results_paths, stem, ckpt_dir, settings, verbose)
+
+    stem.parent.mkdir(parents=True, exist_ok=True)
     busy = (f"another process is fine-tuning the same job ({stem}.lock is held); wait for it to finish, then "
             "rerun to read its results")
     with _distributed.main_process_lock(ProcessLock(Path(str(stem) + ".lock"), wait=False, busy_error=busy)):
-        if results_path.is_file() and not overwrite:  # finished by another process while we looked
-            return _read_back(results_path, stem, ckpt_dir, settings, verbose)
+        if done() and not overwrite:  # finished by another process while we looked
+            return _read_back(results_paths, stem, ckpt_dir, settings, verbose)
         if overwrite:
             _distributed.on_main(lambda: shutil.rmtree(ckpt_dir, ignore_errors=True))
         run = _Run(backbone=backbone, source=source, config=config, split_plan=split_plan, settings=settings,
-                   digest=digest, stem=stem, ckpt_dir=ckpt_dir, accum_steps=1 if accum_auto else int(accum_steps),
+                   digest=digest, stem=stem, stems=stems, ckpt_dir=ckpt_dir, accum_steps=1 if accum_auto else int(accum_steps),
                    accum_auto=accum_auto, img_size=img_size, weights=weights, random_init=random_init,
                    seed=int(seed), init_seed=init_seed, family=family, data_root=data_root, cache_dir=cache_dir, device=device,
                    workers=workers, progress=progress and _distributed.is_main(),
@@ -290,6 +325,7 @@ class _Run:
     settings: dict
     digest: str
     stem: Path
+    stems: dict  # task -> the stem of its rows and predictions
     ckpt_dir: Path
     accum_steps: int
     accum_auto: bool
@@ -354,19 +390,54 @@ class _Run:
         return _distributed.on_main(lambda: self._finish(trainer, start_epoch, initial_head, refit))
 
     def _select_epoch(self, trainer, epoch: int, record: dict) -> dict:
-        """Score val after ``epoch``, keep the best weights, write the checkpoint; returns the best so far."""
-        c = self.config
-        val = trainer.evaluate("val")["classification"]
-        record.update({f"val_{k}": v for k, v in val["metrics"].items()}, val_loss=val["loss"])
-        improved = val["metrics"][c.select_metric] > self.best["value"]
+        """Score val after ``epoch`` (every task), keep the best weights, write the checkpoint; returns the best so
+        far (:meth:`_score` is the selection rule)."""
+        val = trainer.evaluate("val")
+        if "classification" in val:
+            cls = val["classification"]
+            record.update({f"val_{k}": v for k, v in cls["metrics"].items()}, val_loss=cls["loss"])
+        record.update(val={t: r["metrics"] for t, r in val.items()},
+                      val_losses={t: r["loss"] for t, r in val.items()})
+        score = self._score(record)
+        improved = score > self.best["value"]
         if improved:
             name = self.ckpts.save_best(trainer.model, epoch, self._metadata(epoch))
-            self.best = {"epoch": epoch, "value": float(val["metrics"][c.select_metric]), "file": name}
+            self.best = {"epoch": epoch, "value": score, "file": name}
         self.history.append(record)
         self._save(trainer, epoch, "select")
         if self.verbose:
             self._log(epoch, record, improved)
         return self.best
+
+    # ------------------------------------------------------------------------------------------ selection
+    def select_metrics(self) -> dict[str, str]:
+        """Task -> the val metric that selects its epoch: ``select_metric`` for classification, the task's first
+        metric for a dense task (``miou``; ``rmse``, lower is better)."""
+        from ..vocab import TASK_METRICS
+
+        return {t: self.config.select_metric if t == "classification" else TASK_METRICS[t][0]
+                for t in self.config.tasks}
+
+    def _score(self, record: dict) -> float:
+        """The selection score of an epoch (higher is better; the first best epoch is chosen).
+
+        One task: its select metric (negated when lower is better). Several tasks (the declared combined score):
+        the mean over the tasks of the select metric's ratio to its value after epoch 1, inverted for the metrics
+        where lower is better, so every task counts by its relative improvement whatever its unit."""
+        from ..vocab import LOWER_IS_BETTER
+
+        metrics = self.select_metrics()
+        if len(metrics) == 1:
+            (task, metric), = metrics.items()
+            value = float(record["val"][task][metric])
+            return -value if metric in LOWER_IS_BETTER else value
+        first = (self.history[0] if self.history else record)["val"]
+        ratios = []
+        for task, metric in metrics.items():
+            now, then = float(record["val"][task][metric]), float(first[task][metric])
+            ratios.append(max(then, 1e-12) / max(now, 1e-12) if metric in LOWER_IS_BETTER
+                          else now / max(then, 1e-12))
+        return float(np.mean(ratios))
 
     # ------------------------------------------------------------------------------------------ building
     def _build_model(self):
@@ -384,15 +455,43 @@ class _Run:
                              num_classes=0, img_size=self.img_size, family=self.family)
         model = bb.model
         torch.manual_seed(mix(self.seed, 0))
-        model.reset_classifier(len(self.source.classes))
         frozen = []
-        if self.config.trainable_blocks is not None:
-            frozen = freeze_for_partial(model, self.config.trainable_blocks, self.backbone)
+        if self.config.tasks == ("classification",):
+            model.reset_classifier(len(self.source.classes))
+            if self.config.trainable_blocks is not None:
+                frozen = freeze_for_partial(model, self.config.trainable_blocks, self.backbone)
+        else:
+            from .build import frozen_modules
+            from .decoders import DenseModel
+
+            if self.config.trainable_blocks is not None:
+                freeze_for_partial(model, self.config.trainable_blocks, self.backbone)
+            model = DenseModel(model, {t: task.n_outputs() for t, task in self.tasks.items()},
+                               head=self.config.head, input_size=tuple(bb.data_config["input_size"]))
+            if "depth" in self.tasks:  # the depth head starts at the mean log-depth of (up to 64) train images
+                with torch.no_grad():
+                    list(model.heads["depth"].modules())[-1].bias.fill_(self._mean_log_depth())
+            if self.config.task_weighting == "uncertainty" and len(self.tasks) > 1:
+                # learned log-variances s_t, part of the model so that they are trained, saved and resumed with it
+                model.loss_log_vars = torch.nn.ParameterDict({t: torch.nn.Parameter(torch.zeros(()))
+                                                              for t in self.tasks})
+            frozen = frozen_modules(model)
         model = model.to(self.dev)
         if self.dev.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True
         return bb, model, frozen
+
+    def _mean_log_depth(self) -> float:
+        from ..dense import depth_valid
+
+        split, idx = self.split_plan["train"]
+        logs = []
+        for i in idx[:64]:
+            d = self.source.dense_targets(split, int(i))["depth"]
+            logs.append(np.log(d[depth_valid(d)]))
+        values = np.concatenate(logs) if logs else np.zeros(0)
+        return float(values.mean()) if values.size else 0.0
 
     def _build_phase(self, phase: str, state: dict | None):
         """Build the objects of a phase and the Trainer over them; resume from ``state`` when given.
@@ -404,22 +503,18 @@ class _Run:
         import torch
 
         from .build import build_optimizer, param_groups
-        from .data import (
-            Batches,
-            ImageOnly,
-            ImageSet,
-            make_loader,
-            shuffled_batches,
-            train_transform,
-        )
-        from .heads import ClassificationTask
-        from .trainer import Trainer
+        from .data import (Batches, DenseEvalTransform, DenseTrainTransform, ImageOnly, ImageSet, make_loader,
+                           shuffled_batches, train_transform)
+        from .heads import make_task
+        from .trainer import Objective, Trainer
 
         c = self.config
         if getattr(self, "trainer", None) is not None:  # micro-batches grown on an earlier phase's OOM stay
             self.accum_steps = self.trainer.accum_steps
         self.trainer = None  # free the previous phase's model first
+        self.tasks = {t: make_task(t, self.source, c) for t in c.tasks}
         self.bb, model, frozen = self._build_model()
+        dense = c.tasks != ("classification",)
         parts = [self.split_plan["train"]] + ([self.split_plan["val"]] if phase == "refit" else [])
         epochs = c.epochs if phase == "select" else self.best["epoch"]
         n_images = sum(len(idx) for _, idx in parts)
@@ -434,16 +529,18 @@ class _Run:
 
         data_config = self.bb.data_config
         shape = tuple(data_config["input_size"])
-        train_images = ImageSet(self.source, parts, ImageOnly(train_transform(data_config, c)), shape,
-                                augment_seed=self.seed)
+        train_tf = DenseTrainTransform(data_config, c) if dense else ImageOnly(train_transform(data_config, c))
+        train_images = ImageSet(self.source, parts, train_tf, shape, tasks=c.tasks, augment_seed=self.seed)
         if not self.eval_loaders:  # the same loaders (and workers) serve both phases
-            eval_tf = ImageOnly(self.bb.eval_transform())
-            self.eval_loaders = {s: make_loader(ImageSet(self.source, [plan], eval_tf, shape), Batches(),
-                                                self.n_workers, self.dev, 0)
+            eval_tf = (DenseEvalTransform(self.bb.eval_transform(), data_config) if dense
+                       else ImageOnly(self.bb.eval_transform()))
+            self.eval_loaders = {s: make_loader(ImageSet(self.source, [plan], eval_tf, shape, tasks=c.tasks),
+                                                Batches(), self.n_workers, self.dev, 0)
                                  for s, plan in self.split_plan.items() if s != "train"}
         train_batches = Batches()
         trainer = Trainer(
-            model=model, tasks={"classification": ClassificationTask(len(self.source.classes), c.label_smoothing)},
+            model=model, tasks=self.tasks, objective=Objective(self.tasks, log_vars=getattr(model, "loss_log_vars",
+                                                                                            None)),
             optimizer=optimizer, scheduler=scheduler, scaler=scaler,
             train_loader=make_loader(train_images, train_batches, self.n_workers, self.dev, self.seed),
             train_batches=train_batches,
@@ -462,7 +559,7 @@ class _Run:
             start_epoch = self._load(trainer, state)
         elif c.mode == "lp-ft":
             self.lp = self._probe_head(model, refit=phase == "refit")
-        if phase == "select" and start_epoch == 0:
+        if phase == "select" and start_epoch == 0 and not dense:
             head = model.get_classifier()
             initial_head = {"weight": head.weight.detach().cpu().numpy().copy(),
                             "bias": head.bias.detach().cpu().numpy().copy()}
@@ -507,6 +604,12 @@ class _Run:
         return int(state["epoch"])
 
     def _log(self, epoch: int, r: dict, improved: bool) -> None:
+        if "val_top1" not in r:
+            scores = "; ".join(f"val {t} " + ", ".join(f"{m} {v:.4f}" for m, v in ms.items())
+                               for t, ms in r["val"].items())
+            print(f"probe: epoch {epoch}/{self.config.epochs}: train loss {r['train_loss']:.4f}; {scores}; "
+                  f"{r['images_per_s']:.0f} img/s{' (best so far)' if improved else ''}", file=sys.stderr)
+            return
         print(f"probe: epoch {epoch}/{self.config.epochs}: train loss {r['train_loss']:.4f}, val loss "
               f"{r['val_loss']:.4f}, val top1 {r['val_top1']:.4f}, top5 {r['val_top5']:.4f}, mean per class "
               f"{r['val_mean_per_class_acc']:.4f}; {r['images_per_s']:.0f} img/s, data wait "
@@ -518,9 +621,8 @@ class _Run:
 
         from .._identity import identity_columns, protocol_id
         from .._version import PROBE_VERSION
-        from ..results import make_row, results_frame, save_artifacts, write_results
+        from ..results import make_row, results_frame, write_results
         from .build import precision_name
-        from .heads import chance_level
 
         c = self.config
         self.accum_steps = trainer.accum_steps
@@ -535,19 +637,11 @@ class _Run:
         test_fraction = 0.0 if "test" in self.source.splits else c.test_fraction
         recipe = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(c).items()
                   if k not in ("select_metric", "val_fraction", "test_fraction", "refit", "precision", "skip_bad")}
-        protocol = protocol_id(task="classification", probe="finetune", tap="-", grid=recipe,
-                               val_fraction=val_fraction, test_fraction=test_fraction, select_metric=c.select_metric,
-                               shots=0, refit=refit, probe_version=PROBE_VERSION)
-        base = dict(backbone=self.backbone, family=self.bb.family, family_source=self.bb.family_source,
-                    weights=self.bb.weights_id,
-                    dataset=self.source.name, tap="-", probe="finetune", shots=0, seed=self.seed,
-                    val_fraction=val_fraction, test_fraction=test_fraction, select_metric=c.select_metric,
-                    cache_key="-", protocol=protocol, n_val=n_val, n_skipped=len(self.skipped),
-                    **identity_columns(backbone=self.backbone, weights=self.bb.weights_id,
-                                       data_config=self.bb.data_config, precision=precision_name(self.amp_dtype)))
-        rows = [make_row(**base, params={**params, "epoch": r["epoch"]}, selected=False, split="val",
-                         n_train=n_train, n_eval=n_val, fit_seconds=r["train_seconds"], top1=r["val_top1"],
-                         top5=r["val_top5"], mean_per_class_acc=r["val_mean_per_class_acc"]) for r in self.history]
+        if c.tasks == ("classification",):  # the protocol id classification runs always had
+            for k in ("tasks", "head", "task_weighting"):
+                recipe.pop(k)
+        identity = identity_columns(backbone=self.backbone, weights=self.bb.weights_id,
+                                    data_config=self.bb.data_config, precision=precision_name(self.amp_dtype))
         total_seconds = sum(r["train_seconds"] for r in self.history + self.refit_history)
         weights_path = Path(str(self.stem) + ".safetensors")
         with disk_full_guard(weights_path.parent, f"the fine-tuned weights {weights_path.name}",
@@ -557,41 +651,104 @@ class _Run:
             else:
                 with atomic_path(weights_path) as tmp:
                     shutil.copyfile(best_file, tmp)
-        test_metrics, artifacts = None, None
-        if "test" in self.eval_loaders:
-            test = trainer.evaluate("test")["classification"]
-            test_metrics = test["metrics"]
-            rows.append(make_row(**base, params={**params, "epoch": best_epoch}, selected=True, split="test",
-                                 n_train=n_train + n_val if refit else n_train, n_eval=int(test["keep"].sum()),
-                                 fit_seconds=total_seconds, **test_metrics))
-            split, idx = self.split_plan["test"]
-            ids = np.asarray(self.source.ids[split])[idx][test["keep"]]
-            artifacts = save_artifacts(self.stem, ids=ids, labels=test["labels"], scores=test["scores"],
-                                       classes=self.source.classes)
-        else:
-            rows[best_epoch - 1] = dict(rows[best_epoch - 1], selected=True)
+        test = trainer.evaluate("test") if "test" in self.eval_loaders else None
+        select = self.select_metrics()
+        frames, paths, task_metrics, artifacts = {}, {}, {}, None
+        for task in c.tasks:  # each task its own rows (and predictions), written after the weights
+            protocol = protocol_id(task=task, probe="finetune", tap="-", grid=recipe, val_fraction=val_fraction,
+                                   test_fraction=test_fraction, select_metric=select[task], shots=0, refit=refit,
+                                   probe_version=PROBE_VERSION)
+            base = dict(backbone=self.backbone, family=self.bb.family, family_source=self.bb.family_source,
+                        weights=self.bb.weights_id, dataset=self.source.name, tap="-", probe="finetune", shots=0,
+                        seed=self.seed, val_fraction=val_fraction, test_fraction=test_fraction,
+                        select_metric=select[task], cache_key="-", protocol=protocol, n_val=n_val, task=task,
+                        n_skipped=len(self.skipped), **identity)
+            rows = [make_row(**base, params={**params, "epoch": r["epoch"]}, selected=False, split="val",
+                             n_train=n_train, n_eval=n_val, fit_seconds=r["train_seconds"], **r["val"][task])
+                    for r in self.history]
+            stem = self.stems[task]
+            if test is not None:
+                result = test[task]
+                task_metrics[task] = result["metrics"]
+                rows.append(make_row(**base, params={**params, "epoch": best_epoch}, selected=True, split="test",
+                                     n_train=n_train + n_val if refit else n_train,
+                                     n_eval=int(result["keep"].sum()), fit_seconds=total_seconds,
+                                     **result["metrics"]))
+                saved = self._save_predictions(stem, task, result)
+                artifacts = saved if artifacts is None else artifacts
+            else:
+                rows[best_epoch - 1] = dict(rows[best_epoch - 1], selected=True)
+            frames[task] = results_frame(rows)
+            paths[task] = write_results(frames[task], Path(str(stem) + ".parquet"))
         if self.skipped:
             names = sorted(self.skipped)
             print(f"probe: --skip-bad left out {len(names)} unreadable image{'s' if len(names) != 1 else ''} of "
                   f"{self.source.name}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}", file=sys.stderr)
-        frame = results_frame(rows)
-        results_path = write_results(frame, Path(str(self.stem) + ".parquet"))
         if self.verbose:
-            print(f"probe: chose epoch {best_epoch} on val ({c.select_metric} {self.best['value']:.4f})"
+            rule = (f"{c.select_metric} {self.best['value']:.4f}" if c.tasks == ("classification",) else
+                    f"{self._rule()} {self.best['value']:.4f}")
+            print(f"probe: chose epoch {best_epoch} on val ({rule})"
                   + ("; retrained on train+val for that many epochs" if refit else ""), file=sys.stderr)
-        warnings = []
-        chance = chance_level(self.eval_loaders["val"].dataset.labels, c.select_metric, len(self.source.classes))
-        if self.best["value"] <= chance["threshold"]:
-            warnings.append(f"the best val {c.select_metric} ({self.best['value']:.3f}, epoch {best_epoch}) is at "
-                            f"chance level ({chance['chance']:.3f} with {len(self.source.classes)} classes): the "
-                            "network learned nothing the val split can see; try a larger --lr, more --epochs or "
-                            "pretrained weights")
+        warnings = self._warnings(best_epoch)
         for w in warnings:
             print(f"probe: warning: {w}", file=sys.stderr)
-        return FinetuneResult(frame=frame, results_path=results_path, weights_path=weights_path,
-                              artifacts_path=artifacts, best_epoch=best_epoch, test_metrics=test_metrics,
-                              history=self.history, checkpoint_dir=self.ckpt_dir, resumed_from=start_epoch,
-                              lp=self.lp, initial_head=initial_head, settings=self.settings, warnings=warnings)
+        import polars as pl
+
+        first = c.tasks[0]
+        return FinetuneResult(frame=pl.concat(list(frames.values())), results_path=paths[first],
+                              weights_path=weights_path, artifacts_path=artifacts, best_epoch=best_epoch,
+                              test_metrics=task_metrics.get(first), history=self.history,
+                              checkpoint_dir=self.ckpt_dir, resumed_from=start_epoch, lp=self.lp,
+                              initial_head=initial_head, settings=self.settings, warnings=warnings,
+                              task_metrics=task_metrics, results_paths=paths)
+
+    def _rule(self) -> str:
+        """The selection rule in words (the params' ``select_rule``)."""
+        metrics = self.select_metrics()
+        if len(metrics) == 1:
+            (metric,) = metrics.values()
+            return f"val {metric}"
+        return "mean over tasks of val " + ", ".join(metrics.values()) + " relative to epoch 1"
+
+    def _save_predictions(self, stem: Path, task: str, result: dict) -> Path:
+        """The test predictions beside the rows: class scores (classification) or, for a dense task, the per-image
+        statistics (``stat/<name>``, which the analysis layer's bootstrap resamples) and a few previews."""
+        from .. import dense as dense_mod
+        from .._io import save_npz_atomic
+        from ..results import save_artifacts
+
+        split, idx = self.split_plan["test"]
+        ids = np.asarray(self.source.ids[split])[idx][result["keep"]]
+        if task == "classification":
+            return save_artifacts(stem, ids=ids, labels=result["labels"], scores=result["scores"],
+                                  classes=self.source.classes)
+        preview = {f"preview/{k}": v for k, v in result["preview"].items()}
+        if preview:
+            k = len(result["preview"]["pred"])
+            preview["preview/ids"] = ids[:k].astype(str)
+            view = getattr(dense_mod, "network_view", None)  # the pixels the network saw, for the report's figure
+            if view is not None:
+                positions = np.asarray(idx)[result["keep"]][:k]
+                preview["preview/image"] = np.stack([view(self.source.load(split, int(i)), self.bb.data_config)
+                                                     for i in positions])
+        classes = self.source.segmentation_classes if task == "segmentation" else []
+        path = Path(str(stem) + ".npz")
+        save_npz_atomic(path, task=np.asarray(task), ids=ids.astype(str), classes=np.asarray(classes, dtype=str),
+                        **{f"stat/{k}": v for k, v in result["stats"].items()}, **preview)
+        return path
+
+    def _warnings(self, best_epoch: int) -> list[str]:
+        from .heads import chance_level
+
+        c = self.config
+        if c.tasks != ("classification",):
+            return []
+        chance = chance_level(self.eval_loaders["val"].dataset.labels, c.select_metric, len(self.source.classes))
+        if self.best["value"] <= chance["threshold"]:
+            return [f"the best val {c.select_metric} ({self.best['value']:.3f}, epoch {best_epoch}) is at chance "
+                    f"level ({chance['chance']:.3f} with {len(self.source.classes)} classes): the network learned "
+                    "nothing the val split can see; try a larger --lr, more --epochs or pretrained weights"]
+        return []
 
     def _params(self) -> dict:
         c = self.config
@@ -605,24 +762,33 @@ class _Run:
                   "init_seed": self.init_seed if self.random_init else None, "settings_hash": self.digest[:10]}
         if self.lp is not None:
             params["lp_C"] = self.lp["C"]
+        if c.tasks != ("classification",):  # the heads, the co-trained tasks and how the epoch was chosen
+            params.update(tasks=list(c.tasks), head=c.head, select_rule=self._rule(),
+                          task_weighting=c.task_weighting if len(c.tasks) > 1 else None)
         return params
 
 
 
-def _read_back(results_path: Path, stem: Path, ckpt_dir: Path, settings: dict, verbose: bool) -> FinetuneResult:
+def _read_back(results_paths: dict, stem: Path, ckpt_dir: Path, settings: dict, verbose: bool) -> FinetuneResult:
     import polars as pl
 
-    frame = pl.read_parquet(results_path)
-    test = frame.filter(pl.col("selected"))
-    best_epoch = int(json.loads(test["params"][0]).get("epoch", 0)) if len(test) else 0
-    test_metrics = ({m: float(test[m][0]) for m in METRICS}
-                    if len(test) and test["split"][0] == "test" else None)
+    from ..vocab import TASK_METRICS
+
+    frames, task_metrics, best_epoch = {}, {}, 0
+    for task, path in results_paths.items():
+        frame = frames[task] = pl.read_parquet(path)
+        test = frame.filter(pl.col("selected"))
+        best_epoch = int(json.loads(test["params"][0]).get("epoch", 0)) if len(test) else 0
+        if len(test) and test["split"][0] == "test":
+            task_metrics[task] = {m: float(test[m][0]) for m in TASK_METRICS[task]}
+    first = next(iter(results_paths))
     weights_path = Path(str(stem) + ".safetensors")
-    artifacts = Path(str(stem) + ".npz")
+    artifacts = Path(str(results_paths[first]).replace(".parquet", ".npz"))
     if verbose:
-        print(f"probe: results exist, nothing trained: {results_path} (pass --overwrite to retrain)",
-              file=sys.stderr)
-    return FinetuneResult(frame=frame, results_path=results_path,
+        print(f"probe: results exist, nothing trained: {', '.join(map(str, results_paths.values()))} (pass "
+              "--overwrite to retrain)", file=sys.stderr)
+    return FinetuneResult(frame=pl.concat(list(frames.values())), results_path=results_paths[first],
                           weights_path=weights_path if weights_path.is_file() else None,
                           artifacts_path=artifacts if artifacts.is_file() else None, best_epoch=best_epoch,
-                          test_metrics=test_metrics, checkpoint_dir=ckpt_dir, skipped=True, settings=settings)
+                          test_metrics=task_metrics.get(first), checkpoint_dir=ckpt_dir, skipped=True,
+                          settings=settings, task_metrics=task_metrics, results_paths=dict(results_paths))

@@ -24,23 +24,33 @@ from .data import STREAM_MODEL, image_name, mix, seed_everything
 
 
 class Objective:
-    """The training loss of several tasks: a weighted sum of their losses (weights 1 for one task).
+    """The training loss of one or several tasks.
+
+    Equal weights (default): the sum of the task losses. With ``log_vars`` (homoscedastic uncertainty weighting,
+    Kendall, Gal and Cipolla, 2018, in its common form): ``sum_t exp(-s_t) L_t + s_t`` with one learned ``s_t``
+    per task (the log-variance, starting at 0 = equal weights).
 
     Parameters
     ----------
     tasks : dict
         Task name -> task (:mod:`probe._finetune.heads`).
-    weights : dict, optional
-        Task name -> fixed weight; default 1 each.
+    log_vars : torch.nn.ParameterDict, optional
+        Task -> learned log-variance; owned by the model, so the optimizer, a distributed wrapper and the
+        checkpoints see it as one of the model's parameters.
     """
 
-    def __init__(self, tasks: dict, weights: dict | None = None):
-        self.tasks, self.weights = tasks, weights or {}
+    def __init__(self, tasks: dict, log_vars=None):
+        self.tasks, self.log_vars = tasks, log_vars
 
     def __call__(self, outputs: dict, targets: dict):
         """(total loss, {task: loss}) of one micro-batch."""
+        import torch
+
         losses = {name: task.loss(outputs[name], targets[name]) for name, task in self.tasks.items()}
-        total = sum(loss * self.weights[name] if name in self.weights else loss for name, loss in losses.items())
+        if self.log_vars is None:
+            return sum(losses.values()), losses
+        total = sum(torch.exp(-self.log_vars[t].float()) * loss + self.log_vars[t].float()
+                    for t, loss in losses.items())
         return total, losses
 
     def state_dict(self) -> dict:

@@ -9,6 +9,7 @@ The flow, for any task and metric (the metric and its direction are parameters, 
     protocols = analysis.aggregate_seeds(jobs)       # per (dataset, task, backbone_config, protocol): mean, sd, n
     best = analysis.best_by_val(protocols.filter(...))  # per configuration: the protocol with the best val mean
     gains = analysis.finetune_gains(frozen_best, finetune_best)   # + paired bootstrap CIs
+    mt = analysis.multitask_gains(jobs)              # multi-task minus single-task fine-tuning, + CIs
     fams = analysis.compare_families(frozen_best)    # two-level bootstrap (images and backbones), sign test
     fig = analysis.layerwise_figure(protocols.filter(...), relative_depth=True)   # a matplotlib Figure
 
@@ -35,13 +36,13 @@ _LAZY = {
     # comparisons
     "FamilyComparison": "._compare", "family_bootstrap": "._compare", "sign_test": "._compare",
     "compare_families": "._compare", "family_wins": "._compare", "finetune_gains": "._compare",
-    "with_intervals": "._compare", "family_order": "._compare",
+    "with_intervals": "._compare", "family_order": "._compare", "multitask_gains": "._compare",
     # figures
     "FAMILY_COLORS": "._figures", "FAMILY_NAMES": "._figures", "Styles": "._figures", "new_figure": "._figures",
     "layerwise_figure": "._figures", "few_shot_figure": "._figures", "frozen_vs_finetune_figure": "._figures",
-    "gain_figure": "._figures", "finetune_scatter_figure": "._figures", "family_figure": "._figures",
-    "block_index": "._figures", "metric_name": "._figures", "dense_examples_figure": "._figures",
-    "segmentation_palette": "._figures",
+    "gain_figure": "._figures", "multitask_figure": "._figures", "finetune_scatter_figure": "._figures",
+    "family_figure": "._figures", "block_index": "._figures", "metric_name": "._figures",
+    "dense_examples_figure": "._figures", "segmentation_palette": "._figures",
     # face and continuous-target figures
     "retrieval_examples": "._faces", "retrieval_figure": "._faces", "prediction_scatter_figure": "._faces",
     # notebooks

@@ -13,6 +13,7 @@ datasets, :func:`sign_test` gives the exact two-sided binomial p-value of the wi
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -378,3 +379,89 @@ def finetune_gains(frozen, finetune, *, metric: str = "top1", extra_metrics=("me
     frame = pl.DataFrame(rows, infer_schema_length=None)
     floats = [c for c in frame.columns if frame[c].dtype == pl.Null]
     return frame.with_columns(pl.col(c).cast(pl.Utf8 if c.endswith("method") else pl.Float64) for c in floats)
+
+
+#: Fine-tune params that do not make two runs' recipes different for the multi-task comparison.
+_NOT_RECIPE = ("tasks", "task_weighting", "select_rule", "epoch", "chosen_epoch", "settings_hash", "accum_steps")
+
+
+def multitask_gains(jobs, *, n_boot: int = 10_000, seed: int = 0, ci: float = 0.95, intervals: bool = True):
+    """Multi-task minus single-task fine-tuning, per dataset, task and backbone configuration, with its CI.
+
+    A joint run (params ``tasks`` naming several tasks) is paired with the single-task runs of the same settings
+    (the same params apart from the co-trained tasks and their weighting, the same ``select_metric``) on the same
+    dataset, task and backbone configuration. Seeds are averaged on each side (:func:`aggregate_seeds`); the
+    interval is the paired bootstrap over test images of the seed means (:func:`probe.analysis.compare_jobs`,
+    from the per-image statistics both runs saved).
+
+    Parameters
+    ----------
+    jobs : polars.DataFrame
+        :func:`probe.analysis.job_table` rows (any filter; non-finetune rows are ignored).
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per pair, grouped by family (:func:`family_order`), then configuration: ``dataset``, ``task``,
+        ``backbone_config``, ``backbone``, ``config_label``, ``family``, ``cotrained`` (the joint run's tasks,
+        ``+``-joined), ``weighting``, ``metric`` (the task's primary metric: ``miou``, ``rmse``...),
+        ``lower_is_better``, ``multi``, ``single`` (seed means), ``gain`` (multi − single; for a lower-is-better
+        metric a negative gain is an improvement), ``gain_low``/``gain_high``/``gain_n`` (paired images), ``n``
+        (seeds of the joint run) and ``note`` (why an interval is missing).
+    """
+    import polars as pl
+
+    from ..vocab import LOWER_IS_BETTER
+    from ._select import _params, aggregate_seeds, primary_metric
+    from ._stats import compare_jobs
+
+    if jobs.is_empty():
+        return pl.DataFrame()
+    jobs = jobs.filter(pl.col("probe") == "finetune")
+    info = {}
+    for r in jobs.select("protocol", "params").to_dicts():
+        p = _params(r["params"])
+        tasks = p.get("tasks") or ["classification"]
+        recipe = json.dumps({k: v for k, v in p.items() if k not in _NOT_RECIPE}, sort_keys=True, default=str)
+        info[r["protocol"]] = (tuple(tasks), recipe, p.get("task_weighting"))
+    protocols = aggregate_seeds(jobs)
+    key_cols = ["dataset", "task", "backbone_config", "select_metric"]
+    singles, joints = {}, []
+    for r in protocols.to_dicts():
+        tasks, recipe, weighting = info[r["protocol"]]
+        key = (*(r[k] for k in key_cols), recipe)
+        if len(tasks) > 1:
+            joints.append((key, r, tasks, weighting))
+        elif tasks == (r["task"],):
+            singles[key] = r
+    rows = []
+    for key, joint, tasks, weighting in joints:
+        single = singles.get(key)
+        if single is None:
+            continue
+        metric = primary_metric(joint["task"])
+        row = {k: joint[k] for k in key_cols[:3]}
+        row.update(backbone=joint["backbone"], config_label=joint["config_label"], family=joint["family"],
+                   cotrained="+".join(tasks), weighting=weighting, metric=metric,
+                   lower_is_better=metric in LOWER_IS_BETTER, multi=joint[metric], single=single[metric],
+                   gain=joint[metric] - single[metric], gain_low=None, gain_high=None, gain_n=None, n=joint["n"],
+                   note="")
+        if intervals:
+            try:
+                g = compare_jobs(list(joint["files"]), list(single["files"]), metric=metric, n_boot=n_boot,
+                                 seed=seed, ci=ci)
+            except UsageError as exc:  # no per-image bootstrap for this metric
+                g, row["note"] = None, str(exc)
+            if g is not None:
+                row.update(gain=g.estimate, gain_low=g.low, gain_high=g.high, gain_n=g.n)
+            elif not row["note"]:
+                row["note"] = "the two runs cannot be paired by test image id"
+        rows.append(row)
+    if not rows:
+        return pl.DataFrame()
+    frame = pl.DataFrame(rows, infer_schema_length=None)
+    frame = frame.with_columns(pl.col(c).cast(pl.Float64) for c in ("gain_low", "gain_high", "gain_n")
+                               if frame[c].dtype == pl.Null)
+    order = sorted(range(frame.height), key=lambda i: (family_order(frame["family"][i]), frame["config_label"][i],
+                                                       frame["dataset"][i], frame["task"][i]))
+    return frame[order]

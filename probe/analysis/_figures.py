@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..vocab import LOWER_IS_BETTER as _LOWER
 from ._compare import family_order
 
 #: One colour per family, the same in every figure of the report and the notebooks.
@@ -522,4 +523,41 @@ def dense_examples_figure(previews: list[tuple[str, dict]], *, task: str, classe
                    ncols=min(len(handles), 7))
     if title:
         fig.suptitle(_wrapped(title, fig), fontsize=10)
+
+
+def multitask_figure(gains, *, styles: Styles | None = None, title: str | None = None):
+    """Multi-task minus single-task fine-tuning per backbone configuration (grouped by family), one panel per
+    dataset and task, with the paired bootstrap CI (rows of :func:`probe.analysis.multitask_gains`)."""
+    import polars as pl
+
+    gains = gains.filter(pl.col("gain").is_not_null())
+    styles = _styles(styles, gains) if gains.height else (styles or Styles())
+    panels = sorted({(d, t) for d, t in gains.select("dataset", "task").iter_rows()})
+    titles = []
+    for d, t in panels:
+        metric = gains.filter((pl.col("dataset") == d) & (pl.col("task") == t))["metric"][0]
+        titles.append(f"{d}: {t} ({metric_name(metric)}{', lower is better' if metric in _LOWER else ''})")
+    fig, axes = _panels(titles or ["no multi-task runs"], sharey=False)
+    for ax, (dataset, task) in zip(axes, panels):
+        sub = gains.filter((pl.col("dataset") == dataset) & (pl.col("task") == task))
+        configs = sorted(set(sub["backbone_config"].to_list()), key=lambda c: styles.configs.index(c))
+        metric = sub["metric"][0]
+        scale = _scale(metric)
+        for i, config in enumerate(configs):
+            r = sub.filter(pl.col("backbone_config") == config).row(0, named=True)
+            y = r["gain"] * scale
+            yerr = None
+            if r["gain_low"] is not None and r["gain_high"] is not None:
+                yerr = [[max(0.0, y - r["gain_low"] * scale)], [max(0.0, r["gain_high"] * scale - y)]]
+            st = styles.of(config)
+            ax.bar([i], [y], 0.7, yerr=yerr, capsize=3, color=st["color"], edgecolor="black",
+                   hatch=_hatch(st["marker"]), label=styles.legend(config))
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(configs)), [styles.label.get(c, c) for c in configs], rotation=30, ha="right",
+                      fontsize=7)
+        unit = " (pp)" if _is_fraction(metric) else ""
+        ax.set_ylabel(f"multi-task − single-task\ntest {metric_name(metric)}{unit}")
+    _legend_outside(fig, axes)
+    fig.suptitle(_wrapped(title or "multi-task minus single-task fine-tuning, grouped by family (paired bootstrap "
+                                   "CI over test images)", fig, scale=0.75), fontsize=10)
     return fig

@@ -81,13 +81,14 @@ def run(args: argparse.Namespace) -> int:
     if not _distributed.is_main():  # under torchrun rank 0 speaks for the group
         return 0
     state = "reused" if result.skipped else "written"
-    if result.test_metrics is not None:
-        m = result.test_metrics
-        print(f"test\ttop1 {m['top1']:.4f}\ttop5 {m['top5']:.4f}\tmean_per_class_acc {m['mean_per_class_acc']:.4f}"
-              f"\tepoch {result.best_epoch} (chosen on val)")
+    if result.task_metrics:
+        for task, m in result.task_metrics.items():
+            scores = "\t".join(f"{k} {v:.4f}" for k, v in m.items())
+            print(f"test\t{task}\t{scores}\tepoch {result.best_epoch} (chosen on val)")
     else:
         print(f"no test split: epoch {result.best_epoch} chosen on val")
-    print(f"results\t{state}\t{result.results_path}")
+    for task, path in (result.results_paths or {"-": result.results_path}).items():
+        print(f"results\t{state}\t{path}")
     if result.artifacts_path is not None:
         print(f"predictions\t{result.artifacts_path}")
     if result.weights_path is not None:
