@@ -165,12 +165,12 @@ class _Report:
         self.extra = [m for m in TASK_METRICS.get(tasks[0] if tasks else DEFAULT_TASK, ())[1:]
                       if m in analysis.BOOTSTRAP_METRICS and m != "top5"]
         self.head = _METRIC_HEAD.get(self.metric, self.metric)
-        self.all_jobs = self.jobs  # every task (the multi-task section compares dense fine-tunes)
         if len(tasks) > 1:
             self.notes.append(f"results hold several tasks ({', '.join(tasks)}); this report covers {tasks[0]}.")
             self.jobs = self.jobs.filter(pl.col("task") == tasks[0])
         every = pl.concat([self.all_jobs, dense], how="diagonal_relaxed") if dense.height else self.all_jobs
-        self.all_jobs = every  # every task: the header, the configurations table and the faces section read it
+        # every task: the header, the configurations table, the faces and multi-task sections read it
+        self.all_jobs = every
         self.styles = analysis.Styles.from_frame(every) if every.height else analysis.Styles()
         self.protocols = analysis.aggregate_seeds(self.jobs)
         full = self.protocols.filter(pl.col("shots") == 0)

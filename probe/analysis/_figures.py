@@ -523,6 +523,7 @@ def dense_examples_figure(previews: list[tuple[str, dict]], *, task: str, classe
                    ncols=min(len(handles), 7))
     if title:
         fig.suptitle(_wrapped(title, fig), fontsize=10)
+    return fig
 
 
 def multitask_figure(gains, *, styles: Styles | None = None, title: str | None = None):
