@@ -358,9 +358,9 @@ class _BatchDecoder:
 class _ForwardInWorkers:
     """Batches decoded, transformed and forwarded in loader worker processes, one torch thread each.
 
-    A small backbone's forward uses two cores at 77% (test_resnet on the 2-core AMD host: 85 images/s on one
-    thread, 131 on two), so separate processes that each decode and forward whole batches on one core beat one
-    process that shares the cores between decoding and a two-thread forward. Batches come back in order; the main
+    When a backbone's forward scales poorly over threads (small backbones), separate processes that each decode and
+    forward whole batches on one core beat one process that shares the cores between decoding and a multi-thread
+    forward; :func:`probe._runtime.cpu_plan` decides from this run's own timings. Batches come back in order; the main
     process only checks them and writes the shards. Workers are forked, sharing the model's weights read-only.
     """
 

@@ -301,3 +301,22 @@ def network_view(image, data_config: Mapping[str, Any]) -> np.ndarray:
     x = timm.data.create_transform(**data_config, is_training=False)(image).numpy()
     mean, std = np.asarray(data_config["mean"])[:, None, None], np.asarray(data_config["std"])[:, None, None]
     return np.clip(np.rint((x * std + mean) * 255), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+#: Variance focus of the SILog depth loss (1 = fully scale-invariant, 0 = plain log-RMSE), as in BTS, AdaBins and
+#: DINOv2's depth heads; the frozen dense probe and dense fine-tuning both train depth with it.
+SILOG_VARIANCE_FOCUS = 0.85
+
+
+def silog_loss(log_pred, target, valid):
+    """Scale-invariant log loss over the ``valid`` pixels: ``sqrt(mean(d^2) - 0.85 mean(d)^2)`` with
+    ``d = log p - log g``; its 0.15 share of ``mean(d)^2`` keeps the absolute scale in the loss. Tensors share one
+    shape; a batch without a valid pixel gives 0 (with a gradient, so every parameter still takes part in the step).
+    """
+    import torch
+
+    if not bool(valid.any()):
+        return log_pred.sum() * 0.0
+    d = log_pred[valid] - torch.log(target[valid])
+    return torch.sqrt(torch.clamp((d ** 2).mean() - SILOG_VARIANCE_FOCUS * d.mean() ** 2, min=1e-12))
+

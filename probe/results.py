@@ -97,8 +97,8 @@ def top_k(scores: np.ndarray, k: int = 5) -> np.ndarray:
         return np.zeros((n, k), dtype=np.intp)
     if 4 * k >= n_cols or scores.dtype.kind != "f" or not np.isfinite(scores).all():
         return np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    # Sorting every row in full costs more than a probe's scoring on wide score matrices: the exact top-k selection
-    # of the kNN probe (same tie rule) does it with a partial selection.
+    # Sorting every row in full is wasted on wide score matrices: the exact top-k selection of the kNN probe (same
+    # tie rule) does it with a partial selection.
     import torch
 
     from .probes._knn import _select_top

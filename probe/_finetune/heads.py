@@ -66,11 +66,6 @@ class _ClassificationEval:
                 "labels": target.numpy(), "keep": mask.numpy()}
 
 
-#: Variance focus of the SILog depth loss (1 = fully scale-invariant, 0 = plain log-RMSE), as the frozen dense
-#: probe's depth loss (BTS, AdaBins and DINOv2's depth heads).
-SILOG_VARIANCE_FOCUS = 0.85
-
-
 def silog_loss(log_pred, target):
     """Scale-invariant log loss over the valid pixels (:func:`probe.dense.depth_valid`) of a batch:
     ``sqrt(mean(d^2) - 0.85 mean(d)^2)`` with ``d = log p - log g``; its 0.15 share of ``mean(d)^2`` keeps the
@@ -78,13 +73,9 @@ def silog_loss(log_pred, target):
     (with a gradient, so every parameter still takes part in the step)."""
     import torch
 
-    from ..dense import DEPTH_CAP
+    from ..dense import DEPTH_CAP, silog_loss as silog
 
-    valid = torch.isfinite(target) & (target > 0) & (target <= DEPTH_CAP)
-    if not bool(valid.any()):
-        return log_pred.sum() * 0.0
-    d = log_pred[valid] - torch.log(target[valid])
-    return torch.sqrt(torch.clamp((d ** 2).mean() - SILOG_VARIANCE_FOCUS * d.mean() ** 2, min=1e-12))
+    return silog(log_pred, target, torch.isfinite(target) & (target > 0) & (target <= DEPTH_CAP))
 
 
 class SegmentationTask:

@@ -95,9 +95,9 @@ class KNNProbe(ProbeBase):
         return sorted(range(len(points)), key=key)
 
 
-#: Bytes of one query block's similarities on CPU. Measured on the 2-core AMD EPYC (CPU time of the benchmark's kNN
-#: sweep, one thread): 16 MiB blocks 11.5 s, 32 MiB 10.0 s, 64-128 MiB 9.4-9.6 s. Hundreds of query rows per product
-#: keep the matmul near its peak, which outweighs reading the block back from a slower cache level for the selection.
+#: Bytes of one query block's similarities on CPU. Hundreds of query rows per product keep the matmul near its peak,
+#: which outweighed reading the block back from a slower cache level for the selection when 16, 32, 64 and 128 MiB
+#: were compared on the 2-core AMD host (benchmarks/bench_probes.py prints the kNN sweep's share of its bound).
 _BLOCK_BYTES = 64 * 2**20
 
 

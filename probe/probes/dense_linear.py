@@ -30,10 +30,7 @@ from typing import Any, ClassVar, Iterator
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from ..dense import DEPTH_CAP, DEPTH_MIN, IGNORE_INDEX, dense_metrics, dense_stats, depth_valid
-
-#: Variance focus of the SILog depth loss (1 = fully scale-invariant, 0 = plain log-RMSE).
-SILOG_VARIANCE_FOCUS = 0.85
+from ..dense import DEPTH_CAP, DEPTH_MIN, IGNORE_INDEX, dense_metrics, dense_stats, depth_valid, silog_loss
 
 
 class DenseLinearProbe(BaseEstimator):
@@ -201,9 +198,8 @@ def _loss(est, out, targets):
 
     if est.task == "segmentation":
         return F.cross_entropy(out, targets, ignore_index=IGNORE_INDEX)
-    valid = targets > 0  # the batch's targets were made valid-or-zero by _prepare_targets
-    d = out[:, 0][valid] - torch.log(targets[valid])
-    return torch.sqrt(torch.clamp((d ** 2).mean() - SILOG_VARIANCE_FOCUS * d.mean() ** 2, min=1e-12))
+    # the batch's targets were made valid-or-zero by _prepare_targets
+    return silog_loss(out[:, 0], targets, targets > 0)
 
 
 def _has_labels(est, targets: np.ndarray) -> bool:
