@@ -36,6 +36,7 @@ _LAZY = {
     "sweep_regression": "probe._cv",
     "cv_folds": "probe._cv",
     "loo_retrieval": "probe._retrieval",
+    "retrieve": "probe._retrieval",
     "verify": "probe._verify",
     "sweep": "probe._sweep",
     "sweep_cached": "probe._sweep",

@@ -1,12 +1,14 @@
-"""Identification by retrieval on frozen features: leave-one-image-out cosine ranking, chunked.
+"""Identification by retrieval on frozen features: cosine ranking of a gallery for each query, chunked.
 
-Each image queries every other image of the dataset; a query is answered by the ranking of the others by cosine
-similarity (ties: the earlier row first, the package's one tie rule). Per query: ``rank1`` (the nearest other
-image has the query's identity), ``rank5`` (one of the five nearest has), and average precision over all other
-images of its identity. Queries whose identity has no other image are not scored (``valid`` false).
+Two protocols, one implementation (:func:`retrieve`): leave-one-image-out, where each image queries every other
+image of the dataset, and gallery/probe splits, where each query image ranks every gallery image. A query is
+answered by the ranking of the gallery by cosine similarity (ties: the earlier row first, the package's one tie
+rule). Per query: ``rank1`` (the nearest gallery image has the query's identity), ``rank5`` (one of the five
+nearest has), and average precision over all gallery images of its identity (itself excluded). Queries whose
+identity has no such image are not scored (``valid`` false).
 
-Queries go in blocks of a few MiB of similarities, so the N x N similarity matrix is never held: memory is
-O(block x N). Each block is read once more after its matmul, by one exact top-K selection (the kNN probe's
+Queries go in blocks of a few MiB of similarities, so the Nq x Ng similarity matrix is never held: memory is
+O(block x Ng). Each block is read once more after its matmul, by one exact top-K selection (the kNN probe's
 :func:`probe.probes._knn._select_top`: ties to the earlier row) with K a few times the largest number of other
 images of one identity; a query whose positives are not all inside its top K (features that rank its own person
 far down) gets a full stable sort of its row. Both give the exact ranks of a full stable sort.
@@ -51,18 +53,26 @@ class Retrieval:
                 "map": float(self.ap[v].mean())}
 
 
-def loo_retrieval(features, labels, *, top: int = 5, device: str = "cpu", block_bytes: int | None = None,
-                  method: str = "auto") -> Retrieval:
-    """Leave-one-image-out cosine retrieval of every row against all others (see the module docstring).
+def loo_retrieval(features, labels, **kwargs) -> Retrieval:
+    """Leave-one-image-out retrieval: :func:`retrieve` with every row a query against all the others."""
+    return retrieve(features, labels, **kwargs)
+
+
+def retrieve(query_features, query_labels, gallery_features=None, gallery_labels=None, *, top: int = 5,
+             device: str = "cpu", block_bytes: int | None = None, method: str = "auto") -> Retrieval:
+    """Cosine retrieval of each query against a gallery (see the module docstring).
 
     Parameters
     ----------
-    features : array [N, D]
-        Features (any float dtype; compared in float32 after L2 normalisation).
-    labels : array [N]
-        Identity of each row.
+    query_features : array [Nq, D]
+        Query features (any float dtype; compared in float32 after L2 normalisation).
+    query_labels : array [Nq]
+        Identity of each query.
+    gallery_features, gallery_labels : array [Ng, D], array [Ng], optional
+        The gallery. None (default): leave-one-image-out, every query ranks all the other queries.
     top : int
-        Nearest neighbours kept per query (for figures); at most N - 1.
+        Nearest gallery images kept per query (for figures); at most the gallery size (minus one when
+        leave-one-out).
     device : str
         Torch device.
     block_bytes : int, optional
@@ -70,6 +80,11 @@ def loo_retrieval(features, labels, *, top: int = 5, device: str = "cpu", block_
     method : {"auto", "sort"}
         ``auto``: a top-K selection per block, rows sorted in full only when their positives fall outside it;
         ``sort``: every row sorted in full (the reference path; slower).
+
+    Returns
+    -------
+    Retrieval
+        Per query; ``valid`` is false where the gallery holds no other image of the query's identity.
     """
     import torch
     import torch.nn.functional as F
@@ -79,83 +94,96 @@ def loo_retrieval(features, labels, *, top: int = 5, device: str = "cpu", block_
 
     if method not in ("auto", "sort"):
         raise ValueError(f"method must be 'auto' or 'sort'; got {method!r}")
+    loo = gallery_features is None
+    if loo != (gallery_labels is None):
+        raise ValueError("give both gallery_features and gallery_labels, or neither (leave-one-image-out)")
     dev = resolve_device(device)
-    labels = np.asarray(labels)
-    n = len(labels)
-    _, label_index = np.unique(labels, return_inverse=True)
-    X = F.normalize(to_tensor(np.asarray(features), dev), dim=1)
-    lab = torch.as_tensor(label_index, device=dev)
-    counts = np.bincount(label_index) if n else np.zeros(0, dtype=np.int64)
-    n_pos = torch.as_tensor(counts[label_index] - 1, device=dev)
-    max_pos = int(counts.max()) - 1 if n else 0
-    members = np.argsort(label_index, kind="stable")  # rows of each identity, contiguous (CSR with starts)
+    q_labels = np.asarray(query_labels)
+    g_labels = q_labels if loo else np.asarray(gallery_labels)
+    n, n_gallery = len(q_labels), len(g_labels)
+    names, index = np.unique(np.r_[q_labels, g_labels] if not loo else q_labels, return_inverse=True)
+    q_index, g_index = (index, index) if loo else (index[:n], index[n:])
+    Q = F.normalize(to_tensor(np.asarray(query_features), dev), dim=1)
+    G = Q if loo else F.normalize(to_tensor(np.asarray(gallery_features), dev), dim=1)
+    if G.shape[1] != Q.shape[1]:
+        raise ValueError(f"queries have {Q.shape[1]} features and the gallery {G.shape[1]}")
+    glab = torch.as_tensor(g_index, device=dev)
+    counts = np.bincount(g_index, minlength=len(names))  # gallery images of each identity
+    own = counts[q_index] - (1 if loo else 0)  # a query's positives in the gallery (itself excluded)
+    n_pos = torch.as_tensor(own, device=dev)
+    max_pos = int(own.max()) if n else 0
+    members = np.argsort(g_index, kind="stable")  # gallery rows of each identity, contiguous (CSR with starts)
     starts = np.r_[0, np.cumsum(counts)]
-    top = max(0, min(int(top), n - 1))
-    k = min(n - 1, max(top, 4 * max_pos + 8)) if method == "auto" else 0
+    candidates = n_gallery - (1 if loo else 0)
+    top = max(0, min(int(top), candidates))
+    k = min(candidates, max(top, 4 * max_pos + 8)) if method == "auto" else 0
     k = k if k <= MAX_TOP_K else 0
     budget = block_bytes or (_BLOCK_BYTES if dev.type == "cpu" else CHUNK_BYTES)
-    step = max(1, min(n, budget // max(1, 4 * n)))
+    step = max(1, min(n, budget // max(1, 4 * n_gallery)))
     rank1 = np.full(n, np.nan)
     rank5 = np.full(n, np.nan)
     ap = np.full(n, np.nan)
     neighbours = np.zeros((n, top), dtype=np.int64)
-    buffer = torch.empty(min(step, n), n, device=dev, dtype=X.dtype)
+    buffer = torch.empty(min(step, n), n_gallery, device=dev, dtype=Q.dtype)
     for lo in range(0, n, step):
         hi = min(n, lo + step)
+        S = torch.mm(Q[lo:hi], G.T, out=buffer[:hi - lo])  # one buffer for every block: no page faults per block
         rows = torch.arange(lo, hi, device=dev)
-        S = torch.mm(X[lo:hi], X.T, out=buffer[:hi - lo])  # one buffer for every block: no page faults per block
-        S[rows - lo, rows] = -float("inf")  # a query never retrieves itself
-        qlab, qpos = lab[lo:hi], n_pos[lo:hi]
+        if loo:
+            S[rows - lo, rows] = -float("inf")  # a query never retrieves itself
+        self_rows = rows if loo else torch.full_like(rows, -1)
+        qlab, qpos = torch.as_tensor(q_index[lo:hi], device=dev), n_pos[lo:hi]
         if k:
             cols = _select_top(S, k)[1]
-            hit = lab[cols] == qlab[:, None]
+            hit = glab[cols] == qlab[:, None]
             inside = hit.sum(dim=1) == qpos  # every positive of the row is in its top k
-        else:
-            inside = torch.zeros(hi - lo, dtype=torch.bool, device=dev)
-        if k:
             r1, r5, a = (np.array(v) for v in _scores(hit, qpos))
             if top:
                 neighbours[lo:hi] = cols[:, :top].cpu().numpy()
         else:
+            inside = torch.zeros(hi - lo, dtype=torch.bool, device=dev)
             r1, r5, a = (np.full(hi - lo, np.nan) for _ in range(3))
         # rows whose positives are not all in the top k: ranks by counting (every row, sorted, without a top k)
         out = torch.nonzero(~inside & (qpos > 0) if k else torch.ones_like(inside)).flatten()
         if len(out):
             idx = out.cpu().numpy()
-            ranks, tied = _counted_ranks(S[out], members, starts, label_index, lo + idx) if k else (None, idx >= 0)
-            if ranks is not None:
+            if k:
+                ranks, tied = _counted_ranks(S[out], members, starts, q_index[lo + idx],
+                                             (lo + idx) if loo else None)
                 r1[idx], r5[idx], a[idx] = _scores_from_ranks(ranks)
+            else:
+                tied = idx >= 0
             if tied.any():  # exact ties around a positive (duplicated features): a stable sort of the row
                 t = out[torch.as_tensor(np.flatnonzero(tied), device=dev)]
                 order = torch.sort(S[t], dim=1, descending=True, stable=True)[1]
-                full = (lab[order] == qlab[t, None]) & (order != rows[t, None])  # the query itself ranks last
+                full = (glab[order] == qlab[t, None]) & (order != self_rows[t, None])  # the query itself: last
                 ti = t.cpu().numpy()
                 r1[ti], r5[ti], a[ti] = _scores(full, qpos[t])
                 if top and not k:
                     neighbours[lo + ti] = order[:, :top].cpu().numpy()
         rank1[lo:hi], rank5[lo:hi], ap[lo:hi] = r1, r5, a
-    valid = counts[label_index] > 1
+    valid = own > 0
     for arr in (rank1, rank5, ap):
         arr[~valid] = np.nan
     return Retrieval(rank1=rank1, rank5=rank5, ap=ap, valid=valid, neighbours=neighbours)
 
 
-def _counted_ranks(S, members, starts, label_index, queries):
+def _counted_ranks(S, members, starts, identities, self_rows):
     """1-based ranks [r, P] (ascending, inf padded) of each query's positives in its row of ``S``, by counting.
 
-    The positives' similarities, sorted, split the row into intervals; one batched ``searchsorted`` puts every
-    entry of the row in its interval, and the entries above a positive are the counts of the intervals above it.
-    Returns (ranks, tied): ``tied`` marks rows where another entry equals a positive's similarity exactly (their
-    order would need the column tie rule); those rows' ranks are not used.
+    ``identities``: each row's identity; ``self_rows``: each row's own gallery row (left out of its positives),
+    or None. The positives' similarities, sorted, split the row into intervals; one batched ``searchsorted`` puts
+    every entry of the row in its interval, and the entries above a positive are the counts of the intervals above
+    it. Returns (ranks, tied): ``tied`` marks rows where another entry equals a positive's similarity exactly
+    (their order would need the column tie rule); those rows' ranks are not used.
     """
     import torch
 
     dev = S.device
     lists = []
-    for q in queries:
-        lab = label_index[q]
+    for i, lab in enumerate(identities):
         m = members[starts[lab]:starts[lab + 1]]
-        lists.append(m[m != q])
+        lists.append(m if self_rows is None else m[m != self_rows[i]])
     width = max(len(m) for m in lists)
     pos = np.zeros((len(lists), width), dtype=np.int64)
     pad = np.ones((len(lists), width), dtype=bool)

@@ -11,7 +11,7 @@ import pytest
 from probe._cv import carve_groups, cluster_bootstrap, cv_folds
 from probe._errors import UsageError
 from probe._faces import Pairs, draw_pairs, parse_fgnet_name, read_pairs
-from probe._retrieval import loo_retrieval
+from probe._retrieval import loo_retrieval, retrieve
 from probe._verify import best_threshold, verify
 from tests._helpers import assert_one_line_error, run_main
 
@@ -259,6 +259,32 @@ def test_average_precision_by_hand():
     assert r.ap[0] == pytest.approx((1 + 2 / 3) / 2) and r.rank1[0] == 1.0
     assert not r.valid[1] and np.isnan(r.rank1[1])
 
+
+
+def test_gallery_probe_retrieval_against_brute_force():
+    # queries rank a separate gallery: no self-exclusion, identities missing from the gallery are not scored, and
+    # gallery images tied with each other keep the earlier gallery row first
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(12, 16))
+    gy = np.repeat(np.arange(10), 3)  # people 0-9 in the gallery, three images each
+    qy = np.r_[np.arange(12), np.arange(6)]  # people 10 and 11 only query: not valid
+    G = (centres[gy] + 0.6 * rng.normal(size=(len(gy), 16))).astype(np.float32)
+    G[4] = G[1]  # an exact tie between two gallery rows of different people
+    Q = (centres[qy] + 0.6 * rng.normal(size=(len(qy), 16))).astype(np.float32)
+    Gn = G / np.linalg.norm(G, axis=1, keepdims=True)
+    Qn = Q / np.linalg.norm(Q, axis=1, keepdims=True)
+    S = Qn.astype(np.float64) @ Gn.T.astype(np.float64)
+    for method in ("auto", "sort"):
+        r = retrieve(Q, qy, G, gy, method=method, block_bytes=4 * len(gy) * 5)
+        assert r.valid.tolist() == (qy < 10).tolist()
+        for q in np.flatnonzero(qy < 10):
+            order = np.argsort(-S[q], kind="stable")
+            hits = gy[order] == qy[q]
+            assert r.neighbours[q].tolist() == order[:5].tolist()
+            assert r.rank1[q] == float(hits[0]) and r.rank5[q] == float(hits[:5].any())
+            assert r.ap[q] == pytest.approx((np.cumsum(hits) / np.arange(1, len(hits) + 1))[hits].mean(), rel=1e-12)
+    with pytest.raises(ValueError, match="both gallery_features and gallery_labels"):
+        retrieve(Q, qy, G)
 
 # ------------------------------------------------------------------------------------------------ verification
 
