@@ -10,8 +10,11 @@ identity has no such image are not scored (``valid`` false).
 Queries go in blocks of a few MiB of similarities, so the Nq x Ng similarity matrix is never held: memory is
 O(block x Ng). Each block is read once more after its matmul, by one exact top-K selection (the kNN probe's
 :func:`probe.probes._knn._select_top`: ties to the earlier row) with K a few times the largest number of other
-images of one identity; a query whose positives are not all inside its top K (features that rank its own person
-far down) gets a full stable sort of its row. Both give the exact ranks of a full stable sort.
+images of one identity. A query whose positives are not all inside its top K (features that rank its own person
+far down) gets its positives' ranks by counting: one comparison pass keeps the entries at or above its lowest
+positive, and one interval search over those entries counts how many rank above each positive (exact ties
+between a positive and another image, from duplicated features, get a full stable sort of the row instead).
+All give the exact ranks of a full stable sort.
 """
 
 from __future__ import annotations
@@ -172,9 +175,9 @@ def _counted_ranks(S, members, starts, identities, self_rows):
     """1-based ranks [r, P] (ascending, inf padded) of each query's positives in its row of ``S``, by counting.
 
     ``identities``: each row's identity; ``self_rows``: each row's own gallery row (left out of its positives),
-    or None. The positives' similarities, sorted, split the row into intervals; one batched ``searchsorted`` puts
-    every entry of the row in its interval, and the entries above a positive are the counts of the intervals above
-    it. Returns (ranks, tied): ``tied`` marks rows where another entry equals a positive's similarity exactly
+    or None. The positives' similarities, sorted, split the row into intervals; a ``searchsorted`` puts every
+    entry at or above the lowest positive in its interval, and the entries above a positive are the counts of the
+    intervals above it. Returns (ranks, tied): ``tied`` marks rows where another entry equals a positive's similarity exactly
     (their order would need the column tie rule); those rows' ranks are not used.
     """
     import torch
@@ -193,17 +196,33 @@ def _counted_ranks(S, members, starts, identities, self_rows):
     pad_t = torch.as_tensor(pad, device=dev)
     ps = S.gather(1, torch.as_tensor(pos, device=dev)).masked_fill(pad_t, float("inf"))
     asc = torch.sort(ps, dim=1)[0].contiguous()  # padding (inf) last
-    below = torch.searchsorted(asc, S, right=False)  # [r, N]: positives' similarities strictly below each entry
-    at_or_below = torch.searchsorted(asc, S, right=True)
-    equal = (at_or_below - below).sum(dim=1)  # entries equal to some positive's similarity (positives included)
     r, w = asc.shape
-    flat = below + (torch.arange(r, device=dev) * (w + 1))[:, None]
-    counts = torch.bincount(flat.flatten(), minlength=r * (w + 1)).view(r, w + 1)
+    # Only entries at or above a row's lowest positive can rank above (or tie with) a positive: one comparison
+    # pass selects them, and the interval search and counts run over those entries alone, all rows at once, on
+    # order-preserving int64 keys (row << 32 | the float's sortable bits), so one 1-D search serves every row.
+    rows, cols = torch.nonzero(S >= asc[:, :1], as_tuple=True)
+    keys = _row_keys(rows, S[rows, cols])
+    sequence = _row_keys(torch.arange(r, device=dev).repeat_interleave(w), asc.flatten())
+    first = rows * w
+    below = torch.searchsorted(sequence, keys, right=False) - first  # positives strictly below each entry
+    at_or_below = torch.searchsorted(sequence, keys, right=True) - first
+    equal = torch.zeros(r, dtype=torch.int64, device=dev).index_add_(0, rows, at_or_below - below)
+    counts = torch.bincount(rows * (w + 1) + below, minlength=r * (w + 1)).view(r, w + 1)
     above = counts.flip(1).cumsum(1).flip(1)[:, 1:]  # [r, w]: entries strictly above positive j (ascending j)
     ranks = (above + 1).double().masked_fill(torch.isinf(asc), float("inf"))
     n_pos = torch.as_tensor([len(m) for m in lists], device=dev)
-    tied = (equal != n_pos).cpu().numpy()
+    tied = (equal != n_pos).cpu().numpy()  # entries equal to some positive's similarity (positives included)
     return ranks, tied
+
+
+def _row_keys(rows, values):
+    """int64 keys ordered as (row, value): the row in the high 32 bits, the float32 value's bits made
+    order-preserving (negative values' magnitude bits flipped; -0.0 as +0.0) in the low 32."""
+    import torch
+
+    bits = (values.float() + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long() + 2**31  # in [0, 2**32), ordered as the floats
+    return (rows.long() << 32) | bits
 
 
 def _scores_from_ranks(ranks):
