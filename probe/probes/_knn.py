@@ -106,20 +106,40 @@ def _top_neighbours(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torc
     """Similarities [N, k'] (descending) and class indices [N, k'] of the k' = min(k, n_bank) nearest rows.
 
     Exact: equal similarities are ordered by bank row (the earlier row first), as a stable sort of each row's
-    similarities would order them. On CPU, queries go in blocks of about :data:`_BLOCK_BYTES` of similarities:
-    enough query rows for a full-speed product, and a bounded buffer whatever the size of the bank.
+    similarities would order them. On CPU, queries go in blocks of about :data:`_BLOCK_BYTES` of similarities
+    (split over the cores: each torch thread becomes one worker that multiplies and selects its own blocks on one
+    thread): enough query rows for a full-speed product, and a bounded buffer whatever the size of the bank.
     """
     k = min(int(k), len(bank))
     sims = torch.empty(len(queries), k, device=queries.device, dtype=queries.dtype)
     idx = torch.empty(len(queries), k, device=queries.device, dtype=torch.long)
-    budget = _BLOCK_BYTES if queries.device.type == "cpu" else CHUNK_BYTES
-    step = max(1, min(chunk_rows(len(queries), len(bank)), budget // max(1, 4 * len(bank))))
-    # one similarity buffer for every block: a fresh [step, n_bank] tensor per block costs page faults and zeroing
-    buffer = torch.empty(min(step, len(queries)), len(bank), device=queries.device, dtype=queries.dtype)
-    for lo in range(0, len(queries), step):
-        q = queries[lo:lo + step]
-        block = torch.mm(q, bank.T, out=buffer[:len(q)])
-        sims[lo:lo + step], idx[lo:lo + step] = _select_top(block, k)
+    cpu = queries.device.type == "cpu"
+    budget = _BLOCK_BYTES if cpu else CHUNK_BYTES
+    workers = torch.get_num_threads() if cpu else 1
+    step = max(1, min(chunk_rows(len(queries), len(bank)), budget // max(1, 4 * len(bank) * workers)))
+    starts = list(range(0, len(queries), step))
+    workers = max(1, min(workers, len(starts)))
+
+    def search(w: int) -> None:
+        # one similarity buffer per worker for all its blocks: a fresh [step, n_bank] tensor per block costs page
+        # faults and zeroing
+        buffer = torch.empty(min(step, len(queries)), len(bank), device=queries.device, dtype=queries.dtype)
+        for lo in starts[w::workers]:
+            q = queries[lo:lo + step]
+            block = torch.mm(q, bank.T, out=buffer[:len(q)])
+            sims[lo:lo + step], idx[lo:lo + step] = _select_top(block, k)
+
+    if workers == 1:
+        search(0)
+    else:
+        # On CPU, one block per core at a time, each on one thread: the selection's memory-bound passes over one
+        # block overlap the other cores' products instead of idling every core's multipliers in turn.
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .._runtime import torch_threads
+
+        with torch_threads(1), ThreadPoolExecutor(workers, thread_name_prefix="probe-knn") as pool:
+            list(pool.map(search, range(workers)))
     return sims, bank_labels[idx]
 
 
