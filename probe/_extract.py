@@ -329,6 +329,10 @@ def _split_tail(transform):
     return T.Compose(steps[:-2]), mean, std
 
 
+#: Batches each forward process must have left for the forward-in-workers layout to be timed at all.
+_BATCHES_PER_PROCESS = 4
+
+
 class _BatchDecoder:
     """Decode and transform a batch's images in this process on ``threads`` threads, then collate them.
 
@@ -529,7 +533,7 @@ def _compute_batches(bb, source, split: str, taps, parts: Path, meta: dict, batc
                 with _BatchDecoder(images, threads) as decode:
                     # a third batch times the forward on one thread when enough batches remain for processes that
                     # each forward on one core to pay off (their start and the last, uneven round cost a batch each)
-                    timed = 3 if threads > 1 and len(batches) >= 3 + 4 * threads else 2
+                    timed = 3 if threads > 1 and len(batches) >= 3 + _BATCHES_PER_PROCESS * threads else 2
                     for j, batch_rows in enumerate(batches[:timed]):
                         begin = time.perf_counter()
                         batch = decode(batch_rows)
