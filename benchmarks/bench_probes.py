@@ -18,18 +18,14 @@ Usage::
 On CUDA it also times the logistic sweep on 1,281,167 x 1024 features with 1000 classes (ImageNet-sized);
 without CUDA that part is skipped and says so. ``OPENBLAS_CORETYPE`` changes scikit-learn's BLAS kernels
 (numpy/scipy use OpenBLAS; torch uses MKL here); the script prints it but never sets it. The two sides are
-separated by a 1 s pause: OpenBLAS and OpenMP worker threads that are still spinning slow the other side down
-several-fold on 2 cores (measured: a 1.3 s fit took 8.9 s right after a scikit-learn fit).
+separated by a pause (``--pause``, 2 s): OpenBLAS and OpenMP worker threads that are still spinning slow the other
+side down several-fold on 2 cores (measured: a 1.3 s fit took 8.9 s right after a scikit-learn fit). Before the
+timed runs, each side runs once untimed on a twentieth of the data (imports and kernel set-up; scikit-learn's
+estimators are imported at the top). With ``--repeats`` the median is printed with the range; the first run of a
+process also pays first-touch page faults of its large arrays, which the range shows.
 
-Measured on the 2-core development VM (Intel Xeon with AVX-512/AMX, shared with other jobs, load average 2-5),
-full scale, 2026-11-25 (ratios moved 2x between runs with the load; scikit-learn 1.9.1, torch 2.14.1, CPU):
-
-    run                      logistic (10 C)   ridge (10 alpha)   kNN (7 k)      test top-1 ours / sklearn
-    1 (load ~3)              37.0 s -> 9.0x*     0.59 s -> 5.1x     2.64 s -> 6.6x   88.33/88.00, 79.30/79.30, 76.46/76.46
-    2 (load ~2)              21.0 s -> 4.1x    0.57 s -> 5.5x     2.59 s -> 6.7x   88.02/88.00, 79.30/79.30, 76.46/76.46
-    3 (median of 2, load 0.3-3.3)  41.4 s -> 5.3x  2.03 s -> 4.2x  3.81 s -> 5.6x  same
-
-    * run 1 used the previous torch.optim.LBFGS solver (37.0 s ours vs 332 s scikit-learn).
+The figures measured on this project's hosts, with the command and the CPU, are in the README ("Speed on the
+slower host").
 """
 
 from __future__ import annotations
@@ -198,6 +194,14 @@ def main(argv=None) -> int:
              f"{'ours top1':>9s} {'skl top1':>9s} {'bound s':>8s} {'of bound':>8s} {'GFLOP/s':>8s} {'of peak':>8s}"
     print(header)
     print("-" * len(header))
+    # Warm-up, untimed: one small sweep per side loads every module and kernel each side uses (scikit-learn's
+    # estimators are imported above; ours import polars and the sweep machinery on first use), so the timed runs
+    # compare the sweeps, not the imports.
+    small = [(X[: len(X) // 20], y[: len(y) // 20]) for X, y in (train, val, test)]
+    for name in args.probes:
+        spec = specs[name]
+        ours(spec["ours"], spec["grid"], *small, device)
+        sklearn_recipe(spec["sk"], spec["sk_grid"], *small)
     for name in args.probes:
         spec = specs[name]
         ours_times, sk_times = [], []
