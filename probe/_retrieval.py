@@ -92,8 +92,8 @@ def retrieve(query_features, query_labels, gallery_features=None, gallery_labels
     import torch
     import torch.nn.functional as F
 
-    from .probes._base import CHUNK_BYTES, resolve_device, to_tensor
-    from .probes._knn import _BLOCK_BYTES, _select_top
+    from .probes._base import resolve_device, to_tensor
+    from .probes._knn import _select_top, for_query_blocks
 
     if method not in ("auto", "sort"):
         raise ValueError(f"method must be 'auto' or 'sort'; got {method!r}")
@@ -121,16 +121,13 @@ def retrieve(query_features, query_labels, gallery_features=None, gallery_labels
     top = max(0, min(int(top), candidates))
     k = min(candidates, max(top, 4 * max_pos + 8)) if method == "auto" else 0
     k = k if k <= MAX_TOP_K else 0
-    budget = block_bytes or (_BLOCK_BYTES if dev.type == "cpu" else CHUNK_BYTES)
-    step = max(1, min(n, budget // max(1, 4 * n_gallery)))
     rank1 = np.full(n, np.nan)
     rank5 = np.full(n, np.nan)
     ap = np.full(n, np.nan)
     neighbours = np.zeros((n, top), dtype=np.int64)
-    buffer = torch.empty(min(step, n), n_gallery, device=dev, dtype=Q.dtype)
-    for lo in range(0, n, step):
-        hi = min(n, lo + step)
-        S = torch.mm(Q[lo:hi], G.T, out=buffer[:hi - lo])  # one buffer for every block: no page faults per block
+
+    def block(lo: int, hi: int, buffer) -> None:
+        S = torch.mm(Q[lo:hi], G.T, out=buffer)
         rows = torch.arange(lo, hi, device=dev)
         if loo:
             S[rows - lo, rows] = -float("inf")  # a query never retrieves itself
@@ -165,6 +162,8 @@ def retrieve(query_features, query_labels, gallery_features=None, gallery_labels
                 if top and not k:
                     neighbours[lo + ti] = order[:, :top].cpu().numpy()
         rank1[lo:hi], rank5[lo:hi], ap[lo:hi] = r1, r5, a
+
+    for_query_blocks(n, n_gallery, dev, Q.dtype, block, block_bytes=block_bytes)
     valid = own > 0
     for arr in (rank1, rank5, ap):
         arr[~valid] = np.nan

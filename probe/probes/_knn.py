@@ -106,41 +106,53 @@ def _top_neighbours(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torc
     """Similarities [N, k'] (descending) and class indices [N, k'] of the k' = min(k, n_bank) nearest rows.
 
     Exact: equal similarities are ordered by bank row (the earlier row first), as a stable sort of each row's
-    similarities would order them. On CPU, queries go in blocks of about :data:`_BLOCK_BYTES` of similarities
-    (split over the cores: each torch thread becomes one worker that multiplies and selects its own blocks on one
-    thread): enough query rows for a full-speed product, and a bounded buffer whatever the size of the bank.
+    similarities would order them. Queries go in blocks (:func:`for_query_blocks`).
     """
     k = min(int(k), len(bank))
     sims = torch.empty(len(queries), k, device=queries.device, dtype=queries.dtype)
     idx = torch.empty(len(queries), k, device=queries.device, dtype=torch.long)
-    cpu = queries.device.type == "cpu"
-    budget = _BLOCK_BYTES if cpu else CHUNK_BYTES
+
+    def search(lo: int, hi: int, buffer: torch.Tensor) -> None:
+        block = torch.mm(queries[lo:hi], bank.T, out=buffer)
+        sims[lo:hi], idx[lo:hi] = _select_top(block, k)
+
+    for_query_blocks(len(queries), len(bank), queries.device, queries.dtype, search)
+    return sims, bank_labels[idx]
+
+
+def for_query_blocks(n_queries: int, n_bank: int, device, dtype, work, *, block_bytes: int | None = None) -> None:
+    """Call ``work(lo, hi, buffer)`` for consecutive blocks of query rows, ``buffer`` an uninitialised
+    [hi - lo, n_bank] tensor for the block's similarities.
+
+    Blocks hold about :data:`_BLOCK_BYTES` of similarities on CPU (``CHUNK_BYTES`` elsewhere, or ``block_bytes``):
+    enough query rows for a full-speed product, and a bounded buffer whatever the size of the bank. Each worker
+    reuses one buffer for all its blocks (a fresh tensor per block costs page faults and zeroing). On CPU the
+    blocks are split over the cores: each torch thread becomes one worker that runs its own blocks on one thread,
+    so the memory-bound passes over one block (a selection) overlap the other cores' products instead of idling
+    every core's multipliers in turn. ``work`` must only write rows ``lo:hi`` of shared outputs.
+    """
+    cpu = torch.device(device).type == "cpu"
+    budget = block_bytes or (_BLOCK_BYTES if cpu else CHUNK_BYTES)
     workers = torch.get_num_threads() if cpu else 1
-    step = max(1, min(chunk_rows(len(queries), len(bank)), budget // max(1, 4 * len(bank) * workers)))
-    starts = list(range(0, len(queries), step))
+    step = max(1, min(chunk_rows(n_queries, n_bank), budget // max(1, 4 * n_bank * workers)))
+    starts = list(range(0, n_queries, step))
     workers = max(1, min(workers, len(starts)))
 
-    def search(w: int) -> None:
-        # one similarity buffer per worker for all its blocks: a fresh [step, n_bank] tensor per block costs page
-        # faults and zeroing
-        buffer = torch.empty(min(step, len(queries)), len(bank), device=queries.device, dtype=queries.dtype)
+    def run(w: int) -> None:
+        buffer = torch.empty(min(step, n_queries), n_bank, device=device, dtype=dtype)
         for lo in starts[w::workers]:
-            q = queries[lo:lo + step]
-            block = torch.mm(q, bank.T, out=buffer[:len(q)])
-            sims[lo:lo + step], idx[lo:lo + step] = _select_top(block, k)
+            hi = min(n_queries, lo + step)
+            work(lo, hi, buffer[:hi - lo])
 
     if workers == 1:
-        search(0)
-    else:
-        # On CPU, one block per core at a time, each on one thread: the selection's memory-bound passes over one
-        # block overlap the other cores' products instead of idling every core's multipliers in turn.
-        from concurrent.futures import ThreadPoolExecutor
+        run(0)
+        return
+    from concurrent.futures import ThreadPoolExecutor
 
-        from .._runtime import torch_threads
+    from .._runtime import torch_threads
 
-        with torch_threads(1), ThreadPoolExecutor(workers, thread_name_prefix="probe-knn") as pool:
-            list(pool.map(search, range(workers)))
-    return sims, bank_labels[idx]
+    with torch_threads(1), ThreadPoolExecutor(workers, thread_name_prefix="probe-blocks") as pool:
+        list(pool.map(run, range(workers)))
 
 
 def _select_top(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
