@@ -312,7 +312,7 @@ def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] | None = 
                  cache_dir: str | os.PathLike = "cache", results_dir: str | os.PathLike = "results", jobs: int = 1,
                  device: str = "auto", overwrite: bool = False, progress: bool = True, task: str = DEFAULT_TASK,
                  cv: int | None = None, cv_group: str | None = None, pairs: str | os.PathLike | None = None,
-                 **extract_kwargs) -> list[Path]:
+                 whiten: int | None = None, **extract_kwargs) -> list[Path]:
     """Sweep probes on a backbone's cached features of a dataset; one parquet file per job.
 
     Features come from :func:`probe.extract_features` (which extracts whatever the cache lacks). One job per
@@ -366,6 +366,9 @@ def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] | None = 
         Keep each person's images in one fold (``cv`` = number of people: leave-one-person-out).
     pairs : path, optional
         Verification pairs in the LFW pairs.txt format (default: drawn from the identities, 10 folds).
+    whiten : int, optional
+        Verification: compare the features after a PCA whitening to this many components, fitted for each fold
+        of the pairs on the other folds' images (:func:`probe._verify.verify`); a different protocol id.
     **extract_kwargs
         Passed to :func:`probe.extract_features` (weights, random_init, img_size, batch_size, ...).
 
@@ -377,6 +380,8 @@ def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] | None = 
     from ._dense_sweep import DENSE_PROBES, DENSE_TASKS, check_task, sweep_dense_cached
     from .probes import PROBES
 
+    if int(jobs) < 1:
+        raise UsageError(f"jobs must be at least 1; got {jobs}")
     if check_task(task) in DENSE_TASKS:
         if test_fraction:
             raise UsageError(f"--test-fraction is for classification sweeps; {task} probes need a test split")
@@ -385,14 +390,14 @@ def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] | None = 
                                   select_metric=select_metric, val_fraction=val_fraction, cache_dir=cache_dir,
                                   results_dir=results_dir, device=device, overwrite=overwrite, progress=progress,
                                   **extract_kwargs)
-    if task != DEFAULT_TASK or cv is not None or cv_group is not None or pairs is not None:
+    if task != DEFAULT_TASK or cv is not None or cv_group is not None or pairs is not None or whiten is not None:
         from ._tasks import sweep_task_cached
 
         return sweep_task_cached(backbone, dataset, task=task, probes=list(probes) if probes else None,
                                  taps=list(taps or ("pooled",)), seeds=list(seeds), grids=grids,
                                  select_metric=select_metric, val_fraction=val_fraction, cv=cv, cv_group=cv_group,
-                                 pairs=pairs, cache_dir=cache_dir, results_dir=results_dir, device=device,
-                                 overwrite=overwrite, progress=progress, **extract_kwargs)
+                                 pairs=pairs, whiten=whiten, cache_dir=cache_dir, results_dir=results_dir,
+                                 jobs=jobs, device=device, overwrite=overwrite, progress=progress, **extract_kwargs)
     select_metric = select_metric or "top1"
     probes, taps = list(probes or DEFAULT_PROBES), list(taps or ("pooled",))
     unknown = [p for p in probes if p not in PROBES]
@@ -407,8 +412,6 @@ def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] | None = 
     bad_shots = [s for s in shots if int(s) != s or s < 0]
     if bad_shots:
         raise UsageError(f"shots must be non-negative integers (0 = all); got {bad_shots}")
-    if int(jobs) < 1:
-        raise UsageError(f"jobs must be at least 1; got {jobs}")
     grids = dict(grids or {})
     unknown = sorted(set(grids) - set(PROBES))
     if unknown:  # grids of known probes that are not run are ignored, so one grids dict can serve many calls
@@ -463,6 +466,16 @@ def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] | None = 
                         test_fraction=test_fraction, absent=absent, device=device,
                         family=extract_kwargs.get("family"))
 
+    run_jobs(run, job_list, jobs=jobs, progress=progress)
+    return paths
+
+
+def run_jobs(run, job_list: Sequence, *, jobs: int = 1, progress: bool = False) -> None:
+    """Call ``run(job)`` for every job of ``job_list``, ``jobs`` at a time (joblib threads: the loaded features are
+    shared in memory and torch releases the GIL), with one progress bar over the jobs.
+
+    Each job writes its own files, so the order in which parallel jobs finish changes no result.
+    """
     bar = None
     if progress and job_list:
         from tqdm.auto import tqdm
@@ -482,7 +495,6 @@ def sweep_cached(backbone: str, dataset: str, *, probes: Sequence[str] | None = 
                 bar.update()
     if bar is not None:
         bar.close()
-    return paths
 
 
 def _skipped_labels(train, dataset: str, data_root) -> dict[str, int]:

@@ -10,7 +10,9 @@ layer bootstraps them like classification's per-image hits.
   (:func:`probe._retrieval.loo_retrieval`); nothing is learned, so there is no val row and no seed.
   Classification probes (``--probes logistic centroid knn``) are identity classifiers under ``--cv``.
 - ``verification``, probe ``cosine``: the pairs of ``--pairs`` (LFW pairs.txt) or pairs drawn from the identities
-  (10 person-disjoint folds), threshold chosen on the other nine folds (:func:`probe._verify.verify`).
+  (10 person-disjoint folds), threshold chosen on the other nine folds (:func:`probe._verify.verify`); with
+  ``whiten`` (``--whiten DIM``) the cosine is taken after a PCA whitening fitted on the other folds' images too
+  (a different protocol id: whitened and plain results are never pooled).
 - ``regression``, probes ``ridge`` and ``knn``: the dataset's continuous target (``age`` for FG-NET and the
   generated ``faces``, ``target`` for a manifest), selected on val, refitted, scored on test or under ``--cv``.
 """
@@ -60,17 +62,21 @@ def target_name(source, task: str) -> str:
 def sweep_task_cached(backbone: str, dataset: str, *, task: str, probes: Sequence[str] | None, taps, seeds,
                       grids: Mapping | None, select_metric: str | None, val_fraction: float, cv: int | None,
                       cv_group: str | None, pairs: str | os.PathLike | None, cache_dir, results_dir, device: str,
-                      overwrite: bool, progress: bool, family: str | None = None, **extract_kwargs) -> list[Path]:
+                      overwrite: bool, progress: bool, whiten: int | None = None, jobs: int = 1,
+                      family: str | None = None, **extract_kwargs) -> list[Path]:
     """Run the jobs of one (backbone, dataset, task) over cached features; returns every job's parquet path.
 
     Arguments are those of :func:`probe.sweep_cached` (which calls this), plus ``task``, ``cv`` (folds),
-    ``cv_group`` (``"subject"``: keep each person's images in one fold) and ``pairs`` (an LFW pairs.txt file for
-    verification). See the module docstring for what each task runs.
+    ``cv_group`` (``"subject"``: keep each person's images in one fold), ``pairs`` (an LFW pairs.txt file for
+    verification) and ``whiten`` (verification: PCA whitening to this many components, fitted per fold on the
+    other folds' images). ``jobs`` jobs run at once, as classification's (:func:`probe._sweep.run_jobs`). See the
+    module docstring for what each task runs.
     """
     from ._cache import load_split
     from ._cv import CV_GROUPS
     from ._datasets import open_dataset
     from ._extract import extract_features
+    from ._sweep import run_jobs, skipped_count
     from .results import job_stem
 
     probes = resolve_probes(task, probes)
@@ -83,6 +89,11 @@ def sweep_task_cached(backbone: str, dataset: str, *, task: str, probes: Sequenc
                          "leave-one-person-out)")
     if pairs is not None and task != "verification":
         raise UsageError("--pairs is for --task verification; drop it or add --task verification")
+    if whiten is not None and task != "verification":
+        raise UsageError("--whiten is for --task verification; drop it or add --task verification")
+    if whiten is not None and int(whiten) < 1:
+        raise UsageError(f"--whiten must be at least 1 (PCA components); got {whiten}. Use e.g. --whiten 128, or "
+                         "drop it to compare the features as they are")
     learned = [p for p in probes if p != COSINE]
     if task == "identification" and learned and cv is None:
         raise UsageError(f"identity classifiers ({', '.join(learned)}) are scored under cross-validation; add --cv K "
@@ -113,12 +124,16 @@ def sweep_task_cached(backbone: str, dataset: str, *, task: str, probes: Sequenc
     pair_set = pair_tag = None
     if task == "verification":
         pair_set, pair_tag = _pairs(pairs, data, seeds[0])
-    paths = []
+        if whiten is not None:
+            for tap in taps:
+                _check_whiten(int(whiten), pair_set, data.features(tap).shape[1], tap)
+    n_skipped = skipped_count(splits.values())
+    paths, job_list = [], []
     for tap in taps:
-        context = _context(first, tap, family, task)
+        context = dict(_context(first, tap, family, task), n_skipped=n_skipped)
         for name in probes:
             for seed in ([seeds[0]] if name == COSINE else seeds):
-                evaluation = _evaluation(task, name, cv, cv_group, pair_tag)
+                evaluation = _evaluation(task, name, cv, cv_group, pair_tag, whiten)
                 grid = (grids or {}).get(name)
                 protocol, points = _protocol(task, name, tap, grid, select_metric, val_fraction, evaluation, data)
                 stem = job_stem(results_dir, backbone=first.backbone, dataset=first.dataset, probe=name, tap=tap,
@@ -128,11 +143,16 @@ def sweep_task_cached(backbone: str, dataset: str, *, task: str, probes: Sequenc
                 if path.exists() and not overwrite:
                     continue
                 base = dict(context, protocol=protocol)
-                job = dict(tap=tap, probe=name, seed=int(seed), grid=grid, select_metric=select_metric,
-                           dataset_spec=str(first.attrs.get("dataset_spec") or dataset),
-                           val_fraction=val_fraction, cv=cv, cv_group=cv_group, device=device)
-                rows, items = _run(task, data, job, base, pair_set)
-                _write(stem, rows, items)
+                job_list.append(dict(tap=tap, probe=name, seed=int(seed), grid=grid, select_metric=select_metric,
+                                     dataset_spec=str(first.attrs.get("dataset_spec") or dataset),
+                                     val_fraction=val_fraction, cv=cv, cv_group=cv_group, whiten=whiten,
+                                     device=device, base=base, stem=stem))
+
+    def run(job):
+        rows, items = _run(task, data, job, job["base"], pair_set)
+        _write(job["stem"], rows, items)
+
+    run_jobs(run, job_list, jobs=jobs, progress=progress)
     return paths
 
 
@@ -176,9 +196,9 @@ def _context(first, tap: str, family: str | None, task: str) -> dict:
                 dataset=first.dataset, tap=tap, cache_key=first.key, task=task, **backbone_context(first))
 
 
-def _evaluation(task: str, probe: str, cv, cv_group, pair_tag) -> dict:
-    if task == "verification":
-        return {"pairs": pair_tag, "folds": "pairs"}
+def _evaluation(task: str, probe: str, cv, cv_group, pair_tag, whiten=None) -> dict:
+    if task == "verification":  # whitened and plain comparisons are different protocols, never pooled
+        return {"pairs": pair_tag, "folds": "pairs", **({"whiten": int(whiten)} if whiten is not None else {})}
     if task == "identification" and probe == COSINE:
         return {"retrieval": "leave-one-image-out"}
     return {"cv": int(cv), "cv_group": cv_group} if cv is not None else {}
@@ -219,6 +239,17 @@ def _pairs(pairs, data: _Data, seed: int):
     return draw_pairs(data.labels, folds=folds, seed=int(seed)), f"drawn:{folds}folds:seed{int(seed)}"
 
 
+def _check_whiten(dim: int, pair_set, n_features: int, tap: str) -> None:
+    """``--whiten DIM`` fits at most as many components as the features have dimensions and as the smallest
+    fitting set (the images of the other folds' pairs) has images, less one (the centring)."""
+    fit = min(len(np.unique(np.concatenate([pair_set.a[pair_set.fold != f], pair_set.b[pair_set.fold != f]])))
+              for f in range(pair_set.n_folds))
+    most = min(n_features, fit - 1)
+    if dim > most:
+        raise UsageError(f"--whiten {dim} asks for more PCA components than the {tap} features allow ({n_features} "
+                         f"dimensions; {fit} images fit the smallest fold's whitening); use --whiten {most} or fewer")
+
+
 def _run(task: str, data: _Data, job: dict, base: dict, pair_set) -> tuple[list[dict], dict]:
     from .results import make_row
 
@@ -248,7 +279,7 @@ def _run(task: str, data: _Data, job: dict, base: dict, pair_set) -> tuple[list[
         from ._verify import verify
 
         start = time.perf_counter()
-        v = verify(X, pair_set)
+        v = verify(X, pair_set, pca_dim=job["whiten"])
         seconds = time.perf_counter() - start
         row = make_row(**common, select_metric="verif_acc", n_train=int(len(pair_set.a) * (1 - 1 / pair_set.n_folds)),
                        n_eval=len(pair_set.a), n_val=0, fit_seconds=seconds, **v.metrics(pair_set.same))

@@ -386,6 +386,8 @@ def test_pairs_file_parsing_and_missing_image(tmp_path, capsys):
     (["--task", "identification", "--probes", "logistic"], ["cross-validation", "--cv"]),
     (["--pairs", "p.txt"], ["--pairs is for --task verification"]),
     (["--task", "regression", "--cv", "1"], ["at least 2"]),
+    (["--task", "verification", "--whiten", "0"], ["--whiten must be at least 1"]),
+    (["--task", "identification", "--whiten", "8"], ["--whiten is for --task verification"]),
 ])
 def test_task_flag_errors_are_one_line(tmp_path, capsys, args, needles):
     proc = run_main(capsys, "sweep", "test_vit", "faces", "--random-init", "--cache-dir", tmp_path / "c",
@@ -486,3 +488,62 @@ def test_analysis_and_report_cover_the_tasks(face_results, tmp_path):
         assert needle in text, needle
     figures = {p.name for p in (tmp_path / "report" / "figures").glob("*.png")}
     assert "faces-cosine_pooled-retrieval.png" in figures and "faces-regression-scatter.png" in figures
+
+
+def test_whiten_flag_reaches_verification_as_its_own_protocol(face_results, capsys):
+    import polars as pl
+
+    from probe.results import load_artifacts
+
+    root, paths = face_results
+    (plain,) = paths["test_vit", "verification"]
+    common = ["sweep", "test_vit", "faces", "--random-init", "--img-size", "32", "--device", "cpu", "--no-progress",
+              "--task", "verification", "--cache-dir", root / "cache", "--results-dir", root / "whitened"]
+    proc = run_main(capsys, *common, "--whiten", "8")
+    assert proc.returncode == 0, proc.stderr
+    (path,) = (root / "whitened").rglob("*.parquet")
+    row, base = pl.read_parquet(path).row(0, named=True), pl.read_parquet(plain).row(0, named=True)
+    assert row["protocol"] != base["protocol"] and path.name != plain.name
+    # the same pairs and folds, scored on whitened features
+    art = load_artifacts(path)
+    assert not np.allclose(art["similarity"], load_artifacts(plain)["similarity"])
+    assert row["verif_acc"] == pytest.approx(np.mean([art["item/verif_acc"][art["fold"] == f].mean()
+                                                      for f in np.unique(art["fold"])]))
+    too_many = run_main(capsys, *common, "--whiten", "1000")
+    assert_one_line_error(too_many, 2, "--whiten 1000", "use --whiten")
+
+
+def test_task_jobs_run_in_parallel_with_identical_results(face_results):
+    import polars as pl
+
+    from probe._sweep import sweep_cached
+
+    root, _ = face_results
+    kw = dict(random_init=True, img_size=32, cache_dir=root / "cache", progress=False, device="cpu",
+              task="regression", probes=["ridge", "knn"], cv=4, cv_group="subject")
+    frames = []
+    for jobs in (1, 2):
+        paths = sweep_cached("test_vit", "faces", jobs=jobs, results_dir=root / f"jobs{jobs}", **kw)
+        assert len(paths) == 2
+        frames.append(pl.concat([pl.read_parquet(p).drop("fit_seconds", "created") for p in paths]))
+    assert frames[0]["fold"].null_count() == 2 and set(frames[0]["probe"]) == {"ridge", "knn"}
+    assert frames[0].equals(frames[1])
+
+
+def test_task_rows_count_images_left_out_by_skip_bad(tmp_path):
+    import polars as pl
+
+    from probe._sweep import sweep_cached
+    from tests._helpers import write_image_folder
+
+    root = write_image_folder(tmp_path / "people", classes=("ann", "bo", "cy", "di"), per_class=3, splits=("",),
+                              size=8)
+    (root / "bo" / "broken.png").write_bytes(b"not a png")
+    kw = dict(random_init=True, img_size=32, cache_dir=tmp_path / "cache", results_dir=tmp_path / "results",
+              progress=False, device="cpu", workers=0, skip_bad=True)
+    paths = sweep_cached("test_resnet", f"imagefolder:{root}", task="identification", **kw)
+    paths += sweep_cached("test_resnet", f"imagefolder:{root}", task="identification", probes=["centroid"], cv=3,
+                          **kw)
+    rows = pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed")
+    assert rows["n_skipped"].to_list() == [1] * rows.height and rows["fold"].null_count() == 2
+    assert set(rows["probe"]) == {"cosine", "centroid"} and rows.filter(pl.col("probe") == "cosine")["n_eval"][0] == 12

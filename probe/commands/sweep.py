@@ -56,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="verification pairs in the LFW pairs.txt format (10 folds of matched 'name n1 n2' and "
                              "mismatched 'name1 n1 name2 n2' lines), resolved in an LFW-layout dataset "
                              "(imagefolder:lfw with <Name>/<Name>_0001.jpg); default: pairs drawn from the identities")
+    parser.add_argument("--whiten", type=int, default=None, metavar="DIM",
+                        help="verification: compare the features after a PCA whitening to DIM components, fitted "
+                             "for each fold of the pairs on the other folds' images only (a protocol of its own); "
+                             "DIM at most the feature dimension and the fitting images less one")
     parser.add_argument("--shots", nargs="+", type=int, default=[0], metavar="K",
                         help="examples per class drawn from train (after the val carve); 0 = all of train")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="S",
@@ -105,8 +109,8 @@ def run(args: argparse.Namespace) -> int:
     taps = kwargs.pop("taps")
     dense = args.task in DENSE_TASK_NAMES
     task_args = {}
-    if args.task != DEFAULT_TASK or args.cv is not None or args.cv_group is not None or args.pairs is not None:
-        task_args = dict(task=args.task, cv=args.cv, cv_group=args.cv_group, pairs=args.pairs)
+    if args.task != DEFAULT_TASK or any(v is not None for v in (args.cv, args.cv_group, args.pairs, args.whiten)):
+        task_args = dict(task=args.task, cv=args.cv, cv_group=args.cv_group, pairs=args.pairs, whiten=args.whiten)
     probes = args.probes
     if probes is None and not dense:
         probes = PROBE_NAMES if args.task == DEFAULT_TASK else list(
