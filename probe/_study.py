@@ -23,15 +23,20 @@ The study file (all tables but ``[[backbones]]`` and ``[[datasets]]`` optional):
     select_metric = "mean_per_class_acc"   # optional per-dataset override
     img_size = 224                # optional: overrides the backbone's img_size for this dataset
     test_fraction = 0.2           # optional: carve a test split from train when the dataset has none
-    tasks = ["classification"]    # optional: the targets studied on it (sweeps and fine-tuning of these tasks);
-                                  # e.g. ["segmentation", "depth"] for shapes, nyuv2:PATH or a dense manifest
-    task = "regression"           # optional: classification (default), identification, verification, regression
+    tasks = ["classification"]    # optional: every task studied on it, any of classification (default),
+                                  # segmentation, depth (the [[sweeps]] of these tasks, and fine-tuning for
+                                  # classification), identification, verification, regression (the face and
+                                  # continuous-target protocols on pooled features, below); e.g.
+                                  # ["segmentation", "depth"] for shapes, ["identification", "regression"] for FG-NET
+    # the dataset's protocol settings, shared by its tasks:
     cv = 5                        # optional: K-fold cross-validation (a dataset without a test split)
     cv_group = "subject"          # optional: keep each person in one fold (cv = people: leave-one-person-out)
     pairs = "lfw/pairs.txt"       # optional (verification): LFW pairs file, relative to the study file
-    probes = ["ridge", "knn"]     # optional: the task's probes (default: cosine for identification and
-                                  # verification, ridge and knn for regression); a task dataset runs these on
-                                  # pooled features instead of the [[sweeps]], and is not fine-tuned
+    whiten = 128                  # optional (verification): PCA whitening to this many components, fitted per
+                                  # fold on the other folds' images
+    probes = ["ridge", "knn"]     # optional: the probes of its identification / verification / regression tasks
+                                  # (each runs the listed probes it takes; default: cosine for identification and
+                                  # verification, ridge and knn for regression), instead of the [[sweeps]]
 
     [extract]                     # how features are computed (see probe extract-features)
     batch_size = 64
@@ -97,8 +102,10 @@ from ._errors import ProbeError, UsageError
 from ._official import KINDS as OFFICIAL_KINDS
 from ._schema import MISSING, TASK, WORKERS, Setting, check_setting, toml_value
 from .vocab import (DEFAULT_TASK, DEFAULT_VAL_FRACTION, DENSE_GRID_KEYS, DENSE_PROBES, FINETUNE_MODES, PROBES,
-                    TASK_DEFAULT_PROBES, TASK_METRICS)
+                    TASK_DEFAULT_PROBES, TASK_METRICS, TASK_PROBES)
 
+#: Tasks of a dataset whose probes are the dataset's own (``probes``), run on pooled features by probe._tasks.
+FACE_TASKS = ("identification", "verification", "regression")
 #: The dense probes and the keys of their grids.
 _DENSE_PROBES = {name: DENSE_GRID_KEYS for name in DENSE_PROBES}
 
@@ -137,12 +144,18 @@ class DatasetSpec:
     img_size: int | None = None
     name: str | None = None
     test_fraction: float = 0.0  # part of train carved off as test when the dataset has no test split
-    tasks: list[str] = field(default_factory=lambda: [DEFAULT_TASK])  # targets studied on this dataset
-    task: str = "classification"  # what the target asks (probe.vocab.TASKS, the frozen-feature ones)
+    tasks: list[str] = field(default_factory=lambda: [DEFAULT_TASK])  # every task studied (probe.vocab.TASKS)
     cv: int | None = None  # folds of cross-validation (for a dataset without a test split)
     cv_group: str | None = None  # "subject": each person's images in one fold
     pairs: str | None = None  # verification pairs file (LFW pairs.txt); default: drawn from the identities
-    probes: list[str] | None = None  # the task's probes (default probe.vocab.TASK_DEFAULT_PROBES)
+    whiten: int | None = None  # verification: PCA whitening components, fitted on the other folds' images
+    probes: list[str] | None = None  # probes of the face / regression tasks (default probe.vocab.TASK_DEFAULT_PROBES)
+
+    def task_probes(self, task: str) -> list[str]:
+        """The probes a face / regression task of this dataset runs: the listed ones it takes, else its defaults."""
+        if self.probes is None:
+            return list(TASK_DEFAULT_PROBES[task])
+        return [p for p in self.probes if p in TASK_PROBES[task]]
 
 
 @dataclass
@@ -178,8 +191,8 @@ class Job:
     def describe(self) -> str:
         """A short human-readable line: kind, backbone, dataset and the settings that tell jobs apart."""
         where = self.dataset.spec if self.dataset is not None else self.settings.get("dataset", "")
-        if self.dataset is not None and (self.dataset.task != "classification" or self.dataset.cv):
-            where += f" [{self.dataset.task}" + (f", cv {self.dataset.cv}" if self.dataset.cv else "") + "]"
+        if self.dataset is not None and self.dataset.cv and self.kind == "sweep":
+            where += f" [cv {self.dataset.cv}]"
         extra = ""
         if self.kind == "sweep":
             s = self.settings
@@ -213,7 +226,6 @@ def study_schema() -> dict[str, dict[str, Setting]]:
     from ._cv import CV_GROUPS
     from ._executor import executor_schema
     from ._finetune import ACCUM_STEPS, config_settings
-    from ._tasks import TASKS_HERE
     from .vocab import COSINE, FAMILIES, METRICS, TASK_METRICS
 
     size = Setting("int", lo=1)
@@ -237,9 +249,8 @@ def study_schema() -> dict[str, dict[str, Setting]]:
                      "test_fraction": Setting("float", lo=0, hi=1, hi_open=True, default=0.0),
                      "tasks": Setting("str", many=True, nonempty=True, choices=TASK.choices,
                                       default=[DEFAULT_TASK]),
-                     "task": Setting("str", choices=TASKS_HERE, default="classification"),
                      "cv": Setting("int", lo=2, default=5), "cv_group": Setting("str", choices=CV_GROUPS),
-                     "pairs": Setting("str", default="pairs.txt"),
+                     "pairs": Setting("str", default="pairs.txt"), "whiten": Setting("int", lo=1, default=128),
                      "probes": Setting("str", many=True, nonempty=True, choices=(COSINE, *PROBES),
                                        default=["cosine"])},
         "extract": {"batch_size": Setting("int", lo=1, default=64), "workers": Setting("int", lo=0),
@@ -385,8 +396,9 @@ def load_study(path: str | os.PathLike | None = None) -> Study:
             raise UsageError(f"[multitask] in {source}: tasks needs two dense tasks to train jointly, e.g. "
                              'tasks = ["segmentation", "depth"]')
         _check_finetune_rules({**multitask, "modes": ["full"]}, "multitask", source)
-    if not sweeps and finetune is None:
-        raise UsageError(f"study file {source} has neither [[sweeps]] nor [finetune]: nothing to run")
+    if not sweeps and finetune is None and not any(set(d.tasks) & set(FACE_TASKS) for d in datasets):
+        raise UsageError(f"study file {source} has neither [[sweeps]] nor [finetune] (nor a dataset with tasks "
+                         "identification, verification or regression): nothing to run")
     return Study(name=head.get("name", Path(source).stem), backbones=backbones, datasets=datasets, sweeps=sweeps,
                  finetune=finetune, pretrain=pretrain, multitask=multitask,
                  extract=tables["extract"][0] if tables["extract"] else {},
@@ -397,23 +409,36 @@ def load_study(path: str | os.PathLike | None = None) -> Study:
 
 
 def _check_task_keys(d: dict, where: str) -> None:
-    """The rules between a dataset's task keys (each key's own type and range are the schema's)."""
-    from ._tasks import resolve_probes
-
-    task = d.get("task", "classification")
+    """The rules between a dataset's tasks and protocol settings (each key's own type and range are the schema's)."""
+    tasks = d.get("tasks", [DEFAULT_TASK])
     if d.get("cv_group") and not d.get("cv"):
         raise UsageError(f"{where}: cv_group = \"{d['cv_group']}\" groups the folds of cv; add cv = K (the number "
                          "of people for leave-one-person-out)")
-    if d.get("pairs") and task != "verification":
-        raise UsageError(f"{where}: pairs is for task = \"verification\"; drop it or set the task")
-    if d.get("probes") and task == "classification":
-        raise UsageError(f"{where}: probes belongs to a task dataset; classification datasets take their probes "
-                         "from [[sweeps]]")
-    if task != "classification":
-        try:
-            resolve_probes(task, d.get("probes"))
-        except UsageError as exc:
-            raise UsageError(f"{where} probes: {exc}") from None
+    for key in ("pairs", "whiten"):
+        if d.get(key) is not None and "verification" not in tasks:
+            raise UsageError(f"{where}: {key} is for verification; add \"verification\" to tasks or drop {key}")
+    own = [t for t in tasks if t in FACE_TASKS]
+    if d.get("probes") and not own:
+        raise UsageError(f"{where}: probes are those of the identification, verification and regression tasks; "
+                         "classification and dense tasks take their probes from [[sweeps]]")
+    spec = DatasetSpec(spec=d["spec"], tasks=tasks, probes=d.get("probes"))
+    if d.get("probes"):
+        unused = [p for p in d["probes"] if not any(p in TASK_PROBES[t] for t in own)]
+        if unused:
+            raise UsageError(f"{where} probes: {unused} are not probes of {', '.join(own)}; use some of "
+                             f"{', '.join(dict.fromkeys(p for t in own for p in TASK_PROBES[t]))}")
+        for t in own:
+            if not spec.task_probes(t):
+                raise UsageError(f"{where} probes: none of {d['probes']} is a probe of {t}; add one of "
+                                 f"{', '.join(TASK_PROBES[t])}")
+    learned = [p for p in spec.task_probes("identification") if p != "cosine"] if "identification" in own else []
+    if learned and not d.get("cv"):
+        raise UsageError(f"{where}: identity classifiers ({', '.join(learned)}) are scored under cross-validation; "
+                         "add cv = K, or list only \"cosine\" for leave-one-image-out retrieval")
+    if learned and d.get("cv_group"):
+        raise UsageError(f"{where}: identity classifiers ({', '.join(learned)}) cannot be scored with cv_group = "
+                         f"\"{d['cv_group']}\" (a held-out person is never in the training fold); put them in a "
+                         "dataset entry of their own without cv_group")
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -447,6 +472,10 @@ def _read_table(raw: dict, name: str, schema: dict[str, Setting], source: str) -
         where = f"{shape}" + (f" #{i + 1}" if many else "")
         unknown = sorted(set(table) - set(schema))
         for key in unknown:
+            if name == "datasets" and key == "task":  # the one tasks key lists every task of a dataset
+                value = toml_value(table[key])
+                raise UsageError(f"{where} in {source}: task = {value} is no longer a dataset key; use tasks = "
+                                 f"[{value}] (one list of every task of the dataset)")
             if name == "finetune" and key in _FINETUNE_ELSEWHERE:
                 raise UsageError(f"{where} in {source} cannot set {key}: {_FINETUNE_ELSEWHERE[key]}")
             import difflib
@@ -580,15 +609,10 @@ def plan_study(study: Study) -> list[Job]:
         if study.pretrain is not None:
             jobs.append(Job("pretrain", bb, None, {**study.pretrain, "seed": study.seeds[0]}))
         for ds in study.datasets:
-            if ds.task != "classification":
-                # a task dataset runs its task's probes on pooled features (probe._tasks), and no fine-tuning
-                jobs.append(Job("extract", bb, ds, {"taps": ["pooled"]}))
-                jobs.append(Job("sweep", bb, ds, {"probes": list(ds.probes or TASK_DEFAULT_PROBES[ds.task]),
-                                                  "taps": ["pooled"], "shots": [0], "seeds": study.seeds,
-                                                  "grids": {}}))
-                continue
             sweeps = [s for s in study.sweeps if s.get("task", DEFAULT_TASK) in ds.tasks]  # the dataset's tasks
-            taps = []
+            # the face and continuous-target tasks run their own probes on pooled features (probe._tasks)
+            own = [t for t in ds.tasks if t in FACE_TASKS]
+            taps = ["pooled"] if own else []
             for s in sweeps:
                 taps.extend(t for t in s["taps"] if t not in taps)
             if taps:
@@ -597,6 +621,9 @@ def plan_study(study: Study) -> list[Job]:
                 if ds.cv and any(s["shots"]):
                     continue  # few-shot draws are not cross-validated
                 jobs.append(Job("sweep", bb, ds, {**s, "seeds": s["seeds"] or study.seeds}))
+            for t in own:
+                jobs.append(Job("sweep", bb, ds, {"task": t, "probes": ds.task_probes(t), "taps": ["pooled"],
+                                                  "shots": [0], "seeds": study.seeds, "grids": {}}))
             if study.finetune is not None and DEFAULT_TASK in ds.tasks and not ds.cv:
                 settings = {k: v for k, v in study.finetune.items() if k != "modes"}
                 for mode in study.finetune.get("modes", ["full"]):
@@ -873,9 +900,10 @@ def _run_job(job: Job, study: Study, pretrained: dict[str, str], *, cache_dir, r
         task = s.get("task", DEFAULT_TASK)
         select_metric = ds.select_metric or study.select_metric
         task_args = {}
-        if ds.task != "classification" or ds.cv:  # a face / continuous-target dataset, or cross-validation
-            task = ds.task
-            task_args = dict(cv=ds.cv, cv_group=ds.cv_group, pairs=ds.pairs)
+        if task in FACE_TASKS or (ds.cv and task == DEFAULT_TASK):  # the dataset's protocol settings
+            task_args = dict(cv=ds.cv, cv_group=ds.cv_group)
+            if task == "verification":
+                task_args.update(pairs=ds.pairs, whiten=ds.whiten)
         if select_metric not in TASK_METRICS[task]:
             select_metric = None  # the task's own default (miou, rmse, mae, ...)
         sweep_cached(bb.name, ds.spec, probes=s["probes"], taps=s["taps"], shots=s["shots"], seeds=s["seeds"],

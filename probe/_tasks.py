@@ -98,6 +98,9 @@ def sweep_task_cached(backbone: str, dataset: str, *, task: str, probes: Sequenc
     if task == "identification" and learned and cv is None:
         raise UsageError(f"identity classifiers ({', '.join(learned)}) are scored under cross-validation; add --cv K "
                          "(or use --probes cosine for leave-one-image-out retrieval)")
+    if task == "identification" and learned and cv_group is not None:
+        raise UsageError(f"identity classifiers ({', '.join(learned)}) cannot be scored with --cv-group subject: a "
+                         "held-out person is never in the training fold; drop --cv-group (folds stratified by person)")
     metrics = TASK_METRICS[task]
     # the val metric of the learned probes: the task's own for regression, a classifier's for identities
     own = TASK_METRICS["regression"] if task == "regression" else TASK_METRICS[DEFAULT_TASK]

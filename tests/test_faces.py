@@ -547,3 +547,24 @@ def test_task_rows_count_images_left_out_by_skip_bad(tmp_path):
     rows = pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed")
     assert rows["n_skipped"].to_list() == [1] * rows.height and rows["fold"].null_count() == 2
     assert set(rows["probe"]) == {"cosine", "centroid"} and rows.filter(pl.col("probe") == "cosine")["n_eval"][0] == 12
+
+
+def test_study_dataset_runs_each_of_its_tasks_with_its_protocol_settings(face_results, tmp_path):
+    import polars as pl
+
+    from probe._study import run_study
+    from probe._sweep import sweep_cached
+
+    root, paths = face_results
+    study = tmp_path / "faces.toml"
+    study.write_text('[[backbones]]\nname = "test_vit"\nrandom_init = true\nimg_size = 32\n\n'
+                     '[[datasets]]\nspec = "faces"\ntasks = ["identification", "verification"]\nwhiten = 8\n')
+    run_study(study, cache_dir=root / "cache", results_dir=tmp_path / "results", report_dir=None, device="cpu",
+              progress=False, out=open(tmp_path / "log.txt", "w"))
+    made = sorted((tmp_path / "results").rglob("*.parquet"))
+    rows = pl.concat([pl.read_parquet(p) for p in made], how="diagonal_relaxed")
+    assert sorted(rows["task"]) == ["identification", "verification"]
+    # the study's whiten reached verify: the file is the one `--whiten 8` names, not the plain protocol's
+    (whitened,) = sweep_cached("test_vit", "faces", task="verification", whiten=8, random_init=True, img_size=32,
+                               cache_dir=root / "cache", results_dir=tmp_path / "results", progress=False)
+    assert whitened in made and whitened.name != paths["test_vit", "verification"][0].name

@@ -125,15 +125,19 @@ def test_seed_study_plans_without_downloading(capsys):
     assert {b.family for b in study.backbones} == {"convnet", "transformer"}
     assert [d.spec.split(":")[0] for d in study.datasets] == ["flowers102", "caltech101", "cub200", "indoor67",
                                                                "wikiart", "covid-cxr", "nyuv2", "fgnet", "fgnet"]
-    assert [(d.task, d.cv, d.cv_group) for d in study.datasets[7:]] == [("identification", 5, None),
-                                                                      ("regression", 82, "subject")]
+    assert [(d.tasks, d.cv, d.cv_group) for d in study.datasets[7:]] == [
+        (["identification", "regression"], 82, "subject"), (["identification"], 5, None)]
     assert study.datasets[0].spec == f"flowers102:{ROOT / 'studies' / '..' / 'data' / 'flowers-102'}"
     jobs = plan_study(study)
     kinds = [j.kind for j in jobs]
-    # the FG-NET task datasets: one extraction and one sweep each, no fine-tuning
+    # the FG-NET task datasets: one extraction each and one sweep per task, no fine-tuning
     assert kinds.count("finetune") == 5 * 6 and kinds.count("extract") == 5 * 9
-    # NYUv2: a segmentation and a depth sweep per backbone; FG-NET: one sweep per task dataset
-    assert kinds.count("sweep") == 5 * 6 * 3 + 5 * 2 + 5 * 2
+    # NYUv2: a segmentation and a depth sweep per backbone; FG-NET: identification + regression, identification
+    assert kinds.count("sweep") == 5 * 6 * 3 + 5 * 2 + 5 * 3
+    fgnet = [j.settings for j in jobs if j.kind == "sweep" and j.backbone is study.backbones[0]
+             and j.dataset.spec.startswith("fgnet:")]
+    assert [(s["task"], s["probes"]) for s in fgnet] == [("identification", ["cosine"]), ("regression", ["ridge", "knn"]),
+                                                          ("identification", ["logistic", "centroid", "knn"])]
     if (ROOT / "data").exists():
         pytest.skip("a data/ folder exists beside the study: the missing-data half of this test does not apply")
     # without the downloads, --plan still lists the jobs, then fails with one line naming the first missing file
@@ -189,10 +193,9 @@ def test_block_star_expands_per_architecture():
 def test_default_study_loads_and_plans():
     study = load_study(None)
     assert {b.name for b in study.backbones} == {"test_resnet", "test_convnext", "test_vit", "test_vit2"}
-    assert study.pretrain["dataset"] == "shapes" and [d.spec for d in study.datasets] == [
-        "digits", "faces", "faces", "faces", "shapes"]
-    assert [d.task for d in study.datasets] == ["classification", "identification", "verification", "regression",
-                                                "classification"]
+    assert study.pretrain["dataset"] == "shapes" and [d.spec for d in study.datasets] == ["digits", "faces", "shapes"]
+    assert [d.tasks for d in study.datasets] == [["classification"], ["identification", "verification", "regression"],
+                                                 ["segmentation", "depth"]]
     jobs = plan_study(study)
     assert jobs[0].kind == "pretrain"
     on_shapes = [j for j in jobs if j.dataset is not None and j.dataset.spec == "shapes" and "tasks" not in j.settings]
@@ -202,10 +205,11 @@ def test_default_study_loads_and_plans():
     assert all(j.settings["taps"] == ["patch"] for j in on_shapes)
     assert not any(j.settings.get("task", "classification") != "classification" for j in jobs
                    if j.dataset is not None and j.dataset.spec == "digits")
-    # a task dataset runs its task's probes on pooled features, and is not fine-tuned
+    # one face dataset entry runs each of its tasks (its own probes, pooled features) and is not fine-tuned
     faces = [j for j in jobs if j.dataset is not None and j.dataset.spec == "faces"]
     assert {j.kind for j in faces} == {"extract", "sweep"}
-    assert [j.settings["probes"] for j in faces if j.kind == "sweep"][:3] == [["cosine"], ["cosine"], ["ridge"]]
+    assert [(j.settings["task"], j.settings["probes"]) for j in faces if j.kind == "sweep"][:3] == [
+        ("identification", ["cosine"]), ("verification", ["cosine"]), ("regression", ["ridge", "knn"])]
     # the multi-task miniature: per chosen backbone, the joint run and each task alone
     dense = [(j.backbone.name, tuple(j.settings["tasks"])) for j in jobs if "tasks" in j.settings]
     assert dense == [(b, t) for b in ("test_resnet", "test_vit")
@@ -226,12 +230,22 @@ def test_default_study_loads_and_plans():
      "taps=['patch']\ngrids={linear={C=[1]}}\n", ["grids.linear", "['C']", "lr, weight_decay"]),
     ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='shapes'\n[[sweeps]]\ntask='depht'\nprobes=['linear']\n",
      ["task", "did you mean 'depth'"]),
-    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='faces'\ntask='age'\n", ["task", "regression", "age"]),
-    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='faces'\ntask='regression'\ncv_group='subject'\n",
+    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='faces'\ntasks=['age']\n", ["tasks", "regression", "age"]),
+    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='faces'\ntask='regression'\n",
+     ["[[datasets]] #1", "task = \"regression\" is no longer", "use tasks = [\"regression\"]"]),
+    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='faces'\ntasks=['regression']\ncv_group='subject'\n",
      ["cv_group", "add cv = K"]),
-    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='faces'\ntask='regression'\nprobes=['cosine']\ncv=5\n",
+    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='faces'\ntasks=['regression']\nprobes=['cosine']\ncv=5\n",
      ["[[datasets]] #1", "ridge, knn"]),
+    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='faces'\ntasks=['identification', 'regression']\n"
+     "probes=['logistic']\ncv=5\n", ["none of ['logistic'] is a probe of regression"]),
+    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='faces'\ntasks=['identification', 'regression']\n"
+     "probes=['knn']\ncv=5\ncv_group='subject'\n", ["identity classifiers (knn)", "cv_group"]),
     ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='faces'\npairs='p.txt'\n", ["pairs", "verification"]),
+    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='faces'\ntasks=['identification']\nwhiten=8\n",
+     ["whiten is for verification"]),
+    ("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='faces'\ntasks=['verification']\nwhiten=0\n",
+     ["whiten", "integer >= 1"]),
 ])
 def test_bad_study_files_are_one_clear_line(tmp_path, capsys, text, needles):
     path = tmp_path / "bad.toml"
