@@ -191,8 +191,9 @@ class Job:
     def describe(self) -> str:
         """A short human-readable line: kind, backbone, dataset and the settings that tell jobs apart."""
         where = self.dataset.spec if self.dataset is not None else self.settings.get("dataset", "")
-        if self.dataset is not None and self.dataset.cv and self.kind == "sweep":
-            where += f" [cv {self.dataset.cv}]"
+        if self.dataset is not None and self.dataset.cv and self.kind == "sweep" and (
+                self.settings.get("task") != "verification" and self.settings["probes"] != ["cosine"]):
+            where += f" [cv {self.dataset.cv}]"  # retrieval and verification learn nothing per fold
         extra = ""
         if self.kind == "sweep":
             s = self.settings
