@@ -21,6 +21,10 @@ Specs (``DatasetSource.spec``):
   ``covid-cxr:PATH``: the seed study's datasets read from their official downloads with the official split, options
   after ``?`` (``wikiart:PATH?target=genre``); see ``probe/_official.py``.
 
+Split names are ``train``, ``val`` and ``test`` (with the spellings of ``_SPLIT_ALIASES``), and ``gallery`` with
+``query`` for identification's gallery/probe protocol (each query image ranks the gallery; one without the other is
+an error); any other split folder or manifest value is an error naming them.
+
 Every source gives class names (index = label; sorted unless the dataset defines its own order), samples in a fixed
 dataset order, string ids (path relative to the dataset root, or the sample index as text) and a fingerprint that
 changes whenever the data does.
@@ -43,11 +47,13 @@ from ._faces import FILE_KINDS as FACE_FILE_KINDS
 from ._images import is_image_file, load_image
 from ._official import KINDS as OFFICIAL_KINDS
 from ._official import read_official
+from .vocab import SPLITS
 
-#: Canonical split names, and the folder / column spellings accepted for them.
-SPLITS = ("train", "val", "test")
+#: Canonical split names (probe.vocab.SPLITS), and the folder / column spellings accepted for them.
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                  "dev": "val", "test": "test", "testing": "test"}
+                  "dev": "val", "test": "test", "testing": "test", "gallery": "gallery", "query": "query"}
+#: How the accepted split names are spelled in errors.
+_SPLIT_HINT = "use train, val, test, or gallery and query (identification's gallery/probe splits)"
 
 #: Where torchvision:/hf: datasets are looked for when no data root is given.
 DEFAULT_DATA_ROOT = "data"
@@ -92,9 +98,17 @@ class DatasetSource:
     targets: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     _fingerprint: str | None = field(default=None, repr=False)
 
+    def __post_init__(self):
+        pair = {"gallery", "query"} & set(self.splits)
+        if len(pair) == 1:
+            (have,), (lack,) = pair, {"gallery", "query"} - pair
+            raise UsageError(f"dataset {self.spec} has a {have} split but no {lack} split; gallery/probe "
+                             f"identification needs both (split values gallery and query), or rename the {have} "
+                             "images' split (train, val, test)")
+
     @property
     def split_names(self) -> list[str]:
-        """The splits this dataset has, in train/val/test order."""
+        """The splits this dataset has, in train/val/test/gallery/query order."""
         return [s for s in SPLITS if s in self.splits]
 
     def __len__(self) -> int:
@@ -444,7 +458,7 @@ def _open_manifest(arg: str) -> DatasetSource:
         raw_splits = [str(s).lower() for s in frame["split"].to_list()]
         bad = sorted({s for s in raw_splits if s not in _SPLIT_ALIASES})
         if bad:
-            raise UsageError(f"manifest {arg} has unknown split values {bad}; use train, val or test")
+            raise UsageError(f"manifest {arg} has unknown split values {bad}; {_SPLIT_HINT}")
         split_of = [_SPLIT_ALIASES[s] for s in raw_splits]
     else:
         split_of = ["train"] * len(rel_paths)

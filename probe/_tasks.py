@@ -6,8 +6,10 @@
 with the per-item values beside it (``.npz``: ``ids``, ``labels``, ``item/<metric>`` ...) so that the analysis
 layer bootstraps them like classification's per-image hits.
 
-- ``identification``, probe ``cosine``: leave-one-image-out retrieval over the whole dataset
-  (:func:`probe._retrieval.loo_retrieval`); nothing is learned, so there is no val row and no seed.
+- ``identification``, probe ``cosine``: leave-one-image-out retrieval over the whole dataset, or, when the
+  dataset has ``gallery`` and ``query`` splits, each query image against the gallery (:func:`probe._retrieval.retrieve`;
+  ``n_train`` = the gallery size, ``n_eval`` = the queries whose identity the gallery holds); nothing is learned, so
+  there is no val row and no seed.
   Classification probes (``--probes logistic centroid knn``) are identity classifiers under ``--cv``.
 - ``verification``, probe ``cosine``: the pairs of ``--pairs`` (LFW pairs.txt) or pairs drawn from the identities
   (10 person-disjoint folds), threshold chosen on the other nine folds (:func:`probe._verify.verify`); with
@@ -28,7 +30,7 @@ import numpy as np
 
 from ._errors import UsageError
 from ._io import save_npz_atomic
-from .vocab import COSINE, DEFAULT_TASK, PROBES, TASK_DEFAULT_PROBES, TASK_METRICS, TASK_PROBES
+from .vocab import COSINE, DEFAULT_TASK, PROBES, SPLITS, TASK_DEFAULT_PROBES, TASK_METRICS, TASK_PROBES
 
 #: Tasks this module runs (segmentation and depth are the dense probes').
 TASKS_HERE = ("classification", "identification", "verification", "regression")
@@ -136,7 +138,7 @@ def sweep_task_cached(backbone: str, dataset: str, *, task: str, probes: Sequenc
         context = dict(_context(first, tap, family, task), n_skipped=n_skipped)
         for name in probes:
             for seed in ([seeds[0]] if name == COSINE else seeds):
-                evaluation = _evaluation(task, name, cv, cv_group, pair_tag, whiten)
+                evaluation = _evaluation(task, name, cv, cv_group, pair_tag, whiten, data.gallery)
                 grid = (grids or {}).get(name)
                 protocol, points = _protocol(task, name, tap, grid, select_metric, val_fraction, evaluation, data)
                 stem = job_stem(results_dir, backbone=first.backbone, dataset=first.dataset, probe=name, tap=tap,
@@ -160,12 +162,13 @@ def sweep_task_cached(backbone: str, dataset: str, *, task: str, probes: Sequenc
 
 
 class _Data:
-    """The rows a task job sees: every split's features concatenated (train, val, test order), with ids, class
-    labels (identities), the continuous target when the task needs it, and where each split's rows are."""
+    """The rows a task job sees: every split's features concatenated (:data:`probe.vocab.SPLITS` order), with ids,
+    class labels (identities), the continuous target when the task needs it, and where each split's rows are
+    (``parts``; ``gallery`` is true when the dataset has identification's gallery and query splits)."""
 
     def __init__(self, source, splits: dict, task: str):
         self.splits = splits
-        order = [s for s in ("train", "val", "test") if s in splits]
+        order = [s for s in SPLITS if s in splits]
         self.parts = {}
         offset = 0
         for s in order:
@@ -184,9 +187,10 @@ class _Data:
                 full = source.target(name, s)
                 values.append(np.asarray([full[where[str(i)]] for i in splits[s].ids], dtype=np.float64))
             self.target = np.concatenate(values)
+        self.gallery = "gallery" in self.parts and "query" in self.parts
 
     def features(self, tap: str) -> np.ndarray:
-        order = [s for s in ("train", "val", "test") if s in self.splits]
+        order = [s for s in SPLITS if s in self.splits]
         return np.concatenate([self.splits[s].features[tap] for s in order])
 
 
@@ -199,11 +203,11 @@ def _context(first, tap: str, family: str | None, task: str) -> dict:
                 dataset=first.dataset, tap=tap, cache_key=first.key, task=task, **backbone_context(first))
 
 
-def _evaluation(task: str, probe: str, cv, cv_group, pair_tag, whiten=None) -> dict:
+def _evaluation(task: str, probe: str, cv, cv_group, pair_tag, whiten=None, gallery: bool = False) -> dict:
     if task == "verification":  # whitened and plain comparisons are different protocols, never pooled
         return {"pairs": pair_tag, "folds": "pairs", **({"whiten": int(whiten)} if whiten is not None else {})}
     if task == "identification" and probe == COSINE:
-        return {"retrieval": "leave-one-image-out"}
+        return {"retrieval": "gallery-query" if gallery else "leave-one-image-out"}
     return {"cv": int(cv), "cv_group": cv_group} if cv is not None else {}
 
 
@@ -263,18 +267,22 @@ def _run(task: str, data: _Data, job: dict, base: dict, pair_set) -> tuple[list[
     if task == "identification" and probe == COSINE:
         import time
 
-        from ._retrieval import loo_retrieval
+        from ._retrieval import retrieve
 
+        # queries vs the gallery split when the dataset has them, else every image against all the others
+        q, g = (data.parts["query"], data.parts["gallery"]) if data.gallery else (np.arange(len(X)), None)
         start = time.perf_counter()
-        r = loo_retrieval(X, data.labels, device=job["device"])
+        r = retrieve(X[q], data.labels[q], None if g is None else X[g], None if g is None else data.labels[g],
+                     device=job["device"])
         seconds = time.perf_counter() - start
-        row = make_row(**common, select_metric="rank1", n_train=len(X) - 1, n_eval=int(r.valid.sum()), n_val=0,
-                       fit_seconds=seconds, **r.metrics())
+        g = np.arange(len(X)) if g is None else g
+        row = make_row(**common, select_metric="rank1", n_train=len(g) - (0 if data.gallery else 1),
+                       n_eval=int(r.valid.sum()), n_val=0, fit_seconds=seconds, **r.metrics())
         v = r.valid
-        items = {"ids": data.ids[v], "labels": data.labels[v], "item/rank1": r.rank1[v], "item/rank5": r.rank5[v],
-                 "item/map": r.ap[v], "neighbours": r.neighbours[v], "gallery_ids": data.ids,
-                 "gallery_labels": data.labels, "classes": np.asarray(data.classes, dtype=str),
-                 "dataset_spec": np.asarray(job["dataset_spec"])}
+        items = {"ids": data.ids[q][v], "labels": data.labels[q][v], "item/rank1": r.rank1[v],
+                 "item/rank5": r.rank5[v], "item/map": r.ap[v], "neighbours": r.neighbours[v],
+                 "gallery_ids": data.ids[g], "gallery_labels": data.labels[g],
+                 "classes": np.asarray(data.classes, dtype=str), "dataset_spec": np.asarray(job["dataset_spec"])}
         return [row], items
     if task == "verification":
         import time

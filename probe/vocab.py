@@ -6,8 +6,9 @@ here, so the CLI choices, the study-file checks, the results schema and the repo
 
 from __future__ import annotations
 
-#: Dataset splits, in the order data moves through the protocol.
-SPLITS = ("train", "val", "test")
+#: Dataset splits, in the order data moves through the protocol; ``gallery`` and ``query`` (always together) are
+#: identification's gallery/probe splits: each query image ranks the gallery.
+SPLITS = ("train", "val", "test", "gallery", "query")
 
 #: Frozen-feature probes for classification targets (``probe sweep --probes``).
 PROBES = ("logistic", "ridge", "knn", "centroid")

@@ -568,3 +568,43 @@ def test_study_dataset_runs_each_of_its_tasks_with_its_protocol_settings(face_re
     (whitened,) = sweep_cached("test_vit", "faces", task="verification", whiten=8, random_init=True, img_size=32,
                                cache_dir=root / "cache", results_dir=tmp_path / "results", progress=False)
     assert whitened in made and whitened.name != paths["test_vit", "verification"][0].name
+
+
+def test_gallery_and_query_splits_run_identification_queries_against_the_gallery(face_results, tmp_path, capsys):
+    import polars as pl
+
+    from probe._cache import load_split
+    from probe._extract import extract_features
+    from probe._retrieval import retrieve
+    from probe._sweep import sweep_cached
+    from tests._helpers import write_image_folder
+
+    root = write_image_folder(tmp_path / "people", classes=("ann", "bo", "cy", "di"), per_class=3, splits=("",),
+                              size=8)
+    # ann, bo, cy: two gallery images and one query each; di: a query the gallery cannot answer (not valid)
+    rows = [(f"{p}/img_{i}.png", p, "gallery" if i < 2 and p != "di" else "query")
+            for p in ("ann", "bo", "cy", "di") for i in range(3) if p != "di" or i == 0]
+    manifest = root / "faces.csv"
+    manifest.write_text("path,label,split\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    kw = dict(random_init=True, img_size=32, cache_dir=tmp_path / "cache", progress=False, device="cpu", workers=0)
+    (path,) = sweep_cached("test_resnet", f"csv:{manifest}", task="identification",
+                           results_dir=tmp_path / "results", **kw)
+    row = pl.read_parquet(path).row(0, named=True)
+    assert (row["n_train"], row["n_eval"]) == (6, 3)
+    splits = {s: load_split(e) for s, e in extract_features("test_resnet", f"csv:{manifest}", **kw).items()}
+    assert sorted(splits) == ["gallery", "query"]
+    q, g = splits["query"], splits["gallery"]
+    ref = retrieve(q.features["pooled"], q.labels, g.features["pooled"], g.labels).metrics()
+    assert (row["rank1"], row["rank5"], row["map"]) == pytest.approx((ref["rank1"], ref["rank5"], ref["map"]))
+    # a protocol of its own: never pooled with leave-one-image-out retrieval
+    loo = pl.read_parquet(face_results[1]["test_vit", "identification"][0]).row(0, named=True)
+    assert row["protocol"] != loo["protocol"]
+    # split values other than train/val/test/gallery/query, or a gallery without queries: one line naming the fix
+    manifest.write_text("path,label,split\nann/img_0.png,ann,gallry\nbo/img_0.png,bo,query\n")
+    proc = run_main(capsys, "sweep", "test_resnet", f"csv:{manifest}", "--random-init", "--task", "identification",
+                    "--cache-dir", tmp_path / "cache", "--results-dir", tmp_path / "results")
+    assert_one_line_error(proc, 2, "unknown split values ['gallry']", "gallery and query")
+    manifest.write_text("path,label,split\nann/img_0.png,ann,gallery\nbo/img_0.png,bo,train\n")
+    proc = run_main(capsys, "sweep", "test_resnet", f"csv:{manifest}", "--random-init", "--task", "identification",
+                    "--cache-dir", tmp_path / "cache", "--results-dir", tmp_path / "results")
+    assert_one_line_error(proc, 2, "gallery split but no query split")

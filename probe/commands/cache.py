@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from probe.vocab import SPLITS
+
 from ._common import DEFAULT_CACHE_DIR
 
 ACTIONS = ["ls", "verify", "rm", "prune"]
@@ -21,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     filters = parser.add_argument_group("filters of rm and prune (all given must match)")
     filters.add_argument("--backbone", metavar="NAME", default=None, help="backbone name (shell wildcards allowed)")
     filters.add_argument("--dataset", metavar="NAME", default=None, help="dataset name (shell wildcards allowed)")
-    filters.add_argument("--split", choices=["train", "val", "test"], default=None, help="split")
+    filters.add_argument("--split", choices=list(SPLITS), default=None, help="split")
     filters.add_argument("--key", metavar="PREFIX", default=None, help="cache key prefix (as 'cache ls' shows)")
     filters.add_argument("--partial", action="store_true",
                          help="only partial (interrupted) extractions; prune always means this unless "

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backbone_arguments(parser)
     add_dataset_arguments(parser)
     parser.add_argument("--splits", nargs="+", default=None, metavar="SPLIT",
-                        help="splits to extract (train, val, test); default: every split the dataset has")
+                        help="splits to extract (train, val, test, gallery, query); default: every split the dataset has")
     add_task_argument(parser)
     add_extraction_arguments(parser)
 
