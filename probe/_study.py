@@ -191,9 +191,8 @@ class Job:
     def describe(self) -> str:
         """A short human-readable line: kind, backbone, dataset and the settings that tell jobs apart."""
         where = self.dataset.spec if self.dataset is not None else self.settings.get("dataset", "")
-        if self.dataset is not None and self.dataset.cv and self.kind == "sweep" and (
-                self.settings.get("task") != "verification" and self.settings["probes"] != ["cosine"]):
-            where += f" [cv {self.dataset.cv}]"  # retrieval and verification learn nothing per fold
+        if self.dataset is not None and self.dataset.cv and self.kind == "sweep" and _folded(self.settings):
+            where += f" [cv {self.dataset.cv}]"
         extra = ""
         if self.kind == "sweep":
             s = self.settings
@@ -209,6 +208,13 @@ class Job:
         elif self.kind == "extract":
             extra = f" taps={','.join(self.settings['taps'])}"
         return f"{self.kind:<8} {self.backbone.name} on {where}{extra}"
+
+
+def _folded(settings: dict) -> bool:
+    """Whether a sweep job learns per fold, so that its dataset's cv applies (retrieval and verification have
+    their own protocols: leave-one-image-out or gallery/query, and the folds of the pairs)."""
+    task = settings.get("task", DEFAULT_TASK)
+    return task in (DEFAULT_TASK, "regression") or (task == "identification" and settings["probes"] != ["cosine"])
 
 
 def _default_study_text() -> str:
@@ -902,7 +908,7 @@ def _run_job(job: Job, study: Study, pretrained: dict[str, str], *, cache_dir, r
         select_metric = ds.select_metric or study.select_metric
         task_args = {}
         if task in FACE_TASKS or (ds.cv and task == DEFAULT_TASK):  # the dataset's protocol settings
-            task_args = dict(cv=ds.cv, cv_group=ds.cv_group)
+            task_args = dict(cv=ds.cv, cv_group=ds.cv_group) if _folded(s) else {}
             if task == "verification":
                 task_args.update(pairs=ds.pairs, whiten=ds.whiten)
         if select_metric not in TASK_METRICS[task]:
