@@ -19,8 +19,11 @@ from ..vocab import DEFAULT_VAL_FRACTION, METRICS
 from ..vocab import FINETUNE_MODES as MODES
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-#: Tasks a fine-tune trains heads for (the dense ones on the backbone's feature maps).
-FINETUNE_TASKS = ("classification", "segmentation", "depth")
+#: Tasks a fine-tune trains heads for (the dense ones on the backbone's feature maps; classification and
+#: regression with one linear layer on the pooled features).
+FINETUNE_TASKS = ("classification", "segmentation", "depth", "regression")
+#: Tasks whose head is one linear layer on the pooled features (the backbone's own classifier slot).
+POOLED_TASKS = ("classification", "regression")
 #: Dense heads (see :mod:`probe._finetune.decoders`); classification always uses the backbone's linear classifier.
 HEADS = ("linear", "multiscale")
 #: How the task losses of a multi-task fine-tune are weighed.
@@ -45,7 +48,8 @@ class FinetuneConfig:
     """
 
     # the heads trained on one shared backbone: classification, or one or more dense tasks (multi-task)
-    tasks: tuple[str, ...] = _field(("classification",), "what the heads predict: classification (default), or "
+    tasks: tuple[str, ...] = _field(("classification",), "what the heads predict: classification (default), "
+                                    "regression (the dataset's continuous target, e.g. age; L1 loss), or "
                                     "segmentation and/or depth (two dense tasks = one backbone trained jointly "
                                     "with both heads)", choices=FINETUNE_TASKS, nonempty=True)
     # dense tasks: a linear layer on the last block's patch features, or a light multi-scale decoder
@@ -182,6 +186,17 @@ def check_config_rules(c: FinetuneConfig, name=cli_flag) -> None:
     if c.mode == "full" and c.trainable_blocks is not None:
         raise UsageError(f"{name('trainable_blocks')} applies to mode partial or lp-ft; drop it or change the mode")
     tasks = tuple(c.tasks)
+    if "regression" in tasks:
+        if len(tasks) > 1:
+            others = ", ".join(t for t in tasks if t != "regression")
+            raise UsageError(f"{name('tasks')} regression trains one head alone; drop {others}")
+        if c.mode == "lp-ft":
+            raise UsageError("mode lp-ft starts a classification head from a logistic probe; use mode full or "
+                             "partial for regression")
+        if c.head != "linear":
+            raise UsageError(f"{name('head')} {c.head} is a dense head; regression uses one linear output on the "
+                             "pooled features (drop it)")
+        return
     dense = [t for t in tasks if t != "classification"]
     if dense and "classification" in tasks:
         raise UsageError(f"{name('tasks')} mixes classification with dense tasks; train classification alone, or "

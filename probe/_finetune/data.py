@@ -79,6 +79,8 @@ class ImageSet:
         self.split_of = [split for split, idx in parts for _ in range(len(idx))]
         self.indices = np.concatenate([np.asarray(idx, dtype=np.int64) for _, idx in parts])
         self.labels = np.concatenate([source.labels[split][np.asarray(idx, dtype=np.int64)] for split, idx in parts])
+        # the continuous target of a regression fine-tune, float64 as the dataset holds it (exact in the rows)
+        self.values = regression_targets(source, parts) if "regression" in self.tasks else None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -87,7 +89,9 @@ class ImageSet:
         """The raw targets of item ``k`` (before the transform): the class label, and the dense maps at the
         image's resolution (:meth:`probe.DatasetSource.dense_targets`)."""
         out = {"classification": int(self.labels[k])} if "classification" in self.tasks else {}
-        if any(t != "classification" for t in self.tasks):
+        if self.values is not None:
+            out["regression"] = float(self.values[k])
+        if any(t not in ("classification", "regression") for t in self.tasks):
             dense = self.source.dense_targets(self.split_of[k], int(self.indices[k]))
             out.update({t: dense[t] for t in self.tasks if t != "classification"})
         return out
@@ -102,6 +106,8 @@ class ImageSet:
         for t in self.tasks:
             if t == "classification":
                 out[t] = int(self.labels[k])
+            elif t == "regression":
+                out[t] = float(self.values[k])
             else:
                 out[t] = (torch.full(self.shape[1:], IGNORE_INDEX, dtype=torch.int64) if t == "segmentation"
                           else torch.zeros(self.shape[1:], dtype=torch.float32))
@@ -121,6 +127,16 @@ class ImageSet:
             return x, targets, ""
         except ProbeError as exc:  # reported by the main process: workers cannot print one clean line
             return torch.zeros(self.shape), self._placeholder(k), str(exc)
+
+
+def regression_targets(source, parts) -> np.ndarray:
+    """The continuous target (:func:`probe._tasks.target_name`: ``age``, or a manifest's ``target``) of the
+    images of ``parts`` (a list of (dataset split, indices)), in that order, float64."""
+    from .._tasks import target_name
+
+    name = target_name(source, "regression")
+    return np.concatenate([np.asarray(source.target(name, split), dtype=np.float64)[np.asarray(idx, dtype=np.int64)]
+                           for split, idx in parts])
 
 
 class ImageOnly:

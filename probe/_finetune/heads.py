@@ -66,6 +66,76 @@ class _ClassificationEval:
                 "labels": target.numpy(), "keep": mask.numpy()}
 
 
+class RegressionTask:
+    """Regression of the dataset's continuous target (``age`` for FG-NET and the generated ``faces``, ``target``
+    for a manifest: :func:`probe._tasks.target_name`, the frozen regression probes' target) with one linear output
+    on the pooled features (the backbone's classifier slot with one output).
+
+    The head predicts the *standardised* target ``z = (y - mean) / std``, ``mean`` and ``std`` being those of the
+    phase's training targets (train; train+val in the refit), so that one learning rate suits targets in any
+    unit. The training loss is the L1 loss on ``z`` (the mean absolute error in units of the training sd).
+    Predictions are in the target's own units (``mean + std * z``, e.g. years), and so are the metrics: MAE,
+    RMSE and CS(5) (:func:`probe.results.regression_metrics`, the frozen probes' implementation).
+
+    Parameters
+    ----------
+    mean, std : float
+        Statistics of the training targets (``std`` 0 is taken as 1: a constant target).
+    """
+
+    name = "regression"
+
+    def __init__(self, mean: float, std: float):
+        self.mean = float(mean)
+        self.std = float(std) if std > 0 and math.isfinite(std) else 1.0
+
+    @classmethod
+    def from_targets(cls, values) -> "RegressionTask":
+        """The task standardised by the mean and (population) sd of ``values``, the training targets."""
+        values = np.asarray(values, dtype=np.float64)
+        return cls(float(values.mean()), float(values.std()))
+
+    def n_outputs(self) -> int:
+        return 1
+
+    def loss(self, output, target):
+        import torch
+
+        z = (target.float() - self.mean) / self.std
+        return torch.nn.functional.l1_loss(output.float()[:, 0], z)
+
+    def predict(self, output) -> np.ndarray:
+        """Predictions in the target's units (float64) from head outputs [N, 1]."""
+        return self.mean + self.std * np.asarray(output, dtype=np.float64)[:, 0]
+
+    def evaluator(self):
+        return _RegressionEval(self)
+
+
+class _RegressionEval:
+    def __init__(self, task: RegressionTask):
+        self.task, self.outputs, self.targets, self.keep = task, [], [], []
+
+    def add(self, output, target, keep) -> None:
+        self.outputs.append(output.float())
+        self.targets.append(target)
+        self.keep.append(keep)
+
+    def result(self) -> dict:
+        import torch
+
+        from .._cv import regression_items
+        from ..results import regression_metrics
+
+        mask = torch.cat(self.keep)
+        out, y = torch.cat(self.outputs)[mask], torch.cat(self.targets)[mask]
+        loss = float(self.task.loss(out, y)) if len(y) else float("nan")
+        y = y.double().numpy()
+        pred = self.task.predict(out.numpy())
+        return {"metrics": regression_metrics(y, pred), "loss": loss, "pred": pred, "labels": y,
+                "keep": mask.numpy(), "items": regression_items(y, pred)}
+
+
 def silog_loss(log_pred, target):
     """Scale-invariant log loss over the valid pixels (:func:`probe.dense.depth_valid`) of a batch:
     ``sqrt(mean(d^2) - 0.85 mean(d)^2)`` with ``d = log p - log g``; its 0.15 share of ``mean(d)^2`` keeps the
@@ -171,8 +241,11 @@ class _DenseEval:
 PREVIEW_IMAGES = 4
 
 
-def make_task(name: str, source, config):
-    """The task object of ``name`` for a dataset (``source``) and a config (label smoothing)."""
+def make_task(name: str, source, config, *, train_targets=None):
+    """The task object of ``name`` for a dataset (``source``) and a config (label smoothing); ``train_targets``
+    are the continuous targets of the phase's training images (regression standardises by them)."""
+    if name == "regression":
+        return RegressionTask.from_targets(train_targets)
     if name == "classification":
         return ClassificationTask(len(source.classes), config.label_smoothing)
     if name == "segmentation":

@@ -27,10 +27,12 @@ from .. import _distributed
 from .._runtime import ProcessLock
 from .._schema import check_setting
 from .checkpoint import CHECKPOINT_FORMAT, Checkpoints, save_safetensors
-from .config import ACCUM_STEPS, FinetuneConfig, make_config
+from .config import ACCUM_STEPS, POOLED_TASKS, FinetuneConfig, make_config
 from .data import plan_splits, pow2_floor
 
 _DEFAULT = FinetuneConfig()
+#: Task tuples whose head is the backbone's own classifier slot on the pooled features (one task each).
+POOLED = tuple((t,) for t in POOLED_TASKS)
 
 
 @dataclass
@@ -69,6 +71,9 @@ class FinetuneResult:
     results_paths : dict
         Task -> its parquet file (each task of a multi-task run writes its own rows; ``results_path`` is the
         first task's).
+    fold_epochs : list of int
+        Cross-validation: the epoch chosen on val in each fold (``best_epoch`` is then 0 and ``test_metrics`` the
+        mean over folds).
     """
 
     frame: Any
@@ -87,6 +92,7 @@ class FinetuneResult:
     warnings: list = field(default_factory=list)
     task_metrics: dict = field(default_factory=dict)
     results_paths: dict = field(default_factory=dict)
+    fold_epochs: list = field(default_factory=list)
 
 
 def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEFAULT.tasks,
@@ -107,7 +113,8 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
              cache_dir: str | os.PathLike = "cache", results_dir: str | os.PathLike = "results",
              checkpoint_dir: str | os.PathLike | None = None, keep_checkpoints: bool = False,
              overwrite: bool = False, device: str = "auto", workers: int | None = None, progress: bool = True,
-             verbose: bool = True, sync_batchnorm: bool = False) -> FinetuneResult:
+             verbose: bool = True, sync_batchnorm: bool = False, cv: int | None = None,
+             cv_group: str | None = None) -> FinetuneResult:
     """Fine-tune ``backbone`` with a new head on ``dataset``; choose the epoch on val, score test once.
 
     Parameters
@@ -116,10 +123,13 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
         timm name with its tag (``vit_base_patch16_224.augreg_in21k``).
     dataset : str
         Dataset spec (``digits``, ``imagefolder:PATH``... see :func:`probe.open_dataset`); needs a train split.
-    tasks : str or sequence of {"classification", "segmentation", "depth"}
+    tasks : str or sequence of {"classification", "segmentation", "depth", "regression"}
         The heads on the shared backbone. Classification (default), one dense task, or several dense tasks
         trained jointly (multi-task: one backbone, one head per task, each task writing its own rows whose params
-        name the co-trained tasks). See :mod:`probe._finetune` for the dense protocol.
+        name the co-trained tasks). See :mod:`probe._finetune` for the dense protocol. ``regression``: the
+        dataset's continuous target (``age`` for ``fgnet:`` and ``faces``, ``target`` for a manifest) with one
+        linear output on the pooled features and an L1 loss (:class:`probe._finetune.heads.RegressionTask`);
+        the epoch is chosen on val MAE, and the test predictions (in the target's units) are saved per image.
     head : {"linear", "multiscale"}
         Dense tasks: a linear layer on the last block's patch features, or a light multi-scale decoder.
     task_weighting : {"equal", "uncertainty"}
@@ -182,6 +192,16 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
     sync_batchnorm : bool
         Under torchrun: BatchNorm layers use the statistics of the global batch (SyncBatchNorm, CUDA) instead of
         each rank's share of it. Models without BatchNorm are unaffected.
+    cv : int, optional
+        Regression on a dataset without a test split: K-fold cross-validation with the folds of the frozen
+        regression probes (:func:`probe._cv.cv_folds`: the same ids, seed and groups give the same folds). In
+        each fold the val part is carved from the training fold alone (:func:`probe._cv.carve_groups`, by
+        person under ``cv_group``), the epoch is chosen on its MAE, the refit runs on the whole training fold
+        and the held-out fold is scored once. Rows: each fold's (``fold`` = i) and the summary
+        (:func:`probe._cv.cross_validate`: ``fold`` null, mean over folds, sd and interval in ``params``); the
+        pooled held-out predictions are saved beside them. No weights are exported (one model per fold).
+    cv_group : {"subject"}, optional
+        Keep each person's images in one fold (``cv`` = the number of people: leave-one-person-out).
 
     Notes
     -----
@@ -237,8 +257,22 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
     from ..splits import check_overlap
 
     check_overlap(source, allow=allow_overlap, cache_dir=cache_dir)
-    split_plan = plan_splits(source, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
-                             seed=seed)
+    regression = config.tasks == ("regression",)
+    if regression and "regression" not in source.tasks:
+        raise UsageError(f"dataset {source.name!r} has no continuous target for --task regression; use a dataset "
+                         "that carries one (fgnet:PATH or faces: age; a csv/parquet manifest with a target column)")
+    folds = _check_cv(source, cv, cv_group, regression=regression, test_fraction=config.test_fraction, seed=seed)
+    if folds is not None:
+        fold_plans = [_fold_plan(source, tr, te, groups=folds[1], val_fraction=config.val_fraction, seed=seed)
+                      for tr, te in folds[0]]
+        split_plan = min(fold_plans, key=lambda p: len(p["train"][1]))  # the checks below: the smallest fold
+    else:
+        split_plan = plan_splits(source, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+                                 seed=seed)
+    if "test" not in split_plan and regression:
+        raise UsageError(f"dataset {source.name!r} has no test split; add --cv K to cross-validate the regression "
+                         "fine-tune (e.g. --cv 5, or --cv-group subject --cv <people> for leave-one-person-out), "
+                         "or --test-fraction F to carve a test split")
     if "test" not in split_plan and verbose:
         print(f"probe: dataset {source.name!r} has no test split: the epoch is chosen on val and no test row is "
               "written; pass --test-fraction F to carve a test split from train", file=sys.stderr)
@@ -251,7 +285,8 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
         require_two_classes(source.labels[train_split][train_idx], source.classes, what="fine-tuning")
     n_train = len(train_idx)
     if n_train < config.batch_size:
-        raise UsageError(f"the train split of {source.name!r} has {n_train} images after the val carve, fewer "
+        where = "the smallest training fold" if folds is not None else "the train split"
+        raise UsageError(f"{where} of {source.name!r} has {n_train} images after the val carve, fewer "
                          f"than the batch size {config.batch_size}; use --batch-size {pow2_floor(n_train)} or less")
 
     if weights is not None:
@@ -270,6 +305,8 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
     settings = {"format": CHECKPOINT_FORMAT, "backbone": backbone, "weights": weights_key, "img_size": img_size,
                 "family": family, "dataset": source.name, "fingerprint": source.fingerprint(), "seed": int(seed),
                 "init_seed": init_seed, "probe_version": PROBE_VERSION, **recipe}
+    if folds is not None:  # only then: the hashes of split-based runs stay as they were
+        settings.update(cv=int(cv), cv_group=cv_group)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
     base_tag = f"{config.mode}{'' if config.trainable_blocks is None else config.trainable_blocks}"
 
@@ -279,9 +316,9 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
                         seed=int(seed), tag=tag)
 
     # one stem for the run (lock, checkpoints, weights) and one per task for its rows and predictions
-    dense = config.tasks != ("classification",)
-    stem = stem_of("+".join(config.tasks) if dense else None)
-    stems = {t: stem_of(t) for t in config.tasks} if dense else {"classification": stem}
+    named = config.tasks != ("classification",)  # classification keeps the stems it always had
+    stem = stem_of("+".join(config.tasks) if named else None)
+    stems = {t: stem_of(t) for t in config.tasks} if named else {"classification": stem}
     results_paths = {t: Path(str(st) + ".parquet") for t, st in stems.items()}
     ckpt_dir = Path(str(stem) + ".ckpt") if checkpoint_dir is None else Path(checkpoint_dir) / (stem.name + ".ckpt")
 
@@ -299,16 +336,129 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
             return _read_back(results_paths, stem, ckpt_dir, settings, verbose)
         if overwrite:
             _distributed.on_main(lambda: shutil.rmtree(ckpt_dir, ignore_errors=True))
-        run = _Run(backbone=backbone, source=source, config=config, split_plan=split_plan, settings=settings,
-                   digest=digest, stem=stem, stems=stems, ckpt_dir=ckpt_dir, accum_steps=1 if accum_auto else int(accum_steps),
-                   accum_auto=accum_auto, img_size=img_size, weights=weights, random_init=random_init,
-                   seed=int(seed), init_seed=init_seed, family=family, data_root=data_root, cache_dir=cache_dir, device=device,
-                   workers=workers, progress=progress and _distributed.is_main(),
-                   verbose=verbose and _distributed.is_main(), sync_batchnorm=sync_batchnorm)
-        result = run.execute()
+        run_args = dict(backbone=backbone, source=source, config=config, settings=settings, digest=digest,
+                        stem=stem, stems=stems, accum_steps=1 if accum_auto else int(accum_steps),
+                        accum_auto=accum_auto, img_size=img_size, weights=weights, random_init=random_init,
+                        seed=int(seed), init_seed=init_seed, family=family, data_root=data_root,
+                        cache_dir=cache_dir, device=device, workers=workers,
+                        progress=progress and _distributed.is_main(), verbose=verbose and _distributed.is_main(),
+                        sync_batchnorm=sync_batchnorm)
+        if folds is not None:
+            result = _cross_validate(run_args, fold_plans, folds, ckpt_dir=ckpt_dir, cv=int(cv), cv_group=cv_group)
+        else:
+            result = _Run(split_plan=split_plan, ckpt_dir=ckpt_dir, **run_args).execute()
     if not keep_checkpoints:
         _distributed.on_main(lambda: shutil.rmtree(ckpt_dir, ignore_errors=True))
     return result
+
+
+# ------------------------------------------------------------------------------------------------ cross-validation
+
+
+def _check_cv(source, cv, cv_group, *, regression: bool, test_fraction: float, seed: int):
+    """The folds of ``--cv`` (with the groups of ``--cv-group``), or None without ``--cv``; a UsageError for a
+    combination that cannot run."""
+    from .._cv import CV_GROUPS, cv_folds
+
+    if cv is None:
+        if cv_group is not None:
+            raise UsageError("--cv-group groups the folds of --cv; give --cv K too (K = number of people for "
+                             "leave-one-person-out)")
+        return None
+    if isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2:
+        raise UsageError(f"--cv must be a number of folds, at least 2; got {cv!r}")
+    if cv_group is not None and cv_group not in CV_GROUPS:
+        raise UsageError(f"--cv-group must be one of {', '.join(CV_GROUPS)}; got {cv_group!r}")
+    if not regression:
+        raise UsageError("--cv cross-validates --task regression fine-tunes; drop --cv (classification uses the "
+                         "dataset's splits, or --test-fraction F for a dataset without a test split)")
+    if "test" in source.splits:
+        raise UsageError(f"dataset {source.name!r} has its own test split; cross-validation (--cv) is for datasets "
+                         "without one: drop --cv")
+    if test_fraction:
+        raise UsageError("--cv and --test-fraction both make the test data; pass one of them")
+    if set(source.splits) != {"train"}:
+        raise UsageError(f"--cv fine-tuning cross-validates one train split; dataset {source.name!r} also has "
+                         f"{', '.join(s for s in source.split_names if s != 'train')}: merge its images into train "
+                         "(a manifest without a split column) or drop --cv")
+    groups = np.asarray(source.labels["train"]) if cv_group == "subject" else None
+    # the frozen regression probes' call (probe._tasks): the same ids, seed and groups give the same folds
+    return cv_folds(source.ids["train"], k=int(cv), seed=int(seed), labels=None, groups=groups), groups
+
+
+def _fold_plan(source, tr: np.ndarray, te: np.ndarray, *, groups, val_fraction: float, seed: int) -> dict:
+    """One fold's split plan: the val part carved from the training fold alone (by person when grouped), as the
+    frozen sweep carves it (:func:`probe._cv.carve_groups`); the held-out fold is test."""
+    from .._cv import carve_groups
+
+    ids = np.asarray([str(i) for i in source.ids["train"]])
+    a, b = carve_groups(ids[tr], fraction=val_fraction, seed=seed, groups=None if groups is None else groups[tr])
+    return {"train": ("train", tr[a]), "val": ("train", tr[b]), "test": ("train", te)}
+
+
+@dataclass
+class _FoldOutcome:
+    """What one cross-validation fold's run hands back: its rows (val per epoch, the test row) and the held-out
+    per-item arrays."""
+
+    rows: list
+    items: dict
+    best_epoch: int
+
+
+def _cross_validate(run_args: dict, plans: list[dict], folds, *, ckpt_dir: Path, cv: int,
+                    cv_group: str | None) -> FinetuneResult:
+    """Run every fold (each resumable: its checkpoints under ``ckpt_dir/fold<i>``, its outcome kept once done),
+    then write the rows of :func:`probe._cv.cross_validate` and the pooled held-out predictions."""
+    import polars as pl
+
+    from .._cv import TaskSweep, cross_validate
+    from .._io import save_npz_atomic
+    from .._tasks import _write
+    from ..vocab import TASK_METRICS
+
+    fold_list, groups = folds
+    source, verbose = run_args["source"], run_args["verbose"]
+    (task,) = run_args["config"].tasks
+    evaluation = {"cv": cv, "cv_group": cv_group}
+    epochs: list[int] = []
+
+    def run_fold(i, tr, te):
+        done = ckpt_dir / f"fold{i}-done.npz"
+        if done.is_file():
+            with np.load(done, allow_pickle=False) as z:
+                rows = json.loads(str(z["rows"]))
+                items = {k[len("item:"):]: z[k] for k in z.files if k.startswith("item:")}
+                best = int(z["best_epoch"])
+        else:
+            if verbose:
+                print(f"probe: fold {i + 1}/{len(fold_list)}: {len(plans[i]['train'][1])} train, "
+                      f"{len(plans[i]['val'][1])} val, {len(te)} held-out images", file=sys.stderr)
+            out = _Run(split_plan=plans[i], ckpt_dir=ckpt_dir / f"fold{i}", fold=i, evaluation=evaluation,
+                       **run_args).execute()
+            rows, items, best = out.rows, out.items, out.best_epoch
+            _distributed.on_main(lambda: save_npz_atomic(done, rows=np.asarray(json.dumps(rows, default=str)),
+                                                         best_epoch=np.asarray(best),
+                                                         **{f"item:{k}": np.asarray(v) for k, v in items.items()}))
+        epochs.append(best)
+        return TaskSweep(rows=rows, selected_params={"epoch": best}, test=items)
+
+    rows, items = cross_validate(run_fold, fold_list, metrics=TASK_METRICS[task], groups=groups,
+                                 ids=[str(i) for i in source.ids["train"]], seed=run_args["seed"])
+    from .._tasks import target_name
+
+    items["target_name"] = np.asarray(target_name(source, task))
+    stem = run_args["stems"][task]
+    path = _distributed.on_main(lambda: _write(stem, rows, items))
+    summary = next(r for r in rows if r["selected"] and r["fold"] is None)
+    metrics = {m: summary[m] for m in TASK_METRICS[task]}
+    if verbose:
+        print(f"probe: {len(fold_list)} folds; epochs chosen on val in each training fold: {epochs}",
+              file=sys.stderr)
+    return FinetuneResult(frame=pl.read_parquet(path), results_path=path, weights_path=None,
+                          artifacts_path=Path(str(stem) + ".npz"), best_epoch=0, test_metrics=metrics,
+                          checkpoint_dir=ckpt_dir, settings=run_args["settings"], task_metrics={task: metrics},
+                          results_paths={task: path}, fold_epochs=epochs)
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -342,6 +492,8 @@ class _Run:
     progress: bool
     verbose: bool
     sync_batchnorm: bool = False
+    fold: int | None = None  # cross-validation: this fold's rows and items are returned, nothing is written
+    evaluation: dict | None = None  # how test is made when not a test split (the protocol id's ``evaluation``)
 
     def execute(self) -> FinetuneResult:
         from .._runtime import cpu_threads, default_workers, resolve_device
@@ -456,8 +608,8 @@ class _Run:
         model = bb.model
         torch.manual_seed(mix(self.seed, 0))
         frozen = []
-        if self.config.tasks == ("classification",):
-            model.reset_classifier(len(self.source.classes))
+        if self.config.tasks in POOLED:  # the backbone's classifier slot: class logits, or one regression output
+            model.reset_classifier(self.tasks[self.config.tasks[0]].n_outputs())
             if self.config.trainable_blocks is not None:
                 frozen = freeze_for_partial(model, self.config.trainable_blocks, self.backbone)
         else:
@@ -504,7 +656,7 @@ class _Run:
 
         from .build import build_optimizer, param_groups
         from .data import (Batches, DenseEvalTransform, DenseTrainTransform, ImageOnly, ImageSet, make_loader,
-                           shuffled_batches, train_transform)
+                           regression_targets, shuffled_batches, train_transform)
         from .heads import make_task
         from .trainer import Objective, Trainer
 
@@ -512,10 +664,12 @@ class _Run:
         if getattr(self, "trainer", None) is not None:  # micro-batches grown on an earlier phase's OOM stay
             self.accum_steps = self.trainer.accum_steps
         self.trainer = None  # free the previous phase's model first
-        self.tasks = {t: make_task(t, self.source, c) for t in c.tasks}
-        self.bb, model, frozen = self._build_model()
-        dense = c.tasks != ("classification",)
         parts = [self.split_plan["train"]] + ([self.split_plan["val"]] if phase == "refit" else [])
+        # a regression head is standardised by the phase's training targets (train, or train+val)
+        train_targets = regression_targets(self.source, parts) if "regression" in c.tasks else None
+        self.tasks = {t: make_task(t, self.source, c, train_targets=train_targets) for t in c.tasks}
+        self.bb, model, frozen = self._build_model()
+        dense = c.tasks not in POOLED
         epochs = c.epochs if phase == "select" else self.best["epoch"]
         n_images = sum(len(idx) for _, idx in parts)
         steps_per_epoch = n_images // c.batch_size
@@ -644,20 +798,22 @@ class _Run:
                                     data_config=self.bb.data_config, precision=precision_name(self.amp_dtype))
         total_seconds = sum(r["train_seconds"] for r in self.history + self.refit_history)
         weights_path = Path(str(self.stem) + ".safetensors")
-        with disk_full_guard(weights_path.parent, f"the fine-tuned weights {weights_path.name}",
-                             "the fine-tune resumes from its last checkpoint"):
-            if refit:  # the exported weights are the ones that scored test
-                save_safetensors(trainer.model, weights_path, {**self._metadata(best_epoch), "refit": "train+val"})
-            else:
-                with atomic_path(weights_path) as tmp:
-                    shutil.copyfile(best_file, tmp)
+        if self.fold is None:  # a cross-validation fold's model is not exported (one per fold)
+            with disk_full_guard(weights_path.parent, f"the fine-tuned weights {weights_path.name}",
+                                 "the fine-tune resumes from its last checkpoint"):
+                if refit:  # the exported weights are the ones that scored test
+                    save_safetensors(trainer.model, weights_path,
+                                     {**self._metadata(best_epoch), "refit": "train+val"})
+                else:
+                    with atomic_path(weights_path) as tmp:
+                        shutil.copyfile(best_file, tmp)
         test = trainer.evaluate("test") if "test" in self.eval_loaders else None
         select = self.select_metrics()
         frames, paths, task_metrics, artifacts = {}, {}, {}, None
         for task in c.tasks:  # each task its own rows (and predictions), written after the weights
             protocol = protocol_id(task=task, probe="finetune", tap="-", grid=recipe, val_fraction=val_fraction,
                                    test_fraction=test_fraction, select_metric=select[task], shots=0, refit=refit,
-                                   probe_version=PROBE_VERSION)
+                                   probe_version=PROBE_VERSION, evaluation=self.evaluation)
             base = dict(backbone=self.backbone, family=self.bb.family, family_source=self.bb.family_source,
                         weights=self.bb.weights_id, dataset=self.source.name, tap="-", probe="finetune", shots=0,
                         seed=self.seed, val_fraction=val_fraction, test_fraction=test_fraction,
@@ -674,6 +830,8 @@ class _Run:
                                      n_train=n_train + n_val if refit else n_train,
                                      n_eval=int(result["keep"].sum()), fit_seconds=total_seconds,
                                      **result["metrics"]))
+                if self.fold is not None:  # the caller writes every fold's rows and the pooled items
+                    return _FoldOutcome(rows=rows, items=self._test_items(task, result), best_epoch=best_epoch)
                 saved = self._save_predictions(stem, task, result)
                 artifacts = saved if artifacts is None else artifacts
             else:
@@ -710,15 +868,39 @@ class _Run:
             return f"val {metric}"
         return "mean over tasks of val " + ", ".join(metrics.values()) + " relative to epoch 1"
 
+    def _test_items(self, task: str, result: dict) -> dict:
+        """A regression's per-image test arrays, as the frozen regression probes save them (:mod:`probe._tasks`):
+        ``ids``, ``labels`` (true targets), ``pred`` (in the target's units) and ``item/<metric>``."""
+        split, idx = self.split_plan["test"]
+        ids = np.asarray([str(i) for i in np.asarray(self.source.ids[split], dtype=object)[idx]])
+        keep = result["keep"]
+        if self.fold is not None and not keep.all():  # cross_validate pairs each held-out image with its person
+            raise ProbeError(f"{int((~keep).sum())} held-out images of fold {self.fold} are unreadable; "
+                             "cross-validated fine-tuning needs every image: fix or remove them")
+        return {"ids": ids[keep], "labels": result["labels"], "pred": result["pred"], **result["items"]}
+
     def _save_predictions(self, stem: Path, task: str, result: dict) -> Path:
-        """The test predictions beside the rows: class scores (classification) or, for a dense task, the per-image
-        statistics (``stat/<name>``, which the analysis layer's bootstrap resamples) and a few previews."""
+        """The test predictions beside the rows: class scores (classification), per-image predictions and errors
+        (regression, with each image's person as ``group`` and ``target_name``) or, for a dense task, the
+        per-image statistics (``stat/<name>``, which the analysis layer's bootstrap resamples) and a few
+        previews."""
         from .. import dense as dense_mod
         from .._io import save_npz_atomic
         from ..results import save_artifacts
 
         split, idx = self.split_plan["test"]
         ids = np.asarray(self.source.ids[split])[idx][result["keep"]]
+        if task == "regression":
+            from .._tasks import target_name
+
+            items = self._test_items(task, result)
+            items.update(group=np.asarray(self.source.labels[split])[idx][result["keep"]],
+                         target_name=np.asarray(target_name(self.source, task)))
+            arrays = {k: np.asarray(v) for k, v in items.items()}
+            arrays["ids"], arrays["group"] = arrays["ids"].astype(str), arrays["group"].astype(str)
+            path = Path(str(stem) + ".npz")
+            save_npz_atomic(path, **arrays)
+            return path
         if task == "classification":
             return save_artifacts(stem, ids=ids, labels=result["labels"], scores=result["scores"],
                                   classes=self.source.classes)
@@ -765,6 +947,10 @@ class _Run:
         if c.tasks != ("classification",):  # the heads, the co-trained tasks and how the epoch was chosen
             params.update(tasks=list(c.tasks), head=c.head, select_rule=self._rule(),
                           task_weighting=c.task_weighting if len(c.tasks) > 1 else None)
+        if "regression" in c.tasks:  # the target the head predicts (standardised by its phase's train statistics)
+            from .._tasks import target_name
+
+            params["target"] = target_name(self.source, "regression")
         return params
 
 
@@ -778,6 +964,8 @@ def _read_back(results_paths: dict, stem: Path, ckpt_dir: Path, settings: dict, 
     for task, path in results_paths.items():
         frame = frames[task] = pl.read_parquet(path)
         test = frame.filter(pl.col("selected"))
+        if "fold" in frame.columns and test["fold"].null_count() < len(test):  # cross-validated: the summary row
+            test = test.filter(pl.col("fold").is_null())
         best_epoch = int(json.loads(test["params"][0]).get("epoch", 0)) if len(test) else 0
         if len(test) and test["split"][0] == "test":
             task_metrics[task] = {m: float(test[m][0]) for m in TASK_METRICS[task]}

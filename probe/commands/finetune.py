@@ -6,6 +6,12 @@ test. Results go to the same table as the probes (probe = finetune, tap = -), wi
 best weights (safetensors, usable as --weights for extract-features) beside them. A checkpoint is written after
 every epoch: after an interruption the same command resumes from the last completed epoch. Prints the test
 metrics and the paths.
+
+--task regression trains one linear output on the pooled features with an L1 loss on the dataset's continuous
+target (age for fgnet:PATH and faces, the target column of a manifest); the epoch is chosen on val MAE and the
+test rows carry mae, rmse (in the target's units, years for age) and cs5. A dataset without a test split (FG-NET,
+faces) is cross-validated with --cv K (--cv-group subject keeps each person in one fold): the folds of
+probe sweep --task regression --cv K, with the val part carved from each training fold.
 """
 
 from __future__ import annotations
@@ -61,6 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="data loading worker processes (default: CPU cores - 1, at most 8)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="a progress bar per epoch (loss, lr, images/s)")
+    parser.add_argument("--cv", type=int, default=None, metavar="K",
+                        help="--task regression on a dataset without a test split: K-fold cross-validation (the "
+                             "same folds as probe sweep --cv K; per-fold rows and a summary row; the epoch is "
+                             "chosen on a val part of each training fold)")
+    parser.add_argument("--cv-group", default=None, choices=["subject"],
+                        help="keep each person's images in one fold (--cv K = number of people: "
+                             "leave-one-person-out)")
     parser.add_argument("--sync-batchnorm", action=argparse.BooleanOptionalAction, default=False,
                         help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA) "
                              "instead of each rank's share; models without BatchNorm are unaffected")
@@ -75,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         family=args.family, init_seed=args.init_seed, allow_overlap=args.allow_overlap, data_root=args.data_root,
         cache_dir=Path(args.cache_dir), results_dir=Path(args.results_dir), checkpoint_dir=args.checkpoint_dir,
         keep_checkpoints=args.keep_checkpoints, overwrite=args.overwrite, device=args.device, workers=args.workers,
-        progress=args.progress, sync_batchnorm=args.sync_batchnorm)
+        progress=args.progress, sync_batchnorm=args.sync_batchnorm, cv=args.cv, cv_group=args.cv_group)
     from probe import _distributed
 
     if not _distributed.is_main():  # under torchrun rank 0 speaks for the group
@@ -84,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
     if result.task_metrics:
         for task, m in result.task_metrics.items():
             scores = "\t".join(f"{k} {v:.4f}" for k, v in m.items())
-            print(f"test\t{task}\t{scores}\tepoch {result.best_epoch} (chosen on val)")
+            chosen = (f"mean over {len(result.fold_epochs)} folds, epochs {result.fold_epochs} (chosen on val)"
+                      if result.fold_epochs else f"epoch {result.best_epoch} (chosen on val)")
+            print(f"test\t{task}\t{scores}\t{chosen}")
     else:
         print(f"no test split: epoch {result.best_epoch} chosen on val")
     for task, path in (result.results_paths or {"-": result.results_path}).items():
