@@ -9,7 +9,10 @@ the figures (retrieved faces per query, predicted vs true).
 - Identification: leave-one-image-out retrieval (``cosine``: nothing learned, no selection) per tap, and the
   identity classifiers under cross-validation (the protocol with the best seed-mean val score).
 - Verification: ``cosine`` on the pairs' folds (threshold chosen on the other folds).
-- Regression: the regression probe chosen on val (nested in each training fold under cross-validation).
+- Regression: the regression probe chosen on val (nested in each training fold under cross-validation) and,
+  where it was run, fine-tuning with a regression head (the fine-tune mode chosen on val), with frozen vs
+  fine-tuned per configuration: the paired difference over the same held-out images
+  (:func:`probe.analysis.finetune_gains`), and the fine-tuned predictions in the predicted-vs-true figure.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 
-from .vocab import COSINE, LOWER_IS_BETTER, METRIC_UNITS, TASK_METRICS
+from .vocab import COSINE, FINETUNE, LOWER_IS_BETTER, METRIC_UNITS, TASK_METRICS
 
 #: Tasks this section reports (the classification sections leave them out).
 FACE_TASKS = ("identification", "verification", "regression")
@@ -71,8 +74,9 @@ def faces_section(report) -> list[str]:
              "the target's unit (years for age). Intervals are "
              f"{report.pct} bootstrap intervals over the items each metric averages (queries, pairs, images); "
              "'vs best' is the paired difference to the best configuration on the same items. A cross-validated "
-             "value is the mean over folds ± the sd over folds. Fine-tuned (regression head) rows are not "
-             "produced yet.", ""]
+             "value is the mean over folds ± the sd over folds. Fine-tuning (a regression head trained with an L1 "
+             "loss, its epoch chosen on val inside each training fold) is listed beside the frozen probes where it "
+             "was run, with the paired difference over the same held-out images.", ""]
     for dataset in sorted(set(jobs["dataset"].to_list())):
         sub = jobs.filter(pl.col("dataset") == dataset)
         lines += [f"### {dataset}", ""]
@@ -85,19 +89,25 @@ def faces_section(report) -> list[str]:
 
 def _candidates(report, task: str, tj):
     """Rows to compare per configuration: retrieval/verification per tap (nothing selected), the learned
-    probes' best protocol by val (per selection metric)."""
+    probes' best protocol by val (per selection metric), and fine-tuning's best protocol by val (never ranked
+    against the frozen probes: the two are compared side by side)."""
     pl, a = report.pl, report.a
     protocols = a.aggregate_seeds(tj, metrics=[m for m in TASK_METRICS[task] if m in tj.columns])
     fixed = protocols.filter(pl.col("probe") == COSINE)
-    learned = protocols.filter(pl.col("probe") != COSINE)
+    learned = protocols.filter(~pl.col("probe").is_in([COSINE, FINETUNE]))
+    tuned = protocols.filter(pl.col("probe") == FINETUNE)
     groups = []
     for tap in sorted(set(fixed["tap"].to_list())) if fixed.height else []:
         groups.append((f"{COSINE} / {tap}", fixed.filter(pl.col("tap") == tap)))
-    if learned.height:
-        best = a.best_by_val(learned, notes=report.notes)
+    for name, frame in ((LEARNED, learned), (TUNED, tuned)):
+        best = a.best_by_val(frame, notes=report.notes) if frame.height else frame
         if best.height:
-            groups.append(("learned probes (best by val)", best))
+            groups.append((name, best))
     return groups
+
+
+#: Names of the groups of rows selected on val: the frozen probes that learn, and fine-tuning.
+LEARNED, TUNED = "learned probes (best by val)", "fine-tuning (best by val)"
 
 
 def _task_block(report, dataset: str, task: str, tj) -> list[str]:
@@ -105,7 +115,9 @@ def _task_block(report, dataset: str, task: str, tj) -> list[str]:
     metrics = [m for m in TASK_METRICS[task] if m != "verif_acc_sd"]
     head = metrics[0]
     lines = [f"#### {_TITLES[task]}", ""]
-    for name, rows in _candidates(report, task, tj):
+    groups = _candidates(report, task, tj)
+    scatter = []  # the regression figure: every group's held-out predictions
+    for name, rows in groups:
         recs = sorted(rows.to_dicts(), key=lambda r: (report.styles.configs.index(r["backbone_config"])
                                                       if r["backbone_config"] in report.styles.configs else 0))
         lower = head in LOWER_IS_BETTER
@@ -134,8 +146,59 @@ def _task_block(report, dataset: str, task: str, tj) -> list[str]:
                          f" | {ci_text} | {diff} | {r['n_eval'] or '—'} |")
         lines.append("")
         lines += _families(report, task, rows, head, name)
-        lines += _figures(report, dataset, task, name, recs)
+        if task == "regression":
+            scatter += recs
+        else:
+            lines += _figures(report, dataset, task, name, recs)
+    frames = dict(groups)
+    if LEARNED in frames and TUNED in frames:
+        lines += _frozen_vs_tuned(report, head, metrics, frames[LEARNED], frames[TUNED])
+    if scatter:
+        lines += _figures(report, dataset, task, TUNED if TUNED in frames else LEARNED, scatter)
     return lines
+
+
+def _frozen_vs_tuned(report, head: str, metrics: list[str], frozen, tuned) -> list[str]:
+    """Per configuration: the best frozen probe beside fine-tuning and the paired difference over the same
+    held-out items (:func:`probe.analysis.finetune_gains`, pairing by image id)."""
+    a = report.a
+    extra = [m for m in metrics[1:] if m in a.BOOTSTRAP_METRICS]
+    gains = a.finetune_gains(frozen, tuned, metric=head, extra_metrics=extra, **report.kw)
+    rows = [g for g in (gains.to_dicts() if gains.height else []) if g["finetune"] is not None]
+    if not rows:
+        return []
+    lower = head in LOWER_IS_BETTER
+    lines = [f"Frozen vs fine-tuned ({head}; {'lower' if lower else 'higher'} is better; differences are fine-tuned "
+             f"− frozen, paired over the same held-out images, {report.pct} CI):", "",
+             f"| configuration | family | frozen (best by val) | frozen {head} [{report.pct} CI] | fine-tuned | "
+             f"fine-tuned {head} [{report.pct} CI] | fine-tuned − frozen {head} [{report.pct} CI] | "
+             + "".join(f"fine-tuned − frozen {m} | " for m in extra) + "paired n |",
+             "|---|---|---|---:|---|---:|---:|" + "---:|" * len(extra) + "---:|"]
+    rows.sort(key=lambda g: (report.styles.configs.index(g["backbone_config"])
+                             if g["backbone_config"] in report.styles.configs else 0, g["config_label"]))
+    for g in rows:
+        def side(name):
+            return fmt(head, g[name]) + _interval(head, g[f"{name}_low"], g[f"{name}_high"]) \
+                if g[f"{name}_low"] is not None else fmt(head, g[name])
+        if g["gain"] is None:
+            diff = "— (no frozen probe)"
+        elif g["gain_low"] is None:
+            diff = _signed(head, g["gain"]) + f" ({g['note'] or 'no interval'})"
+        else:
+            diff = (_signed(head, g["gain"]) + _interval(head, g["gain_low"], g["gain_high"], signed=True)
+                    + (" (separated)" if g["gain_low"] > 0 or g["gain_high"] < 0 else ""))
+        cells = []
+        for m in extra:
+            value = g.get(f"{m}_gain")
+            cells.append("—" if value is None else _signed(m, value) + (
+                _interval(m, g[f"{m}_gain_low"], g[f"{m}_gain_high"], signed=True)
+                if g.get(f"{m}_gain_low") is not None else ""))
+        n = g["gain_n"]
+        lines.append(f"| `{g['config_label']}` | {g['family']} | {g['frozen_method'] or '—'} | "
+                     f"{side('frozen') if g['frozen'] is not None else '—'} | {g['finetune_method']} | "
+                     f"{side('finetune')} | {diff} | " + "".join(f"{c} | " for c in cells)
+                     + f"{int(n) if n is not None else '—'} |")
+    return lines + [""]
 
 
 def _fold_summary(files, row, metrics, task) -> tuple[dict, dict]:
@@ -196,8 +259,10 @@ def _figures(report, dataset: str, task: str, name: str, recs: list[dict]) -> li
             unit = "years" if str(load_artifacts(entries[0]["file"]).get("target_name", "")) == "age" else "units"
         except (OSError, ValueError):
             unit = "units"
+        tuned = " and fine-tuning" if any(r["method"].startswith(FINETUNE) for r in recs) else ""
         fig = a.prediction_scatter_figure(entries, styles=report.styles, unit=unit,
-                                          title=f"{dataset}: predicted vs true (held-out predictions)")
+                                          title=f"{dataset}: predicted vs true (held-out predictions of the frozen "
+                                                f"probes{tuned})")
         png = report._save(fig, f"{dataset}-{task}-scatter")
         return [f"![{dataset}: predicted vs true]({png})", ""]
     return []
