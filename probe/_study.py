@@ -37,6 +37,8 @@ The study file (all tables but ``[[backbones]]`` and ``[[datasets]]`` optional):
     probes = ["ridge", "knn"]     # optional: the probes of its identification / verification / regression tasks
                                   # (each runs the listed probes it takes; default: cosine for identification and
                                   # verification, ridge and knn for regression), instead of the [[sweeps]]
+                                  # with [finetune], a regression task is also fine-tuned with a regression
+                                  # head (under the dataset's cv)
 
     [extract]                     # how features are computed (see probe extract-features)
     batch_size = 64
@@ -631,6 +633,7 @@ def plan_study(study: Study) -> list[Job]:
             for t in own:
                 jobs.append(Job("sweep", bb, ds, {"task": t, "probes": ds.task_probes(t), "taps": ["pooled"],
                                                   "shots": [0], "seeds": study.seeds, "grids": {}}))
+            jobs += _regression_finetunes(study, bb, ds)
             if study.finetune is not None and DEFAULT_TASK in ds.tasks and not ds.cv:
                 settings = {k: v for k, v in study.finetune.items() if k != "modes"}
                 for mode in study.finetune.get("modes", ["full"]):
@@ -644,6 +647,18 @@ def plan_study(study: Study) -> list[Job]:
                 for seed in study.seeds:
                     jobs.append(Job("finetune", bb, ds, {**settings, "tasks": tasks, "seed": seed}))
     return jobs
+
+
+def _regression_finetunes(study: Study, bb: BackboneSpec, ds: DatasetSpec) -> list[Job]:
+    """``[finetune]`` on a regression dataset: a regression head (``tasks = ["regression"]``) per mode and seed,
+    cross-validated as the dataset's regression sweep is (its ``cv``, ``cv_group``). lp-ft, whose head starts from
+    a logistic probe, is left out. The other face tasks are not fine-tuned."""
+    if study.finetune is None or "regression" not in ds.tasks:
+        return []
+    settings = {k: v for k, v in study.finetune.items() if k != "modes"}
+    settings.update(tasks=["regression"], **({"cv": ds.cv, "cv_group": ds.cv_group} if ds.cv else {}))
+    return [Job("finetune", bb, ds, {**settings, "mode": mode, "seed": seed})
+            for mode in study.finetune.get("modes", ["full"]) if mode != "lp-ft" for seed in study.seeds]
 
 
 def check_datasets(study: Study, *, out=None) -> list[str]:
@@ -927,7 +942,10 @@ def _run_job(job: Job, study: Study, pretrained: dict[str, str], *, cache_dir, r
         ft_size = settings.pop("img_size", None) or bb.finetune_img_size or img_size
         # the job's seed carves val and drives training; the backbone's own seed is its random initialisation,
         # so a random-init fine-tune starts from the weights whose frozen features the sweeps probed
-        result = finetune(bb.name, ds.spec, select_metric=ds.select_metric or study.select_metric,
+        select_metric = ds.select_metric or study.select_metric
+        if select_metric not in TASK_METRICS[DEFAULT_TASK]:  # a regression's own (mae): the fine-tune's default
+            select_metric = "top1"
+        result = finetune(bb.name, ds.spec, select_metric=select_metric,
                           val_fraction=study.val_fraction, test_fraction=ds.test_fraction, init_seed=bb.seed,
                           allow_overlap=bool(extract_opts.get("allow_overlap", False)),
                           results_dir=results_dir, verbose=False,

@@ -130,8 +130,11 @@ def test_seed_study_plans_without_downloading(capsys):
     assert study.datasets[0].spec == f"flowers102:{ROOT / 'studies' / '..' / 'data' / 'flowers-102'}"
     jobs = plan_study(study)
     kinds = [j.kind for j in jobs]
-    # the FG-NET task datasets: one extraction each and one sweep per task, no fine-tuning
-    assert kinds.count("finetune") == 5 * 6 and kinds.count("extract") == 5 * 9
+    # the FG-NET task datasets: one extraction each and one sweep per task; the age task is also fine-tuned
+    # ([finetune]: a regression head under its leave-one-person-out folds)
+    assert kinds.count("finetune") == 5 * 6 + 5 and kinds.count("extract") == 5 * 9
+    assert {(j.settings["tasks"][0], j.settings["cv"], j.settings["cv_group"]) for j in jobs
+            if j.kind == "finetune" and "cv" in j.settings} == {("regression", 82, "subject")}
     # NYUv2: a segmentation and a depth sweep per backbone; FG-NET: identification + regression, identification
     assert kinds.count("sweep") == 5 * 6 * 3 + 5 * 2 + 5 * 3
     fgnet = [j.settings for j in jobs if j.kind == "sweep" and j.backbone is study.backbones[0]
@@ -205,16 +208,23 @@ def test_default_study_loads_and_plans():
     assert all(j.settings["taps"] == ["patch"] for j in on_shapes)
     assert not any(j.settings.get("task", "classification") != "classification" for j in jobs
                    if j.dataset is not None and j.dataset.spec == "digits")
-    # one face dataset entry runs each of its tasks (its own probes, pooled features) and is not fine-tuned
+    # one face dataset entry runs each of its tasks (its own probes, pooled features); only its regression task
+    # is also fine-tuned, with a regression head under the dataset's leave-one-person-out folds
     faces = [j for j in jobs if j.dataset is not None and j.dataset.spec == "faces"]
-    assert {j.kind for j in faces} == {"extract", "sweep"}
+    assert {j.kind for j in faces} == {"extract", "sweep", "finetune"}
+    tuned = [j for j in faces if j.kind == "finetune"]
+    assert [j.backbone.name for j in tuned] == ["test_resnet", "test_convnext", "test_vit", "test_vit2"]
+    assert all(j.settings["tasks"] == ["regression"] and j.settings["cv"] == 20 and j.settings["cv_group"] ==
+               "subject" and j.settings["mode"] == "full" for j in tuned)
     assert [(j.settings["task"], j.settings["probes"]) for j in faces if j.kind == "sweep"][:3] == [
         ("identification", ["cosine"]), ("verification", ["cosine"]), ("regression", ["ridge", "knn"])]
     # the multi-task miniature: per chosen backbone, the joint run and each task alone
-    dense = [(j.backbone.name, tuple(j.settings["tasks"])) for j in jobs if "tasks" in j.settings]
+    dense = [(j.backbone.name, tuple(j.settings["tasks"])) for j in jobs if "tasks" in j.settings
+             and j.settings["tasks"] != ["regression"]]
     assert dense == [(b, t) for b in ("test_resnet", "test_vit")
                      for t in (("segmentation", "depth"), ("segmentation",), ("depth",))]
-    assert {j.dataset.spec for j in jobs if "tasks" in j.settings} == {"shapes"}
+    assert {j.dataset.spec for j in jobs if "tasks" in j.settings and j.settings["tasks"] != ["regression"]} == {
+        "shapes"}
 
 
 @pytest.mark.parametrize("text,needles", [
