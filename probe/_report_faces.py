@@ -162,7 +162,8 @@ def _frozen_vs_tuned(report, head: str, metrics: list[str], frozen, tuned) -> li
     """Per configuration: the best frozen probe beside fine-tuning and the paired difference over the same
     held-out items (:func:`probe.analysis.finetune_gains`, pairing by image id)."""
     a = report.a
-    extra = [m for m in metrics[1:] if m in a.BOOTSTRAP_METRICS]
+    # rmse is not a mean of per-item values (its items are squared errors): no paired interval, no column here
+    extra = [m for m in metrics[1:] if m in a.BOOTSTRAP_METRICS and m not in a.DENSE_METRICS]
     gains = a.finetune_gains(frozen, tuned, metric=head, extra_metrics=extra, **report.kw)
     rows = [g for g in (gains.to_dicts() if gains.height else []) if g["finetune"] is not None]
     if not rows:

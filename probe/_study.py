@@ -955,7 +955,9 @@ def _run_job(job: Job, study: Study, pretrained: dict[str, str], *, cache_dir, r
             return "skipped (done before)"
         scores = ", ".join(f"{task} {metric} {m[metric]:.3f}" if task != "classification" else f"top1 {m[metric]:.3f}"
                            for task, m in result.task_metrics.items() for metric in list(m)[:1])
-        return f"done, best epoch {result.best_epoch}" + (f", test {scores}" if scores else "")
+        chosen = (f"epochs chosen per fold {result.fold_epochs}" if result.fold_epochs
+                  else f"best epoch {result.best_epoch}")
+        return f"done, {chosen}" + (f", test {scores}" if scores else "")
     raise AssertionError(job.kind)
 
 

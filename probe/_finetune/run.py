@@ -445,6 +445,11 @@ def _cross_validate(run_args: dict, plans: list[dict], folds, *, ckpt_dir: Path,
 
     rows, items = cross_validate(run_fold, fold_list, metrics=TASK_METRICS[task], groups=groups,
                                  ids=[str(i) for i in source.ids["train"]], seed=run_args["seed"])
+    # the summary's params (fold count, sd, interval) also name the mode and target, as the fold rows' params do
+    first = json.loads(next(r for r in rows if r["fold"] == 0 and r["split"] == "test")["params"])
+    rows = [dict(r, params=json.dumps({**json.loads(r["params"]), "mode": first["mode"],
+                                       "target": first["target"]}, sort_keys=True))
+            if r["fold"] is None else r for r in rows]
     from .._tasks import target_name
 
     items["target_name"] = np.asarray(target_name(source, task))
