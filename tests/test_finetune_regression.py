@@ -54,7 +54,9 @@ def cv_run(tmp_path_factory):
     from probe._sweep import sweep_cached
 
     root = tmp_path_factory.mktemp("ftreg")
-    proc = run_cli("finetune", *CV_ARGS, "--results-dir", root / "results", cwd=root, timeout=600, check=0)
+    # one torch thread: on a busy 2-core machine two threads spin-wait on each other (many times slower)
+    proc = run_cli("finetune", *CV_ARGS, "--results-dir", root / "results", cwd=root, timeout=600, check=0,
+                   env={"OMP_NUM_THREADS": "1"})
     sweep_cached("test_resnet", "faces", task="regression", probes=["ridge"], cv=2, random_init=True, img_size=32,
                  cache_dir=root / "cache", results_dir=root / "results", progress=False, device="cpu",
                  grids={"ridge": {"alpha": [1.0, 100.0]}})
