@@ -154,3 +154,37 @@ def test_bad_regression_input_is_one_line(tmp_path, capsys, args, needles):
     proc = run_main(capsys, "finetune", *args, "--random-init", "--results-dir", tmp_path / "r", "--no-progress")
     assert_one_line_error(proc, 2, *needles)
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.parquet"))
+
+
+def test_manifest_with_a_test_split_writes_exact_targets(tmp_path):
+    """The split-based path: a csv manifest's ``target`` column, its own test split, one selected test row and the
+    per-image predictions beside it (targets exactly as in the manifest, predictions in its units)."""
+    from PIL import Image
+
+    import probe
+    from probe.results import load_artifacts
+
+    rng = np.random.default_rng(0)
+    rows = ["path,target,split"]
+    for i in range(40):
+        target = 0.1 + 2.5 * (i % 20)
+        img = np.clip(np.full((20, 20, 3), 5.0 * target) + rng.normal(0, 5, (20, 20, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{target},{'test' if i % 4 == 0 else 'train'}")
+    (tmp_path / "m.csv").write_text("\n".join(rows))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = probe.finetune("test_resnet", f"csv:{tmp_path / 'm.csv'}", tasks="regression", random_init=True,
+                                img_size=32, epochs=1, batch_size=8, lr=1e-3, workers=0, progress=False,
+                                verbose=False, results_dir=tmp_path / "r", device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    frame = pl.read_parquet(result.results_path)
+    test = frame.filter(pl.col("selected")).row(0, named=True)
+    assert (test["split"], test["task"], test["n_eval"], test["fold"]) == ("test", "regression", 10, None)
+    art = load_artifacts(result.results_path)
+    truth = {f"{i}.png": 0.1 + 2.5 * (i % 20) for i in range(0, 40, 4)}
+    assert np.array_equal(art["labels"], [truth[i] for i in art["ids"]]) and str(art["target_name"]) == "target"
+    assert test["mae"] == pytest.approx(np.abs(art["pred"] - art["labels"]).mean())
+    assert result.weights_path.is_file()  # a split-based run exports its weights as classification does
