@@ -434,8 +434,12 @@ def _cross_validate(run_args: dict, plans: list[dict], folds, *, ckpt_dir: Path,
             if verbose:
                 print(f"probe: fold {i + 1}/{len(fold_list)}: {len(plans[i]['train'][1])} train, "
                       f"{len(plans[i]['val'][1])} val, {len(te)} held-out images", file=sys.stderr)
-            out = _Run(split_plan=plans[i], ckpt_dir=ckpt_dir / f"fold{i}", fold=i, evaluation=evaluation,
-                       **run_args).execute()
+            run = _Run(split_plan=plans[i], ckpt_dir=ckpt_dir / f"fold{i}", fold=i, evaluation=evaluation,
+                       **run_args)
+            try:
+                out = run.execute()
+            finally:  # the next fold builds its own loaders: stop this one's worker processes now
+                run.close()
             rows, items, best = out.rows, out.items, out.best_epoch
             _distributed.on_main(lambda: save_npz_atomic(done, rows=np.asarray(json.dumps(rows, default=str)),
                                                          best_epoch=np.asarray(best),
@@ -464,6 +468,14 @@ def _cross_validate(run_args: dict, plans: list[dict], folds, *, ckpt_dir: Path,
                           artifacts_path=Path(str(stem) + ".npz"), best_epoch=0, test_metrics=metrics,
                           checkpoint_dir=ckpt_dir, settings=run_args["settings"], task_metrics={task: metrics},
                           results_paths={task: path}, fold_epochs=epochs)
+
+
+def _stop_workers(loader) -> None:
+    """Shut down a DataLoader's persistent worker processes, if it started any."""
+    it = getattr(loader, "_iterator", None)
+    if it is not None and hasattr(it, "_shutdown_workers"):
+        it._shutdown_workers()
+        loader._iterator = None
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -668,6 +680,7 @@ class _Run:
         c = self.config
         if getattr(self, "trainer", None) is not None:  # micro-batches grown on an earlier phase's OOM stay
             self.accum_steps = self.trainer.accum_steps
+            _stop_workers(self.trainer.train_loader)
         self.trainer = None  # free the previous phase's model first
         parts = [self.split_plan["train"]] + ([self.split_plan["val"]] if phase == "refit" else [])
         # a regression head is standardised by the phase's training targets (train, or train+val)
@@ -723,6 +736,13 @@ class _Run:
             initial_head = {"weight": head.weight.detach().cpu().numpy().copy(),
                             "bias": head.bias.detach().cpu().numpy().copy()}
         return trainer, start_epoch, initial_head
+
+    def close(self) -> None:
+        """Stop the loader worker processes of this run (persistent workers otherwise live as long as their
+        loaders are referenced)."""
+        for loader in [*getattr(self, "eval_loaders", {}).values(),
+                       getattr(getattr(self, "trainer", None), "train_loader", None)]:
+            _stop_workers(loader)
 
     def _probe_head(self, model, refit: bool) -> dict:
         from .lpft import probe_initialised_head
