@@ -111,6 +111,14 @@ def test_epoch_is_chosen_on_the_training_folds_val_never_on_test(cv_run):
         best = epochs[int(np.argmin(vals["mae"].to_numpy()))]
         test = frame.filter((pl.col("fold") == f) & (pl.col("split") == "test")).row(0, named=True)
         assert json.loads(test["params"])["epoch"] == best == json.loads(test["params"])["chosen_epoch"]
+    # the same command again reads the rows back (nothing trained), with each fold's chosen epoch
+    import probe
+
+    again = probe.finetune("test_resnet", "faces", tasks="regression", cv=2, random_init=True, img_size=32, epochs=2,
+                           batch_size=16, lr=1e-3, warmup_epochs=0, results_dir=path.parents[2], verbose=False)
+    assert again.skipped and again.results_path == path
+    assert again.fold_epochs == [json.loads(p)["epoch"] for p in frame.filter(
+        pl.col("fold").is_not_null() & (pl.col("split") == "test")).sort("fold")["params"]]
     # each fold's val part is carved from its training fold alone, by person when grouped
     source = open_dataset("faces")
     groups = source.labels["train"]

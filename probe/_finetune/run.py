@@ -985,11 +985,13 @@ def _read_back(results_paths: dict, stem: Path, ckpt_dir: Path, settings: dict, 
 
     from ..vocab import TASK_METRICS
 
-    frames, task_metrics, best_epoch = {}, {}, 0
+    frames, task_metrics, best_epoch, fold_epochs = {}, {}, 0, []
     for task, path in results_paths.items():
         frame = frames[task] = pl.read_parquet(path)
         test = frame.filter(pl.col("selected"))
         if "fold" in frame.columns and test["fold"].null_count() < len(test):  # cross-validated: the summary row
+            fold_epochs = [int(json.loads(p)["epoch"]) for p in test.filter(pl.col("fold").is_not_null())
+                           .sort("fold")["params"]]
             test = test.filter(pl.col("fold").is_null())
         best_epoch = int(json.loads(test["params"][0]).get("epoch", 0)) if len(test) else 0
         if len(test) and test["split"][0] == "test":
@@ -1004,4 +1006,5 @@ def _read_back(results_paths: dict, stem: Path, ckpt_dir: Path, settings: dict, 
                           weights_path=weights_path if weights_path.is_file() else None,
                           artifacts_path=artifacts if artifacts.is_file() else None, best_epoch=best_epoch,
                           test_metrics=task_metrics.get(first), checkpoint_dir=ckpt_dir, skipped=True,
-                          settings=settings, task_metrics=task_metrics, results_paths=dict(results_paths))
+                          settings=settings, task_metrics=task_metrics, results_paths=dict(results_paths),
+                          fold_epochs=fold_epochs)
