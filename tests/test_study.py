@@ -209,12 +209,12 @@ def test_default_study_loads_and_plans():
     assert not any(j.settings.get("task", "classification") != "classification" for j in jobs
                    if j.dataset is not None and j.dataset.spec == "digits")
     # one face dataset entry runs each of its tasks (its own probes, pooled features); only its regression task
-    # is also fine-tuned, with a regression head under the dataset's leave-one-person-out folds
+    # is also fine-tuned, with a regression head under the dataset's grouped folds
     faces = [j for j in jobs if j.dataset is not None and j.dataset.spec == "faces"]
     assert {j.kind for j in faces} == {"extract", "sweep", "finetune"}
     tuned = [j for j in faces if j.kind == "finetune"]
     assert [j.backbone.name for j in tuned] == ["test_resnet", "test_convnext", "test_vit", "test_vit2"]
-    assert all(j.settings["tasks"] == ["regression"] and j.settings["cv"] == 20 and j.settings["cv_group"] ==
+    assert all(j.settings["tasks"] == ["regression"] and j.settings["cv"] == 5 and j.settings["cv_group"] ==
                "subject" and j.settings["mode"] == "full" for j in tuned)
     assert [(j.settings["task"], j.settings["probes"]) for j in faces if j.kind == "sweep"][:3] == [
         ("identification", ["cosine"]), ("verification", ["cosine"]), ("regression", ["ridge", "knn"])]
