@@ -237,7 +237,8 @@ def sweep(probe, train: tuple, val: tuple | None = None, test: tuple | None = No
         X_val = check_features(val[0], name="val X", n_features=d)
         y_val = check_labels(val[1], len(X_val), name="val y", min_classes=1)
         recorded_fraction = 0.0
-    X_train, y_train = X_train[parts["train"]], y_train[parts["train"]]
+    if not (len(parts["train"]) == len(y_train) and (parts["train"] == np.arange(len(y_train))).all()):
+        X_train, y_train = X_train[parts["train"]], y_train[parts["train"]]  # (no copy when every row stays)
     if shots:
         pick = few_shot(y_train, int(shots), seed, list(class_names) if class_names is not None else None)
         X_train, y_train = X_train[pick], y_train[pick]
@@ -287,7 +288,13 @@ def sweep(probe, train: tuple, val: tuple | None = None, test: tuple | None = No
         fitted = est.set_params(**selected_params)
         fitted._prepare_refit(best)
         if refit_on_val:
-            X_fit, y_fit = np.concatenate([X_train, X_val]), np.concatenate([y_train, y_val])
+            # torch's allocator: numpy asks the kernel for huge pages on large arrays, which stalls in page
+            # compaction on a host whose memory another process has just fragmented
+            with warnings.catch_warnings():  # read-only inputs (memory maps) are only read
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                X_fit = torch.cat([torch.from_numpy(np.ascontiguousarray(X_train)),
+                                   torch.from_numpy(np.ascontiguousarray(X_val))]).numpy()
+            y_fit = np.concatenate([y_train, y_val])
         else:
             X_fit, y_fit = X_train, y_train
         start = time.perf_counter()
