@@ -168,7 +168,8 @@ def main(argv=None) -> int:
     print(f"numpy/scikit-learn BLAS: {blas_kernels()}; OPENBLAS_CORETYPE="
           f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '(unset)')}")
     print(f"data: {n[0]} train / {n[1]} val / {n[2]} test, {d}-d, {n_classes} classes; repeats {args.repeats}")
-    print(f"float32 matmul peak ({device}): {peak:.0f} GFLOP/s\n")
+    print(f"float32 matmul peak ({device}): {peak:.0f} GFLOP/s at the start; each probe's row uses the peak measured "
+          "again just before its runs (a shared host's speed drifts)\n")
 
     n_c = 6 if args.quick else 10
     C_grid = np.logspace(-4, 1, n_c).tolist()
@@ -191,7 +192,8 @@ def main(argv=None) -> int:
     }
     # Logistic's sklearn grid runs from the strongest penalty, so np.argmax's first-best matches our tie rule.
     header = f"{'probe':9s} {'ours s':>8s} {'sklearn s':>10s} {'speedup':>8s} {'target':>7s} " \
-             f"{'ours top1':>9s} {'skl top1':>9s} {'bound s':>8s} {'of bound':>8s} {'GFLOP/s':>8s} {'of peak':>8s}"
+             f"{'ours top1':>9s} {'skl top1':>9s} {'bound s':>8s} {'of bound':>8s} {'GFLOP/s':>8s} {'of peak':>8s} " \
+             f"{'peak':>6s}"
     print(header)
     print("-" * len(header))
     # Warm-up, untimed: one small sweep per side loads every module and kernel each side uses (scikit-learn's
@@ -207,6 +209,8 @@ def main(argv=None) -> int:
     for name in args.probes:
         spec = specs[name]
         ours_times, sk_times = [], []
+        peak = matmul_peak(device)
+        time.sleep(args.pause)
         for _ in range(args.repeats):
             CountingLogistic.evaluations = 0
             t, acc, _ = ours(spec["ours"], spec["grid"], train, val, test, device)
@@ -233,7 +237,8 @@ def main(argv=None) -> int:
             spread = f"  (ours {min(ours_times):.2f}-{max(ours_times):.2f} s, " \
                      f"sklearn {min(sk_times):.2f}-{max(sk_times):.2f} s)"
         print(f"{name:9s} {t:8.2f} {ts:10.2f} {ts / t:7.1f}x {spec['target']:>7s} {acc * 100:8.2f}% "
-              f"{acc_sk * 100:8.2f}% {bound:8.2f} {bound / t * 100:7.1f}% {gflops:8.1f} {gflops / peak * 100:7.1f}%"
+              f"{acc_sk * 100:8.2f}% {bound:8.2f} {bound / t * 100:7.1f}% {gflops:8.1f} {gflops / peak * 100:7.1f}% "
+              f"{peak:6.0f}"
               f"{spread}")
         if name == "logistic":
             print(f"{'':9s} ({evals} objective evaluations along the warm-started path of {len(C_grid)} C values "
