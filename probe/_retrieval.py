@@ -79,7 +79,8 @@ def retrieve(query_features, query_labels, gallery_features=None, gallery_labels
     device : str
         Torch device.
     block_bytes : int, optional
-        Bytes of similarities per block (default: the kNN probe's block size on CPU, 256 MiB on GPU).
+        Bytes of similarities held at once, shared by the block workers (default: the kNN probe's on CPU,
+        256 MiB on GPU; :func:`probe.probes._knn.for_query_blocks`).
     method : {"auto", "sort"}
         ``auto``: a top-K selection per block, rows sorted in full only when their positives fall outside it;
         ``sort``: every row sorted in full (the reference path; slower).

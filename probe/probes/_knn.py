@@ -95,9 +95,10 @@ class KNNProbe(ProbeBase):
         return sorted(range(len(points)), key=key)
 
 
-#: Bytes of one query block's similarities on CPU. Hundreds of query rows per product keep the matmul near its peak,
-#: which outweighed reading the block back from a slower cache level for the selection when 16, 32, 64 and 128 MiB
-#: were compared on the 2-core AMD host (benchmarks/bench_probes.py prints the kNN sweep's share of its bound).
+#: Bytes of query-block similarities held at once on CPU, shared by the workers of :func:`for_query_blocks` (32 MiB
+#: each on 2 cores). Hundreds of query rows per product keep the matmul near its peak, which outweighed reading the
+#: block back from a slower cache level for the selection when 16, 32, 64 and 128 MiB single blocks were compared on
+#: the 2-core AMD host (benchmarks/bench_probes.py prints the kNN sweep's share of its bound).
 _BLOCK_BYTES = 64 * 2**20
 
 
