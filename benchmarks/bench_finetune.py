@@ -13,6 +13,7 @@ Usage::
     python benchmarks/bench_finetune.py                     # CPU part (about a minute on 2 cores) + GPU part
     python benchmarks/bench_finetune.py --img-size 64 --repeats 3
     python benchmarks/bench_finetune.py --skip-gpu
+    python benchmarks/bench_finetune.py --skip-cpu          # GPU part only
 
 Numbers depend on what else runs on the machine: the load average is printed beside them.
 """
@@ -54,24 +55,27 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default: probe's, cores - 1)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip-gpu", action="store_true")
+    parser.add_argument("--skip-gpu", action="store_true", help="run the CPU part only")
+    parser.add_argument("--skip-cpu", action="store_true", help="run the GPU part only")
     args = parser.parse_args()
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch "
           f"{torch.__version__}, load average {os.getloadavg()[0]:.1f} at start")
-    print(f"CPU: digits (1078 train images after the val carve), img {args.img_size}, batch {args.batch_size}, "
-          f"{args.epochs} epochs per run (epoch 1 not counted), {args.repeats} runs")
-    for model in args.models:
-        speed, wait = [], []
-        for _ in range(args.repeats):
-            history = run_once(model, img_size=args.img_size, epochs=args.epochs, batch_size=args.batch_size,
-                               workers=args.workers, device="cpu")
-            later = history[1:] or history
-            seconds = sum(r["train_seconds"] for r in later)
-            speed.append(sum(r["images_per_s"] * r["train_seconds"] for r in later) / seconds)
-            wait.append(sum(r["data_wait_share"] * r["train_seconds"] for r in later) / seconds)
-        print(f"  {model:12s} {summarise(speed, '.0f')} img/s   data wait {summarise([100 * w for w in wait], '.1f')}%")
-    print(f"load average {os.getloadavg()[0]:.1f} at the end of the CPU part")
+    if not args.skip_cpu:
+        print(f"CPU: digits (1078 train images after the val carve), img {args.img_size}, batch {args.batch_size}, "
+              f"{args.epochs} epochs per run (epoch 1 not counted), {args.repeats} runs")
+        for model in args.models:
+            speed, wait = [], []
+            for _ in range(args.repeats):
+                history = run_once(model, img_size=args.img_size, epochs=args.epochs, batch_size=args.batch_size,
+                                   workers=args.workers, device="cpu")
+                later = history[1:] or history
+                seconds = sum(r["train_seconds"] for r in later)
+                speed.append(sum(r["images_per_s"] * r["train_seconds"] for r in later) / seconds)
+                wait.append(sum(r["data_wait_share"] * r["train_seconds"] for r in later) / seconds)
+            waits = summarise([100 * w for w in wait], ".1f")
+            print(f"  {model:12s} {summarise(speed, '.0f')} img/s   data wait {waits}%")
+        print(f"load average {os.getloadavg()[0]:.1f} at the end of the CPU part")
 
     if args.skip_gpu:
         return

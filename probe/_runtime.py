@@ -125,6 +125,27 @@ def torch_threads(n: int):
 
 
 @contextmanager
+def full_fp32(device, precision: str):
+    """With ``precision == "fp32"`` on CUDA, run the block with TF32 off in matmuls and convolutions (restored
+    afterwards).
+
+    cuDNN convolutions use TF32 by default on Ampere and newer GPUs (10-bit mantissa), which would make "fp32"
+    features differ from the CPU's fp32 ones by about 1e-3. Elsewhere, or in bf16, nothing changes.
+    """
+    import torch
+
+    if getattr(device, "type", device) != "cuda" or precision != "fp32":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+@contextmanager
 def quiet_blas():
     """Hold numpy/scipy's BLAS (OpenBLAS) to one thread while torch does the heavy work on the CPU.
 
