@@ -224,10 +224,14 @@ def make_loader(images: ImageSet, batches: Batches, workers: int, device, seed: 
     import torch
 
     generator = torch.Generator().manual_seed(seed)  # workers' base seed; keeps the global RNG untouched
-    # persistent workers: forking them again every epoch costs more than a small model's epoch on a busy CPU
-    return torch.utils.data.DataLoader(images, batch_sampler=batches, num_workers=workers,
-                                       pin_memory=device.type == "cuda", generator=generator,
-                                       prefetch_factor=4 if workers > 0 else None, persistent_workers=workers > 0)
+    # Persistent workers on CPU: forking them again every epoch costs more than a small model's epoch on a busy
+    # CPU. Not on CUDA: with pinned memory, PyTorch's shutdown of persistent workers waits up to 5 s per worker
+    # (pytorch/pytorch#81794); on an H200 machine (8 workers) a fine-tune's process then stayed alive for over
+    # 30 s after its last epoch, where a GPU epoch's fresh workers cost a fraction of a second.
+    cuda = device.type == "cuda"
+    return torch.utils.data.DataLoader(images, batch_sampler=batches, num_workers=workers, pin_memory=cuda,
+                                       generator=generator, prefetch_factor=4 if workers > 0 else None,
+                                       persistent_workers=workers > 0 and not cuda)
 
 
 def shuffled_batches(n: int, batch_size: int, steps: int, *, seed: int, epoch: int) -> list[list]:

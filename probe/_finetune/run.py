@@ -346,7 +346,11 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
         if folds is not None:
             result = _cross_validate(run_args, fold_plans, folds, ckpt_dir=ckpt_dir, cv=int(cv), cv_group=cv_group)
         else:
-            result = _Run(split_plan=split_plan, ckpt_dir=ckpt_dir, **run_args).execute()
+            run = _Run(split_plan=split_plan, ckpt_dir=ckpt_dir, **run_args)
+            try:
+                result = run.execute()
+            finally:  # the loaders' worker processes end with the run, not whenever the loaders are collected
+                run.close()
     if not keep_checkpoints:
         _distributed.on_main(lambda: shutil.rmtree(ckpt_dir, ignore_errors=True))
     return result
