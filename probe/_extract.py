@@ -281,9 +281,10 @@ class _SplitImages:
     """Map-style dataset over one split: (index, image tensor, error message or '').
 
     When the transform ends in timm's to-tensor and normalise steps (every timm eval transform does), items are
-    uint8 [C, H, W] tensors and :meth:`finish` applies those two steps to a whole batch at once: the same float
+    uint8 [H, W, C] tensors and :meth:`finish` applies those two steps to a whole batch at once: the same float
     operations (bit-identical features), a quarter of the bytes between processes, and about a millisecond less
-    per image than doing them image by image.
+    per image than doing them image by image. Collating [H, W, C] items is a plain copy, and the finished batch
+    is channels-last (the layout the extractor runs convolutions in) without another copy.
     """
 
     def __init__(self, source, split: str, transform, shape):
@@ -299,13 +300,17 @@ class _SplitImages:
         try:
             out = self.transform(self.source.load(self.split, i))
             if self.mean is not None:
-                out = torch.from_numpy(np.asarray(out, dtype=np.uint8).copy()).permute(2, 0, 1)
+                out = torch.from_numpy(np.asarray(out, dtype=np.uint8).copy())
             return i, out, ""
         except ProbeError as exc:  # reported by the main process: workers cannot print one clean line
-            return i, torch.zeros(self.shape, dtype=torch.uint8 if self.mean is not None else torch.float32), str(exc)
+            if self.mean is None:
+                return i, torch.zeros(self.shape, dtype=torch.float32), str(exc)
+            c, h, w = self.shape
+            return i, torch.zeros((h, w, c), dtype=torch.uint8), str(exc)
 
     def finish(self, x):
-        """A collated batch as the backbone's input: uint8 -> float in [0, 1], then normalised (as timm does).
+        """A collated batch as the backbone's input [B, C, H, W]: uint8 -> float in [0, 1], then normalised (as
+        timm does).
 
         Runs on ``x``'s device: on a GPU the batch travels as uint8 (a quarter of the bytes) and these steps cost the
         main process no CPU time.
@@ -314,7 +319,7 @@ class _SplitImages:
 
         if self.mean is None:
             return x
-        x = x.to(torch.float32).div(255)
+        x = x.permute(0, 3, 1, 2).to(torch.float32).div(255)  # a channels-last view of the [B, H, W, C] batch
         mean, std = (v.to(x.device, non_blocking=True).view(1, -1, 1, 1) for v in (self.mean, self.std))
         return x.sub_(mean).div_(std)
 
