@@ -31,7 +31,6 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from ._errors import ProbeError, UsageError
 from ._io import write_text_atomic

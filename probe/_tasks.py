@@ -24,13 +24,13 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from ._errors import UsageError
 from ._io import save_npz_atomic
-from .vocab import COSINE, DEFAULT_TASK, PROBES, SPLITS, TASK_DEFAULT_PROBES, TASK_METRICS, TASK_PROBES
+from .vocab import COSINE, DEFAULT_TASK, SPLITS, TASK_DEFAULT_PROBES, TASK_METRICS, TASK_PROBES
 
 #: Tasks this module runs (segmentation and depth are the dense probes').
 TASKS_HERE = ("classification", "identification", "verification", "regression")
@@ -103,7 +103,6 @@ def sweep_task_cached(backbone: str, dataset: str, *, task: str, probes: Sequenc
     if task == "identification" and learned and cv_group is not None:
         raise UsageError(f"identity classifiers ({', '.join(learned)}) cannot be scored with --cv-group subject: a "
                          "held-out person is never in the training fold; drop --cv-group (folds stratified by person)")
-    metrics = TASK_METRICS[task]
     # the val metric of the learned probes: the task's own for regression, a classifier's for identities
     own = TASK_METRICS["regression"] if task == "regression" else TASK_METRICS[DEFAULT_TASK]
     if select_metric is None or select_metric not in own:
@@ -303,7 +302,7 @@ def _run(task: str, data: _Data, job: dict, base: dict, pair_set) -> tuple[list[
 
 def _run_learned(task: str, data: _Data, X: np.ndarray, job: dict, base: dict) -> tuple[list[dict], dict]:
     """Regression probes, or classification probes (identity classifiers), on splits or under nested CV."""
-    from ._cv import cross_validate, cv_folds, regression_items, sweep_regression
+    from ._cv import cross_validate, cv_folds, sweep_regression
 
     regression = task == "regression"
     y = data.target if regression else data.labels

@@ -193,7 +193,6 @@ def _decode(est, out):
 
 
 def _loss(est, out, targets):
-    import torch
     import torch.nn.functional as F
 
     if est.task == "segmentation":
