@@ -56,7 +56,7 @@ def bench(model_name: str, spec: str, *, batch_size: int, workers: int | None, d
     source = probe.open_dataset(spec)
     split = source.split_names[0]
     n = len(source.splits[split])
-    n_workers = default_workers() if workers is None else workers
+    n_workers = default_workers(dev) if workers is None else workers
     images = _SplitImages(source, split, bb.eval_transform(), tuple(bb.data_config["input_size"]))
     batches = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
 

@@ -538,7 +538,7 @@ def _compute_batches(bb, source, split: str, taps, parts: Path, meta: dict, batc
                 # The GPU runs one batch while this process writes the previous batch's shard and takes the next
                 # from the loader: features come back through pinned memory, and an event says when they are in.
                 pending = None
-                for index, x, errors in loader(batches, default_workers() if workers is None else workers):
+                for index, x, errors in loader(batches, default_workers(dev) if workers is None else workers):
                     check_errors(errors)
                     out = forward_batch(x)
                     host = {t: v.float().contiguous().to("cpu", non_blocking=True) for t, v in out.items()}
@@ -550,7 +550,7 @@ def _compute_batches(bb, source, split: str, taps, parts: Path, meta: dict, batc
                 if pending is not None:
                     drain(*pending)
             elif dev.type != "cpu" or workers is not None:
-                n_workers = default_workers() if workers is None else workers
+                n_workers = default_workers(dev) if workers is None else workers
                 with cpu_threads(dev, n_workers):
                     for batch in loader(batches, n_workers):
                         consume(*batch)

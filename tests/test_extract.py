@@ -380,6 +380,20 @@ def test_cpu_plan_from_measured_times():
     assert cpu_plan(0.15, 0.49, 2, forward1_seconds=0.98) == (2, 0, 0)
 
 
+def test_default_workers_follow_the_usable_cores():
+    """Loader workers come from the cores this process may use (a Slurm allocation or taskset), not the machine's:
+    one core leaves one worker; a GPU allows more workers than a CPU run."""
+    code = ("import os; from probe._runtime import default_workers, usable_cores; os.sched_setaffinity(0, {0}); "
+            "print(usable_cores(), default_workers('cpu'), default_workers('cuda'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1", "1", "1"]
+    from probe._runtime import default_workers, usable_cores
+
+    cores = usable_cores()
+    assert default_workers("cpu") == max(1, min(8, cores - 1))
+    assert default_workers("cuda") == max(1, min(32, cores - 1)) >= default_workers("cpu")
+
+
 @pytest.mark.parametrize("plan", [(1, 1, 0), (2, 0, 0), (1, 0, 2)])
 def test_measured_cpu_layouts_write_the_same_features(tmp_path, image_folder, monkeypatch, plan):
     from probe import _extract

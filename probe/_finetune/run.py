@@ -519,8 +519,9 @@ class _Run:
     def execute(self) -> FinetuneResult:
         from .._runtime import cpu_threads, default_workers, resolve_device
 
-        self.n_workers = default_workers() if self.workers is None else int(self.workers)
-        with cpu_threads(resolve_device(self.device), self.n_workers):
+        dev = resolve_device(self.device)
+        self.n_workers = default_workers(dev) if self.workers is None else int(self.workers)
+        with cpu_threads(dev, self.n_workers):
             return self._execute()
 
     def _execute(self) -> FinetuneResult:

@@ -64,7 +64,8 @@ def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, metavar="DIR", help="feature cache directory")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="data loading worker processes (default: CPU cores - 1, between 1 and 8)")
+                        help="data loading worker processes (default: on a GPU, usable CPU cores - 1, at most 32; on "
+                             "CPU, chosen from the first batches' timings)")
     parser.add_argument("--device", default="auto", help="torch device: auto (cuda if present, else cpu), cpu, cuda, cuda:1")
     parser.add_argument("--dtype", choices=["float16", "float32"], default="float16",
                         help="storage dtype of cached features; float16 falls back to float32 for a tap that overflows")

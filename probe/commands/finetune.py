@@ -64,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="retrain even if the results exist (discards checkpoints of the same settings)")
     parser.add_argument("--device", default="auto", help="torch device: auto (cuda if present, else cpu), cpu, cuda, cuda:1")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="data loading worker processes (default: CPU cores - 1, at most 8)")
+                        help="data loading worker processes (default: usable CPU cores - 1, at most 8; at most 32 "
+                             "on a GPU)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="a progress bar per epoch (loss, lr, images/s)")
     parser.add_argument("--cv", type=int, default=None, metavar="K",
