@@ -144,8 +144,8 @@ def full_fp32(device, precision: str):
     """With ``precision == "fp32"`` on CUDA, run the block with TF32 off in matmuls and convolutions (restored
     afterwards).
 
-    cuDNN convolutions use TF32 by default on Ampere and newer GPUs (10-bit mantissa), which would make "fp32"
-    features differ from the CPU's fp32 ones by about 1e-3. Elsewhere, or in bf16, nothing changes.
+    cuDNN convolutions use TF32 by default on Ampere and newer GPUs (10-bit mantissa): "fp32" features would not
+    be float32 computations, yet share the CPU's fp32 cache entry. Elsewhere, or in bf16, nothing changes.
     """
     import torch
 

@@ -227,7 +227,7 @@ def make_loader(images: ImageSet, batches: Batches, workers: int, device, seed: 
     # Persistent workers on CPU: forking them again every epoch costs more than a small model's epoch on a busy
     # CPU. Not on CUDA: with pinned memory, PyTorch's shutdown of persistent workers waits up to 5 s per worker
     # (pytorch/pytorch#81794); on an H200 machine (8 workers) a fine-tune's process then stayed alive for over
-    # 30 s after its last epoch, where a GPU epoch's fresh workers cost a fraction of a second.
+    # 30 s after its last epoch.
     cuda = device.type == "cuda"
     return torch.utils.data.DataLoader(images, batch_sampler=batches, num_workers=workers, pin_memory=cuda,
                                        generator=generator, prefetch_factor=4 if workers > 0 else None,
