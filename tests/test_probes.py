@@ -277,18 +277,30 @@ def test_cuda_matches_cpu(cls, digits):
 
 
 # ------------------------------------------------------------------------------- fast paths of the sweeps
-def test_knn_selection_is_exact_with_ties(monkeypatch):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_knn_selection_is_exact_with_ties(monkeypatch, threads):
+    from probe._runtime import torch_threads
     from probe.probes import _knn
     from probe.probes._knn import _select_top, _top_neighbours
 
     rng = np.random.default_rng(0)
     # few distinct values: many ties inside the top k and across its boundary, for every k
-    block = torch.tensor(rng.integers(0, 6, size=(40, 300)).astype(np.float32))
-    for k in (1, 7, 50, 299, 300):
-        vals, cols = _select_top(block, k)
-        ref = np.argsort(-block.numpy(), axis=1, kind="stable")[:, :k]
-        np.testing.assert_array_equal(cols.numpy(), ref)
-        np.testing.assert_array_equal(vals.numpy(), np.take_along_axis(block.numpy(), ref, 1))
+    few = rng.integers(0, 6, size=(40, 300)).astype(np.float32)
+    # wide rows (the grouped lower bound of _select_top_by_threshold): distinct values, values rounded to a few
+    # decimals (ties at the boundary in some rows only), a constant row, -inf entries (a retrieval's own image)
+    wide = rng.normal(size=(30, 5003)).astype(np.float32)
+    wide[::3] = np.round(wide[::3], 1)
+    wide[4] = 0.5
+    wide[5, rng.integers(0, 5003, size=4000)] = -np.inf
+    monkeypatch.setattr(_knn, "_SELECT_BYTES", 7 * 5003 * 4)  # several row groups per block
+    with torch_threads(threads):
+        for block, ks in ((few, (1, 7, 16, 50, 299, 300)), (wide, (1, 15, 16, 20, 200, 1000, 5002)),
+                          (wide.astype(np.float64), (17, 300)), (wide[1::3, :600], (16, 100))):
+            for k in ks:
+                vals, cols = _select_top(torch.from_numpy(block), k)
+                ref = np.argsort(-block, axis=1, kind="stable")[:, :k]
+                np.testing.assert_array_equal(cols.numpy(), ref, err_msg=f"k={k}, {block.dtype}")
+                np.testing.assert_array_equal(vals.numpy(), np.take_along_axis(block, ref, 1))
     # blocked search (blocks of 8 queries) over a bank with duplicated rows equals one stable sort of all
     # similarities; small integer features make every product exact, so ties are real ties
     monkeypatch.setattr(_knn, "_BLOCK_BYTES", 8 * 4 * 500)
