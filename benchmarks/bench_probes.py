@@ -88,7 +88,7 @@ def cpu_model() -> str:
         import subprocess
 
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
     except Exception:
         return platform.processor() or platform.machine()
 
@@ -166,7 +166,8 @@ def main(argv=None) -> int:
     print(f"CPU: {cpu_model()} ({os.cpu_count()} cores visible), torch threads {torch.get_num_threads()}, "
           f"device {device}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"numpy/scikit-learn BLAS: {blas_kernels()}; OPENBLAS_CORETYPE="
-          f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '(unset)')}")
+          f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, "
+          f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '(unset)')}")
     print(f"data: {n[0]} train / {n[1]} val / {n[2]} test, {d}-d, {n_classes} classes; repeats {args.repeats}")
     print(f"float32 matmul peak ({device}): {peak:.0f} GFLOP/s at the start; it is measured again just before each "
           "of our runs (a shared host's speed drifts), each run is judged against its own peak, and a row gives "

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._base import CHUNK_BYTES, ProbeBase, check_positive, chunk_rows
+from ._base import CHUNK_BYTES, ProbeBase, check_positive
 
 
 class KNNProbe(ProbeBase):
