@@ -1,8 +1,8 @@
 """Leave-one-image-out identification vs scikit-learn's NearestNeighbors, side by side on the same features.
 
 Ours (:func:`probe._retrieval.loo_retrieval`): every image queries all others by cosine similarity in blocks of
-tens of MiB, one block per core at a time (no N x N matrix held), giving rank-1, rank-5 and mAP (the exact ranks
-of every same-identity image: a top-K selection per block, and counting for the rows whose positives fall
+up to 1,024 queries, one block per core at a time (no N x N matrix held), giving rank-1, rank-5 and mAP (the exact
+ranks of every same-identity image: a top-K selection per block, and counting for the rows whose positives fall
 outside it).
 scikit-learn: ``NearestNeighbors(metric="cosine", algorithm="brute").kneighbors(n_neighbors=5)`` on the fitted
 set (each point left out of its own neighbours), which gives rank-1 and rank-5 only (mAP would need every

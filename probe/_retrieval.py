@@ -7,7 +7,8 @@ rule). Per query: ``rank1`` (the nearest gallery image has the query's identity)
 nearest has), and average precision over all gallery images of its identity (itself excluded). Queries whose
 identity has no such image are not scored (``valid`` false).
 
-Queries go in blocks of a few MiB of similarities, so the Nq x Ng similarity matrix is never held: memory is
+Queries go in blocks of at most 1,024 rows and 512 MiB of similarities on CPU
+(:func:`probe.probes._knn.for_query_blocks`), so the Nq x Ng similarity matrix is never held: memory is
 O(block x Ng). Each block is read once more after its matmul, by one exact top-K selection (the kNN probe's
 :func:`probe.probes._knn._select_top`: ties to the earlier row) with K a few times the largest number of other
 images of one identity. A query whose positives are not all inside its top K (features that rank its own person
@@ -177,8 +178,8 @@ def _counted_ranks(S, members, starts, identities, self_rows):
     ``identities``: each row's identity; ``self_rows``: each row's own gallery row (left out of its positives),
     or None. The positives' similarities, sorted, split the row into intervals; a ``searchsorted`` puts every
     entry at or above the lowest positive in its interval, and the entries above a positive are the counts of the
-    intervals above it. Returns (ranks, tied): ``tied`` marks rows where another entry equals a positive's similarity exactly
-    (their order would need the column tie rule); those rows' ranks are not used.
+    intervals above it. Returns (ranks, tied): ``tied`` marks rows where another entry equals a positive's
+    similarity exactly (their order would need the column tie rule); those rows' ranks are not used.
     """
     import torch
 

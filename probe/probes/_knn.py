@@ -95,9 +95,8 @@ class KNNProbe(ProbeBase):
         return sorted(range(len(points)), key=key)
 
 
-#: Query rows per block on CPU. A one-thread product of 1,000 query rows with a 25,000-row bank ran at 95% of the
-#: two-thread matmul peak per core on the 2-core AMD host, and at 80% with 335 rows (the bank's packing is paid once
-#: per block).
+#: Query rows per block on CPU. A one-thread product pays for packing the bank once per block, so more query rows
+#: run it nearer the matmul peak; 1,024 rows of a 25,000-row bank are 100 MB of similarities per core.
 _BLOCK_ROWS = 1024
 
 #: Most bytes of query-block similarities held at once on CPU, over all the workers of :func:`for_query_blocks` (a
@@ -175,8 +174,8 @@ def _select_top(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     k-th and (k+1)-th values differ has a unique top-k set, which a stable sort by value over ascending columns
     puts in the promised order; a row with a tie across that boundary (rare: duplicated features) is sorted in
     full, stably. On CPU with one torch thread (the workers of :func:`for_query_blocks`) and k >= 16, the rows go
-    through :func:`_select_top_by_threshold` instead: the same result in about half the time for k = 100 or 200
-    of 25,000 columns. With more threads ``torch.topk`` splits the rows over them and stays.
+    through :func:`_select_top_by_threshold` instead (the same result; its work barely grows with k, while
+    ``torch.topk``'s heap does). With more threads ``torch.topk`` splits the rows over them and stays.
     """
     rows, n = block.shape
     if k >= n:
@@ -204,8 +203,8 @@ _SELECT_BYTES = 2 * 2**20
 def _select_top_by_threshold(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_select_top` on CPU (``k < n_columns``) through a lower bound on each row's (k+1)-th largest value.
 
-    ``torch.topk`` on CPU copies every row into (value, index) pairs and keeps a heap of k entries, which for
-    k = 200 of 25,000 columns costs about as much as the product that made the block. Here, per row:
+    ``torch.topk`` on CPU copies every row into (value, index) pairs and keeps a heap of k entries, whose cost
+    grows with k. Here, per row:
 
     1. the columns are dealt into ``m`` interleaved groups (``c`` columns each, c <= 16, chosen so that the top
        k+1 entries mostly fall in different groups; c = 1 for short rows) and each group's maximum taken. The
