@@ -170,8 +170,8 @@ def main(argv=None) -> int:
           f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '(unset)')}")
     print(f"data: {n[0]} train / {n[1]} val / {n[2]} test, {d}-d, {n_classes} classes; repeats {args.repeats}")
     print(f"float32 matmul peak ({device}): {peak:.0f} GFLOP/s at the start; it is measured again just before each "
-          "of our runs (a shared host's speed drifts), each run is judged against its own peak, and a row gives "
-          "the median over the runs\n")
+          "of our runs (a shared host's speed drifts); 'of bound' is the median over the runs of each run against its "
+          "own peak, 'of peak' the median time against the median peak\n")
 
     n_c = 6 if args.quick else 10
     C_grid = np.logspace(-4, 1, n_c).tolist()
@@ -234,10 +234,10 @@ def main(argv=None) -> int:
                 + 2 * nte * d * n_classes
         else:  # the exact-search bound: val x train and test x (train+val) similarities
             flops = 2 * nv * ntr * d + 2 * nte * (ntr + nv) * d
-        # each run against its own peak (seconds if every counted FLOP ran at that peak); the median of the runs
+        # "of bound": each run against the peak measured just before it, the median of the runs; the other columns
+        # (bound s, GFLOP/s, of peak) from the median time and the median peak, so they agree with each other
         shares = [flops / (p * 1e9) / s for p, s in zip(peaks, ours_times)]
-        share = statistics.median(shares)
-        bound = flops / (peak * 1e9)
+        bound = flops / (peak * 1e9)  # seconds if every counted FLOP ran at the median peak
         gflops = flops / t / 1e9
         spread = ""
         if args.repeats > 1:
@@ -245,7 +245,8 @@ def main(argv=None) -> int:
                      f"sklearn {min(sk_times):.2f}-{max(sk_times):.2f} s; of bound {min(shares) * 100:.1f}-" \
                      f"{max(shares) * 100:.1f}%, peak {min(peaks):.0f}-{max(peaks):.0f})"
         print(f"{name:9s} {t:8.2f} {ts:10.2f} {ts / t:7.1f}x {spec['target']:>7s} {acc * 100:8.2f}% "
-              f"{acc_sk * 100:8.2f}% {bound:8.2f} {share * 100:7.1f}% {gflops:8.1f} {share * 100:7.1f}% "
+              f"{acc_sk * 100:8.2f}% {bound:8.2f} {statistics.median(shares) * 100:7.1f}% {gflops:8.1f} "
+              f"{gflops / peak * 100:7.1f}% "
               f"{peak:6.0f}"
               f"{spread}")
         if name == "logistic":
