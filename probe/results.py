@@ -78,6 +78,9 @@ RESULT_COLUMNS: dict[str, str] = {
     "cs5": "Float64",  # regression: fraction of predictions within 5 units (years) of the target
     "n_skipped": "Int64",  # images of the dataset left out as unreadable (--skip-bad) in the splits this job used
     "fold": "Int64",  # cross-validation fold of this row; null on a whole-split or across-fold summary row
+    "evaluation": "Utf8",  # how the row was scored (probe.tasks.evaluation_label): splits | test carve 0.2 | cv5 |
+    #                        cv5 by subject | loo | gallery/query | pairs file | pairs drawn 10 folds [whiten 128];
+    #                        part of every grouping key, never selected across
 }
 
 #: What a rerun does after a results writer ran out of space.

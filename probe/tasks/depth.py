@@ -1,0 +1,39 @@
+"""Monocular depth: metres per pixel; a linear probe on the patch tap (NYU Depth V2 metrics)."""
+
+from __future__ import annotations
+
+from ._base import Metric, Task
+from . import register
+
+_NAMES = ("rmse", "abs_rel", "log10", "delta1", "delta2", "delta3")
+_STATS = ("stat/n_valid", "stat/sq_err", "stat/abs_rel", "stat/log10", "stat/delta1", "stat/delta2", "stat/delta3")
+_UNITS = {"rmse": "target", "abs_rel": "ratio", "log10": "log10"}
+_LABELS = {"rmse": "RMSE", "abs_rel": "abs rel", "log10": "log10", "delta1": "δ<1.25", "delta2": "δ<1.25²",
+           "delta3": "δ<1.25³"}
+
+
+def _dense(name: str):
+    def resample(stats, counts):
+        from ..dense import resampled_metric
+
+        return resampled_metric("depth", name, {k.split("/", 1)[1]: stats[k] for k in _STATS if k in stats}, counts)
+
+    return resample
+
+
+class Depth(Task):
+    name = "depth"
+    metrics = tuple(Metric(n, n.startswith("delta"), _UNITS.get(n, "fraction"), _LABELS[n], _STATS,
+                           resample=_dense(n)) for n in _NAMES)
+    probes = ("linear",)
+    default_probes = ("linear",)
+    default_taps = ("patch",)
+    options = frozenset()
+    dense = True
+
+    # ------------------------------------------------------------------------------------------ engine hooks
+
+    # ------------------------------------------------------------------------------------------ report hooks
+
+
+register(Depth())

@@ -1,0 +1,35 @@
+"""Semantic segmentation: a class id per pixel; a linear probe on the patch tap."""
+
+from __future__ import annotations
+
+from ._base import Metric, Task
+from . import register
+
+_STATS = ("stat/intersection", "stat/union", "stat/labelled")
+
+
+def _dense(name: str):
+    def resample(stats, counts):
+        from ..dense import resampled_metric
+
+        return resampled_metric("segmentation", name, {k.split("/", 1)[1]: stats[k] for k in _STATS}, counts)
+
+    return resample
+
+
+class Segmentation(Task):
+    name = "segmentation"
+    metrics = (Metric("miou", True, "fraction", "mIoU", _STATS, resample=_dense("miou")),
+               Metric("pixel_acc", True, "fraction", "pixel acc", _STATS, resample=_dense("pixel_acc")))
+    probes = ("linear",)
+    default_probes = ("linear",)
+    default_taps = ("patch",)
+    options = frozenset()
+    dense = True
+
+    # ------------------------------------------------------------------------------------------ engine hooks
+
+    # ------------------------------------------------------------------------------------------ report hooks
+
+
+register(Segmentation())
