@@ -20,7 +20,7 @@ _LAZY = {
     "open_dataset": "probe._datasets",
     "DatasetSource": "probe._datasets",
     "create_backbone": "probe._backbones",
-    "family_of": "probe._families",
+    "family_of": "probe._backbones",
     "extract_features": "probe._extract",
     "CacheEntry": "probe._cache",
     "CachedSplit": "probe._cache",

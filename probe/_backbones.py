@@ -19,7 +19,7 @@ from typing import Any
 
 from ._errors import ProbeError, UsageError
 from ._io import file_sha256
-from ._families import family_of, resolve_family  # noqa: F401  (family_of: the one families table)
+from ._families import resolve_family
 
 
 @dataclass
@@ -70,6 +70,30 @@ def check_model_name(name: str) -> tuple[str, str]:
         hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models() for names"
         raise UsageError(f"unknown backbone {name!r}: timm has no architecture {arch!r}{hint}")
     return arch, tag
+
+
+def family_of(model_or_name) -> str:
+    """The family of a timm architecture from the families table (``unknown``, with a warning, outside it).
+
+    Parameters
+    ----------
+    model_or_name : str or torch.nn.Module
+        A timm model name (``vit_base_patch16_224.augreg_in21k``; the tag is ignored) or a created timm model.
+
+    Returns
+    -------
+    str
+        One of ``convnet``, ``transformer``, ``hybrid``, ``mlp``, ``other``, or ``unknown``.
+
+    Examples
+    --------
+    >>> import probe
+    >>> probe.family_of("mixer_b16_224"), probe.family_of("focalnet_tiny_srf")  # doctest: +SKIP
+    ('mlp', 'convnet')
+    """
+    if isinstance(model_or_name, str):
+        check_model_name(model_or_name)  # an unknown name is a UsageError that suggests close names
+    return resolve_family(model_or_name)[0]
 
 
 def create_backbone(name: str, *, weights: str | os.PathLike | None = None, random_init: bool = False,

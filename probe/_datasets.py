@@ -44,7 +44,9 @@ import numpy as np
 from ._errors import ProbeError, UsageError
 from ._faces import BUILTIN_KINDS as FACE_BUILTINS
 from ._faces import FILE_KINDS as FACE_FILE_KINDS
-from ._images import is_image_file, load_image
+from ._images import images_under as _images_under
+from ._images import load_image
+from ._images import visible_dirs as _visible_dirs
 from ._official import KINDS as OFFICIAL_KINDS
 from ._official import read_official
 from .vocab import SPLITS
@@ -377,18 +379,6 @@ def _existing_dir(path: str, what: str) -> Path:
     if not p.is_dir():
         raise UsageError(f"{what} {path} is not a directory; imagefolder: takes a folder of class folders")
     return p
-
-
-def _visible_dirs(path: Path) -> list[Path]:
-    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _images_under(folder: Path) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_file(f))
-    return found
 
 
 def _open_imagefolder(arg: str) -> DatasetSource:

@@ -191,11 +191,7 @@ def resolve_family(model_or_name, override: str | None = None, *, warn: bool = T
     if override:
         return override, "override"
     if isinstance(model_or_name, str):
-        arch, module = _arch(model_or_name), None
-        if not module_of(arch):
-            from ._backbones import check_model_name
-
-            check_model_name(model_or_name)  # an unknown name is a UsageError that suggests close names
+        arch, module = _arch(model_or_name), None  # a name timm knows (probe.family_of checks it first)
     else:
         cfg = getattr(model_or_name, "pretrained_cfg", None) or {}
         arch = cfg.get("architecture") or type(model_or_name).__name__
@@ -214,25 +210,3 @@ def resolve_family(model_or_name, override: str | None = None, *, warn: bool = T
                       f"'{UNKNOWN_FAMILY}'; set it with --family {{{','.join(FAMILIES)}}} or `family = \"...\"` "
                       "in the study file's [[backbones]] entry", FamilyWarning, stacklevel=2)
     return UNKNOWN_FAMILY, "unknown"
-
-
-def family_of(model_or_name) -> str:
-    """The family of a timm architecture from the families table (``unknown``, with a warning, outside it).
-
-    Parameters
-    ----------
-    model_or_name : str or torch.nn.Module
-        A timm model name (``vit_base_patch16_224.augreg_in21k``; the tag is ignored) or a created timm model.
-
-    Returns
-    -------
-    str
-        One of ``convnet``, ``transformer``, ``hybrid``, ``mlp``, ``other``, or ``unknown``.
-
-    Examples
-    --------
-    >>> import probe
-    >>> probe.family_of("mixer_b16_224"), probe.family_of("focalnet_tiny_srf")  # doctest: +SKIP
-    ('mlp', 'convnet')
-    """
-    return resolve_family(model_or_name)[0]

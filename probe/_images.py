@@ -88,3 +88,17 @@ def to_rgb8(img):
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def visible_dirs(path: Path) -> list[Path]:
+    """The sub-folders of ``path`` that are not hidden, sorted by name."""
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def images_under(folder: Path) -> list[Path]:
+    """Every image file under ``folder`` (hidden folders skipped), in a sorted walk."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_file(f))
+    return found

@@ -295,7 +295,8 @@ def _indoor67(path: Path, options: dict):
 
 
 def _caltech101(path: Path, options: dict):
-    from ._datasets import _images_under, _visible_dirs
+    from ._images import images_under as _images_under
+    from ._images import visible_dirs as _visible_dirs
 
     folder = "101_ObjectCategories"
     root = path if path.name == folder else _base(path, folder, ("caltech101",)) / folder
