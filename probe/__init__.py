@@ -41,8 +41,8 @@ _LAZY = {
     "sweep": "probe._sweep",
     "sweep_cached": "probe._sweep",
     "finetune": "probe._finetune",
-    "load_study": "probe._study",
-    "run_study": "probe._study",
+    "load_study": "probe.study",
+    "run_study": "probe.study",
     "write_report": "probe._report",
     "paired_bootstrap": "probe.analysis",
     "bootstrap_ci": "probe.analysis",
@@ -58,7 +58,7 @@ __all__ = ["ProbeError", "UsageError", "CACHE_FORMAT", "PROBE_VERSION", "__versi
 #: public submodules, imported on first attribute access (``probe.analysis``: selection, seed means, bootstrap,
 #: figures; the layer the report, the notebooks and the console summary share; ``probe.dense``: dense targets and
 #: metrics)
-_SUBMODULES = {"analysis", "dense", "results", "vocab"}
+_SUBMODULES = {"analysis", "dense", "results", "study", "tasks", "vocab"}
 
 
 def __getattr__(name: str) -> Any:

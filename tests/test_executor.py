@@ -107,9 +107,9 @@ def test_status_names_the_failed_job_and_its_log(local_run, capsys, monkeypatch)
     assert log.is_file() and log.parent == work / "logs" / "tiny-exec" and "cannot read image" in log.read_text()
     assert lines[-1] == "2 done; 1 failed; 1 skipped"
     # a rerun submits only what is not done: the failed extraction and the sweep that needs it
-    from probe._executor import pending
+    from probe.study.executor import pending
 
-    assert pending(probe._study.load_study(work / "study.toml"), work / "logs" / "tiny-exec") == [2, 3]
+    assert pending(probe.study.load_study(work / "study.toml"), work / "logs" / "tiny-exec") == [2, 3]
 
 
 @pytest.mark.parametrize("table,needles", [
@@ -131,7 +131,7 @@ def test_slurm_arrays_get_the_executor_table(tmp_path, monkeypatch):
     and the extra sbatch options (no sbatch is run)."""
     import shutil
 
-    from probe._executor import _make_executor
+    from probe.study.executor import _make_executor
 
     if shutil.which("srun") is None:  # submitit insists on it; an error line says so (below)
         (tmp_path / "bin").mkdir()

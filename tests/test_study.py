@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 import probe
-from probe._study import expand_taps, load_study, plan_study
+from probe.study import expand_taps, load_study, plan_study
 from tests._helpers import assert_one_line_error, run_cli, run_main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@
 :class:`FinetuneConfig` is the single source: each field's type, range (``metadata["setting"]``, see
 :func:`probe._schema.constraint`), CLI help and metavar live on the field. ``probe finetune``'s flags
 (:func:`add_config_arguments`), a study's ``[finetune]`` / ``[pretrain]`` keys (:func:`config_settings`, used by
-:func:`probe._study.study_schema`) and the Python API's checks (:func:`make_config`) are all generated from it, so
+:func:`probe.study.study_schema`) and the Python API's checks (:func:`make_config`) are all generated from it, so
 they cannot drift.
 """
 
@@ -24,6 +24,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 FINETUNE_TASKS = ("classification", "segmentation", "depth", "regression")
 #: Tasks whose head is one linear layer on the pooled features (the backbone's own classifier slot).
 POOLED_TASKS = ("classification", "regression")
+#: Tasks a fine-tune cross-validates (``--cv``) on a dataset without a test split.
+CV_TASKS = ("regression",)
 #: Dense heads (see :mod:`probe._finetune.decoders`); classification always uses the backbone's linear classifier.
 HEADS = ("linear", "multiscale")
 #: How the task losses of a multi-task fine-tune are weighed.

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     from probe._errors import UsageError
     from probe._io import safe_name
-    from probe._study import check_datasets, check_study, load_study, plan_study, run_study
+    from probe.study import check_datasets, check_study, load_study, plan_study, run_study
 
     study = load_study(args.study)  # the whole file against the study schema
     if args.plan:
@@ -75,12 +75,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     log_dir = args.log_dir or str(Path("logs") / safe_name(study.name))
     if args.status:
-        from probe._executor import print_status
+        from probe.study.executor import print_status
 
         print_status(study, log_dir)
         return 0
     if args.executor != "inprocess":
-        from probe._executor import run_with_executor
+        from probe.study.executor import run_with_executor
 
         run_with_executor(study, executor=args.executor, log_dir=log_dir, cache_dir=args.cache_dir,
                           results_dir=args.results_dir, report_dir=args.report_dir if args.report else None,

@@ -141,6 +141,9 @@ class Task:
         training example is refused.
     dense : bool
         Per-pixel targets on the ``patch`` tap.
+    dataset_probes : bool
+        A study runs the task once per dataset, on pooled features, with the probes of the dataset's ``probes``
+        key (default: ``default_probes``); otherwise from its ``[[sweeps]]`` tables (probes x taps x shots).
     """
 
     name: ClassVar[str] = ""
@@ -152,6 +155,7 @@ class Task:
     options: ClassVar[frozenset[str]] = frozenset()
     learns_classes: ClassVar[bool] = False
     dense: ClassVar[bool] = False
+    dataset_probes: ClassVar[bool] = False
 
     # ------------------------------------------------------------------------------------------ description
 

@@ -14,6 +14,7 @@ class Identification(Task):
     probes = ("cosine", "logistic", "ridge", "knn", "centroid")
     default_probes = ("cosine",)
     options = frozenset({"cv"})
+    dataset_probes = True  # a study runs it per dataset with the dataset's probes key
     learns_classes = True
 
     # ------------------------------------------------------------------------------------------ engine hooks

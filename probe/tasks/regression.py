@@ -17,6 +17,7 @@ class Regression(Task):
     probes = ("ridge", "knn")
     default_probes = probes
     options = frozenset({"cv", "cv_group"})
+    dataset_probes = True  # a study runs it per dataset with the dataset's probes key
 
     # ------------------------------------------------------------------------------------------ engine hooks
 

@@ -14,6 +14,7 @@ class Verification(Task):
     probes = ("cosine",)
     default_probes = ("cosine",)
     options = frozenset({"pairs", "whiten"})
+    dataset_probes = True  # a study runs it per dataset with the dataset's probes key
 
     # ------------------------------------------------------------------------------------------ engine hooks
 

@@ -3,12 +3,12 @@
 
 How a study is submitted:
 
-- The jobs are :func:`probe._study.plan_study`'s, grouped into stages in the order data moves: pretraining,
+- The jobs are :func:`probe.study.plan_study`'s, grouped into stages in the order data moves: pretraining,
   extraction, sweeps, fine-tuning. Each stage is one job array. On Slurm the arrays are submitted at once, each
   depending on the earlier ones (``afterany``: a job whose prerequisite failed finds that out itself and says
   so, exactly as ``probe run --keep-going`` would skip it); locally each stage starts when the one before has
   finished.
-- Every job runs :func:`probe._study._run_job` in its own process, on the study object the driver pickled. A
+- Every job runs :func:`probe.study.jobs.run_job` in its own process, on the study object the driver pickled. A
   job that needs a backbone's pretrained weights asks the pretrain job for them, which finds its results done
   and answers at once. Work already done is skipped as in-process, and the cache's entry locks keep two jobs
   from writing one entry.
@@ -23,17 +23,18 @@ How a study is submitted:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
-from ._errors import ProbeError, UsageError
-from ._io import write_text_atomic
+from .._errors import ProbeError, UsageError
+from .._io import write_text_atomic
+from .jobs import run_job_on_ranks
+from .plan import Job, blocked_by, plan_study
+from .summary import finish
 
 #: ``--executor`` values: ``inprocess`` is :func:`probe.run_study` itself.
 EXECUTORS = ("inprocess", "local", "slurm")
@@ -43,29 +44,9 @@ STAGES = ("pretrain", "extract", "sweep", "finetune")
 FINAL = ("done", "failed", "skipped")
 
 
-def executor_schema() -> dict:
-    """The ``[executor]`` table of a study file: Slurm resources and where submitit keeps its files."""
-    from ._schema import Setting
-
-    return {
-        "partition": Setting("str", default="gpu"),
-        "account": Setting("str", default="my-project"),
-        "qos": Setting("str", default="normal"),
-        "gpus": Setting("int", lo=0, default=1),           # GPUs per job; extraction runs one rank per GPU
-        "cpus": Setting("int", lo=1, default=8),           # CPUs per task
-        "mem_gb": Setting("int", lo=1, default=64),        # memory per job, GB
-        "timeout_min": Setting("int", lo=1, default=240),  # time limit per job, minutes (then requeued)
-        "array_parallelism": Setting("int", lo=1, default=64),  # array tasks running at once
-        "setup": Setting("str", many=True, default=["module load cuda"]),  # shell lines before each job
-        "extra": Setting("table"),  # any other sbatch option, e.g. { constraint = "a100", exclude = "node7" }
-    }
-
-
-def job_key(job) -> str:
-    """A stable id of one study job (kind, backbone, dataset, settings): the name of its state file."""
-    material = {"kind": job.kind, "backbone": asdict(job.backbone),
-                "dataset": asdict(job.dataset) if job.dataset is not None else None, "settings": job.settings}
-    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def job_key(job: Job) -> str:
+    """The name of a job's state file (:attr:`probe.study.plan.Job.key`)."""
+    return job.key
 
 
 def _state_path(log_dir: Path, job) -> Path:
@@ -110,9 +91,7 @@ def _alive(pid) -> bool:
 
 
 def pending(study, log_dir: str | os.PathLike) -> list[int]:
-    """Indices (in :func:`probe._study.plan_study` order) of the jobs that are not done: what a rerun submits."""
-    from ._study import plan_study
-
+    """Indices (in :func:`probe.study.plan_study` order) of the jobs that are not done: what a rerun submits."""
     return [i for i, job in enumerate(plan_study(study)) if job_status(log_dir, job)["state"] != "done"]
 
 
@@ -124,8 +103,7 @@ class StudyTask:
     """
 
     def __call__(self, study, index: int, log_dir: str, options: dict) -> str:
-        from ._study import _run_job_on_ranks, plan_study
-        from . import _distributed
+        from .. import _distributed
 
         _join_task_group()
         plan = plan_study(study)
@@ -135,7 +113,7 @@ class StudyTask:
             _write_state(log_dir, job, state="running", host=socket.gethostname(), pid=os.getpid(), error=None,
                          status=None, **_log_paths())
         try:
-            blocked = _blocked(plan, job, log_dir)
+            blocked = blocked_by(job, plan, lambda other: job_status(log_dir, other)["state"] == "done")
             if blocked:
                 status = f"skipped ({blocked} failed)"
                 if main:
@@ -145,8 +123,8 @@ class StudyTask:
             if job.kind != "pretrain":
                 for other in plan:  # done before: answers with its weights file without training
                     if other.kind == "pretrain" and other.backbone.name == job.backbone.name:
-                        _run_job_on_ranks(other, study, pretrained, **options)
-            status = _run_job_on_ranks(job, study, pretrained, **options)
+                        run_job_on_ranks(other, study, pretrained, **options)
+            status = run_job_on_ranks(job, study, pretrained, **options)
         except Exception as exc:
             if main:
                 _write_state(log_dir, job, state="failed", error=f"{exc}" or exc.__class__.__name__)
@@ -184,17 +162,6 @@ def _log_paths() -> dict:
         return {"job_id": env.job_id, "stdout": str(env.paths.stdout), "stderr": str(env.paths.stderr)}
     except RuntimeError:
         return {}
-
-
-def _blocked(plan, job, log_dir: Path) -> str:
-    """``"pretrain"`` or ``"extract"`` when a job this one needs did not finish, else ``""``."""
-    for other in plan:
-        needs = ((other.kind == "pretrain" and job.kind != "pretrain" and other.backbone.name == job.backbone.name)
-                 or (other.kind == "extract" and job.kind == "sweep" and other.backbone.name == job.backbone.name
-                     and other.dataset.spec == job.dataset.spec))
-        if needs and job_status(log_dir, other)["state"] != "done":
-            return other.kind
-    return ""
 
 
 def _make_executor(kind: str, log_dir: Path, resources: dict, stage: str):
@@ -241,15 +208,13 @@ def submit_study(study, *, executor: str, log_dir: str | os.PathLike, options: d
     log_dir : path
         submitit's folder (logs, pickles) and the jobs' state files.
     options : dict
-        Keyword arguments of :func:`probe._study._run_job` (cache_dir, results_dir, ... as absolute paths).
+        Keyword arguments of :func:`probe.study.jobs.run_job` (cache_dir, results_dir, ... as absolute paths).
 
     Returns
     -------
     dict
         Stage -> list of submitted plan indices.
     """
-    from ._study import plan_study
-
     out = out or sys.stdout
     log_dir = Path(log_dir).resolve()
     plan = plan_study(study)
@@ -310,8 +275,6 @@ def _outcome(status: dict) -> str:
 
 def print_status(study, log_dir: str | os.PathLike, *, out=None) -> dict[str, int]:
     """One line per job of the study: its state, and its log file when it failed; returns counts per state."""
-    from ._study import plan_study
-
     out = out or sys.stdout
     plan = plan_study(study)
     counts: dict[str, int] = {}
@@ -343,10 +306,10 @@ def run_with_executor(study, *, executor: str, log_dir: str | os.PathLike, cache
     ProbeError
         With ``local``, when some jobs failed (listed with their log files).
     """
-    from ._checks import check_output_dirs
-    from ._runtime import resolve_device
-    from ._schema import WORKERS, Setting, check_setting
-    from ._study import _summarize, check_study
+    from .._checks import check_output_dirs
+    from .._runtime import resolve_device
+    from .._schema import WORKERS, Setting, check_setting
+    from .checks import check_study
 
     out = out or sys.stdout
     check_output_dirs({"--cache-dir": cache_dir, "--results-dir": results_dir, "--report-dir": report_dir,
@@ -364,12 +327,10 @@ def run_with_executor(study, *, executor: str, log_dir: str | os.PathLike, cache
     if executor == "slurm":
         print(f"follow it with: probe run {study.source} --status --log-dir {log_dir}", file=out)
         return None
-    from ._study import plan_study
-
     plan = plan_study(study)
     bad = [(i, job, job_status(log_dir, job)) for i, job in enumerate(plan, 1)]
     bad = [(i, job, s) for i, job, s in bad if s["state"] != "done"]
-    summary, report_path = _summarize(results_dir, report_dir, out)
+    summary, report_path = finish(results_dir, report_dir, out)
     if bad:
         print(f"probe: {len(bad)} of {len(plan)} study jobs did not finish:", file=sys.stderr)
         for i, job, s in bad:
