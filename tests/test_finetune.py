@@ -94,6 +94,44 @@ def test_results_schema_and_epoch_chosen_on_val(digits_run):
     assert not result.checkpoint_dir.exists()  # removed after success by default
 
 
+def test_rows_name_their_evaluation_head_and_tasks_and_save_the_sweeps_item_keys(digits_run):
+    _, result = digits_run
+    frame = pl.read_parquet(result.results_path)
+    assert set(frame["evaluation"]) == {"splits"}  # digits has its own test split
+    test = frame.filter(pl.col("selected")).row(0, named=True)
+    params = json.loads(test["params"])
+    # a single-task run with the linear head: the frozen linear probe's counterpart
+    assert params["tasks"] == ["classification"] and params["head"] == "linear"
+    assert params["select_rule"] == "val top1"
+    art = load_artifacts(result.results_path)
+    assert {"ids", "labels", "item/top1", "item/top5"} <= set(art)
+    assert len(art["item/top1"]) == len(art["ids"]) == test["n_eval"]
+    # the per-item statistics give the row's numbers through the task's own metrics (probe.tasks)
+    task = probe.tasks.get("classification")
+    stats = {k: art[k] for k in ("labels", "item/top1", "item/top5")}
+    for metric in ("top1", "top5", "mean_per_class_acc"):
+        assert task.metric(metric).value(stats) == pytest.approx(test[metric], abs=1e-9)
+    # and from the saved scores, independently (scikit-learn)
+    from sklearn.metrics import accuracy_score, top_k_accuracy_score
+
+    assert art["item/top1"].mean() == pytest.approx(accuracy_score(art["labels"], art["scores"].argmax(1)))
+    assert art["item/top5"].mean() == pytest.approx(top_k_accuracy_score(art["labels"], art["scores"], k=5,
+                                                                         labels=np.arange(10)))
+
+
+def test_a_carved_test_split_is_named_in_every_row(tmp_path):
+    from tests._helpers import write_image_folder
+
+    data = write_image_folder(tmp_path / "pets", per_class=20, splits=("",))  # one folder per class, no splits
+    result = probe.finetune("test_resnet", f"imagefolder:{data}", results_dir=tmp_path / "r",
+                            cache_dir=tmp_path / "c", progress=False, verbose=False, random_init=True, img_size=32,
+                            epochs=1, lr=1e-3, batch_size=8, warmup_epochs=0.0, seed=0, workers=0,
+                            test_fraction=0.2)
+    frame = pl.read_parquet(result.results_path)
+    assert set(frame["evaluation"]) == {"test carve 0.2"}
+    assert frame.filter(pl.col("selected"))["split"].to_list() == ["test"]
+
+
 def test_exported_weights_work_for_extraction(digits_run):
     root, result = digits_run
     entries = probe.extract_features("test_vit", "digits", splits=["test"], weights=result.weights_path,

@@ -33,10 +33,17 @@ Layout of the package (building is separate from the loop that uses what was bui
 - :mod:`.data`: the split plan, seeded per-sample augmentation, loaders;
 - :mod:`.heads`: tasks (head outputs, losses, evaluation);
 - :mod:`.build`: freezing, optimizer and schedule, precision;
+- :mod:`.assemble`: the model with its heads, the evaluation loaders and one phase's Trainer, built from the run's
+  settings;
 - :mod:`.trainer`: :class:`Trainer`, one phase's loop over built objects;
+- :mod:`.selection`: :class:`EpochRule`, the rule that picks the epoch on val (a name and a direction; the mean
+  relative improvement over the tasks of a joint run);
 - :mod:`.checkpoint`: per-epoch checkpoints and the best weights;
 - :mod:`.lpft`: the logistic-probe head of lp-ft;
-- :mod:`.run`: :func:`finetune`, the protocol above and the result rows.
+- :mod:`.rows`: the result rows (with their ``evaluation``, their head and tasks in ``params``) and the per-item
+  arrays beside them;
+- :mod:`.cv`: cross-validated fine-tuning (one run per fold);
+- :mod:`.run`: :func:`finetune`, the protocol above, and the loop of one run.
 
 Every run is resumable (in the selection and in the refit phase): after each epoch a checkpoint with the model, optimizer, scheduler, grad scaler, RNG
 states, history and the best-val state is written atomically. Randomness is a pure function of
@@ -52,10 +59,13 @@ from .config import (ACCUM_STEPS, MODES, PRECISIONS, FinetuneConfig, add_config_
                      cli_flag, config_from_args, config_settings, make_config)
 from .data import plan_splits
 from .heads import ClassificationTask, chance_level, probe_head
-from .run import FinetuneResult, finetune
+from .rows import FinetuneResult
+from .run import finetune
+from .selection import EpochRule
 from .trainer import Objective, Trainer
 
-__all__ = ["ACCUM_STEPS", "CHECKPOINT_FORMAT", "MODES", "PRECISIONS", "ClassificationTask", "FinetuneConfig",
+__all__ = ["ACCUM_STEPS", "CHECKPOINT_FORMAT", "MODES", "PRECISIONS", "ClassificationTask", "EpochRule",
+           "FinetuneConfig",
            "FinetuneResult", "Objective", "Trainer", "add_config_arguments", "block_groups", "chance_level",
            "check_config_rules", "cli_flag", "config_from_args", "config_settings", "finetune", "freeze_for_partial",
            "frozen_modules", "make_config", "plan_splits", "probe_head", "save_safetensors", "set_train_mode",

@@ -136,3 +136,12 @@ class Checkpoints:
     def announce(self, name: str, state: dict) -> None:
         where = "the refit on train+val" if state["phase"] == "refit" else "selection"
         print(f"probe: resuming {name} ({where}) after epoch {state['epoch']} from {self.last}", file=sys.stderr)
+
+
+def weights_metadata(*, backbone: str, bb, source, epoch: int, mode: str, digest: str) -> dict[str, str]:
+    """The string metadata of exported and best-epoch weights (safetensors): what they are and how they were made."""
+    import json
+
+    return {"format": "probe-finetune", "backbone": backbone, "weights": bb.weights_id, "dataset": source.name,
+            "classes": json.dumps(source.classes), "epoch": str(epoch), "mode": mode, "settings_hash": digest,
+            "data_config": json.dumps(bb.data_config)}

@@ -1,8 +1,10 @@
 """Fine-tuning as a protocol: choose the epoch on val, refit on train+val, score test once, write result rows.
 
-:func:`finetune` checks the settings, plans the splits, names the job and takes its lock; :class:`_Run` builds
-each phase's objects (model, head, optimizer, loaders) and hands them to a
-:class:`probe._finetune.trainer.Trainer`, checkpoints after every epoch, and writes the rows.
+:func:`finetune` checks the settings, plans the splits, names the job and takes its lock; :class:`_Run` is the
+loop: it receives each phase's objects (built by :mod:`.assemble`), trains them through a
+:class:`probe._finetune.trainer.Trainer`, keeps the epoch its :class:`probe._finetune.selection.EpochRule`
+scores best, checkpoints after every epoch (:mod:`.checkpoint`) and hands the outcome to the writer
+(:mod:`.rows`). Cross-validated runs are driven by :mod:`.cv`.
 """
 
 from __future__ import annotations
@@ -14,86 +16,26 @@ import math
 import os
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from .. import _distributed
+from .. import tasks as _tasks
 from .._checks import disk_full_guard
 from .._errors import ProbeError, UsageError
 from .._io import atomic_path
-from .. import _distributed
 from .._runtime import ProcessLock
 from .._schema import check_setting
-from .checkpoint import CHECKPOINT_FORMAT, Checkpoints, save_safetensors
-from .config import ACCUM_STEPS, POOLED_TASKS, FinetuneConfig, make_config
+from .assemble import build_eval_loaders, build_model, build_trainer, is_dense
+from .checkpoint import CHECKPOINT_FORMAT, Checkpoints, save_safetensors, weights_metadata
+from .config import ACCUM_STEPS, FinetuneConfig, make_config
+from .cv import check_cv, cross_validate_runs, fold_plan
 from .data import plan_splits, pow2_floor
+from .rows import FinetuneResult, RunWriter, read_back
+from .selection import EpochRule
 
 _DEFAULT = FinetuneConfig()
-#: Task tuples whose head is the backbone's own classifier slot on the pooled features (one task each).
-POOLED = tuple((t,) for t in POOLED_TASKS)
-
-
-@dataclass
-class FinetuneResult:
-    """What :func:`finetune` returns.
-
-    Attributes
-    ----------
-    frame : polars.DataFrame
-        Rows in the results contract: one val row per epoch, then the selected test row.
-    results_path : Path
-        The parquet file.
-    weights_path : Path or None
-        Best-val weights as safetensors (usable as ``--weights`` for extraction and fine-tuning).
-    artifacts_path : Path or None
-        Test predictions (``probe.results.load_artifacts``); None without a test split.
-    best_epoch : int
-        The epoch chosen on val (1-based).
-    test_metrics : dict or None
-        top1, top5 and mean per-class accuracy on test with the chosen epoch's weights.
-    history : list of dict
-        Per epoch: train loss, learning rate, images/s, data-wait share, val metrics.
-    checkpoint_dir : Path
-        Where the per-epoch checkpoints live (removed after success unless ``keep_checkpoints``).
-    skipped : bool
-        True when the results existed and nothing was trained.
-    resumed_from : int
-        Completed epochs found in a checkpoint at the start (0 for a fresh run).
-    lp : dict or None
-        lp-ft only: the probe's ``C``, whether it was selected on val, and its val top1.
-    initial_head : dict or None
-        The new head's weights (``weight`` [C, D], ``bias`` [C]) as they were before the first step of a fresh
-        run; None after a resume (classification only).
-    task_metrics : dict
-        Task -> its test metrics (one entry for a single-task run; ``test_metrics`` is the first task's).
-    results_paths : dict
-        Task -> its parquet file (each task of a multi-task run writes its own rows; ``results_path`` is the
-        first task's).
-    fold_epochs : list of int
-        Cross-validation: the epoch chosen on val in each fold (``best_epoch`` is then 0 and ``test_metrics`` the
-        mean over folds).
-    """
-
-    frame: Any
-    results_path: Path
-    weights_path: Path | None
-    artifacts_path: Path | None
-    best_epoch: int
-    test_metrics: dict | None
-    history: list = field(default_factory=list)
-    checkpoint_dir: Path | None = None
-    skipped: bool = False
-    resumed_from: int = 0
-    lp: dict | None = None
-    initial_head: dict | None = None
-    settings: dict = field(default_factory=dict)
-    warnings: list = field(default_factory=list)
-    task_metrics: dict = field(default_factory=dict)
-    results_paths: dict = field(default_factory=dict)
-    fold_epochs: list = field(default_factory=list)
-
 
 def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEFAULT.tasks,
              head: str = _DEFAULT.head, task_weighting: str = _DEFAULT.task_weighting, mode: str = _DEFAULT.mode,
@@ -261,9 +203,9 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
     if regression and "regression" not in source.tasks:
         raise UsageError(f"dataset {source.name!r} has no continuous target for --task regression; use a dataset "
                          "that carries one (fgnet:PATH or faces: age; a csv/parquet manifest with a target column)")
-    folds = _check_cv(source, cv, cv_group, regression=regression, test_fraction=config.test_fraction, seed=seed)
+    folds = check_cv(source, cv, cv_group, tasks=config.tasks, test_fraction=config.test_fraction, seed=seed)
     if folds is not None:
-        fold_plans = [_fold_plan(source, tr, te, groups=folds[1], val_fraction=config.val_fraction, seed=seed)
+        fold_plans = [fold_plan(source, tr, te, groups=folds[1], val_fraction=config.val_fraction, seed=seed)
                       for tr, te in folds[0]]
         split_plan = min(fold_plans, key=lambda p: len(p["train"][1]))  # the checks below: the smallest fold
     else:
@@ -281,7 +223,7 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
         raise UsageError(f"dataset {source.name!r} has no {' or '.join(missing)} targets; it has "
                          f"{', '.join(source.tasks)}")
     train_split, train_idx = split_plan["train"]
-    if config.tasks == ("classification",):
+    if config.tasks == (_tasks.DEFAULT,):
         require_two_classes(source.labels[train_split][train_idx], source.classes, what="fine-tuning")
     n_train = len(train_idx)
     if n_train < config.batch_size:
@@ -299,7 +241,7 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
     from .._version import PROBE_VERSION
 
     recipe = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
-    if config.tasks == ("classification",):  # a classification run keeps the settings hash it always had
+    if config.tasks == (_tasks.DEFAULT,):  # a classification run keeps the settings hash it always had
         for k in ("tasks", "head", "task_weighting"):
             recipe.pop(k)
     settings = {"format": CHECKPOINT_FORMAT, "backbone": backbone, "weights": weights_key, "img_size": img_size,
@@ -316,9 +258,9 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
                         seed=int(seed), tag=tag)
 
     # one stem for the run (lock, checkpoints, weights) and one per task for its rows and predictions
-    named = config.tasks != ("classification",)  # classification keeps the stems it always had
+    named = config.tasks != (_tasks.DEFAULT,)  # classification keeps the stems it always had
     stem = stem_of("+".join(config.tasks) if named else None)
-    stems = {t: stem_of(t) for t in config.tasks} if named else {"classification": stem}
+    stems = {t: stem_of(t) for t in config.tasks} if named else {_tasks.DEFAULT: stem}
     results_paths = {t: Path(str(st) + ".parquet") for t, st in stems.items()}
     ckpt_dir = Path(str(stem) + ".ckpt") if checkpoint_dir is None else Path(checkpoint_dir) / (stem.name + ".ckpt")
 
@@ -326,14 +268,14 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
         return all(p.is_file() for p in results_paths.values())
 
     if done() and not overwrite:
-        return _read_back(results_paths, stem, ckpt_dir, settings, verbose)
+        return read_back(results_paths, stem, ckpt_dir, settings, verbose)
 
     stem.parent.mkdir(parents=True, exist_ok=True)
     busy = (f"another process is fine-tuning the same job ({stem}.lock is held); wait for it to finish, then "
             "rerun to read its results")
     with _distributed.main_process_lock(ProcessLock(Path(str(stem) + ".lock"), wait=False, busy_error=busy)):
         if done() and not overwrite:  # finished by another process while we looked
-            return _read_back(results_paths, stem, ckpt_dir, settings, verbose)
+            return read_back(results_paths, stem, ckpt_dir, settings, verbose)
         if overwrite:
             _distributed.on_main(lambda: shutil.rmtree(ckpt_dir, ignore_errors=True))
         run_args = dict(backbone=backbone, source=source, config=config, settings=settings, digest=digest,
@@ -344,7 +286,8 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
                         progress=progress and _distributed.is_main(), verbose=verbose and _distributed.is_main(),
                         sync_batchnorm=sync_batchnorm)
         if folds is not None:
-            result = _cross_validate(run_args, fold_plans, folds, ckpt_dir=ckpt_dir, cv=int(cv), cv_group=cv_group)
+            result = cross_validate_runs(_Run, run_args, fold_plans, folds, ckpt_dir=ckpt_dir, cv=int(cv),
+                                         cv_group=cv_group)
         else:
             run = _Run(split_plan=split_plan, ckpt_dir=ckpt_dir, **run_args)
             try:
@@ -356,123 +299,6 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
     return result
 
 
-# ------------------------------------------------------------------------------------------------ cross-validation
-
-
-def _check_cv(source, cv, cv_group, *, regression: bool, test_fraction: float, seed: int):
-    """The folds of ``--cv`` (with the groups of ``--cv-group``), or None without ``--cv``; a UsageError for a
-    combination that cannot run."""
-    from .._cv import CV_GROUPS, cv_folds
-
-    if cv is None:
-        if cv_group is not None:
-            raise UsageError("--cv-group groups the folds of --cv; give --cv K too (K = number of people for "
-                             "leave-one-person-out)")
-        return None
-    if isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2:
-        raise UsageError(f"--cv must be a number of folds, at least 2; got {cv!r}")
-    if cv_group is not None and cv_group not in CV_GROUPS:
-        raise UsageError(f"--cv-group must be one of {', '.join(CV_GROUPS)}; got {cv_group!r}")
-    if not regression:
-        raise UsageError("--cv cross-validates --task regression fine-tunes; drop --cv (classification uses the "
-                         "dataset's splits, or --test-fraction F for a dataset without a test split)")
-    if "test" in source.splits:
-        raise UsageError(f"dataset {source.name!r} has its own test split; cross-validation (--cv) is for datasets "
-                         "without one: drop --cv")
-    if test_fraction:
-        raise UsageError("--cv and --test-fraction both make the test data; pass one of them")
-    if set(source.splits) != {"train"}:
-        raise UsageError(f"--cv fine-tuning cross-validates one train split; dataset {source.name!r} also has "
-                         f"{', '.join(s for s in source.split_names if s != 'train')}: merge its images into train "
-                         "(a manifest without a split column) or drop --cv")
-    groups = np.asarray(source.labels["train"]) if cv_group == "subject" else None
-    # the frozen regression probes' call (probe._tasks): the same ids, seed and groups give the same folds
-    return cv_folds(source.ids["train"], k=int(cv), seed=int(seed), labels=None, groups=groups), groups
-
-
-def _fold_plan(source, tr: np.ndarray, te: np.ndarray, *, groups, val_fraction: float, seed: int) -> dict:
-    """One fold's split plan: the val part carved from the training fold alone (by person when grouped), as the
-    frozen sweep carves it (:func:`probe._cv.carve_groups`); the held-out fold is test."""
-    from .._cv import carve_groups
-
-    ids = np.asarray([str(i) for i in source.ids["train"]])
-    a, b = carve_groups(ids[tr], fraction=val_fraction, seed=seed, groups=None if groups is None else groups[tr])
-    return {"train": ("train", tr[a]), "val": ("train", tr[b]), "test": ("train", te)}
-
-
-@dataclass
-class _FoldOutcome:
-    """What one cross-validation fold's run hands back: its rows (val per epoch, the test row) and the held-out
-    per-item arrays."""
-
-    rows: list
-    items: dict
-    best_epoch: int
-
-
-def _cross_validate(run_args: dict, plans: list[dict], folds, *, ckpt_dir: Path, cv: int,
-                    cv_group: str | None) -> FinetuneResult:
-    """Run every fold (each resumable: its checkpoints under ``ckpt_dir/fold<i>``, its outcome kept once done),
-    then write the rows of :func:`probe._cv.cross_validate` and the pooled held-out predictions."""
-    import polars as pl
-
-    from .._cv import TaskSweep, cross_validate
-    from .._io import save_npz_atomic
-    from .._tasks import _write
-    from ..vocab import TASK_METRICS
-
-    fold_list, groups = folds
-    source, verbose = run_args["source"], run_args["verbose"]
-    (task,) = run_args["config"].tasks
-    evaluation = {"cv": cv, "cv_group": cv_group}
-    epochs: list[int] = []
-
-    def run_fold(i, tr, te):
-        done = ckpt_dir / f"fold{i}-done.npz"
-        if done.is_file():
-            with np.load(done, allow_pickle=False) as z:
-                rows = json.loads(str(z["rows"]))
-                items = {k[len("item:"):]: z[k] for k in z.files if k.startswith("item:")}
-                best = int(z["best_epoch"])
-        else:
-            if verbose:
-                print(f"probe: fold {i + 1}/{len(fold_list)}: {len(plans[i]['train'][1])} train, "
-                      f"{len(plans[i]['val'][1])} val, {len(te)} held-out images", file=sys.stderr)
-            run = _Run(split_plan=plans[i], ckpt_dir=ckpt_dir / f"fold{i}", fold=i, evaluation=evaluation,
-                       **run_args)
-            try:
-                out = run.execute()
-            finally:  # the next fold builds its own loaders: stop this one's worker processes now
-                run.close()
-            rows, items, best = out.rows, out.items, out.best_epoch
-            _distributed.on_main(lambda: save_npz_atomic(done, rows=np.asarray(json.dumps(rows, default=str)),
-                                                         best_epoch=np.asarray(best),
-                                                         **{f"item:{k}": np.asarray(v) for k, v in items.items()}))
-        epochs.append(best)
-        return TaskSweep(rows=rows, selected_params={"epoch": best}, test=items)
-
-    rows, items = cross_validate(run_fold, fold_list, metrics=TASK_METRICS[task], groups=groups,
-                                 ids=[str(i) for i in source.ids["train"]], seed=run_args["seed"])
-    # the summary's params (fold count, sd, interval) also name the mode and target, as the fold rows' params do
-    first = json.loads(next(r for r in rows if r["fold"] == 0 and r["split"] == "test")["params"])
-    rows = [dict(r, params=json.dumps({**json.loads(r["params"]), "mode": first["mode"],
-                                       "target": first["target"]}, sort_keys=True))
-            if r["fold"] is None else r for r in rows]
-    from .._tasks import target_name
-
-    items["target_name"] = np.asarray(target_name(source, task))
-    stem = run_args["stems"][task]
-    path = _distributed.on_main(lambda: _write(stem, rows, items))
-    summary = next(r for r in rows if r["selected"] and r["fold"] is None)
-    metrics = {m: summary[m] for m in TASK_METRICS[task]}
-    if verbose:
-        print(f"probe: {len(fold_list)} folds; epochs chosen on val in each training fold: {epochs}",
-              file=sys.stderr)
-    return FinetuneResult(frame=pl.read_parquet(path), results_path=path, weights_path=None,
-                          artifacts_path=Path(str(stem) + ".npz"), best_epoch=0, test_metrics=metrics,
-                          checkpoint_dir=ckpt_dir, settings=run_args["settings"], task_metrics={task: metrics},
-                          results_paths={task: path}, fold_epochs=epochs)
-
 
 def _stop_workers(loader) -> None:
     """Shut down a DataLoader's persistent worker processes, if it started any."""
@@ -482,12 +308,14 @@ def _stop_workers(loader) -> None:
         loader._iterator = None
 
 
+
 # ------------------------------------------------------------------------------------------------ the run
 
 
 @dataclass
 class _Run:
-    """One fine-tuning job: builds each phase's objects, runs them through a Trainer, writes the rows."""
+    """One fine-tuning job: the loop. Each phase's objects come from :mod:`.assemble`, the epoch from an
+    :class:`EpochRule`, the rows from a :class:`probe._finetune.rows.RunWriter`."""
 
     backbone: str
     source: Any
@@ -515,6 +343,13 @@ class _Run:
     sync_batchnorm: bool = False
     fold: int | None = None  # cross-validation: this fold's rows and items are returned, nothing is written
     evaluation: dict | None = None  # how test is made when not a test split (the protocol id's ``evaluation``)
+
+    def __post_init__(self) -> None:
+        self.rule = EpochRule.for_tasks(self.config.tasks, self.config.select_metric)
+        self.writer = RunWriter(backbone=self.backbone, source=self.source, config=self.config,
+                                split_plan=self.split_plan, stems=self.stems, seed=self.seed,
+                                init_seed=self.init_seed if self.random_init else None, digest=self.digest,
+                                rule=self.rule, fold=self.fold, evaluation=self.evaluation)
 
     def execute(self) -> FinetuneResult:
         from .._runtime import cpu_threads, default_workers, resolve_device
@@ -565,14 +400,14 @@ class _Run:
 
     def _select_epoch(self, trainer, epoch: int, record: dict) -> dict:
         """Score val after ``epoch`` (every task), keep the best weights, write the checkpoint; returns the best so
-        far (:meth:`_score` is the selection rule)."""
+        far (the run's :class:`EpochRule` scores the epoch; the first best epoch is kept)."""
         val = trainer.evaluate("val")
-        if "classification" in val:
-            cls = val["classification"]
+        if _tasks.DEFAULT in val:
+            cls = val[_tasks.DEFAULT]
             record.update({f"val_{k}": v for k, v in cls["metrics"].items()}, val_loss=cls["loss"])
         record.update(val={t: r["metrics"] for t, r in val.items()},
                       val_losses={t: r["loss"] for t, r in val.items()})
-        score = self._score(record)
+        score = self.rule.score(record["val"], self.history[0]["val"] if self.history else None)
         improved = score > self.best["value"]
         if improved:
             name = self.ckpts.save_best(trainer.model, epoch, self._metadata(epoch))
@@ -583,104 +418,20 @@ class _Run:
             self._log(epoch, record, improved)
         return self.best
 
-    # ------------------------------------------------------------------------------------------ selection
     def select_metrics(self) -> dict[str, str]:
-        """Task -> the val metric that selects its epoch: ``select_metric`` for classification, the task's first
-        metric for a dense task (``miou``; ``rmse``, lower is better)."""
-        from ..vocab import TASK_METRICS
-
-        return {t: self.config.select_metric if t == "classification" else TASK_METRICS[t][0]
-                for t in self.config.tasks}
-
-    def _score(self, record: dict) -> float:
-        """The selection score of an epoch (higher is better; the first best epoch is chosen).
-
-        One task: its select metric (negated when lower is better). Several tasks (the declared combined score):
-        the mean over the tasks of the select metric's ratio to its value after epoch 1, inverted for the metrics
-        where lower is better, so every task counts by its relative improvement whatever its unit."""
-        from ..vocab import LOWER_IS_BETTER
-
-        metrics = self.select_metrics()
-        if len(metrics) == 1:
-            (task, metric), = metrics.items()
-            value = float(record["val"][task][metric])
-            return -value if metric in LOWER_IS_BETTER else value
-        first = (self.history[0] if self.history else record)["val"]
-        ratios = []
-        for task, metric in metrics.items():
-            now, then = float(record["val"][task][metric]), float(first[task][metric])
-            ratios.append(max(then, 1e-12) / max(now, 1e-12) if metric in LOWER_IS_BETTER
-                          else now / max(then, 1e-12))
-        return float(np.mean(ratios))
+        """Task -> the val metric that selects its epoch (:attr:`EpochRule.monitor`)."""
+        return dict(self.rule.monitor)
 
     # ------------------------------------------------------------------------------------------ building
-    def _build_model(self):
-        """The initial model of a phase: the backbone built exactly as extraction builds it (``num_classes=0``,
-        ``random_init`` seeded by ``init_seed``, so lp-ft's cached features are this trunk's), then a new head for
-        the dataset's classes seeded by ``seed`` (never a checkpoint's classifier), then the freezing of
-        ``partial``. Returns (backbone, model on the device, frozen module names)."""
-        import torch
-
-        from .._backbones import create_backbone
-        from .build import freeze_for_partial
-        from .data import mix
-
-        bb = create_backbone(self.backbone, weights=self.weights, random_init=self.random_init, seed=self.init_seed,
-                             num_classes=0, img_size=self.img_size, family=self.family)
-        model = bb.model
-        torch.manual_seed(mix(self.seed, 0))
-        frozen = []
-        if self.config.tasks in POOLED:  # the backbone's classifier slot: class logits, or one regression output
-            model.reset_classifier(self.tasks[self.config.tasks[0]].n_outputs())
-            if self.config.trainable_blocks is not None:
-                frozen = freeze_for_partial(model, self.config.trainable_blocks, self.backbone)
-        else:
-            from .build import frozen_modules
-            from .decoders import DenseModel
-
-            if self.config.trainable_blocks is not None:
-                freeze_for_partial(model, self.config.trainable_blocks, self.backbone)
-            model = DenseModel(model, {t: task.n_outputs() for t, task in self.tasks.items()},
-                               head=self.config.head, input_size=tuple(bb.data_config["input_size"]))
-            if "depth" in self.tasks:  # the depth head starts at the mean log-depth of (up to 64) train images
-                with torch.no_grad():
-                    list(model.heads["depth"].modules())[-1].bias.fill_(self._mean_log_depth())
-            if self.config.task_weighting == "uncertainty" and len(self.tasks) > 1:
-                # learned log-variances s_t, part of the model so that they are trained, saved and resumed with it
-                model.loss_log_vars = torch.nn.ParameterDict({t: torch.nn.Parameter(torch.zeros(()))
-                                                              for t in self.tasks})
-            frozen = frozen_modules(model)
-        model = model.to(self.dev)
-        if self.dev.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-            torch.backends.cudnn.benchmark = True
-        return bb, model, frozen
-
-    def _mean_log_depth(self) -> float:
-        from ..dense import depth_valid
-
-        split, idx = self.split_plan["train"]
-        logs = []
-        for i in idx[:64]:
-            d = self.source.dense_targets(split, int(i))["depth"]
-            logs.append(np.log(d[depth_valid(d)]))
-        values = np.concatenate(logs) if logs else np.zeros(0)
-        return float(values.mean()) if values.size else 0.0
-
     def _build_phase(self, phase: str, state: dict | None):
         """Build the objects of a phase and the Trainer over them; resume from ``state`` when given.
 
         ``select`` trains on train for ``epochs`` epochs; ``refit`` on train+val for the chosen epoch count. Both
-        start from the same weights (:meth:`_build_model`). Returns (trainer, epochs already done, the fresh
-        head's weights or None).
+        start from the same weights (:func:`.assemble.build_model`). Returns (trainer, epochs already done, the
+        fresh head's weights or None).
         """
-        import torch
-
-        from .build import build_optimizer, param_groups
-        from .data import (Batches, DenseEvalTransform, DenseTrainTransform, ImageOnly, ImageSet, make_loader,
-                           regression_targets, shuffled_batches, train_transform)
+        from .data import regression_targets
         from .heads import make_task
-        from .trainer import Objective, Trainer
 
         c = self.config
         if getattr(self, "trainer", None) is not None:  # micro-batches grown on an earlier phase's OOM stay
@@ -691,44 +442,24 @@ class _Run:
         # a regression head is standardised by the phase's training targets (train, or train+val)
         train_targets = regression_targets(self.source, parts) if "regression" in c.tasks else None
         self.tasks = {t: make_task(t, self.source, c, train_targets=train_targets) for t in c.tasks}
-        self.bb, model, frozen = self._build_model()
-        dense = c.tasks not in POOLED
-        epochs = c.epochs if phase == "select" else self.best["epoch"]
-        n_images = sum(len(idx) for _, idx in parts)
-        steps_per_epoch = n_images // c.batch_size
-        optimizer, scheduler = build_optimizer(
-            param_groups(model, lr=c.lr, weight_decay=c.weight_decay, layer_decay=c.layer_decay), lr=c.lr,
-            warmup_steps=int(round(c.warmup_epochs * steps_per_epoch)), total_steps=steps_per_epoch * epochs)
-        scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
+        self.bb, model, frozen = build_model(
+            self.backbone, config=c, heads=self.tasks, source=self.source, split_plan=self.split_plan,
+            weights=self.weights, random_init=self.random_init, init_seed=self.init_seed, seed=self.seed,
+            img_size=self.img_size, family=self.family, device=self.dev)
         # last.pt (weights + two AdamW moments, the old one until the new one replaces it), best weights, export
         self.ckpts.check_space(4 * 8 * sum(p.numel() for p in model.parameters()),
                                f"the checkpoints of {self.backbone}")
-
-        data_config = self.bb.data_config
-        shape = tuple(data_config["input_size"])
-        train_tf = DenseTrainTransform(data_config, c) if dense else ImageOnly(train_transform(data_config, c))
-        train_images = ImageSet(self.source, parts, train_tf, shape, tasks=c.tasks, augment_seed=self.seed)
         if not self.eval_loaders:  # the same loaders (and workers) serve both phases
-            eval_tf = (DenseEvalTransform(self.bb.eval_transform(), data_config) if dense
-                       else ImageOnly(self.bb.eval_transform()))
-            self.eval_loaders = {s: make_loader(ImageSet(self.source, [plan], eval_tf, shape, tasks=c.tasks),
-                                                Batches(), self.n_workers, self.dev, 0)
-                                 for s, plan in self.split_plan.items() if s != "train"}
-        train_batches = Batches()
-        trainer = Trainer(
-            model=model, tasks=self.tasks, objective=Objective(self.tasks, log_vars=getattr(model, "loss_log_vars",
-                                                                                            None)),
-            optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-            train_loader=make_loader(train_images, train_batches, self.n_workers, self.dev, self.seed),
-            train_batches=train_batches,
-            # under torchrun each rank loads its share of every global batch (the same batches on every rank)
-            plan_batches=lambda epoch: [_distributed.rank_batches(b) for b in shuffled_batches(
-                n_images, c.batch_size, steps_per_epoch, seed=self.seed, epoch=epoch)],
-            step_model=_distributed.wrap_model(model, sync_batchnorm=self.sync_batchnorm),
-            eval_loaders=self.eval_loaders, device=self.dev, batch_size=c.batch_size, epochs=epochs, seed=self.seed,
-            amp_dtype=self.amp_dtype, accum_steps=self.accum_steps, accum_auto=self.accum_auto,
-            clip_grad=c.clip_grad, frozen=frozen, skip_bad=c.skip_bad, lr_hint=c.lr, checkpoint_dir=self.ckpt_dir,
-            progress=self.progress, verbose=self.verbose, skipped=self.skipped)
+            self.eval_loaders = build_eval_loaders(bb=self.bb, config=c, source=self.source,
+                                                   split_plan=self.split_plan, n_workers=self.n_workers,
+                                                   device=self.dev)
+        trainer = build_trainer(
+            model=model, frozen=frozen, bb=self.bb, heads=self.tasks, config=c, source=self.source, parts=parts,
+            epochs=c.epochs if phase == "select" else self.best["epoch"], eval_loaders=self.eval_loaders,
+            seed=self.seed, n_workers=self.n_workers, device=self.dev, amp_dtype=self.amp_dtype,
+            use_scaler=self.use_scaler, accum_steps=self.accum_steps, accum_auto=self.accum_auto,
+            ckpt_dir=self.ckpt_dir, progress=self.progress, verbose=self.verbose, skipped=self.skipped,
+            sync_batchnorm=self.sync_batchnorm)
         self.trainer = trainer
 
         start_epoch, initial_head = 0, None
@@ -736,7 +467,7 @@ class _Run:
             start_epoch = self._load(trainer, state)
         elif c.mode == "lp-ft":
             self.lp = self._probe_head(model, refit=phase == "refit")
-        if phase == "select" and start_epoch == 0 and not dense:
+        if phase == "select" and start_epoch == 0 and not is_dense(c):
             head = model.get_classifier()
             initial_head = {"weight": head.weight.detach().cpu().numpy().copy(),
                             "bias": head.bias.detach().cpu().numpy().copy()}
@@ -763,11 +494,11 @@ class _Run:
                                       verbose=self.verbose)
 
     # ------------------------------------------------------------------------------------------ checkpoints
+
+    # ------------------------------------------------------------------------------------------ checkpoints
     def _metadata(self, epoch: int) -> dict[str, str]:
-        return {"format": "probe-finetune", "backbone": self.backbone, "weights": self.bb.weights_id,
-                "dataset": self.source.name, "classes": json.dumps(self.source.classes), "epoch": str(epoch),
-                "mode": self.config.mode, "settings_hash": self.digest,
-                "data_config": json.dumps(self.bb.data_config)}
+        return weights_metadata(backbone=self.backbone, bb=self.bb, source=self.source, epoch=epoch,
+                                mode=self.config.mode, digest=self.digest)
 
     def _save(self, trainer, epoch: int, phase: str) -> None:
         self.ckpts.save({"phase": phase, "epoch": epoch, **trainer.state_dict(), "history": self.history,
@@ -799,14 +530,11 @@ class _Run:
               f"{r['val_mean_per_class_acc']:.4f}; {r['images_per_s']:.0f} img/s, data wait "
               f"{r['data_wait_share']:.0%}{' (best so far)' if improved else ''}", file=sys.stderr)
 
+
     # ------------------------------------------------------------------------------------------ results
     def _finish(self, trainer, start_epoch: int, initial_head, refit: bool) -> FinetuneResult:
+        """Export the weights that score test, score it, and hand the rows to the writer."""
         from safetensors.torch import load_file
-
-        from .._identity import identity_columns, protocol_id
-        from .._version import PROBE_VERSION
-        from ..results import make_row, results_frame, write_results
-        from .build import precision_name
 
         c = self.config
         self.accum_steps = trainer.accum_steps
@@ -815,18 +543,6 @@ class _Run:
             if not best_file.is_file():
                 raise ProbeError(f"best checkpoint {best_file} is missing; rerun with --overwrite")
             trainer.model.load_state_dict(load_file(str(best_file), device=str(self.dev)))
-        params = self._params()
-        n_train, n_val = len(self.split_plan["train"][1]), len(self.split_plan["val"][1])
-        val_fraction = 0.0 if "val" in self.source.splits else c.val_fraction
-        test_fraction = 0.0 if "test" in self.source.splits else c.test_fraction
-        recipe = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(c).items()
-                  if k not in ("select_metric", "val_fraction", "test_fraction", "refit", "precision", "skip_bad")}
-        if c.tasks == ("classification",):  # the protocol id classification runs always had
-            for k in ("tasks", "head", "task_weighting"):
-                recipe.pop(k)
-        identity = identity_columns(backbone=self.backbone, weights=self.bb.weights_id,
-                                    data_config=self.bb.data_config, precision=precision_name(self.amp_dtype))
-        total_seconds = sum(r["train_seconds"] for r in self.history + self.refit_history)
         weights_path = Path(str(self.stem) + ".safetensors")
         if self.fold is None:  # a cross-validation fold's model is not exported (one per fold)
             with disk_full_guard(weights_path.parent, f"the fine-tuned weights {weights_path.name}",
@@ -838,46 +554,22 @@ class _Run:
                     with atomic_path(weights_path) as tmp:
                         shutil.copyfile(best_file, tmp)
         test = trainer.evaluate("test") if "test" in self.eval_loaders else None
-        select = self.select_metrics()
-        frames, paths, task_metrics, artifacts = {}, {}, {}, None
-        for task in c.tasks:  # each task its own rows (and predictions), written after the weights
-            protocol = protocol_id(task=task, probe="finetune", tap="-", grid=recipe, val_fraction=val_fraction,
-                                   test_fraction=test_fraction, select_metric=select[task], shots=0, refit=refit,
-                                   probe_version=PROBE_VERSION, evaluation=self.evaluation)
-            base = dict(backbone=self.backbone, family=self.bb.family, family_source=self.bb.family_source,
-                        weights=self.bb.weights_id, dataset=self.source.name, tap="-", probe="finetune", shots=0,
-                        seed=self.seed, val_fraction=val_fraction, test_fraction=test_fraction,
-                        select_metric=select[task], cache_key="-", protocol=protocol, n_val=n_val, task=task,
-                        n_skipped=len(self.skipped), **identity)
-            rows = [make_row(**base, params={**params, "epoch": r["epoch"]}, selected=False, split="val",
-                             n_train=n_train, n_eval=n_val, fit_seconds=r["train_seconds"], **r["val"][task])
-                    for r in self.history]
-            stem = self.stems[task]
-            if test is not None:
-                result = test[task]
-                task_metrics[task] = result["metrics"]
-                rows.append(make_row(**base, params={**params, "epoch": best_epoch}, selected=True, split="test",
-                                     n_train=n_train + n_val if refit else n_train,
-                                     n_eval=int(result["keep"].sum()), fit_seconds=total_seconds,
-                                     **result["metrics"]))
-                if self.fold is not None:  # the caller writes every fold's rows and the pooled items
-                    return _FoldOutcome(rows=rows, items=self._test_items(task, result), best_epoch=best_epoch)
-                saved = self._save_predictions(stem, task, result)
-                artifacts = saved if artifacts is None else artifacts
-            else:
-                rows[best_epoch - 1] = dict(rows[best_epoch - 1], selected=True)
-            frames[task] = results_frame(rows)
-            paths[task] = write_results(frames[task], Path(str(stem) + ".parquet"))
+        written = self.writer.write(bb=self.bb, amp_dtype=self.amp_dtype, accum_steps=self.accum_steps, test=test,
+                                    history=self.history, refit_history=self.refit_history, best=self.best,
+                                    lp=self.lp, skipped=self.skipped, refit=refit)
+        if self.fold is not None:
+            return written  # a FoldOutcome: the cross-validation writes every fold's rows
+        frames, paths, task_metrics, artifacts = written
         if self.skipped:
             names = sorted(self.skipped)
             print(f"probe: --skip-bad left out {len(names)} unreadable image{'s' if len(names) != 1 else ''} of "
                   f"{self.source.name}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}", file=sys.stderr)
         if self.verbose:
-            rule = (f"{c.select_metric} {self.best['value']:.4f}" if c.tasks == ("classification",) else
-                    f"{self._rule()} {self.best['value']:.4f}")
+            rule = (f"{c.select_metric} {self.best['value']:.4f}" if c.tasks == (_tasks.DEFAULT,) else
+                    f"{self.rule.name} {self.best['value']:.4f}")
             print(f"probe: chose epoch {best_epoch} on val ({rule})"
                   + ("; retrained on train+val for that many epochs" if refit else ""), file=sys.stderr)
-        warnings = self._warnings(best_epoch)
+        warnings = self.writer.warnings(self.best, self.eval_loaders["val"].dataset.labels)
         for w in warnings:
             print(f"probe: warning: {w}", file=sys.stderr)
         import polars as pl
@@ -889,127 +581,3 @@ class _Run:
                               checkpoint_dir=self.ckpt_dir, resumed_from=start_epoch, lp=self.lp,
                               initial_head=initial_head, settings=self.settings, warnings=warnings,
                               task_metrics=task_metrics, results_paths=paths)
-
-    def _rule(self) -> str:
-        """The selection rule in words (the params' ``select_rule``)."""
-        metrics = self.select_metrics()
-        if len(metrics) == 1:
-            (metric,) = metrics.values()
-            return f"val {metric}"
-        return "mean over tasks of val " + ", ".join(metrics.values()) + " relative to epoch 1"
-
-    def _test_items(self, task: str, result: dict) -> dict:
-        """A regression's per-image test arrays, as the frozen regression probes save them (:mod:`probe._tasks`):
-        ``ids``, ``labels`` (true targets), ``pred`` (in the target's units) and ``item/<metric>``."""
-        split, idx = self.split_plan["test"]
-        ids = np.asarray([str(i) for i in np.asarray(self.source.ids[split], dtype=object)[idx]])
-        keep = result["keep"]
-        if self.fold is not None and not keep.all():  # cross_validate pairs each held-out image with its person
-            raise ProbeError(f"{int((~keep).sum())} held-out images of fold {self.fold} are unreadable; "
-                             "cross-validated fine-tuning needs every image: fix or remove them")
-        return {"ids": ids[keep], "labels": result["labels"], "pred": result["pred"], **result["items"]}
-
-    def _save_predictions(self, stem: Path, task: str, result: dict) -> Path:
-        """The test predictions beside the rows: class scores (classification), per-image predictions and errors
-        (regression, with each image's person as ``group`` and ``target_name``) or, for a dense task, the
-        per-image statistics (``stat/<name>``, which the analysis layer's bootstrap resamples) and a few
-        previews."""
-        from .. import dense as dense_mod
-        from .._io import save_npz_atomic
-        from ..results import save_artifacts
-
-        split, idx = self.split_plan["test"]
-        ids = np.asarray(self.source.ids[split])[idx][result["keep"]]
-        if task == "regression":
-            from .._tasks import target_name
-
-            items = self._test_items(task, result)
-            items.update(group=np.asarray(self.source.labels[split])[idx][result["keep"]],
-                         target_name=np.asarray(target_name(self.source, task)))
-            arrays = {k: np.asarray(v) for k, v in items.items()}
-            arrays["ids"], arrays["group"] = arrays["ids"].astype(str), arrays["group"].astype(str)
-            path = Path(str(stem) + ".npz")
-            save_npz_atomic(path, **arrays)
-            return path
-        if task == "classification":
-            return save_artifacts(stem, ids=ids, labels=result["labels"], scores=result["scores"],
-                                  classes=self.source.classes)
-        preview = {f"preview/{k}": v for k, v in result["preview"].items()}
-        if preview:
-            k = len(result["preview"]["pred"])
-            preview["preview/ids"] = ids[:k].astype(str)
-            view = getattr(dense_mod, "network_view", None)  # the pixels the network saw, for the report's figure
-            if view is not None:
-                positions = np.asarray(idx)[result["keep"]][:k]
-                preview["preview/image"] = np.stack([view(self.source.load(split, int(i)), self.bb.data_config)
-                                                     for i in positions])
-        classes = self.source.segmentation_classes if task == "segmentation" else []
-        path = Path(str(stem) + ".npz")
-        save_npz_atomic(path, task=np.asarray(task), ids=ids.astype(str), classes=np.asarray(classes, dtype=str),
-                        **{f"stat/{k}": v for k, v in result["stats"].items()}, **preview)
-        return path
-
-    def _warnings(self, best_epoch: int) -> list[str]:
-        from .heads import chance_level
-
-        c = self.config
-        if c.tasks != ("classification",):
-            return []
-        chance = chance_level(self.eval_loaders["val"].dataset.labels, c.select_metric, len(self.source.classes))
-        if self.best["value"] <= chance["threshold"]:
-            return [f"the best val {c.select_metric} ({self.best['value']:.3f}, epoch {best_epoch}) is at chance "
-                    f"level ({chance['chance']:.3f} with {len(self.source.classes)} classes): the network learned "
-                    "nothing the val split can see; try a larger --lr, more --epochs or pretrained weights"]
-        return []
-
-    def _params(self) -> dict:
-        c = self.config
-        params = {"mode": c.mode, "trainable_blocks": c.trainable_blocks, "epochs": c.epochs, "lr": c.lr,
-                  "batch_size": c.batch_size, "accum_steps": self.accum_steps, "weight_decay": c.weight_decay,
-                  "warmup_epochs": c.warmup_epochs, "label_smoothing": c.label_smoothing,
-                  "layer_decay": c.layer_decay, "clip_grad": c.clip_grad, "crop_scale": list(c.crop_scale),
-                  "hflip": c.hflip, "color_jitter": c.color_jitter, "img_size": self.bb.data_config["input_size"][-1],
-                  "precision": "fp32" if self.amp_dtype is None else str(self.amp_dtype).replace("torch.", ""),
-                  "chosen_epoch": self.best["epoch"], "refit": bool(c.refit and "test" in self.split_plan),
-                  "init_seed": self.init_seed if self.random_init else None, "settings_hash": self.digest[:10]}
-        if self.lp is not None:
-            params["lp_C"] = self.lp["C"]
-        if c.tasks != ("classification",):  # the heads, the co-trained tasks and how the epoch was chosen
-            params.update(tasks=list(c.tasks), head=c.head, select_rule=self._rule(),
-                          task_weighting=c.task_weighting if len(c.tasks) > 1 else None)
-        if "regression" in c.tasks:  # the target the head predicts (standardised by its phase's train statistics)
-            from .._tasks import target_name
-
-            params["target"] = target_name(self.source, "regression")
-        return params
-
-
-
-def _read_back(results_paths: dict, stem: Path, ckpt_dir: Path, settings: dict, verbose: bool) -> FinetuneResult:
-    import polars as pl
-
-    from ..vocab import TASK_METRICS
-
-    frames, task_metrics, best_epoch, fold_epochs = {}, {}, 0, []
-    for task, path in results_paths.items():
-        frame = frames[task] = pl.read_parquet(path)
-        test = frame.filter(pl.col("selected"))
-        if "fold" in frame.columns and test["fold"].null_count() < len(test):  # cross-validated: the summary row
-            fold_epochs = [int(json.loads(p)["epoch"]) for p in test.filter(pl.col("fold").is_not_null())
-                           .sort("fold")["params"]]
-            test = test.filter(pl.col("fold").is_null())
-        best_epoch = int(json.loads(test["params"][0]).get("epoch", 0)) if len(test) else 0
-        if len(test) and test["split"][0] == "test":
-            task_metrics[task] = {m: float(test[m][0]) for m in TASK_METRICS[task]}
-    first = next(iter(results_paths))
-    weights_path = Path(str(stem) + ".safetensors")
-    artifacts = Path(str(results_paths[first]).replace(".parquet", ".npz"))
-    if verbose:
-        print(f"probe: results exist, nothing trained: {', '.join(map(str, results_paths.values()))} (pass "
-              "--overwrite to retrain)", file=sys.stderr)
-    return FinetuneResult(frame=pl.concat(list(frames.values())), results_path=results_paths[first],
-                          weights_path=weights_path if weights_path.is_file() else None,
-                          artifacts_path=artifacts if artifacts.is_file() else None, best_epoch=best_epoch,
-                          test_metrics=task_metrics.get(first), checkpoint_dir=ckpt_dir, skipped=True,
-                          settings=settings, task_metrics=task_metrics, results_paths=dict(results_paths),
-                          fold_epochs=fold_epochs)
