@@ -348,3 +348,35 @@ def test_divergence_after_an_epoch_keeps_its_checkpoint_and_resumes(tmp_path, mo
     monkeypatch.setattr(Trainer, "step", real_step)
     result = probe.finetune("test_vit", "digits", **run)  # the same command continues from epoch 1
     assert result.resumed_from == 1 and [h["epoch"] for h in result.history] == [1, 2]
+
+
+def test_epoch_rule_names_its_monitor_and_direction_and_scores_joint_runs():
+    from probe._finetune import EpochRule
+    from probe.tasks import Task, mean_metric
+
+    rule = EpochRule.for_tasks(("classification",), "mean_per_class_acc")
+    assert rule.monitor == {"classification": "mean_per_class_acc"} and not rule.joint
+    assert (rule.name, rule.mode) == ("val mean_per_class_acc", "max")
+    depth = EpochRule.for_tasks(("depth",), "top1")  # a task that cannot select on top1 monitors its headline
+    assert depth.monitor == {"depth": "rmse"} and depth.mode == "min"
+    assert depth.score({"depth": {"rmse": 2.0}}) > depth.score({"depth": {"rmse": 3.0}})
+    joint = EpochRule.for_tasks(("segmentation", "depth"), "top1")
+    assert joint.joint and joint.mode == "max"
+    assert joint.name == "mean over tasks of val miou, rmse relative to epoch 1"
+    first = {"segmentation": {"miou": 0.2}, "depth": {"rmse": 2.0}}
+    now = {"segmentation": {"miou": 0.3}, "depth": {"rmse": 1.6}}
+    assert joint.score(now, first) == pytest.approx((0.3 / 0.2 + 2.0 / 1.6) / 2)  # by hand: 1.375
+    assert joint.score(first, first) == pytest.approx(1.0) and joint.score(first) == pytest.approx(1.0)
+
+    class Error(Task):  # a toy task registered at test time: the rule asks the registry for its direction
+        name = "toy_error"
+        metrics = (mean_metric("err", "error", higher_is_better=False, unit="target"),)
+        probes = default_probes = ("ridge",)
+
+    probe.tasks.register(Error())
+    try:
+        toy = EpochRule.for_tasks(("toy_error",), "top1")
+        assert toy.monitor == {"toy_error": "err"} and toy.mode == "min" and toy.name == "val err"
+        assert toy.score({"toy_error": {"err": 1.0}}) == -1.0
+    finally:
+        probe.tasks.unregister("toy_error")

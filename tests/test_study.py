@@ -265,3 +265,68 @@ def test_bad_study_files_are_one_clear_line(tmp_path, capsys, text, needles):
 
 def test_missing_study_file(capsys):
     assert_one_line_error(run_main(capsys, "run", "/no/such/study.toml"), 2, "does not exist")
+
+
+def test_a_prerequisite_is_decided_once_from_what_each_job_needs():
+    from probe.study import blocked_by
+
+    jobs = plan_study(load_study(None))
+    by_key = {j.key: j for j in jobs}
+    assert len(by_key) == len(jobs)  # every job has its own key
+    first = [j for j in jobs if j.backbone.name == "test_resnet"]
+    pretrain, extract = first[0], next(j for j in first if j.kind == "extract" and j.dataset.spec == "digits")
+    assert pretrain.kind == "pretrain" and pretrain.needs == ()
+    for job in first[1:]:  # every job of the backbone needs its pretraining; a sweep also its extraction
+        assert pretrain.key in job.needs
+        assert all(by_key[k].kind in ("pretrain", "extract") for k in job.needs)
+        if job.kind == "sweep":
+            assert [by_key[k].kind for k in job.needs] == ["pretrain", "extract"]
+            assert by_key[job.needs[1]].dataset == job.dataset
+    digits = [j for j in first if j.dataset is not None and j.dataset.spec == "digits"]
+    # a failed extraction blocks the sweeps on its features, not the fine-tune of the same dataset
+    failed = {extract.key}
+    blocked = {j.kind: blocked_by(j, jobs, lambda o: o.key not in failed) for j in digits if j is not extract}
+    assert blocked == {"sweep": "extract", "finetune": ""}
+    # a failed pretraining blocks every job of its backbone and none of another's
+    failed = {pretrain.key}
+    assert all(blocked_by(j, jobs, lambda o: o.key not in failed) == "pretrain" for j in first[1:])
+    assert not any(blocked_by(j, jobs, lambda o: o.key not in failed) for j in jobs if j not in first)
+
+
+def test_study_keys_that_name_tasks_and_probes_ask_the_registry(tmp_path, capsys):
+    from probe.tasks import Task, mean_metric
+
+    class Even(Task):  # a toy task registered at test time: is this digit even?
+        name = "even"
+        metrics = (mean_metric("top1", "top-1"),)
+        probes = default_probes = ("logistic", "centroid")
+        options = frozenset({"test_fraction"})
+        learns_classes = True
+
+    head = "[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='digits'\ntasks=['classification', 'even']\n"
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text(head + "[[sweeps]]\ntask='even'\nprobes=['centroid']\n")
+    bad.write_text(head + "[[sweeps]]\ntask='even'\nprobes=['knn']\n")
+    probe.tasks.register(Even())
+    try:
+        jobs = plan_study(load_study(good))
+        assert [(j.kind, j.task) for j in jobs] == [("extract", "classification"), ("sweep", "even")]
+        assert "task=even" in jobs[1].describe()
+        assert_one_line_error(run_main(capsys, "run", bad, "--plan"), 2, "'knn'", "logistic, centroid",
+                              "(the probes of even)")
+    finally:
+        probe.tasks.unregister("even")
+    assert_one_line_error(run_main(capsys, "run", good, "--plan"), 2, "tasks", "even")  # unknown once removed
+
+
+@pytest.mark.parametrize("extra,needles", [
+    # the group is the label: every held-out class would be missing from its training fold
+    ("tasks=['classification']\ncv=5\ncv_group='subject'\n", ["classification", "cv_group", "held-out class"]),
+    ("select_metric='miou'\n", ["select_metric", "not a metric of classification", "top1"]),
+    ("cv=3\ntasks=['verification']\n", ["cv is for", "classification", "add"]),
+])
+def test_dataset_keys_against_its_tasks(tmp_path, capsys, extra, needles):
+    path = tmp_path / "s.toml"
+    path.write_text("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='digits'\n" + extra
+                    + "[[sweeps]]\nprobes=['knn']\n")
+    assert_one_line_error(run_main(capsys, "run", path, "--plan"), 2, *needles)

@@ -173,7 +173,8 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
     from ..results import job_stem
     from ..splits import require_two_classes
 
-    config = make_config(tasks=tasks, head=head, task_weighting=task_weighting, mode=mode, trainable_blocks=trainable_blocks, epochs=epochs, lr=lr, batch_size=batch_size,
+    config = make_config(tasks=tasks, head=head, task_weighting=task_weighting, mode=mode,
+                         trainable_blocks=trainable_blocks, epochs=epochs, lr=lr, batch_size=batch_size,
                          weight_decay=weight_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
                          layer_decay=layer_decay, clip_grad=clip_grad, crop_scale=crop_scale, hflip=hflip,
                          color_jitter=color_jitter, lp_C=lp_C, select_metric=select_metric,

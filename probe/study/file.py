@@ -447,18 +447,19 @@ def _check_task_keys(d: dict, where: str) -> None:
                 raise UsageError(f"{where} probes: none of {d['probes']} is a probe of {t.name}; add one of "
                                  f"{', '.join(t.probes)}")
     for t in tasks:
-        # probes that learn the classes, where the task also scores without learning (cosine retrieval)
+        # probes that learn the classes (a task that also scores without learning: cosine retrieval)
         learned = [p for p in spec.task_probes(t.name) if p != COSINE] if t.dataset_probes else list(t.probes)
         if not (t.learns_classes and learned):
             continue
+        what = (f"{t.name} by identity classifiers ({', '.join(learned)})" if COSINE in t.probes
+                else f"{t.name} ({', '.join(learned)} learn its classes)")
         if COSINE in t.probes and not d.get("cv"):
-            raise UsageError(f"{where}: {t.name} by identity classifiers ({', '.join(learned)}) is scored under "
-                             f"cross-validation; add cv = K, or list only \"{COSINE}\" for leave-one-image-out "
-                             "retrieval")
+            raise UsageError(f"{where}: {what} is scored under cross-validation; add cv = K, or list only "
+                             f"\"{COSINE}\" for leave-one-image-out retrieval")
         if d.get("cv_group") and (t.dataset_probes or d.get("cv")):
-            raise UsageError(f"{where}: {t.name} by identity classifiers ({', '.join(learned)}) cannot be scored "
-                             f"with cv_group = \"{d['cv_group']}\" (the group is the class: a held-out class is "
-                             "never in the training fold); put it in a dataset entry of its own without cv_group")
+            raise UsageError(f"{where}: {what} cannot be scored with cv_group = \"{d['cv_group']}\" (the group is "
+                             "the class: a held-out class is never in the training fold); put it in a dataset entry "
+                             "of its own without cv_group")
 
 
 def _resolve(base: Path, value: str) -> Path:
