@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -78,17 +77,17 @@ def test_each_task_writes_its_own_rows_naming_the_co_trained_tasks(runs):
 
 
 def test_combined_score_is_the_mean_ratio_to_epoch_one():
-    from probe._finetune.run import _Run
+    from probe._finetune.selection import EpochRule
 
     def record(miou, rmse):
         return {"val": {"segmentation": {"miou": miou}, "depth": {"rmse": rmse}}}
 
-    fake = SimpleNamespace(history=[record(0.2, 2.0)],
-                           select_metrics=lambda: {"segmentation": "miou", "depth": "rmse"})
-    assert _Run._score(fake, record(0.3, 1.0)) == pytest.approx((0.3 / 0.2 + 2.0 / 1.0) / 2)
-    assert _Run._score(fake, record(0.2, 2.0)) == pytest.approx(1.0)
-    one = SimpleNamespace(history=[], select_metrics=lambda: {"depth": "rmse"})
-    assert _Run._score(one, record(0.2, 1.5)) == -1.5  # lower is better: negated, so higher always wins
+    joint = EpochRule({"segmentation": "miou", "depth": "rmse"})
+    first = record(0.2, 2.0)["val"]
+    assert joint.score(record(0.3, 1.0)["val"], first) == pytest.approx((0.3 / 0.2 + 2.0 / 1.0) / 2)
+    assert joint.score(record(0.2, 2.0)["val"], first) == pytest.approx(1.0)
+    one = EpochRule({"depth": "rmse"})
+    assert one.score(record(0.2, 1.5)["val"]) == -1.5  # lower is better: negated, so higher always wins
 
 
 def test_uncertainty_weighting_is_learned_log_variances():

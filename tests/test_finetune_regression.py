@@ -83,11 +83,15 @@ def test_cli_cross_validated_rows_and_predictions_in_years(cv_run):
     params = json.loads(summary["params"])
     assert params["folds"] == 2 and params["fold_sd"]["mae"] == pytest.approx(per["mae"].std())
     assert frame.filter(pl.col("split") == "val").height == 2 * 2  # one val row per epoch and fold
+    assert set(frame["evaluation"]) == {"cv2"}  # every row names its evaluation, the summary's too
+    fold_params = json.loads(per["params"][0])
+    assert fold_params["tasks"] == ["regression"] and fold_params["head"] == "linear"
 
     art = load_artifacts(path)
     source = open_dataset("faces")
     ages = dict(zip(source.ids["train"], source.target("age", "train")))
     assert sorted(art["ids"].tolist()) == sorted(source.ids["train"]) and str(art["target_name"]) == "age"
+    assert {"ids", "labels", "item/mae", "item/rmse", "item/cs5", "group"} <= set(art)  # the sweeps' item keys
     assert np.array_equal(art["labels"], [ages[i] for i in art["ids"]])  # true ages, in years
     assert np.allclose(art["item/mae"], np.abs(art["pred"] - art["labels"]))
     assert art["item/mae"].mean() == pytest.approx(sum(r["mae"] * r["n_eval"] for r in per.to_dicts()) / 100)
@@ -101,7 +105,7 @@ def test_cli_cross_validated_rows_and_predictions_in_years(cv_run):
 def test_epoch_is_chosen_on_the_training_folds_val_never_on_test(cv_run):
     from probe._cv import cv_folds
     from probe._datasets import open_dataset
-    from probe._finetune.run import _fold_plan
+    from probe._finetune.cv import fold_plan as _fold_plan
 
     _, _, path = cv_run
     frame = pl.read_parquet(path)
