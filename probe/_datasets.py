@@ -44,6 +44,10 @@ import numpy as np
 from ._errors import ProbeError, UsageError
 from ._faces import BUILTIN_KINDS as FACE_BUILTINS
 from ._faces import FILE_KINDS as FACE_FILE_KINDS
+from ._builtin_data import (DIGITS_CLASSES, DIGITS_VERSION, SHAPES_CLASSES, SHAPES_SIZE,  # noqa: F401
+                            SHAPES_VERSION, digit_image, digits_splits, shape_sample, shapes_splits)
+from ._hub_data import (hf_class_names, hf_download, hf_image_bytes, init_params, torchvision_object,
+                        torchvision_targets)
 from ._images import images_under as _images_under
 from ._images import load_image
 from ._images import visible_dirs as _visible_dirs
@@ -138,9 +142,9 @@ class DatasetSource:
         if self.kind in _FILE_KINDS:
             return load_image(os.path.join(self.root, ref), name=os.path.join(self.root, ref))
         if self.kind == "digits":
-            return _digit_image(ref)
+            return digit_image(ref)
         if self.kind == "shapes":
-            return _shape_sample(ref, self.options["size"])[0]
+            return shape_sample(ref, self.options["size"])[0]
         if self.kind == "nyuv2":
             from ._nyuv2 import nyuv2_image
 
@@ -153,7 +157,7 @@ class DatasetSource:
             return load_image(self._torchvision(split)[ref][0], name=f"{self.spec}[{split}][{ref}]")
         if self.kind == "hf":
             path, row = ref
-            return load_image(_hf_image_bytes(path, row, self.options["image_column"]),
+            return load_image(hf_image_bytes(path, row, self.options["image_column"]),
                               name=f"{path} row {row}")
         raise AssertionError(self.kind)
 
@@ -184,7 +188,7 @@ class DatasetSource:
             raise UsageError(f"dataset {self.name!r} has no dense labels; use the built-in 'shapes', nyuv2:PATH or "
                              "a dense manifest (csv:PATH with mask/depth columns)")
         if self.kind == "shapes":
-            _, seg, depth = _shape_sample(self.splits[split][index], self.options["size"])
+            _, seg, depth = shape_sample(self.splits[split][index], self.options["size"])
             return {"segmentation": seg, "depth": depth}
         if self.kind == "nyuv2":
             from ._nyuv2 import nyuv2_dense
@@ -223,7 +227,7 @@ class DatasetSource:
     def _torchvision(self, split: str):
         cache = self.options.setdefault("_objects", {})
         if split not in cache:
-            cache[split] = _torchvision_object(self.options["name"], self.root, self.options["split_args"][split])
+            cache[split] = torchvision_object(self.options["name"], self.root, self.options["split_args"][split])
         return cache[split]
 
     def __getstate__(self):  # torchvision objects are rebuilt in each worker, not pickled
@@ -280,93 +284,18 @@ def open_dataset(spec: str, *, data_root: str | os.PathLike | None = None) -> Da
 # ---------------------------------------------------------------------------------------------------- built-ins
 
 #: Built-in datasets' versions: part of their fingerprint, bumped whenever their content changes.
-DIGITS_VERSION = "digits-v1"
-SHAPES_VERSION = "shapes-v1"
-_DIGITS_TEST_FRACTION = 0.25
-_SHAPES_CLASSES = ["circle", "cross", "ring", "square", "triangle", "vertical-bar"]
-_SHAPES_SPLIT_SIZES = {"train": 360, "val": 120, "test": 240}  # images per split, balanced over 6 classes
-_SHAPES_SIZE = 48  # pixels, square
-
-
 def _open_digits() -> DatasetSource:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    labels = digits.target.astype(np.int64)
-    rng = np.random.default_rng(20211011)  # fixed forever: part of the built-in split definition
-    test = []
-    for cls in np.unique(labels):
-        members = np.flatnonzero(labels == cls)
-        test.extend(rng.permutation(members)[: int(round(_DIGITS_TEST_FRACTION * len(members)))])
-    is_test = np.zeros(len(labels), dtype=bool)
-    is_test[test] = True
-    splits, lab, ids = {}, {}, {}
-    for split, mask in (("train", ~is_test), ("test", is_test)):
-        idx = np.flatnonzero(mask)
-        # a sample reference is the image itself (8x8 uint8): tiny, picklable, no re-loading in workers
-        splits[split] = [(digits.images[i] * (255.0 / 16.0)).round().astype(np.uint8) for i in idx]
-        lab[split] = labels[idx]
-        ids[split] = [str(i) for i in idx]
-    return DatasetSource(spec="digits", name="digits", kind="digits", classes=[str(c) for c in range(10)],
-                         splits=splits, labels=lab, ids=ids, version=DIGITS_VERSION)
-
-
-def _digit_image(pixels: np.ndarray):
-    from PIL import Image
-
-    return Image.fromarray(pixels, mode="L").convert("RGB")
+    splits, labels, ids = digits_splits()
+    return DatasetSource(spec="digits", name="digits", kind="digits", classes=list(DIGITS_CLASSES), splits=splits,
+                         labels=labels, ids=ids, version=DIGITS_VERSION)
 
 
 def _open_shapes() -> DatasetSource:
-    splits, lab, ids = {}, {}, {}
-    offset = 0
-    for split, n in _SHAPES_SPLIT_SIZES.items():
-        index = np.arange(offset, offset + n)
-        offset += n
-        splits[split] = [int(i) for i in index]
-        lab[split] = (index % len(_SHAPES_CLASSES)).astype(np.int64)
-        ids[split] = [str(i) for i in index]
-    return DatasetSource(spec="shapes", name="shapes", kind="shapes", classes=list(_SHAPES_CLASSES), splits=splits,
-                         labels=lab, ids=ids, version=SHAPES_VERSION,
-                         options={"size": _SHAPES_SIZE, "dense_tasks": ["segmentation", "depth"],
-                                  "segmentation_classes": ["background", *_SHAPES_CLASSES]})
-
-
-def _shape_sample(index: int, size: int):
-    """Deterministic image, segmentation (0 = background, 1 + class) and depth map of shapes sample ``index``."""
-    from PIL import Image
-
-    rng = np.random.default_rng([7, index])
-    cls = index % len(_SHAPES_CLASSES)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1)
-    cx, cy = rng.uniform(0.35, 0.65, size=2)
-    r = rng.uniform(0.18, 0.3)
-    dx, dy = xx - cx, yy - cy
-    name = _SHAPES_CLASSES[cls]
-    if name == "circle":
-        mask = dx**2 + dy**2 <= r**2
-    elif name == "ring":
-        d2 = dx**2 + dy**2
-        mask = (d2 <= r**2) & (d2 >= (0.55 * r) ** 2)
-    elif name == "square":
-        mask = (np.abs(dx) <= r * 0.85) & (np.abs(dy) <= r * 0.85)
-    elif name == "cross":
-        w = r * 0.3
-        mask = ((np.abs(dx) <= w) & (np.abs(dy) <= r)) | ((np.abs(dy) <= w) & (np.abs(dx) <= r))
-    elif name == "triangle":
-        mask = (dy <= r * 0.8) & (dy >= -r) & (np.abs(dx) <= (dy + r) * 0.6)
-    else:  # vertical-bar
-        mask = (np.abs(dx) <= r * 0.3) & (np.abs(dy) <= r * 1.1)
-    background = rng.uniform(0, 90, size=3)
-    colour = rng.uniform(120, 255, size=3)
-    noise = rng.normal(0, 12, size=(size, size, 3))
-    img = np.where(mask[..., None], colour, background) + noise
-    img = np.clip(img, 0, 255).astype(np.uint8)
-    # depth: a tilted background plane (metres), the shape standing closer at its own depth
-    depth = (4.0 + 2.0 * yy * rng.uniform(0.5, 1.5)).astype(np.float32)
-    depth[mask] = np.float32(rng.uniform(1.0, 3.0))
-    seg = np.where(mask, cls + 1, 0).astype(np.int64)
-    return Image.fromarray(img, mode="RGB"), seg, depth
+    splits, labels, ids = shapes_splits()
+    return DatasetSource(spec="shapes", name="shapes", kind="shapes", classes=list(SHAPES_CLASSES), splits=splits,
+                         labels=labels, ids=ids, version=SHAPES_VERSION,
+                         options={"size": SHAPES_SIZE, "dense_tasks": ["segmentation", "depth"],
+                                  "segmentation_classes": ["background", *SHAPES_CLASSES]})
 
 
 # ---------------------------------------------------------------------------------------------------- files
@@ -590,24 +519,6 @@ def _data_root(data_root) -> Path:
     return Path(data_root if data_root is not None else DEFAULT_DATA_ROOT).expanduser()
 
 
-def _torchvision_object(name: str, root: str, kwargs: dict):
-    import torchvision.datasets as tvd
-
-    cls = getattr(tvd, name)
-    try:
-        return cls(**({"root": root} if "root" in _init_params(cls) else {}), **kwargs)
-    except (RuntimeError, FileNotFoundError, OSError) as exc:
-        raise UsageError(f"torchvision dataset {name} is not under {root} ({exc}); download it there first "
-                         f"(e.g. torchvision.datasets.{name}(root={str(root)!r}, download=True) on a machine with "
-                         f"internet) and pass --data-root") from None
-
-
-def _init_params(cls) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(cls.__init__).parameters)
-
-
 def _open_torchvision(name: str, data_root) -> DatasetSource:
     import torchvision.datasets as tvd
 
@@ -617,7 +528,7 @@ def _open_torchvision(name: str, data_root) -> DatasetSource:
 
         close = difflib.get_close_matches(name, [n for n in dir(tvd) if n[:1].isupper()], n=3)
         raise UsageError(f"torchvision has no dataset {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
-    params = _init_params(cls)
+    params = init_params(cls)
     root = str(_data_root(data_root))
     if "split" in params:
         split_args = {"train": {"split": "train"}, "val": {"split": "val"}, "test": {"split": "test"}}
@@ -629,7 +540,7 @@ def _open_torchvision(name: str, data_root) -> DatasetSource:
     objects = {}
     for split, kwargs in list(split_args.items()):
         try:
-            obj = _torchvision_object(name, root, kwargs)
+            obj = torchvision_object(name, root, kwargs)
         except UsageError:
             if split == "train":
                 raise
@@ -639,7 +550,7 @@ def _open_torchvision(name: str, data_root) -> DatasetSource:
             del split_args[split]
             continue
         objects[split] = obj
-        lab = _torchvision_targets(obj)
+        lab = torchvision_targets(obj)
         splits[split] = list(range(len(lab)))
         labels[split] = lab
         ids[split] = [str(i) for i in range(len(lab))]
@@ -654,14 +565,6 @@ def _open_torchvision(name: str, data_root) -> DatasetSource:
     return source
 
 
-def _torchvision_targets(obj) -> np.ndarray:
-    for attr in ("targets", "_labels", "labels", "y", "_samples_labels"):
-        value = getattr(obj, attr, None)
-        if value is not None and len(value) == len(obj):
-            return np.asarray([int(v) for v in value], dtype=np.int64)
-    return np.asarray([int(obj[i][1]) for i in range(len(obj))], dtype=np.int64)  # slow path: reads every image
-
-
 # ---------------------------------------------------------------------------------------------------- huggingface
 
 
@@ -670,7 +573,7 @@ def _open_hf(repo: str, data_root) -> DatasetSource:
 
     local = _data_root(data_root) / repo
     if not local.is_dir():
-        local = _hf_download(repo, local)
+        local = hf_download(repo, local)
     files = sorted(p for p in local.rglob("*.parquet") if not any(part.startswith(".") for part in p.parts))
     if not files:
         raise UsageError(f"no parquet files under {local}; hf:REPO needs a parquet-backed dataset")
@@ -687,7 +590,7 @@ def _open_hf(repo: str, data_root) -> DatasetSource:
     label_column = next((c for c in ("label", "labels", "fine_label", "class") if c in schema.names), None)
     if image_column is None or label_column is None:
         raise UsageError(f"parquet files of hf:{repo} need an image column and a label column; found {schema.names}")
-    class_names = _hf_class_names(schema, label_column)
+    class_names = hf_class_names(schema, label_column)
     splits, labels, ids = {}, {}, {}
     raw_all = {}
     for split, paths in by_split.items():
@@ -709,54 +612,9 @@ def _open_hf(repo: str, data_root) -> DatasetSource:
                          options={"image_column": image_column})
 
 
-def _hf_download(repo: str, local: Path) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id=repo, repo_type="dataset", local_dir=str(local),
-                                      allow_patterns=["*.parquet", "*.json", "*.md"]))
-    except Exception as exc:
-        raise UsageError(f"hf:{repo} is not under {local.parent} and could not be downloaded "
-                         f"({exc.__class__.__name__}); put its parquet files in {local} or pass --data-root") from None
-
-
 def _hf_split_of(path: Path) -> str | None:
     for token in [path.stem.split("-")[0].lower(), *(p.lower() for p in reversed(path.parent.parts))]:
         if token in _SPLIT_ALIASES:
             return _SPLIT_ALIASES[token]
     return None
 
-
-def _hf_class_names(schema, label_column: str) -> list[str] | None:
-    meta = (schema.metadata or {}).get(b"huggingface")
-    if not meta:
-        return None
-    try:
-        feature = json.loads(meta)["info"]["features"][label_column]
-        names = feature.get("names")
-        return [str(n) for n in names] if names else None
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _hf_image_bytes(path: str, row: int, column: str) -> bytes:
-    import pyarrow.parquet as pq
-
-    # parquet reads whole row groups; a per-file reader cache keeps this cheap for sequential access
-    table = _HF_TABLES.get(path)
-    if table is None:
-        _HF_TABLES.clear()
-        table = _HF_TABLES[path] = pq.read_table(path, columns=[column]).column(0)
-    value = table[row].as_py()
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            return value["bytes"]
-        if value.get("path"):
-            with open(os.path.join(os.path.dirname(path), value["path"]), "rb") as fh:
-                return fh.read()
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    raise ProbeError(f"row {row} of {path} has no image bytes in column {column!r}")
-
-
-_HF_TABLES: dict[str, Any] = {}
