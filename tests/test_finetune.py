@@ -380,3 +380,12 @@ def test_epoch_rule_names_its_monitor_and_direction_and_scores_joint_runs():
         assert toy.score({"toy_error": {"err": 1.0}}) == -1.0
     finally:
         probe.tasks.unregister("toy_error")
+
+
+def test_every_fine_tunable_task_has_a_head_and_is_a_registered_task():
+    from probe._finetune.config import CV_TASKS, FINETUNE_TASKS, POOLED_TASKS
+    from probe._finetune.heads import HEADS
+
+    assert set(HEADS) == set(FINETUNE_TASKS) and set(POOLED_TASKS) | set(CV_TASKS) <= set(FINETUNE_TASKS)
+    assert set(FINETUNE_TASKS) <= set(probe.tasks.names())
+    assert {t for t in FINETUNE_TASKS if probe.tasks.get(t).dense} == set(FINETUNE_TASKS) - set(POOLED_TASKS)

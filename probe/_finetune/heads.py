@@ -241,18 +241,19 @@ class _DenseEval:
 PREVIEW_IMAGES = 4
 
 
+#: The head of each task a fine-tune trains, by task name: ``name -> build(source, config, train_targets)``.
+HEADS = {
+    "classification": lambda source, config, targets: ClassificationTask(len(source.classes), config.label_smoothing),
+    "regression": lambda source, config, targets: RegressionTask.from_targets(targets),
+    "segmentation": lambda source, config, targets: SegmentationTask(len(source.segmentation_classes)),
+    "depth": lambda source, config, targets: DepthTask(),
+}
+
+
 def make_task(name: str, source, config, *, train_targets=None):
     """The task object of ``name`` for a dataset (``source``) and a config (label smoothing); ``train_targets``
     are the continuous targets of the phase's training images (regression standardises by them)."""
-    if name == "regression":
-        return RegressionTask.from_targets(train_targets)
-    if name == "classification":
-        return ClassificationTask(len(source.classes), config.label_smoothing)
-    if name == "segmentation":
-        return SegmentationTask(len(source.segmentation_classes))
-    if name == "depth":
-        return DepthTask()
-    raise AssertionError(name)
+    return HEADS[name](source, config, train_targets)
 
 
 def chance_level(labels: np.ndarray, metric: str, n_classes: int) -> dict[str, float]:

@@ -222,8 +222,8 @@ class RunWriter:
         return np.asarray(self.source.labels[split])[idx][result["keep"]].astype(str)
 
     def test_items(self, task: str, result: dict) -> dict:
-        """A regression's per-image test arrays, as the frozen regression probes save them: ``ids``, ``labels``
-        (true targets), ``pred`` (in the target's units) and ``item/<metric>``."""
+        """Per-image test arrays of a head that scores items (regression), as the frozen probes save them:
+        ``ids``, ``labels`` (true targets), ``pred`` (in the target's units) and ``item/<metric>``."""
         keep = result["keep"]
         if self.fold is not None and not keep.all():  # cross_validate pairs each held-out image with its person
             raise ProbeError(f"{int((~keep).sum())} held-out images of fold {self.fold} are unreadable; "
@@ -241,14 +241,15 @@ class RunWriter:
 
         ids = self._test_ids(result)
         path = Path(str(stem) + ".npz")
-        if task == "regression":
+        # what the head's evaluation returned says what is saved: per-item values, class scores, or statistics
+        if "items" in result:
             from .._tasks import target_name
 
             arrays = {k: np.asarray(v) for k, v in self.test_items(task, result).items()}
             arrays.update(ids=arrays["ids"].astype(str), group=self._test_groups(result),
                           target_name=np.asarray(target_name(self.source, task)))
             return save_npz_atomic(path, **arrays)
-        if task == _tasks.DEFAULT:
+        if "scores" in result:
             save_artifacts(stem, ids=ids, labels=result["labels"], scores=result["scores"],
                            classes=self.source.classes)
             return _add_arrays(path, _hits(result["labels"], result["scores"]))
