@@ -71,7 +71,7 @@ The study file (all tables but ``[[backbones]]`` and ``[[datasets]]`` optional):
     epochs = 3                    # (no refit on train+val unless refit = true: the weights are the product)
 
     [executor]                    # optional: resources of `probe run --executor slurm` (and local), see
-    partition = "gpu"             # probe._executor; one job array per stage, logs in --log-dir
+    partition = "gpu"             # probe.study.executor; one job array per stage, logs in --log-dir
     gpus = 1                      # GPUs per job (extraction runs one rank per GPU)
     cpus = 8                      # CPUs per task
     mem_gb = 64
