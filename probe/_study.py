@@ -100,6 +100,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._console import print_warning_summary
 from ._errors import ProbeError, UsageError
 from ._official import KINDS as OFFICIAL_KINDS
 from ._schema import MISSING, TASK, WORKERS, Setting, check_setting, toml_value
@@ -783,6 +784,7 @@ def _summarize(results_dir, report_dir, out):
 
         report_path = write_report(results_dir, report_dir)
         print(f"report: {report_path}", file=out)
+    print_warning_summary(out)  # the warnings of the run, counted (probe._console)
     return summary, report_path
 
 
