@@ -31,6 +31,7 @@ _tracker: "_LineTracker | None" = None  # sys.stdout while :func:`console` is en
 _pending: list[str] = []  # lines waiting for the open stdout line to end
 _shown: set[str] = set()  # warning and note lines printed so far (each is printed once)
 _counts: dict[tuple[str, str], list] = {}  # (kind, key) -> [count, what, wheres]; kind: "counted" | "other"
+_job: str = ""  # what the running job is about (a backbone), put before a counted warning's ``where``
 
 
 # ------------------------------------------------------------------------------------------------------ progress
@@ -299,14 +300,14 @@ def _show(message, category, filename, lineno, file=None, line=None) -> None:
     """``warnings.showwarning`` while :func:`console` is entered: one line, once, counted."""
     text = one_line(message)
     if isinstance(message, CountedWarning):
-        if message.where and message.where not in text:
-            text = f"{text} ({message.where})"
-        key = ("counted", message.what)
+        where = message.where
+        if _job and not where.startswith(_job):
+            where = ", ".join(w for w in (_job, where) if w)
         with _lock:
-            entry = _counts.setdefault(key, [0, message.what, []])
+            entry = _counts.setdefault(("counted", message.what), [0, message.what, []])
             entry[0] += message.count
-            if message.where and message.where not in entry[2]:
-                entry[2].append(message.where)
+            if where and where not in entry[2]:
+                entry[2].append(where)
     else:
         with _lock:
             entry = _counts.setdefault(("other", text), [0, text, []])
@@ -317,6 +318,19 @@ def _show(message, category, filename, lineno, file=None, line=None) -> None:
             return
         _shown.add(shown)
     emit(shown)
+
+
+@contextlib.contextmanager
+def job_label(label: str) -> Iterator[None]:
+    """Name what the warnings counted while entered are about (e.g. the study job's backbone), so that the summary
+    says ``test_vit, C = 1e5`` for a warning that only knew ``C = 1e5``. One job at a time (not per thread: a
+    job's worker threads warn under its label)."""
+    global _job
+    previous, _job = _job, str(label)
+    try:
+        yield
+    finally:
+        _job = previous
 
 
 def warning_summary() -> list[str]:

@@ -438,7 +438,7 @@ def _extract_split(bb, source, split: str, taps, final: Path, meta: dict, *, bat
     try:
         _compute_batches(bb, source, split, taps, parts, meta, _distributed.rank_batches(todo), n=n,
                          batch_size=batch_size, workers=workers, device=device, skip_bad=skip_bad,
-                         progress=progress and _distributed.is_main())
+                         progress=progress if _distributed.is_main() else False)
     except Exception as exc:  # every rank must reach the collective below, failed or not
         error = exc
     _distributed.gather_errors(error)  # under torchrun: every rank's shards are written once this returns

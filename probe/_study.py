@@ -100,7 +100,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._console import print_warning_summary
+from ._console import job_label, print_warning_summary
 from ._errors import ProbeError, UsageError
 from ._official import KINDS as OFFICIAL_KINDS
 from ._schema import MISSING, TASK, WORKERS, Setting, check_setting, toml_value
@@ -807,7 +807,8 @@ def _run_plan(plan: list[Job], study: Study, *, keep_going: bool, out, **options
             records.append({"job": job.describe(), "status": f"skipped ({blocked} failed)", "seconds": 0.0})
             continue
         try:
-            status = _run_job_on_ranks(job, study, pretrained, **options)
+            with job_label(job.backbone.name):  # names the backbone in the run's warning summary
+                status = _run_job_on_ranks(job, study, pretrained, **options)
         except ProbeError as exc:
             print("failed", file=out, flush=True)
             if not keep_going:

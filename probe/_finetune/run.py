@@ -341,7 +341,7 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
                         accum_auto=accum_auto, img_size=img_size, weights=weights, random_init=random_init,
                         seed=int(seed), init_seed=init_seed, family=family, data_root=data_root,
                         cache_dir=cache_dir, device=device, workers=workers,
-                        progress=progress and _distributed.is_main(), verbose=verbose and _distributed.is_main(),
+                        progress=progress if _distributed.is_main() else False, verbose=verbose and _distributed.is_main(),
                         sync_batchnorm=sync_batchnorm)
         if folds is not None:
             result = _cross_validate(run_args, fold_plans, folds, ckpt_dir=ckpt_dir, cv=int(cv), cv_group=cv_group)
