@@ -19,7 +19,8 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 #: ``progress`` settings: True = auto (a bar on a terminal or in a notebook, else one line per finished step),
 #: ``"bar"`` = always a bar (an explicit ``--progress``), ``"lines"`` = always lines, False = nothing.
@@ -27,7 +28,7 @@ AUTO, BAR, LINES = True, "bar", "lines"
 
 _lock = threading.RLock()
 _active_bars = 0
-_tracker: "_LineTracker | None" = None  # sys.stdout while :func:`console` is entered
+_tracker: _LineTracker | None = None  # sys.stdout while :func:`console` is entered
 _pending: list[str] = []  # lines waiting for the open stdout line to end
 _shown: set[str] = set()  # warning and note lines printed so far (each is printed once)
 _counts: dict[tuple[str, str], list] = {}  # (kind, key) -> [count, what, wheres]; kind: "counted" | "other"
@@ -120,7 +121,7 @@ class Progress:
         extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
         return f"{self.desc}: {done:,} {unit} in {seconds:.1f} s{rate}{extra}"
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, kind, *exc) -> None:

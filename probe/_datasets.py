@@ -10,7 +10,8 @@ Specs (``DatasetSource.spec``):
   ``PATH/<class>/...`` (a single ``train`` split).
 - ``csv:PATH`` or a ``.parquet`` manifest: columns ``path,label[,split]``, paths relative to the manifest. A dense
   manifest has ``mask`` and/or ``depth`` columns (``label`` optional): masks are PNG class ids (255 = ignore) into
-  the class names of ``classes.txt`` beside the manifest (one per line, line i = id i); depth maps are ``.npy``
+  the class names of ``classes.txt`` beside the manifest (one per line, line i = id i; without it, the ids 0 to the
+  largest id of the train masks, as names, with a note); depth maps are ``.npy``
   float metres or 16-bit PNG in millimetres (``csv:PATH?depth_scale=1000``: value / scale = metres; 0 = none).
 - ``nyuv2:PATH[?classes=40|13]``: NYU Depth V2's labelled ``.mat`` with its official split and class mapping
   (segmentation and depth); see ``probe/_nyuv2.py`` for the files it needs.
