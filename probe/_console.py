@@ -81,6 +81,10 @@ class Progress:
         if mode == BAR:
             from tqdm.auto import tqdm
 
+            with _lock:  # a bar redraws its line from the start: end an open stdout line first, keeping it readable
+                if _tracker is not None and _tracker.open:
+                    _tracker.write("\n")
+                    _tracker.flush()
             self._bar = tqdm(total=total, initial=initial, unit=unit, desc=desc, dynamic_ncols=True, leave=leave)
             with _lock:
                 _active_bars += 1

@@ -222,3 +222,14 @@ def test_progress_modes(capsys):
     with _console.progress(3, desc="off", unit="job", enabled=False) as bar:
         bar.update(3)
     assert re.fullmatch(r"sweep jobs: 3 jobs in \d+\.\d s\n", capsys.readouterr().err)
+
+
+def test_a_bar_ends_an_open_stdout_line_first(capsys):
+    with _console.console():
+        print("[1/1] extract ...", end=" ", flush=True)
+        with _console.progress(2, desc="bb ds/train", unit="img", enabled="bar") as bar:
+            bar.update(2)
+        print("done")
+    out, err = capsys.readouterr()
+    assert out == "[1/1] extract ... \ndone\n"  # on a terminal the bar would have drawn over the job's line
+    assert "bb ds/train" in err
