@@ -303,20 +303,27 @@ def not_converged_warning(probe: str, context: dict, points: list[dict], n_point
 
 def _show(message, category, filename, lineno, file=None, line=None) -> None:
     """``warnings.showwarning`` while :func:`console` is entered: one line, once, counted."""
-    text = one_line(message)
     if isinstance(message, CountedWarning):
-        where = message.where
-        if _job and not where.startswith(_job):
-            where = ", ".join(w for w in (_job, where) if w)
-        with _lock:
-            entry = _counts.setdefault(("counted", message.what), [0, message.what, []])
-            entry[0] += message.count
-            if where and where not in entry[2]:
-                entry[2].append(where)
+        _report(one_line(message), ("counted", message.what), message.where, message.count)
     else:
-        with _lock:
-            entry = _counts.setdefault(("other", text), [0, text, []])
-            entry[0] += 1
+        say_warning(str(message))
+
+
+def say_warning(text: str) -> None:
+    """Print ``probe: warning: TEXT`` as one line, once, and count it for :func:`warning_summary` (for a warning
+    worded by probe itself, e.g. a fine-tune at chance level; Python warnings reach the same place)."""
+    text = one_line(text)
+    _report(text, ("other", text), "", 1)
+
+
+def _report(text: str, key: tuple[str, str], where: str, count: int) -> None:
+    if _job and not where.startswith(_job):
+        where = ", ".join(w for w in (_job, where) if w)
+    with _lock:
+        entry = _counts.setdefault(key, [0, key[1], []])
+        entry[0] += count
+        if where and where not in entry[2]:
+            entry[2].append(where)
     shown = f"probe: warning: {text}"
     with _lock:
         if shown in _shown:
@@ -348,7 +355,9 @@ def warning_summary() -> list[str]:
                 listed = "; ".join(wheres[:6]) + ("; ..." if len(wheres) > 6 else "")
                 out.append(f"{n} {what.format(s='' if n == 1 else 's')}" + (f": {listed}" if listed else ""))
             else:
-                out.append(what + (f" ({n} times)" if n > 1 else ""))
+                listed = ", ".join(wheres[:6]) + (", ..." if len(wheres) > 6 else "")
+                times = f"{n} times" if n > 1 else ""
+                out.append(what + (f" ({'; '.join(w for w in (times, listed) if w)})" if times or listed else ""))
     return out
 
 

@@ -184,6 +184,12 @@ def test_warnings_print_once_and_are_counted(capsys):
     assert _console.warning_summary() == [
         "4 logistic fits stopped at max_iter: test_vit, C = 1e5; test_resnet, C = 1e5",
         "a library's second line", "during an open line"]
+    with _console.console():
+        for _ in range(2):
+            with _console.job_label("test_vit2"):
+                _console.say_warning("fine-tuning at chance level")
+    assert capsys.readouterr().err == "probe: warning: fine-tuning at chance level\n"
+    assert _console.warning_summary() == ["fine-tuning at chance level (2 times; test_vit2)"]
     with pytest.warns(ConvergenceWarning):  # still caught as what it is
         warnings.warn(_console.counted_warning(ConvergenceWarning, "x", what="x", where=""))
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .._checks import disk_full_guard
+from .._console import say_warning
 from .._errors import ProbeError, UsageError
 from .._io import atomic_path
 from .. import _distributed
@@ -879,7 +880,7 @@ class _Run:
                   + ("; retrained on train+val for that many epochs" if refit else ""), file=sys.stderr)
         warnings = self._warnings(best_epoch)
         for w in warnings:
-            print(f"probe: warning: {w}", file=sys.stderr)
+            say_warning(w)  # one line, once, counted in probe run's summary (probe._console)
         import polars as pl
 
         first = c.tasks[0]
