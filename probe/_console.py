@@ -382,6 +382,7 @@ def console() -> Iterator[None]:
         previous = sys.stdout
         _tracker = sys.stdout = _LineTracker(previous)
         _counts.clear()
+        _shown.clear()  # once per command (the CLI may run several in one process, as the tests do)
         try:
             yield
         finally:
