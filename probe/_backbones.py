@@ -13,6 +13,7 @@ import difflib
 import os
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -329,7 +330,11 @@ def load_weights_file(model, path: str | os.PathLike) -> None:
     try:
         # A weights file may come from anywhere: torch checkpoints are read with weights_only=True, named here
         # because torch < 2.6 and older timm (1.0.9 among them) default to full unpickling, which runs code in the file.
-        state = load_state_dict(str(path), use_ema=False, weights_only=True)
+        with warnings.catch_warnings():
+            # torch's note that its tensors-only reader was written for pickle protocol 2 (a file saved with
+            # pickle_protocol=4, or by pickle.dump) says nothing to the user: it loads, or is refused below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = load_state_dict(str(path), use_ema=False, weights_only=True)
     except Exception as exc:
         if _needs_unpickling(exc):
             raise UsageError(f"weights file {path} needs arbitrary unpickling to load, which could run code from "

@@ -10,7 +10,8 @@ Specs (``DatasetSource.spec``):
   ``PATH/<class>/...`` (a single ``train`` split).
 - ``csv:PATH`` or a ``.parquet`` manifest: columns ``path,label[,split]``, paths relative to the manifest. A dense
   manifest has ``mask`` and/or ``depth`` columns (``label`` optional): masks are PNG class ids (255 = ignore) into
-  the class names of ``classes.txt`` beside the manifest (one per line, line i = id i); depth maps are ``.npy``
+  the class names of ``classes.txt`` beside the manifest (one per line, line i = id i; without it, the ids 0 to the
+  largest id of the train masks, as names, with a note); depth maps are ``.npy``
   float metres or 16-bit PNG in millimetres (``csv:PATH?depth_scale=1000``: value / scale = metres; 0 = none).
 - ``nyuv2:PATH[?classes=40|13]``: NYU Depth V2's labelled ``.mat`` with its official split and class mapping
   (segmentation and depth); see ``probe/_nyuv2.py`` for the files it needs.
@@ -403,7 +404,7 @@ def _open_manifest(arg: str) -> DatasetSource:
                    "classification": "label" in frame.columns, "depth_scale": depth_scale,
                    "dense_columns": dense, "dense_files": dense_files}
         if "mask" in dense:
-            options["segmentation_classes"] = _manifest_classes(root, arg)
+            options["segmentation_classes"] = _manifest_classes(root, arg, dense_files, dense.index("mask"))
     return DatasetSource(spec=f"csv:{spec_arg}", name=_name_of(path), kind="manifest", classes=classes,
                          splits=splits, labels={s: np.asarray(v, dtype=np.int64) for s, v in labels.items()},
                          ids={s: list(v) for s, v in splits.items()}, root=str(root), options=options,
@@ -450,15 +451,66 @@ def _manifest_options(arg: str) -> tuple[str, float]:
     return path, scale
 
 
-def _manifest_classes(root: Path, arg: str) -> list[str]:
+def _manifest_classes(root: Path, arg: str, dense_files: dict[str, list], column: int) -> list[str]:
+    """Segmentation class names (index = id): the lines of ``classes.txt`` beside the manifest, or, without that
+    file, the ids themselves (``"0"``, ``"1"``, ...) up to the largest id of the train masks, with a note."""
     names_file = root / "classes.txt"
-    if not names_file.is_file():
-        raise UsageError(f"manifest {arg} has a mask column but no {names_file}; write the segmentation class names "
-                         "there, one per line (line i = class id i; 255 = ignore)")
-    names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
-    if not names or len(names) > 255:
-        raise UsageError(f"{names_file} must list 1 to 255 class names (255 is the ignore id); it has {len(names)}")
-    return names
+    if names_file.is_file():
+        names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+        if not names or len(names) > 255:
+            raise UsageError(f"{names_file} must list 1 to 255 class names (255 is the ignore id); it has "
+                             f"{len(names)}")
+        return names
+    found = {split: _mask_ids(root, tuple(refs[column] for refs in rows if refs[column]))
+             for split, rows in dense_files.items()}
+    if not found.get("train"):
+        raise UsageError(f"manifest {arg} has a mask column but no {names_file}, and no train mask holds a class "
+                         "id to name the classes by; write the class names there, one per line (line i = id i)")
+    n = max(found["train"]) + 1
+    for split, ids in found.items():
+        extra = sorted(i for i in ids if i >= n)
+        if extra:
+            raise UsageError(f"manifest {arg}: the {split} masks hold class id{'s' if len(extra) > 1 else ''} "
+                             f"{', '.join(map(str, extra[:5]))}, beyond the largest id of the train masks ({n - 1}); "
+                             f"without {names_file} the classes are the train masks' ids: write the class names "
+                             "there, one per line (line i = id i), or fix the masks")
+    absent = sorted(set(range(n)) - found["train"])
+    from ._console import note
+
+    note(f"manifest {arg} has no classes.txt: its {n} segmentation classes are named by their ids 0-{n - 1} (from "
+         + (f"the train masks; {'ids' if len(absent) > 1 else 'id'} {', '.join(map(str, absent[:5]))}"
+            f"{', ...' if len(absent) > 5 else ''} {'occur' if len(absent) > 1 else 'occurs'} in none of them" if absent
+            else "the train masks") + f"); write {names_file}, one name per line (line i = id i), to name them")
+    return [str(i) for i in range(n)]
+
+
+def _mask_ids(root: Path, refs: tuple[str, ...]) -> set[int]:
+    """The class ids (255 = ignore left out) that occur in the mask files ``refs`` under ``root``; a file that is
+    not a single-channel integer PNG is left to :func:`_manifest_dense`, which names it when it is read."""
+    from PIL import Image
+
+    from .dense import IGNORE_INDEX
+
+    found: set[int] = set()
+    for ref in refs:
+        key = os.path.join(root, ref)
+        stat = os.stat(key)
+        ids = _MASK_IDS.get((key, stat.st_size, stat.st_mtime_ns))
+        if ids is None:
+            try:
+                with Image.open(key) as m:
+                    array = np.asarray(m)
+            except Exception:
+                continue
+            ids = (frozenset(int(v) for v in np.unique(array) if v != IGNORE_INDEX)
+                   if array.ndim == 2 and array.dtype.kind in "iu" else frozenset())
+            _MASK_IDS[(key, stat.st_size, stat.st_mtime_ns)] = ids
+        found |= ids
+    return found
+
+
+#: (mask file, size, mtime) -> the class ids in it: a dataset opened again in one process reads its masks once.
+_MASK_IDS: dict[tuple, frozenset] = {}
 
 
 def _manifest_dense(source: DatasetSource, split: str, index: int) -> dict[str, np.ndarray]:

@@ -438,7 +438,7 @@ def _extract_split(bb, source, split: str, taps, final: Path, meta: dict, *, bat
     try:
         _compute_batches(bb, source, split, taps, parts, meta, _distributed.rank_batches(todo), n=n,
                          batch_size=batch_size, workers=workers, device=device, skip_bad=skip_bad,
-                         progress=progress and _distributed.is_main())
+                         progress=progress if _distributed.is_main() else False)
     except Exception as exc:  # every rank must reach the collective below, failed or not
         error = exc
     _distributed.gather_errors(error)  # under torchrun: every rank's shards are written once this returns
@@ -476,7 +476,8 @@ def _compute_batches(bb, source, split: str, taps, parts: Path, meta: dict, batc
                      progress: bool) -> None:
     """Forward ``batches`` (lists of row indices) and write one shard per batch into ``parts``."""
     import torch
-    from tqdm.auto import tqdm
+
+    from ._console import progress as progress_display
 
     if batches:
         dev = _distributed.local_device(resolve_device(device))
@@ -485,9 +486,8 @@ def _compute_batches(bb, source, split: str, taps, parts: Path, meta: dict, batc
         model = bb.model.to(dev).to(memory_format=torch.channels_last)
         transform = bb.eval_transform()
         images = _SplitImages(source, split, transform, tuple(bb.data_config["input_size"]))
-        bar = tqdm(total=n, initial=n - sum(map(len, batches)), unit="img",
-                   desc=f"{meta['backbone']} {meta['dataset']}/{split}",
-                   disable=not progress, dynamic_ncols=True, leave=False)
+        bar = progress_display(n, initial=n - sum(map(len, batches)), unit="img",
+                               desc=f"{meta['backbone']} {meta['dataset']}/{split}", enabled=progress)
         ids = source.ids[split]
 
         def consume(index, x, errors) -> float:

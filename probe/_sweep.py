@@ -271,11 +271,9 @@ def sweep(probe, train: tuple, val: tuple | None = None, test: tuple | None = No
                                fit_seconds=seconds, **metrics)
     del Xv
     if not_converged:
-        from sklearn.exceptions import ConvergenceWarning
+        from ._console import not_converged_warning
 
-        warnings.warn(f"{est.name} probe: the solver stopped at max_iter without converging for "
-                      f"{len(not_converged)} of {len(points)} grid points (e.g. {not_converged[0]}); "
-                      "'converged' is false in those rows' params", ConvergenceWarning, stacklevel=3)
+        warnings.warn(not_converged_warning(est.name, context, not_converged, len(points)), stacklevel=3)
 
     best_value = max(row[select_metric] for row in val_rows)
     best = next(i for i in est._strength_order(points) if val_rows[i][select_metric] == best_value)
@@ -485,9 +483,9 @@ def run_jobs(run, job_list: Sequence, *, jobs: int = 1, progress: bool = False) 
     """
     bar = None
     if progress and job_list:
-        from tqdm.auto import tqdm
+        from ._console import progress as progress_display
 
-        bar = tqdm(total=len(job_list), desc="sweep jobs", unit="job")
+        bar = progress_display(len(job_list), desc="sweep jobs", unit="job", enabled=progress, leave=True)
     if int(jobs) == 1:
         for job in job_list:
             run(job)

@@ -82,10 +82,12 @@ def extract_features_main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(run, args) -> int:
+    from ._console import console
     from ._errors import ProbeError
 
     try:
-        return int(run(args) or 0)
+        with console():  # warnings as one counted line each; see probe._console
+            return int(run(args) or 0)
     except ProbeError as exc:
         print(f"probe: error: {exc}", file=sys.stderr)
         return exc.exit_code

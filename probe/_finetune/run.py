@@ -23,6 +23,7 @@ from typing import Any
 from .. import _distributed
 from .. import tasks as _tasks
 from .._checks import disk_full_guard
+from .._console import say_warning
 from .._errors import ProbeError, UsageError
 from .._io import atomic_path
 from .._runtime import ProcessLock
@@ -284,7 +285,7 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
                         accum_auto=accum_auto, img_size=img_size, weights=weights, random_init=random_init,
                         seed=int(seed), init_seed=init_seed, family=family, data_root=data_root,
                         cache_dir=cache_dir, device=device, workers=workers,
-                        progress=progress and _distributed.is_main(), verbose=verbose and _distributed.is_main(),
+                        progress=progress if _distributed.is_main() else False, verbose=verbose and _distributed.is_main(),
                         sync_batchnorm=sync_batchnorm)
         if folds is not None:
             result = cross_validate_runs(_Run, run_args, fold_plans, folds, ckpt_dir=ckpt_dir, cv=int(cv),
@@ -572,7 +573,7 @@ class _Run:
                   + ("; retrained on train+val for that many epochs" if refit else ""), file=sys.stderr)
         warnings = self.writer.warnings(self.best, self.eval_loaders["val"].dataset.labels)
         for w in warnings:
-            print(f"probe: warning: {w}", file=sys.stderr)
+            say_warning(w)  # one line, once, counted in probe run's summary (probe._console)
         import polars as pl
 
         first = c.tasks[0]

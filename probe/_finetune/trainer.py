@@ -122,15 +122,15 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ training
     def train_epoch(self, epoch: int) -> dict:
         """One pass over the epoch's batches; returns the epoch's record (loss, lr, throughput, data wait)."""
-        from tqdm.auto import tqdm
+        from .._console import progress
 
         # (seed, epoch) fixes the shuffle, and the model's own randomness starts from a fresh seed each epoch
         batches = self.plan_batches(epoch)
         seed_everything(mix(self.seed, STREAM_MODEL, epoch))
         self.train_batches.batches = batches
         set_train_mode(self.model, self.frozen)
-        bar = tqdm(total=len(batches) * self.batch_size, unit="img", desc=f"epoch {epoch}/{self.epochs}",
-                   disable=not self.progress, dynamic_ncols=True, leave=False)
+        bar = progress(len(batches) * self.batch_size, unit="img", desc=f"epoch {epoch}/{self.epochs}",
+                       enabled=self.progress)
         loss_sum, seen, wait, start, steps = 0.0, 0, 0.0, time.perf_counter(), []
         it = iter(self.train_loader)
         for step in range(len(batches)):
@@ -142,7 +142,7 @@ class Trainer:
                 continue
             loss = self.step(x, targets)
             if not math.isfinite(loss):
-                bar.close()
+                bar.close(finished=False)
                 kept = (f"checkpoints up to epoch {epoch - 1} are kept in {self.checkpoint_dir}" if epoch > 1
                         else "no epoch had completed")
                 raise ProbeError(f"fine-tuning diverged: the loss is {loss} at epoch {epoch} (step {step + 1}) "
@@ -152,7 +152,7 @@ class Trainer:
             loss_sum += loss * len(x)
             seen += len(x)
             bar.update(len(x))
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{self.lr():.2e}", refresh=False)  # + tqdm's img/s
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{self.lr():.2e}")  # + tqdm's img/s
         bar.close()
         del it
         seconds = time.perf_counter() - start

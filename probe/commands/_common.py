@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from probe._console import progress_option
 from probe.vocab import FAMILIES
+
+#: How --progress/--no-progress reads in every command's --help (``probe._console.progress_option``).
+PROGRESS_HELP = ("on a terminal; when the output is not a terminal (a log file), one line per finished step "
+                 "(default); --progress: bars there too; --no-progress: neither")
 
 #: Default cache directory (relative to the current directory).
 DEFAULT_CACHE_DIR = "cache"
@@ -78,7 +83,8 @@ def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
                         help="skip unreadable images (their ids are recorded in the cache's 'skipped' attribute) "
                              "instead of stopping with an error")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bars " + PROGRESS_HELP)
 
 
 def add_task_argument(parser: argparse.ArgumentParser) -> None:
@@ -108,5 +114,5 @@ def extraction_kwargs(args: argparse.Namespace) -> dict:
         precision=args.precision,
         skip_bad=args.skip_bad,
         allow_overlap=args.allow_overlap,
-        progress=args.progress,
+        progress=progress_option(args.progress),
     )

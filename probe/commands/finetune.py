@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import (DEFAULT_CACHE_DIR, DEFAULT_RESULTS_DIR, add_backbone_arguments, add_dataset_arguments,
-                      dataset_spec)
+from probe._console import progress_option
+
+from ._common import (DEFAULT_CACHE_DIR, DEFAULT_RESULTS_DIR, add_backbone_arguments,
+                      add_dataset_arguments, dataset_spec)
 
 
 def _accum(text: str):
@@ -66,8 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="data loading worker processes (default: usable CPU cores - 1, at most 8; at most 32 "
                              "on a GPU)")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                        help="a progress bar per epoch (loss, lr, images/s)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="a progress bar per epoch (loss, lr, images/s) on a terminal; when the output is not a "
+                             "terminal (a log file), only the log line per finished epoch (default); --progress: "
+                             "bars there too; --no-progress: no bars")
     parser.add_argument("--cv", type=int, default=None, metavar="K",
                         help="--task regression on a dataset without a test split: K-fold cross-validation (the "
                              "same folds as probe sweep --cv K; per-fold rows and a summary row; the epoch is "
@@ -89,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         family=args.family, init_seed=args.init_seed, allow_overlap=args.allow_overlap, data_root=args.data_root,
         cache_dir=Path(args.cache_dir), results_dir=Path(args.results_dir), checkpoint_dir=args.checkpoint_dir,
         keep_checkpoints=args.keep_checkpoints, overwrite=args.overwrite, device=args.device, workers=args.workers,
-        progress=args.progress, sync_batchnorm=args.sync_batchnorm, cv=args.cv, cv_group=args.cv_group)
+        progress=progress_option(args.progress, lines=False), sync_batchnorm=args.sync_batchnorm, cv=args.cv, cv_group=args.cv_group)
     from probe import _distributed
 
     if not _distributed.is_main():  # under torchrun rank 0 speaks for the group

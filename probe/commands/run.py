@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from probe._console import progress_option
+
 from ._common import DEFAULT_CACHE_DIR, DEFAULT_RESULTS_DIR
 
 
@@ -41,8 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sweep jobs in parallel (default: the study's, else 1)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="data loading workers (default: the extractor's choice)")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                        help="show progress bars inside jobs")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bars inside jobs on a terminal; when the output is not a terminal (a log "
+                             "file), only the line per finished job (default); --progress: bars there too; "
+                             "--no-progress: no bars")
     parser.add_argument("--executor", choices=["inprocess", "local", "slurm"], default="inprocess",
                         help="where the jobs run: in this process; as local processes through submitit (one job "
                              "array per stage, one stage after the other); or as Slurm job arrays through submitit, "
@@ -89,6 +93,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     run_study(study, cache_dir=args.cache_dir, results_dir=args.results_dir,
               report_dir=args.report_dir if args.report else None, pretrain_dir=args.pretrain_dir,
-              device=args.device, jobs=args.jobs, workers=args.workers, progress=args.progress,
+              device=args.device, jobs=args.jobs, workers=args.workers, progress=progress_option(args.progress, lines=False),
               keep_going=args.keep_going)
     return 0

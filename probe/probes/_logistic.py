@@ -88,8 +88,12 @@ class LogisticProbe(ProbeBase):
         if not self.converged_:
             from sklearn.exceptions import ConvergenceWarning
 
-            warnings.warn(f"L-BFGS did not converge in max_iter={self.max_iter} iterations (C={self.C:g}); "
-                          "increase max_iter or scale the features", ConvergenceWarning, stacklevel=3)
+            from .._console import counted_warning, format_value
+
+            warnings.warn(counted_warning(
+                ConvergenceWarning, f"L-BFGS did not converge in max_iter={self.max_iter} iterations "
+                f"(C={self.C:g}); increase max_iter or scale the features", what="logistic fit{s} stopped at max_iter",
+                where=f"C = {format_value(float(self.C))}"), stacklevel=3)
 
     def _set_solution(self, W: torch.Tensor, b: torch.Tensor, n_iter: int) -> None:
         self._W, self._b = W.detach(), b.detach()

@@ -19,6 +19,7 @@ from .._errors import ProbeError
 from .._schema import WORKERS, Setting, check_setting
 from .checks import check_study
 from .file import Study, load_study
+from .._console import job_label
 from .jobs import run_job_on_ranks
 from .plan import Job, blocked_by, plan_study
 from .summary import finish
@@ -117,7 +118,8 @@ def _run_plan(plan: list[Job], study: Study, *, keep_going: bool, out, **options
             records.append({"job": job.describe(), "status": f"skipped ({blocked} failed)", "seconds": 0.0})
             continue
         try:
-            status = run_job_on_ranks(job, study, pretrained, **options)
+            with job_label(job.backbone.name):  # names the backbone in the run's warning summary
+                status = run_job_on_ranks(job, study, pretrained, **options)
         except ProbeError as exc:
             print("failed", file=out, flush=True)
             if not keep_going:

@@ -25,6 +25,9 @@ def finish(results_dir, report_dir, out) -> tuple[Any, Any]:
 
         report_path = write_report(results_dir, report_dir)
         print(f"report: {report_path}", file=out)
+    from .._console import print_warning_summary
+
+    print_warning_summary(out)  # the warnings of the run, counted (probe._console)
     return summary, report_path
 
 
