@@ -186,11 +186,17 @@ def jpeg_bytes(source, split: str, index: int):
 def decode_jpegs(datas, device):
     """Decode JPEG byte tensors to uint8 [3, H, W] RGB tensors on ``device`` (batched; one by one when the batch
     fails); an image torchvision cannot decode is None."""
+    import warnings
+
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
     if not datas:
         return []
+    # torchvision 0.29 announces that TorchCodec will take over its decoders (a DeprecationWarning on every call);
+    # decode_jpeg is what runs on nvJPEG today, so the notice is not the user's to act on
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                            category=DeprecationWarning)
     try:
         out = decode_jpeg(list(datas), mode=ImageReadMode.RGB, device=device)
         if all(isinstance(t, torch.Tensor) and t.shape[0] == 3 for t in out):
