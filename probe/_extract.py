@@ -615,7 +615,8 @@ def _compute_batches(get_backbone, source, split: str, taps, parts: Path, meta: 
 
     def drain(index, host, arrived, errors) -> None:
         begin = time.perf_counter()
-        arrived.synchronize()
+        if arrived is not None:
+            arrived.synchronize()
         write(index, {t: v.numpy() for t, v in host.items()}, errors)
         prof.host["write"] = prof.host.get("write", 0.0) + time.perf_counter() - begin
 
@@ -637,16 +638,11 @@ def _compute_batches(get_backbone, source, split: str, taps, parts: Path, meta: 
             yield item
 
     with torch.inference_mode(), full_fp32(dev, meta["precision"]):
-        if dev.type == "cuda":
-            _cuda_pipeline(images, batches, loader(batches, default_workers(dev) if workers is None else workers),
-                           prepare_model, model_state, dev, taps, meta["precision"], prof, timed, check_errors, drain)
-        elif workers is not None or dev.type != "cpu":
+        if workers is not None or dev.type != "cpu":
             n_workers = default_workers(dev) if workers is None else workers
             with cpu_threads(dev, n_workers):
-                batch_iter = iter(loader(batches, n_workers))  # the workers start decoding here ...
-                prepare_model()  # ... while the backbone is built
-                for batch in timed(batch_iter):
-                    consume(*batch)
+                _pipeline(images, loader(batches, n_workers), prepare_model, model_state, dev, taps,
+                          meta["precision"], prof, timed, check_errors, drain)
         else:
             prepare_model()
             # CPU, workers not given: the first batches run in this process and are timed (the first
@@ -692,46 +688,51 @@ def _compute_batches(get_backbone, source, split: str, taps, parts: Path, meta: 
     _PROFILE.update(prof.summary())
 
 
-def _cuda_pipeline(images, batches, loader, prepare_model, model_state, dev, taps, precision, prof, timed,
-                   check_errors, drain) -> None:
-    """The CUDA layout: every stage of one batch overlaps the others' of its neighbours.
+def _pipeline(images, loader, prepare_model, model_state, dev, taps, precision, prof, timed, check_errors,
+              drain) -> None:
+    """The loader layout (every GPU run; on CPU when --workers is given): the stages of neighbouring batches overlap.
 
-    Loader workers read (and, on the PIL path, decode) batch j+2 while this thread turns batch j+1 into the
-    backbone's input on a side stream (on the tensor path: nvJPEG decoding, resize, crop, normalisation; the host
-    part of the decode runs here, its device part beside the forward); the default stream runs batch j's forward
-    and copies its features back to pinned memory; a writer thread waits for batch j-1's copy and writes its shard.
-    The backbone is built in a thread once the workers have started, while the first batches decode.
+    Loader workers read (and, on the PIL path, decode) the next batches while this thread turns batch j+1 into the
+    backbone's input (on CUDA on a side stream; on the tensor path there: nvJPEG decoding, resize, crop,
+    normalisation, whose host part runs in this thread and device part beside the forward); the default stream runs
+    batch j's forward and copies its features back to pinned memory; a writer thread waits for batch j-1's copy and
+    writes its shard. The backbone is built in a thread once the workers have started, while the first batches
+    decode. On CPU the same code runs without streams and events (the copy back is the forward's own output).
     """
     from concurrent.futures import ThreadPoolExecutor
+    from contextlib import nullcontext
 
     import torch
 
-    side = torch.cuda.Stream(dev)
-    main = torch.cuda.current_stream(dev)
+    cuda = dev.type == "cuda"
+    side = torch.cuda.Stream(dev) if cuda else None
+    main = torch.cuda.current_stream(dev) if cuda else None
     batch_iter = iter(loader)  # forks the loader's workers (before any thread starts); they start decoding
     with ThreadPoolExecutor(1, thread_name_prefix="probe-build") as builder, \
             ThreadPoolExecutor(1, thread_name_prefix="probe-write") as writer:
         building = builder.submit(prepare_model)
         pending = None
         for index, x, errors in timed(batch_iter):
-            with torch.cuda.stream(side), prof.stage("input", side):
+            with torch.cuda.stream(side) if cuda else nullcontext(), prof.stage("input", side):
                 if getattr(images, "on_device", False):  # JPEG bytes: decoded, resized and normalised here
                     x, errors = images.finish_payloads(index, x, errors, dev)
                 else:
                     x = images.finish(x.to(dev, non_blocking=True))
                 x = x.contiguous(memory_format=torch.channels_last)
             check_errors(errors)
-            main.wait_stream(side)
-            x.record_stream(main)
+            if cuda:
+                main.wait_stream(side)
+                x.record_stream(main)
             with prof.stage("build_wait"):
                 model = model_state.get("model") or building.result()
             prof.mark("first_forward")
-            with prof.stage("forward"), torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with prof.stage("forward"), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 out = forward_taps(model, x, taps)
             with prof.stage("to_host"):
                 host = {t: v.float().contiguous().to("cpu", non_blocking=True) for t, v in out.items()}
-            arrived = torch.cuda.Event()
-            arrived.record(main)
+            arrived = torch.cuda.Event() if cuda else None
+            if cuda:
+                arrived.record(main)
             if pending is not None:
                 with prof.stage("write_wait"):
                     pending.result()

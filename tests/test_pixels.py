@@ -240,3 +240,30 @@ def test_pixels_flag_on_the_command_line(tmp_path, capsys):
         assert f.attrs["pixels"] == "gpu" and f["features/pooled"].shape[0] == 2
     assert_one_line_error(run_main(capsys, "extract-features", "test_vit", f"imagefolder:{root}", "--pixels",
                                    "nvjpeg"), 2, "--pixels")
+
+
+@pytest.mark.parametrize("pixels", ["pil", "gpu"], ids=["pil-path", "tensor-path"])  # "gpu" would mark it
+def test_backbone_is_built_while_the_first_batch_loads(tmp_path, image_folder, monkeypatch, pixels):
+    """The build waits (up to 30 s) for the first image to be read: it completes only if reading has started
+    without it, i.e. the loader runs while the backbone is built (a sequential build would time out and fail)."""
+    import threading
+
+    import probe._backbones as backbones
+    from probe._datasets import DatasetSource
+
+    read = threading.Event()
+    real_load, real_create = DatasetSource.load, backbones.create_backbone
+    monkeypatch.setattr(DatasetSource, "load", lambda self, *a: (read.set(), real_load(self, *a))[1])
+    if pixels == "gpu":
+        import probe._pixels as pixel_module
+
+        real_bytes = pixel_module.jpeg_bytes
+        monkeypatch.setattr(pixel_module, "jpeg_bytes", lambda *a: (read.set(), real_bytes(*a))[1])
+    overlapped = []
+    monkeypatch.setattr(backbones, "create_backbone",
+                        lambda *a, **k: (overlapped.append(read.wait(timeout=30)), real_create(*a, **k))[1])
+    entries = probe.extract_features("test_vit", f"imagefolder:{image_folder}", random_init=True, img_size=32,
+                                     batch_size=4, workers=0, progress=False, cache_dir=tmp_path / "c",
+                                     pixels=pixels)
+    assert overlapped and all(overlapped)
+    assert all(e.rows > 0 for e in entries.values())
