@@ -485,6 +485,9 @@ def _prepare_parts(parts: Path, meta: dict, n: int, batch_size: int) -> tuple[in
     return done, [list(range(a, b)) for a, b in grid if (a, b) not in have]
 
 
+#: Decode the tensor path's batches in this process (the CUDA layout) on CPU too: tests run that code on CPU tensors.
+_DECODE_ON_DEVICE = False
+
 #: Stage times of the last :func:`_compute_batches` call in this process (``benchmarks/bench_extract.py`` prints them).
 _PROFILE: dict[str, Any] = {}
 
@@ -556,7 +559,7 @@ def _compute_batches(get_backbone, source, split: str, taps, parts: Path, meta: 
     transform = timm.data.create_transform(**data_config, is_training=False)
     images = _SplitImages(source, split, transform, tuple(data_config["input_size"]))
     if meta.get("pixels", "pil") != "pil":
-        images = TensorImages(images, source, split, data_config, on_device=dev.type == "cuda")
+        images = TensorImages(images, source, split, data_config, on_device=dev.type == "cuda" or _DECODE_ON_DEVICE)
     on_device = getattr(images, "on_device", False)
     model_state: dict[str, Any] = {}
 

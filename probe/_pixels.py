@@ -218,8 +218,8 @@ class TensorImages:
 
     With ``on_device=False`` (CPU) each worker decodes its image with torch's CPU decoder and returns uint8
     [H, W, C], and :meth:`finish` normalises a collated batch. With ``on_device=True`` (CUDA) items carry JPEG bytes;
-    :meth:`collate` keeps them as a list and :meth:`finish` decodes, resizes and normalises a whole batch on the
-    device. Images the tensor path cannot take come from ``fallback`` (the PIL path's dataset) in both cases.
+    :meth:`collate` packs them into one tensor and :meth:`finish_payloads` decodes, resizes and normalises a whole
+    batch on the device. Images the tensor path cannot take come from ``fallback`` (the PIL path's dataset) in both cases.
     """
 
     def __init__(self, fallback, source, split: str, data_config: dict, *, on_device: bool):
@@ -245,39 +245,49 @@ class TensorImages:
 
     @staticmethod
     def collate(items):
-        """(index tensor, list of payloads: JPEG bytes [n] or pixels [H, W, C], list of errors)."""
+        """(index tensor, payload, list of errors); the payload holds every JPEG's bytes in one tensor (one shared
+        memory block per batch, not one per image) and the PIL path's pixels stacked:
+        (bytes, lengths, positions of the JPEGs, pixels [k, H, W, C], positions of those)."""
         import torch
 
-        return (torch.tensor([it[0] for it in items], dtype=torch.long), [it[1] for it in items],
-                [it[2] for it in items])
+        jpeg = [j for j, it in enumerate(items) if it[1].ndim == 1]
+        rest = [j for j, it in enumerate(items) if it[1].ndim != 1]
+        blob = torch.cat([items[j][1] for j in jpeg]) if jpeg else torch.zeros(0, dtype=torch.uint8)
+        lengths = torch.tensor([len(items[j][1]) for j in jpeg], dtype=torch.long)
+        pixels = torch.stack([items[j][1] for j in rest]) if rest else torch.zeros(0, dtype=torch.uint8)
+        payload = (blob, lengths, torch.tensor(jpeg, dtype=torch.long), pixels, torch.tensor(rest, dtype=torch.long))
+        return torch.tensor([it[0] for it in items], dtype=torch.long), payload, [it[2] for it in items]
 
     def finish(self, x):
         """A collated uint8 [B, H, W, C] batch as the backbone's float input [B, C, H, W] on its device."""
         return self._normalise(x.permute(0, 3, 1, 2))
 
-    def finish_payloads(self, index, payloads, errors, device):
+    def finish_payloads(self, index, payload, errors, device):
         """A :meth:`collate` batch as the backbone's float input [B, C, H, W] on ``device``, and its errors.
 
-        The JPEG bytes are decoded together on ``device``; the PIL path's pixels are copied there. A JPEG that
-        torchvision cannot decode is read again by the PIL path, whose error (if any) joins ``errors``.
+        The JPEGs are decoded together on ``device`` (batched nvJPEG on CUDA) and resized as :func:`resize_crop`
+        does; the PIL path's pixels are copied there. A JPEG that torchvision cannot decode is read again by the PIL
+        path, whose error (if any) joins ``errors`` (the caller skips or reports it).
         """
         import torch
 
         device = torch.device(device)
         errors = list(errors)
-        jpeg = [j for j, p in enumerate(payloads) if p.ndim == 1]
-        decoded = decode_jpegs([payloads[j] for j in jpeg], device)
-        done = [j for j, img in zip(jpeg, decoded) if img is not None]
-        pixels = torch.empty((len(payloads), 3, *self.data_config["input_size"][1:]), dtype=torch.uint8,
+        blob, lengths, jpeg, fallback, rest = payload
+        datas = list(blob.split(lengths.tolist())) if len(lengths) else []
+        decoded = decode_jpegs(datas, device)
+        pixels = torch.empty((len(index), 3, *self.data_config["input_size"][1:]), dtype=torch.uint8,
                              device=device)
-        if done:
-            pixels[done] = resize_crop([img for img in decoded if img is not None], self.data_config)
-        done = set(done)
-        for j, p in enumerate(payloads):
-            if j not in done:
-                if p.ndim == 1:  # torchvision could not decode it: the PIL path decodes it or names the error
-                    _, p, errors[j] = self.fallback[int(index[j])]
-                pixels[j] = p.to(device, non_blocking=True).permute(2, 0, 1)
+        good = [k for k, img in enumerate(decoded) if img is not None]
+        if good:
+            pixels[jpeg[good].to(device)] = resize_crop([decoded[k] for k in good], self.data_config)
+        if len(rest):
+            pixels[rest.to(device)] = fallback.to(device, non_blocking=True).permute(0, 3, 1, 2)
+        for k, img in enumerate(decoded):
+            if img is None:  # torchvision could not decode it: the PIL path decodes it or names the error
+                j = int(jpeg[k])
+                _, p, errors[j] = self.fallback[int(index[j])]
+                pixels[j] = p.to(device).permute(2, 0, 1)
         return self._normalise(pixels), errors
 
     def _normalise(self, pixels):

@@ -128,7 +128,8 @@ def test_pixels_agree_with_pil(tmp_path, cfg):
     assert (per_image_mean <= 0.4).all(), per_image_mean
     # the CUDA layout's code (whole batch decoded and resized in finish_payloads) gives the same tensors on CPU
     batch = TensorImages.collate([device[i] for i in range(len(device))])
-    assert all(p.ndim == 1 for p in batch[1])  # bytes travel, not pixels
+    blob, lengths, jpeg, pixels, rest = batch[1]  # bytes travel, not pixels
+    assert blob.ndim == 1 and len(lengths) == len(jpeg) == len(device) and len(rest) == len(pixels) == 0
     x, errors = device.finish_payloads(*batch, "cpu")
     assert not any(errors)
     torch.testing.assert_close(x, got, rtol=0, atol=0)
@@ -267,3 +268,31 @@ def test_backbone_is_built_while_the_first_batch_loads(tmp_path, image_folder, m
                                      pixels=pixels)
     assert overlapped and all(overlapped)
     assert all(e.rows > 0 for e in entries.values())
+
+
+def test_the_cuda_layout_of_the_tensor_path_runs_on_cpu_tensors(tmp_path, monkeypatch):
+    """Loader workers send JPEG bytes, this process decodes each batch together and writes through the writer thread
+    (the code every CUDA run takes): the same features as decoding image by image in the workers, PNGs included."""
+    from probe import _extract
+
+    root = tmp_path / "pets"
+    for i in range(7):
+        d = root / "train" / ("cat" if i % 2 else "dog")
+        d.mkdir(parents=True, exist_ok=True)
+        img = _photo(36 + i, 44 - i, seed=i)
+        (d / f"{i}.png").write_bytes(_png(img)) if i == 3 else (d / f"{i}.jpg").write_bytes(_jpeg(img))
+    kwargs = dict(random_init=True, img_size=32, batch_size=3, workers=1, progress=False, pixels="gpu")
+    import probe._pixels as pixel_module
+
+    calls = []  # decode calls in this process (the loader's worker processes count in their own memory)
+    real = pixel_module.decode_jpegs
+    monkeypatch.setattr(pixel_module, "decode_jpegs", lambda datas, device: (calls.append(len(datas)),
+                                                                            real(datas, device))[1])
+    per_image = probe.extract_features("test_vit", f"imagefolder:{root}", cache_dir=tmp_path / "a", **kwargs)
+    assert calls == []  # decoded in the worker
+    monkeypatch.setattr(_extract, "_DECODE_ON_DEVICE", True)
+    batched = probe.extract_features("test_vit", f"imagefolder:{root}", cache_dir=tmp_path / "b", **kwargs)
+    assert calls == [2, 3, 1]  # 3 batches decoded here, each together; the PNG (cat/3) took the PIL path
+    a, b = probe.load_split(per_image["train"]), probe.load_split(batched["train"])
+    assert a.ids == b.ids and len(a.ids) == 7 and a.key == b.key
+    np.testing.assert_array_equal(a.features["pooled"], b.features["pooled"])
