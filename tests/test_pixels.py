@@ -225,6 +225,14 @@ def test_extract_with_the_tensor_path_writes_its_own_entry(tmp_path):
             assert (cos > 0.999).all(), cos
             assert json.loads(f.attrs["data_config"]) == json.loads(g.attrs["data_config"])
     assert probe.verify_cache(tmp_path / "c") == {}
+    # results computed on the two entries are two backbone configurations (never pooled); PIL's id is unchanged
+    from probe._identity import backbone_config_id
+    from probe._sweep import backbone_context
+
+    g, p = probe.load_split(gpu["train"]), probe.load_split(pil["train"])
+    assert backbone_context(g)["backbone_config"] != backbone_context(p)["backbone_config"]
+    assert backbone_context(p)["backbone_config"] == backbone_config_id(p.backbone, p.weights,
+                                                                        p.attrs["data_config"], p.attrs["precision"])
 
 
 def test_pixels_flag_on_the_command_line(tmp_path, capsys):
