@@ -26,7 +26,9 @@ interleaved; medians with the range.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -148,13 +150,19 @@ def bench(model_name: str, spec: str, *, batch_size: int, workers: int | None, d
         return count
 
     profiles = {}
-    keep = Path(tempfile.mkdtemp(prefix="bench-extract-"))
+    keep = Path(tempfile.mkdtemp(prefix="bench-extract-"))  # the last runs' entries, for the agreement
+
+    runs = itertools.count()
 
     def end_to_end(path):
-        cache = keep / f"{path}-{len(profiles)}"
+        if path in profiles:
+            shutil.rmtree(profiles[path]["cache"], ignore_errors=True)
+        cache = keep / f"{path}-{next(runs)}"  # a fresh cache each run: nothing is reused
+        _extract._PROFILE.clear()
         probe.extract_features(model_name, spec, random_init=True, img_size=img_size, cache_dir=cache,
                                batch_size=batch_size, workers=workers, device=device, progress=False,
                                pixels=path, splits=[split])
+        assert _extract._PROFILE, "the extraction computed nothing"
         profiles[path] = dict(_extract._PROFILE, cache=cache)
         return n
 
@@ -173,6 +181,7 @@ def bench(model_name: str, spec: str, *, batch_size: int, workers: int | None, d
             times[name].append(count / (time.perf_counter() - t))
         peaks.append(matmul_peak(dev))
     agreement = _agreement(datasets, profiles, split, min(n, 64), dev) if set(paths) == {"pil", "gpu"} else None
+    shutil.rmtree(keep, ignore_errors=True)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
     return {"model": model_name, "device": f"{dev} ({name})", "images": n, "workers": n_workers,
             "batch_size": batch_size, "input_size": cfg["input_size"], "build_s": build_s,
