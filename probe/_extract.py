@@ -508,11 +508,13 @@ class _Profile:
         self.marks: dict[str, float] = {}
 
     @contextmanager
-    def stage(self, name: str, stream=None):
+    def stage(self, name: str, stream=None, device: bool = False):
+        """Time a block on the host; with ``device`` on CUDA also the work it queues on ``stream`` (default: the
+        current stream)."""
         import torch
 
         events = None
-        if self.dev.type == "cuda":
+        if device and self.dev.type == "cuda":
             stream = stream or torch.cuda.current_stream(self.dev)
             events = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             events[0].record(stream)
@@ -716,7 +718,7 @@ def _pipeline(images, loader, prepare_model, model_state, dev, taps, precision, 
         building = builder.submit(prepare_model)
         pending = None
         for index, x, errors in timed(batch_iter):
-            with torch.cuda.stream(side) if cuda else nullcontext(), prof.stage("input", side):
+            with torch.cuda.stream(side) if cuda else nullcontext(), prof.stage("input", side, device=True):
                 if getattr(images, "on_device", False):  # JPEG bytes: decoded, resized and normalised here
                     x, errors = images.finish_payloads(index, x, errors, dev)
                 else:
@@ -729,9 +731,10 @@ def _pipeline(images, loader, prepare_model, model_state, dev, taps, precision, 
             with prof.stage("build_wait"):
                 model = model_state.get("model") or building.result()
             prof.mark("first_forward")
-            with prof.stage("forward"), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            bf16 = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+            with prof.stage("forward", device=True), bf16:
                 out = forward_taps(model, x, taps)
-            with prof.stage("to_host"):
+            with prof.stage("to_host", device=True):
                 host = {t: v.float().contiguous().to("cpu", non_blocking=True) for t, v in out.items()}
             arrived = torch.cuda.Event() if cuda else None
             if cuda:

@@ -219,7 +219,8 @@ class TensorImages:
     With ``on_device=False`` (CPU) each worker decodes its image with torch's CPU decoder and returns uint8
     [H, W, C], and :meth:`finish` normalises a collated batch. With ``on_device=True`` (CUDA) items carry JPEG bytes;
     :meth:`collate` packs them into one tensor and :meth:`finish_payloads` decodes, resizes and normalises a whole
-    batch on the device. Images the tensor path cannot take come from ``fallback`` (the PIL path's dataset) in both cases.
+    batch on the device. Images the tensor path cannot take come from ``fallback`` (the PIL path's dataset) in both
+    cases.
     """
 
     def __init__(self, fallback, source, split: str, data_config: dict, *, on_device: bool):
@@ -227,7 +228,8 @@ class TensorImages:
         self.data_config, self.on_device = data_config, on_device
         self.mean, self.std = fallback.mean, fallback.std
         if self.mean is None:
-            raise ProbeError("internal error: the tensor pixel path needs a transform ending in to-tensor + normalise")
+            raise ProbeError("internal error: the tensor pixel path needs a transform that ends in to-tensor and "
+                             "normalise")
 
     def __len__(self) -> int:
         return len(self.fallback)
