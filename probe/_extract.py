@@ -702,7 +702,8 @@ def _pipeline(images, loader, prepare_model, model_state, dev, taps, precision, 
     normalisation, whose host part runs in this thread and device part beside the forward); the default stream runs
     batch j's forward and copies its features back to pinned memory; a writer thread waits for batch j-1's copy and
     writes its shard. The backbone is built in a thread once the workers have started, while the first batches
-    decode. On CPU the same code runs without streams and events (the copy back is the forward's own output).
+    decode. On CPU the same code runs without streams and events (the copy back is the forward's own output), and
+    each shard is written before the next batch's forward, as a kill then loses no finished batch.
     """
     from concurrent.futures import ThreadPoolExecutor
     from contextlib import nullcontext
@@ -743,6 +744,8 @@ def _pipeline(images, loader, prepare_model, model_state, dev, taps, precision, 
                 with prof.stage("write_wait"):
                     pending.result()
             pending = writer.submit(drain, index, host, arrived, errors)
+            if not cuda:  # the forward ran synchronously: write its shard now, so a kill loses no finished batch
+                pending.result()
         if pending is not None:
             pending.result()
         building.result()
