@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU parts of the test suite and of the benchmarks, in one run on a CUDA machine
-# (about 4 minutes on an H200; 7 with --all).
+# (about 4 minutes on an H200 before the pixel paths were added to bench_extract, which now takes up to 7; 10 with
+# --all).
 #
 #     bash benchmarks/gpu_checks.sh            # logs under ./gpu-checks (or $OUT when set)
 #     bash benchmarks/gpu_checks.sh --all      # also bench_probes on the GPU (against scikit-learn on the CPUs)
@@ -40,7 +41,11 @@ h5py.__version__, 'polars', polars.__version__, 'cuda', torch.cuda.is_available(
 } 2>&1 | tee "$out/machine.txt"
 
 step gpu_tests 100 $py -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_probes.py
-step bench_extract 200 $py benchmarks/bench_extract.py --device cuda --gpu-models --repeats 2
+# issue 25's table, both pixel paths side by side (the PIL path is the baseline): ViT-B/16 at 224, bf16, batch 256
+# over 4,096 ImageNet-sized JPEGs it writes itself (extraction / bare forward on device-resident input), BiT-R101x3
+# at 448 (random init), the time to the first forward and each stage's share of the wall time, the agreement of the
+# two paths; then ViT-B/16's bare forward under torch.compile
+step bench_extract 420 $py benchmarks/bench_extract.py --gpu-models --repeats 2
 step bench_finetune 60 $py benchmarks/bench_finetune.py --skip-cpu
 [ "${1:-}" = "--all" ] && step bench_probes 240 $py benchmarks/bench_probes.py --device cuda --repeats 1 --pause 0.5
 exit 0

@@ -22,6 +22,7 @@ import re
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -34,6 +35,7 @@ from ._errors import ProbeError, UsageError
 from ._io import atomic_path, save_npz_atomic, write_text_atomic
 from ._schema import SEED, WORKERS, Setting, check_setting
 from ._runtime import cpu_plan, cpu_threads, default_workers, full_fp32, resolve_device, torch_threads
+from ._pixels import TensorImages, check_data_config, check_pixels, pixel_identity
 from ._taps import check_taps, forward_taps, parse_taps
 from ._version import CACHE_FORMAT, __version__
 
@@ -47,7 +49,7 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
                      family: str | None = None, data_root: str | os.PathLike | None = None,
                      cache_dir: str | os.PathLike = "cache", batch_size: int = 64, workers: int | None = None,
                      device: str = "auto", dtype: str = "float16", precision: str = "auto",
-                     skip_bad: bool = False, allow_overlap: bool = False,
+                     skip_bad: bool = False, allow_overlap: bool = False, pixels: str | None = None,
                      progress: bool = True) -> dict[str, CacheEntry]:
     """Extract (or reuse) cached features of ``backbone`` on every requested split of ``dataset``.
 
@@ -73,6 +75,11 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
     allow_overlap : bool
         Accept the same image (same path, or identical file content) in two splits; by default it is an error
         naming both entries (:func:`probe.splits.check_overlap`).
+    pixels : {"pil", "gpu"}, optional
+        How images become pixels: ``pil`` (default) decodes and resizes with PIL in the loader workers (timm's eval
+        transform); ``gpu`` decodes JPEGs with torchvision (batched with nvJPEG on CUDA, libjpeg-turbo per image on
+        the CPU) and resizes, crops and normalises with tensor ops in timm's geometry; other images take the PIL path
+        (:mod:`probe._pixels`). The path is part of the cache key.
 
     Returns
     -------
@@ -96,6 +103,7 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
     _distributed.init(device)  # under torchrun: join the group; the ranks share the work of each entry
     check_model_name(backbone)
     precision = resolve_precision(precision, device)
+    pixels = check_pixels(pixels)
     source = open_dataset(dataset, data_root=data_root)
     wanted = [source.check_split(s) for s in (splits or source.split_names)]
     from .splits import check_overlap
@@ -114,12 +122,17 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
 
     spec = describe_backbone(backbone, weights=weights, random_init=random_init, seed=seed, img_size=img_size,
                              family=family)
+    if pixels != "pil":
+        check_data_config(spec["data_config"], backbone)
+    pixel_key = pixel_identity(pixels, resolve_device(device).type)
     plan = []  # (split, material, key, final) of every split; what is complete is reused without a lock
     entries = {}
     for split in wanted:
         material = {"backbone": backbone, "weights": spec["weights"], "data_config": spec["data_config"],
                     "dataset": {"name": source.name, "kind": source.kind, "fingerprint": source.fingerprint()},
                     "split": split, "dtype": dtype, "precision": precision}
+        if pixel_key is not None:  # absent for PIL: the keys made before the pixel paths stay valid
+            material["pixels"] = pixel_key
         key, final, reuse = _lookup(material, taps, cache_dir, skip_bad)
         if reuse is None and spec["weights"].startswith("hub:") and "@" not in spec["weights"]:
             # the hub checkpoint was not on disk: once downloaded, its file hash is part of the identity
@@ -144,16 +157,17 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
             if reuse is not None:
                 entries[split] = reuse
                 continue
-            bb = get_backbone()
+            # describe_backbone gave the values the build gives: the backbone is built once the first batches
+            # are on their way (_compute_batches), not before
             meta = {"format": CACHE_FORMAT, "key": key, "base_key": cache_key(material), "backbone": backbone,
-                    "weights": bb.weights_id, "family": bb.family, "dataset": source.name, "split": split,
-                    "classes": source.classes, "taps": list(taps), "data_config": bb.data_config,
-                    "dataset_spec": source.spec, "dtype": dtype, "precision": precision,
+                    "weights": spec["weights"], "family": spec["family"], "dataset": source.name, "split": split,
+                    "classes": source.classes, "taps": list(taps), "data_config": spec["data_config"],
+                    "dataset_spec": source.spec, "dtype": dtype, "precision": precision, "pixels": pixels,
                     "versions": _versions()}
             resume = "the extraction resumes from its last finished batch"
             size = f" (the missing entries need about {format_bytes(needed)})" if needed else ""
             with disk_full_guard(final.parent, f"the cache entry {final.name}{size}", resume):
-                _extract_split(bb, source, split, taps, final, meta, batch_size=batch_size, workers=workers,
+                _extract_split(get_backbone, source, split, taps, final, meta, batch_size=batch_size, workers=workers,
                                device=device, skip_bad=skip_bad, progress=progress)
             entries[split] = CacheEntry(path=final, key=key, split=split, taps=taps, rows=_rows(final))
     return {split: entries[split] for split in wanted}
@@ -425,7 +439,7 @@ def _contiguous_end(shards) -> int:
     return end
 
 
-def _extract_split(bb, source, split: str, taps, final: Path, meta: dict, *, batch_size: int,
+def _extract_split(get_backbone, source, split: str, taps, final: Path, meta: dict, *, batch_size: int,
                    workers: int | None, device: str, skip_bad: bool, progress: bool) -> None:
     """Compute the missing batches of one entry (under torchrun: this rank's share of them), then finalise it on
     rank 0 once every rank's shards are written."""
@@ -436,7 +450,7 @@ def _extract_split(bb, source, split: str, taps, final: Path, meta: dict, *, bat
         print(f"probe: resuming {final.name} ({meta['dataset']}/{split}) from row {done} of {n}", file=sys.stderr)
     error = None
     try:
-        _compute_batches(bb, source, split, taps, parts, meta, _distributed.rank_batches(todo), n=n,
+        _compute_batches(get_backbone, source, split, taps, parts, meta, _distributed.rank_batches(todo), n=n,
                          batch_size=batch_size, workers=workers, device=device, skip_bad=skip_bad,
                          progress=progress if _distributed.is_main() else False)
     except Exception as exc:  # every rank must reach the collective below, failed or not
@@ -471,126 +485,270 @@ def _prepare_parts(parts: Path, meta: dict, n: int, batch_size: int) -> tuple[in
     return done, [list(range(a, b)) for a, b in grid if (a, b) not in have]
 
 
-def _compute_batches(bb, source, split: str, taps, parts: Path, meta: dict, batches: list[list[int]], *, n: int,
-                     batch_size: int, workers: int | None, device: str, skip_bad: bool,
+#: Decode the tensor path's batches in this process (the CUDA layout) on CPU too: tests run that code on CPU tensors.
+_DECODE_ON_DEVICE = False
+
+#: Stage times of the last :func:`_compute_batches` call in this process (``benchmarks/bench_extract.py`` prints them).
+_PROFILE: dict[str, Any] = {}
+
+
+class _Profile:
+    """Seconds each stage of an extraction took, on the host and (CUDA) on the device, and its wall time.
+
+    Host stages are timed around the calls; device stages (decode and preprocessing, forward, device-to-host copy)
+    between CUDA events, read once at the end. The stages overlap, so their shares of the wall time add up to more
+    than 1: the stage whose share is near 1 is the one the others wait for.
+    """
+
+    def __init__(self, dev):
+        self.begin = time.perf_counter()
+        self.dev = dev
+        self.host: dict[str, float] = {}
+        self.events: dict[str, list] = {}
+        self.marks: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str, stream=None, device: bool = False):
+        """Time a block on the host; with ``device`` on CUDA also the work it queues on ``stream`` (default: the
+        current stream)."""
+        import torch
+
+        events = None
+        if device and self.dev.type == "cuda":
+            stream = stream or torch.cuda.current_stream(self.dev)
+            events = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            events[0].record(stream)
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.host[name] = self.host.get(name, 0.0) + time.perf_counter() - begin
+            if events is not None:
+                events[1].record(stream)
+                self.events.setdefault(name, []).append(events)
+
+    def mark(self, name: str) -> None:
+        """Seconds from the start to the first time ``name`` happened."""
+        self.marks.setdefault(name, time.perf_counter() - self.begin)
+
+    def summary(self) -> dict[str, Any]:
+        if self.dev.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.dev)
+        wall = time.perf_counter() - self.begin
+        device = {k: sum(a.elapsed_time(b) for a, b in v) / 1000 for k, v in self.events.items()}
+        return {"wall_s": wall, "host_s": dict(self.host), "device_s": device, "marks_s": dict(self.marks)}
+
+
+def _compute_batches(get_backbone, source, split: str, taps, parts: Path, meta: dict, batches: list[list[int]], *,
+                     n: int, batch_size: int, workers: int | None, device: str, skip_bad: bool,
                      progress: bool) -> None:
-    """Forward ``batches`` (lists of row indices) and write one shard per batch into ``parts``."""
+    """Forward ``batches`` (lists of row indices) and write one shard per batch into ``parts``.
+
+    The backbone (``get_backbone()``) is built once the loader's workers are decoding the first batches.
+    """
+    import timm.data
     import torch
 
     from ._console import progress as progress_display
 
-    if batches:
-        dev = _distributed.local_device(resolve_device(device))
+    _PROFILE.clear()
+    if not batches:
+        return
+    dev = _distributed.local_device(resolve_device(device))
+    prof = _Profile(dev)
+    data_config = meta["data_config"]
+    transform = timm.data.create_transform(**data_config, is_training=False)
+    images = _SplitImages(source, split, transform, tuple(data_config["input_size"]))
+    if meta.get("pixels", "pil") != "pil":
+        images = TensorImages(images, source, split, data_config, on_device=dev.type == "cuda" or _DECODE_ON_DEVICE)
+    on_device = getattr(images, "on_device", False)
+    model_state: dict[str, Any] = {}
+
+    def prepare_model():
+        begin = time.perf_counter()
+        bb = get_backbone()
         # channels-last on every device: oneDNN's and cuDNN's convolutions run on it natively (ConvNets gain on CPU
         # too; transformers are unchanged); features agree with the default layout to float rounding
-        model = bb.model.to(dev).to(memory_format=torch.channels_last)
-        transform = bb.eval_transform()
-        images = _SplitImages(source, split, transform, tuple(bb.data_config["input_size"]))
-        bar = progress_display(n, initial=n - sum(map(len, batches)), unit="img",
-                               desc=f"{meta['backbone']} {meta['dataset']}/{split}", enabled=progress)
-        ids = source.ids[split]
+        model_state["model"] = bb.model.to(dev).to(memory_format=torch.channels_last)
+        prof.host["build"] = time.perf_counter() - begin
+        return model_state["model"]
 
-        def consume(index, x, errors) -> float:
-            """Forward one batch and write its shard; returns the forward's seconds."""
-            check_errors(errors)
-            begin = time.perf_counter()
+    bar = progress_display(n, initial=n - sum(map(len, batches)), unit="img",
+                           desc=f"{meta['backbone']} {meta['dataset']}/{split}", enabled=progress)
+    ids = source.ids[split]
+
+    def consume(index, x, errors) -> float:
+        """Forward one batch and write its shard; returns the forward's seconds."""
+        check_errors(errors)
+        begin = time.perf_counter()
+        with prof.stage("forward"):
             out = forward_batch(x)
             arrays = {t: v.float().contiguous().cpu().numpy() for t, v in out.items()}
-            seconds = time.perf_counter() - begin
+        seconds = time.perf_counter() - begin
+        with prof.stage("write"):
             write(index, arrays, errors)
-            return seconds
+        return seconds
 
-        def forward_batch(x):
-            """The taps of one collated batch, on the device (asynchronous there)."""
-            x = images.finish(x.to(dev, non_blocking=True)).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=meta["precision"] == "bf16"):
-                return forward_taps(model, x, taps)
+    def forward_batch(x):
+        """The taps of one collated batch, on the device (asynchronous there)."""
+        model = model_state.get("model") or prepare_model()
+        x = images.finish(x.to(dev, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+        prof.mark("first_forward")
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=meta["precision"] == "bf16"):
+            return forward_taps(model, x, taps)
 
-        def check_errors(errors) -> None:
-            if not skip_bad and any(errors):
-                raise ProbeError(next(e for e in errors if e))
+    def check_errors(errors) -> None:
+        if not skip_bad and any(errors):
+            raise ProbeError(next(e for e in errors if e))
 
-        def write(index, arrays, errors) -> None:
-            """Check one batch's features and write its shard."""
-            ok = np.array([not e for e in errors])
-            for t, a in arrays.items():
-                finite = np.isfinite(a.reshape(len(a), -1)).all(axis=1) | ~ok
-                if not finite.all():
-                    bad = ids[int(index[int(np.argmin(finite))])]
-                    raise ProbeError(f"non-finite features for sample {bad} of {meta['dataset']}/{split} "
-                                     f"(tap {t}); check the image and the weights, or use --dtype float32")
-            start, stop = int(index[0]), int(index[-1]) + 1
-            save_npz_atomic(parts / f"rows-{start:010d}-{stop:010d}.npz",
-                            ok=ok, **{f"tap_{i}": arrays[t] for i, t in enumerate(taps)})
-            bar.update(stop - start)
+    def write(index, arrays, errors) -> None:
+        """Check one batch's features and write its shard."""
+        ok = np.array([not e for e in errors])
+        arrays = {t: np.asarray(a) for t, a in arrays.items()}  # forward-in-workers batches arrive as tensors
+        for t, a in arrays.items():
+            finite = np.isfinite(a.reshape(len(a), -1)).all(axis=1) | ~ok
+            if not finite.all():
+                bad = ids[int(index[int(np.argmin(finite))])]
+                raise ProbeError(f"non-finite features for sample {bad} of {meta['dataset']}/{split} "
+                                 f"(tap {t}); check the image and the weights, or use --dtype float32")
+        start, stop = int(index[0]), int(index[-1]) + 1
+        save_npz_atomic(parts / f"rows-{start:010d}-{stop:010d}.npz",
+                        ok=ok, **{f"tap_{i}": arrays[t] for i, t in enumerate(taps)})
+        bar.update(stop - start)
 
-        def drain(index, host, arrived, errors) -> None:
+    def drain(index, host, arrived, errors) -> None:
+        begin = time.perf_counter()
+        if arrived is not None:
             arrived.synchronize()
-            write(index, {t: v.numpy() for t, v in host.items()}, errors)
+        write(index, {t: v.numpy() for t, v in host.items()}, errors)
+        prof.host["write"] = prof.host.get("write", 0.0) + time.perf_counter() - begin
 
-        def loader(rest, n_workers):
-            return torch.utils.data.DataLoader(images, batch_sampler=rest, num_workers=n_workers,
-                                               pin_memory=dev.type == "cuda", persistent_workers=False,
-                                               prefetch_factor=4 if n_workers > 0 else None)
+    def loader(rest, n_workers):
+        return torch.utils.data.DataLoader(images, batch_sampler=rest, num_workers=n_workers,
+                                           pin_memory=dev.type == "cuda" and not on_device,
+                                           persistent_workers=False,
+                                           collate_fn=images.collate if on_device else None,
+                                           prefetch_factor=4 if n_workers > 0 else None)
 
-        with torch.inference_mode(), full_fp32(dev, meta["precision"]):
-            if dev.type == "cuda":
-                # The GPU runs one batch while this process writes the previous batch's shard and takes the next
-                # from the loader: features come back through pinned memory, and an event says when they are in.
-                pending = None
-                for index, x, errors in loader(batches, default_workers(dev) if workers is None else workers):
-                    check_errors(errors)
-                    out = forward_batch(x)
-                    host = {t: v.float().contiguous().to("cpu", non_blocking=True) for t, v in out.items()}
-                    arrived = torch.cuda.Event()
-                    arrived.record(torch.cuda.current_stream(dev))
-                    if pending is not None:
-                        drain(*pending)
-                    pending = index, host, arrived, errors
-                if pending is not None:
-                    drain(*pending)
-            elif dev.type != "cpu" or workers is not None:
-                n_workers = default_workers(dev) if workers is None else workers
-                with cpu_threads(dev, n_workers):
-                    for batch in loader(batches, n_workers):
-                        consume(*batch)
-            else:
-                # CPU, workers not given: the first batches run in this process and are timed (the first
-                # forward warms up, so the second pair is the measurement); the rest use the layout that
-                # cpu_plan predicts fastest for these times.
-                threads = torch.get_num_threads()
-                data_s = forward_s = 0.0
-                forward1_s = None
-                with _BatchDecoder(images, threads) as decode:
-                    # a third batch times the forward on one thread when enough batches remain for processes that
-                    # each forward on one core to pay off (their start and the last, uneven round cost a batch each)
-                    timed = 3 if threads > 1 and len(batches) >= 3 + _BATCHES_PER_PROCESS * threads else 2
-                    for j, batch_rows in enumerate(batches[:timed]):
-                        begin = time.perf_counter()
+    def timed(iterable):
+        """The loader's batches, with the time spent waiting for each."""
+        it = iter(iterable)
+        while True:
+            with prof.stage("wait_data"):
+                item = next(it, None)
+            if item is None:
+                return
+            yield item
+
+    with torch.inference_mode(), full_fp32(dev, meta["precision"]):
+        if workers is not None or dev.type != "cpu":
+            n_workers = default_workers(dev) if workers is None else workers
+            with cpu_threads(dev, n_workers):
+                _pipeline(images, loader(batches, n_workers), prepare_model, model_state, dev, taps,
+                          meta["precision"], prof, timed, check_errors, drain)
+        else:
+            prepare_model()
+            # CPU, workers not given: the first batches run in this process and are timed (the first
+            # forward warms up, so the second pair is the measurement); the rest use the layout that
+            # cpu_plan predicts fastest for these times.
+            threads = torch.get_num_threads()
+            data_s = forward_s = 0.0
+            forward1_s = None
+            with _BatchDecoder(images, threads) as decode:
+                # a third batch times the forward on one thread when enough batches remain for processes that
+                # each forward on one core to pay off (their start and the last, uneven round cost a batch each)
+                timed_n = 3 if threads > 1 and len(batches) >= 3 + _BATCHES_PER_PROCESS * threads else 2
+                for j, batch_rows in enumerate(batches[:timed_n]):
+                    begin = time.perf_counter()
+                    with prof.stage("decode"):
                         batch = decode(batch_rows)
-                        seconds = (time.perf_counter() - begin) * batch_size / len(batch_rows)
-                        with torch_threads(1 if j == 2 else threads):
-                            forward = consume(*batch) * batch_size / len(batch_rows)
-                        if j == 2:  # the third batch times the forward on one thread
-                            forward1_s = forward
-                        else:
-                            data_s, forward_s = seconds, forward
-                    rest = batches[timed:]
-                    plan = cpu_plan(data_s, forward_s, threads, forward1_seconds=forward1_s)
-                    if plan.forward_processes:  # whole batches, forward included, in processes on one thread each
-                        check = _ForwardInWorkers(images, rest, model, taps, meta["precision"])
-                        for index, arrays, errors in check.run(plan.forward_processes):
-                            check_errors(errors)
-                            write(index, arrays, errors)
+                    seconds = (time.perf_counter() - begin) * batch_size / len(batch_rows)
+                    with torch_threads(1 if j == 2 else threads):
+                        forward = consume(*batch) * batch_size / len(batch_rows)
+                    if j == 2:  # the third batch times the forward on one thread
+                        forward1_s = forward
                     else:
-                        with torch_threads(plan.threads):
-                            if plan.workers == 0:  # decode and forward take turns, each on every core
-                                for batch_rows in rest:
-                                    consume(*decode(batch_rows))
-                            else:
-                                for batch in loader(rest, plan.workers) if rest else ():
-                                    consume(*batch)
-        bar.close()
+                        data_s, forward_s = seconds, forward
+                rest = batches[timed_n:]
+                plan = cpu_plan(data_s, forward_s, threads, forward1_seconds=forward1_s)
+                if plan.forward_processes:  # whole batches, forward included, in processes on one thread each
+                    check = _ForwardInWorkers(images, rest, model_state["model"], taps, meta["precision"])
+                    for index, arrays, errors in timed(check.run(plan.forward_processes)):
+                        check_errors(errors)
+                        with prof.stage("write"):
+                            write(index, arrays, errors)
+                else:
+                    with torch_threads(plan.threads):
+                        if plan.workers == 0:  # decode and forward take turns, each on every core
+                            for batch_rows in rest:
+                                with prof.stage("decode"):
+                                    batch = decode(batch_rows)
+                                consume(*batch)
+                        else:
+                            for batch in timed(loader(rest, plan.workers)) if rest else ():
+                                consume(*batch)
+    bar.close()
+    _PROFILE.update(prof.summary())
+
+
+def _pipeline(images, loader, prepare_model, model_state, dev, taps, precision, prof, timed, check_errors,
+              drain) -> None:
+    """The loader layout (every GPU run; on CPU when --workers is given): the stages of neighbouring batches overlap.
+
+    Loader workers read (and, on the PIL path, decode) the next batches while this thread turns batch j+1 into the
+    backbone's input (on CUDA on a side stream; on the tensor path there: nvJPEG decoding, resize, crop,
+    normalisation, whose host part runs in this thread and device part beside the forward); the default stream runs
+    batch j's forward and copies its features back to pinned memory; a writer thread waits for batch j-1's copy and
+    writes its shard. The backbone is built in a thread once the workers have started, while the first batches
+    decode. On CPU the same code runs without streams and events (the copy back is the forward's own output), and
+    each shard is written before the next batch's forward, as a kill then loses no finished batch.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+    from contextlib import nullcontext
+
+    import torch
+
+    cuda = dev.type == "cuda"
+    side = torch.cuda.Stream(dev) if cuda else None
+    main = torch.cuda.current_stream(dev) if cuda else None
+    batch_iter = iter(loader)  # forks the loader's workers (before any thread starts); they start decoding
+    with ThreadPoolExecutor(1, thread_name_prefix="probe-build") as builder, \
+            ThreadPoolExecutor(1, thread_name_prefix="probe-write") as writer:
+        building = builder.submit(prepare_model)
+        pending = None
+        for index, x, errors in timed(batch_iter):
+            with torch.cuda.stream(side) if cuda else nullcontext(), prof.stage("input", side, device=True):
+                if getattr(images, "on_device", False):  # JPEG bytes: decoded, resized and normalised here
+                    x, errors = images.finish_payloads(index, x, errors, dev)
+                else:
+                    x = images.finish(x.to(dev, non_blocking=True))
+                x = x.contiguous(memory_format=torch.channels_last)
+            check_errors(errors)
+            if cuda:
+                main.wait_stream(side)
+                x.record_stream(main)
+            with prof.stage("build_wait"):
+                model = model_state.get("model") or building.result()
+            prof.mark("first_forward")
+            bf16 = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+            with prof.stage("forward", device=True), bf16:
+                out = forward_taps(model, x, taps)
+            with prof.stage("to_host", device=True):
+                host = {t: v.float().contiguous().to("cpu", non_blocking=True) for t, v in out.items()}
+            arrived = torch.cuda.Event() if cuda else None
+            if cuda:
+                arrived.record(main)
+            if pending is not None:
+                with prof.stage("write_wait"):
+                    pending.result()
+            pending = writer.submit(drain, index, host, arrived, errors)
+            if not cuda:  # the forward ran synchronously: write its shard now, so a kill loses no finished batch
+                pending.result()
+        if pending is not None:
+            pending.result()
+        building.result()
 
 
 def _finalize(parts: Path, final: Path, source, split: str, taps, meta: dict) -> None:
@@ -646,7 +804,7 @@ def _finalize(parts: Path, final: Path, source, split: str, taps, meta: dict) ->
                     datasets[t][row:row + m] = z[f"tap_{i}"][ok].astype(tap_dtypes[t])
                 row += m
         for name in ("format", "key", "base_key", "backbone", "weights", "family", "dataset", "split",
-                     "dataset_spec", "dtype", "precision"):
+                     "dataset_spec", "dtype", "precision", "pixels"):
             f.attrs[name] = meta[name]
         for name in ("classes", "taps", "data_config", "versions"):
             f.attrs[name] = json.dumps(meta[name])

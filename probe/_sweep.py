@@ -525,8 +525,10 @@ def backbone_context(entry) -> dict:
     """The backbone-configuration columns of rows computed on a cached split (:mod:`probe._identity`)."""
     from ._identity import identity_columns
 
-    return identity_columns(backbone=entry.backbone, weights=entry.weights,
-                            data_config=entry.attrs.get("data_config") or {},
+    data_config = dict(entry.attrs.get("data_config") or {})
+    if entry.attrs.get("pixels", "pil") != "pil":  # --pixels gpu: another preprocessing, another configuration
+        data_config["pixels"] = entry.attrs["pixels"]
+    return identity_columns(backbone=entry.backbone, weights=entry.weights, data_config=data_config,
                             precision=str(entry.attrs.get("precision") or "fp32"))
 
 

@@ -77,6 +77,11 @@ def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="compute precision of the forward passes: auto = bf16 autocast on CUDA, fp32 elsewhere "
                              "(part of the cache key and of the results' backbone configuration)")
+    parser.add_argument("--pixels", choices=["pil", "gpu"], default=None,
+                        help="how images become pixels: pil (the default) decodes and resizes with PIL in the loader "
+                             "workers; gpu decodes JPEGs with torchvision (batched on the GPU with nvJPEG, or per "
+                             "image on the CPU) and resizes, crops and normalises as tensor ops in timm's eval "
+                             "geometry, other images taking the PIL path (part of the cache key)")
     parser.add_argument("--allow-overlap", action=argparse.BooleanOptionalAction, default=False,
                         help="accept the same image (same path or identical file) in two splits; by default that "
                              "is an error naming both entries")
@@ -114,5 +119,6 @@ def extraction_kwargs(args: argparse.Namespace) -> dict:
         precision=args.precision,
         skip_bad=args.skip_bad,
         allow_overlap=args.allow_overlap,
+        pixels=args.pixels,
         progress=progress_option(args.progress),
     )
