@@ -227,6 +227,10 @@ class _Explorer:
         svg = svg[:start] + f'<title id="{title_id}">{html.escape(alt)}</title>' + svg[start:]
         section["blocks"].append(("figure", dict(svg=svg, alt=alt)))
 
+    def _order(self, config: str) -> int:
+        """A configuration's place in every table and legend (family, then label: :class:`analysis.Styles`)."""
+        return self.styles.configs.index(config) if config in self.styles.configs else len(self.styles.configs)
+
     def _config_cell(self, row: dict) -> dict:
         return {"id": row["backbone_config"], "label": row["config_label"]}
 
@@ -246,7 +250,7 @@ class _Explorer:
                           img_size=r["img_size"], precision=r["precision"], family=r["family"],
                           family_source=r["family_source"], color=to_hex(style["color"]),
                           marker=_GLYPHS.get(style["marker"], style["marker"]), linestyle=style["linestyle"],
-                          order=self.styles.configs.index(c) if c in self.styles.configs else 999,
+                          order=self._order(c),
                           cache_keys=sorted({k for k in sub["cache_key"].to_list() if k and k != "-"}),
                           probe_versions=sorted({v for v in sub["probe_version"].to_list() if v}),
                           datasets=sorted(set(sub["dataset"].to_list())))
@@ -288,7 +292,6 @@ class _Explorer:
         metrics = [m for m in TASK_METRICS.get(task, ()) if m in jobs.columns]
         metric = a.primary_metric(task)
         protocols = a.aggregate_seeds(jobs, metrics=metrics).with_columns(pl.lit(evaluation).alias("evaluation"))
-        self._protocol_rows(task, evaluation, metrics, protocols)
         full = protocols.filter(pl.col("shots") == 0)
         frozen = full.filter(~pl.col("probe").is_in([FINETUNE, COSINE]))
         if task not in _DENSE_TASKS:
@@ -297,6 +300,10 @@ class _Explorer:
         tuned = full.filter(pl.col("probe") == FINETUNE)
         best_ft = a.best_by_val(tuned, notes=self.notes) if tuned.height else tuned
         fixed = full.filter(pl.col("probe") == COSINE)
+        chosen = {(r["dataset"], r["backbone_config"], r["protocol"]): name
+                  for name, best in (("best frozen", best_fz), ("fine-tuning", best_ft))
+                  for r in best.select("dataset", "backbone_config", "protocol").to_dicts()}
+        self._protocol_rows(task, evaluation, metrics, protocols, chosen)
         scope = f"{task} · {evaluation}"
         section = self._section(f"{task.capitalize()} · evaluation: {evaluation}", (
             f"Rows scored by {evaluation!r}; nothing here is pooled with or selected across another task or "
@@ -317,9 +324,10 @@ class _Explorer:
         if not section["blocks"]:
             section["blocks"].append(("text", f"Only the protocols table covers {scope}: no val-selected protocol."))
 
-    def _protocol_rows(self, task, evaluation, metrics, protocols) -> None:
+    def _protocol_rows(self, task, evaluation, metrics, protocols, chosen: dict) -> None:
         for r in protocols.to_dicts():
             self.protocol_rows.append(dict(
+                chosen=chosen.get((r["dataset"], r["backbone_config"], r["protocol"]), ""),
                 config=self._config_cell(r), family=r["family"], dataset=r["dataset"], task=task,
                 evaluation=evaluation, method=r["method"], probe=r["probe"], tap=r["tap"], shots=r["shots"],
                 select_metric=r["select_metric"],
@@ -359,7 +367,8 @@ class _Explorer:
                      *(_interval_col(f"{m}_gain", m, f"gain {_head(m)}", signed=True) for m in extra)]
         cols += [_col("n_test", "test items", "int"), _col("note", "note")]
         rows = []
-        for g in gains.to_dicts():
+        for g in sorted(gains.to_dicts(), key=lambda g: (g["dataset"], self._order(g["backbone_config"]),
+                                                          g["select_metric"])):
             probes = [m.split(" / ")[0].split(" (")[0] for m in (g.get("frozen_method"), g.get("finetune_method"))
                       if m]
             row = dict(config=self._config_cell(g), family=g["family"], dataset=g["dataset"],
@@ -380,9 +389,7 @@ class _Explorer:
             rows.append(row)
         caption = (f"Best frozen probe vs fine-tuning ({task}, {evaluation}): test {_head(metric)}; gain = "
                    "fine-tune − frozen on the same test items, paired bootstrap interval")
-        self._add_table(section, _table(f"gains-{task}-{evaluation}", caption, cols, rows,
-                                        sort="gain" if has_fz and has_ft else ("frozen" if has_fz else "finetune"),
-                                        desc=not a.lower_is_better(metric)))
+        self._add_table(section, _table(f"gains-{task}-{evaluation}", caption, cols, rows))
         for dataset in sorted(set(gains["dataset"].to_list())):
             sub = gains.filter(pl.col("dataset") == dataset)
             title = (f"{dataset} ({task}, {evaluation}): best frozen probe vs fine-tuning (error bars: {self.pct} "
@@ -428,8 +435,7 @@ class _Explorer:
         for r in best.to_dicts():
             groups.setdefault((r["dataset"], r["select_metric"]), []).append(r)
         for (dataset, select_metric), rows in sorted(groups.items()):
-            rows.sort(key=lambda r: (self.styles.configs.index(r["backbone_config"])
-                                     if r["backbone_config"] in self.styles.configs else 999, r["config_label"]))
+            rows.sort(key=lambda r: (self._order(r["backbone_config"]), r["config_label"]))
             for i, ra in enumerate(rows):
                 for rb in rows[i + 1:]:
                     try:
@@ -542,7 +548,7 @@ class _Explorer:
                                  _f=_facets(dataset=dataset, task=task, evaluation=evaluation, family=[r["family"]],
                                             config=[r["backbone_config"]], probe=[r["probe"]])))
                 self.curves.append(dict(kind="layer-wise", config=r["backbone_config"], dataset=dataset, task=task,
-                                        evaluation=evaluation, method=r["method"], x=a.block_index(r["tap"]),
+                                        evaluation=evaluation, method=r["probe"], x=a.block_index(r["tap"]),
                                         y=value, scale=_scale(metric), metric=metric, sd=None))
         self._add_table(section, _table(f"layerwise-{task}-{evaluation}", f"Layer-wise ({task}, {evaluation}): "
                                         "probes on intermediate blocks, seeds averaged", cols, rows, sort="block"))
@@ -650,7 +656,8 @@ class _Explorer:
                           config=[c for c in self.styles.configs], probe=sorted(set(jobs["probe"].to_list())))
         configs = self._config_info()
         protocol_cols = [_col("dataset", "dataset"), _col("task", "task"), _col("evaluation", "evaluation"),
-                         _col("method", "probe / tap"), _col("shots", "shots", "int"),
+                         _col("method", "probe / tap"), _col("chosen", "chosen on val as"),
+                         _col("shots", "shots", "int"),
                          _col("select_metric", "selected on"),
                          _col("val", "val score, seed mean", "value", scale_key="val_scale", digits=1),
                          _col("test", "test (headline metric), seed mean", "value", scale_key="scale", digits=1),
