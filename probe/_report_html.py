@@ -1,4 +1,4 @@
-"""The HTML explorer: one self-contained ``report.html`` beside ``report.md`` that a reader sorts, filters and drills into.
+"""The HTML explorer: one self-contained ``report.html`` beside ``report.md``, to sort, filter and drill into.
 
 Everything it shows comes from the same :mod:`probe.analysis` calls as the markdown report (``job_table``,
 ``aggregate_seeds``, ``best_by_val``, ``finetune_gains``, ``compare_families``, ``family_wins``,
