@@ -8,6 +8,7 @@
   const filters = {};
   const sortState = {};
   const DASH = "—";
+  const PAGE_ROWS = 400;  // rows drawn per table until "show all" (a page with thousands of rows still opens fast)
 
   function el(tag, attrs, children) {
     const node = document.createElement(tag);
@@ -138,7 +139,7 @@
     if (spec.caption) table.appendChild(el("caption", {text: spec.caption}));
     const head = el("tr");
     for (const col of spec.columns) {
-      const th = el("th", {scope: "col", "data-col": col.key,
+      const th = el("th", {scope: "col", "data-col": col.key, class: "sortable",
                            "aria-sort": state.key === col.key ? (state.desc ? "descending" : "ascending") : "none"});
       const button = el("button", {type: "button", text: col.label, title: "sort by " + col.label});
       button.addEventListener("click", () => {
@@ -151,14 +152,22 @@
     }
     table.appendChild(el("thead", {}, head));
     const body = el("tbody");
-    for (const r of shown) {
+    const limit = state.all ? shown.length : Math.min(shown.length, PAGE_ROWS);
+    for (const r of shown.slice(0, limit)) {
       const tr = el("tr");
       for (const col of spec.columns) tr.appendChild(cellFor(col, r, ranges));
       body.appendChild(tr);
     }
     table.appendChild(body);
-    container.replaceChildren(el("div", {class: "table-wrap"}, table),
-                              el("p", {class: "count", text: `${shown.length} of ${rows.length} rows shown`}));
+    const count = el("p", {class: "count", text: limit < shown.length
+      ? `${limit} of ${shown.length} matching rows shown (${rows.length} in all) `
+      : `${shown.length} of ${rows.length} rows shown`});
+    if (limit < shown.length) {
+      const more = el("button", {type: "button", class: "show-all", text: "show all"});
+      more.addEventListener("click", () => { state.all = true; renderTable(container, id, spec, rows, opts); });
+      count.appendChild(more);
+    }
+    container.replaceChildren(el("div", {class: "table-wrap"}, table), count);
   }
   function renderAll() {
     for (const block of document.querySelectorAll("main .table-block")) {

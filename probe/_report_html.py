@@ -462,13 +462,19 @@ class _Explorer:
         a = self.a
         if len(set(self.jobs.filter(self.pl.col("task") == task)["family"].to_list())) < 2:
             return
-        if metric not in a.BOOTSTRAP_METRICS:
+        # family comparisons resample per-item values; dense metrics have none (the markdown report has none either)
+        if metric not in a.BOOTSTRAP_METRICS or metric in a.DENSE_METRICS:
             return
         records = []
         for side, best in sides:
             if not best.height:
                 continue
-            for rec in a.compare_families(best, metric=metric, **self.kw):
+            try:
+                compared = a.compare_families(best, metric=metric, **self.kw)
+            except UsageError as exc:
+                self.notes.append(f"{task} ({evaluation}), {side}: no family comparison ({exc}).")
+                continue
+            for rec in compared:
                 rec["side"] = side
                 records.append(rec)
         if not records:
