@@ -47,7 +47,8 @@ _METRIC_HEAD = {"top1": "top-1", "top5": "top-5", "mean_per_class_acc": "mean pe
 
 
 def write_html_report(results_dir: str | os.PathLike = "results", out_dir: str | os.PathLike | None = None, *,
-                      n_boot: int = 10_000, seed: int = 0, ci: float = 0.95, command: str | None = None) -> Path:
+                      n_boot: int = 10_000, seed: int = 0, ci: float = 0.95, command: str | None = None,
+                      study: str | os.PathLike | None = None) -> Path:
     """Write ``report.html``, the self-contained explorer of every result under ``results_dir``.
 
     Parameters
@@ -64,6 +65,9 @@ def write_html_report(results_dir: str | os.PathLike = "results", out_dir: str |
         Confidence level of the intervals.
     command : str, optional
         The command line that produced the report, shown in the provenance panel (default: this call).
+    study : path, optional
+        The study file the results came from, shown in the provenance panel; default: a study file (``*.toml``
+        with a ``[study]`` or ``[[backbones]]`` table) in the folder that holds ``results_dir``, if there is one.
 
     Returns
     -------
@@ -84,7 +88,8 @@ def write_html_report(results_dir: str | os.PathLike = "results", out_dir: str |
     if command is None:
         command = (f"probe.write_html_report({str(results_dir)!r}, {str(out_dir)!r}, n_boot={int(n_boot)}, "
                    f"seed={seed}, ci={ci})")
-    explorer = _Explorer(results_dir, n_boot=int(n_boot), seed=seed, ci=ci, command=command)
+    explorer = _Explorer(results_dir, n_boot=int(n_boot), seed=seed, ci=ci, command=command,
+                         study=None if study is None else Path(study))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "report.html"
     write_text_atomic(path, explorer.render())
@@ -178,7 +183,8 @@ def _slug(text: str) -> str:
 class _Explorer:
     """Collects the analysis layer's rows and figures for every (task, evaluation) scope, then renders one page."""
 
-    def __init__(self, results_dir: Path, *, n_boot: int, seed: int, ci: float, command: str):
+    def __init__(self, results_dir: Path, *, n_boot: int, seed: int, ci: float, command: str,
+                 study: Path | None = None):
         import polars as pl
 
         from . import analysis
@@ -188,6 +194,7 @@ class _Explorer:
         self.kw = dict(n_boot=n_boot, seed=seed, ci=ci)
         self.pct = f"{ci:.0%}"
         self.command = command
+        self.study = study
         self.notes: list[str] = []
         jobs = analysis.job_table(results_dir, notes=self.notes)
         self.jobs = _evaluation_of(jobs)
@@ -636,7 +643,9 @@ class _Explorer:
             except metadata.PackageNotFoundError:
                 packages[name] = "not installed"
         study = None
-        for candidate in sorted(self.results_dir.resolve().parent.glob("*.toml")):
+        candidates = [self.study] if self.study is not None else sorted(
+            self.results_dir.resolve().parent.glob("*.toml"))
+        for candidate in candidates:
             try:
                 text = candidate.read_text()
             except (OSError, UnicodeDecodeError):

@@ -766,23 +766,32 @@ def run_study(study: Study | str | os.PathLike | None = None, *, cache_dir: str 
     records, failures = _run_plan(plan, study, cache_dir=cache_dir, results_dir=results_dir,
                                   pretrain_dir=pretrain_dir, device=device, jobs=jobs, workers=workers,
                                   progress=progress, keep_going=keep_going, out=out)
-    summary, report_path = _distributed.on_main(lambda: _summarize(results_dir, report_dir, out))
+    summary, report_path = _distributed.on_main(lambda: _summarize(results_dir, report_dir, out, study.source))
     if failures:
         _raise_failures(failures, len(plan))
     return StudyOutcome(jobs=records, results_dir=Path(results_dir), report_path=report_path, summary=summary)
 
 
-def _summarize(results_dir, report_dir, out):
-    """The console summary (printed to ``out``) and the report; returns (summary frame, report path)."""
+def _summarize(results_dir, report_dir, out, source: str = "<default>"):
+    """The console summary (printed to ``out``) and the reports (markdown, then HTML); returns (summary frame,
+    report.md's path). ``source`` is the study file (``<default>``: the packaged default study)."""
     summary = study_summary(results_dir)
     if summary is not None:
         print(_format_table(summary), file=out)
     report_path = None
     if report_dir is not None:
+        from importlib.resources import files
+
         from ._report import write_report
+        from ._report_html import write_html_report
 
         report_path = write_report(results_dir, report_dir)
         print(f"report: {report_path}", file=out)
+        default = source == "<default>"
+        study_file = Path(str(files("probe").joinpath("default_study.toml"))) if default else Path(source)
+        html = write_html_report(results_dir, report_dir, study=study_file,
+                                 command="probe run" + ("" if default else f" {source}"))
+        print(f"report: {html}", file=out)
     return summary, report_path
 
 

@@ -42,6 +42,7 @@ def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("html")
     results = root / "results"
     _write_results(results)
+    (root / "study.toml").write_text('[study]\nname = "fixture-study"\n')  # found beside the results folder
     path = probe.write_html_report(results, root / "report", n_boot=N_BOOT, seed=0, command="probe report test")
     return results, path
 
@@ -89,6 +90,7 @@ def test_page_is_one_self_contained_file(report):
     # nothing is loaded from anywhere: no external script, style, image or font
     assert not re.search(r"<(script|img|iframe)[^>]*\ssrc=", text)
     assert "<link" not in text and "@import" not in text and "url(http" not in text
+    assert "fixture-study" in _data(path)["provenance"]["study"]["text"]
     assert text.count("<svg role=\"img\"") >= 4  # the figures, inline, each with a title
     for svg in re.findall(r"<svg role=\"img\".*?</svg>", text, flags=re.S):
         assert re.search(r"<title id=\"fig\d+-title\">[^<]+</title>", svg)
