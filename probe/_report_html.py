@@ -358,20 +358,20 @@ class _Explorer:
         has_fz, has_ft = bool(best_fz.height), bool(best_ft.height)
         cols = [_col("config", "configuration", "config"), _col("family", "family"), _col("dataset", "dataset"),
                 _col("select_metric", "selected on")]
-        if has_fz:
-            cols += [_col("frozen_method", "best frozen probe (val-selected)"),
-                     _interval_col("frozen", metric, f"frozen {_head(metric)}"),
-                     *(_metric_col(f"frozen_{m}", m, f"frozen {_head(m)}") for m in extra),
-                     _col("frozen_n", "frozen seeds", "int"), _col("frozen_n_train", "frozen train items", "int")]
-        if has_ft:
-            cols += [_col("finetune_method", "fine-tuning (val-selected)"),
-                     _interval_col("finetune", metric, f"fine-tune {_head(metric)}"),
-                     *(_metric_col(f"finetune_{m}", m, f"fine-tune {_head(m)}") for m in extra),
-                     _col("finetune_n", "fine-tune seeds", "int"),
-                     _col("finetune_n_train", "fine-tune train items", "int")]
+        # the headline first (each side's method and score, the gain), then the other metrics and the counts
+        sides = [side for side, present in (("frozen", has_fz), ("finetune", has_ft)) if present]
+        name = {"frozen": "frozen", "finetune": "fine-tune"}
+        for side in sides:
+            cols += [_col(f"{side}_method", "best frozen probe (val-selected)" if side == "frozen"
+                          else "fine-tuning (val-selected)"),
+                     _interval_col(side, metric, f"{name[side]} {_head(metric)}")]
         if has_fz and has_ft:
             cols += [_interval_col("gain", metric, f"gain {_head(metric)}", signed=True),
                      *(_interval_col(f"{m}_gain", m, f"gain {_head(m)}", signed=True) for m in extra)]
+        for side in sides:
+            cols += [*(_metric_col(f"{side}_{m}", m, f"{name[side]} {_head(m)}") for m in extra),
+                     _col(f"{side}_n", f"{name[side]} seeds", "int"),
+                     _col(f"{side}_n_train", f"{name[side]} train items", "int")]
         cols += [_col("n_test", "test items", "int"), _col("note", "note")]
         rows = []
         for g in sorted(gains.to_dicts(), key=lambda g: (g["dataset"], self._order(g["backbone_config"]),
