@@ -407,6 +407,43 @@ class _Explorer:
                 self.notes.append(f"{title}: figure left out ({exc}).")
                 continue
             self._add_figure(section, fig, title)
+        if task in _DENSE_TASKS and best_fz.height:
+            self._dense_examples(section, task, evaluation, best_fz)
+        if task == "regression":
+            self._scatter(section, task, evaluation, pl.concat([best_fz, best_ft], how="diagonal_relaxed"))
+
+    def _dense_examples(self, section, task, evaluation, best_fz) -> None:
+        """Test images, ground truth and each configuration's frozen dense probe (the previews its job saved)."""
+        a = self.a
+        for dataset in sorted(set(best_fz["dataset"].to_list())):
+            rows = sorted(best_fz.filter(self.pl.col("dataset") == dataset).to_dicts(),
+                          key=lambda r: self._order(r["backbone_config"]))
+            previews = [(r["config_label"], p) for r in rows
+                        if (p := a.job_preview(list(r["files"])[0])) is not None]
+            if not previews:
+                continue
+            classes = [str(c) for c in previews[0][1].get("classes", [])]
+            title = (f"{dataset} ({task}, {evaluation}): test images, ground truth and each configuration's frozen "
+                     "dense probe")
+            self._add_figure(section, a.dense_examples_figure(previews, task=task, classes=classes or None,
+                                                              title=title), title)
+
+    def _scatter(self, section, task, evaluation, best) -> None:
+        """Predicted vs true of each configuration's val-selected protocols (held-out predictions)."""
+        from .results import load_artifacts
+
+        for dataset in sorted(set(best["dataset"].to_list())):
+            entries = [dict(r, file=list(r["files"])[0]) for r in sorted(
+                best.filter(self.pl.col("dataset") == dataset).to_dicts(),
+                key=lambda r: (self._order(r["backbone_config"]), r["method"]))]
+            try:
+                target = str(load_artifacts(entries[0]["file"]).get("target_name", ""))
+            except (OSError, KeyError, ValueError):
+                target = ""
+            title = f"{dataset} ({task}, {evaluation}): predicted vs true, held-out predictions"
+            fig = self.a.prediction_scatter_figure(entries, styles=self.styles,
+                                                   unit="years" if target == "age" else "units", title=title)
+            self._add_figure(section, fig, title)
 
     def _fixed(self, section, task, evaluation, metric, fixed) -> None:
         """Protocols that learn nothing and select nothing (cosine retrieval/verification), one row per tap."""
