@@ -323,9 +323,11 @@ class _Explorer:
             self._fixed(section, task, evaluation, metric, fixed)
         for side, best in (("frozen", best_fz), ("fine-tune", best_ft)):
             self._pairs(task, evaluation, metric, side, best)
-        for tap in sorted(set(fixed["tap"].to_list())) if fixed.height else []:
+        taps = sorted(set(fixed["tap"].to_list())) if fixed.height else []
+        for tap in taps:
             self._pairs(task, evaluation, metric, f"{COSINE} / {tap}", fixed.filter(pl.col("tap") == tap))
-        self._families(section, task, evaluation, metric, [("frozen", best_fz), ("fine-tune", best_ft)])
+        self._families(section, task, evaluation, metric, [("frozen", best_fz), ("fine-tune", best_ft)] + [
+            (f"{COSINE} / {tap}", fixed.filter(pl.col("tap") == tap)) for tap in taps])
         self._layerwise(section, task, evaluation, metric, protocols)
         self._few_shot(section, task, evaluation, metric, protocols)
         if not section["blocks"]:
