@@ -44,6 +44,7 @@ _LAZY = {
     "load_study": "probe.study",
     "run_study": "probe.study",
     "write_report": "probe._report",
+    "write_html_report": "probe._report_html",
     "paired_bootstrap": "probe.analysis",
     "bootstrap_ci": "probe.analysis",
     "compare_jobs": "probe.analysis",

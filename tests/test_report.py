@@ -230,7 +230,7 @@ def test_cli_writes_the_report_and_prints_its_path(tmp_path):
     out = tmp_path / "out"
     proc = _cli(results, "--out", out, "--n-boot", 500, "--seed", 3)
     assert proc.returncode == 0, proc.stderr
-    path = Path(proc.stdout.strip())
+    path = Path(proc.stdout.splitlines()[0])  # report.md, then report.html (--format both)
     assert path == out / "report.md" and path.is_file()
     text = path.read_text()
     for heading in ("## Frozen probes vs fine-tuning", "## Families", "## Layer-wise curves",
@@ -246,7 +246,7 @@ def test_cli_defaults_to_results_like_every_other_command(tmp_path):
     write_fixture(tmp_path / "results", backbones=["cnn_c"], layerwise=False, few_shot=False)
     proc = _cli("--n-boot", 50, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert Path(proc.stdout.strip()) == (tmp_path / "report" / "report.md").resolve()
+    assert Path(proc.stdout.splitlines()[0]) == (tmp_path / "report" / "report.md").resolve()
     assert (tmp_path / "report" / "report.md").is_file()
 
 

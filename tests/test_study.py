@@ -91,6 +91,7 @@ def test_tiny_study_runs_every_protocol(tiny_study):
     selected = rows.filter(pl.col("selected"))
     assert set(selected["split"]) == {"test"}
     assert (work / "report" / "report.md").is_file()
+    assert "tiny.toml" in (work / "report" / "report.html").read_text()  # the explorer, with its study file
     assert "[1/" in first.stdout and "test top-1 (%)" in first.stdout and "report:" in first.stdout
     # one results file per job; every selected row has its predictions beside it
     for path in (work / "results").rglob("*.parquet"):

@@ -330,7 +330,7 @@ def run_with_executor(study, *, executor: str, log_dir: str | os.PathLike, cache
     plan = plan_study(study)
     bad = [(i, job, job_status(log_dir, job)) for i, job in enumerate(plan, 1)]
     bad = [(i, job, s) for i, job, s in bad if s["state"] != "done"]
-    summary, report_path = finish(results_dir, report_dir, out)
+    summary, report_path = finish(results_dir, report_dir, out, study.source)
     if bad:
         print(f"probe: {len(bad)} of {len(plan)} study jobs did not finish:", file=sys.stderr)
         for i, job, s in bad:

@@ -92,7 +92,7 @@ def run_study(study: Study | str | os.PathLike | None = None, *, cache_dir: str 
     records, failures = _run_plan(plan, study, cache_dir=cache_dir, results_dir=results_dir,
                                   pretrain_dir=pretrain_dir, device=device, jobs=jobs, workers=workers,
                                   progress=progress, keep_going=keep_going, out=out)
-    summary, report_path = _distributed.on_main(lambda: finish(results_dir, report_dir, out))
+    summary, report_path = _distributed.on_main(lambda: finish(results_dir, report_dir, out, study.source))
     if failures:
         _raise_failures(failures, len(plan))
     return StudyOutcome(jobs=records, results_dir=Path(results_dir), report_path=report_path, summary=summary)

@@ -7,15 +7,17 @@ summary of a results folder (:mod:`probe.analysis`), as the report does.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from .._errors import UsageError
 from ..vocab import PROBES
 
 
-def finish(results_dir, report_dir, out) -> tuple[Any, Any]:
-    """Print the console summary to ``out`` and write the report (unless ``report_dir`` is None); returns
-    (summary, report path)."""
+def finish(results_dir, report_dir, out, source: str = "<default>") -> tuple[Any, Any]:
+    """Print the console summary to ``out`` and write the reports, markdown then HTML (unless ``report_dir`` is
+    None); returns (summary, report.md's path). ``source`` is the study file (``<default>``: the packaged default
+    study), named in the HTML report's provenance."""
     summary, lines = console_summary(results_dir)
     for line in lines:
         print(line, file=out)
@@ -25,6 +27,15 @@ def finish(results_dir, report_dir, out) -> tuple[Any, Any]:
 
         report_path = write_report(results_dir, report_dir)
         print(f"report: {report_path}", file=out)
+        from importlib.resources import files
+
+        from .._report_html import write_html_report
+
+        default = source == "<default>"
+        study_file = Path(str(files("probe").joinpath("default_study.toml"))) if default else Path(source)
+        html = write_html_report(results_dir, report_dir, study=study_file,
+                                 command="probe run" + ("" if default else f" {source}"))
+        print(f"report: {html}", file=out)
     from .._console import print_warning_summary
 
     print_warning_summary(out)  # the warnings of the run, counted (probe._console)
