@@ -484,7 +484,7 @@ def _compare(sources: Sequence[Any], views: Sequence[tuple[int, str]], pairs: Se
             raise UsageError(f"{name} must be an integer >= {lo}; got {value!r}")
     if not 0 < ci < 1:
         raise UsageError(f"ci must be in (0, 1); got {ci}")
-    from ._runtime import resolve_device
+    from ._runtime import full_fp32, resolve_device
 
     dev = resolve_device(device)
     start_time = time.perf_counter()
@@ -501,21 +501,22 @@ def _compare(sources: Sequence[Any], views: Sequence[tuple[int, str]], pairs: Se
         grp = _groups(n, G, seed)
         counts = _jackknife_counts(G)
         results: dict[tuple[int, int], dict[str, tuple[float, np.ndarray]]] = {pr: {} for pr in plan.pairs}
-        if {"cka", "cka_debiased"} & set(measures):
-            cka = _cka_values(entries, rows, plan, groups=grp, G=G, device=dev, product_dtype=product_dtype,
-                              block_rows=block_rows, memory_bytes=memory_bytes, counts=counts)
-            for pr in plan.pairs:
-                results[pr].update({m: (v, _jackknife_interval(v, reps, ci)) for m, (v, reps) in cka[pr].items()
-                                    if m in measures})
-        if "mutual_knn" in measures:
-            lists = {}
-            for v in sorted({v for pr in plan.pairs for v in pr}):
-                e, tap = plan.views[v]
-                lists[v] = _knn_lists(entries[e], tap, rows[e], k, dev, block_rows)
-            for a, b in plan.pairs:
-                o = _overlap(lists[a], lists[b])
-                reps = _bootstrap_mean(o, k + 1, n_boot, seed)
-                results[(a, b)]["mutual_knn"] = (float(o.mean() / k), _percentile_interval(reps, ci))
+        with _threads(dev, 2 * min(block_rows, n) * max(plan.dims) ** 2), full_fp32(dev, "fp32"):
+            if {"cka", "cka_debiased"} & set(measures):
+                cka = _cka_values(entries, rows, plan, groups=grp, G=G, device=dev, product_dtype=product_dtype,
+                                  block_rows=block_rows, memory_bytes=memory_bytes, counts=counts)
+                for pr in plan.pairs:
+                    results[pr].update({m: (v, _jackknife_interval(v, reps, ci)) for m, (v, reps) in cka[pr].items()
+                                        if m in measures})
+            if "mutual_knn" in measures:
+                lists = {}
+                for v in sorted({v for pr in plan.pairs for v in pr}):
+                    e, tap = plan.views[v]
+                    lists[v] = _knn_lists(entries[e], tap, rows[e], k, dev, block_rows)
+                for a, b in plan.pairs:
+                    o = _overlap(lists[a], lists[b])
+                    reps = _bootstrap_mean(o, k + 1, n_boot, seed)
+                    results[(a, b)]["mutual_knn"] = (float(o.mean() / k), _percentile_interval(reps, ci))
         seconds = time.perf_counter() - start_time
         created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         out = []
@@ -538,6 +539,25 @@ def _compare(sources: Sequence[Any], views: Sequence[tuple[int, str]], pairs: Se
     finally:
         for e in entries:
             e.close()
+
+
+#: Below this many FLOPs in a block product, CPU work runs on one torch thread: threads that spin-wait on each
+#: other cost more than small products gain (measured: 41 pairs of 96 x 64-d taps on 450 images took 8.2 s on two
+#: threads of a busy 2-core host and 0.6 s on one).
+_SMALL_FLOPS = 2e8
+
+
+def _threads(device, flops: float):
+    """One torch thread on CPU for small products, the default otherwise (a context manager)."""
+    import contextlib
+
+    import torch
+
+    from ._runtime import torch_threads
+
+    if device.type == "cpu" and flops < _SMALL_FLOPS:
+        return torch_threads(1)
+    return contextlib.nullcontext(torch.get_num_threads())
 
 
 def _check_measures(measures) -> tuple[str, ...]:

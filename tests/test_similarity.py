@@ -275,9 +275,12 @@ def real_cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("simcache")
     kw = dict(splits=["test"], random_init=True, img_size=32, cache_dir=root / "cache", progress=False,
               batch_size=128)
-    taps = ["pooled", "block0", "block1", "block2"]
-    resnet = probe.extract_features("test_resnet", "digits", taps=taps, **kw)["test"]
-    vit = probe.extract_features("test_vit", "digits", taps=taps, **kw)["test"]
+    from probe._study import expand_taps
+
+    # every block, as the CLI's --blocks asks, so that its run below reuses these entries
+    taps = {bb: ["pooled", *expand_taps(["block*"], bb, 32)] for bb in ("test_resnet", "test_vit")}
+    resnet = probe.extract_features("test_resnet", "digits", taps=taps["test_resnet"], **kw)["test"]
+    vit = probe.extract_features("test_vit", "digits", taps=taps["test_vit"], **kw)["test"]
     model = create_backbone("test_resnet", random_init=True, seed=0, img_size=32).model
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -285,7 +288,8 @@ def real_cache(tmp_path_factory):
                 p.add_(0.05 * torch.randn_like(p))
     weights = save_safetensors(model, root / "tuned.safetensors", {"probe": "test"})
     kw["random_init"] = False
-    tuned = probe.extract_features("test_resnet", "digits", taps=taps, weights=str(weights), **kw)["test"]
+    tuned = probe.extract_features("test_resnet", "digits", taps=taps["test_resnet"], weights=str(weights),
+                                   **kw)["test"]
     return {"resnet": resnet, "vit": vit, "tuned": tuned, "weights": weights, "root": root}
 
 
@@ -305,18 +309,18 @@ def test_real_entries_matrices(real_cache, tmp_path):
     assert set(pair["family_a"]) == {"convnet"} and set(pair["family_b"]) == {"transformer"}
 
     blocks = probe.block_matrix(resnet, vit, measures=["cka"], **opts)
-    assert blocks.height == 3 * 3 and set(blocks["kind"]) == {"blocks"}
+    assert blocks.height == 5 * 6 and set(blocks["kind"]) == {"blocks"}  # 5 ResNet stages x 6 ViT blocks
     assert ((blocks["value"] >= 0) & (blocks["value"] <= 1 + 1e-12)).all()
 
     curve = probe.finetune_curve(resnet, tuned, measures=["cka", "mutual_knn"], **opts)
     assert curve["tap_a"].to_list() == curve["tap_b"].to_list()
-    assert set(curve["tap_a"]) == {"block0", "block1", "block2"}
+    assert curve["tap_a"].unique(maintain_order=True).to_list() == [f"block{i}" for i in range(5)]
     assert set(curve["weights_b"]) != set(curve["weights_a"])
 
     path = sim.run_job("finetune", [resnet, tuned], results_dir=tmp_path, measures=["cka"], n_boot=50)
     assert path.parent == tmp_path / "similarity" / "digits" and path.suffix == ".parquet"
     back = probe.scan_similarity(tmp_path).collect()
-    assert back.columns == list(sim.SIMILARITY_COLUMNS) and back.height == 3
+    assert back.columns == list(sim.SIMILARITY_COLUMNS) and back.height == 5
     mtime = path.stat().st_mtime_ns
     assert sim.run_job("finetune", [resnet, tuned], results_dir=tmp_path, measures=["cka"], n_boot=50) == path
     assert path.stat().st_mtime_ns == mtime  # a finished job is skipped
