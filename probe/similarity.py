@@ -28,8 +28,8 @@ Intervals, over images, computed while streaming:
 
 - CKA: a delete-one-group jackknife. The joined images are dealt into ``groups`` (32) balanced random groups,
   fixed by ``seed``; the D x D products and sums are accumulated per group, and each of the G replicates (every
-  group but one) is recomputed exactly from them, through the G x G (x G) inner products of the groups' products,
-  so no D x D matrix is formed per replicate. The interval is ``value +- t_{G-1} se``. Why not a bootstrap:
+  group but one) is recomputed exactly from them: the replicates' products (total minus the group's) take the
+  groups' place in memory, so nothing beyond the groups' products is formed. The interval is ``value +- t_{G-1} se``. Why not a bootstrap:
   a resample with replacement repeats images, and a repeated image agrees with itself in both representations,
   which inflates both CKA estimators (measured on 500 synthetic images: the whole 95% percentile interval lay
   above the value, for the debiased estimator too); leaving groups out repeats nothing. Random groups of
@@ -274,81 +274,44 @@ class _GroupStats:
             self.beta += nv.sum(1)
             self.bu += torch.bmm(nv[:, None, :], Ud)[:, 0]
 
-    def summary(self, n_g) -> "_Summary":
-        """The totals (for the value) and the G x G (x G) inner products (for the resamples); drops Z."""
-        import torch
+    def values(self, n_g) -> tuple[tuple[float, float], Any, Any]:
+        """(biased, unbiased) HSIC numerators of all images, and of each delete-one-group replicate [G] each.
 
-        G = self.Z.shape[0]
-        Zt = self.Z.sum(0)
-        su, sv = self.su, self.sv
-        flat = self.Z.reshape(G, -1)
-        P = flat @ flat.T
-        T = torch.einsum("hp,gpk->ghk", su, self.Z @ sv.T)  # su_h' Z_g sv_k
-        s = _Summary(n=n_g, P=P, T=T, Qu=su @ su.T, Qv=sv @ sv.T, Rav=self.av @ sv.T, Rbu=self.bu @ su.T,
-                     alpha=self.alpha.clone(), beta=self.beta.clone(), ab=self.ab.clone())
-        s.value = _point(Zt, su.sum(0), sv.sum(0), float(n_g.sum()), self.alpha.sum(), self.beta.sum(),
-                         self.ab.sum(), self.av.sum(0), self.bu.sum(0))
+        The group products are turned into the replicates' products in place (total minus group), then dropped.
+        """
+        def tot(t):
+            return t.sum(0, keepdim=True)
+
+        Zt = tot(self.Z)
+        point = _hsic_terms(Zt.clone(), tot(self.su), tot(self.sv), n_g.sum()[None], tot(self.alpha),
+                            tot(self.beta), tot(self.ab), tot(self.av), tot(self.bu))
+        Z = self.Z.neg_().add_(Zt)  # every group but g
         self.Z = None
-        return s
+        reps = _hsic_terms(Z, tot(self.su) - self.su, tot(self.sv) - self.sv, n_g.sum() - n_g,
+                           tot(self.alpha) - self.alpha, tot(self.beta) - self.beta, tot(self.ab) - self.ab,
+                           tot(self.av) - self.av, tot(self.bu) - self.bu)
+        return (float(point[0][0]), float(point[1][0])), reps[0], reps[1]
 
 
-@dataclass
-class _Summary:
-    """A pair's statistics per group, enough to recompute both HSIC numerators for any resample of the groups."""
-
-    n: Any
-    P: Any
-    T: Any
-    Qu: Any
-    Qv: Any
-    Rav: Any
-    Rbu: Any
-    alpha: Any
-    beta: Any
-    ab: Any
-    value: tuple[float, float] = (float("nan"), float("nan"))
-
-    def resampled(self, C) -> tuple[Any, Any]:
-        """(biased, unbiased) HSIC numerators for each row of group counts ``C`` [B, G] (float64)."""
-        G = C.shape[1]
-
-        def quad(M):
-            return ((C @ M) * C).sum(1)
-
-        n = C @ self.n
-        t = ((C @ self.T.reshape(G, G * G)).reshape(-1, G, G) * C[:, :, None] * C[:, None, :]).sum((1, 2))
-        su2, sv2 = quad(self.Qu), quad(self.Qv)
-        c2 = quad(self.P) - 2 * t / n + su2 * sv2 / n**2
-        M, W = su2 / n**2, sv2 / n**2
-        sa, sb = C @ self.alpha, C @ self.beta
-        sab = (C @ self.ab - 2 * quad(self.Rav) / n - 2 * quad(self.Rbu) / n + 4 * t / n**2 + W * sa + M * sb
-               - 3 * n * M * W)
-        A, B = sa - n * M, sb - n * W
-        return c2, c2 - n / (n - 2) * sab + A * B / ((n - 1) * (n - 2))
-
-
-def _point(Zt, su, sv, n, alpha, beta, ab, av, bu) -> tuple[float, float]:
-    """(biased, unbiased) HSIC numerators, ``||X'Y||^2`` and ``n(n-3) HSIC_1``, from the totals of shifted rows."""
+def _hsic_terms(S, su, sv, n, alpha, beta, ab, av, bu):
+    """Biased and unbiased HSIC numerators, ``||X'Y||_F^2`` and ``n(n-3) HSIC_1``, of B sets of images from the
+    sums of their shifted rows (leading dimension B): S [B, p, q] = sum u v' (centred in place), su, sv, n,
+    alpha = sum ||u||^2, beta = sum ||v||^2, ab = sum ||u||^2 ||v||^2, av = sum ||u||^2 v, bu = sum ||v||^2 u."""
     import torch
 
-    m, w = su / n, sv / n
-    C = Zt - torch.outer(su, sv) / n  # the centred cross-product, exactly
-    c2 = float((C * C).sum())
-    M, W = float(m @ m), float(w @ w)
-    sab = (float(ab) - 2 * float(w @ av) - 2 * float(m @ bu) + 4 * float(m @ Zt @ w) + W * float(alpha)
-           + M * float(beta) - 3 * n * M * W)
-    A, B = float(alpha) - n * M, float(beta) - n * W
+    m, w = su / n[:, None], sv / n[:, None]
+    mSw = (torch.bmm(S, w[:, :, None])[:, :, 0] * m).sum(1)  # m' S w, before centring
+    S.baddbmm_(su[:, :, None], w[:, None, :], alpha=-1)  # S - su sv' / n: the centred cross-product, exactly
+    c2 = torch.stack([torch.sum(s * s) for s in S])
+    M, W = (m * m).sum(1), (w * w).sum(1)
+    sab = ab - 2 * (w * av).sum(1) - 2 * (m * bu).sum(1) + 4 * mSw + W * alpha + M * beta - 3 * n * M * W
+    A, B = alpha - n * M, beta - n * W
     return c2, c2 - n / (n - 2) * sab + A * B / ((n - 1) * (n - 2))
 
 
 def _groups(n: int, G: int, seed: int) -> np.ndarray:
     """Balanced random group of each joined image (sizes differ by at most one), fixed by ``seed``."""
     return np.random.default_rng(seed).permutation(n) % G
-
-
-def _jackknife_counts(G: int) -> np.ndarray:
-    """Group multiplicities of the delete-one-group replicates [G, G]: every group but one."""
-    return np.ones((G, G)) - np.eye(G)
 
 
 def _jackknife_interval(value: float, reps: np.ndarray, ci: float) -> tuple[float, float]:
@@ -381,8 +344,8 @@ def _percentile_interval(reps: np.ndarray, ci: float) -> tuple[float, float]:
 
 
 def _cka_values(entries, rows, plan: _Plan, *, groups, G, device, product_dtype, block_rows, memory_bytes,
-                counts) -> dict[tuple[int, int], dict[str, tuple[float, np.ndarray]]]:
-    """CKA (biased, debiased) of every pair of the plan: value and resampled values."""
+                ) -> dict[tuple[int, int], dict[str, tuple[float, np.ndarray]]]:
+    """CKA (biased, debiased) of every pair of the plan: the value and its G delete-one-group replicates."""
     import torch
 
     dt = torch.float64 if product_dtype == "float64" else torch.float32
@@ -400,7 +363,7 @@ def _cka_values(entries, rows, plan: _Plan, *, groups, G, device, product_dtype,
     if current:
         passes.append(current)
     shifts: dict[int, Any] = {}
-    summaries: dict[tuple[int, int], _Summary] = {}
+    values: dict[tuple[int, int], tuple] = {}
     for todo in passes:
         views = sorted({v for pr in todo for v in pr})
         stats = {pr: _GroupStats(G, plan.dims[pr[0]], plan.dims[pr[1]], device, pr[0] == pr[1]) for pr in todo}
@@ -426,18 +389,15 @@ def _cka_values(entries, rows, plan: _Plan, *, groups, G, device, product_dtype,
                 padded[v] = (U, U.to(dt))
             for (a, b), st in stats.items():
                 st.add(padded[a], padded[b], norms[a], norms[b])
-        for pr, st in stats.items():
-            summaries[pr] = st.summary(n_g)
-        del stats
-    C = torch.as_tensor(counts, device=device)
-    boot = {pr: s.resampled(C) for pr, s in summaries.items()}
+        for pr in list(stats):
+            values[pr] = stats.pop(pr).values(n_g)
     out = {}
     for a, b in plan.pairs:
         vals = {}
         for i, measure in enumerate(("cka", "cka_debiased")):
-            xy, xx, yy = summaries[(a, b)].value[i], summaries[(a, a)].value[i], summaries[(b, b)].value[i]
+            xy, xx, yy = values[(a, b)][0][i], values[(a, a)][0][i], values[(b, b)][0][i]
             value = xy / np.sqrt(xx * yy) if xx > 0 and yy > 0 else float("nan")
-            r_xy, r_xx, r_yy = boot[(a, b)][i], boot[(a, a)][i], boot[(b, b)][i]
+            r_xy, r_xx, r_yy = values[(a, b)][1 + i], values[(a, a)][1 + i], values[(b, b)][1 + i]
             with np.errstate(invalid="ignore", divide="ignore"):
                 reps = (r_xy / torch.sqrt(r_xx * r_yy)).cpu().numpy()
             vals[measure] = (float(value), reps)
@@ -499,12 +459,11 @@ def _compare(sources: Sequence[Any], views: Sequence[tuple[int, str]], pairs: Se
             raise UsageError(f"k = {k} neighbours needs more than {k} images; {n} are common. Pass a smaller --k")
         G = min(groups, n)
         grp = _groups(n, G, seed)
-        counts = _jackknife_counts(G)
         results: dict[tuple[int, int], dict[str, tuple[float, np.ndarray]]] = {pr: {} for pr in plan.pairs}
         with _threads(dev, 2 * min(block_rows, n) * max(plan.dims) ** 2), full_fp32(dev, "fp32"):
             if {"cka", "cka_debiased"} & set(measures):
                 cka = _cka_values(entries, rows, plan, groups=grp, G=G, device=dev, product_dtype=product_dtype,
-                                  block_rows=block_rows, memory_bytes=memory_bytes, counts=counts)
+                                  block_rows=block_rows, memory_bytes=memory_bytes)
                 for pr in plan.pairs:
                     results[pr].update({m: (v, _jackknife_interval(v, reps, ci)) for m, (v, reps) in cka[pr].items()
                                         if m in measures})

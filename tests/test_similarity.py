@@ -127,26 +127,22 @@ def test_debiased_matches_the_unbiased_hsic_definition():
     assert abs(probe.linear_cka(X, Y) - expected) > 1e-3
 
 
-def test_group_replicates_equal_recomputation(xy):
-    """Each replicate's CKA from the groups' statistics (the jackknife's every-group-but-one, and any other
-    multiplicities) equals CKA recomputed on the images of those groups."""
+def test_jackknife_replicates_equal_recomputation(xy):
+    """Each delete-one-group replicate from the groups' statistics equals CKA recomputed without that group."""
     import torch
 
     X, Y = xy
     G = 6
     groups = sim._groups(len(X), G, 0)
     assert sorted(np.bincount(groups)) == [6, 6, 7, 7, 7, 7]  # balanced
-    counts = np.vstack([sim._jackknife_counts(G), np.random.default_rng(0).integers(0, 3, size=(3, G))])
-    counts[-1, 0] = 3
     plan = sim._Plan(views=[(0, "x"), (1, "x")], pairs=[(0, 1)], dims=[6, 9])
     out = sim._cka_values([sim._Entry({"x": X}), sim._Entry({"x": Y})], [np.arange(40)] * 2, plan,
                           groups=groups, G=G, device=torch.device("cpu"), product_dtype="float64", block_rows=9,
-                          memory_bytes=1 << 30, counts=counts)
-    for b in range(len(counts)):
-        rows = np.concatenate([np.flatnonzero(groups == g) for g in range(G) for _ in range(int(counts[b, g]))])
-        Xb, Yb = X[rows] - X[rows].mean(0), Y[rows] - Y[rows].mean(0)
-        assert out[(0, 1)]["cka"][1][b] == pytest.approx(gram_cka(Xb, Yb), abs=1e-10)
-        assert out[(0, 1)]["cka_debiased"][1][b] == pytest.approx(gram_cka(Xb, Yb, True), abs=1e-9)
+                          memory_bytes=1 << 30)
+    for g in range(G):
+        Xg, Yg = X[groups != g], Y[groups != g]
+        assert out[(0, 1)]["cka"][1][g] == pytest.approx(gram_cka(Xg, Yg), abs=1e-10)
+        assert out[(0, 1)]["cka_debiased"][1][g] == pytest.approx(gram_cka(Xg, Yg, True), abs=1e-10)
 
 
 def test_jackknife_interval(xy):
@@ -335,6 +331,27 @@ def test_cli_similarity_end_to_end(real_cache, tmp_path):
     assert "configs\ttest_resnet" in proc.stdout and "finetune\t" in proc.stdout and "blocks\t" in proc.stdout
     rows = probe.scan_similarity(tmp_path).collect()
     assert set(rows["kind"]) == {"configs", "blocks", "finetune"}
+    # the report section: heatmaps, family means, the fine-tuning curve, saved through the callback
+    from probe.analysis import similarity_section
+
+    saved = []
+
+    def save(fig, name):
+        path = tmp_path / "figures" / f"{name}.png"
+        path.parent.mkdir(exist_ok=True)
+        fig.savefig(path, dpi=60)
+        saved.append(path)
+        return f"figures/{path.name}"
+
+    lines = similarity_section(tmp_path, save)
+    text = "\n".join(lines)
+    assert text.startswith("## Do ConvNets and transformers see alike?")
+    assert "### digits" in text and "ConvNets vs transformers | 1 |" in text
+    assert [p.name for p in saved] == ["digits-similarity-pooled.png", "digits-similarity-blocks.png",
+                                       "digits-similarity-finetune.png"]
+    assert all(p.stat().st_size > 1000 for p in saved)
+    assert "| test_resnet · random-init:0 · 32px | convnet | 4 |" in text
+    assert similarity_section(tmp_path / "nothing", save) == []
     # the probe results of the same directory are not disturbed by the similarity files
     from probe.results import scan_results
 
