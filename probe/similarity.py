@@ -242,14 +242,17 @@ class _Plan:
 
 
 class _GroupStats:
-    """Per-group sums of one pair of views (x, y), accumulated over row blocks (float64)."""
+    """Per-group sums of one pair of views (x, y), accumulated over row blocks (float64); the products ``Z`` live
+    in a buffer the caller owns (reused from pass to pass: no fresh pages per pair)."""
 
-    def __init__(self, G: int, p: int, q: int, device, same: bool):
+    def __init__(self, Z, device, same: bool):
         import torch
 
+        G, p, q = Z.shape
         f = dict(dtype=torch.float64, device=device)
         self.same = same
-        self.Z = torch.zeros(G, p, q, **f)  # sum u v'
+        self.Z = Z  # sum u v' (written by the first block, no zeroing pass)
+        self.fresh = True
         self.su = torch.zeros(G, p, **f)
         self.sv = self.su if same else torch.zeros(G, q, **f)
         self.alpha = torch.zeros(G, **f)  # sum ||u||^2
@@ -258,13 +261,21 @@ class _GroupStats:
         self.av = torch.zeros(G, q, **f)  # sum ||u||^2 v
         self.bu = self.av if same else torch.zeros(G, p, **f)  # sum ||v||^2 u
 
-    def add(self, U, V, nu, nv) -> None:
+    def add(self, U, V, nu, nv, scratch) -> None:
         """U [G, m, p], V [G, m, q]: a block's shifted rows per group, padded with zero rows, as (float64, product
-        dtype) pairs; nu, nv their squared norms [G, m]."""
+        dtype) pairs; nu, nv their squared norms [G, m]; ``scratch``: a buffer for float32 products."""
         import torch
 
         (Ud, Up), (Vd, Vp) = U, V
-        self.Z += torch.bmm(Up.transpose(1, 2), Vp).double()
+        if self.fresh and Up is Ud:
+            torch.bmm(Ud.transpose(1, 2), Vd, out=self.Z)
+        elif Up is Ud:  # float64 products, summed in place
+            self.Z.baddbmm_(Ud.transpose(1, 2), Vd)
+        else:
+            G, p, q = self.Z.shape
+            out = torch.bmm(Up.transpose(1, 2), Vp, out=scratch[:G * p * q].view(G, p, q))
+            self.Z.copy_(out) if self.fresh else self.Z.add_(out)
+        self.fresh = False
         self.su += Ud.sum(1)
         self.alpha += nu.sum(1)
         self.ab += (nu * nv).sum(1)
@@ -277,41 +288,53 @@ class _GroupStats:
     def values(self, n_g) -> tuple[tuple[float, float], Any, Any]:
         """(biased, unbiased) HSIC numerators of all images, and of each delete-one-group replicate [G] each.
 
-        The group products are turned into the replicates' products in place (total minus group), then dropped.
+        The replicates' ``||S_g||^2`` with S_g = Z_total - Z_g come from read-only passes over the group products
+        (``||Z_t||^2 - 2 <Z_t, Z_g> + ||Z_g||^2``; in shifted coordinates no term cancels the others), the point
+        value from the exactly centred total.
         """
-        def tot(t):
-            return t.sum(0, keepdim=True)
+        import torch
 
-        Zt = tot(self.Z)
-        point = _hsic_terms(Zt.clone(), tot(self.su), tot(self.sv), n_g.sum()[None], tot(self.alpha),
-                            tot(self.beta), tot(self.ab), tot(self.av), tot(self.bu))
-        Z = self.Z.neg_().add_(Zt)  # every group but g
+        G = self.Z.shape[0]
+        flat = self.Z.view(G, -1)
+        Zt = self.Z.sum(0)
+        tot = [t.sum(0) for t in (self.su, self.sv, self.alpha, self.beta, self.ab, self.av, self.bu)]
+        su, sv, alpha, beta, ab, av, bu = tot
+        n = n_g.sum()
+        exact = Zt - torch.outer(su, sv) / n  # the centred cross-product, exactly
+        point = _hsic_terms(torch.sum(exact * exact)[None], su[None], sv[None], n[None], alpha[None], beta[None],
+                            ab[None], av[None], bu[None], (su @ Zt @ sv)[None])
+        rsu, rsv, rn = su - self.su, sv - self.sv, n - n_g  # every group but g
+        S2 = torch.sum(Zt * Zt) - 2 * (flat @ Zt.reshape(-1)) + torch.linalg.vector_norm(flat, dim=1).square()
+        suSsv = ((rsu @ Zt) * rsv).sum(1) - (torch.bmm(self.Z, rsv[:, :, None])[:, :, 0] * rsu).sum(1)
+        c2 = S2 - 2 * suSsv / rn + (rsu * rsu).sum(1) * (rsv * rsv).sum(1) / rn**2
+        reps = _hsic_terms(c2, rsu, rsv, rn, alpha - self.alpha, beta - self.beta, ab - self.ab, av - self.av,
+                           bu - self.bu, suSsv)
         self.Z = None
-        reps = _hsic_terms(Z, tot(self.su) - self.su, tot(self.sv) - self.sv, n_g.sum() - n_g,
-                           tot(self.alpha) - self.alpha, tot(self.beta) - self.beta, tot(self.ab) - self.ab,
-                           tot(self.av) - self.av, tot(self.bu) - self.bu)
         return (float(point[0][0]), float(point[1][0])), reps[0], reps[1]
 
 
-def _hsic_terms(S, su, sv, n, alpha, beta, ab, av, bu):
-    """Biased and unbiased HSIC numerators, ``||X'Y||_F^2`` and ``n(n-3) HSIC_1``, of B sets of images from the
-    sums of their shifted rows (leading dimension B): S [B, p, q] = sum u v' (centred in place), su, sv, n,
-    alpha = sum ||u||^2, beta = sum ||v||^2, ab = sum ||u||^2 ||v||^2, av = sum ||u||^2 v, bu = sum ||v||^2 u."""
-    import torch
-
+def _hsic_terms(c2, su, sv, n, alpha, beta, ab, av, bu, suSsv):
+    """Biased and unbiased HSIC numerators, ``||X'Y||_F^2`` and ``n(n-3) HSIC_1``, of B sets of images (leading
+    dimension B) from ``c2`` = ``||X'Y||_F^2`` of their centred rows and the sums of their shifted rows: su, sv,
+    n, alpha = sum ||u||^2, beta = sum ||v||^2, ab = sum ||u||^2 ||v||^2, av = sum ||u||^2 v,
+    bu = sum ||v||^2 u, suSsv = su' (sum u v') sv."""
     m, w = su / n[:, None], sv / n[:, None]
-    mSw = (torch.bmm(S, w[:, :, None])[:, :, 0] * m).sum(1)  # m' S w, before centring
-    S.baddbmm_(su[:, :, None], w[:, None, :], alpha=-1)  # S - su sv' / n: the centred cross-product, exactly
-    c2 = torch.stack([torch.sum(s * s) for s in S])
+    mSw = suSsv / n**2
     M, W = (m * m).sum(1), (w * w).sum(1)
     sab = ab - 2 * (w * av).sum(1) - 2 * (m * bu).sum(1) + 4 * mSw + W * alpha + M * beta - 3 * n * M * W
     A, B = alpha - n * M, beta - n * W
     return c2, c2 - n / (n - 2) * sab + A * B / ((n - 1) * (n - 2))
 
 
-def _groups(n: int, G: int, seed: int) -> np.ndarray:
-    """Balanced random group of each joined image (sizes differ by at most one), fixed by ``seed``."""
-    return np.random.default_rng(seed).permutation(n) % G
+def _groups(n: int, G: int, seed: int, block_rows: int) -> np.ndarray:
+    """A random group for each joined image, fixed by ``seed``: within every block of ``block_rows`` rows the
+    groups' sizes differ by at most one (so a block's rows fill a [G, ceil(rows / G), D] array)."""
+    rng = np.random.default_rng(seed)
+    out = np.empty(n, dtype=np.int64)
+    for start in range(0, n, block_rows):
+        length = min(block_rows, n - start)
+        out[start:start + length] = (rng.permutation(length) + rng.integers(G)) % G
+    return out
 
 
 def _jackknife_interval(value: float, reps: np.ndarray, ci: float) -> tuple[float, float]:
@@ -362,33 +385,50 @@ def _cka_values(entries, rows, plan: _Plan, *, groups, G, device, product_dtype,
         used += cost[pr]
     if current:
         passes.append(current)
+    # buffers reused by every pass: the pass's products, float32 products, each view slot's padded rows
+    pool = torch.empty(max(sum(cost[pr] for pr in todo) for todo in passes) // 8, dtype=torch.float64, device=device)
+    big = max(G * plan.dims[a] * plan.dims[b] for a, b in all_pairs)
+    scratch = torch.empty(big if dt != torch.float64 else 0, dtype=dt, device=device)
+    m_max = -(-min(block_rows, n) // G)
+    width = max(plan.dims)
+    slots = [(torch.empty(G * m_max * width, dtype=torch.float64, device=device),
+              torch.empty(G * m_max * width if dt != torch.float64 else 0, dtype=dt, device=device),
+              torch.empty(min(block_rows, n) * width, dtype=torch.float64, device=device))
+             for _ in range(max(len({v for pr in todo for v in pr}) for todo in passes))]
     shifts: dict[int, Any] = {}
     values: dict[tuple[int, int], tuple] = {}
     for todo in passes:
         views = sorted({v for pr in todo for v in pr})
-        stats = {pr: _GroupStats(G, plan.dims[pr[0]], plan.dims[pr[1]], device, pr[0] == pr[1]) for pr in todo}
+        stats, offset = {}, 0
+        for a, b in todo:
+            size = G * plan.dims[a] * plan.dims[b]
+            stats[(a, b)] = _GroupStats(pool[offset:offset + size].view(G, plan.dims[a], plan.dims[b]), device,
+                                        a == b)
+            offset += size
         for start in range(0, n, block_rows):
             stop = min(n, start + block_rows)
             g = groups[start:stop]
             order = np.argsort(g, kind="stable")
             sizes = np.bincount(g, minlength=G)
+            m = int(sizes.max())
             pos = np.arange(stop - start) - np.repeat(np.cumsum(sizes) - sizes, sizes)
             gi = torch.as_tensor(g[order], device=device)
             pi = torch.as_tensor(pos, device=device)
             padded, norms = {}, {}
-            for v in views:
+            for slot, v in enumerate(views):
                 e, tap = plan.views[v]
-                x = torch.as_tensor(entries[e].read(tap, rows[e][start:stop][order]).astype(np.float64),
-                                    device=device)
+                d = plan.dims[v]
+                x = torch.as_tensor(entries[e].read(tap, rows[e][start:stop][order]), device=device)
                 if v not in shifts:  # the first block's mean: a shift that keeps the float64 sums exact
-                    shifts[v] = x.mean(0)
-                x = x - shifts[v]
-                U = torch.zeros(G, int(sizes.max()), x.shape[1], dtype=torch.float64, device=device)
-                U[gi, pi] = x
-                norms[v] = (U * U).sum(-1)
-                padded[v] = (U, U.to(dt))
+                    shifts[v] = x.double().mean(0)
+                shifted = slots[slot][2][:x.numel()].view(x.shape).copy_(x).sub_(shifts[v])
+                U = slots[slot][0][:G * m * d].view(G, m, d).zero_()
+                U[gi, pi] = shifted
+                norms[v] = torch.linalg.vector_norm(U, dim=-1).square_()
+                Up = U if dt == torch.float64 else slots[slot][1][:G * m * d].view(G, m, d).copy_(U)
+                padded[v] = (U, Up)
             for (a, b), st in stats.items():
-                st.add(padded[a], padded[b], norms[a], norms[b])
+                st.add(padded[a], padded[b], norms[a], norms[b], scratch)
         for pr in list(stats):
             values[pr] = stats.pop(pr).values(n_g)
     out = {}
@@ -458,7 +498,7 @@ def _compare(sources: Sequence[Any], views: Sequence[tuple[int, str]], pairs: Se
         if "mutual_knn" in measures and k >= n:
             raise UsageError(f"k = {k} neighbours needs more than {k} images; {n} are common. Pass a smaller --k")
         G = min(groups, n)
-        grp = _groups(n, G, seed)
+        grp = _groups(n, G, seed, block_rows)
         results: dict[tuple[int, int], dict[str, tuple[float, np.ndarray]]] = {pr: {} for pr in plan.pairs}
         with _threads(dev, 2 * min(block_rows, n) * max(plan.dims) ** 2), full_fp32(dev, "fp32"):
             if {"cka", "cka_debiased"} & set(measures):
