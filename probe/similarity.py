@@ -26,16 +26,16 @@ computed for blocks of query rows.
 
 Intervals, over images, computed while streaming:
 
-- CKA: a delete-one-group jackknife. The joined images are dealt into ``groups`` (32) balanced random groups,
-  fixed by ``seed``; the D x D products and sums are accumulated per group, and each of the G replicates (every
-  group but one) is recomputed exactly from them: the replicates' products (total minus the group's) take the
-  groups' place in memory, so nothing beyond the groups' products is formed. The interval is ``value +- t_{G-1} se``. Why not a bootstrap:
-  a resample with replacement repeats images, and a repeated image agrees with itself in both representations,
-  which inflates both CKA estimators (measured on 500 synthetic images: the whole 95% percentile interval lay
-  above the value, for the debiased estimator too); leaving groups out repeats nothing. Random groups of
-  independent images are independent; with 32 groups the standard error has 31 degrees of freedom (the t
-  quantile accounts for it). Per pair the group products take ``groups`` x p x q float64 values while the pair
-  is accumulated; pairs are accumulated in passes over the files that fit ``memory_bytes``.
+- CKA: a delete-one-group jackknife. The joined images are dealt into ``groups`` (32) random groups, fixed by
+  ``seed`` (balanced within each block of rows); the D x D products and sums are accumulated per group, and each
+  of the G replicates (every group but one) is recomputed exactly from them, by read-only passes over the groups'
+  products. The interval is ``value +- t_{G-1} se``. Why not a bootstrap: a resample with replacement repeats
+  images, and a repeated image agrees with itself in both representations, which inflates both CKA estimators
+  (measured on 500 synthetic images: the whole 95% percentile interval lay above the value, for the debiased
+  estimator too); leaving groups out repeats nothing. Random groups of independent images are independent; with
+  32 groups the standard error has 31 degrees of freedom (the t quantile accounts for it). Per pair the group
+  products take ``groups`` x p x q float64 values while the pair is accumulated; pairs are accumulated in passes
+  over the files that fit ``memory_bytes``.
 - mutual k-NN: a bootstrap over images of the per-image overlaps (the neighbour lists are those of all images;
   recomputing them in a resample would make each repeated image its own neighbour), ``n_boot`` resamples,
   percentile interval. The overlaps take k + 1 values, so a resample is a multinomial draw of the counts.

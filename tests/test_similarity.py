@@ -1,5 +1,5 @@
 """Representation similarity (probe.similarity): CKA against its definitions, mutual k-NN against a brute-force
-count, the grouped bootstrap against recomputation, ids joined out of order, errors through the CLI, and real
+count, the jackknife's replicates against recomputation, ids joined out of order, errors through the CLI, and real
 cache files written by probe.extract_features."""
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import pytest
 import probe
 from probe import similarity as sim
 from probe._errors import UsageError
-
 from tests._helpers import assert_one_line_error, run_cli
 
 
