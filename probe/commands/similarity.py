@@ -1,19 +1,16 @@
-"""Compare backbones' representations of the same images from the feature cache: linear CKA (biased and debiased)
-and mutual k-nearest-neighbour alignment, each with a bootstrap interval over images.
+"""Compare backbones' representations of the same images from the feature cache: linear CKA (biased and debiased,
+with a jackknife interval over groups of images) and mutual k-nearest-neighbour alignment (with a bootstrap
+interval over images).
 
-BACKBONE... are timm names (their features of DATASET's --split are extracted first when the cache lacks them,
-through the same code as 'probe extract-features') or paths of cache files (.h5) of that dataset split. Jobs, each
-written as one parquet file under <results-dir>/similarity/<dataset>/ (skipped when it exists, unless
---overwrite):
-
-  configs   configuration x configuration at each --taps tap (two or more BACKBONEs)
-  blocks    block x block of every pair of BACKBONEs, over every block<i> tap (--blocks)
-  finetune  frozen block i vs fine-tuned block i of a backbone (--finetuned BACKBONE=WEIGHTS: the fine-tuned
-            export, extracted through the cache like any --weights PATH)
-
-Rows are joined by image id; entries of different datasets or splits, a tap an entry lacks, ids that differ
+BACKBONE... are timm names, whose features of DATASET's --split are extracted first when the cache lacks them
+(through the same code as 'probe extract-features'), or cache files (.h5) of that dataset split. Jobs, each
+written as one parquet file under <results-dir>/similarity/<dataset>/ and skipped when it exists (unless
+--overwrite): configuration x configuration at each --taps tap (two or more BACKBONEs); block x block of every
+pair of BACKBONEs over every block<i> tap (--blocks); frozen block i vs fine-tuned block i of a backbone
+(--finetuned BACKBONE=WEIGHTS, the fine-tuned export extracted through the cache like any --weights PATH).
+Rows are joined by image id: entries of different datasets or splits, a tap an entry lacks, ids that differ
 (unless --join common) or fewer than 4 common images are errors before any comparison. Prints one line per
-compared pair: kind, both sides, and each measure with its interval; then the file.
+compared pair (kind, both sides, each measure with its interval), then one line per job with its file.
 """
 
 from __future__ import annotations
@@ -29,9 +26,10 @@ MEASURE_NAMES = ("cka", "cka_debiased", "mutual_knn")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("items", nargs="+", metavar="BACKBONE... DATASET",
-                        help="timm names (or cache files, .h5) to compare, then the dataset spec (digits, "
-                             "imagefolder:PATH, ... as in 'probe extract-features')")
+    parser.add_argument("backbones", nargs="+", metavar="BACKBONE",
+                        help="timm names (or cache files, .h5) to compare")
+    parser.add_argument("dataset", metavar="DATASET",
+                        help="dataset spec: digits, imagefolder:PATH, ... as in 'probe extract-features'")
     parser.add_argument("--split", default="test", help="the split whose images are compared")
     parser.add_argument("--taps", nargs="+", default=["pooled"], metavar="TAP",
                         help="taps of the configuration x configuration matrices (one job per tap): pooled, cls, "
@@ -39,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blocks", action=argparse.BooleanOptionalAction, default=False,
                         help="also compare every block<i> tap of each pair of BACKBONEs (block x block matrices); "
                              "the block taps of named backbones are extracted")
-    parser.add_argument("--finetuned", nargs="+", default=[], metavar="[BACKBONE=]WEIGHTS",
+    parser.add_argument("--finetuned", nargs="+", default=None, metavar="[BACKBONE=]WEIGHTS",
                         help="a fine-tuned export (.safetensors, as 'probe finetune' writes) of a BACKBONE: its "
                              "block taps are extracted with these weights and compared block by block with the "
                              "frozen backbone's; BACKBONE= may be left out when one backbone is named")
@@ -47,16 +45,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cka (linear CKA, biased HSIC), cka_debiased (unbiased HSIC, Song et al. 2007), "
                              "mutual_knn (mutual k-nearest-neighbour alignment, Huh et al. 2024)")
     parser.add_argument("--k", type=int, default=10, metavar="K", help="neighbours per image of mutual_knn")
-    parser.add_argument("--n-boot", type=int, default=1000, metavar="N", help="bootstrap resamples per value")
-    parser.add_argument("--ci", type=float, default=0.95, metavar="F", help="coverage of the bootstrap interval")
+    parser.add_argument("--n-boot", type=int, default=1000, metavar="N",
+                        help="bootstrap resamples of images of the mutual_knn interval")
+    parser.add_argument("--ci", type=float, default=0.95, metavar="F", help="coverage of every interval")
     parser.add_argument("--groups", type=int, default=32, metavar="G",
-                        help="random groups of images the bootstrap resamples (CKA holds G products per pair)")
+                        help="random groups of images the CKA jackknife leaves out one at a time (CKA holds G "
+                             "products of each pair of taps while it accumulates)")
     parser.add_argument("--join", choices=["exact", "common"], default="exact",
                         help="exact: the entries must hold the same image ids (else an error naming how many "
                              "differ); common: compare the images they share")
     parser.add_argument("--product-dtype", choices=["float64", "float32"], default="float64",
-                        help="dtype of the block products of CKA (sums are float64 either way); float32 is about "
-                             "twice as fast on CPUs and loses about 1e-6")
+                        help="dtype of the block products of CKA (sums are float64 either way); float32 is faster "
+                             "and loses about 1e-6")
     parser.add_argument("--block-rows", type=int, default=4096, metavar="N", help="rows read from each file at a time")
     parser.add_argument("--memory-mb", type=int, default=1024, metavar="MB",
                         help="budget of the CKA accumulators of one pass over the files; more pairs take more passes")
@@ -89,10 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from probe._errors import UsageError
     from probe.similarity import _Entry, run_job
 
-    if len(args.items) < 2:
-        raise UsageError("name at least one BACKBONE (or cache file) and then the DATASET, e.g. "
-                         "'probe similarity test_resnet test_vit digits'")
-    *names, dataset = args.items
+    names, dataset = list(args.backbones), args.dataset
     for flag, value, lo in (("--k", args.k, 1), ("--n-boot", args.n_boot, 1), ("--groups", args.groups, 2),
                             ("--block-rows", args.block_rows, 1), ("--memory-mb", args.memory_mb, 1)):
         if value < lo:
@@ -101,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--ci must be in (0, 1); got {args.ci}")
     files = [n for n in names if n.endswith(".h5")]
     backbones = [n for n in names if not n.endswith(".h5")]
-    finetuned = _finetuned_pairs(args.finetuned, backbones)
+    finetuned = _finetuned_pairs(args.finetuned or [], backbones)
     if len(names) < 2 and not finetuned:
         raise UsageError("compare two or more BACKBONEs (or cache files), or one with --finetuned BACKBONE=WEIGHTS")
     from probe._taps import parse_taps
