@@ -377,3 +377,13 @@ def test_cli_errors_are_one_line(real_cache, tmp_path):
     assert_one_line_error(run_cli("similarity", resnet, str(few), "digits", "--join", "common", *common), 2,
                           "only 3 image")
     assert not (tmp_path / "r").exists()  # nothing was written
+
+
+def test_import_is_cheap():
+    import subprocess
+    import sys
+
+    code = ("import sys, probe.similarity, probe.commands.similarity, probe.analysis._similarity; "
+            "heavy = [m for m in ('torch', 'polars', 'matplotlib', 'h5py') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
