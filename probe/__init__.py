@@ -51,6 +51,13 @@ _LAZY = {
     "job_ci": "probe.analysis",
     "family_bootstrap": "probe.analysis",
     "scan_results": "probe.results",
+    "linear_cka": "probe.similarity",
+    "mutual_knn": "probe.similarity",
+    "compare_entries": "probe.similarity",
+    "config_matrix": "probe.similarity",
+    "block_matrix": "probe.similarity",
+    "finetune_curve": "probe.similarity",
+    "scan_similarity": "probe.similarity",
 }
 
 __all__ = ["ProbeError", "UsageError", "CACHE_FORMAT", "PROBE_VERSION", "__version__", "analysis", *_LAZY]
@@ -58,8 +65,9 @@ __all__ = ["ProbeError", "UsageError", "CACHE_FORMAT", "PROBE_VERSION", "__versi
 
 #: public submodules, imported on first attribute access (``probe.analysis``: selection, seed means, bootstrap,
 #: figures; the layer the report, the notebooks and the console summary share; ``probe.dense``: dense targets and
-#: metrics)
-_SUBMODULES = {"analysis", "dense", "results", "study", "tasks", "vocab"}
+#: metrics; ``probe.similarity``: CKA and mutual k-NN between cached features; ``probe.study``: study files, plans
+#: and runners; ``probe.tasks``: the task registry)
+_SUBMODULES = {"analysis", "dense", "results", "similarity", "study", "tasks", "vocab"}
 
 
 def __getattr__(name: str) -> Any:

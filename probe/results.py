@@ -83,6 +83,10 @@ RESULT_COLUMNS: dict[str, str] = {
     #                        part of every grouping key, never selected across
 }
 
+#: Folders directly under a results directory that hold tables of their own schema, not these rows
+#: (``similarity/``: :data:`probe.similarity.SIMILARITY_COLUMNS`); :func:`scan_results` skips them.
+OTHER_TABLES = ("similarity",)
+
 #: What a rerun does after a results writer ran out of space.
 _RESUME = "jobs whose results exist are skipped, the others run again"
 
@@ -229,7 +233,8 @@ def scan_results(results_dir: str | os.PathLike, *, include_file_paths: str | No
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise UsageError(f"results directory {results_dir} does not exist; run 'probe sweep' or 'probe run' first")
-    files = sorted(str(p) for p in results_dir.rglob("*.parquet"))
+    files = sorted(str(p) for p in results_dir.rglob("*.parquet")
+                   if p.relative_to(results_dir).parts[0] not in OTHER_TABLES)
     if not files:
         raise UsageError(f"no results (*.parquet) under {results_dir}; run 'probe sweep' or 'probe run' first")
     # files written before a column existed read it as null

@@ -45,6 +45,10 @@ _LAZY = {
     "dense_examples_figure": "._figures", "segmentation_palette": "._figures",
     # face and continuous-target figures
     "retrieval_examples": "._faces", "retrieval_figure": "._faces", "prediction_scatter_figure": "._faces",
+    # representation similarity (rows of probe.similarity)
+    "similarity_section": "._similarity", "config_heatmap_figure": "._similarity",
+    "block_heatmap_figure": "._similarity", "finetune_curve_figure": "._similarity",
+    "config_matrix_values": "._similarity", "family_pairs_table": "._similarity",
     # notebooks
     "notebook_setup": "._notebook",
 }
