@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import importlib
 
-from ._base import (GROUP_KEY, UNITS, Metric, Task, evaluation_label, mean_metric, root_mean_metric,
+from ._base import (GROUP_KEY, UNITS, Job, Metric, Request, Task, evaluation_label, mean_metric, root_mean_metric,
                     scalar_metric)
 
-__all__ = ["Task", "Metric", "GROUP_KEY", "UNITS", "register", "unregister", "get", "names", "all_tasks",
-           "evaluation_label", "mean_metric", "root_mean_metric", "scalar_metric", "DEFAULT"]
+__all__ = ["Task", "Metric", "Request", "Job", "GROUP_KEY", "UNITS", "register", "unregister", "get", "names",
+           "all_tasks", "evaluation_label", "mean_metric", "root_mean_metric", "scalar_metric", "DEFAULT"]
 
 #: The task of a job that names none.
 DEFAULT = "classification"
