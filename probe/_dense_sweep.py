@@ -204,6 +204,7 @@ def extract_dense_targets(backbone: str, dataset, *, task: str, taps: Sequence[s
         Split -> :class:`probe.CacheEntry`, and split -> targets file path.
     """
     from ._cache import read_attrs
+    from ._extract import extract_features
     from ._features import opened
 
     source = opened(dataset, extract_kwargs.get("data_root"))

@@ -336,8 +336,9 @@ def sweep_regression(probe, train: tuple, val: tuple | None = None, test: tuple 
         recorded_fraction = 0.0
     dev = resolve_device(est.get_params().get("device"))
     Xt, Xv, yt = to_tensor(X, dev), to_tensor(X_val, dev), torch.as_tensor(y, device=dev)
-    common = dict({"evaluation": evaluation_label()}, **(base or {}), probe=est.name, shots=0, seed=int(seed),
-                  val_fraction=recorded_fraction, select_metric=select_metric, n_val=len(y_val), task=own.name)
+    common = {"evaluation": evaluation_label(), "task": own.name, **(base or {})}
+    common.update(probe=est.name, shots=0, seed=int(seed), val_fraction=recorded_fraction,
+                  select_metric=select_metric, n_val=len(y_val))
     rows: list[dict] = [None] * len(points)  # type: ignore[list-item]
 
     def on_val(i, pred, seconds):
