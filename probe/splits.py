@@ -81,8 +81,8 @@ def carve_splits(labels: np.ndarray | None, *, ids: Sequence[str] | None = None,
         Carve val within each class (the tasks whose probes learn classes, :attr:`probe.tasks.Task.stratified`).
         False (a continuous target): val is carved from the ranking of the ids alone, or of ``groups``.
     groups : sequence, optional
-        Group of each row (a person), with ``stratify=False``: val takes whole groups, no group is in both parts
-        (:func:`carve_groups`).
+        Group of each row (a person), with ``stratify=False``: each carve takes whole groups, no group is in two
+        parts (:func:`carve_groups`).
 
     Both sides of a comparison call this one function: the frozen sweeps (:mod:`probe._fit`, the tasks' jobs) and
     fine-tuning (:func:`probe._finetune.plan_splits`), so both select on the same val images.
@@ -101,16 +101,19 @@ def carve_splits(labels: np.ndarray | None, *, ids: Sequence[str] | None = None,
     ids = [str(i) for i in range(n)] if ids is None else [str(i) for i in ids]
     if len(ids) != n:
         raise ValueError(f"{len(ids)} ids for {n} labels")
-    if not stratify:  # a continuous target: val by the ranking of ids (or groups) alone
+    if not stratify:  # a continuous target: test, then val, by the ranking of ids (or groups) alone
         if absent:
             raise ValueError("an unstratified carve takes no absent ids")
-        if test_fraction:
-            raise ValueError("an unstratified carve carves val only")
-        if not val_fraction:
-            return {"train": np.arange(n)}
-        _check_fraction(val_fraction, "--val-fraction")
-        train, val = _carve_units(ids, fraction=val_fraction, seed=seed, groups=groups)
-        return {"val": val, "train": train}
+        rest, out = np.arange(n), {}
+        for split, fraction, split_seed in (("test", test_fraction, test_seed), ("val", val_fraction, seed)):
+            if fraction:
+                _check_fraction(fraction, f"--{split}-fraction")
+                keep, carved = _carve_units([ids[i] for i in rest], fraction=fraction, seed=split_seed,
+                                            groups=None if groups is None else np.asarray(groups)[rest],
+                                            salt="val-group" if split == "val" else "test-group")
+                out[split], rest = rest[carved], rest[keep]
+        out["train"] = rest
+        return out
     if groups is not None:
         raise ValueError("groups are carved without stratification (stratify=False)")
     absent = dict(absent or {})
@@ -254,7 +257,8 @@ def check_overlap(source, *, allow: bool = False, cache_dir=None) -> list[tuple[
 # ---------------------------------------------------------------------------------------------------- groups
 
 
-def _carve_units(ids: Sequence[str], *, fraction: float, seed: int, groups=None) -> tuple[np.ndarray, np.ndarray]:
+def _carve_units(ids: Sequence[str], *, fraction: float, seed: int, groups=None,
+                 salt: str = "val-group") -> tuple[np.ndarray, np.ndarray]:
     """(train, val) rows by a seeded hash ranking of their groups (of each id without groups): the first
     ``round(fraction * n_groups)`` groups (clipped to [1, n_groups - 1]) go to val; no group is in both."""
     names = np.asarray([str(i) for i in ids] if groups is None else [str(g) for g in groups])
@@ -263,7 +267,7 @@ def _carve_units(ids: Sequence[str], *, fraction: float, seed: int, groups=None)
         raise UsageError("cannot carve a val part: the training rows hold a single group; use more people or "
                          "items")
     n_val = int(np.clip(round(fraction * len(unique)), 1, len(unique) - 1))
-    keys = _rank_keys(list(unique), "val-group", seed)
+    keys = _rank_keys(list(unique), salt, seed)
     val_names = unique[np.lexsort((unique, keys))][:n_val]
     is_val = np.isin(names, val_names)
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
