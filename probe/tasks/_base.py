@@ -406,7 +406,7 @@ def _carved_test(request: Request, data) -> float:
 
 def _refusal(task: Task, option: str, flag: str) -> str:
     """One line refusing an evaluation option the task does not accept, naming the tasks that do."""
-    from . import all_tasks
+    from ._registry import all_tasks
 
     takers = [t.name for t in all_tasks() if option in t.options]
     if option == "test_fraction":
