@@ -1,6 +1,5 @@
-"""Frozen dense probes over the feature cache: the sweep protocol of :mod:`probe._sweep` for dense tasks.
-
-For ``task`` ``segmentation`` or ``depth``, :func:`probe.sweep_cached` hands over to :func:`sweep_dense_cached`:
+"""Frozen dense probes over the feature cache: the jobs of the per-pixel tasks (:mod:`probe.tasks.segmentation`,
+:mod:`probe.tasks.depth`), which :func:`probe.sweep_cached` plans and runs through their engine hooks.
 
 1. Features: the ``patch`` tap from the cache (:func:`probe.extract_features`).
 2. Targets: the dataset's dense targets (:meth:`probe.DatasetSource.dense_targets`) mapped onto the network
@@ -8,10 +7,11 @@ For ``task`` ``segmentation`` or ``depth``, :func:`probe.sweep_cached` hands ove
    ``<cache_dir>/_targets/<dataset>/<split>-<task>-<key[:12]>.h5`` (``targets`` [N, H, W], ``ids`` [N]; the key
    hashes the dataset's fingerprint, the task and the transform's geometry), shared by every backbone with that
    geometry.
-3. The protocol of the classification sweeps: val is the dataset's own or a seeded carve of train (recorded in
-   ``val_fraction``); every grid point (``lr``, ``weight_decay``) trains on train and is scored on val
-   (``split="val"``); the best on val by ``select_metric`` (``miou`` / ``rmse``, lower is better for the depth
-   errors) is refitted on train+val and scored once on test (``selected=True``).
+3. The one protocol (:func:`probe._protocol.select_refit_test`): val is the dataset's own or a seeded carve of
+   train (recorded in ``val_fraction``); every grid point (``lr``, ``weight_decay``) trains on train and is scored
+   on val (``split="val"``); the best on val by ``select_metric`` (``miou`` / ``rmse``, lower is better for the
+   depth errors; ties to the strongest weight decay; non-finite scores never chosen) is refitted on train+val and
+   scored once on test (``selected=True``).
 4. Mini-batches are streamed from the two HDF5 files (:class:`DenseBatches`), so memory does not grow with the
    dataset.
 
