@@ -180,8 +180,7 @@ def sweep(probe, train: tuple, val: tuple | None = None, test: tuple | None = No
 
     dev = resolve_device(est.get_params().get("device"))
     classes, y_index = np.unique(y_train, return_inverse=True)
-    Xt, Xv = to_tensor(X_train, dev), to_tensor(X_val, dev)
-    yt = torch.as_tensor(y_index, device=dev)
+    Xt, yt = to_tensor(X_train, dev), torch.as_tensor(y_index, device=dev)
 
     protocol = protocol_of(est, points, tap=str(context.get("tap", "-")),
                            task=str(context.get("task") or own.name), val_fraction=recorded_fraction,
@@ -223,10 +222,11 @@ def sweep(probe, train: tuple, val: tuple | None = None, test: tuple | None = No
                        split="test", n_train=n_fit, n_eval=len(X_test), fit_seconds=seconds, **metrics)
         return row, test_scores
 
-    outcome = select_refit_test(est, points, est._sweep_path(Xt, yt, len(classes), Xv, points), val_score=on_val,
+    # the val tensor lives only in the path (freed once every point is scored, before the refit)
+    path = est._sweep_path(Xt, yt, len(classes), to_tensor(X_val, dev), points)
+    outcome = select_refit_test(est, points, path, val_score=on_val,
                                 higher_is_better=own.metric(select_metric).higher_is_better, metric=select_metric,
                                 fit=None if test is None else fit, score=None if test is None else score)
-    del Xv
     if not_converged:
         from sklearn.exceptions import ConvergenceWarning
 

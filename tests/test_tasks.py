@@ -12,6 +12,7 @@ import pytest
 
 import probe
 from probe import ProbeError, tasks
+from probe.tasks.classification import Classification
 from tests._helpers import assert_one_line_error, run_cli, run_main
 
 EXTRACT = dict(random_init=True, img_size=32, device="cpu", progress=False)
@@ -51,8 +52,9 @@ def test_regression_sweep_ties_go_to_the_strongest_penalty_like_classification()
 # ------------------------------------------------------------------------------------------------ a toy task
 
 
-class Even(tasks.Task):
-    """Is this digit even? A binary target read from the dataset's labels, scored by its own metric."""
+class Even(Classification):
+    """Is this digit even? A binary target read from the dataset's labels, scored by its own metric; everything
+    else (probes learning classes, splits, cross-validation, rows, per-item arrays) is classification's."""
 
     name = "even"
     metrics = (tasks.mean_metric("even_acc", "even acc", stat="item/top1"),)
@@ -61,15 +63,9 @@ class Even(tasks.Task):
     probes = ("centroid", "ridge")
     default_probes = ("centroid",)
     options = frozenset({"cv"})
-    learns_classes = True
 
     def target(self, source, split):
         return (np.asarray(source.labels[split]) % 2 == 0).astype(np.int64)
-
-    def run(self, data, job):
-        from probe.tasks.classification import classify_folds, _classify_splits
-
-        return classify_folds(self, data, job) if job.cv is not None else _classify_splits(self, data, job)
 
 
 @pytest.fixture
