@@ -43,7 +43,9 @@ def fold_plan(task, data, job, *, labels=None):
     groups = data.labels if job.cv_group == "subject" else None
     folds = cv_folds(data.ids, k=job.cv, seed=job.seed, labels=labels, groups=groups)
     if task.learns_classes:
-        check_fold_classes(folds, data.labels, class_names=data.classes, grouped_by=job.cv_group, task=task.name)
+        classes = data.labels if labels is None else labels
+        check_fold_classes(folds, classes, class_names=data.classes if labels is None or labels is data.labels
+                           else None, grouped_by=job.cv_group, task=task.name)
     return folds, groups
 
 

@@ -49,6 +49,21 @@ def test_regression_sweep_ties_go_to_the_strongest_penalty_like_classification()
     assert res.selected_params == {"alpha": 1.0 + 1e-12}  # the stronger penalty
 
 
+def test_unstratified_carves_keep_groups_whole_and_match_carve_groups():
+    from probe.splits import carve_groups, carve_splits
+
+    ids = [f"p{i // 4}/{i}" for i in range(40)]
+    people = np.asarray([i // 4 for i in range(40)])
+    parts = carve_splits(None, ids=ids, val_fraction=0.2, test_fraction=0.2, seed=1, stratify=False, groups=people)
+    sets = [set(people[parts[k]]) for k in ("train", "val", "test")]
+    assert sorted(len(s) for s in sets) == [2, 2, 6] and not (sets[0] & sets[1] or sets[0] & sets[2] or
+                                                             sets[1] & sets[2])
+    assert sorted(np.concatenate([parts[k] for k in parts]).tolist()) == list(range(40))
+    tr, va = carve_groups(ids, fraction=0.25, seed=2, groups=people)
+    both = carve_splits(None, ids=ids, val_fraction=0.25, seed=2, stratify=False, groups=people)
+    assert (both["train"] == tr).all() and (both["val"] == va).all()
+
+
 # ------------------------------------------------------------------------------------------------ a toy task
 
 
