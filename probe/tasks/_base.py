@@ -166,7 +166,7 @@ class Job:
     extra: dict = field(default_factory=dict)
 
 
-#: Evaluation options of a request: (option, flag, example of use).
+#: Evaluation options of a request: (option, the flag that sets it).
 _OPTIONS = (("cv", "--cv"), ("cv_group", "--cv-group"), ("pairs", "--pairs"), ("whiten", "--whiten"),
             ("test_fraction", "--test-fraction"), ("shots", "--shots"))
 
