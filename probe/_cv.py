@@ -22,7 +22,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ._errors import UsageError
 from ._fit import TaskSweep, regression_items, sweep_regression  # noqa: F401  (names of this module's API)
 from .splits import carve_groups, check_fold_classes, cv_folds  # noqa: F401
 

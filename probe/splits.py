@@ -287,7 +287,8 @@ def carve_groups(ids: Sequence[str], *, fraction: float, seed: int, groups=None)
 # ---------------------------------------------------------------------------------------------------- folds
 
 
-def cv_folds(ids: Sequence[str], *, k: int, seed: int = 0, labels=None, groups=None) -> list[tuple[np.ndarray, np.ndarray]]:
+def cv_folds(ids: Sequence[str], *, k: int, seed: int = 0, labels=None,
+             groups=None) -> list[tuple[np.ndarray, np.ndarray]]:
     """K folds as ``(train_rows, test_rows)`` pairs of sorted indices; every item is tested exactly once.
 
     Parameters

@@ -331,7 +331,7 @@ class Task:
     def plan(self, data, request: Request) -> list[Job]:
         """The jobs of a request over loaded data: one per (tap, probe, shots, seed), each with its protocol id
         (:func:`probe._protocol.protocol_of` over the probe's expanded grid and the evaluation material)."""
-        from .._protocol import check_grid, make_probe, protocol_of
+        from .._protocol import check_grid, protocol_of
 
         jobs = []
         for tap in request.taps:
