@@ -75,8 +75,10 @@ def targets_file(source, split: str, task: str, data_config: Mapping[str, Any],
         return path
     n = len(source.splits[split])
     size = (int(data_config["input_size"][1]), int(data_config["input_size"][2]))
-    classes = source.segmentation_classes
-    dtype = (np.uint8 if len(classes) <= IGNORE_INDEX else np.int32) if task == "segmentation" else np.float32
+    from . import tasks
+
+    classes = tasks.get(task).classes(source)  # per-pixel class ids, or none for a continuous target (metres)
+    dtype = (np.uint8 if len(classes) <= IGNORE_INDEX else np.int32) if classes else np.float32
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         ds = f.create_dataset("targets", shape=(n, *size), dtype=dtype, chunks=(1, *size))
