@@ -1,6 +1,5 @@
-"""Frozen dense probes over the feature cache: the sweep protocol of :mod:`probe._sweep` for dense tasks.
-
-For ``task`` ``segmentation`` or ``depth``, :func:`probe.sweep_cached` hands over to :func:`sweep_dense_cached`:
+"""Frozen dense probes over the feature cache: the jobs of the per-pixel tasks (:mod:`probe.tasks.segmentation`,
+:mod:`probe.tasks.depth`), which :func:`probe.sweep_cached` plans and runs through their engine hooks.
 
 1. Features: the ``patch`` tap from the cache (:func:`probe.extract_features`).
 2. Targets: the dataset's dense targets (:meth:`probe.DatasetSource.dense_targets`) mapped onto the network
@@ -8,10 +7,11 @@ For ``task`` ``segmentation`` or ``depth``, :func:`probe.sweep_cached` hands ove
    ``<cache_dir>/_targets/<dataset>/<split>-<task>-<key[:12]>.h5`` (``targets`` [N, H, W], ``ids`` [N]; the key
    hashes the dataset's fingerprint, the task and the transform's geometry), shared by every backbone with that
    geometry.
-3. The protocol of the classification sweeps: val is the dataset's own or a seeded carve of train (recorded in
-   ``val_fraction``); every grid point (``lr``, ``weight_decay``) trains on train and is scored on val
-   (``split="val"``); the best on val by ``select_metric`` (``miou`` / ``rmse``, lower is better for the depth
-   errors) is refitted on train+val and scored once on test (``selected=True``).
+3. The one protocol (:func:`probe._protocol.select_refit_test`): val is the dataset's own or a seeded carve of
+   train (recorded in ``val_fraction``); every grid point (``lr``, ``weight_decay``) trains on train and is scored
+   on val (``split="val"``); the best on val by ``select_metric`` (``miou`` / ``rmse``, lower is better for the
+   depth errors; ties to the strongest weight decay; non-finite scores never chosen) is refitted on train+val and
+   scored once on test (``selected=True``).
 4. Mini-batches are streamed from the two HDF5 files (:class:`DenseBatches`), so memory does not grow with the
    dataset.
 
@@ -26,15 +26,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ._errors import ProbeError, UsageError
-from .dense import DENSE_TASKS, IGNORE_INDEX, check_dense_target, network_view, transform_dense_target
-from .vocab import DEFAULT_VAL_FRACTION, DENSE_GRID_KEYS, DENSE_PROBES, LOWER_IS_BETTER, TASK_METRICS
+from .dense import IGNORE_INDEX, check_dense_target, network_view, transform_dense_target
+from .vocab import DENSE_GRID_KEYS
 
 #: Version of the targets files' layout (part of their key).
 TARGETS_FORMAT = 1
@@ -44,13 +43,17 @@ PREVIEW_IMAGES = 4
 
 
 def check_task(task: str, source=None) -> str:
-    """Return ``task`` if the dataset carries it (UsageError naming the tasks it has otherwise)."""
-    from ._schema import TASK, check_setting
+    """Return ``task`` if it is a registered task with per-pixel targets that the dataset carries (UsageError
+    naming the tasks it has otherwise)."""
+    from . import tasks
 
-    task = check_setting(task, TASK, "--task", example="--task segmentation")
-    if source is not None and task not in source.tasks:
-        raise UsageError(f"dataset {source.name!r} has no {task} targets; it has {', '.join(source.tasks)}")
-    return task
+    t = tasks.get(task)
+    if source is not None and t.name not in source.tasks:
+        raise UsageError(f"dataset {source.name!r} has no {t.name} targets; it has {', '.join(source.tasks)}")
+    if not t.dense:
+        dense = [x.name for x in tasks.all_tasks() if x.dense]
+        raise UsageError(f"{t.name} has no dense targets; dense tasks are {', '.join(dense)}")
+    return t.name
 
 
 # ---------------------------------------------------------------------------------------------------- targets
@@ -72,8 +75,10 @@ def targets_file(source, split: str, task: str, data_config: Mapping[str, Any],
         return path
     n = len(source.splits[split])
     size = (int(data_config["input_size"][1]), int(data_config["input_size"][2]))
-    classes = source.segmentation_classes
-    dtype = (np.uint8 if len(classes) <= IGNORE_INDEX else np.int32) if task == "segmentation" else np.float32
+    from . import tasks
+
+    classes = tasks.get(task).classes(source)  # per-pixel class ids, or none for a continuous target (metres)
+    dtype = (np.uint8 if len(classes) <= IGNORE_INDEX else np.int32) if classes else np.float32
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         ds = f.create_dataset("targets", shape=(n, *size), dtype=dtype, chunks=(1, *size))
@@ -189,7 +194,7 @@ def token_grid(tokens: int, size: tuple[int, int]) -> tuple[int, int]:
     return h, tokens // h
 
 
-def extract_dense_targets(backbone: str, dataset: str, *, task: str, taps: Sequence[str] = ("patch",),
+def extract_dense_targets(backbone: str, dataset, *, task: str, taps: Sequence[str] = ("patch",),
                           cache_dir: str | os.PathLike = "cache", **extract_kwargs) -> tuple[dict, dict]:
     """Extract (or reuse) the features of ``backbone`` on ``dataset`` (:func:`probe.extract_features`) and write
     (or reuse) the ``task`` targets file of every extracted split.
@@ -200,14 +205,12 @@ def extract_dense_targets(backbone: str, dataset: str, *, task: str, taps: Seque
         Split -> :class:`probe.CacheEntry`, and split -> targets file path.
     """
     from ._cache import read_attrs
-    from ._datasets import open_dataset
     from ._extract import extract_features
+    from ._features import opened
 
-    source = open_dataset(dataset, data_root=extract_kwargs.get("data_root"))
+    source = opened(dataset, extract_kwargs.get("data_root"))
     check_task(task, source)
-    if task not in DENSE_TASKS:
-        raise UsageError(f"{task} has no dense targets; dense tasks are {', '.join(DENSE_TASKS)}")
-    entries = extract_features(backbone, dataset, taps=tuple(taps), cache_dir=cache_dir, **extract_kwargs)
+    entries = extract_features(backbone, source, taps=tuple(taps), cache_dir=cache_dir, **extract_kwargs)
     import h5py
 
     targets = {}
@@ -218,81 +221,48 @@ def extract_dense_targets(backbone: str, dataset: str, *, task: str, taps: Seque
     return entries, targets
 
 
-# ---------------------------------------------------------------------------------------------------- sweep
+# ---------------------------------------------------------------------------------------------------- jobs
 
 
-def sweep_dense_cached(backbone: str, dataset: str, *, task: str, probes: Sequence[str] = DENSE_PROBES,
-                       taps: Sequence[str] = ("patch",), seeds: Sequence[int] = (0,),
-                       grids: Mapping[str, Mapping[str, Sequence]] | None = None, select_metric: str | None = None,
-                       val_fraction: float = DEFAULT_VAL_FRACTION, cache_dir: str | os.PathLike = "cache",
-                       results_dir: str | os.PathLike = "results", device: str = "auto", overwrite: bool = False,
-                       progress: bool = True, **extract_kwargs) -> list[Path]:
-    """Sweep dense probes on a backbone's cached patch features; one parquet file per (probe, seed) job.
+class DenseData:
+    """What every dense job of a sweep reads: the cache entries with the patch tap, their attributes (labels,
+    ids) and the targets file of every split, with the opened dataset."""
 
-    Parameters are those of :func:`probe.sweep_cached`; ``task`` is ``segmentation`` or ``depth`` and
-    ``select_metric`` defaults to the task's first metric (:data:`probe.vocab.TASK_METRICS`: ``miou``,
-    ``rmse``). ``grids`` may set ``lr``, ``weight_decay``, ``epochs`` and ``batch_size`` as lists; keys it
-    leaves out keep the probe's default grid (:attr:`DenseLinearProbe.default_grid`).
-    """
-    from sklearn.base import clone
+    def __init__(self, source, entries: dict, targets: dict):
+        from ._cache import load_split
 
-    from ._cache import load_split
-    from ._checks import check_output_dir
-    from ._datasets import open_dataset
-    from ._schema import Setting, check_setting
-    from ._sweep import protocol_of
-    from .results import job_stem
+        self.source, self.entries, self.targets = source, entries, targets
+        self.meta = {split: load_split(entry, taps=[]) for split, entry in entries.items()}
+        self.splits = self.meta
+        first = self.meta.get("train") or next(iter(self.meta.values()))
+        self.first = first
+        self.feature_tag = str(first.attrs.get("base_key") or first.key)[:8]
 
-    if task not in DENSE_TASKS:
-        raise UsageError(f"sweep_dense_cached takes a dense task ({', '.join(DENSE_TASKS)}); got {task!r}")
-    unknown = [p for p in probes if p not in DENSE_PROBES]
-    if unknown:
-        raise UsageError(f"probe(s) {unknown} do not take {task} targets; dense probes are {', '.join(DENSE_PROBES)}")
-    select_metric = select_metric or TASK_METRICS[task][0]
-    if select_metric not in TASK_METRICS[task]:
-        raise UsageError(f"select metric for {task} must be one of {', '.join(TASK_METRICS[task])}; "
-                         f"got {select_metric!r}")
-    bad_taps = [t for t in taps if t != "patch"]
-    if bad_taps:
-        raise UsageError(f"dense probes read the patch tap; got {bad_taps}. Use --taps patch")
-    if not 0.0 < val_fraction < 1.0:
-        raise UsageError(f"val fraction must be in (0, 1); got {val_fraction}. Use e.g. --val-fraction 0.2")
-    seeds = check_setting(list(seeds), Setting("int", many=True, nonempty=True, lo=0), "--seeds",
-                          example="--seeds 0 1 2")
-    check_output_dir(results_dir, "--results-dir")
-    source = open_dataset(dataset, data_root=extract_kwargs.get("data_root"))
-    entries, targets = extract_dense_targets(backbone, dataset, task=task, cache_dir=cache_dir, device=device,
-                                             progress=progress, **extract_kwargs)
+    def context(self, tap: str, family: str | None = None) -> dict:
+        from ._features import backbone_context, skipped_count
+        from ._families import resolve_family
+
+        train = self.first
+        fam, fam_source = resolve_family(train.backbone, family)
+        return dict(backbone=train.backbone, family=fam, family_source=fam_source, weights=train.weights,
+                    dataset=train.dataset, tap=tap, cache_key=train.key, n_skipped=skipped_count(self.meta.values()),
+                    **backbone_context(train))
+
+
+def load_dense(backbone: str, source, *, task: str, taps=("patch",), cache_dir="cache", **extract_kwargs) -> DenseData:
+    """Extract (or reuse) the patch features of every split of the opened ``source`` and write (or reuse) its
+    ``task`` targets files (:func:`extract_dense_targets`)."""
+    entries, targets = extract_dense_targets(backbone, source, task=task, taps=taps, cache_dir=cache_dir,
+                                             **extract_kwargs)
     if "train" not in entries:
-        raise UsageError(f"dataset {dataset!r} has no train split (found {sorted(entries)}); probes need one")
-    meta = {split: load_split(entry, taps=[]) for split, entry in entries.items()}  # attributes, labels, ids
-    train = meta["train"]
-    feature_tag = str(train.attrs.get("base_key") or train.key)[:8]
-    n_classes = len(source.segmentation_classes)
-
-    paths = []
-    for name in probes:
-        for seed in seeds:
-            est, points = _estimator(name, task, n_classes, (grids or {}).get(name), seed=int(seed), device=device)
-            recorded = 0.0 if "val" in entries else float(val_fraction)
-            # the seed is the job's (its own column), not part of the protocol: seeds of one protocol are averaged
-            protocol = protocol_of(clone(est).set_params(seed=0), points, tap="patch", task=task,
-                                   val_fraction=recorded, test_fraction=0.0, select_metric=select_metric, shots=0,
-                                   refit=True)
-            stem = job_stem(results_dir, backbone=train.backbone, dataset=train.dataset, probe=name, tap="patch",
-                            shots=0, seed=int(seed), tag=f"{task}-{feature_tag}-{protocol[:8]}")
-            path = Path(str(stem) + ".parquet")
-            paths.append(path)
-            if path.exists() and not overwrite:
-                continue
-            _run_dense_job(est, points, entries, meta, targets, source=source, task=task, seed=int(seed),
-                           select_metric=select_metric, val_fraction=val_fraction, protocol=protocol, stem=stem,
-                           family=extract_kwargs.get("family"))
-    return paths
+        raise UsageError(f"dataset {source.spec!r} has no train split (found {sorted(entries)}); probes need one")
+    return DenseData(source, entries, targets)
 
 
-def _estimator(name: str, task: str, n_classes: int, grid, *, seed: int, device: str):
-    from ._sweep import _check_grid
+def dense_estimator(task: str, n_classes: int, grid, *, seed: int, device: str, name: str = "linear"):
+    """The dense linear probe of ``task`` and its expanded grid: ``grid`` adds to the probe's default grid, and
+    settings given as one-value lists (``epochs``, ``batch_size``) become the estimator's own."""
+    from ._protocol import check_grid
     from .probes.dense_linear import DenseLinearProbe
 
     est = DenseLinearProbe(task=task, n_classes=max(n_classes, 1), seed=seed, device=device)
@@ -300,8 +270,7 @@ def _estimator(name: str, task: str, n_classes: int, grid, *, seed: int, device:
     if unknown:
         raise UsageError(f"grid keys {unknown} are not settings of the {name} dense probe; valid keys: "
                          f"{list(DENSE_GRID_KEYS)}")
-    points = _check_grid(est, {**DenseLinearProbe.default_grid, **(grid or {})})  # a grid adds to the default
-    # non-searched settings given as one-value lists (epochs, batch_size) are the estimator's own
+    points = check_grid(est, {**DenseLinearProbe.default_grid, **(grid or {})})  # a grid adds to the default
     fixed = {k for k in points[0] if k not in ("lr", "weight_decay") and len({repr(p[k]) for p in points}) == 1}
     if fixed:
         est.set_params(**{k: points[0][k] for k in fixed})
@@ -312,77 +281,69 @@ def _estimator(name: str, task: str, n_classes: int, grid, *, seed: int, device:
     return est, points
 
 
-def _better(metric: str, a: float, b: float) -> bool:
-    return a < b if metric in LOWER_IS_BETTER else a > b
-
-
-def _run_dense_job(est, points, entries, meta, targets, *, source, task: str, seed: int, select_metric: str,
-                   val_fraction: float, protocol: str, stem: Path, family: str | None) -> Path:
-    from sklearn.base import clone
-
-    from ._families import resolve_family
-    from ._io import save_npz_atomic
-    from ._sweep import _plain, backbone_context, skipped_count
+def run_dense_job(task, data: DenseData, job) -> tuple[list[dict], dict]:
+    """One dense job (``task`` a :class:`probe.tasks.Task` with per-pixel targets): every grid point trains on
+    train and is scored on val, then :func:`probe._protocol.select_refit_test` picks one (non-finite val scores
+    never win; ties to the strongest weight decay), refits it on train+val and scores test once. Returns the rows
+    and the per-image arrays (``stat/<k>``, weights, a preview of a few test images)."""
+    from ._protocol import plain, select_refit_test
     from .dense import dense_metrics
-    from .results import make_row, results_frame, write_results
+    from .results import make_row
     from .splits import carve_splits
 
-    train = meta["train"]
-    if "val" in entries:
-        fit_parts = [(entries["train"].path, targets["train"], None)]
-        val_parts = [(entries["val"].path, targets["val"], None)]
+    est, points = job.extra["estimator"], job.extra["points"]
+    train = data.meta["train"]
+    if "val" in data.entries:
+        fit_parts = [(data.entries["train"].path, data.targets["train"], None)]
+        val_parts = [(data.entries["val"].path, data.targets["val"], None)]
         recorded = 0.0
     else:  # a seeded carve of train (the classification sweeps' carve, over the cached labels and ids)
-        parts = carve_splits(train.labels, ids=train.ids, val_fraction=val_fraction, seed=seed)
-        fit_parts = [(entries["train"].path, targets["train"], parts["train"])]
-        val_parts = [(entries["train"].path, targets["train"], parts["val"])]
-        recorded = float(val_fraction)
+        parts = carve_splits(train.labels, ids=train.ids, val_fraction=job.val_fraction, seed=job.seed)
+        fit_parts = [(data.entries["train"].path, data.targets["train"], parts["train"])]
+        val_parts = [(data.entries["train"].path, data.targets["train"], parts["val"])]
+        recorded = float(job.val_fraction)
     fit_data, val_data = DenseBatches(fit_parts), DenseBatches(val_parts)
-    fam, fam_source = resolve_family(train.backbone, family)
-    base = dict(backbone=train.backbone, family=fam, family_source=fam_source, weights=train.weights,
-                dataset=train.dataset, tap="patch", cache_key=train.key, n_skipped=skipped_count(meta.values()),
-                **backbone_context(train), task=task,
-                probe=est.name, shots=0, seed=seed, val_fraction=recorded, test_fraction=0.0,
-                select_metric=select_metric, protocol=protocol, n_val=len(val_data))
-    fixed = {k: _plain(v) for k, v in est.get_params().items() if k in ("epochs", "batch_size")}
-    rows, scores = [], []
-    for i, stats, seconds in est._sweep_path(fit_data, val_data, points):
-        metrics = dense_metrics(task, stats)
-        scores.append(metrics[select_metric])
-        rows.append(make_row(**base, params={**{k: _plain(v) for k, v in points[i].items()}, **fixed},
+    base = dict(job.context, task=task.name, evaluation=job.evaluation, probe=est.name, shots=0, seed=job.seed,
+                val_fraction=recorded, test_fraction=0.0, select_metric=job.select_metric, protocol=job.protocol,
+                n_val=len(val_data))
+    fixed = {k: plain(v) for k, v in est.get_params().items() if k in ("epochs", "batch_size")}
+    rows: list[dict] = []
+
+    def on_val(i, stats, seconds):
+        metrics = dense_metrics(task.name, stats)
+        rows.append(make_row(**base, params={**{k: plain(v) for k, v in points[i].items()}, **fixed},
                              selected=False, split="val", n_train=len(fit_data), n_eval=len(val_data),
                              fit_seconds=seconds, **metrics))
-    finite = [i for i, s in enumerate(scores) if np.isfinite(s)]
-    if not finite:
-        raise ProbeError(f"every {task} grid point gave a non-finite val {select_metric}; check the targets")
-    best = None
-    for i in est._strength_order(points):  # ties go to the strongest regularisation
-        if i in finite and (best is None or _better(select_metric, scores[i], scores[best])):
-            best = i
-    selected = dict(points[best])
-    if "test" not in entries:
-        rows[best] = dict(rows[best], selected=True)
-        write_results(results_frame(rows), Path(str(stem) + ".parquet"))
-        return Path(str(stem) + ".parquet")
-    refit_data = DenseBatches(fit_parts + val_parts)
-    test_data = DenseBatches([(entries["test"].path, targets["test"], None)])
-    fitted = clone(est).set_params(**selected)
-    start = time.perf_counter()
-    fitted.fit(refit_data)
-    seconds = time.perf_counter() - start
-    stats = fitted.score_stats(test_data)
-    rows.append(make_row(**base, params={**{k: _plain(v) for k, v in selected.items()}, **fixed}, selected=True,
-                         split="test", n_train=len(refit_data), n_eval=len(test_data), fit_seconds=seconds,
-                         **dense_metrics(task, stats)))
-    preview = _preview(fitted, test_data, source, meta["test"].attrs["data_config"])
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    save_npz_atomic(Path(str(stem) + ".npz"), task=np.asarray(task), ids=np.asarray(test_data.ids, dtype=str),
-                    classes=np.asarray(source.segmentation_classes if task == "segmentation" else [], dtype=str),
-                    **{f"stat/{k}": v for k, v in stats.items()},
-                    **{f"weight/{k}": v for k, v in fitted._artifact_weights().items()},
-                    **{f"preview/{k}": v for k, v in preview.items()})
-    # The parquet file is written last: its existence marks the job complete (artifacts included).
-    return write_results(results_frame(rows), Path(str(stem) + ".parquet"))
+        return metrics[job.select_metric]
+
+    has_test = "test" in data.entries
+    refit_data = DenseBatches(fit_parts + val_parts) if has_test else None
+    test_data = DenseBatches([(data.entries["test"].path, data.targets["test"], None)]) if has_test else None
+
+    def score(fitted, seconds):
+        stats = fitted.score_stats(test_data)
+        row = make_row(**base, params={"lr": plain(fitted.lr), "weight_decay": plain(fitted.weight_decay), **fixed},
+                       selected=True, split="test", n_train=len(refit_data), n_eval=len(test_data),
+                       fit_seconds=seconds, **dense_metrics(task.name, stats))
+        return row, stats
+
+    outcome = select_refit_test(est, points, est._sweep_path(fit_data, val_data, points), val_score=on_val,
+                                higher_is_better=task.metric(job.select_metric).higher_is_better,
+                                metric=f"{task.name} {job.select_metric}",
+                                fit=(lambda f: f.fit(refit_data)) if has_test else None,
+                                score=score if has_test else None)
+    if not has_test:
+        rows[outcome.best] = dict(rows[outcome.best], selected=True)
+        return rows, {}
+    row, stats = outcome.test
+    fitted = outcome.estimator
+    preview = _preview(fitted, test_data, data.source, data.meta["test"].attrs["data_config"])
+    items = {"task": np.asarray(task.name), "ids": np.asarray(test_data.ids, dtype=str),
+             "classes": np.asarray(job.extra.get("classes", []), dtype=str),
+             **{f"stat/{k}": v for k, v in stats.items()},
+             **{f"weight/{k}": v for k, v in fitted._artifact_weights().items()},
+             **{f"preview/{k}": v for k, v in preview.items()}}
+    return rows + [row], items
 
 
 def _preview(est, data: DenseBatches, source, data_config) -> dict[str, np.ndarray]:

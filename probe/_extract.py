@@ -57,8 +57,9 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
     ----------
     backbone : str
         timm name with its tag (``vit_base_patch16_224.augreg_in21k``).
-    dataset : str
-        Dataset spec (``digits``, ``imagefolder:PATH``... see :func:`probe.open_dataset`).
+    dataset : str or DatasetSource
+        Dataset spec (``digits``, ``imagefolder:PATH``... see :func:`probe.open_dataset`), or a dataset opened
+        from one.
     splits : iterable of str, optional
         Splits to extract; default every split the dataset has.
     taps : iterable of str
@@ -104,7 +105,8 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
     check_model_name(backbone)
     precision = resolve_precision(precision, device)
     pixels = check_pixels(pixels)
-    source = open_dataset(dataset, data_root=data_root)
+    # an opened dataset travels down as it is (a sweep opens its spec once); a spec is opened here
+    source = dataset if not isinstance(dataset, str) else open_dataset(dataset, data_root=data_root)
     wanted = [source.check_split(s) for s in (splits or source.split_names)]
     from .splits import check_overlap
 

@@ -111,15 +111,7 @@ class Setting:
 #: Settings several entry points share.
 SEED = Setting("int", lo=0)  # numpy's generators take no negative seeds
 WORKERS = Setting("int", lo=0, optional=True)  # data-loading processes: None = the default choice, 0 = in-process
-TASK = Setting("str", choices=TASKS, default=DEFAULT_TASK)  # the built-in tasks (prefer task_setting())
-
-
-def task_setting() -> Setting:
-    """``--task`` / ``task =``: one of the tasks registered now (:func:`probe.tasks.names`, a task registered at
-    run time included)."""
-    from . import tasks
-
-    return Setting("str", choices=tasks.names(), default=tasks.DEFAULT)
+TASK = Setting("str", choices=TASKS, default=DEFAULT_TASK)  # the built-in tasks; study files check task names through probe.tasks
 
 
 def constraint(**kwargs) -> dict:

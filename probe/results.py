@@ -21,7 +21,6 @@ from ._checks import disk_full_guard
 from ._errors import UsageError
 from ._io import atomic_path, safe_name, save_npz_atomic
 from ._version import PROBE_VERSION
-from .vocab import DEFAULT_TASK, METRICS
 
 #: Column name -> polars dtype name, in file order. Readers outside the package rely on these names.
 RESULT_COLUMNS: dict[str, str] = {
@@ -137,7 +136,7 @@ def classification_metrics(y_true: np.ndarray, scores: np.ndarray, classes: np.n
     if len(classes) != scores.shape[1]:
         raise ValueError(f"classes has {len(classes)} labels for {scores.shape[1]} score columns")
     if len(y_true) == 0:
-        return {m: float("nan") for m in METRICS}
+        return {m: float("nan") for m in ("top1", "top5", "mean_per_class_acc")}
     top = classes[top_k(scores, 5)]
     pred = top[:, 0]
     return {
@@ -174,11 +173,32 @@ def mean_per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(correct / counts))
 
 
+def task_columns() -> dict[str, str]:
+    """Results columns that registered tasks declare beyond :data:`RESULT_COLUMNS` (:attr:`probe.tasks.Task.columns`:
+    a task's own metric columns), name -> polars dtype name."""
+    from . import tasks
+
+    out: dict[str, str] = {}
+    for task in tasks.all_tasks():
+        for name, dtype in task.columns.items():
+            if name not in RESULT_COLUMNS:
+                out[name] = dtype
+    return out
+
+
 def make_row(**values: Any) -> dict[str, Any]:
-    """Build one results row; ``params`` may be a dict (serialised to sorted JSON). Unknown columns are errors."""
-    unknown = set(values) - set(RESULT_COLUMNS)
-    if unknown:
-        raise ValueError(f"unknown result columns {sorted(unknown)}; the schema is probe.results.RESULT_COLUMNS")
+    """Build one results row; ``params`` may be a dict (serialised to sorted JSON). Unknown columns are errors.
+
+    The columns are :data:`RESULT_COLUMNS` plus those a registered task declares for its own metrics
+    (:func:`task_columns`); such a column is in the row only when given.
+    """
+    extra = set(values) - set(RESULT_COLUMNS)
+    if extra:
+        declared = task_columns()
+        unknown = extra - set(declared)
+        if unknown:
+            raise ValueError(f"unknown result columns {sorted(unknown)}; the schema is probe.results.RESULT_COLUMNS "
+                             "(a task declares its own metric columns in Task.columns)")
     row = {name: None for name in RESULT_COLUMNS}
     row.update(values)
     if isinstance(row["params"], Mapping):
@@ -187,7 +207,7 @@ def make_row(**values: Any) -> dict[str, Any]:
     if row["created"] is None:
         row["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     if row["task"] is None:
-        row["task"] = DEFAULT_TASK
+        row["task"] = "classification"  # probe.tasks.DEFAULT
     if row["probe_version"] is None:
         row["probe_version"] = PROBE_VERSION
     return row
@@ -203,8 +223,11 @@ def results_frame(rows: Iterable[Mapping[str, Any]]):
     """Return a polars DataFrame with exactly the contract's columns and dtypes."""
     import polars as pl
 
+    rows = [dict(r) for r in rows]
     schema = {name: getattr(pl, dtype) for name, dtype in RESULT_COLUMNS.items()}
-    return pl.DataFrame([dict(r) for r in rows], schema=schema, orient="row")
+    present = {k for r in rows for k in r}
+    schema.update({name: getattr(pl, dtype) for name, dtype in task_columns().items() if name in present})
+    return pl.DataFrame([{k: r.get(k) for k in schema} for r in rows], schema=schema, orient="row")
 
 
 def write_results(rows, path: str | os.PathLike) -> Path:
@@ -237,9 +260,10 @@ def scan_results(results_dir: str | os.PathLike, *, include_file_paths: str | No
                    if p.relative_to(results_dir).parts[0] not in OTHER_TABLES)
     if not files:
         raise UsageError(f"no results (*.parquet) under {results_dir}; run 'probe sweep' or 'probe run' first")
-    # files written before a column existed read it as null
+    # files written before a column existed read it as null; registered tasks' own columns are read too
+    columns = {**RESULT_COLUMNS, **task_columns()}
     return pl.scan_parquet(files, include_file_paths=include_file_paths, missing_columns="insert",
-                           schema={name: getattr(pl, dtype) for name, dtype in RESULT_COLUMNS.items()})
+                           schema={name: getattr(pl, dtype) for name, dtype in columns.items()})
 
 
 def job_stem(results_dir: str | os.PathLike, *, backbone: str, dataset: str, probe: str, tap: str = "-",
@@ -267,6 +291,20 @@ def save_artifacts(stem: str | os.PathLike, *, ids: np.ndarray, labels: np.ndarr
     Predictions are always labels, never column indices: a model whose training data lacked a class still
     scores correctly. Ranking ties go to the lower column (:func:`top_k`).
     """
+    arrays = prediction_arrays(ids=ids, labels=labels, scores=scores, weights=weights, classes=classes,
+                               score_classes=score_classes, max_score_cells=max_score_cells)
+    path = Path(str(stem) + ".npz")
+    with disk_full_guard(path.parent, f"the predictions {path.name}", _RESUME):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return save_npz_atomic(path, **arrays)
+
+
+def prediction_arrays(*, ids: np.ndarray, labels: np.ndarray, scores: np.ndarray,
+                      weights: Mapping[str, np.ndarray] | None = None, classes: list[str] | None = None,
+                      score_classes: np.ndarray | None = None, max_score_cells: int = 20_000_000
+                      ) -> dict[str, np.ndarray]:
+    """The arrays :func:`save_artifacts` writes, plus the per-item statistics ``item/top1`` and ``item/top5``
+    (hits of the top-1 and top-5 labels) that the classification metrics are pooled and bootstrapped from."""
     scores = np.asarray(scores, dtype=np.float32)
     score_classes = np.arange(scores.shape[1]) if score_classes is None else np.asarray(score_classes)
     if len(score_classes) != scores.shape[1]:
@@ -285,10 +323,28 @@ def save_artifacts(stem: str | os.PathLike, *, ids: np.ndarray, labels: np.ndarr
         arrays["classes"] = np.asarray(classes, dtype=str)
     for name, value in (weights or {}).items():
         arrays[f"weight/{name}"] = np.asarray(value)
-    path = Path(str(stem) + ".npz")
-    with disk_full_guard(path.parent, f"the predictions {path.name}", _RESUME):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return save_npz_atomic(path, **arrays)
+    truth = arrays["labels"]
+    arrays["item/top1"] = (top[:, 0] == truth).astype(np.float64)
+    arrays["item/top5"] = (top == truth[:, None]).any(axis=1).astype(np.float64)
+    return arrays
+
+
+def write_job(stem: str | os.PathLike, rows, items: Mapping[str, Any] | None = None) -> Path:
+    """Write one job: its per-item arrays (``stem + '.npz'``, when any), then its rows (``stem + '.parquet'``)
+    last, so that the parquet file's existence marks the job complete. Ids and groups are stored as text."""
+    from .tasks import GROUP_KEY
+
+    stem = Path(stem)
+    if items:
+        arrays = {k: np.asarray(v) for k, v in items.items()}
+        for key in ("ids", GROUP_KEY):
+            if key in arrays:
+                arrays[key] = arrays[key].astype(str)
+        path = Path(str(stem) + ".npz")
+        with disk_full_guard(path.parent, f"the predictions {path.name}", _RESUME):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_npz_atomic(path, **arrays)
+    return write_results(rows, Path(str(stem) + ".parquet"))
 
 
 def load_artifacts(stem_or_path: str | os.PathLike) -> dict[str, np.ndarray]:

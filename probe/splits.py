@@ -56,9 +56,10 @@ def _check_fraction(fraction: float, flag: str) -> None:
                          f"Use e.g. {flag} 0.2")
 
 
-def carve_splits(labels: np.ndarray, *, ids: Sequence[str] | None = None, absent: Mapping[str, int] | None = None,
-                 val_fraction: float = 0.0, test_fraction: float = 0.0, seed: int = 0,
-                 test_seed: int = DEFAULT_TEST_SEED) -> dict[str, np.ndarray]:
+def carve_splits(labels: np.ndarray | None, *, ids: Sequence[str] | None = None,
+                 absent: Mapping[str, int] | None = None, val_fraction: float = 0.0, test_fraction: float = 0.0,
+                 seed: int = 0, test_seed: int = DEFAULT_TEST_SEED, stratify: bool = True,
+                 groups: Sequence | None = None) -> dict[str, np.ndarray]:
     """Carve test (optional) and then val (optional) off one labelled list; return sorted row indices per split.
 
     Parameters
@@ -76,17 +77,45 @@ def carve_splits(labels: np.ndarray, *, ids: Sequence[str] | None = None, absent
         Seed of the val carve.
     test_seed : int
         Seed of the test carve.
+    stratify : bool
+        Carve val within each class (the tasks whose probes learn classes, :attr:`probe.tasks.Task.stratified`).
+        False (a continuous target): val is carved from the ranking of the ids alone, or of ``groups``.
+    groups : sequence, optional
+        Group of each row (a person), with ``stratify=False``: each carve takes whole groups, no group is in two
+        parts (:func:`carve_groups`).
+
+    Both sides of a comparison call this one function: the frozen sweeps (:mod:`probe._fit`, the tasks' jobs) and
+    fine-tuning (:func:`probe._finetune.plan_splits`), so both select on the same val images.
 
     Returns
     -------
     dict
         ``train`` and, when carved, ``val`` / ``test``: sorted indices into ``labels``.
     """
+    if labels is None:
+        if ids is None:
+            raise ValueError("carve_splits needs labels or ids")
+        labels = np.zeros(len(ids), dtype=np.int64)
     labels = np.asarray(labels)
     n = len(labels)
     ids = [str(i) for i in range(n)] if ids is None else [str(i) for i in ids]
     if len(ids) != n:
         raise ValueError(f"{len(ids)} ids for {n} labels")
+    if not stratify:  # a continuous target: test, then val, by the ranking of ids (or groups) alone
+        if absent:
+            raise ValueError("an unstratified carve takes no absent ids")
+        rest, out = np.arange(n), {}
+        for split, fraction, split_seed in (("test", test_fraction, test_seed), ("val", val_fraction, seed)):
+            if fraction:
+                _check_fraction(fraction, f"--{split}-fraction")
+                keep, carved = _carve_units([ids[i] for i in rest], fraction=fraction, seed=split_seed,
+                                            groups=None if groups is None else np.asarray(groups)[rest],
+                                            salt="val-group" if split == "val" else "test-group")
+                out[split], rest = rest[carved], rest[keep]
+        out["train"] = rest
+        return out
+    if groups is not None:
+        raise ValueError("groups are carved without stratification (stratify=False)")
     absent = dict(absent or {})
     all_ids = ids + [str(i) for i in absent]
     all_labels = np.concatenate([labels, np.asarray(list(absent.values()), dtype=labels.dtype)])
@@ -224,3 +253,110 @@ def check_overlap(source, *, allow: bool = False, cache_dir=None) -> list[tuple[
         write_text_atomic(marker, "checked: no image in two splits\n")
     return pairs
 
+
+# ---------------------------------------------------------------------------------------------------- groups
+
+
+def _carve_units(ids: Sequence[str], *, fraction: float, seed: int, groups=None,
+                 salt: str = "val-group") -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) rows by a seeded hash ranking of their groups (of each id without groups): the first
+    ``round(fraction * n_groups)`` groups (clipped to [1, n_groups - 1]) go to val; no group is in both."""
+    names = np.asarray([str(i) for i in ids] if groups is None else [str(g) for g in groups])
+    unique = np.unique(names)
+    if len(unique) < 2:
+        raise UsageError("cannot carve a val part: the training rows hold a single group; use more people or "
+                         "items")
+    n_val = int(np.clip(round(fraction * len(unique)), 1, len(unique) - 1))
+    keys = _rank_keys(list(unique), salt, seed)
+    val_names = unique[np.lexsort((unique, keys))][:n_val]
+    is_val = np.isin(names, val_names)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def carve_groups(ids: Sequence[str], *, fraction: float, seed: int, groups=None) -> tuple[np.ndarray, np.ndarray]:
+    """Split rows into (train, val) by a seeded hash ranking of their groups (of each id without groups).
+
+    The unstratified carve of :func:`carve_splits` (``stratify=False``): ``round(fraction * n_groups)`` groups
+    (clipped to [1, n_groups - 1]) go to val; no group is in both.
+    """
+    parts = carve_splits(None, ids=[str(i) for i in ids], val_fraction=fraction, seed=seed, stratify=False,
+                         groups=groups)
+    return parts["train"], parts["val"]
+
+
+# ---------------------------------------------------------------------------------------------------- folds
+
+
+def cv_folds(ids: Sequence[str], *, k: int, seed: int = 0, labels=None,
+             groups=None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K folds as ``(train_rows, test_rows)`` pairs of sorted indices; every item is tested exactly once.
+
+    Parameters
+    ----------
+    ids : sequence of str
+        Item ids (the ranking hashes them, so the folds do not depend on the order of the list).
+    k : int
+        Number of folds, at least 2; with ``groups``, at most the number of groups (K = groups: leave one out).
+    seed : int
+        Seed of the ranking.
+    labels : array [n], optional
+        Class labels: each class is dealt over the folds on its own (stratified). Ignored with ``groups``.
+    groups : array [n], optional
+        Group of each item (a person): a group's items are always in the same fold.
+    """
+    ids = [str(i) for i in ids]
+    n = len(ids)
+    k = int(k)
+    if k < 2:
+        raise UsageError(f"--cv must be at least 2 folds; got {k}")
+    fold = np.empty(n, dtype=np.int64)
+    if groups is not None:
+        groups = np.asarray(groups)
+        names, inverse = np.unique(groups.astype(str), return_inverse=True)
+        if k > len(names):
+            raise UsageError(f"--cv {k} asks for more folds than there are groups ({len(names)} people); use "
+                             f"--cv {len(names)} for leave-one-person-out")
+        if k == len(names):
+            order = np.arange(len(names))  # leave one group out, in name order
+        else:
+            keys = _rank_keys(list(names), "cv-group", seed)
+            order = np.empty(len(names), dtype=np.int64)
+            order[np.argsort(keys, kind="stable")] = np.arange(len(names))
+        fold = order[inverse] % k
+    else:
+        if n < k:
+            raise UsageError(f"--cv {k} asks for more folds than there are items ({n})")
+        keys = _rank_keys(ids, "cv", seed)
+        strata = np.zeros(n, dtype=np.int64) if labels is None else np.unique(np.asarray(labels),
+                                                                               return_inverse=True)[1]
+        offset = 0
+        for s in np.unique(strata):
+            members = np.flatnonzero(strata == s)
+            ranked = members[np.lexsort((np.asarray(ids, dtype=object)[members].astype(str), keys[members]))]
+            fold[ranked] = (offset + np.arange(len(ranked))) % k
+            offset += len(ranked)  # the next class starts where this one stopped: fold sizes stay balanced
+    out = []
+    for i in range(k):
+        test = np.flatnonzero(fold == i)
+        if len(test):
+            out.append((np.flatnonzero(fold != i), test))
+    return out
+
+
+def check_fold_classes(folds, labels, *, class_names: Sequence[str] | None = None, grouped_by: str | None = None,
+                       task: str = "classification") -> None:
+    """Refuse folds that hold out a class with no training example (a probe that learns classes cannot predict
+    it: the fold would score 0 and report it as a result). One line naming the class, the fold and the fix."""
+    labels = np.asarray(labels)
+    for i, (tr, te) in enumerate(folds):
+        missing = np.setdiff1d(np.unique(labels[te]), np.unique(labels[tr]))
+        if len(missing):
+            cls = missing[0]
+            name = (class_names[int(cls)] if class_names is not None and isinstance(cls, (int, np.integer))
+                    and 0 <= int(cls) < len(class_names) else str(cls))
+            how = (f"--cv-group {grouped_by} keeps every item of a group in one fold" if grouped_by else
+                   "the class has fewer items than folds")
+            fix = ("drop --cv-group (the group is the label: each class would only ever be tested, never learned)"
+                   if grouped_by else "use fewer folds (--cv) or more items of that class")
+            raise UsageError(f"--task {task}: fold {i} tests class {name!r} ({len(missing)} class(es) in all) with "
+                             f"no training example, because {how}; {fix}")

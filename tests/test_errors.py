@@ -217,7 +217,7 @@ def test_finetune_schema_is_the_config_dataclass():
     """Every FinetuneConfig field is a `probe finetune` flag and a [finetune] or [pretrain] study key, checked by
     the same declared setting: the three cannot drift."""
     from probe._finetune import FinetuneConfig, cli_flag, config_settings
-    from probe._study import study_schema
+    from probe.study import study_schema
     from probe.cli import build_parser
 
     flags = set()

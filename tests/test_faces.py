@@ -458,6 +458,32 @@ def test_task_results_read_back(face_results):
     assert vals.height == 20 * 3 and vals["n_val"].min() >= 4  # every fold's own val carve (people)
 
 
+def test_every_row_names_its_evaluation_and_clustered_items_save_their_people(face_results):
+    """The evaluation scheme is a column of every row (and part of the protocol id); jobs whose items cluster in
+    people save the person of every item (``group``), which the bootstrap resamples."""
+    import polars as pl
+
+    from probe.results import load_artifacts
+
+    root, paths = face_results
+    expected = {("test_vit", "identification"): "loo", ("test_vit", "verification"): "pairs drawn 10 folds",
+                ("test_vit", "regression"): "cv20 by subject", ("test_resnet", "regression"): "cv5 by subject",
+                "classifier": "cv4"}
+    for key, label in expected.items():
+        (path,) = paths[key]
+        frame = pl.read_parquet(path)
+        assert set(frame["evaluation"]) == {label}, (key, set(frame["evaluation"]))
+        art = load_artifacts(path)
+        people = art["group"]
+        assert len(people) == len(art["ids"])
+        if key != ("test_vit", "verification"):  # a pair clusters in its first image's person
+            names = [i.split("/")[0] for i in art["ids"]]
+            assert [f"person{int(p):02d}" for p in people] == names
+    # grouped and ungrouped schemes are different protocols
+    ids = {pl.read_parquet(paths[k][0])["protocol"][0] for k in expected}
+    assert len(ids) == len(expected)
+
+
 def test_analysis_and_report_cover_the_tasks(face_results, tmp_path):
     import polars as pl
 
@@ -552,7 +578,7 @@ def test_task_rows_count_images_left_out_by_skip_bad(tmp_path):
 def test_study_dataset_runs_each_of_its_tasks_with_its_protocol_settings(face_results, tmp_path):
     import polars as pl
 
-    from probe._study import run_study
+    from probe.study import run_study
     from probe._sweep import sweep_cached
 
     root, paths = face_results

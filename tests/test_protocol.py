@@ -148,7 +148,8 @@ def test_random_init_finetune_starts_from_the_extracted_weights(folder, tmp_path
 
 
 def test_study_finetune_uses_the_backbone_seed_for_its_initialisation(monkeypatch, tmp_path):
-    from probe import _finetune, _study
+    from probe import _finetune, study as _study
+    from probe.study.jobs import run_job
 
     seen = {}
 
@@ -165,8 +166,8 @@ def test_study_finetune_uses_the_backbone_seed_for_its_initialisation(monkeypatc
     ds = _study.DatasetSpec(spec="digits")
     study = _study.Study(name="s", backbones=[bb], datasets=[ds], finetune={"epochs": 1}, seeds=[2])
     job = _study.Job("finetune", bb, ds, {"epochs": 1, "mode": "full", "seed": 2})
-    _study._run_job(job, study, {}, cache_dir=tmp_path, results_dir=tmp_path, pretrain_dir=tmp_path,
-                    device="cpu", jobs=1, workers=0, progress=False)
+    run_job(job, study, {}, cache_dir=tmp_path, results_dir=tmp_path, pretrain_dir=tmp_path,
+            device="cpu", jobs=1, workers=0, progress=False)
     assert seen["init_seed"] == 7 and seen["seed"] == 2 and seen["random_init"] is True
 
 

@@ -21,7 +21,8 @@ from .rows import FinetuneResult
 def check_cv(source, cv, cv_group, *, tasks: tuple, test_fraction: float, seed: int):
     """The folds of ``--cv`` (with the groups of ``--cv-group``), or None without ``--cv``; a UsageError for a
     combination that cannot run."""
-    from .._cv import CV_GROUPS, cv_folds
+    from .._cv import CV_GROUPS
+    from ..splits import cv_folds
 
     if cv is None:
         if cv_group is not None:
@@ -46,14 +47,14 @@ def check_cv(source, cv, cv_group, *, tasks: tuple, test_fraction: float, seed: 
                          f"{', '.join(s for s in source.split_names if s != 'train')}: merge its images into train "
                          "(a manifest without a split column) or drop --cv")
     groups = np.asarray(source.labels["train"]) if cv_group == "subject" else None
-    # the frozen regression probes' call (probe._tasks): the same ids, seed and groups give the same folds
+    # the frozen regression probes' call (probe.tasks.regression): the same ids, seed and groups give the same folds
     return cv_folds(source.ids["train"], k=int(cv), seed=int(seed), labels=None, groups=groups), groups
 
 
 def fold_plan(source, tr: np.ndarray, te: np.ndarray, *, groups, val_fraction: float, seed: int) -> dict:
     """One fold's split plan: the val part carved from the training fold alone (by person when grouped), as the
     frozen sweep carves it (:func:`probe._cv.carve_groups`); the held-out fold is test."""
-    from .._cv import carve_groups
+    from ..splits import carve_groups
 
     ids = np.asarray([str(i) for i in source.ids["train"]])
     a, b = carve_groups(ids[tr], fraction=val_fraction, seed=seed, groups=None if groups is None else groups[tr])
@@ -71,7 +72,7 @@ def cross_validate_runs(make_run: Callable, run_args: dict, plans: list[dict], f
 
     from .._cv import TaskSweep, cross_validate
     from .._io import save_npz_atomic
-    from .._tasks import _write
+    from ..results import write_job
 
     fold_list, groups = folds
     source, verbose = run_args["source"], run_args["verbose"]
@@ -110,11 +111,10 @@ def cross_validate_runs(make_run: Callable, run_args: dict, plans: list[dict], f
     rows = [dict(r, params=json.dumps({**json.loads(r["params"]), "mode": first["mode"],
                                        "target": first["target"]}, sort_keys=True))
             if r["fold"] is None else r for r in rows]
-    from .._tasks import target_name
 
-    items["target_name"] = np.asarray(target_name(source, task))
+    items["target_name"] = np.asarray(_tasks.get(task).target_name(source))
     stem = run_args["stems"][task]
-    path = _distributed.on_main(lambda: _write(stem, rows, items))
+    path = _distributed.on_main(lambda: write_job(stem, rows, items))
     summary = next(r for r in rows if r["selected"] and r["fold"] is None)
     metrics = {m: summary[m] for m in _tasks.get(task).metric_names}
     if verbose:

@@ -41,9 +41,11 @@ def seed_everything(value: int) -> None:
     torch.manual_seed(value)
 
 
-def plan_splits(source, *, val_fraction: float, test_fraction: float, seed: int) -> dict[str, tuple[str, np.ndarray]]:
+def plan_splits(source, *, val_fraction: float, test_fraction: float, seed: int,
+                stratify: bool = True) -> dict[str, tuple[str, np.ndarray]]:
     """Split -> (dataset split, indices into it): the sweeps' train/val/test, carved from train where missing
-    (:func:`probe.splits.carve_splits` over the dataset's full id list, as the sweeps carve it)."""
+    (:func:`probe.splits.carve_splits` over the dataset's full id list, as the sweeps carve it; ``stratify`` as
+    the task's :attr:`probe.tasks.Task.stratified`: False for a continuous target)."""
     from ..splits import carve_splits
 
     has_val, has_test = "val" in source.splits, "test" in source.splits
@@ -52,7 +54,7 @@ def plan_splits(source, *, val_fraction: float, test_fraction: float, seed: int)
                          "split only for datasets without one)")
     parts = carve_splits(source.labels["train"], ids=source.ids["train"],
                          val_fraction=0.0 if has_val else val_fraction,
-                         test_fraction=0.0 if has_test else test_fraction, seed=seed)
+                         test_fraction=0.0 if has_test else test_fraction, seed=seed, stratify=stratify)
     plan = {"train": ("train", parts["train"]),
             "val": ("val", np.arange(len(source.labels["val"]))) if has_val else ("train", parts["val"])}
     if has_test:
@@ -130,11 +132,12 @@ class ImageSet:
 
 
 def regression_targets(source, parts) -> np.ndarray:
-    """The continuous target (:func:`probe._tasks.target_name`: ``age``, or a manifest's ``target``) of the
-    images of ``parts`` (a list of (dataset split, indices)), in that order, float64."""
-    from .._tasks import target_name
+    """The continuous target (the regression task's :meth:`~probe.tasks.regression.Regression.target_name`:
+    ``age``, or a manifest's ``target``) of the images of ``parts`` (a list of (dataset split, indices)), in that
+    order, float64."""
+    from .. import tasks
 
-    name = target_name(source, "regression")
+    name = tasks.get("regression").target_name(source)
     return np.concatenate([np.asarray(source.target(name, split), dtype=np.float64)[np.asarray(idx, dtype=np.int64)]
                            for split, idx in parts])
 

@@ -68,7 +68,7 @@ class _ClassificationEval:
 
 class RegressionTask:
     """Regression of the dataset's continuous target (``age`` for FG-NET and the generated ``faces``, ``target``
-    for a manifest: :func:`probe._tasks.target_name`, the frozen regression probes' target) with one linear output
+    for a manifest: :meth:`probe.tasks.regression.Regression.target_name`, the frozen regression probes' target) with one linear output
     on the pooled features (the backbone's classifier slot with one output).
 
     The head predicts the *standardised* target ``z = (y - mean) / std``, ``mean`` and ``std`` being those of the

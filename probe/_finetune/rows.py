@@ -150,9 +150,7 @@ class RunWriter:
         if len(c.tasks) > 1:
             params["task_weighting"] = c.task_weighting
         if "regression" in c.tasks:  # the target the head predicts (standardised by its phase's train statistics)
-            from .._tasks import target_name
-
-            params["target"] = target_name(self.source, "regression")
+            params["target"] = _tasks.get("regression").target_name(self.source)
         return params
 
     def write(self, *, bb, amp_dtype, accum_steps: int, test: dict | None, history: list, refit_history: list,
@@ -243,11 +241,9 @@ class RunWriter:
         path = Path(str(stem) + ".npz")
         # what the head's evaluation returned says what is saved: per-item values, class scores, or statistics
         if "items" in result:
-            from .._tasks import target_name
-
             arrays = {k: np.asarray(v) for k, v in self.test_items(task, result).items()}
             arrays.update(ids=arrays["ids"].astype(str), group=self._test_groups(result),
-                          target_name=np.asarray(target_name(self.source, task)))
+                          target_name=np.asarray(_tasks.get(task).target_name(self.source)))
             return save_npz_atomic(path, **arrays)
         if "scores" in result:
             save_artifacts(stem, ids=ids, labels=result["labels"], scores=result["scores"],

@@ -211,8 +211,11 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
                       for tr, te in folds[0]]
         split_plan = min(fold_plans, key=lambda p: len(p["train"][1]))  # the checks below: the smallest fold
     else:
+        from .. import tasks
+
+        # the frozen sweeps' carve: stratified as the tasks say (a continuous target is not)
         split_plan = plan_splits(source, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
-                                 seed=seed)
+                                 seed=seed, stratify=all(tasks.get(t).stratified for t in config.tasks))
     if "test" not in split_plan and regression:
         raise UsageError(f"dataset {source.name!r} has no test split; add --cv K to cross-validate the regression "
                          "fine-tune (e.g. --cv 5, or --cv-group subject --cv <people> for leave-one-person-out), "

@@ -93,11 +93,20 @@ def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_task_argument(parser: argparse.ArgumentParser) -> None:
-    from probe.vocab import DEFAULT_TASK
+    """``--task`` of the commands that extract a dataset's targets: classification or a dense task."""
+    from probe import tasks
 
-    parser.add_argument("--task", choices=["classification", "segmentation", "depth"], default=DEFAULT_TASK,
+    choices = [tasks.DEFAULT] + [t.name for t in tasks.all_tasks() if t.dense]
+    parser.add_argument("--task", choices=choices, default=tasks.DEFAULT,
                         help="which target of the dataset to use: classification (default), or segmentation / depth "
                              "for a dataset with dense targets (shapes, nyuv2:PATH, a dense manifest)")
+
+
+def _default_taps(task: str | None) -> tuple[str, ...]:
+    """The taps a task probes when none are named (``pooled``; ``patch`` for the dense tasks)."""
+    from probe import tasks
+
+    return tuple(tasks.get(task).default_taps)
 
 
 def extraction_kwargs(args: argparse.Namespace) -> dict:
@@ -108,8 +117,7 @@ def extraction_kwargs(args: argparse.Namespace) -> dict:
         img_size=args.img_size,
         family=args.family,
         data_root=args.data_root,
-        taps=tuple(args.taps or (("patch",) if getattr(args, "task", None) in ("segmentation", "depth")
-                                 else ("pooled",))),
+        taps=tuple(args.taps or _default_taps(getattr(args, "task", None))),
         seed=args.seed,
         cache_dir=Path(args.cache_dir),
         batch_size=args.batch_size,

@@ -16,39 +16,44 @@ from __future__ import annotations
 
 import argparse
 
-from probe.vocab import COSINE, DEFAULT_TASK, DEFAULT_VAL_FRACTION, DENSE_PROBES, PROBES, TASK_METRICS, TASK_PROBES
+from probe import tasks
+from probe.vocab import DEFAULT_VAL_FRACTION
 
 from ._common import (DEFAULT_RESULTS_DIR, add_backbone_arguments, add_dataset_arguments, add_extraction_arguments,
                       dataset_spec, extraction_kwargs)
 
-DENSE_PROBE_NAMES = list(DENSE_PROBES)
-PROBE_NAMES = list(PROBES)
-METRIC_NAMES = list(dict.fromkeys(m for task in ("classification", "segmentation", "depth", "regression")
-                                  for m in TASK_METRICS[task]))
-#: Tasks of the sweep: classification, the dense probes' segmentation and depth, and the face / continuous tasks.
-TASK_NAMES = ["classification", "segmentation", "depth", "identification", "verification", "regression"]
-DENSE_TASK_NAMES = ("segmentation", "depth")
+
+def _probe_names() -> list[str]:
+    """Every registered task's probes, in registry order (each task checks its own: ``Task.check_request``)."""
+    return list(dict.fromkeys(p for t in tasks.all_tasks() for p in t.probes))
+
+
+def _metric_names() -> list[str]:
+    """Every registered task's selectable metrics, in registry order."""
+    return list(dict.fromkeys(m for t in tasks.all_tasks() for m in t.selectable()))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backbone_arguments(parser)
     add_dataset_arguments(parser)
-    parser.add_argument("--task", choices=TASK_NAMES, default=DEFAULT_TASK,
-                        help="what the target asks: classification (class labels); segmentation / depth (dense "
-                             "targets of shapes, nyuv2:PATH or a dense manifest: the linear probe on patch tokens); "
-                             "identification (who is this: leave-one-image-out retrieval, rank-1/rank-5/mAP), "
-                             "verification (same person? pairs, threshold chosen on the other folds), regression (a "
-                             "continuous target: FG-NET's age, or a manifest's 'target' column; MAE, RMSE, CS(5))")
-    parser.add_argument("--probes", nargs="+", choices=[*PROBE_NAMES, *DENSE_PROBE_NAMES, COSINE], default=None,
-                        metavar="PROBE",
-                        help=f"probes to sweep: {', '.join(PROBE_NAMES)} (default all) for classification; linear "
-                             f"(the default) for segmentation and depth; {COSINE} (retrieval on the features as they "
-                             "are, the default) and the classifiers (identity classifiers, under --cv) for "
-                             "identification; cosine for verification; ridge and knn (regressors) for regression")
+    parser.add_argument("--task", choices=list(tasks.names()), default=tasks.DEFAULT,
+                        help="what the target asks (a registered task): classification (class labels); "
+                             "segmentation / depth (dense targets of shapes, nyuv2:PATH or a dense manifest: the "
+                             "linear probe on patch tokens); identification (who is this: leave-one-image-out "
+                             "retrieval, rank-1/rank-5/mAP), verification (same person? pairs, threshold chosen on the "
+                             "other folds), regression (a continuous target: FG-NET's age, or a manifest's 'target' "
+                             "column; MAE, RMSE, CS(5))")
+    parser.add_argument("--probes", nargs="+", choices=_probe_names(), default=None, metavar="PROBE",
+                        help="probes to sweep (default: the task's): logistic, ridge, knn, centroid (all by default) "
+                             "for classification; linear for segmentation and depth; cosine (retrieval on the "
+                             "features as they are, the default) and the classifiers (identity classifiers, under "
+                             "--cv) for identification; cosine for verification; ridge and knn (regressors) for "
+                             "regression")
     parser.add_argument("--cv", type=int, default=None, metavar="K",
                         help="cross-validate with K folds (stratified, seeded by --seeds) for a dataset without a "
                              "test split; hyperparameters are selected on a val carve inside each training fold. "
-                             "Writes one row per fold and a summary row (fold empty) with mean, sd and a CI")
+                             "Writes one row per fold and a summary row (fold empty) whose metrics are computed from "
+                             "the pooled held-out items, with the per-fold mean and sd and a CI in its params")
     parser.add_argument("--cv-group", choices=["subject"], default=None,
                         help="keep each person's images in one fold (subject = the dataset's identity label); with "
                              "--cv equal to the number of people this is leave-one-person-out (FG-NET's age protocol)")
@@ -68,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR, metavar="DIR",
                         help="where the parquet results and the selected probes' artifacts go")
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="sweep jobs run in parallel (joblib threads)")
-    parser.add_argument("--select-metric", choices=METRIC_NAMES, default=None,
+    parser.add_argument("--select-metric", choices=_metric_names(), default=None,
                         help="val metric that selects each probe's hyperparameters; default the task's first: top1, "
                              "miou (segmentation), rmse (depth, lower is better), mae (regression). "
                              "mean_per_class_acc is usual for Flowers-102, Caltech-101, Aircraft and Pets")
@@ -95,53 +100,42 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UsageError(f"--jobs must be at least 1; got {args.jobs}")
 
+    import json
+
     import polars as pl
 
     from probe import _distributed
     from probe._sweep import sweep_cached
 
+    task = tasks.get(args.task)
     kwargs = extraction_kwargs(args)
-    # under torchrun the ranks share the extraction (classification taps); rank 0 then sweeps
-    if _distributed.init(args.device) and args.task == "classification":
+    # under torchrun the ranks share the extraction (pooled taps); rank 0 then sweeps
+    if _distributed.init(args.device) and not task.dense:
         from probe._extract import extract_features
 
         extract_features(args.backbone, dataset_spec(args), **kwargs)
     taps = kwargs.pop("taps")
-    dense = args.task in DENSE_TASK_NAMES
-    task_args = {}
-    if args.task != DEFAULT_TASK or any(v is not None for v in (args.cv, args.cv_group, args.pairs, args.whiten)):
-        task_args = dict(task=args.task, cv=args.cv, cv_group=args.cv_group, pairs=args.pairs, whiten=args.whiten)
-    probes = args.probes
-    if probes is None and not dense:
-        probes = PROBE_NAMES if args.task == DEFAULT_TASK else list(
-            TASK_PROBES[args.task][:1] if args.task != "regression" else TASK_PROBES["regression"])
-    if args.task == DEFAULT_TASK and probes and COSINE in probes:
-        raise UsageError(f"--probes {COSINE} is for --task identification or verification; classification takes "
-                         f"{', '.join(PROBE_NAMES)}")
-    select_metric = args.select_metric
-    if select_metric is None and not dense:
-        select_metric = "mae" if args.task == "regression" else "top1"
     paths = _distributed.on_main(lambda: sweep_cached(
-        args.backbone, dataset_spec(args), probes=probes, taps=taps if args.taps is not None else None,
-        shots=args.shots, seeds=args.seeds, select_metric=select_metric, val_fraction=args.val_fraction,
+        args.backbone, dataset_spec(args), probes=args.probes, taps=taps if args.taps is not None else None,
+        shots=args.shots, seeds=args.seeds, select_metric=args.select_metric, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, results_dir=args.results_dir, jobs=args.jobs, overwrite=args.overwrite,
-        **{"task": args.task, **task_args}, **kwargs))
+        task=task.name, cv=args.cv, cv_group=args.cv_group, pairs=args.pairs, whiten=args.whiten, **kwargs))
     if not _distributed.is_main():
         return 0
-    import json
-
-    headline = TASK_METRICS[args.task][0]
     for path in paths:
         # the selected test row (a cross-validated job's summary row: fold empty)
         frame = pl.read_parquet(path).filter(pl.col("selected"))
         row = frame.sort(pl.col("fold").is_not_null()).row(0, named=True)
-        metric = headline if row[headline] is not None else (row["select_metric"] or "top1")
+        metric = task.headline if row.get(task.headline) is not None else (row["select_metric"] or task.headline)
         params = json.loads(row["params"] or "{}")
-        if "folds" in params:  # the summary of a cross-validation: mean ± sd over folds
-            text = f"{metric}={row[metric]:.4f} ± {params['fold_sd'].get(metric, 0.0):.4f} over {params['folds']} folds"
+        if "folds" in params:  # the summary of a cross-validation: pooled over the held-out items of every fold
+            mean, sd = params.get("fold_mean", {}).get(metric), params.get("fold_sd", {}).get(metric, 0.0)
+            text = f"{metric}={row[metric]:.4f} pooled over {params['folds']} folds"
+            if mean is not None:
+                text += f" (fold mean {mean:.4f} ± {sd:.4f})"
             params = "cv"
         else:
             text = f"{metric}={row[metric]:.4f}"
         print(f"{row['probe']}\t{row['tap']}\tshots={row['shots']}\tseed={row['seed']}\t{params}\t"
-              f"{row['split']} {text}\t{path}")
+              f"{row['split']} {text}\t{row['evaluation']}\t{path}")
     return 0

@@ -114,6 +114,63 @@ def scalar_metric(name: str, label: str, *, higher_is_better: bool = True, unit:
     return Metric(name, higher_is_better, unit, label, ())
 
 
+@dataclass(frozen=True)
+class Request:
+    """What a sweep asks of a task (the arguments of :func:`probe.sweep_cached`, checked by the task).
+
+    ``probes``, ``taps`` and ``select_metric`` are None until :meth:`Task.check_request` fills the task's
+    defaults in.
+    """
+
+    probes: tuple | None = None
+    taps: tuple | None = None
+    shots: tuple = (0,)
+    seeds: tuple = (0,)
+    grids: Mapping[str, Any] = field(default_factory=dict)
+    select_metric: str | None = None
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    cv: int | None = None
+    cv_group: str | None = None
+    pairs: Any = None
+    whiten: int | None = None
+    device: str = "auto"
+    family: str | None = None
+
+
+@dataclass
+class Job:
+    """One job of a sweep: one parquet file (and its ``.npz``) under the results directory.
+
+    ``protocol`` is the protocol id (evaluation included), ``evaluation`` the readable scheme of its rows, ``tag``
+    the part of the file name that keeps different features and protocols apart; ``context`` the results columns
+    every row of the job carries; ``extra`` whatever the task's :meth:`Task.run` needs (an estimator, pairs ...).
+    """
+
+    tap: str
+    probe: str
+    seed: int
+    protocol: str
+    evaluation: str
+    tag: str
+    shots: int = 0
+    grid: Any = None
+    select_metric: str = ""
+    val_fraction: float = 0.0
+    test_fraction: float = 0.0
+    cv: int | None = None
+    cv_group: str | None = None
+    whiten: int | None = None
+    device: str = "auto"
+    context: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+#: Evaluation options of a request: (option, the flag that sets it).
+_OPTIONS = (("cv", "--cv"), ("cv_group", "--cv-group"), ("pairs", "--pairs"), ("whiten", "--whiten"),
+            ("test_fraction", "--test-fraction"), ("shots", "--shots"))
+
+
 class Task:
     """The protocol every task implements (class attributes describe it; methods are the engine's hooks).
 
@@ -144,6 +201,25 @@ class Task:
     dataset_probes : bool
         A study runs the task once per dataset, on pooled features, with the probes of the dataset's ``probes``
         key (default: ``default_probes``); otherwise from its ``[[sweeps]]`` tables (probes x taps x shots).
+    stratified : bool
+        The val carve is stratified by class (:func:`probe.splits.carve_splits`); False for a continuous target.
+        Fine-tuning carves with the same setting, so both sides select on the same images.
+    columns : dict
+        Results columns of the task's metrics that are not in :data:`probe.results.RESULT_COLUMNS` (name ->
+        polars dtype name, e.g. ``{"even_acc": "Float64"}``). :func:`probe.results.make_row` accepts them while
+        the task is registered and the parquet files carry them; a reader that scans files of several tasks sees
+        them as null elsewhere. A task whose metric is an existing column (``top1``) declares nothing.
+
+    Engine hooks (the sweep engine, :func:`probe.sweep_cached`, calls these and nothing task-specific):
+
+    - :meth:`check_request` the evaluation options, probes, taps and selection metric, with one-line refusals;
+    - :meth:`check_source` what the opened dataset must carry;
+    - :meth:`target` the target read from the dataset (None: the class labels);
+    - :meth:`load` the features (and targets) every job of the sweep reads, loaded once;
+    - :meth:`evaluation` the scheme of a job (its readable label and its material for the protocol id);
+    - :meth:`plan` the jobs, each with its protocol id;
+    - :meth:`run` one job: its rows and per-item arrays (``ids``, ``labels``, ``item/<metric>`` /
+      ``stat/<k>``, ``group`` where items cluster in people), which the engine writes.
     """
 
     name: ClassVar[str] = ""
@@ -156,6 +232,8 @@ class Task:
     learns_classes: ClassVar[bool] = False
     dense: ClassVar[bool] = False
     dataset_probes: ClassVar[bool] = False
+    stratified: ClassVar[bool] = True
+    columns: ClassVar[dict[str, str]] = {}
 
     # ------------------------------------------------------------------------------------------ description
 
@@ -185,6 +263,120 @@ class Task:
     # ------------------------------------------------------------------------------------------ engine hooks
     # (the sweep engine's calls: reading the target, checking evaluation options, scoring a job)
 
+    def check_request(self, request: Request) -> Request:
+        """The request with this task's defaults filled in (probes, taps, selection metric); a one-line
+        UsageError for an option the task does not accept or a value it cannot run."""
+        from dataclasses import replace
+
+        from .._errors import UsageError
+
+        given = {"cv": request.cv is not None, "cv_group": request.cv_group is not None,
+                 "pairs": request.pairs is not None, "whiten": request.whiten is not None,
+                 "test_fraction": bool(request.test_fraction), "shots": any(int(k) for k in request.shots)}
+        for option, flag in _OPTIONS:
+            if given[option] and option not in self.options:
+                raise UsageError(_refusal(self, option, flag))
+        if request.cv is not None and int(request.cv) < 2:
+            raise UsageError(f"--cv must be at least 2 folds; got {request.cv}")
+        if request.cv_group is not None and request.cv is None:
+            raise UsageError("--cv-group groups the folds of --cv; give --cv K too (K = number of people for "
+                             "leave-one-person-out)")
+        if request.cv_group is not None and request.cv_group != "subject":
+            raise UsageError(f"--cv-group must be one of subject; got {request.cv_group!r}")
+        if request.cv is not None and request.test_fraction:
+            raise UsageError("--cv and --test-fraction both make the test data; pass one of them")
+        probes = tuple(self.default_probes if request.probes is None else request.probes)
+        bad = [p for p in probes if p not in self.probes]
+        if bad:
+            raise UsageError(self.probe_refusal(bad))
+        metric = request.select_metric or self.selectable()[0]
+        if metric not in self.selectable():
+            raise UsageError(f"select metric for {self.name} must be one of {', '.join(self.selectable())}; "
+                             f"got {metric!r}")
+        taps = tuple(request.taps or self.default_taps)
+        return replace(request, probes=probes, taps=taps, select_metric=metric)
+
+    def probe_refusal(self, bad: list) -> str:
+        """The one line refusing probes the task does not take."""
+        return f"unknown probe(s) {bad} for --task {self.name}; it takes probes {', '.join(self.probes)}"
+
+    def check_source(self, request: Request, source) -> None:
+        """Refuse (one line) a dataset that cannot run the request: by default, cross-validation or a test carve
+        of a dataset that has its own test split."""
+        from .._errors import UsageError
+
+        if request.cv is not None and "test" in source.splits:
+            raise UsageError(f"dataset {source.name!r} has its own test split; cross-validation (--cv) is for "
+                             "datasets without one: drop --cv")
+        if request.test_fraction and "test" in source.splits:
+            raise UsageError(f"dataset {source.spec!r} has its own test split; drop --test-fraction (it carves a "
+                             "test split only for datasets without one)")
+
+    def target(self, source, split: str):
+        """The target of every item of ``split`` (aligned with ``source.ids[split]``), or None when the class
+        labels are the target (the default)."""
+        return None
+
+    def load(self, backbone: str, source, request: Request, **extract):
+        """What every job of the sweep reads, loaded once: by default the cached features of every split
+        (:class:`probe._features.FeatureData`) with this task's target."""
+        from .._features import load_features
+
+        return load_features(backbone, source, taps=request.taps, task=self, **extract)
+
+    def evaluation(self, request: Request, probe: str, data) -> dict:
+        """The evaluation scheme of a job: ``{"label": <the evaluation column>, ...material}``; the material
+        (everything but the label, when the scheme is not the dataset's splits) enters the protocol id."""
+        if request.cv is not None:
+            return {"label": evaluation_label(cv=request.cv, cv_group=request.cv_group), "cv": int(request.cv),
+                    "cv_group": request.cv_group}
+        return {"label": evaluation_label(test_fraction=_carved_test(request, data))}
+
+    def plan(self, data, request: Request) -> list[Job]:
+        """The jobs of a request over loaded data: one per (tap, probe, shots, seed), each with its protocol id
+        (:func:`probe._protocol.protocol_of` over the probe's expanded grid and the evaluation material)."""
+        from .._protocol import check_grid, protocol_of
+
+        jobs = []
+        for tap in request.taps:
+            for name in request.probes:
+                est = self.estimator(name)
+                grid = (request.grids or {}).get(name)
+                points = check_grid(est, grid)
+                scheme = self.evaluation(request, name, data)
+                material = {k: v for k, v in scheme.items() if k != "label"} or None
+                cv = request.cv is not None
+                val_fraction = 0.0 if "val" in data.splits and not cv else float(request.val_fraction)
+                test_fraction = _carved_test(request, data)
+                for k in request.shots:
+                    protocol = protocol_of(est, points, tap=tap, task=self.name, val_fraction=val_fraction,
+                                           test_fraction=test_fraction, select_metric=request.select_metric,
+                                           shots=int(k), refit=int(k) == 0, evaluation=material)
+                    for seed in request.seeds:
+                        jobs.append(Job(tap=tap, probe=name, seed=int(seed), shots=int(k), protocol=protocol,
+                                        evaluation=scheme["label"], tag=f"{data.feature_tag}-{protocol[:8]}",
+                                        grid=grid, select_metric=request.select_metric,
+                                        val_fraction=float(request.val_fraction), test_fraction=test_fraction,
+                                        cv=request.cv, cv_group=request.cv_group, device=request.device,
+                                        context=data.context(tap, request.family)))
+        return jobs
+
+    def estimator(self, probe: str):
+        """A fresh estimator of one of the task's learned probes (default: a classification probe)."""
+        from .._protocol import make_probe
+
+        return make_probe(probe)
+
+    def run(self, data, job: Job) -> tuple[list[dict], dict]:
+        """Run one job: its result rows (val rows, the selected test row; per fold and a summary under
+        cross-validation) and its per-item arrays for the ``.npz``."""
+        raise NotImplementedError(f"task {self.name!r} does not run jobs")
+
+    def item_metrics(self, items: Mapping[str, Any]) -> dict[str, float]:
+        """The task's metrics that per-item arrays can give, pooled over every item (:meth:`Metric.value`)."""
+        return {m.name: m.value(items) for m in self.metrics
+                if m.from_items and all(k in items for k in m.stats) and len(np.asarray(items[m.stats[0]]))}
+
     # ------------------------------------------------------------------------------------------ report hooks
     # (the report's calls: the task's section)
 
@@ -209,3 +401,22 @@ def evaluation_label(*, cv: int | None = None, cv_group: str | None = None, retr
     if test_fraction:
         return f"test carve {float(test_fraction):g}"
     return "splits"
+
+
+def _carved_test(request: Request, data) -> float:
+    """The test fraction a job records: the request's, when the dataset has no test split of its own."""
+    return 0.0 if "test" in getattr(data, "splits", {}) else float(request.test_fraction or 0.0)
+
+
+def _refusal(task: Task, option: str, flag: str) -> str:
+    """One line refusing an evaluation option the task does not accept, naming the tasks that do."""
+    from ._registry import all_tasks
+
+    takers = [t.name for t in all_tasks() if option in t.options]
+    if option == "test_fraction":
+        return (f"--test-fraction is for a dataset without a test split, with --task {' or '.join(takers)}; "
+                f"{task.name} probes need a test split (drop --test-fraction)")
+    if not takers:
+        return f"{flag} is not accepted by --task {task.name}; drop it"
+    return (f"{flag} is for --task {' or '.join(takers)}; drop it or add --task {takers[0]} "
+            f"(--task {task.name} does not take it)")

@@ -30,8 +30,123 @@ class Classification(Task):
     learns_classes = True
 
     # ------------------------------------------------------------------------------------------ engine hooks
+    # The target is the class labels (Task.target returns None); a subclass that reads another class target
+    # from the dataset overrides ``target`` and runs through the same code.
+
+    def run(self, data, job):
+        """The classification sweep (:func:`probe.sweep`) of one (tap, probe, shots, seed) on the dataset's
+        splits, or under nested cross-validation (:func:`classify_folds`)."""
+        if job.cv is not None:
+            return classify_folds(self, data, job)
+        return _classify_splits(self, data, job)
 
     # ------------------------------------------------------------------------------------------ report hooks
+
+
+def class_target(task, data) -> np.ndarray:
+    """The class of every row: the task's target when it reads one, else the dataset's labels."""
+    return data.labels if data.target is None else np.asarray(data.target)
+
+
+def _names(task, data):
+    return data.classes if data.target is None else None
+
+
+def _classify_splits(task, data, job):
+    from .._fit import sweep
+    from ..results import prediction_arrays
+    from . import GROUP_KEY
+
+    y = class_target(task, data)
+
+    def part(split):
+        if split not in data.parts:
+            return None
+        X, _ = data.split(split, job.tap)
+        return X, y[data.parts[split]]
+
+    train, val, test = part("train"), part("val"), part("test")
+    if train is None:
+        from .._errors import UsageError
+
+        raise UsageError(f"dataset {data.source.name!r} has no train split (found {sorted(data.splits)}); "
+                         "probes need one")
+    result = sweep(job.probe, train, val, test, grid=job.grid, select_metric=job.select_metric,
+                   val_fraction=job.val_fraction, test_fraction=job.test_fraction, seed=job.seed, shots=job.shots,
+                   class_names=_names(task, data), device=job.device, train_ids=data.ids[data.parts["train"]],
+                   absent=data.absent if data.target is None else None, return_result=True,
+                   context=dict(job.context, task=task.name, evaluation=job.evaluation))
+    rows = result.frame.to_dicts()
+    if rows[0]["protocol"] != job.protocol:
+        raise AssertionError("internal error: the job's file name and its rows disagree on the protocol id")
+    if result.estimator is None:
+        return rows, {}
+    est = result.estimator
+    if test is not None:
+        rows_test = data.parts["test"]
+        ids, labels = data.ids[rows_test], test[1]
+        people = None if data.people is None else data.people[rows_test]
+    else:
+        ids, labels = result.extra["test_ids"], result.extra["test_labels"]
+        where = {i: k for k, i in enumerate(data.ids)}
+        people = None if data.people is None else data.people[[where[i] for i in ids]]
+    items = prediction_arrays(ids=ids, labels=labels, scores=result.test_scores, weights=est._artifact_weights(),
+                              classes=list(data.classes) if data.target is None else None,
+                              score_classes=est.classes_)
+    if people is not None:
+        items[GROUP_KEY] = np.asarray(people).astype(str)
+    rows[-1] = dict(rows[-1], **{k: v for k, v in task.item_metrics(items).items() if rows[-1].get(k) is None})
+    return rows, items
+
+
+def classify_folds(task, data, job, *, rank_columns: bool = False):
+    """Nested cross-validation of a classification probe (identity classifiers too): each fold runs
+    :func:`probe.sweep` on its training rows (val carved there) and scores its held-out rows once; the summary
+    comes from the pooled held-out items (:func:`probe._cv.cross_validate`). ``rank_columns``: an identity
+    classifier's rank-k is its top-k over the identities."""
+    import warnings
+
+    from .._cv import cross_validate, fold_plan
+    from .._fit import TaskSweep, sweep
+    from ..results import top_k
+
+    X = data.features(job.tap)
+    y = class_target(task, data)
+    folds, groups = fold_plan(task, data, job, labels=y)
+    context = dict(job.context, task=task.name, evaluation=job.evaluation)
+    material = {"cv": job.cv, "cv_group": job.cv_group}
+
+    def run_fold(i, tr, te):
+        with warnings.catch_warnings():  # a few images per person is what identity classification is
+            warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
+            result = sweep(job.probe, (X[tr], y[tr]), None, (X[te], y[te]), grid=job.grid,
+                           select_metric=job.select_metric, val_fraction=job.val_fraction, seed=job.seed,
+                           class_names=_names(task, data), device=job.device, train_ids=data.ids[tr],
+                           context=context, evaluation=material, return_result=True)
+        classes = np.asarray(result.estimator.classes_)
+        top = classes[top_k(result.test_scores, 5)]
+        labels = y[te]
+        hits1 = (top[:, 0] == labels).astype(float)
+        hits5 = (top == labels[:, None]).any(axis=1).astype(float)
+        if top.shape[1] < 5:
+            top = np.pad(top, ((0, 0), (0, 5 - top.shape[1])), constant_values=-1)
+        items = {"ids": data.ids[te], "labels": labels, "pred": top[:, 0], "top5": top, "item/top1": hits1,
+                 "item/top5": hits5}
+        rows = []
+        for r in result.frame.to_dicts():
+            r["protocol"] = job.protocol
+            if rank_columns:
+                r["rank1"], r["rank5"] = r["top1"], r["top5"]
+            rows.append(r)
+        if rank_columns:
+            items.update({"item/rank1": hits1, "item/rank5": hits5})
+        if rows[-1]["split"] == "test":
+            rows[-1].update({k: v for k, v in task.item_metrics(items).items() if rows[-1].get(k) is None})
+        return TaskSweep(rows=rows, selected_params=result.selected_params, estimator=result.estimator,
+                         test=items, val_ids=result.extra.get("val_ids"))
+
+    return cross_validate(run_fold, folds, task=task, groups=groups, people=data.people, ids=data.ids,
+                          seed=job.seed)
 
 
 register(Classification())

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ._base import Metric, Task
+from ._base import Metric
+from ._dense import DenseTask
 from . import register
 
 _NAMES = ("rmse", "abs_rel", "log10", "delta1", "delta2", "delta3")
@@ -21,17 +22,13 @@ def _dense(name: str):
     return resample
 
 
-class Depth(Task):
+class Depth(DenseTask):
     name = "depth"
     metrics = tuple(Metric(n, n.startswith("delta"), _UNITS.get(n, "fraction"), _LABELS[n], _STATS,
                            resample=_dense(n)) for n in _NAMES)
-    probes = ("linear",)
-    default_probes = ("linear",)
-    default_taps = ("patch",)
-    options = frozenset()
-    dense = True
 
     # ------------------------------------------------------------------------------------------ engine hooks
+    # (the dense probe's jobs: probe.tasks._dense.DenseTask)
 
     # ------------------------------------------------------------------------------------------ report hooks
 

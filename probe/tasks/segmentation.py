@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ._base import Metric, Task
+from ._base import Metric
+from ._dense import DenseTask
 from . import register
 
 _STATS = ("stat/intersection", "stat/union", "stat/labelled")
@@ -17,17 +18,16 @@ def _dense(name: str):
     return resample
 
 
-class Segmentation(Task):
+class Segmentation(DenseTask):
     name = "segmentation"
     metrics = (Metric("miou", True, "fraction", "mIoU", _STATS, resample=_dense("miou")),
                Metric("pixel_acc", True, "fraction", "pixel acc", _STATS, resample=_dense("pixel_acc")))
-    probes = ("linear",)
-    default_probes = ("linear",)
-    default_taps = ("patch",)
-    options = frozenset()
-    dense = True
 
     # ------------------------------------------------------------------------------------------ engine hooks
+    # (the dense probe's jobs: probe.tasks._dense.DenseTask)
+
+    def classes(self, source) -> list:
+        return list(source.segmentation_classes)
 
     # ------------------------------------------------------------------------------------------ report hooks
 

@@ -1,0 +1,70 @@
+"""What the two per-pixel tasks share: the linear dense probe on the ``patch`` tap, one job per (probe, seed)."""
+
+from __future__ import annotations
+
+from ._base import Job, Task
+
+
+class DenseTask(Task):
+    """A task with per-pixel targets (:mod:`probe._dense_sweep` runs its jobs)."""
+
+    probes = ("linear",)
+    default_probes = ("linear",)
+    default_taps = ("patch",)
+    options = frozenset()
+    dense = True
+
+    def probe_refusal(self, bad: list) -> str:
+        return f"probe(s) {bad} do not take {self.name} targets; dense probes are {', '.join(self.probes)}"
+
+    def check_request(self, request):
+        from .._errors import UsageError
+
+        request = super().check_request(request)
+        bad = [t for t in request.taps if t != "patch"]
+        if bad:
+            raise UsageError(f"dense probes read the patch tap; got {bad}. Use --taps patch")
+        return request
+
+    def check_source(self, request, source) -> None:
+        from .._dense_sweep import check_task
+
+        check_task(self.name, source)
+
+    def load(self, backbone, source, request, **extract):
+        from .._dense_sweep import load_dense
+
+        return load_dense(backbone, source, task=self.name, taps=request.taps, **extract)
+
+    def classes(self, source) -> list:
+        """Class names of the per-pixel labels (none for a continuous target)."""
+        return []
+
+    def plan(self, data, request):
+        from .._dense_sweep import dense_estimator
+        from .._protocol import protocol_of
+
+        jobs = []
+        n_classes = len(self.classes(data.source))
+        recorded = 0.0 if "val" in data.entries else float(request.val_fraction)
+        for name in request.probes:
+            for seed in request.seeds:
+                est, points = dense_estimator(self.name, n_classes, (request.grids or {}).get(name),
+                                              seed=int(seed), device=request.device, name=name)
+                # the seed is the job's (its own column), not part of the protocol: seeds are averaged
+                protocol = protocol_of(est, points, tap="patch", task=self.name, val_fraction=recorded,
+                                       test_fraction=0.0, select_metric=request.select_metric, shots=0, refit=True,
+                                       exclude=("device", "seed"))
+                scheme = self.evaluation(request, name, data)
+                jobs.append(Job(tap="patch", probe=name, seed=int(seed), protocol=protocol,
+                                evaluation=scheme["label"], tag=f"{self.name}-{data.feature_tag}-{protocol[:8]}",
+                                select_metric=request.select_metric, val_fraction=float(request.val_fraction),
+                                device=request.device, context=data.context("patch", request.family),
+                                extra={"estimator": est, "points": points,
+                                       "classes": self.classes(data.source)}))
+        return jobs
+
+    def run(self, data, job):
+        from .._dense_sweep import run_dense_job
+
+        return run_dense_job(self, data, job)
