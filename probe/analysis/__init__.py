@@ -31,8 +31,9 @@ _LAZY = {
     "bootstrap_ci": "._stats", "compare_jobs": "._stats", "job_ci": "._stats", "pair_by_id": "._stats",
     "align_by_id": "._stats", "job_hits": "._stats", "job_predictions": "._stats", "seed_mean_hits": "._stats",
     "PairedPredictions": "._stats", "Aligned": "._stats",
-    "DENSE_METRICS": "._stats", "job_dense_stats": "._stats", "dense_seed_stats": "._stats",
-    "job_preview": "._stats",
+    "DENSE_METRICS": "._stats", "job_dense_stats": "._stats", "job_preview": "._stats",
+    "job_items": "._stats", "JobItems": "._stats", "resampling": "._stats", "Resampling": "._stats",
+    "resample_interval": "._stats",
     # comparisons
     "FamilyComparison": "._compare", "family_bootstrap": "._compare", "sign_test": "._compare",
     "compare_families": "._compare", "family_wins": "._compare", "finetune_gains": "._compare",

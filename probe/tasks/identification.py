@@ -20,5 +20,11 @@ class Identification(Task):
 
     # ------------------------------------------------------------------------------------------ report hooks
 
+    group_noun = "people"
+
+    def legacy_evaluation(self, params, protocol):
+        """Older retrieval rows record nothing: leave-one-image-out (``loo``); identity classifiers: their folds."""
+        return "loo" if "folds" not in params else super().legacy_evaluation(params, protocol)
+
 
 register(Identification())

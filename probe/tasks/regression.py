@@ -22,5 +22,7 @@ class Regression(Task):
 
     # ------------------------------------------------------------------------------------------ report hooks
 
+    group_noun = "people"
+
 
 register(Regression())

@@ -19,5 +19,12 @@ class Verification(Task):
 
     # ------------------------------------------------------------------------------------------ report hooks
 
+    group_noun = "people"
+
+    def legacy_evaluation(self, params, protocol):
+        """Older rows do not record the pairs or the whitening, only a protocol id that differs with them: each
+        protocol is its own scheme (``pairs, protocol <id>``), so whitened and plain rows are never pooled."""
+        return f"pairs, protocol {str(protocol or '?')[:8]}"
+
 
 register(Verification())
