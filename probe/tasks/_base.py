@@ -178,12 +178,23 @@ class Task:
     def __repr__(self) -> str:
         return f"<task {self.name}>"
 
+    def __init__(self) -> None:
+        if not type(self).title:
+            type(self).title = self.name.capitalize()
+
     # ------------------------------------------------------------------------------------------ engine hooks
     # (the sweep engine's calls: reading the target, checking evaluation options, scoring a job)
 
     # ------------------------------------------------------------------------------------------ report hooks
     # (the analysis layer's and the report's calls: a job's per-item statistics, what its groups are, the
     # task's section of the report)
+
+    #: The task's heading in the report, and the part of the report it sits in (tasks of one part share its
+    #: heading: "Faces and continuous targets", "Dense transfer: segmentation and depth").
+    title: ClassVar[str] = ""
+    report_group: ClassVar[str] = "Other tasks"
+    #: How a metric of unit ``target`` prints in table headings (``m`` for depth).
+    target_unit: ClassVar[str] = "target units"
 
     #: What the per-item groups of this task's datasets are, for "interval over <noun>" (``group`` in a job's
     #: ``.npz``; a ``group_name`` array there overrides it).
@@ -210,6 +221,14 @@ class Task:
         if isinstance(folds, int) and not isinstance(folds, bool):
             return evaluation_label(cv=folds, cv_group="subject" if params.get("interval_over") == "people" else None)
         return "splits"
+
+    def report_figures(self, report, dataset: str, evaluation: str, shown: list) -> list[str]:
+        """Markdown lines of the task's figures under its generic tables (none by default).
+
+        ``shown`` lists ``(group name, rows)`` of the tables just written for ``dataset`` under ``evaluation``
+        (each row an :func:`probe.analysis.aggregate_seeds` record with its ``files``).
+        """
+        return []
 
     def report_section(self, report, jobs) -> list[str]:
         """Markdown lines of this task's part of the report (empty to leave it out).

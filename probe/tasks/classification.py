@@ -33,6 +33,9 @@ class Classification(Task):
 
     # ------------------------------------------------------------------------------------------ report hooks
 
+    title = "Classification"
+    report_group = "Classification"
+
     def item_stats(self, artifacts):
         """Hits from the saved predictions when the job saved no ``item/`` arrays: ``item/top1`` is the top-1
         prediction being the label, ``item/top5`` the label being among the saved five best classes."""
@@ -49,7 +52,7 @@ class Classification(Task):
 
     def report_section(self, report, jobs):
         """Frozen probes vs fine-tuning, the families, layer-wise and few-shot curves (per evaluation scheme)."""
-        return report.classification_sections(self, jobs)
+        return report.classification_sections(self, jobs, extra=("mean_per_class_acc",))
 
 
 register(Classification())

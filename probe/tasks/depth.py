@@ -35,6 +35,10 @@ class Depth(Task):
 
     # ------------------------------------------------------------------------------------------ report hooks
 
+    title = "Depth"
+    report_group = "Dense transfer: segmentation and depth"
+    target_unit = "m"
+
     group_noun = "scenes"
 
     def report_section(self, report, jobs):

@@ -31,6 +31,9 @@ class Segmentation(Task):
 
     # ------------------------------------------------------------------------------------------ report hooks
 
+    title = "Segmentation"
+    report_group = "Dense transfer: segmentation and depth"
+
     group_noun = "scenes"
 
     def report_section(self, report, jobs):

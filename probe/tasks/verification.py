@@ -19,6 +19,9 @@ class Verification(Task):
 
     # ------------------------------------------------------------------------------------------ report hooks
 
+    title = "Verification (same person?)"
+    report_group = "Faces and continuous targets"
+
     group_noun = "people"
 
     def legacy_evaluation(self, params, protocol):
