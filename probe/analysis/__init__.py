@@ -50,6 +50,8 @@ _LAZY = {
     "retrieval_examples": "._faces", "retrieval_figure": "._faces", "prediction_scatter_figure": "._faces",
     # notebooks
     "notebook_setup": "._notebook",
+    # the console summary of probe run
+    "summary_lines": "._summary", "summary_tables": "._summary",
 }
 
 __all__ = sorted(_LAZY)
