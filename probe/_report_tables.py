@@ -406,9 +406,9 @@ def prediction_scatter(report, dataset: str, evaluation: str, shown: list[tuple[
     fig = a.prediction_scatter_figure(entries, styles=report.styles, unit=unit,
                                       title=f"{dataset}: predicted vs true (held-out predictions of the frozen "
                                             f"probes{tuned})")
-    suffix = "" if evaluation in ("splits", None) or len(report.schemes(dataset, "regression")) == 1 \
-        else f"-{evaluation}"
-    png = report.save(fig, f"{dataset}-regression-scatter{suffix}")
+    task = recs[0]["task"]
+    suffix = "" if len(report.schemes(dataset, task)) == 1 else f"-{evaluation}"
+    png = report.save(fig, f"{dataset}-{task}-scatter{suffix}")
     return [f"![{dataset}: predicted vs true]({png})", ""]
 
 
