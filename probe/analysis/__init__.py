@@ -6,12 +6,18 @@ functions and hold no selection or plotting code of their own, so they cannot di
 The flow, for any task and metric (the metric and its direction are parameters, never a hard-coded top-1)::
 
     jobs = analysis.job_table("results")             # one row per job: selected test row + its val score
-    protocols = analysis.aggregate_seeds(jobs)       # per (dataset, task, backbone_config, protocol): mean, sd, n
+    protocols = analysis.aggregate_seeds(jobs)       # per (dataset, task, evaluation, backbone_config, protocol)
     best = analysis.best_by_val(protocols.filter(...))  # per configuration: the protocol with the best val mean
     gains = analysis.finetune_gains(frozen_best, finetune_best)   # + paired bootstrap CIs
     mt = analysis.multitask_gains(jobs)              # multi-task minus single-task fine-tuning, + CIs
     fams = analysis.compare_families(frozen_best)    # two-level bootstrap (images and backbones), sign test
     fig = analysis.layerwise_figure(protocols.filter(...), relative_depth=True)   # a matplotlib Figure
+    ci = analysis.resample_interval([files_a, files_b], "mae", task="regression")  # the one bootstrap path
+    print("\n".join(analysis.summary_lines("results")))   # what `probe run` prints at the end
+
+Metrics, their direction, unit and label, and how they are computed from a job's saved per-item statistics come
+from the task registry (:mod:`probe.tasks`); intervals resample items, or the groups (people, scenes) a job saved
+for them.
 
 Importing this package is cheap (no torch, no polars, no matplotlib until a function needs them).
 """
