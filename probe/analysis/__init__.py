@@ -35,10 +35,10 @@ _LAZY = {
     # bootstrap over test images
     "BootstrapResult": "._stats", "BOOTSTRAP_METRICS": "._stats", "paired_bootstrap": "._stats",
     "bootstrap_ci": "._stats", "compare_jobs": "._stats", "job_ci": "._stats", "pair_by_id": "._stats",
-    "align_by_id": "._stats", "job_hits": "._stats", "job_predictions": "._stats", "seed_mean_hits": "._stats",
+    "align_by_id": "._stats", "job_hits": "._stats", "job_predictions": "._items", "seed_mean_hits": "._stats",
     "PairedPredictions": "._stats", "Aligned": "._stats",
-    "DENSE_METRICS": "._stats", "job_dense_stats": "._stats", "job_preview": "._stats",
-    "job_items": "._stats", "JobItems": "._stats", "resampling": "._stats", "Resampling": "._stats",
+    "DENSE_METRICS": "._stats", "job_dense_stats": "._items", "job_preview": "._items",
+    "job_items": "._items", "JobItems": "._items", "resampling": "._stats", "Resampling": "._stats",
     "resample_interval": "._stats",
     # comparisons
     "FamilyComparison": "._compare", "family_bootstrap": "._compare", "sign_test": "._compare",
