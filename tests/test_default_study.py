@@ -22,6 +22,9 @@ from tests._helpers import run_cli
 ROOT = Path(__file__).resolve().parents[1]
 KEEP = ("test_resnet", "test_vit")
 
+# the study runs once for the module (about 5 minutes on 2 busy cores); the first test waits for it
+pytestmark = pytest.mark.timeout(1800)
+
 
 def _small_default_study() -> str:
     """The default study's text with two backbones and one-epoch training (everything else as it is)."""
