@@ -22,18 +22,22 @@ from tests._helpers import run_cli
 ROOT = Path(__file__).resolve().parents[1]
 KEEP = ("test_resnet", "test_vit")
 
-# the study runs once for the module (about 5 minutes on 2 busy cores); the first test waits for it
+# the study runs once for the module (minutes; more on a busy 2-core machine); the first test waits for it
 pytestmark = pytest.mark.timeout(1800)
 
 
 def _small_default_study() -> str:
-    """The default study's text with two backbones and one-epoch training (everything else as it is)."""
+    """The default study's text with two backbones, one-epoch training, two person-grouped folds on faces and
+    one few-shot draw (every dataset, task, evaluation kind and fine-tune kind as they are)."""
     text = (ROOT / "probe" / "default_study.toml").read_text()
     blocks = re.split(r"(?m)^(?=\[)", text)  # one block per table, up to the next table header
     kept = [b for b in blocks if not b.startswith("[[backbones]]")
             or re.search(r'name = "(' + "|".join(KEEP) + r')"', b)]
     text = "".join(kept)
     text = re.sub(r"(?m)^epochs = \d+", "epochs = 1", text)
+    text = re.sub(r"(?m)^cv = \d+", "cv = 2", text)
+    text = re.sub(r"(?m)^shots = \[[^]]*\]", "shots = [5]", text)
+    text = re.sub(r"(?m)^seeds = \[0, 1, 2\]", "seeds = [0]", text)
     return text
 
 
@@ -41,7 +45,7 @@ def _small_default_study() -> str:
 def default_results(tmp_path_factory):
     work = tmp_path_factory.mktemp("default")
     (work / "study.toml").write_text(_small_default_study())
-    proc = run_cli("run", "study.toml", "--no-progress", "--workers", "0", cwd=work, timeout=1500, check=0)
+    proc = run_cli("run", "study.toml", "--no-progress", "--workers", "0", cwd=work, timeout=1700, check=0)
     return work, proc
 
 
@@ -79,7 +83,7 @@ def test_probe_report_on_the_default_study(default_results, tmp_path):
     text = (tmp_path / "report" / "report.md").read_text()
     for needle in ("## Frozen probes vs fine-tuning", "## Dense transfer: segmentation and depth",
                    "### shapes: depth", "Other fine-tunes of depth", "segmentation+depth",
-                   "## Faces and continuous targets", "evaluation `cv5 by subject`", "evaluation `loo`",
+                   "## Faces and continuous targets", "evaluation `cv2 by subject`", "evaluation `loo`",
                    "(over people)", "## Multi-task fine-tuning", "Evaluation: `splits`."):
         assert needle in text, needle
     assert "Traceback" not in proc.stderr
