@@ -407,7 +407,7 @@ def prediction_scatter(report, dataset: str, evaluation: str, shown: list[tuple[
                                       title=f"{dataset}: predicted vs true (held-out predictions of the frozen "
                                             f"probes{tuned})")
     task = recs[0]["task"]
-    suffix = "" if len(report.schemes(dataset, task)) == 1 else f"-{evaluation}"
+    suffix = "" if report.schemes(dataset, task)[:1] == [evaluation] else f"-{evaluation}"  # first scheme: plain
     png = report.save(fig, f"{dataset}-{task}-scatter{suffix}")
     return [f"![{dataset}: predicted vs true]({png})", ""]
 
