@@ -25,20 +25,25 @@
 # %%
 import polars as pl
 
-from probe import analysis
+from probe import analysis, tasks
 
 nb = analysis.notebook_setup("ConvNets vs transformers: family differences with backbone-aware CIs.")
 jobs = analysis.job_table(nb.results)
 protocols = analysis.aggregate_seeds(jobs.filter(pl.col("shots") == 0))
+dense = [t.name for t in tasks.all_tasks() if t.dense]  # dense tasks: the report's dense section compares them
 sides = {
     "frozen": analysis.best_by_val(protocols.filter((pl.col("probe") != "finetune") & (pl.col("tap") != "patch"))),
-    "fine-tune": analysis.best_by_val(protocols.filter(pl.col("probe") == "finetune")),
+    "fine-tune": analysis.best_by_val(protocols.filter((pl.col("probe") == "finetune")
+                                                       & ~pl.col("task").is_in(dense))),
 }
 with pl.Config(tbl_rows=100, tbl_width_chars=200):
     print(analysis.configurations(jobs))
 
 # %% [markdown]
-# ## Family differences per dataset
+# ## Family differences per dataset, task and evaluation scheme
+#
+# Each task's headline metric, in its unit (percentage points for fractions); the interval resamples the test
+# images, or the people they cluster in where the jobs saved them, and the backbones (an architecture once).
 
 # %%
 records = []
@@ -47,9 +52,18 @@ for side, best in sides.items():
         records.append({**rec, "side": side})
 for r in records:
     c = r["comparison"]
-    interval = c.format() if c else f"{(r['mean_a'] - r['mean_b']) * 100:+.1f} (no CI: {r['note']})"
-    print(f"{r['dataset']:>10} {r['side']:>9}  {r['family_a']} ({len(r['members_a'])}) − {r['family_b']} "
-          f"({len(r['members_b'])}): {interval} pp" + ("  separated" if c and c.separates else ""))
+    scale = 100.0 if analysis.metric_of(r["metric"], r["task"]).unit == "fraction" else 1.0
+    if c is not None:
+        interval = (f"{c.estimate * scale:+.2f} [{c.low * scale:+.2f}, {c.high * scale:+.2f}] over {c.over}"
+                    + ("  separated" if c.separates else ""))
+    elif r["mean_a"] is not None and r["mean_b"] is not None:
+        interval = f"{(r['mean_a'] - r['mean_b']) * scale:+.2f} (no CI: {r['note']})"
+    else:
+        interval = f"— (no CI: {r['note']})"
+    print(f"{r['dataset']:>10} {r['task']:>14} [{r['evaluation']}] {r['side']:>9} {r['metric']}: "
+          f"{r['family_a']} ({len(r['backbones_a'])}) − {r['family_b']} ({len(r['backbones_b'])}): {interval}")
+    for note in (c.notes + c.few_backbones) if c is not None else ():
+        print(f"{'':>12}{note}")
 if not records:
     print("No dataset has two families under the same protocol: nothing to compare.")
 
@@ -60,8 +74,9 @@ if not records:
 for side in sides:
     for w in analysis.family_wins([r for r in records if r["side"] == side]):
         verdict = "separates" if w["separates"] else "does NOT separate"
-        print(f"{side}: {w['family_a']} win {w['wins_a']}, {w['family_b']} win {w['wins_b']} of {w['datasets']} "
-              f"dataset(s); sign test p = {w['p_value']:.3g}: the evidence {verdict} the families")
+        print(f"{side} {w['task']} [{w['evaluation']}]: {w['family_a']} win {w['wins_a']}, {w['family_b']} win "
+              f"{w['wins_b']} of {w['datasets']} dataset(s); sign test p = {w['p_value']:.3g}: the evidence "
+              f"{verdict} the families")
 for pair in dict.fromkeys((r["family_a"], r["family_b"]) for r in records):
     fig = analysis.family_figure([r for r in records if (r["family_a"], r["family_b"]) == pair])
     nb.show(fig, f"families_{pair[0]}_vs_{pair[1]}.png")

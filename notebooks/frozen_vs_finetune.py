@@ -25,7 +25,7 @@
 # %%
 import polars as pl
 
-from probe import analysis
+from probe import analysis, tasks
 
 nb = analysis.notebook_setup("Frozen probes vs fine-tuning, with paired bootstrap CIs.")
 jobs = analysis.job_table(nb.results)  # one row per job: its selected test row and the val score that chose it
@@ -37,23 +37,36 @@ print(f"{jobs.height} jobs, {jobs['backbone_config'].n_unique()} backbone config
 
 # %%
 protocols = analysis.aggregate_seeds(jobs.filter(pl.col("shots") == 0))
+dense = [t.name for t in tasks.all_tasks() if t.dense]  # dense tasks: see the report's dense section
 frozen = analysis.best_by_val(protocols.filter((pl.col("probe") != "finetune") & (pl.col("tap") != "patch")))
-finetune = analysis.best_by_val(protocols.filter(pl.col("probe") == "finetune"))
-gains = analysis.finetune_gains(frozen, finetune, n_boot=nb.n_boot, seed=nb.seed)
+finetune = analysis.best_by_val(protocols.filter((pl.col("probe") == "finetune") & ~pl.col("task").is_in(dense)))
+gains = analysis.finetune_gains(frozen, finetune, n_boot=nb.n_boot, seed=nb.seed)  # each task's headline metric
 both = gains.filter(pl.col("gain").is_not_null()) if gains.height else gains
+groups = sorted({(t, e) for t, e in both.select("task", "evaluation").iter_rows()},
+                key=lambda k: (tasks.names().index(k[0]) if k[0] in tasks.names() else 99, k[1])) \
+    if both.height else []
 if not both.height:
     print("No configuration has both a frozen probe and fine-tuning: no gains to show.")
-else:
+for task, evaluation in groups:
+    sub = both.filter((pl.col("task") == task) & (pl.col("evaluation") == evaluation))
+    metric = sub["metric"][0]
+    fraction = analysis.metric_of(metric, task).unit == "fraction"
+    print(f"{task}, evaluation {evaluation}: {metric} ({'%' if fraction else 'its unit'}; "
+          f"{'lower' if analysis.lower_is_better(metric, task) else 'higher'} is better), intervals over "
+          f"{', '.join(sorted({o for o in sub['gain_over'].to_list() if o}))}")
     with pl.Config(tbl_rows=100, tbl_cols=20, tbl_width_chars=250):
-        print(both.select("dataset", "config_label", "family", "frozen_method",
-                          *[(pl.col(c) * 100).round(1) for c in ("frozen", "finetune", "gain", "gain_low",
-                                                                  "gain_high")],
-                          "frozen_n", "finetune_n", "frozen_n_train", "finetune_n_train", "gain_n"))
+        print(sub.select("dataset", "config_label", "family", "frozen_method",
+                         *[(pl.col(c) * (100 if fraction else 1)).round(1 if fraction else 3)
+                           for c in ("frozen", "finetune", "gain", "gain_low", "gain_high")],
+                         "frozen_n", "finetune_n", "frozen_n_train", "finetune_n_train", "gain_n"))
 
 # %% [markdown]
-# ## Figures: the gain per dataset and configuration; fine-tuned against frozen
+# ## Figures: the gain per dataset and configuration; fine-tuned against frozen (one pair per task and scheme)
 
 # %%
-if both.height:
-    nb.show(analysis.gain_figure(both, styles=styles), "gain_from_finetuning.png")
-    nb.show(analysis.finetune_scatter_figure(both, styles=styles), "frozen_vs_finetune_scatter.png")
+for i, (task, evaluation) in enumerate(groups):
+    sub = both.filter((pl.col("task") == task) & (pl.col("evaluation") == evaluation))
+    suffix = "" if i == 0 else f"_{task}_{evaluation}"
+    nb.show(analysis.gain_figure(sub, metric=sub["metric"][0], styles=styles), f"gain_from_finetuning{suffix}.png")
+    nb.show(analysis.finetune_scatter_figure(sub, metric=sub["metric"][0], styles=styles),
+            f"frozen_vs_finetune_scatter{suffix}.png")

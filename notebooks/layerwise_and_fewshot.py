@@ -40,8 +40,11 @@ blocks = protocols.filter((pl.col("shots") == 0) & pl.col("tap").str.contains(r"
 if not blocks.height:
     print("No block<i> taps in the results: no layer-wise curves.")
 for dataset in sorted(set(blocks["dataset"].to_list())):
-    sub = analysis.with_intervals(blocks.filter(pl.col("dataset") == dataset), n_boot=nb.n_boot, seed=nb.seed)
-    fig = analysis.layerwise_figure(sub, relative_depth=True, styles=styles,
+    sub = blocks.filter(pl.col("dataset") == dataset)
+    metric = analysis.primary_metric(sub["task"][0])  # the task's headline (block taps are one task's)
+    sub = analysis.with_intervals(sub.filter(pl.col("task") == sub["task"][0]), metric=metric, n_boot=nb.n_boot,
+                                  seed=nb.seed)
+    fig = analysis.layerwise_figure(sub, metric=metric, relative_depth=True, styles=styles,
                                     title=f"{dataset}: layer-wise probe accuracy (95% bootstrap CI)")
     nb.show(fig, f"layerwise_{dataset}.png")
 

@@ -12,7 +12,14 @@ The report is markdown over :mod:`probe.analysis`; it selects, pools and draws n
   that resamples test images and, within each family, backbones; across datasets, wins with an exact sign test,
   and a plain statement when the evidence does not separate the families.
 - **Layer-wise** (``block<i>`` taps) and **few-shot** (``shots > 0``) curves, seeds averaged per configuration.
-- **Faces and continuous targets** (identification, verification, regression): see :mod:`probe._report_faces`.
+- **Every task has its section through its report hook** (:meth:`probe.tasks.Task.report_section`): the report
+  loops over the registered tasks present in the results and each composes the blocks of :class:`Report`
+  (classification: the sections above; segmentation and depth: :func:`probe._report_tables.dense_section`;
+  identification, verification, regression and any other task: :func:`probe._report_tables.scored_tables`).
+- **Evaluation schemes** (the ``evaluation`` column: ``splits``, ``cv5 by subject``, ``loo``, ``pairs file whiten
+  128`` ...) are never pooled or selected across: each gets its own tables, titled with it.
+- **Intervals over grouped items** (people, scenes) resample the groups, paired where they are differences, and
+  say so ("over people" / "over images").
 
 Everything that is missing (no fine-tuning, one family, no saved predictions) drops the section or the interval
 with a note instead of failing.
@@ -25,17 +32,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import _report_tables as _tables
+from . import tasks as _tasks
 from ._errors import UsageError
 from ._io import safe_name as _safe, write_text_atomic
-from .vocab import DEFAULT_TASK, FINETUNE, METRIC_UNITS, TASK_METRICS
-
-#: Tasks with per-pixel targets: their section is _section_dense (probe.dense.DENSE_TASKS, without numpy here).
-DENSE_TASKS = ("segmentation", "depth")
-_UNIT_NAMES = {"target": "m", "ratio": "ratio", "log10": "log10"}  # dense metrics' units (depth rmse in metres)
-
-_METRIC_HEAD = {"top1": "top-1", "top5": "top-5", "mean_per_class_acc": "mean per-class", "miou": "mIoU",
-                "pixel_acc": "pixel acc", "rmse": "RMSE", "abs_rel": "abs rel", "log10": "log10", "delta1": "δ<1.25",
-                "delta2": "δ<1.25²", "delta3": "δ<1.25³"}
+from .vocab import FINETUNE
 
 
 def default_report_dir(results_dir: str | os.PathLike) -> Path:
@@ -83,7 +84,7 @@ def write_report(results_dir: str | os.PathLike = "results", out_dir: str | os.P
     fig_dir.mkdir(parents=True, exist_ok=True)
     for stale in fig_dir.glob("*.png"):
         stale.unlink()
-    report = _Report(jobs, results_dir=results_dir, fig_dir=fig_dir, n_boot=int(n_boot), seed=seed, ci=ci,
+    report = Report(jobs, results_dir=results_dir, fig_dir=fig_dir, n_boot=int(n_boot), seed=seed, ci=ci,
                      notes=notes)
     path = out_dir / "report.md"
     write_text_atomic(path, report.render())
@@ -108,22 +109,9 @@ def _ci(est, low, high) -> str:
     return f"{est * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}]"
 
 
-def _value(metric: str, value, low=None, high=None, *, signed: bool = False) -> str:
-    """A metric by its unit (:data:`probe.vocab.METRIC_UNITS`): fractions in percent, the others as numbers."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    percent = METRIC_UNITS.get(metric, "fraction") == "fraction"
-    scale, fmt = (100.0, ".1f") if percent else (1.0, ".3f")
-    sign = "+" if signed else ""
-    text = f"{value * scale:{sign}{fmt}}"
-    if low is not None and high is not None:
-        text += f" [{low * scale:{sign}{fmt}}, {high * scale:{sign}{fmt}}]"
-    return text
-
-
-def _metric_head(metric: str) -> str:
-    unit = METRIC_UNITS.get(metric, "fraction")
-    return f"{_METRIC_HEAD.get(metric, metric)} ({'%' if unit == 'fraction' else _UNIT_NAMES.get(unit, unit)})"
+def _label(task, metric: str) -> str:
+    """A metric's table label (``top-1``, ``RMSE``) from its task."""
+    return task.metric(metric).label or metric if metric in task.metric_names else metric
 
 
 def _int(value) -> str:
@@ -131,7 +119,16 @@ def _int(value) -> str:
 
 
 @dataclass
-class _Report:
+class Report:
+    """The report being written: its shared parts and the blocks a task's report hook composes.
+
+    A task's :meth:`probe.tasks.Task.report_section` gets this object and the task's jobs; it returns markdown
+    lines built from :meth:`classification_sections`, :meth:`dense_section`, :meth:`scored_tables`,
+    :meth:`family_lines`, :meth:`retrieval_figure`, :meth:`prediction_scatter` and :meth:`group_heading`, with
+    ``a`` (:mod:`probe.analysis`), ``pl`` (polars), ``kw`` (bootstrap settings), ``pct``, ``notes`` and
+    :meth:`save` for figures.
+    """
+
     jobs: object  # polars DataFrame of analysis.job_table
     results_dir: Path
     fig_dir: Path
@@ -149,35 +146,9 @@ class _Report:
         self.pl = pl
         self.kw = dict(n_boot=self.n_boot, seed=self.seed, ci=self.ci)
         self.pct = f"{self.ci:.0%}"
-        # Dense tasks have their own section (_section_dense); the other sections cover one task.
-        dense = self.jobs.filter(pl.col("task").is_in(list(DENSE_TASKS))) if self.jobs.height else self.jobs
-        self.dense_jobs = dense
-        self.jobs = self.jobs.filter(~pl.col("task").is_in(list(DENSE_TASKS))) if self.jobs.height else self.jobs
-        # The headline metric is the task's (top1 for classification); tables and figures take it as a parameter.
-        # Face and continuous-target tasks have their own section (probe._report_faces) over the full job table.
-        from ._report_faces import FACE_TASKS
-
         self.all_jobs = self.jobs
-        if self.jobs.height:
-            self.jobs = self.jobs.filter(~pl.col("task").is_in(list(FACE_TASKS)))
-        tasks = sorted(set(self.jobs["task"].to_list())) if self.jobs.height else []
-        self.metric = analysis.primary_metric(tasks[0] if tasks else None)
-        self.extra = [m for m in TASK_METRICS.get(tasks[0] if tasks else DEFAULT_TASK, ())[1:]
-                      if m in analysis.BOOTSTRAP_METRICS and m != "top5"]
-        self.head = _METRIC_HEAD.get(self.metric, self.metric)
-        if len(tasks) > 1:
-            self.notes.append(f"results hold several tasks ({', '.join(tasks)}); this report covers {tasks[0]}.")
-            self.jobs = self.jobs.filter(pl.col("task") == tasks[0])
-        every = pl.concat([self.all_jobs, dense], how="diagonal_relaxed") if dense.height else self.all_jobs
-        # every task: the header, the configurations table, the faces and multi-task sections read it
-        self.all_jobs = every
-        self.styles = analysis.Styles.from_frame(every) if every.height else analysis.Styles()
-        self.protocols = analysis.aggregate_seeds(self.jobs)
-        full = self.protocols.filter(pl.col("shots") == 0)
-        self.best_frozen = analysis.best_by_val(
-            full.filter((pl.col("probe") != FINETUNE) & (pl.col("tap") != "patch")), notes=self.notes)
-        self.best_ft = analysis.best_by_val(full.filter(pl.col("probe") == FINETUNE), notes=self.notes)
-        self.datasets = sorted(set(self.jobs["dataset"].to_list())) if self.jobs.height else []
+        self.styles = analysis.Styles.from_frame(self.jobs) if self.jobs.height else analysis.Styles()
+        self._groups_written: set[str] = set()
         for r in analysis.skipped_images(self.jobs).iter_rows(named=True):
             self.notes.append(f"{r['dataset']}: {r['n_skipped']} unreadable image(s) left out with --skip-bad "
                               f"for `{r['config_label']}` (listed by `probe cache ls`); its numbers are on the rest.")
@@ -185,25 +156,118 @@ class _Report:
     # ----------------------------------------------------------------------------------------- rendering
 
     def render(self) -> str:
+        pl = self.pl
         lines = self._header()
         lines += self._section_configurations()
-        lines += self._section_protocols()
-        lines += self._section_dense()
-        lines += self._section_families()
-        lines += self._section_layerwise()
-        lines += self._section_few_shot()
+        present = set(self.all_jobs["task"].to_list()) if self.all_jobs.height else set()
+        for task in _tasks.all_tasks():  # the registry's order: built-ins first, then tasks registered later
+            if task.name in present:
+                lines += task.report_section(self, self.all_jobs.filter(pl.col("task") == task.name))
+        for name in sorted(present - set(_tasks.names())):
+            self.notes.append(f"rows of task {name!r} are left out: no task module registers it in this "
+                              "environment.")
         lines += self._section_multitask()
-        from ._report_faces import faces_section
-
-        lines += faces_section(self)
         if self.notes:
             lines += ["## Notes", ""] + [f"- {n}" for n in dict.fromkeys(self.notes)] + [""]
         return "\n".join(lines).rstrip() + "\n"
 
-    def _save(self, fig, name: str) -> str:
+    def save(self, fig, name: str) -> str:
+        """Save a matplotlib figure as ``figures/<name>.png``; returns the path to link from the markdown."""
         path = self.fig_dir / f"{_safe(name)}.png"
         fig.savefig(path, dpi=150)
         return f"figures/{path.name}"
+
+    _save = save
+
+    def group_heading(self, title: str, intro: list[str] | None = None) -> list[str]:
+        """``## title`` (and its intro lines) the first time a part of the report is asked for; nothing later."""
+        if title in self._groups_written:
+            return []
+        self._groups_written.add(title)
+        return [f"## {title}", ""] + (intro if intro is not None else _GROUP_INTROS.get(title, lambda r: [])(self))
+
+    def config_index(self, config: str) -> int:
+        """Position of a backbone configuration in the report's fixed order (family, then label)."""
+        return self.styles.configs.index(config) if config in self.styles.configs else len(self.styles.configs)
+
+    def schemes(self, dataset: str, task: str) -> list[str]:
+        """The evaluation schemes of a task's rows on a dataset."""
+        pl = self.pl
+        sub = self.all_jobs.filter((pl.col("dataset") == dataset) & (pl.col("task") == task))
+        return sorted(set(sub["evaluation"].to_list()))
+
+    # blocks of the task sections (probe._report_tables)
+
+    def scored_tables(self, task, jobs) -> list[str]:
+        """The generic section of a task: tables per dataset and evaluation scheme (:mod:`probe._report_tables`)."""
+        return _tables.scored_tables(self, task, jobs)
+
+    def dense_section(self, task, jobs) -> list[str]:
+        """A dense task's section: frozen probe vs its single-task linear-head fine-tune, other fine-tunes apart."""
+        return _tables.dense_section(self, task, jobs)
+
+    def retrieval_figure(self, dataset: str, evaluation: str, shown) -> list[str]:
+        """Retrieved faces per query and configuration (identification's figure)."""
+        return _tables.retrieval_figure(self, dataset, evaluation, shown)
+
+    def prediction_scatter(self, dataset: str, evaluation: str, shown) -> list[str]:
+        """Predicted vs true target per configuration (regression's figure)."""
+        return _tables.prediction_scatter(self, dataset, evaluation, shown)
+
+    def classification_sections(self, task, jobs, *, extra: tuple[str, ...] = ()) -> list[str]:
+        """Frozen probes vs fine-tuning, families, layer-wise and few-shot curves of ``task`` (classification's
+        section), once per evaluation scheme; ``extra`` metrics get their own columns and paired gains."""
+        pl, analysis = self.pl, self.a
+        schemes = sorted(set(jobs["evaluation"].to_list())) if jobs.height else ["splits"]
+        lines = []
+        for evaluation in schemes:
+            self.task = task
+            self.evaluation = evaluation
+            self.suffix = "" if len(schemes) == 1 else f" · evaluation `{evaluation}`"
+            self.jobs = jobs.filter(pl.col("evaluation") == evaluation) if jobs.height else jobs
+            self.metric = task.headline
+            self.extra = [m for m in extra if m in task.metric_names]
+            self.head = _label(task, self.metric)
+            self.protocols = analysis.aggregate_seeds(self.jobs)
+            full = self.protocols.filter(pl.col("shots") == 0)
+            self.best_frozen = analysis.best_by_val(
+                full.filter((pl.col("probe") != FINETUNE) & (pl.col("tap") != "patch")), notes=self.notes)
+            self.best_ft = analysis.best_by_val(full.filter(pl.col("probe") == FINETUNE), notes=self.notes)
+            self.datasets = sorted(set(self.jobs["dataset"].to_list())) if self.jobs.height else []
+            if hasattr(self, "_gain_frame"):
+                del self._gain_frame
+            lines += self._section_protocols()
+            lines += self._section_families()
+            lines += self._section_layerwise()
+            lines += self._section_few_shot()
+        return lines
+
+    def family_lines(self, task, rows, metric: str, name: str) -> list[str]:
+        """One line per pair of families among ``rows`` (best-by-val rows of one group): the difference of the
+        families' means over their backbones with its two-level interval, and the caveats."""
+        a = self.a
+        if len(set(rows["family"].to_list())) < 2:
+            return []
+        lines = []
+        for c in a.compare_families(rows, metric=metric, **self.kw):
+            na = a.FAMILY_NAMES.get(c["family_a"], c["family_a"])
+            nb = a.FAMILY_NAMES.get(c["family_b"], c["family_b"])
+            comp = c["comparison"]
+            if comp is None:
+                diff = (None if c["mean_a"] is None or c["mean_b"] is None else c["mean_a"] - c["mean_b"])
+                text = f"{_tables.fmt(task, metric, diff)} (no interval: {c['note']})"
+                what = "images"
+            else:
+                text = (_tables.signed(task, metric, comp.estimate)
+                        + _tables.interval(task, metric, comp.low, comp.high, sign=True)
+                        + ("; separated" if comp.separates else "; the evidence does not separate them"))
+                what = comp.over
+            lines.append(f"- {name}, {na} − {nb} ({metric}, {c['weights_kind']}): {text} "
+                         f"({len(c['backbones_a'])} vs {len(c['backbones_b'])} backbones, two-level bootstrap over "
+                         f"{what} and backbones).")
+            if comp is not None:
+                lines += [f"  _{n}._" for n in comp.notes + comp.few_backbones]
+        return lines + ([""] if lines else [])
 
     def _header(self) -> list[str]:
         n_jobs = self.all_jobs.height
@@ -218,6 +282,8 @@ class _Report:
             "- All accuracies are on the **test** split, in percent; differences are in percentage points (pp).",
             "- Every row is one **backbone configuration**: backbone, weights, input size (and precision when not "
             "fp32), as listed below. Results of different configurations or protocols are never pooled.",
+            "- Every table names its **evaluation scheme** (`splits`, `cv5 by subject`, `loo`, `pairs file` ...): "
+            "results of different schemes are never pooled, ranked or selected across.",
             "- **Selection was on val, never on test.** Each job's hyperparameters (and a fine-tune's epoch) were "
             "chosen on val by the sweep; the *best frozen probe* of a configuration is the probe/tap whose "
             "**seed-mean** val score is best, *fine-tuning* is the fine-tune mode with the best seed-mean val score, "
@@ -225,8 +291,9 @@ class _Report:
             "- Seeds (val carves, few-shot draws) are averaged: mean ± sd over n seeds, never the best seed.",
             f"- Every difference comes with a **paired bootstrap {self.pct} confidence interval** over the same test "
             f"images (paired by image id from the saved predictions; {self.n_boot} resamples, seed {self.seed}, "
-            "percentile interval), and the number of test images it was computed on. Family differences also "
-            "resample the backbones within each family.",
+            "percentile interval), and the number of test images it was computed on; where the images cluster in "
+            "people or scenes, the groups are resampled instead and the interval says \"over people\". Family "
+            "differences also resample the backbones within each family (an architecture counted once).",
             "",
         ]
 
@@ -258,7 +325,7 @@ class _Report:
 
     def _section_protocols(self) -> list[str]:
         pl = self.pl
-        lines = ["## Frozen probes vs fine-tuning", ""]
+        lines = [f"## Frozen probes vs fine-tuning{self.suffix}", "", f"Evaluation: `{self.evaluation}`.", ""]
         has_fz, has_ft = bool(self.best_frozen.height), bool(self.best_ft.height)
         if not has_fz and not has_ft:
             return lines + ["_No full-data (shots = 0) frozen-probe or fine-tuning results; section omitted._", ""]
@@ -272,11 +339,11 @@ class _Report:
             if present:
                 short = "frozen" if side == "frozen" else "fine-tune"
                 header += [f"{name} (val-selected)", f"{short} {self.head} (%)",
-                           *(f"{short} {_METRIC_HEAD.get(m, m)} (%)" for m in self.extra),
+                           *(f"{short} {_label(self.task, m)} (%)" for m in self.extra),
                            f"{short} seeds", f"{short} train images"]
         if has_fz and has_ft:
             header += [f"gain {self.head} (pp) [{self.pct} CI]",
-                       *(f"gain {_METRIC_HEAD.get(m, m)} (pp) [{self.pct} CI]" for m in self.extra)]
+                       *(f"gain {_label(self.task, m)} (pp) [{self.pct} CI]" for m in self.extra)]
         header.append("test images")
         align = ["---:" if ("(%)" in h or "(pp)" in h or h.endswith(("seeds", "images"))) else "---" for h in header]
         for dataset in self.datasets:
@@ -320,78 +387,11 @@ class _Report:
             lines += ["", f"{gain}![{dataset}: frozen vs fine-tuning]({png})", ""]
         return lines
 
-    # ----------------------------------------------------------------------------------------- dense
-
-    def _section_dense(self) -> list[str]:
-        a, pl = self.a, self.pl
-        jobs = self.dense_jobs
-        if not jobs.height:
-            return []
-        lines = ["## Dense transfer: segmentation and depth", "",
-                 "Per dataset and task, the frozen dense probe (a linear layer on each patch token, bilinearly "
-                 "upsampled to the labels; `linear / patch`) and fine-tuning when present, each chosen on val as "
-                 "above. Segmentation: mIoU over the classes present in the test ground truth and pixel accuracy, "
-                 "in percent; depth: RMSE (m), abs rel and log10 (lower is better), and δ thresholds in percent, on "
-                 "valid pixels (see `probe.dense` for the crop and the depth cap). Intervals are bootstrap "
-                 f"{self.pct} CIs over test images (paired for differences), resampling each image's saved "
-                 "statistics (intersection and union counts; depth error sums).", ""]
-        protocols = a.aggregate_seeds(jobs)
-        best_fz = a.best_by_val(protocols.filter(pl.col("probe") != FINETUNE), notes=self.notes)
-        best_ft = a.best_by_val(protocols.filter(pl.col("probe") == FINETUNE), notes=self.notes)
-        for dataset in sorted(set(jobs["dataset"].to_list())):
-            for task in [t for t in DENSE_TASKS if t in set(jobs.filter(pl.col("dataset") == dataset)["task"])]:
-                metrics = list(TASK_METRICS[task])
-                head = metrics[0]
-                fz = best_fz.filter((pl.col("dataset") == dataset) & (pl.col("task") == task))
-                ft = best_ft.filter((pl.col("dataset") == dataset) & (pl.col("task") == task))
-                gains = a.finetune_gains(fz, ft, metric=head, extra_metrics=metrics[1:], **self.kw)
-                lines += [f"### {dataset}: {task}", ""]
-                header = ["configuration", "family", "method (val-selected)", "seeds",
-                          f"{_metric_head(head)} [{self.pct} CI]", *(_metric_head(m) for m in metrics[1:]),
-                          "train images", "test images"]
-                lines += ["| " + " | ".join(header) + " |",
-                          "|---|---|---|" + "---:|" * (len(header) - 3)]
-                rows = []
-                for side, frame in (("frozen", fz), ("finetune", ft)):
-                    by_config = {r["backbone_config"]: r for r in frame.to_dicts()}
-                    for g in gains.to_dicts() if gains.height else []:
-                        r = by_config.get(g["backbone_config"])
-                        if r is not None:
-                            rows.append((side, g, r))
-                rows.sort(key=lambda t: (self.styles.configs.index(t[1]["backbone_config"])
-                                         if t[1]["backbone_config"] in self.styles.configs else 0, t[0]))
-                for side, g, r in rows:
-                    cells = [f"`{r['config_label']}`", r["family"], r["method"], str(r["n"]),
-                             _value(head, r[head], g[f"{side}_low"], g[f"{side}_high"]),
-                             *(_value(m, r[m]) for m in metrics[1:]), _int(r["n_train"]), _int(r["n_eval"])]
-                    lines.append("| " + " | ".join(cells) + " |")
-                both = [g for g in (gains.to_dicts() if gains.height else []) if g["gain"] is not None]
-                if both:
-                    lines += ["", f"Fine-tuning − frozen probe, same test images ({_metric_head(head)}, "
-                                  f"{self.pct} CI): " + "; ".join(
-                                      f"`{g['config_label']}` "
-                                      + _value(head, g["gain"], g["gain_low"], g["gain_high"], signed=True)
-                                      for g in both) + "."]
-                previews = []
-                for side, g, r in rows:
-                    p = a.job_preview(list(r["files"])[0])
-                    if p is not None and side == "frozen":
-                        previews.append((f"{r['config_label']}", p))
-                if previews:
-                    classes = [str(c) for c in previews[0][1].get("classes", [])]
-                    fig = a.dense_examples_figure(previews, task=task, classes=classes or None,
-                                                  title=f"{dataset} {task}: test images, ground truth and each "
-                                                        "configuration's frozen dense probe")
-                    png = self._save(fig, f"{dataset}-{task}-examples")
-                    lines += ["", f"![{dataset} {task}: examples]({png})"]
-                lines.append("")
-        return lines
-
     # ----------------------------------------------------------------------------------------- families
 
     def _section_families(self) -> list[str]:
         a = self.a
-        lines = ["## Families", ""]
+        lines = [f"## Families{self.suffix}", "", f"Evaluation: `{self.evaluation}`.", ""]
         fams = sorted(set(self.jobs["family"].to_list()), key=a.family_order) if self.jobs.height else []
         if len(fams) < 2:
             return lines + [f"_Only one family ({', '.join(fams) or 'none'}) in the results; family comparison "
@@ -407,9 +407,11 @@ class _Report:
             return lines + ["_No dataset has results from two families under the same protocol; family comparison "
                             "omitted._", ""]
         kinds = {a.weights_kind(w) for w in self.jobs["weights"].to_list()}
-        lines += [f"Each family's score on a dataset is the mean over its backbone configurations (each with its "
-                  f"val-selected protocol). The {self.pct} interval of a difference comes from a two-level paired "
-                  "bootstrap: every resample draws the test images (the same for every backbone) and, within each "
+        lines += [f"Each family's score on a dataset is the mean over its backbones (each configuration with its "
+                  "val-selected protocol; an architecture run at several input sizes counts once, as the mean of its "
+                  f"sizes). The {self.pct} interval of a difference comes from a two-level paired "
+                  "bootstrap: every resample draws the test images, or the people/scenes they cluster in (the same "
+                  "for every backbone) and, within each "
                   "family, its backbones with replacement, so it covers the choice of backbones as well as the test "
                   "set. Across datasets, wins are counted and tested with an exact two-sided sign test.", ""]
         if len(kinds) > 1:
@@ -427,15 +429,16 @@ class _Report:
             for r in recs:
                 c = r["comparison"]
                 if c is not None:
-                    diff, n = c.format(), str(c.n_images)
+                    diff, n = c.format() + _tables.over(c.over if c.over != "images" else ""), str(c.n_images)
                     sep = "yes" if c.separates else "no (CI includes 0)"
                 else:
-                    diff, n, sep = f"{(r['mean_a'] - r['mean_b']) * 100:+.1f} (no CI: {r['note']})", "—", "—"
+                    d = None if r["mean_a"] is None or r["mean_b"] is None else r["mean_a"] - r["mean_b"]
+                    diff, n, sep = f"{_ci(d, None, None)} (no CI: {r['note']})", "—", "—"
                 if c is not None and r["note"]:
                     self.notes.append(f"{r['dataset']} ({r['side']}, {na} vs {nb}): {r['note']}.")
                 weights = f" {r['weights_kind']} |" if weights_col else ""
-                lines.append(f"| {r['dataset']} | {r['side']} |{weights} {_pct(r['mean_a'])} ({len(r['members_a'])}) "
-                             f"| {_pct(r['mean_b'])} ({len(r['members_b'])}) | {diff} | {n} | {sep} |")
+                lines.append(f"| {r['dataset']} | {r['side']} |{weights} {_pct(r['mean_a'])} ({len(r['backbones_a'])}) "
+                             f"| {_pct(r['mean_b'])} ({len(r['backbones_b'])}) | {diff} | {n} | {sep} |")
             lines.append("")
             for side in dict.fromkeys(r["side"] for r in recs):
                 for w in a.family_wins([r for r in recs if r["side"] == side]):
@@ -459,7 +462,12 @@ class _Report:
                 members.setdefault(fb, set()).update(r["members_b"])
             lines += [f"Members: {a.FAMILY_NAMES.get(f, f)}: " + ", ".join(f"`{m}`" for m in sorted(ms)) + "."
                       for f, ms in members.items()] + [""]
-            for f, key in ((fa, "members_a"), (fb, "members_b")):
+            for f, key in ((fa, "backbones_a"), (fb, "backbones_b")):
+                few = sorted({(len(r[key]), r["dataset"]) for r in recs if 1 < len(r[key]) < 4})
+                for k, dataset in few:
+                    lines += [f"_{a.FAMILY_NAMES.get(f, f)} have {k} backbones on {dataset}: resampling them gives "
+                              f"{math.comb(2 * k - 1, k)} distinct means, so the interval barely covers the choice of "
+                              "backbones (an architecture at two input sizes counts once)._", ""]
                 single = sorted({r["dataset"] for r in recs if len(r[key]) == 1})
                 if single:
                     lines += [f"_{a.FAMILY_NAMES.get(f, f)} have one backbone configuration on {', '.join(single)}: "
@@ -470,7 +478,7 @@ class _Report:
 
     def _section_layerwise(self) -> list[str]:
         a, pl = self.a, self.pl
-        lines = ["## Layer-wise curves", ""]
+        lines = [f"## Layer-wise curves{self.suffix}", "", f"Evaluation: `{self.evaluation}`.", ""]
         blocks = self.protocols.filter((pl.col("shots") == 0) & (pl.col("probe") != FINETUNE)).filter(
             pl.col("tap").str.contains(r"^block-?\d+$"))
         if not blocks.height:
@@ -509,7 +517,8 @@ class _Report:
 
     def _section_multitask(self) -> list[str]:
         a = self.a
-        gains = a.multitask_gains(self.all_jobs, **self.kw) if self.all_jobs.height else self.pl.DataFrame()
+        gains = a.multitask_gains(self.all_jobs, notes=self.notes, **self.kw) if self.all_jobs.height \
+            else self.pl.DataFrame()
         if not gains.height:
             return []  # no joint fine-tune with its single-task runs: no section
         lines = ["## Multi-task fine-tuning", "",
@@ -518,27 +527,33 @@ class _Report:
                  "on the same splits. Both choose their epoch on val (the joint run by the mean over its tasks of "
                  "each val metric relative to epoch 1) and are retrained on train+val for that many epochs; test "
                  f"is scored once. multi − single with its paired bootstrap {self.pct} CI over test images "
-                 "(per-image statistics, seed means), grouped by family; for the depth errors (rmse, lower is "
-                 "better) a negative difference is a gain.", "",
-                 "| family | configuration | dataset | task | co-trained | weighting | metric | multi | single | "
-                 f"multi − single [{self.pct} CI] | seeds | note |",
-                 "|---|---|---|---|---|---|---|---:|---:|---:|---:|---|"]
+                 "(per-image statistics, seed means; over scenes or people where the jobs saved them), grouped by "
+                 "family; for the depth errors (rmse, lower is better) a negative difference is a gain. Each joint "
+                 "run is paired with the single-task run of the same configuration, dataset, evaluation, seed, val "
+                 "carve and recipe apart from the tasks (a joint run without such a partner is named in the "
+                 "notes).", "",
+                 "| family | configuration | dataset | evaluation | task | co-trained | head | weighting | metric | "
+                 f"multi | single | multi − single [{self.pct} CI] | seeds | note |",
+                 "|---|---|---|---|---|---|---|---|---|---:|---:|---:|---:|---|"]
         for r in gains.to_dicts():
-            frac = METRIC_UNITS.get(r["metric"]) == "fraction"
+            task = _tasks.get(r["task"])
+            frac = _tables.is_fraction(task, r["metric"])
             value = _pct if frac else (lambda v: "—" if v is None else f"{v:.3f}")
             diff = (_ci(r["gain"], r["gain_low"], r["gain_high"]) if frac else
                     f"{r['gain']:+.3f}" + ("" if r["gain_low"] is None else
                                            f" [{r['gain_low']:+.3f}, {r['gain_high']:+.3f}]"))
-            lines.append(f"| {r['family']} | `{r['config_label']}` | {r['dataset']} | {r['task']} | "
-                         f"{r['cotrained']} | {r['weighting'] or '—'} | {r['metric']}{' (%)' if frac else ''} | "
-                         f"{value(r['multi'])} | {value(r['single'])} | {diff} | {r['n']} | {r['note']} |")
+            diff += _tables.over(r.get("gain_over"))
+            lines.append(f"| {r['family']} | `{r['config_label']}` | {r['dataset']} | {r['evaluation']} | "
+                         f"{r['task']} | {r['cotrained']} | {r['head'] or 'not recorded'} | {r['weighting'] or '—'} | "
+                         f"{r['metric']}{' (%)' if frac else ''} | {value(r['multi'])} | {value(r['single'])} | "
+                         f"{diff} | {r['n']} | {r['note']} |")
         fig = a.multitask_figure(gains, styles=self.styles)
         lines += ["", f"![multi-task minus single-task]({self._save(fig, 'multitask')})", ""]
         return lines
 
     def _section_few_shot(self) -> list[str]:
         a, pl = self.a, self.pl
-        lines = ["## Few-shot curves", ""]
+        lines = [f"## Few-shot curves{self.suffix}", "", f"Evaluation: `{self.evaluation}`.", ""]
         few = self.protocols.filter(pl.col("shots") > 0)
         if not few.height:
             return lines + ["_No few-shot results (shots > 0); few-shot curves omitted._", ""]
@@ -568,3 +583,22 @@ class _Report:
                              f"{r[self.metric] * 100:.1f} ± {sd:.1f} | {_int(r['n_val'])} |")
             lines.append("")
         return lines
+
+
+#: Intro lines of the parts of the report that several tasks share (``Task.report_group``).
+_GROUP_INTROS = {
+    "Faces and continuous targets": lambda r: [
+        "Identification ranks every other image of the dataset by cosine similarity of the frozen features "
+        "(leave one image out: rank-1, rank-5, mAP over queries) or trains identity classifiers under "
+        "cross-validation; verification picks the similarity threshold on the other folds of the pairs; "
+        "regression probes are selected on val inside each training fold. Fractions are in percent, errors in "
+        f"the target's unit (years for age). Intervals are {r.pct} bootstrap intervals over the items each metric "
+        "averages (queries, pairs, images), or over the people they belong to where the jobs saved them (the "
+        "cell says which); 'vs best' is the paired difference to the configuration with the best **val** score "
+        "(never the best test score), on the same items. Each evaluation scheme has its own tables. Fine-tuning "
+        "(a regression head trained with an L1 loss, its epoch chosen on val inside each training fold) is "
+        "listed beside the frozen probes where it was run, with the paired difference over the same held-out "
+        "images.", ""],
+}
+
+_Report = Report  # the name before report hooks

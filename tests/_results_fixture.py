@@ -205,3 +205,53 @@ def write_mixed_fixture(results_dir) -> None:
                 _write_job(results_dir, dataset="alpha", backbone=backbone, probe="logistic", tap="pooled",
                            val=test, test=test, shots=shots, seed=seed,
                            identity=dict(ident, protocol=f"proto-logistic-pooled-{shots}"))
+
+
+# --- jobs of any task with per-item statistics, an evaluation scheme and item groups (issue 21) ------------------
+
+
+def write_item_job(results_dir, *, name: str, task: str, dataset: str = "faces", backbone: str = "test_resnet",
+                   family: str | None = None, probe: str = "ridge", tap: str = "pooled",
+                   evaluation: str | None = "splits", val: float | None = None, test: dict | None = None,
+                   items: dict | None = None, ids=None, labels=None, group=None, params: dict | None = None,
+                   seed: int = 0, val_fraction: float = 0.2, img_size: int = 48, select_metric: str | None = None,
+                   backbone_config: str | None = None, protocol: str | None = None,
+                   folder: str | None = None) -> Path:
+    """Write one job of ``task`` through the results contract: a val row (the selected setting's val score, when
+    ``val`` is given) and the selected test row (``test``: metric -> value), then the ``.npz`` beside it with
+    ``ids``, ``labels``, the per-item statistics ``items`` (``item/<m>``, ``stat/<k>``; ``task`` for dense jobs)
+    and, when given, ``group`` (the person or scene of each item). ``folder`` (default: the backbone) is the
+    folder under ``results_dir``: it sets the order in which the jobs are read. Returns the parquet path."""
+    from probe import tasks
+    from probe._io import save_npz_atomic
+
+    results_dir = Path(results_dir)
+    t = tasks.get(task)
+    select_metric = select_metric or t.headline
+    config = backbone_config or f"{backbone}-{img_size}"
+    common = dict(backbone=backbone, family=family or ("convnet" if "resnet" in backbone or "convnext" in backbone
+                                                        else "transformer"),
+                  weights="random-init:seed0", dataset=dataset, tap=tap, probe=probe, shots=0, seed=seed,
+                  val_fraction=val_fraction, select_metric=select_metric, task=task, img_size=img_size,
+                  precision="fp32", backbone_config=config, config_label=f"{backbone} · {img_size}px",
+                  protocol=protocol or f"{probe}-{tap}-{evaluation}", evaluation=evaluation, family_source="table",
+                  cache_key="k", fit_seconds=0.1, n_train=40)
+    params = dict(params or {"alpha": 1.0})
+    rows = []
+    if val is not None:
+        rows.append(make_row(**common, params=params, selected=False, split="val", n_eval=20,
+                             **{select_metric: val}))
+    n = len(ids)
+    rows.append(make_row(**common, params=params, selected=True, split="test", n_eval=n, **(test or {})))
+    stem = results_dir / (folder or backbone) / dataset / name
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_results(rows, str(stem) + ".parquet")
+    arrays = {"ids": np.asarray(ids).astype(str), "labels": np.asarray(labels if labels is not None
+                                                                       else np.zeros(n, dtype=np.int64))}
+    arrays.update({k: np.asarray(v) for k, v in (items or {}).items()})
+    if t.dense:
+        arrays["task"] = np.asarray(task)
+    if group is not None:
+        arrays[tasks.GROUP_KEY] = np.asarray(group).astype(str)
+    save_npz_atomic(Path(str(stem) + ".npz"), **arrays)
+    return Path(str(stem) + ".parquet")

@@ -6,12 +6,18 @@ functions and hold no selection or plotting code of their own, so they cannot di
 The flow, for any task and metric (the metric and its direction are parameters, never a hard-coded top-1)::
 
     jobs = analysis.job_table("results")             # one row per job: selected test row + its val score
-    protocols = analysis.aggregate_seeds(jobs)       # per (dataset, task, backbone_config, protocol): mean, sd, n
+    protocols = analysis.aggregate_seeds(jobs)       # per (dataset, task, evaluation, backbone_config, protocol)
     best = analysis.best_by_val(protocols.filter(...))  # per configuration: the protocol with the best val mean
     gains = analysis.finetune_gains(frozen_best, finetune_best)   # + paired bootstrap CIs
     mt = analysis.multitask_gains(jobs)              # multi-task minus single-task fine-tuning, + CIs
     fams = analysis.compare_families(frozen_best)    # two-level bootstrap (images and backbones), sign test
     fig = analysis.layerwise_figure(protocols.filter(...), relative_depth=True)   # a matplotlib Figure
+    ci = analysis.resample_interval([files_a, files_b], "mae", task="regression")  # the one bootstrap path
+    print("\n".join(analysis.summary_lines("results")))   # what `probe run` prints at the end
+
+Metrics, their direction, unit and label, and how they are computed from a job's saved per-item statistics come
+from the task registry (:mod:`probe.tasks`); intervals resample items, or the groups (people, scenes) a job saved
+for them.
 
 Importing this package is cheap (no torch, no polars, no matplotlib until a function needs them).
 """
@@ -29,14 +35,17 @@ _LAZY = {
     # bootstrap over test images
     "BootstrapResult": "._stats", "BOOTSTRAP_METRICS": "._stats", "paired_bootstrap": "._stats",
     "bootstrap_ci": "._stats", "compare_jobs": "._stats", "job_ci": "._stats", "pair_by_id": "._stats",
-    "align_by_id": "._stats", "job_hits": "._stats", "job_predictions": "._stats", "seed_mean_hits": "._stats",
+    "align_by_id": "._stats", "job_hits": "._stats", "job_predictions": "._items", "seed_mean_hits": "._stats",
     "PairedPredictions": "._stats", "Aligned": "._stats",
-    "DENSE_METRICS": "._stats", "job_dense_stats": "._stats", "dense_seed_stats": "._stats",
-    "job_preview": "._stats",
+    "DENSE_METRICS": "._stats", "job_dense_stats": "._items", "job_preview": "._items",
+    "job_items": "._items", "JobItems": "._items", "resampling": "._stats", "Resampling": "._stats",
+    "resample_interval": "._stats",
     # comparisons
     "FamilyComparison": "._compare", "family_bootstrap": "._compare", "sign_test": "._compare",
     "compare_families": "._compare", "family_wins": "._compare", "finetune_gains": "._compare",
     "with_intervals": "._compare", "family_order": "._compare", "multitask_gains": "._compare",
+    "finetune_tasks": "._compare", "two_level_bootstrap": "._compare", "task_of": "._select", "metric_of": "._select",
+    "task_metrics": "._select",
     # figures
     "FAMILY_COLORS": "._figures", "FAMILY_NAMES": "._figures", "Styles": "._figures", "new_figure": "._figures",
     "layerwise_figure": "._figures", "few_shot_figure": "._figures", "frozen_vs_finetune_figure": "._figures",
@@ -51,6 +60,8 @@ _LAZY = {
     "config_matrix_values": "._similarity", "family_pairs_table": "._similarity",
     # notebooks
     "notebook_setup": "._notebook",
+    # the console summary of probe run
+    "summary_lines": "._summary", "summary_tables": "._summary",
 }
 
 __all__ = sorted(_LAZY)

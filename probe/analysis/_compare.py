@@ -4,10 +4,13 @@
 be run. :func:`family_bootstrap` gives the difference of the two families' mean metric (over their backbones, on
 the same test images) an interval that accounts for both sources of chance:
 
-- the test images (resampled with replacement, the same images for every backbone: paired), and
-- the choice of backbones (within each family, its backbones are resampled with replacement).
+- the test images, or the people/scenes they cluster in when the jobs saved them (resampled with replacement,
+  the same for every backbone: paired), and
+- the choice of backbones (within each family, its backbones are resampled with replacement). A backbone is an
+  architecture: two input sizes of one architecture are one backbone (their mean), never two draws.
 
-A family with one backbone contributes no backbone-choice uncertainty; the result says so in ``notes``. Across
+A family with one backbone contributes no backbone-choice uncertainty, and one with two or three barely does
+(resampling 2 backbones gives 3 distinct means); the result says so in ``notes``. Across
 datasets, :func:`sign_test` gives the exact two-sided binomial p-value of the wins (ties dropped).
 """
 
@@ -61,6 +64,14 @@ class FamilyComparison:
     p_le_zero: float = float("nan")
     notes: tuple = ()
     samples: np.ndarray = field(default=None, repr=False, compare=False)
+    #: The backbones (architectures) of each family, each counted once however many input sizes it ran at.
+    backbones_a: tuple = ()
+    backbones_b: tuple = ()
+    #: What the first level resamples: ``images``, or the groups they cluster in (``people``, ``scenes``).
+    over: str = "images"
+    n_groups: int = 0
+    #: Caveats of a family with 2 or 3 backbones: its interval barely covers the choice of backbones.
+    few_backbones: tuple = ()
 
     @property
     def separates(self) -> bool:
@@ -81,20 +92,26 @@ class FamilyComparison:
 
 
 def family_bootstrap(values_a, values_b, *, labels=None, metric: str = "top1", names_a=None, names_b=None,
-                     n_boot: int = 10_000, seed: int = 0, ci: float = 0.95,
-                     higher_is_better: bool = True) -> FamilyComparison:
+                     backbones_a=None, backbones_b=None, groups=None, n_boot: int = 10_000, seed: int = 0,
+                     ci: float = 0.95, higher_is_better: bool = True) -> FamilyComparison:
     """Two-level paired bootstrap of ``mean over family a's backbones - mean over family b's``.
 
     Parameters
     ----------
     values_a, values_b : array-like, [N, Ma] and [N, Mb]
-        Per-image values (hits, or seed means of hits) of each backbone of the two families, on the same N test
-        images in the same order (align them by id first, e.g. with :func:`probe.analysis.align_by_id`).
+        Per-image values (hits, or seed means of hits) of each member (backbone configuration) of the two
+        families, on the same N test images in the same order (align them by id first, e.g. with
+        :func:`probe.analysis.align_by_id`).
     labels : array-like of int, [N], optional
         True classes; required for ``metric="mean_per_class_acc"`` (mean over classes of per-class means).
         Every other metric is the mean of the per-image values.
     names_a, names_b : list of str, optional
         Member names, for the result and its notes.
+    backbones_a, backbones_b : list of str, optional
+        The architecture of each member (default: each member its own): members of one architecture (two input
+        sizes) are averaged into one backbone, resampled as one.
+    groups : array-like, [N], optional
+        The group (person, scene) of each image: the first level then draws groups, not images.
     n_boot, seed, ci
         Resamples, their seed, and the confidence level of the percentile interval.
     higher_is_better : bool
@@ -103,10 +120,12 @@ def family_bootstrap(values_a, values_b, *, labels=None, metric: str = "top1", n
     Returns
     -------
     FamilyComparison
-        Each resample draws N images with replacement (the same for every backbone) and, independently within
-        each family, as many backbones as it has with replacement; the statistic is the difference of the
-        resampled families' means.
+        Each resample draws the images (or groups) with replacement, the same for every backbone, and,
+        independently within each family, as many backbones as it has with replacement; the statistic is the
+        difference of the resampled families' means.
     """
+    from ._stats import Resampling, _sides_from_arrays
+
     a = np.asarray(values_a, dtype=np.float64)
     b = np.asarray(values_b, dtype=np.float64)
     a = a[:, None] if a.ndim == 1 else a
@@ -116,56 +135,84 @@ def family_bootstrap(values_a, values_b, *, labels=None, metric: str = "top1", n
                          f"{b.shape}")
     if a.shape[1] == 0 or b.shape[1] == 0:
         raise UsageError("family_bootstrap needs at least one backbone in each family")
-    n = a.shape[0]
-    if n == 0:
+    if a.shape[0] == 0:
         raise UsageError("cannot bootstrap over zero test images")
+    sides = _sides_from_arrays([a[:, j] for j in range(a.shape[1])] + [b[:, j] for j in range(b.shape[1])],
+                               labels, metric if metric in ("mean_per_class_acc",) else "accuracy")
+    group_index = None
+    if groups is not None:
+        _, group_index = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    r = Resampling.build(np.arange(a.shape[0]).astype(str), sides, group_index=group_index,
+                         over="groups" if groups is not None else "images", metric=metric)
+    return two_level_bootstrap(r, a.shape[1], metric=metric, names_a=names_a, names_b=names_b,
+                               backbones_a=backbones_a, backbones_b=backbones_b, n_boot=n_boot, seed=seed, ci=ci,
+                               higher_is_better=higher_is_better)
+
+
+def two_level_bootstrap(r, n_a: int, *, metric: str, names_a=None, names_b=None, backbones_a=None,
+                        backbones_b=None, n_boot: int = 10_000, seed: int = 0, ci: float = 0.95,
+                        higher_is_better: bool = True) -> FamilyComparison:
+    """The family bootstrap over a :class:`probe.analysis.Resampling` whose first ``n_a`` results are family a's
+    members and the rest family b's: items (or groups) drawn once per resample for every member, then each
+    family's backbones (architectures) drawn with replacement."""
+    n_members = len(r._sides)
+    n_b = n_members - n_a
+    if n_a < 1 or n_b < 1:
+        raise UsageError("family_bootstrap needs at least one backbone in each family")
     if int(n_boot) < 1 or not 0.0 < ci < 1.0:
         raise UsageError(f"n_boot must be positive and ci in (0, 1); got {n_boot} and {ci}")
-    names_a = tuple(names_a or (f"a{i}" for i in range(a.shape[1])))
-    names_b = tuple(names_b or (f"b{i}" for i in range(b.shape[1])))
-    per_class = metric == "mean_per_class_acc"
-    if per_class:
-        if labels is None:
-            raise UsageError("metric 'mean_per_class_acc' needs labels=; pass the true class of every test image")
-        _, cls = np.unique(np.asarray(labels), return_inverse=True)
-        onehot = np.eye(cls.max() + 1)[cls]  # [N, K]
-    values = np.concatenate([a, b], axis=1)  # [N, M]
-    ma = a.shape[1]
+    names_a = tuple(names_a or (f"a{i}" for i in range(n_a)))
+    names_b = tuple(names_b or (f"b{i}" for i in range(n_b)))
+    arch_a = tuple(backbones_a or names_a)
+    arch_b = tuple(backbones_b or names_b)
+    units_a = list(dict.fromkeys(arch_a))
+    units_b = list(dict.fromkeys(arch_b))
+    # members -> backbones: a backbone's value is the mean of its members (input sizes)
+    to_unit = np.zeros((n_members, len(units_a) + len(units_b)))
+    for j, arch in enumerate(arch_a):
+        to_unit[j, units_a.index(arch)] = 1.0
+    for j, arch in enumerate(arch_b):
+        to_unit[n_a + j, len(units_a) + units_b.index(arch)] = 1.0
+    to_unit /= to_unit.sum(axis=0, keepdims=True)
+    ua = len(units_a)
 
-    def member_stats(weights: np.ndarray) -> np.ndarray:
-        # weights [B, N] draws per image -> metric per member [B, M]
-        if not per_class:
-            return weights @ values / weights.sum(axis=1, keepdims=True)
-        class_n = weights @ onehot  # [B, K]
-        class_sum = np.einsum("bn,nk,nm->bmk", weights, onehot, values)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            recall = class_sum / class_n[:, None, :]
-        present = class_n > 0
-        return np.where(present[:, None, :], recall, 0.0).sum(axis=2) / present.sum(axis=1)[:, None]
+    def unit_values(counts):
+        return r.values(counts) @ to_unit  # [B, units]
 
-    full = member_stats(np.ones((1, n)))[0]
-    estimate = float(full[:ma].mean() - full[ma:].mean())
+    full = unit_values(r.full_counts())[0]
+    estimate = float(full[:ua].mean() - full[ua:].mean())
     rng = np.random.default_rng(seed)
     n_boot = int(n_boot)
     samples = np.empty(n_boot)
-    chunk = max(1, _CHUNK_CELLS // (n * (onehot.shape[1] if per_class else 1)))
+    chunk = r.chunk()
     for start in range(0, n_boot, chunk):
         stop = min(n_boot, start + chunk)
         size = stop - start
-        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=size).astype(np.float64)
-        stats = member_stats(weights)
-        pick_a = rng.integers(0, ma, size=(size, ma))
-        pick_b = ma + rng.integers(0, b.shape[1], size=(size, b.shape[1]))
+        stats = unit_values(r.draw(rng, size))
+        pick_a = rng.integers(0, ua, size=(size, ua))
+        pick_b = ua + rng.integers(0, len(units_b), size=(size, len(units_b)))
         samples[start:stop] = (np.take_along_axis(stats, pick_a, axis=1).mean(axis=1)
                                - np.take_along_axis(stats, pick_b, axis=1).mean(axis=1))
+    samples = samples[np.isfinite(samples)]
+    if not len(samples):
+        raise UsageError(f"no family resample gave a finite {metric}")
     tail = (1.0 - ci) / 2.0
     low, high = np.quantile(samples, [tail, 1.0 - tail])
-    notes = tuple(f"a family has one backbone ({names[0]}): the interval covers the test images, not the choice "
-                  "of backbones" for names in (names_a, names_b) if len(names) == 1)
-    return FamilyComparison(estimate=estimate, low=float(low), high=float(high), ci=float(ci), n_images=int(n),
+    notes, few = [], []
+    for units, names in ((units_a, names_a), (units_b, names_b)):
+        if len(units) == 1:
+            notes.append(f"a family has one backbone ({units[0]}): the interval covers the test "
+                         f"{r.over}, not the choice of backbones")
+        elif len(units) < 4:
+            few.append(f"a family has {len(units)} backbones ({', '.join(units)}): resampling them gives "
+                         f"{math.comb(2 * len(units) - 1, len(units))} distinct means, so the interval barely covers "
+                         "the choice of backbones")
+    return FamilyComparison(estimate=estimate, low=float(low), high=float(high), ci=float(ci), n_images=int(r.n),
                             n_boot=n_boot, members_a=names_a, members_b=names_b, metric=metric,
                             higher_is_better=higher_is_better, p_le_zero=float(np.mean(samples <= 0)),
-                            notes=notes, samples=samples)
+                            notes=tuple(notes), few_backbones=tuple(few), samples=samples,
+                            backbones_a=tuple(units_a),
+                            backbones_b=tuple(units_b), over=r.over, n_groups=r.n_groups)
 
 
 def sign_test(wins_a: int, wins_b: int) -> float:
@@ -196,22 +243,24 @@ def compare_families(best, *, metric: str | None = None, n_boot: int = 10_000, s
     Parameters
     ----------
     best : polars.DataFrame
-        Rows of :func:`probe.analysis.best_by_val` (one per configuration, dataset, task and selection metric),
-        already filtered to one side (e.g. frozen probes, or fine-tuning).
+        Rows of :func:`probe.analysis.best_by_val` (one per configuration, dataset, task, evaluation scheme and
+        selection metric), already filtered to one side (e.g. frozen probes, or fine-tuning).
     metric : str, optional
-        Metric compared (default: the task's headline metric). Bootstrapped from the saved predictions.
+        Metric compared (default: each task's headline metric; a metric the task does not have is replaced by
+        its headline). Bootstrapped from the saved per-item statistics.
 
     Returns
     -------
     list of dict
-        One per (dataset, task, select_metric, weights kind, family pair) where both families have members:
-        ``family_a``, ``family_b`` (in family order), ``members_a``/``members_b`` (config labels),
-        ``mean_a``/``mean_b`` (the families' mean of the table values), ``comparison`` (a
-        :class:`FamilyComparison`, or None without saved predictions) and ``note``. Pretrained and random-init
-        configurations are compared only among themselves (``weights_kind``).
+        One per (dataset, task, evaluation, select_metric, weights kind, family pair) where both families have
+        members: ``family_a``, ``family_b`` (in family order), ``members_a``/``members_b`` (config labels),
+        ``backbones_a``/``backbones_b`` (architectures, each once), ``mean_a``/``mean_b`` (the families' mean over
+        their backbones of the table values), ``comparison`` (a :class:`FamilyComparison`, or None without
+        saved statistics) and ``note``. Pretrained and random-init configurations are compared only among
+        themselves (``weights_kind``); evaluation schemes never meet.
     """
-    from ._select import lower_is_better, primary_metric, weights_kind
-    from ._stats import align_by_id, seed_mean_hits
+    from ._select import lower_is_better, primary_metric, task_metrics, weights_kind
+    from ._stats import resampling
 
     out: list[dict] = []
     if best.is_empty():
@@ -219,35 +268,45 @@ def compare_families(best, *, metric: str | None = None, n_boot: int = 10_000, s
     rows = best.to_dicts()
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        key = (r["dataset"], r["task"], r["select_metric"], weights_kind(r["weights"]))
+        key = (r["dataset"], r["task"], r.get("evaluation") or "", r["select_metric"], weights_kind(r["weights"]))
         groups.setdefault(key, []).append(r)
-    for (dataset, task, select_metric, kind), members in sorted(groups.items()):
-        m = metric or primary_metric(task)
+    for (dataset, task, evaluation, select_metric, kind), members in sorted(groups.items()):
+        m = metric if metric in task_metrics(task) else primary_metric(task)
         fams = sorted({r["family"] for r in members}, key=family_order)
         for i in range(len(fams)):
             for j in range(i + 1, len(fams)):
                 fa, fb = fams[i], fams[j]
                 ra = sorted((r for r in members if r["family"] == fa), key=lambda r: r["config_label"])
                 rb = sorted((r for r in members if r["family"] == fb), key=lambda r: r["config_label"])
-                rec = dict(dataset=dataset, task=task, select_metric=select_metric, weights_kind=kind,
-                           family_a=fa, family_b=fb, metric=m,
+                rec = dict(dataset=dataset, task=task, evaluation=evaluation, select_metric=select_metric,
+                           weights_kind=kind, family_a=fa, family_b=fb, metric=m,
                            members_a=[r["config_label"] for r in ra], members_b=[r["config_label"] for r in rb],
-                           mean_a=float(np.mean([r[m] for r in ra])), mean_b=float(np.mean([r[m] for r in rb])),
-                           comparison=None, note="")
-                hits = [seed_mean_hits(r["files"], m) for r in ra + rb]
-                bad = next((h for h in hits if isinstance(h, str)), None)
-                aligned = bad or align_by_id([(h.ids, h.labels, h.values[:, 0]) for h in hits],
-                                             what="backbones")
-                if isinstance(aligned, str):
-                    rec["note"] = aligned
+                           backbones_a=list(dict.fromkeys(r["backbone"] for r in ra)),
+                           backbones_b=list(dict.fromkeys(r["backbone"] for r in rb)),
+                           mean_a=_backbone_mean(ra, m), mean_b=_backbone_mean(rb, m), comparison=None, note="")
+                res = resampling([list(r["files"]) for r in ra + rb], m, task=task)
+                if isinstance(res, str):
+                    rec["note"] = res
                 else:
-                    rec["comparison"] = family_bootstrap(
-                        aligned.values[:, :len(ra)], aligned.values[:, len(ra):], labels=aligned.labels, metric=m,
-                        names_a=rec["members_a"], names_b=rec["members_b"], n_boot=n_boot, seed=seed, ci=ci,
-                        higher_is_better=not lower_is_better(m))
-                    rec["note"] = aligned.note
+                    try:
+                        rec["comparison"] = two_level_bootstrap(
+                            res, len(ra), metric=m, names_a=rec["members_a"], names_b=rec["members_b"],
+                            backbones_a=[r["backbone"] for r in ra], backbones_b=[r["backbone"] for r in rb],
+                            n_boot=n_boot, seed=seed, ci=ci, higher_is_better=not lower_is_better(m, task))
+                        rec["note"] = res.note
+                    except UsageError as exc:
+                        rec["note"] = str(exc)
                 out.append(rec)
     return out
+
+
+def _backbone_mean(rows: list[dict], metric: str) -> float | None:
+    """Mean over backbones (architectures, each the mean of its input sizes) of the rows' ``metric``."""
+    per: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get(metric) is not None:
+            per.setdefault(r["backbone"], []).append(float(r[metric]))
+    return float(np.mean([np.mean(v) for v in per.values()])) if per else None
 
 
 def family_wins(comparisons: list[dict]) -> list[dict]:
@@ -259,14 +318,20 @@ def family_wins(comparisons: list[dict]) -> list[dict]:
     """
     groups: dict[tuple, list[dict]] = {}
     for c in comparisons:
-        key = (c["family_a"], c["family_b"], c["task"], c["select_metric"], c["weights_kind"], c["metric"])
+        key = (c["family_a"], c["family_b"], c["task"], c.get("evaluation", ""), c["select_metric"],
+               c["weights_kind"], c["metric"])
         groups.setdefault(key, []).append(c)
     out = []
-    for (fa, fb, task, select_metric, kind, metric), recs in groups.items():
+    for (fa, fb, task, evaluation, select_metric, kind, metric), recs in groups.items():
         higher = recs[0]["comparison"].higher_is_better if recs[0]["comparison"] else True
         wins_a = wins_b = ties = separated = 0
         for c in recs:
-            diff = c["comparison"].estimate if c["comparison"] else c["mean_a"] - c["mean_b"]
+            if c["comparison"]:
+                diff = c["comparison"].estimate
+            elif c["mean_a"] is not None and c["mean_b"] is not None:
+                diff = c["mean_a"] - c["mean_b"]
+            else:
+                diff = 0.0
             if diff == 0:
                 ties += 1
             elif (diff > 0) == higher:
@@ -275,193 +340,236 @@ def family_wins(comparisons: list[dict]) -> list[dict]:
                 wins_b += 1
             separated += bool(c["comparison"] and c["comparison"].separates)
         p = sign_test(wins_a, wins_b)
-        out.append(dict(family_a=fa, family_b=fb, task=task, select_metric=select_metric, weights_kind=kind,
+        out.append(dict(family_a=fa, family_b=fb, task=task, evaluation=evaluation, select_metric=select_metric,
+                        weights_kind=kind,
                         metric=metric, wins_a=wins_a, wins_b=wins_b, ties=ties, datasets=len(recs),
                         separated=separated, p_value=p, separates=p < 0.05))
     return out
 
 
 def with_intervals(protocols, *, metric: str = "top1", n_boot: int = 10_000, seed: int = 0, ci: float = 0.95):
-    """Add ``<metric>_low``/``<metric>_high``: a bootstrap interval over test images of each row's seed mean.
+    """Add ``<metric>_low``/``<metric>_high``/``<metric>_over``: a bootstrap interval of each row's seed mean over
+    its test items (or the people/scenes they cluster in: ``_over`` says which).
 
     ``protocols`` are :func:`probe.analysis.aggregate_seeds` rows (their ``files``); a row without saved
-    predictions gets nulls.
+    per-item statistics gets nulls.
     """
     import polars as pl
 
-    from ._stats import job_ci
+    from ._stats import resample_interval
 
-    lows, highs = [], []
-    for files in protocols["files"].to_list():
-        r = job_ci(list(files), metric=metric, n_boot=n_boot, seed=seed, ci=ci)
-        lows.append(r.low if r else None)
-        highs.append(r.high if r else None)
+    lows, highs, overs = [], [], []
+    tasks = protocols["task"].to_list() if "task" in protocols.columns else [None] * protocols.height
+    for files, task in zip(protocols["files"].to_list(), tasks):
+        r = resample_interval([list(files)], metric, task=task, n_boot=n_boot, seed=seed, ci=ci)
+        ok = not isinstance(r, str)
+        lows.append(r.low if ok else None)
+        highs.append(r.high if ok else None)
+        overs.append(r.over if ok else None)
     return protocols.with_columns(pl.Series(f"{metric}_low", lows, dtype=pl.Float64),
-                                  pl.Series(f"{metric}_high", highs, dtype=pl.Float64))
+                                  pl.Series(f"{metric}_high", highs, dtype=pl.Float64),
+                                  pl.Series(f"{metric}_over", overs, dtype=pl.Utf8))
 
 
-def finetune_gains(frozen, finetune, *, metric: str = "top1", extra_metrics=("mean_per_class_acc",),
+def finetune_gains(frozen, finetune, *, metric: str | None = None, extra_metrics=("mean_per_class_acc",),
                    n_boot: int = 10_000, seed: int = 0, ci: float = 0.95, intervals: bool = True):
-    """Best frozen probe beside fine-tuning, per (dataset, task, backbone_config, select_metric), and the gain.
+    """Best frozen probe beside fine-tuning, per (dataset, task, evaluation, backbone_config, select_metric), and
+    the gain.
 
     Parameters
     ----------
     frozen, finetune : polars.DataFrame
-        :func:`probe.analysis.best_by_val` rows of each side. Rows are matched on the configuration and the
-        selection metric, never across them.
-    metric : str
-        The compared metric; ``extra_metrics`` get a paired gain interval too.
+        :func:`probe.analysis.best_by_val` rows of each side. Rows are matched on the configuration, the
+        evaluation scheme and the selection metric, never across them.
+    metric : str, optional
+        The compared metric (default, and for a row whose task does not have it: the task's headline metric,
+        named in the ``metric`` column); ``extra_metrics`` (those the row's task has) get a paired gain too.
     intervals : bool
-        Bootstrap intervals from the saved predictions (seed means, paired by image id).
+        Bootstrap intervals from the saved per-item statistics (seed means, paired by item id; the people or
+        scenes the items cluster in are resampled when the jobs saved them).
 
     Returns
     -------
     polars.DataFrame
-        One row per configuration present on either side: ``frozen_method``, ``frozen`` (seed mean of
-        ``metric``), ``frozen_n`` (seeds), ``frozen_n_train``, the same for ``finetune``, ``gain`` (null unless
-        both sides exist), ``gain_low``/``gain_high``, ``gain_n`` (paired images), ``<m>_gain``/``_low``/``_high``
-        for each extra metric, ``frozen_low``/``_high`` and ``finetune_low``/``_high`` (each side's own
-        interval), and ``note`` (why an interval is missing; partial pairing).
+        One row per configuration present on either side: ``metric``, ``lower_is_better``, ``frozen_method``,
+        ``frozen`` (seed mean of the metric), ``frozen_n`` (seeds), ``frozen_n_train``, the same for
+        ``finetune``, ``gain`` (null unless both sides exist), ``gain_low``/``gain_high``, ``gain_n`` (paired
+        items), ``gain_over`` (``images``, ``people`` ...), ``<m>_gain``/``_low``/``_high`` for each extra metric,
+        ``frozen_low``/``_high`` and ``finetune_low``/``_high`` (each side's own interval), and ``note`` (why an
+        interval is missing; partial pairing).
     """
     import polars as pl
 
-    from ._stats import compare_jobs, job_ci, seed_mean_hits
+    from ._select import lower_is_better, primary_metric, task_metrics
+    from ._stats import resample_interval
 
-    keys = ["dataset", "task", "backbone_config", "select_metric"]
+    keys = ["dataset", "task", "evaluation", "backbone_config", "select_metric"]
     desc = ["backbone", "config_label", "family", "family_source", "weights", "img_size", "precision"]
     sides = {}
     for name, frame in (("frozen", frozen), ("finetune", finetune)):
         for r in frame.to_dicts():
-            sides.setdefault(tuple(r[k] for k in keys), {})[name] = r
+            sides.setdefault(tuple(r.get(k) for k in keys), {})[name] = r
+    kw = dict(n_boot=n_boot, seed=seed, ci=ci)
     rows = []
     for key, pair in sorted(sides.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
         any_side = pair.get("frozen") or pair.get("finetune")
-        row = dict(zip(keys, key), **{c: any_side.get(c) for c in desc}, note="")
+        task = any_side["task"]
+        names = task_metrics(task)
+        m = metric if metric in names else primary_metric(task) if names else metric
+        extra = [e for e in extra_metrics if e in names and e != m]
+        row = dict(zip(keys, key), **{c: any_side.get(c) for c in desc}, metric=m,
+                   lower_is_better=lower_is_better(m, task), note="")
         for name in ("frozen", "finetune"):
             r = pair.get(name)
             row[f"{name}_method"] = r["method"] if r else None
-            row[name] = r[metric] if r else None
-            row[f"{name}_sd"] = r.get(f"{metric}_sd") if r else None
+            row[name] = r.get(m) if r else None
+            row[f"{name}_sd"] = r.get(f"{m}_sd") if r else None
             row[f"{name}_n"] = r["n"] if r else None
             row[f"{name}_n_train"] = r["n_train"] if r else None
             row[f"{name}_n_eval"] = r["n_eval"] if r else None
-            for m in extra_metrics:
-                row[f"{name}_{m}"] = r.get(m) if r else None
-            iv = job_ci(list(r["files"]), metric=metric, n_boot=n_boot, seed=seed, ci=ci) if r and intervals \
-                else None
-            row[f"{name}_low"], row[f"{name}_high"] = (iv.low, iv.high) if iv else (None, None)
+            for e in extra_metrics:
+                row[f"{name}_{e}"] = r.get(e) if r and e in extra else None
+            iv = resample_interval([list(r["files"])], m, task=task, **kw) if r and intervals else None
+            ok = iv is not None and not isinstance(iv, str)
+            row[f"{name}_low"], row[f"{name}_high"] = (iv.low, iv.high) if ok else (None, None)
+            row[f"{name}_over"] = iv.over if ok else None
         fz, ft = pair.get("frozen"), pair.get("finetune")
-        row["gain"] = ft[metric] - fz[metric] if fz and ft else None
-        row.update(gain_low=None, gain_high=None, gain_n=None)
-        for m in extra_metrics:
-            row[f"{m}_gain"] = (ft[m] - fz[m]) if fz and ft and ft.get(m) is not None and fz.get(m) is not None \
-                else None
-            row[f"{m}_gain_low"] = row[f"{m}_gain_high"] = None
-        if fz and ft and intervals:
-            g = compare_jobs(list(ft["files"]), list(fz["files"]), metric=metric, n_boot=n_boot, seed=seed, ci=ci)
-            if g is None:
-                why = [h for h in (seed_mean_hits(list(ft["files"]), metric),
-                                   seed_mean_hits(list(fz["files"]), metric)) if isinstance(h, str)]
-                row["note"] = why[0] if why else "the two sides cannot be paired by test image id"
+        both = fz is not None and ft is not None
+        row["gain"] = ft[m] - fz[m] if both and ft.get(m) is not None and fz.get(m) is not None else None
+        row.update(gain_low=None, gain_high=None, gain_n=None, gain_over=None)
+        for e in extra_metrics:
+            row[f"{e}_gain"] = (ft[e] - fz[e]) if both and e in extra and ft.get(e) is not None \
+                and fz.get(e) is not None else None
+            row[f"{e}_gain_low"] = row[f"{e}_gain_high"] = None
+        if both and intervals and row["gain"] is not None:
+            g = resample_interval([list(ft["files"]), list(fz["files"])], m, task=task, **kw)
+            if isinstance(g, str):
+                row["note"] = g
             else:
-                row.update(gain=g.estimate, gain_low=g.low, gain_high=g.high, gain_n=g.n)
-                for m in extra_metrics:
-                    gm = compare_jobs(list(ft["files"]), list(fz["files"]), metric=m, n_boot=n_boot, seed=seed,
-                                      ci=ci)
-                    if gm is not None:
-                        row.update({f"{m}_gain": gm.estimate, f"{m}_gain_low": gm.low, f"{m}_gain_high": gm.high})
+                row.update(gain=g.estimate, gain_low=g.low, gain_high=g.high, gain_n=g.n, gain_over=g.over)
+                for e in extra:
+                    ge = resample_interval([list(ft["files"]), list(fz["files"])], e, task=task, **kw)
+                    if not isinstance(ge, str):
+                        row.update({f"{e}_gain": ge.estimate, f"{e}_gain_low": ge.low, f"{e}_gain_high": ge.high})
                 n_ft, n_fz = ft["n_eval"], fz["n_eval"]
                 if g.n < max(n_ft or 0, n_fz or 0):
-                    row["note"] = f"paired on the {g.n} test images both sides scored"
+                    row["note"] = f"paired on the {g.n} test items both sides scored"
         rows.append(row)
     if not rows:
         return pl.DataFrame()
     frame = pl.DataFrame(rows, infer_schema_length=None)
     floats = [c for c in frame.columns if frame[c].dtype == pl.Null]
-    return frame.with_columns(pl.col(c).cast(pl.Utf8 if c.endswith("method") else pl.Float64) for c in floats)
+    return frame.with_columns(pl.col(c).cast(pl.Utf8 if c.endswith(("method", "over")) or c == "evaluation"
+                                             else pl.Float64) for c in floats)
 
 
-#: Fine-tune params that do not make two runs' recipes different for the multi-task comparison.
-_NOT_RECIPE = ("tasks", "task_weighting", "select_rule", "epoch", "chosen_epoch", "settings_hash", "accum_steps")
+#: Fine-tune params that do not make two runs' recipes different for the multi-task comparison (the co-trained
+#: tasks and how they are weighted and selected, and what a run records about its own outcome).
+_NOT_RECIPE = ("tasks", "task_weighting", "select_rule", "epoch", "chosen_epoch", "settings_hash", "accum_steps",
+               "ci", "fold_sd", "interval", "interval_over", "folds")
 
 
-def multitask_gains(jobs, *, n_boot: int = 10_000, seed: int = 0, ci: float = 0.95, intervals: bool = True):
+def finetune_tasks(params) -> tuple[tuple[str, ...], str | None]:
+    """(co-trained tasks, head) a fine-tune row records in its params (``tasks``, ``head``); the tasks are
+    empty and the head None where an older row did not record them."""
+    from ._select import _params
+
+    p = params if isinstance(params, dict) else _params(params)
+    return tuple(p.get("tasks") or ()), p.get("head")
+
+
+def multitask_gains(jobs, *, n_boot: int = 10_000, seed: int = 0, ci: float = 0.95, intervals: bool = True,
+                    notes: list[str] | None = None):
     """Multi-task minus single-task fine-tuning, per dataset, task and backbone configuration, with its CI.
 
-    A joint run (params ``tasks`` naming several tasks) is paired with the single-task runs of the same settings
-    (the same params apart from the co-trained tasks and their weighting, the same ``select_metric``) on the same
-    dataset, task and backbone configuration. Seeds are averaged on each side (:func:`aggregate_seeds`); the
-    interval is the paired bootstrap over test images of the seed means (:func:`probe.analysis.compare_jobs`,
-    from the per-image statistics both runs saved).
+    Every joint job row (params ``tasks`` naming several tasks) is paired with the single-task job row of the
+    same dataset, task, evaluation scheme, backbone configuration, seed and val carve (``val_fraction``), the same
+    ``select_metric`` and the same recipe apart from the co-trained tasks and their weighting. Pairs are made row
+    by row (never through a recipe table where the last job wins); the seeds of a joint protocol are then
+    averaged on each side and the interval is the paired bootstrap of the seed means over test items (or the
+    groups they cluster in).
 
     Parameters
     ----------
     jobs : polars.DataFrame
         :func:`probe.analysis.job_table` rows (any filter; non-finetune rows are ignored).
+    notes : list of str, optional
+        Receives a line for each joint run that finds no single-task partner.
 
     Returns
     -------
     polars.DataFrame
-        One row per pair, grouped by family (:func:`family_order`), then configuration: ``dataset``, ``task``,
-        ``backbone_config``, ``backbone``, ``config_label``, ``family``, ``cotrained`` (the joint run's tasks,
-        ``+``-joined), ``weighting``, ``metric`` (the task's primary metric: ``miou``, ``rmse``...),
-        ``lower_is_better``, ``multi``, ``single`` (seed means), ``gain`` (multi − single; for a lower-is-better
-        metric a negative gain is an improvement), ``gain_low``/``gain_high``/``gain_n`` (paired images), ``n``
-        (seeds of the joint run) and ``note`` (why an interval is missing).
+        One row per joint protocol with a partner, grouped by family (:func:`family_order`), then configuration:
+        ``dataset``, ``task``, ``evaluation``, ``backbone_config``, ``backbone``, ``config_label``, ``family``,
+        ``cotrained`` (the joint run's tasks, ``+``-joined), ``head``, ``weighting``, ``metric`` (the task's
+        headline), ``lower_is_better``, ``multi``, ``single`` (seed means), ``gain`` (multi − single),
+        ``gain_low``/``gain_high``/``gain_n``, ``gain_over``, ``n`` (paired seeds) and ``note``.
     """
     import polars as pl
 
-    from ..vocab import LOWER_IS_BETTER
-    from ._select import _params, aggregate_seeds, primary_metric
-    from ._stats import compare_jobs
+    from ._select import _params, lower_is_better, primary_metric
+    from ._stats import resample_interval
 
     if jobs.is_empty():
         return pl.DataFrame()
     jobs = jobs.filter(pl.col("probe") == "finetune")
-    info = {}
-    for r in jobs.select("protocol", "params").to_dicts():
+
+    def ident(r: dict) -> tuple:
         p = _params(r["params"])
-        tasks = p.get("tasks") or ["classification"]
         recipe = json.dumps({k: v for k, v in p.items() if k not in _NOT_RECIPE}, sort_keys=True, default=str)
-        info[r["protocol"]] = (tuple(tasks), recipe, p.get("task_weighting"))
-    protocols = aggregate_seeds(jobs)
-    key_cols = ["dataset", "task", "backbone_config", "select_metric"]
-    singles, joints = {}, []
-    for r in protocols.to_dicts():
-        tasks, recipe, weighting = info[r["protocol"]]
-        key = (*(r[k] for k in key_cols), recipe)
+        return (r["dataset"], r["task"], r.get("evaluation"), r["backbone_config"], r["seed"], r["val_fraction"],
+                r["select_metric"], recipe)
+
+    singles: dict[tuple, list[dict]] = {}
+    joints = []
+    for r in jobs.to_dicts():
+        tasks, _ = finetune_tasks(r["params"])
         if len(tasks) > 1:
-            joints.append((key, r, tasks, weighting))
-        elif tasks == (r["task"],):
-            singles[key] = r
-    rows = []
-    for key, joint, tasks, weighting in joints:
-        single = singles.get(key)
-        if single is None:
+            joints.append(r)
+        elif tasks in ((r["task"],), ()):
+            singles.setdefault(ident(r), []).append(r)
+    paired: dict[tuple, list[tuple[dict, dict]]] = {}
+    for r in joints:
+        partners = singles.get(ident(r), [])
+        if not partners:
+            if notes is not None:
+                tasks, _ = finetune_tasks(r["params"])
+                notes.append(f"joint fine-tune {'+'.join(tasks)} of `{r['config_label']}` on {r['dataset']} "
+                             f"({r['task']}, seed {r['seed']}) has no single-task run of the same recipe, seed and "
+                             "val carve: not compared.")
             continue
-        metric = primary_metric(joint["task"])
-        row = {k: joint[k] for k in key_cols[:3]}
-        row.update(backbone=joint["backbone"], config_label=joint["config_label"], family=joint["family"],
-                   cotrained="+".join(tasks), weighting=weighting, metric=metric,
-                   lower_is_better=metric in LOWER_IS_BETTER, multi=joint[metric], single=single[metric],
-                   gain=joint[metric] - single[metric], gain_low=None, gain_high=None, gain_n=None, n=joint["n"],
-                   note="")
-        if intervals:
-            try:
-                g = compare_jobs(list(joint["files"]), list(single["files"]), metric=metric, n_boot=n_boot,
-                                 seed=seed, ci=ci)
-            except UsageError as exc:  # no per-image bootstrap for this metric
-                g, row["note"] = None, str(exc)
-            if g is not None:
-                row.update(gain=g.estimate, gain_low=g.low, gain_high=g.high, gain_n=g.n)
-            elif not row["note"]:
-                row["note"] = "the two runs cannot be paired by test image id"
+        partner = sorted(partners, key=lambda x: x["file"])[0]
+        key = (r["dataset"], r["task"], r.get("evaluation"), r["backbone_config"], r["protocol"])
+        paired.setdefault(key, []).append((r, partner))
+    rows = []
+    for (dataset, task, evaluation, config, _), pairs in paired.items():
+        joint = pairs[0][0]
+        metric = primary_metric(task)
+        tasks, head = finetune_tasks(joint["params"])
+        multi = [j[metric] for j, _ in pairs]
+        single = [s_[metric] for _, s_ in pairs]
+        ok = all(v is not None for v in multi + single)
+        row = dict(dataset=dataset, task=task, evaluation=evaluation, backbone_config=config,
+                   backbone=joint["backbone"], config_label=joint["config_label"], family=joint["family"],
+                   cotrained="+".join(tasks), head=head, weighting=_params(joint["params"]).get("task_weighting"),
+                   metric=metric, lower_is_better=lower_is_better(metric, task),
+                   multi=float(np.mean(multi)) if ok else None, single=float(np.mean(single)) if ok else None,
+                   gain=float(np.mean(multi) - np.mean(single)) if ok else None, gain_low=None, gain_high=None,
+                   gain_n=None, gain_over=None, n=len(pairs), note="")
+        if intervals and ok:
+            g = resample_interval([[j["file"] for j, _ in pairs], [s_["file"] for _, s_ in pairs]], metric, task=task,
+                                  n_boot=n_boot, seed=seed, ci=ci)
+            if isinstance(g, str):
+                row["note"] = g
+            else:
+                row.update(gain=g.estimate, gain_low=g.low, gain_high=g.high, gain_n=g.n, gain_over=g.over)
         rows.append(row)
     if not rows:
         return pl.DataFrame()
     frame = pl.DataFrame(rows, infer_schema_length=None)
-    frame = frame.with_columns(pl.col(c).cast(pl.Float64) for c in ("gain_low", "gain_high", "gain_n")
-                               if frame[c].dtype == pl.Null)
+    frame = frame.with_columns(pl.col(c).cast(pl.Utf8 if c in ("gain_over", "head", "weighting", "evaluation")
+                                              else pl.Float64)
+                               for c in frame.columns if frame[c].dtype == pl.Null)
     order = sorted(range(frame.height), key=lambda i: (family_order(frame["family"][i]), frame["config_label"][i],
                                                        frame["dataset"][i], frame["task"][i]))
     return frame[order]

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..vocab import LOWER_IS_BETTER as _LOWER
 from ._compare import family_order
 
 #: One colour per family, the same in every figure of the report and the notebooks.
@@ -35,17 +34,27 @@ _METRIC_NAMES = {"top1": "top-1 accuracy", "top5": "top-5 accuracy", "mean_per_c
 
 
 def metric_name(metric: str) -> str:
-    """A metric for axis labels and prose (``top1`` -> ``top-1 accuracy``)."""
-    return _METRIC_NAMES.get(metric, metric)
+    """A metric for axis labels and prose (``top1`` -> ``top-1 accuracy``; else its task's label)."""
+    if metric in _METRIC_NAMES:
+        return _METRIC_NAMES[metric]
+    from ._select import metric_of
+
+    m = metric_of(metric)
+    return (m.label or metric) if m is not None else metric
 
 
-def _is_fraction(metric: str) -> bool:
-    """Whether ``metric`` is a fraction shown in percent (:data:`probe.vocab.METRIC_UNITS`)."""
-    from ..vocab import METRIC_UNITS
+def _lower(metric: str, task: str | None = None) -> bool:
     from ._select import lower_is_better
 
-    unit = METRIC_UNITS.get(metric)
-    return unit == "fraction" if unit is not None else not lower_is_better(metric)
+    return lower_is_better(metric, task)
+
+
+def _is_fraction(metric: str, task: str | None = None) -> bool:
+    """Whether ``metric`` is a fraction shown in percent (its unit, as its task defines it)."""
+    from ._select import metric_of
+
+    m = metric_of(metric, task)
+    return m.unit == "fraction" if m is not None else True
 
 
 @dataclass
@@ -537,7 +546,7 @@ def multitask_figure(gains, *, styles: Styles | None = None, title: str | None =
     titles = []
     for d, t in panels:
         metric = gains.filter((pl.col("dataset") == d) & (pl.col("task") == t))["metric"][0]
-        titles.append(f"{d}: {t} ({metric_name(metric)}{', lower is better' if metric in _LOWER else ''})")
+        titles.append(f"{d}: {t} ({metric_name(metric)}{', lower is better' if _lower(metric, t) else ''})")
     fig, axes = _panels(titles or ["no multi-task runs"], sharey=False)
     for ax, (dataset, task) in zip(axes, panels):
         sub = gains.filter((pl.col("dataset") == dataset) & (pl.col("task") == task))

@@ -6,15 +6,19 @@ The rules every table and figure follows (report, notebooks, console summary):
   job's ``select_metric`` (the number it was chosen on). A cross-validated job is its summary row (``fold``
   null: the mean over folds), and its val score the mean over folds of each fold's selected val score. A job without such a val row has no val score and is
   never chosen; a note says so.
-- Rows are grouped by ``(dataset, task, backbone_config, protocol)``; nothing is pooled across backbone
-  configurations or protocol ids. Rows written before those columns existed get their own fallback identity
+- Rows are grouped by ``(dataset, task, evaluation, backbone_config, protocol)``; nothing is pooled across
+  evaluation schemes (``evaluation``: ``splits``, ``cv5 by subject``, ``loo``, ``pairs file whiten 128`` ...),
+  backbone configurations or protocol ids. Rows written before the ``evaluation`` column existed get it from
+  their task (:meth:`probe.tasks.Task.legacy_evaluation`: ``splits``, or ``cv<k>[ by subject]`` from a
+  cross-validated summary's params). Rows written before those columns existed get their own fallback identity
   (``legacy:`` + backbone and weights; + probe, tap, shots, selection metric, val fraction and fine-tune mode), so
   they are never merged with newer rows.
 - The seeds of one protocol (val carves, few-shot draws) are averaged: mean, sample sd and n, for the val score
   and for every test metric. Nothing is ever the max over seeds.
-- "Best by val" picks, within one ``(dataset, task, backbone_config, select_metric)``, the protocol with the best
-  *seed-mean* val score (the lowest for a metric in :data:`probe.vocab.LOWER_IS_BETTER`). Protocols selected on
-  different metrics are never ranked against each other. Ties are broken by name (probe, tap, protocol id), never
+- "Best by val" picks, within one ``(dataset, task, evaluation, backbone_config, select_metric)``, the protocol
+  with the best *seed-mean* val score (the lowest for a metric whose task says lower is better). Protocols
+  selected on different metrics, or scored under different evaluation schemes, are never ranked against each
+  other. Ties are broken by name (probe, tap, protocol id), never
   by a test number.
 """
 
@@ -26,23 +30,55 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..vocab import DEFAULT_TASK, FINETUNE, LOWER_IS_BETTER, TASK_METRICS, UNKNOWN_FAMILY
+from .. import tasks as _tasks
+from ..vocab import FINETUNE, UNKNOWN_FAMILY
 
-#: Columns that identify what a row measured; groups never cross them.
-GROUP = ("dataset", "task", "backbone_config", "protocol")
+DEFAULT_TASK = _tasks.DEFAULT
+
+#: Columns that identify what a row measured; groups never cross them (the evaluation scheme included).
+GROUP = ("dataset", "task", "evaluation", "backbone_config", "protocol")
 #: Columns that describe a (backbone_config, protocol) group and are the same in each of its jobs.
 _DESCRIBE = ("backbone", "config_label", "family", "family_source", "weights", "img_size", "precision", "probe",
              "tap", "shots", "select_metric", "val_fraction", "test_fraction", "method")
 
 
-def lower_is_better(metric: str) -> bool:
-    """True when a smaller value of ``metric`` is better (errors such as rmse)."""
-    return metric in LOWER_IS_BETTER
+def task_of(name: str | None):
+    """The registered task called ``name`` (:func:`probe.tasks.get`), or None for a task no module registers
+    (rows of a task defined elsewhere: the analysis layer shows them without its metadata, never fails)."""
+    try:
+        return _tasks.get(name)
+    except Exception:  # UsageError: unknown task
+        return None
+
+
+def metric_of(metric: str, task: str | None = None):
+    """The :class:`probe.tasks.Metric` called ``metric`` of ``task`` (or of the first task that has it); None
+    when no registered task has it."""
+    t = task_of(task) if task is not None else None
+    if t is not None and metric in t.metric_names:
+        return t.metric(metric)
+    for t in _tasks.all_tasks():
+        if metric in t.metric_names:
+            return t.metric(metric)
+    return None
+
+
+def lower_is_better(metric: str, task: str | None = None) -> bool:
+    """True when a smaller value of ``metric`` is better (errors such as rmse), as its task says."""
+    m = metric_of(metric, task)
+    return bool(m is not None and not m.higher_is_better)
 
 
 def primary_metric(task: str | None) -> str:
     """The headline metric of a task (``top1`` for classification)."""
-    return TASK_METRICS.get(task or DEFAULT_TASK, TASK_METRICS[DEFAULT_TASK])[0]
+    t = task_of(task)
+    return (t or _tasks.get(None)).headline
+
+
+def task_metrics(task: str | None) -> tuple[str, ...]:
+    """The metric columns of a task (empty for an unregistered one)."""
+    t = task_of(task)
+    return t.metric_names if t is not None else ()
 
 
 def job_table(results, *, notes: list[str] | None = None):
@@ -143,7 +179,8 @@ def with_identity(frame):
         pl.col("params").fill_null("{}"),
     ).with_columns(
         pl.col("select_metric").fill_null(pl.col("task").replace_strict(
-            {t: m[0] for t, m in TASK_METRICS.items()}, default=primary_metric(DEFAULT_TASK), return_dtype=pl.Utf8)),
+            {t.name: t.headline for t in _tasks.all_tasks()}, default=primary_metric(DEFAULT_TASK),
+            return_dtype=pl.Utf8)),
         pl.when(pl.col("probe") == FINETUNE)
         .then(pl.concat_str([pl.lit("finetune ("), mode, pl.lit(")")]).str.replace(r" \(\)$", ""))
         .otherwise(pl.concat_str([pl.col("probe"), pl.lit(" / "), pl.col("tap")])).alias("method"),
@@ -157,11 +194,31 @@ def with_identity(frame):
     legacy_protocol = pl.concat_str([pl.lit("legacy:"), str_("task"), pl.lit("|"), str_("probe"), pl.lit("|"),
                                      str_("tap"), pl.lit("|shots"), str_("shots"), pl.lit("|"), str_("select_metric"),
                                      pl.lit("|val"), str_("val_fraction"), pl.lit("|"), pl.col("_mode")])
-    return frame.with_columns(
+    frame = frame.with_columns(
         pl.col("backbone_config").fill_null(legacy_config),
         pl.col("config_label").fill_null(legacy_label),
         pl.col("protocol").fill_null(legacy_protocol),
     ).drop("_mode")
+    return _with_evaluation(frame)
+
+
+def _with_evaluation(frame):
+    """Fill a null ``evaluation`` (rows written before the column existed) from the row's task
+    (:meth:`probe.tasks.Task.legacy_evaluation` of its params and protocol)."""
+    import polars as pl
+
+    if "evaluation" not in frame.columns:
+        frame = frame.with_columns(pl.lit(None, dtype=pl.Utf8).alias("evaluation"))
+    if not frame.height or frame["evaluation"].null_count() == 0:
+        return frame
+    values = []
+    for task, params, protocol, evaluation in frame.select("task", "params", "protocol",
+                                                           "evaluation").iter_rows():
+        if evaluation is None:
+            t = task_of(task)
+            evaluation = t.legacy_evaluation(_params(params), protocol) if t is not None else "splits"
+        values.append(evaluation)
+    return frame.with_columns(pl.Series("evaluation", values, dtype=pl.Utf8))
 
 
 def aggregate_seeds(jobs, *, metrics: Iterable[str] | None = None):
@@ -186,7 +243,7 @@ def aggregate_seeds(jobs, *, metrics: Iterable[str] | None = None):
 
     if metrics is None:
         tasks = set(jobs["task"].to_list()) if jobs.height else {DEFAULT_TASK}
-        metrics = [m for t in sorted(tasks) for m in TASK_METRICS.get(t, ()) if m in jobs.columns]
+        metrics = [m for t in sorted(tasks) for m in task_metrics(t) if m in jobs.columns]
     metrics = list(dict.fromkeys(metrics))
     describe = [c for c in _DESCRIBE if c in jobs.columns]
     sd = lambda c: pl.col(c).std(ddof=1).fill_nan(None)  # noqa: E731
@@ -207,7 +264,8 @@ def aggregate_seeds(jobs, *, metrics: Iterable[str] | None = None):
 
 
 def best_by_val(protocols, *, notes: list[str] | None = None, by: Iterable[str] = ()):
-    """Per ``(dataset, task, backbone_config, select_metric)`` the protocol with the best seed-mean val score.
+    """Per ``(dataset, task, evaluation, backbone_config, select_metric)`` the protocol with the best seed-mean
+    val score: never chosen across evaluation schemes.
 
     Parameters
     ----------
@@ -227,13 +285,17 @@ def best_by_val(protocols, *, notes: list[str] | None = None, by: Iterable[str] 
     """
     import polars as pl
 
+    if "evaluation" not in protocols.columns:  # rows built by hand: one scheme
+        protocols = protocols.with_columns(pl.lit(None, dtype=pl.Utf8).alias("evaluation"))
     if "n" not in protocols.columns:
         protocols = aggregate_seeds(protocols)
-    keys = ["dataset", "task", "backbone_config", "select_metric", *by]
+    keys = ["dataset", "task", "evaluation", "backbone_config", "select_metric", *by]
     if protocols.is_empty():
         return protocols
+    lower = sorted({(t, m) for t, m in protocols.select("task", "select_metric").iter_rows() if lower_is_better(m, t)})
+    lower_metric = pl.concat_str([pl.col("task"), pl.lit("\x00"), pl.col("select_metric")])
     ranked = protocols.with_columns(
-        pl.when(pl.col("select_metric").is_in(sorted(LOWER_IS_BETTER)))
+        pl.when(lower_metric.is_in([f"{t}\x00{m}" for t, m in lower]))
         .then(pl.col("val_score")).otherwise(-pl.col("val_score")).alias("_rank"))
     chosen = (ranked.filter(pl.col("_rank").is_not_null())
               .sort(["_rank", "probe", "tap", "protocol"])

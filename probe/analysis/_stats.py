@@ -20,17 +20,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import tasks as _tasks
 from .._errors import UsageError
+from ._items import (JobItems, _artifacts, _files, _name, _task_for, job_dense_stats, job_items,  # noqa: F401
+                     job_predictions, job_preview)
 
-#: Metric names understood by the bootstrap. "top1", "top5" and "accuracy" all mean "mean of the per-image
-#: correctness you pass" (pass top-5 hits for top5); "mean_per_class_acc" averages per-class recall.
+#: Metric names understood by :func:`bootstrap_ci`/:func:`paired_bootstrap` on arrays you pass. "top1", "top5"
+#: and "accuracy" all mean "mean of the per-image correctness you pass" (pass top-5 hits for top5);
+#: "mean_per_class_acc" averages per-class recall.
 _CLASSIFICATION_METRICS = ("top1", "top5", "accuracy", "mean_per_class_acc")
-#: Dense metrics, bootstrapped from the per-image statistics each dense job saves (:mod:`probe.dense`).
-DENSE_METRICS = ("miou", "pixel_acc", "rmse", "abs_rel", "log10", "delta1", "delta2", "delta3")
-#: The metrics of the face and regression tasks that are means of per-item values take those values (hits,
-#: average precisions, absolute errors), saved by their jobs as ``item/<metric>``.
+#: Metrics of the built-in tasks that are means of per-item values (any finite numbers) for those two functions.
 ITEM_METRICS = ("rank1", "rank5", "map", "verif_acc", "mae", "cs5")
-BOOTSTRAP_METRICS = _CLASSIFICATION_METRICS + DENSE_METRICS + ITEM_METRICS
+#: Metrics of the built-in dense tasks and every metric of a built-in task computed from per-item statistics
+#: (kept for callers; the analysis layer asks the task registry instead: ``Metric.from_items``).
+DENSE_METRICS = tuple(dict.fromkeys(m.name for t in _tasks.all_tasks() if t.dense for m in t.metrics))
+BOOTSTRAP_METRICS = tuple(dict.fromkeys(
+    _CLASSIFICATION_METRICS + tuple(m.name for t in _tasks.all_tasks() for m in t.metrics if m.from_items)))
 
 #: Most int64 count cells drawn at once (resamples x kinds); bounds memory to about 64 MB per chunk.
 _CHUNK_CELLS = 8_000_000
@@ -76,6 +81,10 @@ class BootstrapResult:
     p_le_zero: float = float("nan")
     paired: bool = False
     samples: np.ndarray = field(default=None, repr=False, compare=False)
+    #: What one draw of the resampling is: ``images`` (items), or the groups they cluster in (``people``,
+    #: ``scenes``), of which there are ``n_groups``.
+    over: str = "images"
+    n_groups: int = 0
 
     @property
     def excludes_zero(self) -> bool:
@@ -131,7 +140,8 @@ def paired_bootstrap(correct_a, correct_b, *, labels=None, metric: str = "top1",
     if a.shape != b.shape:
         raise UsageError(f"paired_bootstrap needs both results on the same images; got {a.size} and {b.size} "
                          "values. Align them by image id first")
-    return _bootstrap(a - b, labels, metric=metric, n_boot=n_boot, seed=seed, ci=ci, paired=True)
+    return _bootstrap_sides(_sides_from_arrays([a, b], labels, metric), metric=metric, n_boot=n_boot, seed=seed,
+                            ci=ci)
 
 
 def bootstrap_ci(correct, *, labels=None, metric: str = "top1", n_boot: int = 10_000, seed: int = 0,
@@ -153,7 +163,8 @@ def bootstrap_ci(correct, *, labels=None, metric: str = "top1", n_boot: int = 10
         ``estimate`` is the metric on the full set; ``p_le_zero`` is NaN.
     """
     values = _as_correctness(correct, "correct", metric)
-    return _bootstrap(values, labels, metric=metric, n_boot=n_boot, seed=seed, ci=ci, paired=False)
+    return _bootstrap_sides(_sides_from_arrays([values], labels, metric), metric=metric, n_boot=n_boot, seed=seed,
+                            ci=ci)
 
 
 def _as_correctness(values, name: str, metric: str = "top1") -> np.ndarray:
@@ -170,63 +181,76 @@ def _as_correctness(values, name: str, metric: str = "top1") -> np.ndarray:
     return arr.astype(np.int8)
 
 
-def _bootstrap(values: np.ndarray, labels, *, metric: str, n_boot: int, seed: int, ci: float,
-               paired: bool) -> BootstrapResult:
+def _array_metric(metric: str):
+    """The :class:`probe.tasks.Metric` behind the array functions: a mean of the values, or classification's mean
+    per-class accuracy (per-class means of the values, averaged over the classes a resample drew)."""
+    if metric == "mean_per_class_acc":
+        return _tasks.get("classification").metric("mean_per_class_acc")
+    return _tasks.mean_metric(metric, metric, stat="item/top1")
+
+
+def _sides_from_arrays(sides: list[np.ndarray], labels, metric: str) -> list:
     if metric not in _CLASSIFICATION_METRICS + ITEM_METRICS:
         raise UsageError(f"bootstrap metric must be one of {_CLASSIFICATION_METRICS + ITEM_METRICS}; got {metric!r}")
+    n = sides[0].size
+    if n == 0:
+        raise UsageError("cannot bootstrap over zero test images; the results hold no saved predictions")
+    if metric == "mean_per_class_acc":
+        if labels is None:
+            raise UsageError("metric 'mean_per_class_acc' needs labels=; pass the true class of every test image")
+        labels = np.asarray(labels)
+        if labels.shape != (n,):
+            raise UsageError(f"labels must have one entry per test image ({n}); got shape {labels.shape}")
+    m = _array_metric(metric)
+    out = []
+    for values in sides:
+        st = {"item/top1": np.asarray(values, dtype=np.float64)}
+        if labels is not None and metric == "mean_per_class_acc":
+            st["labels"] = labels
+        out.append((m, [st]))
+    return out
+
+
+def _bootstrap_sides(sides: list, *, metric: str, n_boot: int, seed: int, ci: float, group_index=None,
+                     over: str = "images", note: str = "", ids=None) -> BootstrapResult:
+    """The one resampling loop: ``sides`` are ``(Metric, [per-seed stats])`` on the same items in one order."""
     if int(n_boot) < 1:
         raise UsageError(f"n_boot must be a positive number of resamples; got {n_boot}. Use e.g. 10000")
     if not 0.0 < ci < 1.0:
         raise UsageError(f"ci must be a confidence level in (0, 1); got {ci}. Use e.g. 0.95")
-    n = values.size
-    if n == 0:
-        raise UsageError("cannot bootstrap over zero test images; the results hold no saved predictions")
-    n_boot = int(n_boot)
-    per_class = metric == "mean_per_class_acc"
-    if per_class:
-        if labels is None:
-            raise UsageError("metric 'mean_per_class_acc' needs labels=; pass the true class of every test image")
-        labels = np.asarray(labels)
-        if labels.shape != values.shape:
-            raise UsageError(f"labels must have one entry per test image ({n}); got shape {labels.shape}")
-    else:
-        labels = np.zeros(n, dtype=np.int64)  # one class: the statistic is the plain mean
+    n = len(next(iter(sides[0][1][0].values())))
+    r = Resampling.build(np.arange(n).astype(str) if ids is None else ids, sides, group_index=group_index,
+                         over=over, metric=metric, note=note)
+    return _run(r, n_boot=n_boot, seed=seed, ci=ci)
 
-    # Kinds of image: (class, value). Sorting by class keeps each class's kinds contiguous for reduceat. Values
-    # are 0/1 correctness, their paired differences, or seed means of them: few distinct kinds per class.
-    _, class_index = np.unique(labels, return_inverse=True)
-    kinds, kind_counts = np.unique(np.stack([class_index.astype(np.float64), values.astype(np.float64)]), axis=1,
-                                   return_counts=True)
-    kind_class, kind_value = kinds[0].astype(np.int64), kinds[1]
-    class_starts = np.flatnonzero(np.r_[True, kind_class[1:] != kind_class[:-1]])
-    shares = kind_counts / n
 
-    def statistic(counts: np.ndarray) -> np.ndarray:
-        # counts: [B, K] draws per kind -> metric per resample [B]
-        sums = counts @ kind_value
-        if not per_class:
-            return sums / n
-        class_n = np.add.reduceat(counts, class_starts, axis=1)
-        class_sum = np.add.reduceat(counts * kind_value, class_starts, axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            recall = class_sum / class_n  # NaN for a class the resample did not draw
-        present = class_n > 0
-        return np.where(present, recall, 0.0).sum(axis=1) / present.sum(axis=1)
+def _run(r: "Resampling", *, n_boot: int, seed: int, ci: float) -> BootstrapResult:
+    """Draw ``n_boot`` resamples of ``r`` (one result, or the paired difference of two) and summarise them."""
+    metric = r.metric
+    n = r.n
 
-    estimate = float(statistic(kind_counts[None, :])[0])
+    def statistic(counts):
+        v = r.values(counts)
+        return v[:, 0] - v[:, 1] if v.shape[1] == 2 else v[:, 0]
+
+    estimate = float(statistic(r.full_counts())[0])
     rng = np.random.default_rng(seed)
-    chunk = max(1, _CHUNK_CELLS // len(shares))
+    n_boot = int(n_boot)
     samples = np.empty(n_boot, dtype=np.float64)
-    for start in range(0, n_boot, chunk):
-        stop = min(n_boot, start + chunk)
-        samples[start:stop] = statistic(rng.multinomial(n, shares, size=stop - start))
+    for start in range(0, n_boot, r.chunk()):
+        stop = min(n_boot, start + r.chunk())
+        samples[start:stop] = statistic(r.draw(rng, stop - start))
+    finite = samples[np.isfinite(samples)]
+    if not len(finite):
+        raise UsageError(f"no bootstrap resample gave a finite {metric}")
     tail = (1.0 - ci) / 2.0
-    low, high = np.quantile(samples, [tail, 1.0 - tail])
-    return BootstrapResult(
-        estimate=estimate, low=float(low), high=float(high), ci=float(ci), n=int(n), n_boot=n_boot,
-        metric=metric, std_error=float(samples.std(ddof=1)) if n_boot > 1 else 0.0,
-        p_le_zero=float(np.mean(samples <= 0)) if paired else float("nan"), paired=paired, samples=samples,
-    )
+    low, high = np.quantile(finite, [tail, 1.0 - tail])
+    paired = len(r._sides) == 2
+    return BootstrapResult(estimate=estimate, low=float(low), high=float(high), ci=float(ci), n=int(n),
+                           n_boot=n_boot, metric=metric,
+                           std_error=float(finite.std(ddof=1)) if len(finite) > 1 else 0.0,
+                           p_le_zero=float(np.mean(finite <= 0)) if paired else float("nan"), paired=paired,
+                           samples=finite, over=r.over, n_groups=r.n_groups)
 
 
 @dataclass
@@ -303,62 +327,35 @@ def pair_by_id(a: tuple, b: tuple) -> PairedPredictions:
                              aligned.note)
 
 
-def job_predictions(file) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(ids, labels, top-1 predictions) of a job's saved test predictions, or None without them."""
-    art = _artifacts(file)
-    return None if art is None else (art["ids"], art["labels"], art["pred"])
-
-
-def _artifacts(file) -> dict | None:
-    from ..results import load_artifacts
-
-    try:
-        return load_artifacts(file)
-    except (OSError, KeyError, ValueError):
-        return None
-
-
-def job_hits(file, metric: str = "top1") -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(ids, labels, hits) of one job: ``hits`` is 1 where the image counts as correct for ``metric``.
-
-    ``top1``/``accuracy``/``mean_per_class_acc``: the top-1 prediction is the label; ``top5``: the label is among
-    the five highest scores (the saved ``top5`` columns). Returns None when the job saved no predictions.
+def job_hits(file, metric: str = "top1", *, task: str | None = None):
+    """(ids, labels, per-item values) of one job for a metric that is the mean of one per-item value (hits for
+    top1/top5, absolute errors for mae ...); None when the job saved no predictions.
 
     Raises
     ------
     UsageError
-        For a metric whose per-image values are not saved (the bootstrap cannot recompute it).
+        For a metric the job's task does not compute as a mean of one per-item value.
     """
-    if metric not in _CLASSIFICATION_METRICS + ITEM_METRICS:
-        raise UsageError(f"cannot bootstrap metric {metric!r} from saved predictions; use one of "
-                         f"{', '.join(_CLASSIFICATION_METRICS + ITEM_METRICS)}")
-    art = _artifacts(file)
-    if art is None:
+    items = job_items(file, metric=metric, task=task)
+    if items is None:
+        if _artifacts(file) is not None:
+            raise UsageError(f"cannot bootstrap metric {metric!r} from {_name(file)}: it saved no per-item "
+                             "statistics for it")
         return None
-    labels = art["labels"]
-    if f"item/{metric}" in art:  # saved per-item values (face and regression tasks, cross-validated jobs)
-        return art["ids"], labels, art[f"item/{metric}"].astype(np.float64)
-    if metric in ITEM_METRICS:
-        return None
-    if metric == "top5":
-        if "top5" not in art:
-            raise UsageError(f"{file} saved no top-5 predictions; use metric='top1'")
-        hits = (art["top5"] == labels[:, None]).any(axis=1)
-    else:
-        hits = art["pred"] == labels
-    return art["ids"], labels, hits.astype(np.float64)
+    key = f"item/{metric}"
+    if key not in items.stats:
+        raise UsageError(f"cannot bootstrap metric {metric!r} from {_name(file)}: it saved no per-item values "
+                         f"({key})")
+    labels = items.stats.get("labels", np.zeros(len(items.ids), dtype=np.int64))
+    return items.ids, labels, np.asarray(items.stats[key], dtype=np.float64)
 
 
-def seed_mean_hits(files, metric: str = "top1") -> Aligned | str:
-    """Per-image hits averaged over the seeds (jobs) of one protocol, on the images every seed scored.
-
-    ``files`` is one job file or a list of them. Returns an :class:`Aligned` with one column (the seed mean),
-    or a string saying why not (no saved predictions, no shared images).
-    """
-    files = [files] if isinstance(files, (str, bytes)) or not hasattr(files, "__iter__") else list(files)
+def seed_mean_hits(files, metric: str = "top1", *, task: str | None = None) -> Aligned | str:
+    """Per-item values (:func:`job_hits`) averaged over the seeds (jobs) of one protocol, on the items every
+    seed scored: an :class:`Aligned` with one column, or a string saying why not."""
     per_seed = []
-    for f in files:
-        h = job_hits(f, metric)
+    for f in _files(files):
+        h = job_hits(f, metric, task=task)
         if h is None:
             return f"no saved predictions for {_name(f)}"
         per_seed.append(h)
@@ -368,136 +365,219 @@ def seed_mean_hits(files, metric: str = "top1") -> Aligned | str:
     return Aligned(aligned.ids, aligned.labels, aligned.values.mean(axis=1, keepdims=True), aligned.note)
 
 
-def _name(file) -> str:
-    from pathlib import Path
+@dataclass
+class Resampling:
+    """Several results (each the seeds of one protocol) on the items all of them scored, ready to resample.
 
-    return Path(str(file)).with_suffix("").name
+    ``draw(rng, size)`` gives counts [size, K]: items drawn with repetition, or, when the items cluster in groups
+    (people, scenes), groups drawn with repetition and each item counted as often as its group (a cluster
+    bootstrap). ``values(counts)`` gives each result's metric per resample [B, M] (seed means), through
+    :meth:`probe.tasks.Metric.resampled` (linear in the counts).
 
-
-def compare_jobs(file_a, file_b, *, metric: str = "top1", n_boot: int = 10_000, seed: int = 0,
-                 ci: float = 0.95) -> BootstrapResult | None:
-    """Paired bootstrap of ``metric(a) - metric(b)`` for two jobs (their parquet or ``.npz`` paths).
-
-    ``file_a``/``file_b`` may each be a list of job files: the seeds of one protocol, whose per-image hits are
-    averaged (the estimate is then the difference of the seed means). Predictions are paired by test image id.
-    ``metric`` is top1, top5 (from the saved top-5 columns) or mean_per_class_acc. Returns None when either job
-    saved no predictions or the two cannot be paired.
+    Without groups, items whose statistics are identical in every result are one *kind* (a top-1 hit of the
+    same class, say): drawing n items with repetition makes the kinds' counts multinomial with their shares as
+    probabilities, so the counts are drawn over the K kinds instead of the n items. Same distribution, a few
+    kinds instead of thousands of items: 10,000 resamples of 10,000 images take well under a second.
     """
-    if metric in DENSE_METRICS:
-        return _dense_bootstrap([file_a, file_b], metric, n_boot=n_boot, seed=seed, ci=ci)
-    a, b = seed_mean_hits(file_a, metric), seed_mean_hits(file_b, metric)
-    if isinstance(a, str) or isinstance(b, str):
-        return None
-    pair = align_by_id([(a.ids, a.labels, a.values[:, 0]), (b.ids, b.labels, b.values[:, 0])], what="two results")
-    if isinstance(pair, str):
-        return None
-    return _bootstrap(pair.values[:, 0] - pair.values[:, 1], pair.labels, metric=metric, n_boot=n_boot, seed=seed,
-                      ci=ci, paired=True)
+
+    ids: np.ndarray
+    metric: str
+    higher_is_better: bool
+    over: str
+    n_groups: int
+    note: str
+    _sides: list = field(repr=False, default_factory=list)  # [(Metric, [stats per seed, one row per kind])]
+    _group_index: np.ndarray | None = field(repr=False, default=None)
+    _kind_counts: np.ndarray | None = field(repr=False, default=None)
+
+    @classmethod
+    def build(cls, ids, sides: list, *, group_index=None, over: str = "images", metric: str = "",
+              note: str = "") -> "Resampling":
+        """From ``sides`` = ``[(Metric, [per-seed stats on the same N items])]`` and an optional group index [N]."""
+        ids = np.asarray(ids)
+        n = len(ids)
+        reduced = [(m, [{k: np.asarray(st[k]) for k in m.stats} for st in per_seed]) for m, per_seed in sides]
+        kind_counts, n_groups = None, 0
+        if group_index is not None:
+            n_groups = int(np.max(group_index)) + 1 if n else 0
+        else:
+            cols = [np.asarray(st[k], dtype=np.float64).reshape(n, -1) for _, per_seed in reduced
+                    for st in per_seed for k in sorted(st)]
+            table = np.concatenate(cols, axis=1) if cols else np.zeros((n, 0))
+            _, first, kind_counts = np.unique(table, axis=0, return_index=True, return_counts=True)
+            reduced = [(m, [{k: v[first] for k, v in st.items()} for st in per_seed]) for m, per_seed in reduced]
+        return cls(ids=ids, metric=metric, higher_is_better=reduced[0][0].higher_is_better,
+                   over=over if group_index is not None else "images", n_groups=n_groups, note=note,
+                   _sides=reduced, _group_index=None if group_index is None else np.asarray(group_index),
+                   _kind_counts=kind_counts)
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    def full_counts(self) -> np.ndarray:
+        """The counts of the full sample (every item once): [1, K]."""
+        if self._kind_counts is not None:
+            return self._kind_counts[None, :].astype(np.float64)
+        return np.ones((1, self.n))
+
+    def draw(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        if self._kind_counts is not None:
+            return rng.multinomial(self.n, self._kind_counts / self.n, size=size).astype(np.float64)
+        g = self.n_groups
+        per_group = rng.multinomial(g, np.full(g, 1.0 / g), size=size).astype(np.float64)
+        return per_group[:, self._group_index]
+
+    def values(self, counts: np.ndarray) -> np.ndarray:
+        counts = np.atleast_2d(counts)
+        out = np.empty((counts.shape[0], len(self._sides)))
+        for j, (metric, per_seed) in enumerate(self._sides):
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[:, j] = np.mean([metric.resampled(st, counts) for st in per_seed], axis=0)
+        return out
+
+    def chunk(self) -> int:
+        width = len(self._kind_counts) if self._kind_counts is not None else self.n
+        return max(1, _CHUNK_CELLS // max(width * max(1, len(self._sides)), 1))
 
 
-def job_ci(file, *, metric: str = "top1", n_boot: int = 10_000, seed: int = 0,
-           ci: float = 0.95) -> BootstrapResult | None:
-    """Bootstrap interval of one job's test ``metric`` from its saved predictions (None without them).
+def resampling(sides: list, metric: str, *, task: str | None = None, groups: bool = True) -> Resampling | str:
+    """Line up several results on the items they all scored, for a bootstrap of ``metric``.
 
-    ``file`` may be a list of job files (the seeds of one protocol): the interval is then for their mean.
+    Parameters
+    ----------
+    sides : list
+        One entry per result: a job file, or a list of job files (the seeds of one protocol, averaged).
+    metric : str
+        A metric of the jobs' task (:meth:`probe.tasks.Task.metric`), computed from per-item statistics.
+    task : str, optional
+        The jobs' task (their ``task`` column); found from the saved arrays otherwise.
+    groups : bool
+        Resample the groups the items cluster in (people, scenes) when the jobs saved them (``group``).
+
+    Returns
+    -------
+    Resampling or str
+        A string says why the results cannot be resampled (no saved statistics, a metric not computed from
+        items, no shared item, duplicate ids, disagreeing labels).
     """
-    if metric in DENSE_METRICS:
-        return _dense_bootstrap([file], metric, n_boot=n_boot, seed=seed, ci=ci)
-    a = seed_mean_hits(file, metric)
-    if isinstance(a, str):
-        return None
-    return _bootstrap(a.values[:, 0], a.labels, metric=metric, n_boot=n_boot, seed=seed, ci=ci, paired=False)
-
-
-def job_dense_stats(file) -> tuple[np.ndarray, str, dict[str, np.ndarray]] | None:
-    """(ids, task, per-image statistics) of a dense job's test images (:mod:`probe.dense`), or None without them."""
-    art = _artifacts(file)
-    if art is None or "task" not in art:
-        return None
-    stats = {k.split("/", 1)[1]: v for k, v in art.items() if k.startswith("stat/")}
-    return (art["ids"], str(art["task"]), stats) if stats else None
-
-
-def job_preview(file) -> dict[str, np.ndarray] | None:
-    """The few test images a dense job saved with their targets and its predictions (``ids``, ``image``,
-    ``target``, ``pred``; see :mod:`probe._dense_sweep`), or None without them."""
-    art = _artifacts(file)
-    if art is None or "preview/ids" not in art:
-        return None
-    return {k.split("/", 1)[1]: v for k, v in art.items() if k.startswith("preview/")} | {
-        "classes": art.get("classes", np.asarray([], dtype=str))}
-
-
-def dense_seed_stats(files, metric: str = "miou") -> tuple[np.ndarray, str, list[dict[str, np.ndarray]]] | str:
-    """The per-image statistics of each seed (job) of one dense protocol, on the images every seed scored, in
-    one order: (ids, task, [stats per seed]); or a string saying why not (UsageError naming ``metric`` for a
-    job of another task)."""
-    files = [files] if isinstance(files, (str, bytes)) or not hasattr(files, "__iter__") else list(files)
     loaded = []
-    for f in files:
-        got = job_dense_stats(f)
-        if got is None:
-            if _artifacts(f) is not None:  # predictions of another task: nothing to resample for a dense metric
-                raise UsageError(f"cannot bootstrap metric {metric!r} from {_name(f)}: it saved no per-image "
-                                 "dense statistics (not a segmentation or depth job)")
-            return f"no saved per-image statistics for {_name(f)}"
-        loaded.append(got)
-    ids = [str(i) for i in loaded[0][0]]
-    common = set(ids).intersection(*({str(i) for i in got[0]} for got in loaded[1:]))
-    ids = [i for i in ids if i in common]
-    if not ids:
-        return "the seeds share no test image"
-    per_seed = []
-    for got_ids, _, stats in loaded:
-        where = {str(i): k for k, i in enumerate(got_ids)}
-        pick = np.asarray([where[i] for i in ids])
-        per_seed.append({k: np.asarray(v)[pick] for k, v in stats.items()})
-    return np.asarray(ids), loaded[0][1], per_seed
+    for files in sides:
+        per_seed = []
+        for f in _files(files):
+            items = job_items(f, metric=metric, task=task)
+            if items is None:
+                return f"no saved predictions for {_name(f)}"
+            t = _tasks.get(items.task)
+            if metric not in t.metric_names:
+                return f"{items.task} has no metric {metric!r}"
+            m = t.metric(metric)
+            if not m.from_items:
+                return f"{m.label or metric} is not computed from per-item statistics (no interval)"
+            if any(k not in items.stats for k in m.stats):
+                return f"{_name(f)} saved no per-item statistics for {metric}"
+            if len(np.unique(items.ids)) != len(items.ids):
+                return f"{_name(f)} has duplicate test item ids, so items cannot be paired by id"
+            per_seed.append((m, items))
+        loaded.append(per_seed)
+    if not loaded or not loaded[0]:
+        return "nothing to resample"
+    order = loaded[0][0][1].ids
+    common = set(order)
+    for per_seed in loaded:
+        for _, items in per_seed:
+            common &= set(items.ids)
+    ids = np.asarray([i for i in order if i in common])
+    if not len(ids):
+        return "the results share no test item"
+    largest = max(len(items.ids) for per_seed in loaded for _, items in per_seed)
+    sides_out, labels, group = [], None, None
+    noun = "images"
+    for per_seed in loaded:
+        stats_per_seed = []
+        for m, items in per_seed:
+            where = {i: k for k, i in enumerate(items.ids)}
+            pick = np.asarray([where[i] for i in ids])
+            st = {k: np.asarray(v)[pick] for k, v in items.stats.items()}
+            if "labels" in st:
+                if labels is None:
+                    labels = st["labels"]
+                elif not np.array_equal(labels, st["labels"]):
+                    return "the results disagree on test labels"
+            if group is None and items.group is not None and groups:
+                group, noun = items.group[pick], items.group_noun
+            stats_per_seed.append(st)
+        sides_out.append((per_seed[0][0], stats_per_seed))
+    group_index = None
+    if group is not None:
+        _, group_index = np.unique(group, return_inverse=True)
+        if int(group_index.max()) + 1 == len(ids):  # every item its own group: an ordinary bootstrap over images
+            group_index, noun = None, "images"
+    note = f"paired on the {len(ids)} test items all results scored" if len(ids) < largest else ""
+    return Resampling.build(ids, sides_out, group_index=group_index, over=noun, metric=metric, note=note)
 
 
-def _dense_bootstrap(sides: list, metric: str, *, n_boot: int, seed: int, ci: float) -> BootstrapResult | None:
-    """Bootstrap of a dense metric (one side) or of a paired difference a - b (two sides), resampling test
-    images: every resample draws image counts once and recomputes each seed's metric from its per-image
-    statistics (:func:`probe.dense.resampled_metric`); a side's value is its seed mean."""
-    from ..dense import resampled_metric
+def resample_interval(sides: list, metric: str, *, task: str | None = None, n_boot: int = 10_000, seed: int = 0,
+                      ci: float = 0.95, groups: bool = True) -> BootstrapResult | str:
+    """The one bootstrap of the analysis layer: one result's ``metric`` (one side) or the paired difference
+    ``a - b`` (two sides), from the per-item statistics the jobs saved, resampling items or their groups.
 
+    Every resample draws item counts once (:meth:`Resampling.draw`: images, or people/scenes with each item
+    counted as often as its group) and recomputes each seed's metric through :meth:`probe.tasks.Metric.resampled`;
+    a side's value is its seed mean. Returns a string saying why not when the results cannot be resampled.
+    """
     if int(n_boot) < 1:
         raise UsageError(f"n_boot must be a positive number of resamples; got {n_boot}. Use e.g. 10000")
     if not 0.0 < ci < 1.0:
         raise UsageError(f"ci must be a confidence level in (0, 1); got {ci}. Use e.g. 0.95")
-    got = [dense_seed_stats(files, metric) for files in sides]
-    if any(isinstance(g, str) for g in got):
-        return None
-    ids = [str(i) for i in got[0][0]]
-    for g in got[1:]:
-        ids = [i for i in ids if i in {str(j) for j in g[0]}]
-    if not ids:
-        return None
-    aligned = []
-    for g_ids, task, per_seed in got:
-        where = {str(i): k for k, i in enumerate(g_ids)}
-        pick = np.asarray([where[i] for i in ids])
-        aligned.append((task, [{k: v[pick] for k, v in st.items()} for st in per_seed]))
-    n = len(ids)
+    if len(sides) not in (1, 2):
+        raise UsageError("resample_interval takes one result or two (a paired difference)")
+    r = resampling(sides, metric, task=task, groups=groups)
+    if isinstance(r, str):
+        return r
+    try:
+        return _run(r, n_boot=n_boot, seed=seed, ci=ci)
+    except UsageError as exc:
+        return str(exc)
 
-    def statistic(counts):
-        values = [np.mean([resampled_metric(task, metric, st, counts) for st in per_seed], axis=0)
-                  for task, per_seed in aligned]
-        return values[0] - values[1] if len(values) == 2 else values[0]
 
-    estimate = float(statistic(np.ones((1, n)))[0])
-    rng = np.random.default_rng(seed)
-    chunk = max(1, _CHUNK_CELLS // max(n, 1))
-    samples = np.empty(int(n_boot), dtype=np.float64)
-    for start in range(0, int(n_boot), chunk):
-        stop = min(int(n_boot), start + chunk)
-        samples[start:stop] = statistic(rng.multinomial(n, np.full(n, 1.0 / n), size=stop - start))
-    samples = samples[np.isfinite(samples)] if not np.isfinite(samples).all() else samples
-    tail = (1.0 - ci) / 2.0
-    low, high = np.quantile(samples, [tail, 1.0 - tail])
-    paired = len(sides) == 2
-    return BootstrapResult(estimate=estimate, low=float(low), high=float(high), ci=float(ci), n=n,
-                           n_boot=int(n_boot), metric=metric,
-                           std_error=float(samples.std(ddof=1)) if len(samples) > 1 else 0.0,
-                           p_le_zero=float(np.mean(samples <= 0)) if paired else float("nan"), paired=paired,
-                           samples=samples)
+def _public(result, files, metric: str, task: str | None) -> BootstrapResult | None:
+    if not isinstance(result, str):
+        return result
+    if result.startswith("no saved predictions"):
+        for f in files:
+            art = _artifacts(f)
+            if art is not None and _task_for(art, metric, task) is None:
+                raise UsageError(f"cannot bootstrap metric {metric!r} from {_name(f)}: it saved no per-item "
+                                 "statistics for it")
+    if "saved no per-item statistics for" in result or "has no metric" in result:
+        raise UsageError(f"cannot bootstrap metric {metric!r}: {result}")
+    return None
+
+
+def compare_jobs(file_a, file_b, *, metric: str = "top1", task: str | None = None, n_boot: int = 10_000,
+                 seed: int = 0, ci: float = 0.95, groups: bool = True) -> BootstrapResult | None:
+    """Paired bootstrap of ``metric(a) - metric(b)`` for two jobs (their parquet or ``.npz`` paths).
+
+    ``file_a``/``file_b`` may each be a list of job files: the seeds of one protocol (the estimate is then the
+    difference of the seed means). Items are paired by test id; when the jobs saved the group of each item
+    (people, scenes) the groups are resampled (``result.over``). Returns None when either job saved no
+    predictions or the two cannot be paired (:func:`resample_interval` says why).
+
+    Raises
+    ------
+    UsageError
+        For a metric the jobs' task does not compute from per-item statistics.
+    """
+    r = resample_interval([file_a, file_b], metric, task=task, n_boot=n_boot, seed=seed, ci=ci, groups=groups)
+    return _public(r, _files(file_a) + _files(file_b), metric, task)
+
+
+def job_ci(file, *, metric: str = "top1", task: str | None = None, n_boot: int = 10_000, seed: int = 0,
+           ci: float = 0.95, groups: bool = True) -> BootstrapResult | None:
+    """Bootstrap interval of one job's test ``metric`` from its saved per-item statistics (None without them).
+
+    ``file`` may be a list of job files (the seeds of one protocol): the interval is then for their mean.
+    """
+    r = resample_interval([file], metric, task=task, n_boot=n_boot, seed=seed, ci=ci, groups=groups)
+    return _public(r, _files(file), metric, task)

@@ -260,6 +260,10 @@ class Task:
     def __repr__(self) -> str:
         return f"<task {self.name}>"
 
+    def __init__(self) -> None:
+        if not type(self).title:
+            type(self).title = self.name.capitalize()
+
     # ------------------------------------------------------------------------------------------ engine hooks
     # (the sweep engine's calls: reading the target, checking evaluation options, scoring a job)
 
@@ -378,7 +382,68 @@ class Task:
                 if m.from_items and all(k in items for k in m.stats) and len(np.asarray(items[m.stats[0]]))}
 
     # ------------------------------------------------------------------------------------------ report hooks
-    # (the report's calls: the task's section)
+    # (the analysis layer's and the report's calls: a job's per-item statistics, what its groups are, the
+    # task's section of the report)
+
+    #: The task's heading in the report, and the part of the report it sits in (tasks of one part share its
+    #: heading: "Faces and continuous targets", "Dense transfer: segmentation and depth").
+    title: ClassVar[str] = ""
+    report_group: ClassVar[str] = "Other tasks"
+    #: How a metric of unit ``target`` prints in table headings (``m`` for depth).
+    target_unit: ClassVar[str] = "target units"
+
+    #: What the per-item groups of this task's datasets are, for "interval over <noun>" (``group`` in a job's
+    #: ``.npz``; a ``group_name`` array there overrides it).
+    group_noun: ClassVar[str] = "groups"
+
+    def item_stats(self, artifacts: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The per-item statistics of one job from its saved arrays (:func:`probe.results.load_artifacts`).
+
+        Every :attr:`Metric.stats` key of the task present in ``artifacts`` (``item/<metric>``, ``stat/<k>``) and
+        ``labels``; a task whose jobs save something else (classification: predictions) derives them here.
+        Arrays have one row per item in the order of ``artifacts["ids"]``.
+        """
+        keys = {k for m in self.metrics for k in m.stats} | {"labels"}
+        return {k: np.asarray(artifacts[k]) for k in keys if k in artifacts}
+
+    def legacy_evaluation(self, params: Mapping[str, Any], protocol: str | None) -> str:
+        """The ``evaluation`` of a row written before that column existed (its ``evaluation`` is null).
+
+        ``params`` are the row's parsed params: a cross-validated job's summary row records ``folds`` and
+        ``interval_over`` (``people`` when the folds were grouped by person), read as ``cv<k>[ by subject]``;
+        everything else was scored on the dataset's splits.
+        """
+        folds = params.get("folds")
+        if isinstance(folds, int) and not isinstance(folds, bool):
+            return evaluation_label(cv=folds, cv_group="subject" if params.get("interval_over") == "people" else None)
+        return "splits"
+
+    def report_figures(self, report, dataset: str, evaluation: str, shown: list) -> list[str]:
+        """Markdown lines of the task's figures under its generic tables (none by default).
+
+        ``shown`` lists ``(group name, rows)`` of the tables just written for ``dataset`` under ``evaluation``
+        (each row an :func:`probe.analysis.aggregate_seeds` record with its ``files``).
+        """
+        return []
+
+    def report_section(self, report, jobs) -> list[str]:
+        """Markdown lines of this task's part of the report (empty to leave it out).
+
+        Parameters
+        ----------
+        report : probe._report.Report
+            The report being written: its building blocks (``report.scored_tables(task, jobs)``,
+            ``report.frozen_vs_finetune(...)``, ``report.families(...)``, ...), the analysis layer as
+            ``report.a``, polars as ``report.pl``, ``report.notes`` and ``report.save(fig, name)``. A task module
+            imports neither the report nor the analysis layer: it composes what ``report`` offers.
+        jobs : polars.DataFrame
+            This task's rows of :func:`probe.analysis.job_table` (every dataset and evaluation scheme).
+
+        The default is the generic section every task gets: per dataset and evaluation scheme, one table per
+        group of rows (fixed methods per tap, learned probes best by val, fine-tuning best by val), each metric
+        with its bootstrap interval and the paired difference to the val-chosen best, and the families.
+        """
+        return report.scored_tables(self, jobs)
 
 
 def evaluation_label(*, cv: int | None = None, cv_group: str | None = None, retrieval: str | None = None,

@@ -42,6 +42,27 @@ class Classification(Task):
 
     # ------------------------------------------------------------------------------------------ report hooks
 
+    title = "Classification"
+    report_group = "Classification"
+
+    def item_stats(self, artifacts):
+        """Hits from the saved predictions when the job saved no ``item/`` arrays: ``item/top1`` is the top-1
+        prediction being the label, ``item/top5`` the label being among the saved five best classes."""
+        out = super().item_stats(artifacts)
+        labels = artifacts.get("labels")
+        if labels is None:
+            return out
+        labels = np.asarray(labels)
+        if "item/top1" not in out and "pred" in artifacts:
+            out["item/top1"] = (np.asarray(artifacts["pred"]) == labels).astype(np.float64)
+        if "item/top5" not in out and "top5" in artifacts:
+            out["item/top5"] = (np.asarray(artifacts["top5"]) == labels[:, None]).any(axis=1).astype(np.float64)
+        return out
+
+    def report_section(self, report, jobs):
+        """Frozen probes vs fine-tuning, the families, layer-wise and few-shot curves (per evaluation scheme)."""
+        return report.classification_sections(self, jobs, extra=("mean_per_class_acc",))
+
 
 def class_target(task, data) -> np.ndarray:
     """The class of every row: the task's target when it reads one, else the dataset's labels."""

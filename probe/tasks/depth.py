@@ -32,5 +32,16 @@ class Depth(DenseTask):
 
     # ------------------------------------------------------------------------------------------ report hooks
 
+    title = "Depth"
+    report_group = "Dense transfer: segmentation and depth"
+    target_unit = "m"
+
+    group_noun = "scenes"
+
+    def report_section(self, report, jobs):
+        """The frozen dense probe beside single-task linear-head fine-tuning (the probe's counterpart), then
+        every other fine-tune with its tasks and head named (:meth:`probe._report.Report.dense_section`)."""
+        return report.dense_section(self, jobs)
+
 
 register(Depth())

@@ -71,6 +71,18 @@ class Identification(Task):
 
     # ------------------------------------------------------------------------------------------ report hooks
 
+    title = "Identification (who is this?)"
+    report_group = "Faces and continuous targets"
+    group_noun = "people"
+
+    def report_figures(self, report, dataset, evaluation, shown):
+        """The retrieved faces of a few queries per configuration (fixed retrieval groups)."""
+        return report.retrieval_figure(dataset, evaluation, shown)
+
+    def legacy_evaluation(self, params, protocol):
+        """Older retrieval rows record nothing: leave-one-image-out (``loo``); identity classifiers: their folds."""
+        return "loo" if "folds" not in params else super().legacy_evaluation(params, protocol)
+
 
 def _retrieval(task, data, job):
     """Each query against the gallery split when the dataset has them, else every image against all others."""

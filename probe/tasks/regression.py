@@ -95,5 +95,13 @@ class Regression(Task):
 
     # ------------------------------------------------------------------------------------------ report hooks
 
+    title = "Regression (continuous target, e.g. age)"
+    report_group = "Faces and continuous targets"
+    group_noun = "people"
+
+    def report_figures(self, report, dataset, evaluation, shown):
+        """Predicted vs true target per configuration (frozen probes and fine-tuning)."""
+        return report.prediction_scatter(dataset, evaluation, shown)
+
 
 register(Regression())

@@ -31,5 +31,15 @@ class Segmentation(DenseTask):
 
     # ------------------------------------------------------------------------------------------ report hooks
 
+    title = "Segmentation"
+    report_group = "Dense transfer: segmentation and depth"
+
+    group_noun = "scenes"
+
+    def report_section(self, report, jobs):
+        """The frozen dense probe beside single-task linear-head fine-tuning (the probe's counterpart), then
+        every other fine-tune with its tasks and head named (:meth:`probe._report.Report.dense_section`)."""
+        return report.dense_section(self, jobs)
+
 
 register(Segmentation())

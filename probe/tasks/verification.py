@@ -97,6 +97,16 @@ class Verification(Task):
 
     # ------------------------------------------------------------------------------------------ report hooks
 
+    title = "Verification (same person?)"
+    report_group = "Faces and continuous targets"
+
+    group_noun = "people"
+
+    def legacy_evaluation(self, params, protocol):
+        """Older rows do not record the pairs or the whitening, only a protocol id that differs with them: each
+        protocol is its own scheme (``pairs, protocol <id>``), so whitened and plain rows are never pooled."""
+        return f"pairs, protocol {str(protocol or '?')[:8]}"
+
 
 def _pairs(pairs, data, seed: int):
     """The verification pairs (from the file, or drawn from identities) and a tag of them for the protocol id."""
