@@ -17,7 +17,6 @@ import pytest
 
 import probe
 from probe import analysis
-from probe._study import _format_table, study_summary
 from probe.results import make_row, write_results
 
 from tests._results_fixture import CONFIGS, MIXED, MIXED_FEW_SHOT, MIXED_OFFSET, write_fixture, write_mixed_fixture
@@ -182,7 +181,9 @@ def test_family_comparison_keeps_random_init_apart(mixed):
 
 def test_console_summary_has_one_row_per_configuration(mixed):
     results, _ = mixed
-    summary = study_summary(results)
+    tables = analysis.summary_tables(results)
+    (title, summary, metric), = [t for t in tables if t[0].startswith("classification:")]
+    assert metric.name == "top1"
     assert summary.columns[:5] == ["dataset", "configuration", "family", "selected on", "seeds"]
     assert summary.columns[5:] == ["logistic / pooled", "knn / pooled", "finetune (full)"]  # fixed order
     assert sorted(summary["configuration"].to_list()) == sorted(c["config_label"] for c in CONFIGS.values())
@@ -190,7 +191,7 @@ def test_console_summary_has_one_row_per_configuration(mixed):
         config = next(c for c in CONFIGS if CONFIGS[c]["config_label"] == r["configuration"])
         assert r["logistic / pooled"] == pytest.approx(np.mean(MIXED[config][("logistic", "pooled")][1]))
         assert r["seeds"] == "3"
-    text = _format_table(summary)
+    text = "\n".join(analysis.summary_lines(results, tables=tables))
     assert "shots = 0" in text and "all shots" not in text
 
 

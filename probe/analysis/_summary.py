@@ -68,11 +68,12 @@ def summary_tables(results_dir: str | os.PathLike) -> list[tuple]:
     return out
 
 
-def summary_lines(results_dir: str | os.PathLike) -> list[str]:
+def summary_lines(results_dir: str | os.PathLike, *, tables: list[tuple] | None = None) -> list[str]:
     """The lines ``probe run`` prints at the end: :func:`summary_tables` as aligned text (fractions in percent,
-    other units with three decimals, ``-`` for a method a configuration did not run). Empty without results."""
+    other units with three decimals, ``-`` for a method a configuration did not run). Empty without results.
+    ``tables``: those of :func:`summary_tables` when the caller has them already."""
     lines: list[str] = []
-    for title, frame, metric in summary_tables(results_dir):
+    for title, frame, metric in (summary_tables(results_dir) if tables is None else tables):
         scale, fmt = (100.0, ".1f") if metric.unit == "fraction" else (1.0, ".3f")
         cols = frame.columns
         rows = [[("-" if v is None else f"{scale * v:{fmt}}" if isinstance(v, float) else str(v)) for v in r]

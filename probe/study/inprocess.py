@@ -32,7 +32,7 @@ class StudyOutcome:
     jobs: list[dict]
     results_dir: Path
     report_path: Path | None
-    summary: Any = None  # the console summary (probe.study.summary.console_summary)
+    summary: Any = None  # the console summary's tables (probe.analysis.summary_tables)
 
 
 def run_study(study: Study | str | os.PathLike | None = None, *, cache_dir: str | os.PathLike = "cache",
