@@ -50,6 +50,9 @@ _LAZY = {
     "job_ci": "probe.analysis",
     "family_bootstrap": "probe.analysis",
     "scan_results": "probe.results",
+    "compute_scores": "probe.transfer",
+    "scores_from_cache": "probe.transfer",
+    "score_backbone": "probe.transfer",
 }
 
 __all__ = ["ProbeError", "UsageError", "CACHE_FORMAT", "PROBE_VERSION", "__version__", "analysis", *_LAZY]
@@ -58,7 +61,7 @@ __all__ = ["ProbeError", "UsageError", "CACHE_FORMAT", "PROBE_VERSION", "__versi
 #: public submodules, imported on first attribute access (``probe.analysis``: selection, seed means, bootstrap,
 #: figures; the layer the report, the notebooks and the console summary share; ``probe.dense``: dense targets and
 #: metrics)
-_SUBMODULES = {"analysis", "dense", "results", "vocab"}
+_SUBMODULES = {"analysis", "dense", "results", "transfer", "vocab"}
 
 
 def __getattr__(name: str) -> Any:

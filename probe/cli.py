@@ -17,6 +17,7 @@ COMMANDS = [
     ("extract-features", "extract", "run a frozen backbone once over a dataset and cache its features (HDF5)"),
     ("sweep", "sweep", "fit probes (logistic, ridge, knn, centroid) on cached features and write results"),
     ("finetune", "finetune", "fine-tune a whole backbone on a dataset and write results beside the probes"),
+    ("transfer", "transfer", "transferability scores (LogME, LEEP, ...) of backbones on a dataset's cached features"),
     ("report", "report", "turn a results directory into a markdown report with figures"),
     ("cache", "cache", "list, verify or remove feature cache entries (ls, verify, rm, prune)"),
 ]

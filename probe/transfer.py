@@ -734,3 +734,148 @@ def scores_from_cache(entry, *, tap: str = "pooled", scores: Iterable[str] | Non
             out.update(compute_scores(feats if feats is not None else np.zeros((n, 1)), labels, logits=logits,
                                       scores=rest, device=device))
     return {s: out[s] for s in names}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Baselines beside the scores, and one job's rows
+# --------------------------------------------------------------------------------------------------------------
+
+def model_cost(backbone: str, *, weights=None, random_init: bool = False, seed: int = 0,
+               img_size: int | None = None) -> dict[str, float]:
+    """Parameter count (without the classifier head) and forward GFLOPs for one image at the resolved input size.
+
+    FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode` (a multiply-add counts 2), on the
+    meta device when the architecture runs there (no weights are read), else on the CPU.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ._backbones import _create, resolve_data_config
+
+    model = _create(backbone, pretrained=False, img_size=img_size, num_classes=0).eval()
+    params = float(sum(p.numel() for p in model.parameters()))
+    size = resolve_data_config(model, img_size)["input_size"]
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, *size))
+    return {"params": params, "gflops": counter.get_total_flops() / 1e9}
+
+
+def transfer_protocol(name: str, *, task: str, tap: str, split: str = "train") -> str:
+    """Protocol id of a score's rows: the score, its settings, the tap, the task and the split it is computed on."""
+    from ._identity import protocol_id
+    from ._version import PROBE_VERSION
+
+    settings = dict(SCORES[name].settings) if name in SCORES else {}
+    return protocol_id(task=task, probe="transfer", tap=tap, grid={"score": name, "split": split, **settings},
+                       val_fraction=0.0, test_fraction=0.0, select_metric="-", shots=0, refit=False,
+                       probe_version=PROBE_VERSION)
+
+
+def score_backbone(backbone: str, dataset: str, *, scores: Iterable[str] | None = None, tap: str = "pooled",
+                   task: str = "classification", target: str | None = None, results_dir="results",
+                   overwrite: bool = False, device: str = "auto", data_root=None, cache_dir="cache",
+                   weights=None, random_init: bool = False, seed: int = 0, img_size: int | None = None,
+                   family: str | None = None, **extract_kwargs):
+    """Compute the transferability scores of one backbone configuration on a dataset's train split; write rows.
+
+    Parameters
+    ----------
+    backbone, dataset : str
+        timm name and dataset spec, as for :func:`probe.extract_features` (missing features are extracted).
+    scores : iterable of str, optional
+        Names from :data:`SCORES` (default every score of the task). LEEP and NCE add the ``logits`` tap.
+    tap : str
+        The features the scores read (default ``pooled``).
+    task : str
+        ``classification`` (class labels) or ``regression`` (LogME's regression form on ``target``).
+    target : str, optional
+        Regression: the dataset's continuous target (default ``age`` when present, else ``target``).
+    results_dir : path
+        One parquet file per job: ``<dir>/<backbone>/<dataset>/transfer-<tap>-...parquet``.
+    overwrite : bool
+        Recompute a job whose file exists (otherwise its path is returned as it is).
+    device : str
+        ``auto`` (cuda when available), ``cpu`` or ``cuda[:N]``: where the scores are computed.
+    **extract_kwargs
+        Passed to :func:`probe.extract_features` (``batch_size``, ``workers``, ``precision``, ``dtype``, ...).
+
+    Returns
+    -------
+    pathlib.Path
+        The parquet file: one row per score (``probe = "transfer"``, ``score``, ``score_value``, ``split =
+        "train"``), plus the ``params`` and ``gflops`` baselines.
+    """
+    import time
+    from pathlib import Path
+
+    import h5py
+
+    from ._cache import read_attrs
+    from ._datasets import open_dataset
+    from ._extract import extract_features
+    from ._families import resolve_family
+    from ._identity import _digest, identity_columns
+    from ._runtime import resolve_device
+    from ._taps import parse_taps
+    from .results import job_stem, make_row, write_results
+
+    if task not in ("classification", "regression"):
+        raise UsageError(f"transferability scores are defined for classification and regression; got task {task}")
+    names = check_scores(scores, task=task)
+    parse_taps(tap)
+    if tap in ("patch", "logits"):
+        raise UsageError(f"scores read [N, D] features; tap {tap!r} is not one (use pooled, cls, mean or block<i>)")
+    dev = resolve_device(device)
+    # bad input is refused before any image is read
+    source = open_dataset(dataset, data_root=data_root)
+    split = source.check_split("train")
+    labels = source.labels[split]
+    targets_all = None
+    if task == "classification":
+        check_labels(labels, what=f"dataset {source.name!r} ({split})")
+    else:
+        name = target or ("age" if "age" in source.targets else "target")
+        targets_all = source.target(name, split)
+        if len(targets_all) < 3:
+            raise UsageError(f"dataset {source.name!r} has {len(targets_all)} train images; LogME needs at least 3")
+    taps = (tap, "logits") if any(SCORES[n].needs == "logits" for n in names) else (tap,)
+    kwargs = dict(weights=weights, random_init=random_init, seed=seed, img_size=img_size, family=family,
+                  cache_dir=cache_dir, data_root=data_root, **extract_kwargs)
+    entry = extract_features(backbone, dataset, splits=[split], taps=taps, device=device, **kwargs)[split]
+    with h5py.File(entry.path, "r") as f:
+        attrs = read_attrs(f)
+        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in f["ids"][:]]
+    identity = identity_columns(backbone=backbone, weights=attrs["weights"], data_config=attrs.get("data_config") or {},
+                                precision=str(attrs.get("precision") or "fp32"))
+    stem = job_stem(results_dir, backbone=backbone, dataset=source.name, probe="transfer", tap=tap,
+                    tag=f"{identity['backbone_config'][:8]}-{_digest({'scores': names, 'task': task})[:8]}")
+    path = Path(str(stem) + ".parquet")
+    if path.exists() and not overwrite:
+        return path
+    targets = None
+    if targets_all is not None:  # aligned with the cached rows (unreadable images may have been skipped)
+        where = {id_: i for i, id_ in enumerate(source.ids[split])}
+        targets = np.asarray(targets_all)[[where[i] for i in ids]]
+    values = {}
+    timings = {}
+    for n in names:  # one at a time: each row carries its own wall time
+        t0 = time.perf_counter()
+        values.update(scores_from_cache(entry, tap=tap, scores=[n], targets=targets, device=dev))
+        timings[n] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cost = model_cost(backbone, weights=weights, random_init=random_init, seed=seed, img_size=img_size)
+    cost_seconds = time.perf_counter() - t0
+    fam, fam_source = resolve_family(backbone, family)
+    base = dict(backbone=backbone, family=fam, family_source=fam_source, weights=attrs["weights"],
+                dataset=source.name, tap=tap, probe="transfer", selected=False, split=split, n_train=len(ids),
+                n_eval=len(ids), shots=0, seed=seed, val_fraction=0.0, select_metric="-", cache_key=entry.key,
+                task=task, test_fraction=0.0, n_skipped=len(attrs.get("skipped") or []), evaluation="train split",
+                **identity)
+    rows = []
+    for n, v in {**values, **cost}.items():
+        rows.append(make_row(**base, score=n, score_value=float(v),
+                             params={"score": n, **(dict(SCORES[n].settings) if n in SCORES else {})},
+                             protocol=transfer_protocol(n, task=task, tap=tap, split=split),
+                             fit_seconds=timings.get(n, cost_seconds)))
+    return write_results(rows, path)
