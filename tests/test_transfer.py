@@ -328,3 +328,141 @@ def test_logits_tap_refused_for_a_backbone_without_head():
 
     with pytest.raises(UsageError, match="no classifier head"):
         check_taps(Headless(), ("logits",), "headless_net")
+
+
+# ------------------------------------------------------------------------------------------------ judgement
+def _write_scores(results_dir, values: dict, *, dataset: str, score: str = "logme"):
+    """Score rows of ``probe transfer`` for the fixture's configurations (same identity as its other rows)."""
+    from probe.results import job_stem, make_row, write_results
+    from tests._results_fixture import BACKBONES
+
+    for backbone, value in values.items():
+        row = make_row(backbone=backbone, family=BACKBONES[backbone], weights="hub", dataset=dataset, tap="pooled",
+                       probe="transfer", params={"score": score}, selected=False, split="train", shots=0, seed=0,
+                       val_fraction=0.0, select_metric="-", cache_key=f"key-{backbone}-{dataset}", n_train=40,
+                       n_eval=40, fit_seconds=0.1, score=score, score_value=value,
+                       protocol=transfer.transfer_protocol(score, task="classification", tap="pooled"))
+        stem = job_stem(results_dir, backbone=backbone, dataset=dataset, probe="transfer", tap="pooled", tag=score)
+        write_results([row], str(stem) + ".parquet")
+
+
+@pytest.fixture()
+def judged_results(tmp_path):
+    from tests._results_fixture import write_fixture
+
+    truth = write_fixture(tmp_path, layerwise=False, few_shot=False)
+    scores = {"alpha": {"vit_a": 3.0, "vit_b": 1.0, "cnn_c": 2.0}, "beta": {"vit_a": 0.5, "vit_b": 0.1, "cnn_c": 0.9}}
+    for dataset, values in scores.items():
+        _write_scores(tmp_path, values, dataset=dataset)
+        _write_scores(tmp_path, {b: {"vit_a": 5.0, "vit_b": 6.0, "cnn_c": 25.0}[b] for b in values},
+                      dataset=dataset, score="params")
+    return tmp_path, truth, scores
+
+
+def test_agreement_matches_scipy_and_hand_counts(judged_results):
+    from probe.analysis import _transfer as judge
+
+    results, truth, scores = judged_results
+    targets = judge.target_table(results)
+    table = judge.agreement(judge.score_table(results), targets, n_boot=200)
+    for dataset in ("alpha", "beta"):
+        names = sorted(scores[dataset])
+        for against in ("finetune", "frozen"):
+            want = {b: truth["finetune"][(dataset, b)] if against == "finetune" else truth["best_frozen"][(dataset, b)][2]
+                    for b in names}
+            row = table.filter((table["dataset"] == dataset) & (table["score"] == "logme")
+                               & (table["against"] == against)).row(0, named=True)
+            s = np.array([scores[dataset][b] for b in names])
+            t = np.array([want[b] for b in names])
+            assert row["n"] == 3
+            assert row["wtau"] == pytest.approx(scipy.stats.weightedtau(s, t).statistic, abs=1e-12)
+            assert row["tau"] == pytest.approx(scipy.stats.kendalltau(s, t).statistic, abs=1e-12)
+            pick = names[int(np.argmax(s))]
+            assert row["hit"] == float(want[pick] == max(t))
+            assert row["regret"] == pytest.approx(max(t) - want[pick], abs=1e-12)
+            assert row["wtau_low"] <= row["wtau"] <= row["wtau_high"] or math.isnan(row["wtau_low"])
+    # the frozen target is chosen on val: on alpha, vit_a's logistic probe (val 0.90, test 0.70), not kNN (test 0.85)
+    frozen = targets.filter((targets["dataset"] == "alpha") & (targets["backbone_config"].str.contains("vit_a")))
+    assert frozen["frozen"][0] == pytest.approx(truth["best_frozen"][("alpha", "vit_a")][2])
+    assert frozen["knn_val"][0] == pytest.approx(0.80) and frozen["logistic_val"][0] == pytest.approx(0.90)
+    # baselines are judged beside the scores: params ranks cnn_c first, the fine-tuning winner on both datasets
+    params = table.filter((table["score"] == "params") & (table["against"] == "finetune"))
+    assert params["hit"].to_list() == [1.0, 1.0]
+    assert set(table["score"].unique()) >= {"logme", "params", "knn_val", "logistic_val"}
+
+
+def test_mean_agreement_is_the_mean_over_datasets(judged_results):
+    from probe.analysis import _transfer as judge
+
+    results, _, _ = judged_results
+    scores, targets = judge.score_table(results), judge.target_table(results)
+    per = judge.agreement(scores, targets, n_boot=0)
+    means = judge.mean_agreement(scores, targets, n_boot=100)
+    for stat in judge.STATISTICS:
+        want = per.filter((per["score"] == "logme") & (per["against"] == "finetune"))[stat].mean()
+        got = means.filter((means["score"] == "logme") & (means["against"] == "finetune"))
+        assert got["datasets"][0] == 2
+        assert got[stat][0] == pytest.approx(want, abs=1e-12)
+
+
+def test_report_section_has_the_tables_and_the_figure(judged_results, tmp_path_factory):
+    from probe.analysis import _transfer as judge
+
+    results, _, _ = judged_results
+    out = tmp_path_factory.mktemp("fig")
+    saved = []
+
+    def save(fig, name):
+        path = out / f"{name}.png"
+        fig.savefig(path)
+        saved.append(path)
+        return path.name
+
+    lines = judge.transfer_section(results, save, n_boot=100)
+    text = "\n".join(lines)
+    assert lines[0] == "## Can frozen features predict fine-tuning?"
+    assert "### alpha (classification, 3 configurations)" in text and "| LogME |" in text
+    assert "| kNN probe (val) |" in text and "| parameters |" in text and "Across datasets" in text
+    assert saved and saved[0].stat().st_size > 0 and f"({saved[0].name})" in text
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def test_cli_writes_one_row_per_score(tmp_path):
+    import polars as pl
+    import timm
+
+    proc = run_cli("transfer", "test_vit", "digits", "--random-init", "--img-size", "32", "--scores", "logme",
+                   "gbc", "--cache-dir", tmp_path / "c", "--results-dir", tmp_path / "r", "--workers", "0",
+                   "--no-progress", check=0)
+    frame = probe.scan_results(tmp_path / "r").collect()
+    assert sorted(frame["score"].to_list()) == ["gbc", "gflops", "logme", "params"]
+    assert set(frame["probe"]) == {"transfer"} and set(frame["split"]) == {"train"}
+    assert frame["protocol"].n_unique() == 4 and frame["backbone_config"].n_unique() == 1
+    assert frame.filter(pl.col("score") == "params")["score_value"][0] == pytest.approx(
+        sum(p.numel() for p in timm.create_model("test_vit", num_classes=0, img_size=32).parameters()))
+    assert frame.filter(pl.col("score") == "gflops")["score_value"][0] > 0
+    assert proc.stdout.count("\n") == 4
+
+
+@pytest.mark.parametrize("case", ["one-class", "few-images", "no-head", "weights-many"])
+def test_cli_bad_input_is_one_line(tmp_path, case):
+    from tests._helpers import write_image_folder
+
+    args = ["--random-init", "--img-size", "32", "--cache-dir", tmp_path / "c", "--results-dir", tmp_path / "r",
+            "--workers", "0", "--no-progress"]
+    if case == "one-class":
+        write_image_folder(tmp_path / "d", classes=("cat",), per_class=4, splits=("train",))
+        proc = run_cli("transfer", "test_vit", f"imagefolder:{tmp_path / 'd'}", *args)
+        assert_one_line_error(proc, 2, "at least two classes")
+    elif case == "few-images":
+        write_image_folder(tmp_path / "d", classes=("a", "b", "c"), per_class=1, splits=("train",))
+        proc = run_cli("transfer", "test_vit", f"imagefolder:{tmp_path / 'd'}", *args)
+        assert_one_line_error(proc, 2, "more images than classes")
+    elif case == "no-head":
+        proc = run_cli("transfer", "vit_small_patch14_dinov2.lvd142m", "digits", "--scores", "leep", *args)
+        assert_one_line_error(proc, 2, "no classifier head", "logits")
+    else:
+        proc = run_cli("transfer", "test_vit", "test_resnet", "digits", "--weights", tmp_path / "w.pt",
+                       "--cache-dir", tmp_path / "c")
+        assert_one_line_error(proc, 2, "--weights")
+    assert not (tmp_path / "r").exists()
