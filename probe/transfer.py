@@ -45,7 +45,8 @@ Notes where a reference implementation and the paper part ways, and which side t
 - SFDA: the largest eigenvalue of the within-class scatter (which sets the shrinkage) is computed exactly, where
   the reference takes three power iterations.
 - NLEEP: the mixture has diagonal covariances and a seeded initialisation (means at distinct random images),
-  fitted by EM to sklearn's stopping rule (change of the mean log-likelihood below 1e-3, at most 100 steps).
+  fitted by EM to sklearn's stopping rule (change of the mean log-likelihood below 1e-3, at most 100 steps), in
+  float32 (the PCA and LEEP in float64).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ SCORES: dict[str, ScoreSpec] = {s.name: s for s in (
     ScoreSpec("nce", "logits", ("classification",), False, {}, "Tran et al., ICCV 2019"),
     ScoreSpec("nleep", "features", ("classification",), False,
               {"variance": 0.8, "components_per_class": 5, "covariance": "diag", "max_iter": 100, "tol": 1e-3,
-               "reg_covar": 1e-6, "seed": 0}, "Li et al., Ranking neural checkpoints, CVPR 2021"),
+               "reg_covar": 1e-6, "seed": 0, "dtype": "float32"}, "Li et al., Ranking neural checkpoints, CVPR 2021"),
     ScoreSpec("sfda", "features", ("classification",), False, {"a": 5.0}, "Shao et al., SFDA, ECCV 2022"),
     ScoreSpec("transrate", "features", ("classification",), False, {"eps": 1e-4},
               "Huang et al., TransRate, ICML 2022"),
@@ -156,6 +157,22 @@ def _as64(x, device=None):
 def _dense_labels(labels) -> tuple[np.ndarray, int]:
     _, inverse = np.unique(np.asarray(labels), return_inverse=True)
     return inverse.astype(np.int64), int(inverse.max()) + 1
+
+
+def _gram(a):
+    """a^T a of a float64 [N, D] tensor, symmetric. On the CPU through BLAS dsyrk (one triangle: half the FLOPs of
+    a general product, still float64); elsewhere a matmul."""
+    torch = _torch()
+    if a.device.type != "cpu" or a.dtype != torch.float64:
+        return a.T @ a
+    from scipy.linalg.blas import dsyrk
+
+    arr = a.numpy()
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    upper = dsyrk(1.0, arr.T, trans=0)  # arr.T is Fortran-ordered [D, N]: its product with its transpose
+    out = np.triu(upper) + np.triu(upper, 1).T
+    return torch.from_numpy(out)
 
 
 def _check_finite(t, what: str) -> None:
@@ -217,7 +234,7 @@ class FeatureStats:
                 self.class_sum = torch.zeros(self.n_classes, d, dtype=torch.float64, device=self.device)
         xs = x - self.shift
         self.n += xs.shape[0]
-        self.gram += xs.T @ xs
+        self.gram += _gram(xs)
         self.sum += xs.sum(0)
         a = (xs * xs).sum(1)
         self.sq += a.sum()
@@ -463,7 +480,7 @@ def pca_components(x, variance: float):
     (the fewest that do, as scikit-learn's PCA(n_components=variance) keeps)."""
     torch = _torch()
     xc = x - x.mean(0)
-    cov = xc.T @ xc / (x.shape[0] - 1)
+    cov = _gram(xc) / (x.shape[0] - 1)
     w, v = torch.linalg.eigh(cov)
     w, v = w.flip(0).clamp_min(0), v.flip(1)
     ratio = torch.cumsum(w, 0) / w.sum()
@@ -489,10 +506,12 @@ def gmm_posteriors(x, n_components: int, *, max_iter: int = 100, tol: float = 1e
     x2 = x * x
     const = d * math.log(2 * math.pi)
 
+    both = torch.cat([x2, x], dim=1)  # [N, 2d]: one product per step for the E- and the M-step
+
     def e_step():
         prec = 1.0 / var
         # sum_d (x - mu)^2 / var = x^2 . prec - 2 x . (mu prec) + sum mu^2 prec
-        quad = x2 @ prec.T - 2 * x @ (means * prec).T + (means * means * prec).sum(1)[None, :]
+        quad = both @ torch.cat([prec, -2 * means * prec], dim=1).T + (means * means * prec).sum(1)[None, :]
         log_p = -0.5 * (const + torch.log(var).sum(1)[None, :] + quad) + log_w[None, :]
         norm = torch.logsumexp(log_p, dim=1)
         return norm.mean(), log_p - norm[:, None]
@@ -503,8 +522,9 @@ def gmm_posteriors(x, n_components: int, *, max_iter: int = 100, tol: float = 1e
         lower_t, log_resp = e_step()
         resp = log_resp.exp()
         nk = resp.sum(0) + 10 * torch.finfo(x.dtype).eps
-        means = (resp.T @ x) / nk[:, None]
-        var = (resp.T @ x2) / nk[:, None] - means * means + reg_covar
+        moments = (resp.T @ both) / nk[:, None]  # [K, 2d]: E[x^2], E[x] per component
+        means = moments[:, d:]
+        var = moments[:, :d] - means * means + reg_covar
         log_w = torch.log(nk / n)
         lower = float(lower_t)
         if abs(lower - prev) < tol:
@@ -513,14 +533,20 @@ def gmm_posteriors(x, n_components: int, *, max_iter: int = 100, tol: float = 1e
 
 
 def nleep(features, labels, *, variance: float = 0.8, components_per_class: int = 5, max_iter: int = 100,
-          tol: float = 1e-3, reg_covar: float = 1e-6, seed: int = 0, device=None) -> float:
-    """NLEEP (Li et al. 2021): LEEP with a Gaussian mixture's posteriors on the features' PCA as the source head."""
+          tol: float = 1e-3, reg_covar: float = 1e-6, seed: int = 0, dtype: str = "float32", device=None) -> float:
+    """NLEEP (Li et al. 2021): LEEP with a Gaussian mixture's posteriors on the features' PCA as the source head.
+
+    The PCA and LEEP run in float64; the mixture's EM runs in ``dtype`` (float32 by default: its E-step is a
+    softmax over squared distances that needs no float64, and it is the score's cost, N x K x d per step; pass
+    ``"float64"`` for the exact float64 fit).
+    """
+    torch = _torch()
     labels, c = _dense_labels(labels)
     x = _as64(features, device)
     _check_finite(x, "features")
     k = min(components_per_class * c, x.shape[0])
-    post = gmm_posteriors(pca_components(x, variance), k, max_iter=max_iter, tol=tol, reg_covar=reg_covar,
-                          seed=seed)
+    z = pca_components(x, variance).to(getattr(torch, dtype))
+    post = gmm_posteriors(z, k, max_iter=max_iter, tol=tol, reg_covar=reg_covar, seed=seed)
     return leep_from_probs(post, labels)
 
 
@@ -540,7 +566,7 @@ def _fisher_probs(x, y, c: int, shrinkage: float | None, a: float):
     n, d = x.shape
     means, cnt = _class_means(x, y, c)
     within = x - means[y]
-    sw = within.T @ within / n
+    sw = _gram(within) / n
     if shrinkage is None:
         shrinkage = max(math.exp(-a * float(torch.linalg.eigvalsh(sw)[-1])), 1e-10)
     s = (1 - shrinkage) * sw + shrinkage * float(torch_trace(sw)) / d * torch.eye(d, dtype=x.dtype, device=x.device)
@@ -570,7 +596,7 @@ def _coding_rate(z, eps: float):
     """R(Z, eps) = 1/2 logdet(I + Z^T Z / (n eps)), through the smaller of Z^T Z and Z Z^T."""
     torch = _torch()
     n, d = z.shape
-    g = z.T @ z if d <= n else z @ z.T
+    g = _gram(z) if d <= n else _gram(z.T.contiguous())
     m = torch.eye(g.shape[0], dtype=z.dtype, device=z.device) + g / (n * eps)
     return 0.5 * float(torch.linalg.slogdet(m)[1])
 
