@@ -596,8 +596,11 @@ def _coding_rate(z, eps: float):
     """R(Z, eps) = 1/2 logdet(I + Z^T Z / (n eps)), through the smaller of Z^T Z and Z Z^T."""
     torch = _torch()
     n, d = z.shape
-    g = _gram(z) if d <= n else _gram(z.T.contiguous())
-    m = torch.eye(g.shape[0], dtype=z.dtype, device=z.device) + g / (n * eps)
+    m = (_gram(z) if d <= n else _gram(z.T.contiguous())) / (n * eps)
+    m.diagonal().add_(1.0)  # I + Z^T Z / (n eps): symmetric positive definite, so a Cholesky factor gives logdet
+    chol, info = torch.linalg.cholesky_ex(m)
+    if int(info) == 0:
+        return float(chol.diagonal().log().sum())
     return 0.5 * float(torch.linalg.slogdet(m)[1])
 
 
