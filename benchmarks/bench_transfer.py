@@ -6,8 +6,8 @@ from the same latent classes for LEEP and NCE.
 
 Printed, in one run:
 
-1. every score of :mod:`probe.transfer` timed on its own (median of ``--repeats``) and their total; NLEEP's
-   Gaussian mixture is included;
+1. every score of :mod:`probe.transfer` timed on its own (one run each), then all of them in one call (what
+   ``probe transfer`` does for one configuration; median of ``--total-repeats``); NLEEP's mixture is included;
 2. LogME: ours (streamed D x D statistics, one eigendecomposition, every class at once) against a numpy float64
    reference written here from the paper's fixed-point algorithm as the published code runs it (F^T F and its
    SVD, F V, then a loop over classes), side by side, median of ``--repeats`` each, the ratio, and both values;
@@ -89,7 +89,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dim", type=int, default=768, help="feature dimension")
     parser.add_argument("--classes", type=int, default=100, help="target classes")
     parser.add_argument("--source-classes", type=int, default=1000, help="columns of the source head's logits")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side (median printed)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed LogME runs per side (median printed)")
+    parser.add_argument("--total-repeats", type=int, default=1, help="timed runs of all scores in one call")
     parser.add_argument("--published", default=None, metavar="DIR",
                         help="directory holding the published LogME.py (github.com/thuml/LogME), run on the same "
                              "features for its time and value; never part of this repository")
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
     for name in transfer.SCORES:
         value, t, _ = timed(lambda: transfer.compute_scores(x, y, logits=logits, scores=[name], device=device)[name], 1)
         print(f"{name:<14s} {t:8.2f} {value:14.6g}")
-    _, total, totals = timed(lambda: transfer.compute_scores(x, y, logits=logits, device=device), args.repeats)
+    _, total, totals = timed(lambda: transfer.compute_scores(x, y, logits=logits, device=device), args.total_repeats)
     print(f"{'all scores':<14s} {total:8.2f}   (one call: LogME and the H-scores share one streaming pass; runs "
           f"{', '.join(f'{t:.1f}' for t in totals)})\n")
 
