@@ -110,7 +110,8 @@ def main(argv=None) -> int:
 
     print(f"{'score':<14s} {'seconds':>8s} {'value':>14s}   (each alone, one run)")
     for name in transfer.SCORES:
-        value, t, _ = timed(lambda: transfer.compute_scores(x, y, logits=logits, scores=[name], device=device)[name], 1)
+        value, t, _ = timed(lambda name=name: transfer.compute_scores(x, y, logits=logits, scores=[name],
+                                                                     device=device)[name], 1)
         print(f"{name:<14s} {t:8.2f} {value:14.6g}")
     _, total, totals = timed(lambda: transfer.compute_scores(x, y, logits=logits, device=device), args.total_repeats)
     print(f"{'all scores':<14s} {total:8.2f}   (one call: LogME and the H-scores share one streaming pass; runs "
@@ -121,10 +122,11 @@ def main(argv=None) -> int:
     ref_value, ref_t, ref_all = timed(lambda: reference_logme(x, y), args.repeats)
     peak = statistics.median([peak_start, matmul_peak(device)])
     flops = logme_flops(args.n, args.dim, args.classes)
-    print(f"LogME, ours (Gram + eigh, all classes at once): {ours_t:.3f} s (runs {', '.join(f'{t:.3f}' for t in ours_all)}),"
-          f" value {ours_value:.10f}")
-    print(f"LogME, numpy reference (SVD, F V, class loop):  {ref_t:.3f} s (runs {', '.join(f'{t:.3f}' for t in ref_all)}),"
-          f" value {ref_value:.10f}")
+    runs = lambda times: ", ".join(f"{t:.3f}" for t in times)  # noqa: E731
+    print(f"LogME, ours (Gram + eigh, all classes at once): {ours_t:.3f} s (runs {runs(ours_all)}), "
+          f"value {ours_value:.10f}")
+    print(f"LogME, numpy reference (SVD, F V, class loop):  {ref_t:.3f} s (runs {runs(ref_all)}), "
+          f"value {ref_value:.10f}")
     print(f"ratio reference / ours: {ref_t / ours_t:.2f}x; |difference| {abs(ours_value - ref_value):.2e} "
           f"(relative {abs(ours_value - ref_value) / abs(ref_value):.2e})")
     if args.published:

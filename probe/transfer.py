@@ -733,7 +733,7 @@ def scores_from_cache(entry, *, tap: str = "pooled", scores: Iterable[str] | Non
         if tap not in have:
             raise UsageError(f"cache entry {path} has no tap {tap!r} (it has {sorted(have)}); extract it with "
                              f"--taps {tap}")
-        _check_need(names, has_logits="logits" in have, what=f"the cache entry {path.name if hasattr(path, 'name') else path}")
+        _check_need(names, has_logits="logits" in have, what=f"the cache entry {path}")
         labels = f["labels"][:]
         if task == "classification":
             labels = check_labels(labels, f["features"][tap].shape[0], what=f"cache entry {path}")
@@ -788,6 +788,31 @@ def model_cost(backbone: str, *, weights=None, random_init: bool = False, seed: 
     with torch.no_grad(), counter:
         model(torch.zeros(1, *size))
     return {"params": params, "gflops": counter.get_total_flops() / 1e9}
+
+
+def has_head(backbone: str, *, weights=None, img_size: int | None = None) -> bool:
+    """Whether ``backbone`` keeps a classifier head (source classes) that the ``logits`` tap can read.
+
+    Built on the meta device (no weights read). With ``weights`` (a local checkpoint) the architecture's default
+    head is assumed; the extraction refuses the tap with one line if the checkpoint turns out to lack it.
+    """
+    import torch
+
+    from ._backbones import _create
+
+    with torch.device("meta"):
+        model = _create(backbone, pretrained=False, img_size=img_size, num_classes=None)
+    return bool(getattr(model, "num_classes", 0))
+
+
+def default_scores(backbone: str, *, task: str = "classification", weights=None,
+                   img_size: int | None = None) -> tuple[str, ...]:
+    """Every score of ``task`` that ``backbone`` can give: LEEP and NCE only when it has a classifier head."""
+    names = check_scores(None, task=task)
+    if any(SCORES[n].needs == "logits" for n in names) and not has_head(backbone, weights=weights,
+                                                                          img_size=img_size):
+        names = tuple(n for n in names if SCORES[n].needs != "logits")
+    return names
 
 
 def transfer_protocol(name: str, *, task: str, tap: str, split: str = "train") -> str:

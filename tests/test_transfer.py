@@ -273,12 +273,13 @@ def test_hscore_invariant_to_orthogonal_rotation(name):
 
 
 def test_leep_of_an_exact_source_head_is_the_maximum():
-    f, y, logits = random_problem(6)
+    _, y, logits = random_problem(6)
     exact = np.where(np.eye(4)[y] > 0, 0.0, -1e4)  # a head whose prediction is the target label itself
     best = transfer.leep(exact, y)
     assert best == pytest.approx(0.0, abs=1e-12)  # log 1: LEEP is a mean log-probability, at most 0
     rng = np.random.default_rng(0)
-    for other in (logits, rng.normal(size=(len(y), 4)), 3.0 * np.eye(4)[y], exact + 1e4 * (rng.random(exact.shape) < 0.05)):
+    others = (logits, rng.normal(size=(len(y), 4)), 3.0 * np.eye(4)[y], exact + 1e4 * (rng.random(exact.shape) < 0.05))
+    for other in others:
         assert transfer.leep(other, y) < best
 
 
@@ -376,8 +377,8 @@ def test_agreement_matches_scipy_and_hand_counts(judged_results):
     for dataset in ("alpha", "beta"):
         names = sorted(scores[dataset])
         for against in ("finetune", "frozen"):
-            want = {b: truth["finetune"][(dataset, b)] if against == "finetune" else truth["best_frozen"][(dataset, b)][2]
-                    for b in names}
+            want = {b: truth["finetune"][(dataset, b)] if against == "finetune"
+                    else truth["best_frozen"][(dataset, b)][2] for b in names}
             row = table.filter((table["dataset"] == dataset) & (table["score"] == "logme")
                                & (table["against"] == against)).row(0, named=True)
             s = np.array([scores[dataset][b] for b in names])
@@ -474,3 +475,11 @@ def test_cli_bad_input_is_one_line(tmp_path, case):
                        "--cache-dir", tmp_path / "c")
         assert_one_line_error(proc, 2, "--weights")
     assert not (tmp_path / "r").exists()
+
+
+def test_default_scores_leave_out_the_head_scores_for_a_headless_checkpoint():
+    assert transfer.has_head("test_vit") and not transfer.has_head("vit_small_patch14_dinov2.lvd142m")
+    assert "leep" in transfer.default_scores("test_vit")
+    names = transfer.default_scores("vit_small_patch14_dinov2.lvd142m")
+    assert "leep" not in names and "nce" not in names and "logme" in names
+    assert transfer.default_scores("test_vit", task="regression") == ("logme",)

@@ -45,6 +45,9 @@ _LAZY = {
     "dense_examples_figure": "._figures", "segmentation_palette": "._figures",
     # face and continuous-target figures
     "retrieval_examples": "._faces", "retrieval_figure": "._faces", "prediction_scatter_figure": "._faces",
+    # can frozen features predict fine-tuning? (transferability scores judged against fine-tuning)
+    "score_table": "._transfer", "target_table": "._transfer", "agreement": "._transfer",
+    "mean_agreement": "._transfer", "score_figure": "._transfer", "transfer_section": "._transfer",
     # notebooks
     "notebook_setup": "._notebook",
 }

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
@@ -208,7 +208,7 @@ def mean_agreement(scores, targets, *, n_boot: int = 1000, seed: int = 0, ci: fl
     rows = []
     rng = np.random.default_rng(seed)
     data: dict = {}  # (task, score, tap, against) -> [(score values, target values) per dataset]
-    for (dataset, task, name, tap, against, metric), s, t, _ in _rankings(scores, targets):
+    for (_dataset, task, name, tap, against, _metric), s, t, _ in _rankings(scores, targets):
         data.setdefault((task, name, tap, against), []).append((s, t))
     for (task, name, tap, against), sets in data.items():
         with warnings.catch_warnings():  # a dataset whose tau is undefined is left out of the mean
@@ -237,7 +237,8 @@ def _judged(scores, targets):
     import polars as pl
 
     baselines = [targets.select("dataset", "task", "backbone_config", pl.lit(b).alias("score"),
-                                pl.lit("-").alias("tap"), pl.col(b).alias("value")) for b in ("knn_val", "logistic_val")]
+                                pl.lit("-").alias("tap"), pl.col(b).alias("value"))
+                 for b in ("knn_val", "logistic_val")]
     table = scores.select("dataset", "task", "backbone_config", "score", "tap", "value")
     sized = table.filter(pl.col("score").is_in(["params", "gflops"])).unique(
         ["dataset", "task", "backbone_config", "score"], keep="first", maintain_order=True).with_columns(
