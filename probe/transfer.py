@@ -160,43 +160,18 @@ def _dense_labels(labels) -> tuple[np.ndarray, int]:
 
 
 def _gram(a):
-    """a^T a of a float64 [N, D] tensor, symmetric. On the CPU through BLAS dsyrk (one triangle: half the FLOPs of
-    a general product, still float64); elsewhere a matmul."""
-    torch = _torch()
-    if a.device.type != "cpu" or a.dtype != torch.float64:
-        return a.T @ a
-    from scipy.linalg.blas import dsyrk
-
-    arr = a.numpy()
-    if not arr.flags.c_contiguous:
-        arr = np.ascontiguousarray(arr)
-    upper = dsyrk(1.0, arr.T, trans=0)  # arr.T is Fortran-ordered [D, N]: its product with its transpose
-    out = np.triu(upper) + np.triu(upper, 1).T
-    return torch.from_numpy(out)
+    """a^T a of a [N, D] tensor (one place for the Gram matrices of every score)."""
+    return a.T @ a
 
 
 def _eigh(m):
-    """Eigenvalues (ascending) and eigenvectors of a symmetric float64 matrix. On the CPU through LAPACK's
-    divide-and-conquer driver (syevd via scipy), several times faster there than torch's eigh on a busy machine."""
-    torch = _torch()
-    if m.device.type != "cpu":
-        return torch.linalg.eigh(m)
-    import scipy.linalg
-
-    w, v = scipy.linalg.eigh(m.numpy(), driver="evd", check_finite=False)
-    return torch.from_numpy(w), torch.from_numpy(v)
+    """Eigenvalues (ascending) and eigenvectors of a symmetric matrix."""
+    return _torch().linalg.eigh(m)
 
 
 def _largest_eigenvalue(m) -> float:
-    """The largest eigenvalue of a symmetric float64 matrix."""
-    torch = _torch()
-    if m.device.type != "cpu":
-        return float(torch.linalg.eigvalsh(m)[-1])
-    import scipy.linalg
-
-    d = m.shape[0]
-    return float(scipy.linalg.eigh(m.numpy(), eigvals_only=True, subset_by_index=[d - 1, d - 1], driver="evr",
-                                   check_finite=False)[0])
+    """The largest eigenvalue of a symmetric matrix."""
+    return float(_torch().linalg.eigvalsh(m)[-1])
 
 
 def _check_finite(t, what: str) -> None:
