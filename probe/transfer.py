@@ -792,13 +792,16 @@ def model_cost(backbone: str, *, weights=None, random_init: bool = False, seed: 
 def has_head(backbone: str, *, weights=None, img_size: int | None = None) -> bool:
     """Whether ``backbone`` keeps a classifier head (source classes) that the ``logits`` tap can read.
 
-    Built on the meta device (no weights read). With ``weights`` (a local checkpoint) the architecture's default
-    head is assumed; the extraction refuses the tap with one line if the checkpoint turns out to lack it.
+    Built on the meta device (no weights read). A local checkpoint (``weights``) counts as headless: the
+    extractor builds the architecture's default head and drops checkpoint head weights that do not fit it, so
+    its logits would not be the checkpoint's own.
     """
     import torch
 
     from ._backbones import _create
 
+    if weights is not None:
+        return False
     with torch.device("meta"):
         model = _create(backbone, pretrained=False, img_size=img_size, num_classes=None)
     return bool(getattr(model, "num_classes", 0))
@@ -893,6 +896,9 @@ def score_backbone(backbone: str, dataset: str, *, scores: Iterable[str] | None 
         if len(targets_all) < 3:
             raise UsageError(f"dataset {source.name!r} has {len(targets_all)} train images; LogME needs at least 3")
     taps = (tap, "logits") if any(SCORES[n].needs == "logits" for n in names) else (tap,)
+    if "logits" in taps and weights is not None:
+        raise UsageError("LEEP and NCE read the hub checkpoint's own classifier head; with --weights the head is not "
+                         "kept as trained, so drop them (--scores without leep and nce)")
     kwargs = dict(weights=weights, random_init=random_init, seed=seed, img_size=img_size, family=family,
                   cache_dir=cache_dir, data_root=data_root, **extract_kwargs)
     entry = extract_features(backbone, dataset, splits=[split], taps=taps, device=device, **kwargs)[split]

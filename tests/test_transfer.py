@@ -483,3 +483,4 @@ def test_default_scores_leave_out_the_head_scores_for_a_headless_checkpoint():
     names = transfer.default_scores("vit_small_patch14_dinov2.lvd142m")
     assert "leep" not in names and "nce" not in names and "logme" in names
     assert transfer.default_scores("test_vit", task="regression") == ("logme",)
+    assert "leep" not in transfer.default_scores("test_vit", weights="some.safetensors")
