@@ -329,6 +329,18 @@ def test_scores_from_the_cache_match_references(digits_cache):
     close(transfer.nleep(feats[sub][:150], y[sub][:150], dtype="float64"), ref_nleep(feats[sub][:150], y[sub][:150]))
 
 
+def test_regression_logme_from_the_cache_streams_the_targets(digits_cache):
+    import h5py
+
+    with h5py.File(digits_cache.path, "r") as f:
+        feats = f["features/pooled"][:].astype(np.float64)
+        y = f["labels"][:]
+    age = y * 3.0 + np.random.default_rng(0).normal(size=len(y))  # a continuous target aligned with the rows
+    got = transfer.scores_from_cache(digits_cache, targets=age, chunk=300)
+    assert list(got) == ["logme"]
+    close(got["logme"], ref_logme(feats, targets=age[:, None]))
+
+
 def test_logits_tap_refused_for_a_backbone_without_head():
     from probe._taps import check_taps
 
