@@ -33,7 +33,8 @@ def parse_taps(taps) -> tuple[str, ...]:
         raise UsageError("no taps requested; use e.g. --taps pooled")
     bad = [t for t in taps if not TAP_PATTERN.match(str(t))]
     if bad:
-        raise UsageError(f"unknown tap(s) {bad}; taps are pooled, cls, mean, patch, logits and block<i> (e.g. block3, block-1)")
+        raise UsageError(f"unknown tap(s) {bad}; taps are pooled, cls, mean, patch, logits and block<i> "
+                         "(e.g. block3, block-1)")
     return tuple(sorted(set(taps), key=_tap_order))
 
 
