@@ -58,6 +58,9 @@ _LAZY = {
     "block_matrix": "probe.similarity",
     "finetune_curve": "probe.similarity",
     "scan_similarity": "probe.similarity",
+    "compute_scores": "probe.transfer",
+    "scores_from_cache": "probe.transfer",
+    "score_backbone": "probe.transfer",
 }
 
 __all__ = ["ProbeError", "UsageError", "CACHE_FORMAT", "PROBE_VERSION", "__version__", "analysis", *_LAZY]
@@ -66,8 +69,8 @@ __all__ = ["ProbeError", "UsageError", "CACHE_FORMAT", "PROBE_VERSION", "__versi
 #: public submodules, imported on first attribute access (``probe.analysis``: selection, seed means, bootstrap,
 #: figures; the layer the report, the notebooks and the console summary share; ``probe.dense``: dense targets and
 #: metrics; ``probe.similarity``: CKA and mutual k-NN between cached features; ``probe.study``: study files, plans
-#: and runners; ``probe.tasks``: the task registry)
-_SUBMODULES = {"analysis", "dense", "results", "similarity", "study", "tasks", "vocab"}
+#: and runners; ``probe.tasks``: the task registry; ``probe.transfer``: transferability scores)
+_SUBMODULES = {"analysis", "dense", "results", "similarity", "study", "tasks", "transfer", "vocab"}
 
 
 def __getattr__(name: str) -> Any:

@@ -118,7 +118,8 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
     def get_backbone():
         if "backbone" not in model_state:
             model_state["backbone"] = create_backbone(backbone, weights=weights, random_init=random_init, seed=seed,
-                                                      img_size=img_size, family=family)
+                                                      img_size=img_size, family=family,
+                                                      num_classes=None if "logits" in taps else 0)  # keep the head
             check_taps(model_state["backbone"].model, taps, backbone)
         return model_state["backbone"]
 
@@ -185,7 +186,8 @@ def tap_shapes(backbone: str, img_size: int | None, data_config: dict, taps) -> 
 
     try:
         with torch.device("meta"):
-            model = _create(backbone, pretrained=False, img_size=img_size, num_classes=0).eval()
+            model = _create(backbone, pretrained=False, img_size=img_size,
+                            num_classes=None if "logits" in taps else 0).eval()
             out = forward_taps(model, torch.zeros(1, *data_config["input_size"]), taps)
         return {t: tuple(v.shape[1:]) for t, v in out.items()}
     except Exception:  # an op without a meta kernel: no estimate, no check

@@ -9,6 +9,8 @@
   final norm; for layer-wise curves.
 - ``patch``: the final patch-token grid ``[T, D]`` (ConvNets: the final feature map flattened to ``[H*W, C]``),
   for dense probes.
+- ``logits``: the backbone's own classifier head output ``[Z]`` (its source classes), for the transferability
+  scores that need a source head (LEEP, NCE); only for checkpoints that have a head.
 
 All requested taps come from one forward pass.
 """
@@ -19,7 +21,7 @@ import re
 
 from ._errors import UsageError
 
-TAP_PATTERN = re.compile(r"^(pooled|cls|mean|patch|block-?\d+)$")
+TAP_PATTERN = re.compile(r"^(pooled|cls|mean|patch|logits|block-?\d+)$")
 
 
 def parse_taps(taps) -> tuple[str, ...]:
@@ -31,14 +33,15 @@ def parse_taps(taps) -> tuple[str, ...]:
         raise UsageError("no taps requested; use e.g. --taps pooled")
     bad = [t for t in taps if not TAP_PATTERN.match(str(t))]
     if bad:
-        raise UsageError(f"unknown tap(s) {bad}; taps are pooled, cls, mean, patch and block<i> (e.g. block3, block-1)")
+        raise UsageError(f"unknown tap(s) {bad}; taps are pooled, cls, mean, patch, logits and block<i> "
+                         "(e.g. block3, block-1)")
     return tuple(sorted(set(taps), key=_tap_order))
 
 
 def _tap_order(tap: str):
     if tap.startswith("block"):
         return (1, int(tap[5:]) if int(tap[5:]) >= 0 else 10_000 + int(tap[5:]), tap)
-    return (0, ["pooled", "cls", "mean", "patch"].index(tap), tap)
+    return (0, ["pooled", "cls", "mean", "patch", "logits"].index(tap), tap)
 
 
 def block_count(model) -> int:
@@ -67,6 +70,9 @@ def check_taps(model, taps: tuple[str, ...], name: str) -> None:
             if not -n <= i < n:
                 raise UsageError(f"tap {t} is out of range: backbone {name} has {n} blocks "
                                  f"(block0..block{n - 1}, or block-1..block-{n})")
+    if "logits" in taps and not getattr(model, "num_classes", 0):
+        raise UsageError(f"backbone {name} has no classifier head, so tap 'logits' (needed by LEEP and NCE) is "
+                         "unavailable; use a checkpoint with a head, or leave out the scores that need it")
     if "cls" in taps and (n_prefix < 1 or getattr(model, "cls_token", None) is None):
         raise UsageError(f"backbone {name} has no class token, so tap 'cls' is unavailable; use pooled or mean")
 
@@ -88,6 +94,8 @@ def forward_taps(model, x, taps: tuple[str, ...]) -> dict:
     out = {}
     if "pooled" in taps:
         out["pooled"] = model.forward_head(final, pre_logits=True)
+    if "logits" in taps:
+        out["logits"] = model.forward_head(final)
     grid = None  # final features as [B, T, D] patch tokens
     if final.ndim == 3:
         n_prefix = getattr(model, "num_prefix_tokens", 0)

@@ -18,6 +18,7 @@ COMMANDS = [
     ("sweep", "sweep", "fit probes (logistic, ridge, knn, centroid) on cached features and write results"),
     ("finetune", "finetune", "fine-tune a whole backbone on a dataset and write results beside the probes"),
     ("similarity", "similarity", "compare representations of the same images: CKA and mutual k-NN from the cache"),
+    ("transfer", "transfer", "transferability scores (LogME, LEEP, ...) of backbones on a dataset's cached features"),
     ("report", "report", "turn a results directory into a markdown report with figures"),
     ("cache", "cache", "list, verify or remove feature cache entries (ls, verify, rm, prune)"),
 ]

@@ -80,6 +80,11 @@ RESULT_COLUMNS: dict[str, str] = {
     "evaluation": "Utf8",  # how the row was scored (probe.tasks.evaluation_label): splits | test carve 0.2 | cv5 |
     #                        cv5 by subject | loo | gallery/query | pairs file | pairs drawn 10 folds [whiten 128];
     #                        part of every grouping key, never selected across
+    # --- transferability scores (probe.transfer; probe = "transfer"): one row per (configuration, dataset, task,
+    #     score); null on other rows
+    "score": "Utf8",  # logme | hscore | hscore_shrink | leep | nce | nleep | sfda | transrate | gbc, or a
+    #                   baseline computed beside them: params (parameter count) | gflops (one forward, one image)
+    "score_value": "Float64",  # the score (higher predicts better transfer), the parameter count, or GFLOPs
 }
 
 #: Folders directly under a results directory that hold tables of their own schema, not these rows

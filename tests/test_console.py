@@ -10,7 +10,6 @@ import subprocess
 import sys
 import warnings
 
-import numpy as np
 import pytest
 
 import probe

@@ -246,9 +246,9 @@ class RunWriter:
                           target_name=np.asarray(_tasks.get(task).target_name(self.source)))
             return save_npz_atomic(path, **arrays)
         if "scores" in result:
-            save_artifacts(stem, ids=ids, labels=result["labels"], scores=result["scores"],
-                           classes=self.source.classes)
-            return _add_arrays(path, _hits(result["labels"], result["scores"]))
+            # with the per-item hits item/top1 and item/top5 (probe.results.prediction_arrays)
+            return save_artifacts(stem, ids=ids, labels=result["labels"], scores=result["scores"],
+                                  classes=self.source.classes)
         split, idx = self.split_plan["test"]
         preview = {f"preview/{k}": v for k, v in result["preview"].items()}
         if preview:
@@ -278,27 +278,6 @@ class RunWriter:
                     f"level ({chance['chance']:.3f} with {n_classes} classes): the network learned "
                     "nothing the val split can see; try a larger --lr, more --epochs or pretrained weights"]
         return []
-
-
-def _hits(labels: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
-    """``item/top1`` and ``item/top5``: whether each item's label is the best (among the best 5) of its class
-    scores (columns = class labels; ties go to the lower column, as :func:`probe.results.top_k`)."""
-    from ..results import top_k
-
-    scores = np.asarray(scores, dtype=np.float32)
-    labels = np.asarray(labels)
-    top = top_k(scores, 5)
-    return {"item/top1": (top[:, 0] == labels).astype(np.float64),
-            "item/top5": (top == labels[:, None]).any(axis=1).astype(np.float64)}
-
-
-def _add_arrays(path: Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Add per-item arrays to an ``.npz`` that :func:`probe.results.save_artifacts` wrote (atomically again)."""
-    from .._io import save_npz_atomic
-
-    with np.load(path, allow_pickle=False) as saved:
-        current = {k: saved[k] for k in saved.files}
-    return save_npz_atomic(path, **current, **arrays)
 
 
 def read_back(results_paths: dict, stem: Path, ckpt_dir: Path, settings: dict, verbose: bool) -> FinetuneResult:

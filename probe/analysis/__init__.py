@@ -58,6 +58,9 @@ _LAZY = {
     "similarity_section": "._similarity", "config_heatmap_figure": "._similarity",
     "block_heatmap_figure": "._similarity", "finetune_curve_figure": "._similarity",
     "config_matrix_values": "._similarity", "family_pairs_table": "._similarity",
+    # can frozen features predict fine-tuning? (transferability scores judged against fine-tuning)
+    "score_table": "._transfer", "target_table": "._transfer", "agreement": "._transfer",
+    "mean_agreement": "._transfer", "score_figure": "._transfer", "transfer_section": "._transfer",
     # notebooks
     "notebook_setup": "._notebook",
     # the console summary of probe run

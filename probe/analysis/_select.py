@@ -118,7 +118,8 @@ def job_table(results, *, notes: list[str] | None = None):
         if folds:  # cross-validated: the job is its summary row; its val score is the folds' mean
             tests = [r for r in tests if r.get("fold") is None]
         if not tests:
-            if notes is not None:
+            # transferability-score files (probe = "transfer") hold scores, not scored settings: no note for them
+            if notes is not None and any(r["probe"] != "transfer" for r in rows):
                 notes.append(f"{Path(file).name} has no selected test row; it is left out.")
             continue
         vals = [r for r in rows if r["split"] == "val"]

@@ -22,6 +22,11 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     """BACKBONE and how its weights are obtained."""
     parser.add_argument("backbone", metavar="BACKBONE",
                         help="timm model name with its tag, e.g. vit_base_patch16_224.augreg_in21k or test_vit")
+    add_weights_arguments(parser)
+
+
+def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a backbone's weights are obtained, its input size and family (without the BACKBONE positional)."""
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--weights", metavar="PATH", default=None,
                          help="load weights from a local checkpoint (.safetensors or torch .pt/.pth/.bin) instead "
