@@ -66,7 +66,7 @@ _SPLIT_HINT = "use train, val, test, or gallery and query (identification's gall
 DEFAULT_DATA_ROOT = "data"
 
 #: Kinds whose sample references are image files relative to ``root`` (read and fingerprinted as files).
-_FILE_KINDS = ("imagefolder", "manifest", *OFFICIAL_KINDS, *FACE_FILE_KINDS)
+FILE_KINDS_ON_DISK = ("imagefolder", "manifest", *OFFICIAL_KINDS, *FACE_FILE_KINDS)
 
 
 @dataclass
@@ -140,7 +140,7 @@ class DatasetSource:
     def load(self, split: str, index: int):
         """Return sample ``index`` of ``split`` as an 8-bit RGB PIL image (ProbeError naming it if unreadable)."""
         ref = self.splits[split][index]
-        if self.kind in _FILE_KINDS:
+        if self.kind in FILE_KINDS_ON_DISK:
             return load_image(os.path.join(self.root, ref), name=os.path.join(self.root, ref))
         if self.kind == "digits":
             return digit_image(ref)
@@ -207,7 +207,7 @@ class DatasetSource:
                                  "options": self.options}, sort_keys=True, default=str).encode())
             for split in self.split_names:
                 h.update(f"\n[{split}]".encode())
-                if self.kind in _FILE_KINDS:
+                if self.kind in FILE_KINDS_ON_DISK:
                     dense = self.options.get("dense_files", {}).get(split) or [()] * len(self.splits[split])
                     for ref, label, extra in zip(self.splits[split], self.labels[split], dense):
                         for r in (ref, *(e for e in extra if e)):  # a dense manifest's masks and depth maps too

@@ -202,7 +202,18 @@ def sweep(probe, train: tuple, val: tuple | None = None, test: tuple | None = No
                                n_train=len(X_train), n_eval=len(X_val), fit_seconds=seconds, **metrics)
         return metrics[select_metric]
 
+    def warn_path():
+        """The path's fits that stopped at max_iter, said once, before the refit (the order they happened in)."""
+        if not_converged and not warned:
+            from ._console import not_converged_warning
+
+            warned.append(True)
+            warnings.warn(not_converged_warning(est.name, context, not_converged, len(points)), stacklevel=4)
+
+    warned: list[bool] = []
+
     def fit(fitted):
+        warn_path()
         if refit_on_val:
             # torch's allocator: numpy asks the kernel for huge pages on large arrays, which stalls in page
             # compaction on a host whose memory another process has just fragmented
@@ -227,10 +238,7 @@ def sweep(probe, train: tuple, val: tuple | None = None, test: tuple | None = No
     outcome = select_refit_test(est, points, path, val_score=on_val,
                                 higher_is_better=own.metric(select_metric).higher_is_better, metric=select_metric,
                                 fit=None if test is None else fit, score=None if test is None else score)
-    if not_converged:
-        from ._console import not_converged_warning
-
-        warnings.warn(not_converged_warning(est.name, context, not_converged, len(points)), stacklevel=3)
+    warn_path()
     rows, test_scores = list(val_rows), None
     if outcome.estimator is None:
         rows[outcome.best] = dict(rows[outcome.best], selected=True)

@@ -157,16 +157,17 @@ def jpeg_bytes(source, split: str, index: int):
     import torch
     from PIL import Image
 
-    from ._datasets import _FILE_KINDS, _hf_image_bytes
+    from ._datasets import FILE_KINDS_ON_DISK
+    from ._hub_data import hf_image_bytes
     from ._images import MAX_IMAGE_PIXELS
 
     ref = source.splits[split][index]
     try:
-        if source.kind in _FILE_KINDS:
+        if source.kind in FILE_KINDS_ON_DISK:
             with open(os.path.join(source.root, ref), "rb") as f:
                 data = f.read()
         elif source.kind == "hf":
-            data = _hf_image_bytes(ref[0], ref[1], source.options["image_column"])
+            data = hf_image_bytes(ref[0], ref[1], source.options["image_column"])
             if not isinstance(data, (bytes, bytearray)):
                 return None
         else:
