@@ -407,7 +407,7 @@ class Resampling:
             _, first, kind_counts = np.unique(table, axis=0, return_index=True, return_counts=True)
             reduced = [(m, [{k: v[first] for k, v in st.items()} for st in per_seed]) for m, per_seed in reduced]
         return cls(ids=ids, metric=metric, higher_is_better=reduced[0][0].higher_is_better,
-                   over=over if group_index is not None else "images", n_groups=n_groups, note=note,
+                   over=over, n_groups=n_groups, note=note,
                    _sides=reduced, _group_index=None if group_index is None else np.asarray(group_index),
                    _kind_counts=kind_counts)
 
@@ -492,7 +492,8 @@ def resampling(sides: list, metric: str, *, task: str | None = None, groups: boo
         return "the results share no test item"
     largest = max(len(items.ids) for per_seed in loaded for _, items in per_seed)
     sides_out, labels, group = [], None, None
-    noun = "images"
+    item_noun = _tasks.get(loaded[0][0][1].task).item_noun
+    noun = item_noun
     for per_seed in loaded:
         stats_per_seed = []
         for m, items in per_seed:
@@ -511,8 +512,8 @@ def resampling(sides: list, metric: str, *, task: str | None = None, groups: boo
     group_index = None
     if group is not None:
         _, group_index = np.unique(group, return_inverse=True)
-        if int(group_index.max()) + 1 == len(ids):  # every item its own group: an ordinary bootstrap over images
-            group_index, noun = None, "images"
+        if int(group_index.max()) + 1 == len(ids):  # every item its own group: an ordinary bootstrap over items
+            group_index, noun = None, item_noun
     note = f"paired on the {len(ids)} test items all results scored" if len(ids) < largest else ""
     return Resampling.build(ids, sides_out, group_index=group_index, over=noun, metric=metric, note=note)
 

@@ -395,6 +395,8 @@ class Task:
     #: What the per-item groups of this task's datasets are, for "interval over <noun>" (``group`` in a job's
     #: ``.npz``; a ``group_name`` array there overrides it).
     group_noun: ClassVar[str] = "groups"
+    #: What one item of the task's per-item statistics is, for "interval over <noun>" without groups.
+    item_noun: ClassVar[str] = "images"
 
     def item_stats(self, artifacts: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The per-item statistics of one job from its saved arrays (:func:`probe.results.load_artifacts`).

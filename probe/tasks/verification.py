@@ -101,6 +101,7 @@ class Verification(Task):
     report_group = "Faces and continuous targets"
 
     group_noun = "people"
+    item_noun = "pairs"
 
     def legacy_evaluation(self, params, protocol):
         """Older rows do not record the pairs or the whitening, only a protocol id that differs with them: each
