@@ -27,10 +27,16 @@ from pathlib import Path
 
 from ._errors import UsageError
 from ._io import write_text_atomic
-from .vocab import COSINE, FINETUNE, METRIC_UNITS, TASK_METRICS
+from .vocab import COSINE, FINETUNE
 
-#: Tasks with per-pixel targets: their frozen probe reads the ``patch`` tap.
-_DENSE_TASKS = ("segmentation", "depth")
+
+
+def _is_dense(task: str) -> bool:
+    """Per-pixel targets, as the task declares (:attr:`probe.tasks.Task.dense`)."""
+    from .analysis import task_of
+
+    t = task_of(task)
+    return bool(t is not None and t.dense)
 #: The evaluation scheme of rows written before the ``evaluation`` column existed.
 DEFAULT_EVALUATION = "splits"
 #: Packages whose versions the provenance panel lists (read from their metadata; nothing is imported).
@@ -109,12 +115,20 @@ def _num(value):
     return None if math.isnan(value) or math.isinf(value) else value
 
 
+def _metric_unit(metric: str) -> str:
+    """The unit of a metric column as its task declares it (:class:`probe.tasks.Metric`); fraction if unknown."""
+    from .analysis import metric_of
+
+    m = metric_of(metric)
+    return m.unit if m is not None else "fraction"
+
+
 def _scale(metric: str) -> float:
-    return 100.0 if METRIC_UNITS.get(metric, "fraction") == "fraction" else 1.0
+    return 100.0 if _metric_unit(metric) == "fraction" else 1.0
 
 
 def _unit(metric: str) -> str:
-    unit = METRIC_UNITS.get(metric, "fraction")
+    unit = _metric_unit(metric)
     return "%" if unit == "fraction" else {"target": "units", "ratio": "ratio", "log10": "log10"}.get(unit, unit)
 
 
@@ -296,12 +310,12 @@ class _Explorer:
 
     def _scope(self, task: str, evaluation: str, jobs) -> None:
         a, pl = self.a, self.pl
-        metrics = [m for m in TASK_METRICS.get(task, ()) if m in jobs.columns]
+        metrics = [m for m in a.task_metrics(task) if m in jobs.columns]
         metric = a.primary_metric(task)
         protocols = a.aggregate_seeds(jobs, metrics=metrics).with_columns(pl.lit(evaluation).alias("evaluation"))
         full = protocols.filter(pl.col("shots") == 0)
         frozen = full.filter(~pl.col("probe").is_in([FINETUNE, COSINE]))
-        if task not in _DENSE_TASKS:
+        if not _is_dense(task):
             frozen = frozen.filter(pl.col("tap") != "patch")
         best_fz = a.best_by_val(frozen, notes=self.notes) if frozen.height else frozen
         tuned = full.filter(pl.col("probe") == FINETUNE)
@@ -353,7 +367,7 @@ class _Explorer:
     def _gains(self, section, task, evaluation, metric, metrics, best_fz, best_ft) -> None:
         a, pl = self.a, self.pl
         extra = [m for m in metrics[1:] if m in a.BOOTSTRAP_METRICS and m != "top5"
-                 and (task in _DENSE_TASKS or m not in a.DENSE_METRICS)]
+                 and (_is_dense(task) or m not in a.DENSE_METRICS)]
         gains = a.finetune_gains(best_fz, best_ft, metric=metric, extra_metrics=extra, **self.kw)
         if not gains.height:
             return
@@ -409,7 +423,7 @@ class _Explorer:
                 self.notes.append(f"{title}: figure left out ({exc}).")
                 continue
             self._add_figure(section, fig, title)
-        if task in _DENSE_TASKS and best_fz.height:
+        if _is_dense(task) and best_fz.height:
             self._dense_examples(section, task, evaluation, best_fz)
         if task == "regression":
             self._scatter(section, task, evaluation, pl.concat([best_fz, best_ft], how="diagonal_relaxed"))
@@ -451,7 +465,7 @@ class _Explorer:
         """Protocols that learn nothing and select nothing (cosine retrieval/verification), one row per tap."""
         a = self.a
         rows_frame = a.with_intervals(fixed, metric=metric, **self.kw) if metric in a.BOOTSTRAP_METRICS else fixed
-        metrics = [m for m in TASK_METRICS.get(task, ()) if m in fixed.columns and m != metric]
+        metrics = [m for m in a.task_metrics(task) if m in fixed.columns and m != metric]
         cols = [_col("config", "configuration", "config"), _col("family", "family"), _col("dataset", "dataset"),
                 _col("method", "method (nothing selected)"),
                 _interval_col(metric, metric, f"test {_head(metric)}"),

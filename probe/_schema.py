@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._errors import UsageError
-from .vocab import DEFAULT_TASK, TASKS
 
 #: The default of a setting that has none (distinct from None, which may be a real default).
 MISSING = object()
@@ -111,7 +110,6 @@ class Setting:
 #: Settings several entry points share.
 SEED = Setting("int", lo=0)  # numpy's generators take no negative seeds
 WORKERS = Setting("int", lo=0, optional=True)  # data-loading processes: None = the default choice, 0 = in-process
-TASK = Setting("str", choices=TASKS, default=DEFAULT_TASK)  # the built-in tasks; study files check task names through probe.tasks
 
 
 def constraint(**kwargs) -> dict:

@@ -116,7 +116,9 @@ def test_dense_sweep_rows_artifacts_and_baselines(dense_sweeps, task):
     import polars as pl
 
     from probe.results import RESULT_COLUMNS
-    from probe.vocab import TASK_METRICS
+    from probe import tasks
+
+    TASK_METRICS = {t.name: t.metric_names for t in tasks.all_tasks()}  # the registry's metric columns
 
     root, _, paths = dense_sweeps
     (path,) = paths[task]

@@ -2,7 +2,7 @@
 
 A task object is what the trainer (:class:`probe._finetune.trainer.Trainer`) is given per head:
 
-- ``name``: the task (:data:`probe.vocab.TASKS`), the key of its output and its target in a batch;
+- ``name``: the task (a :mod:`probe.tasks` name), the key of its output and its target in a batch;
 - ``loss(output, target)``: the training loss of a micro-batch (a scalar tensor, float32);
 - ``evaluator()``: an accumulator with ``add(output, target, keep)`` (CPU tensors of one batch; ``keep`` marks
   the readable images) and ``result()`` -> ``{"metrics": {...}, "loss": float, ...}``.

@@ -166,7 +166,7 @@ def _rankings(scores, targets):
     ranking with at least two configurations (configurations in ``backbone_config`` order)."""
     import polars as pl
 
-    from ..vocab import LOWER_IS_BETTER
+    from ._select import lower_is_better
 
     if targets.is_empty() or scores.is_empty():
         return
@@ -177,7 +177,7 @@ def _rankings(scores, targets):
             if sub.height < 2:
                 continue
             metric = sub["metric"][0]
-            sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+            sign = -1.0 if lower_is_better(metric, task) else 1.0
             yield ((dataset, task, name, tap, against, metric), sub["value"].to_numpy().astype(float),
                    sign * sub[against].to_numpy().astype(float), sub["config_label"].to_list())
 
