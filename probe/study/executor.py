@@ -4,7 +4,7 @@
 How a study is submitted:
 
 - The jobs are :func:`probe.study.plan_study`'s, grouped into stages in the order data moves: pretraining,
-  extraction, sweeps, fine-tuning. Each stage is one job array. On Slurm the arrays are submitted at once, each
+  extraction, sweeps, transfer scores, fine-tuning, similarity. Each stage is one job array. On Slurm the arrays are submitted at once, each
   depending on the earlier ones (``afterany``: a job whose prerequisite failed finds that out itself and says
   so, exactly as ``probe run --keep-going`` would skip it); locally each stage starts when the one before has
   finished.
@@ -39,7 +39,7 @@ from .summary import finish
 #: ``--executor`` values: ``inprocess`` is :func:`probe.run_study` itself.
 EXECUTORS = ("inprocess", "local", "slurm")
 #: Stages in the order they run; one job array each.
-STAGES = ("pretrain", "extract", "sweep", "finetune")
+STAGES = ("pretrain", "extract", "sweep", "transfer", "finetune", "similarity")
 #: Job states in the state files (``submitted`` and ``running`` are not final).
 FINAL = ("done", "failed", "skipped")
 
@@ -121,8 +121,9 @@ class StudyTask:
                 return status
             pretrained: dict[str, str] = {}
             if job.kind != "pretrain":
+                names = {b.name for b in job.backbones}  # a similarity job reads several backbones
                 for other in plan:  # done before: answers with its weights file without training
-                    if other.kind == "pretrain" and other.backbone.name == job.backbone.name:
+                    if other.kind == "pretrain" and other.backbone.name in names:
                         run_job_on_ranks(other, study, pretrained, **options)
             status = run_job_on_ranks(job, study, pretrained, **options)
         except Exception as exc:

@@ -70,6 +70,21 @@ The study file (all tables but ``[[backbones]]`` and ``[[datasets]]`` optional):
     dataset = "shapes"            # resulting weights for every transfer job (pretrain -> transfer)
     epochs = 3                    # (no refit on train+val unless refit = true: the weights are the product)
 
+    [transfer]                    # optional: transferability scores (probe.transfer) of every backbone
+    scores = "default"            # configuration on the train split of each dataset with a classification or
+    taps = ["pooled"]             # regression task, per task and tap, after extraction ("default": every score
+                                  # of the task that the backbone can give; or a list such as ["logme", "sfda"])
+
+    [similarity]                  # optional: representation similarity (probe.similarity) on each dataset with
+    taps = ["pooled"]             # a classification task, after extraction: configuration x configuration per tap,
+    blocks = false                # block x block per pair of backbones (blocks = true), frozen vs fine-tuned
+    finetuned = false             # block by block (finetuned = true: needs [finetune]; its first mode and seed)
+    measures = ["cka", "cka_debiased", "mutual_knn"]
+    k = 10                        # neighbours of mutual_knn
+    groups = 32                   # random groups of images of the CKA jackknife
+    n_boot = 1000                 # bootstrap resamples of the mutual_knn interval
+    split = "test"                # the split whose images are compared
+
     [executor]                    # optional: resources of `probe run --executor slurm` (and local), see
     partition = "gpu"             # probe.study.executor; one job array per stage, logs in --log-dir
     gpus = 1                      # GPUs per job (extraction runs one rank per GPU)
@@ -116,7 +131,7 @@ except ModuleNotFoundError:  # Python < 3.11
 ALL_BLOCKS = "block*"
 #: Top-level tables: name -> whether it is an array of tables ([[name]]).
 _TABLES = {"study": False, "backbones": True, "datasets": True, "extract": False, "sweeps": True, "finetune": False,
-           "pretrain": False, "executor": False, "multitask": False}
+           "pretrain": False, "executor": False, "multitask": False, "transfer": False, "similarity": False}
 
 
 @dataclass
@@ -169,6 +184,8 @@ class Study:
     finetune: dict | None = None
     pretrain: dict | None = None
     multitask: dict | None = None
+    transfer: dict | None = None  # [transfer]: scores ("default" or names), taps
+    similarity: dict | None = None  # [similarity]: taps, blocks, finetuned, measures, k, groups, n_boot, split
     extract: dict = field(default_factory=dict)
     executor: dict = field(default_factory=dict)  # resources of --executor slurm/local (probe.study.executor)
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -249,7 +266,38 @@ def study_schema() -> dict[str, dict[str, Setting]]:
                       "tasks": Setting("str", many=True, nonempty=True, default=["segmentation", "depth"],
                                        choices=tuple(t.name for t in everything
                                                      if t.dense and t.name in FINETUNE_TASKS))},
+        "transfer": _transfer_table(),
+        "similarity": _similarity_table(),
     }
+
+
+#: Tasks whose datasets the transferability scores read (probe.transfer.score_backbone).
+TRANSFER_TASKS = ("classification", "regression")
+#: The value of [transfer] scores that asks for every score of a task the backbone can give.
+DEFAULT_SCORES = "default"
+
+
+def _transfer_table() -> dict[str, Setting]:
+    """The ``[transfer]`` table: transferability scores (:mod:`probe.transfer`) as study jobs."""
+    from ..transfer import SCORES
+
+    return {"scores": Setting("str", many=True, nonempty=True, choices=(DEFAULT_SCORES, *SCORES),
+                              default=[DEFAULT_SCORES]),
+            "taps": Setting("str", many=True, nonempty=True, default=["pooled"])}
+
+
+def _similarity_table() -> dict[str, Setting]:
+    """The ``[similarity]`` table: representation similarity (:mod:`probe.similarity`) as study jobs."""
+    from ..similarity import DEFAULT_K, DEFAULT_N_BOOT, JACKKNIFE_GROUPS, MEASURES, MIN_IMAGES
+
+    return {"taps": Setting("str", many=True, nonempty=True, default=["pooled"]),
+            "blocks": Setting("bool", default=False),      # block x block per pair of backbones
+            "finetuned": Setting("bool", default=False),   # frozen vs fine-tuned block i ([finetune] needed)
+            "measures": Setting("str", many=True, nonempty=True, choices=MEASURES, default=list(MEASURES)),
+            "k": Setting("int", lo=1, default=DEFAULT_K),  # neighbours per image of mutual_knn
+            "groups": Setting("int", lo=2, default=JACKKNIFE_GROUPS),  # groups of images of the CKA jackknife
+            "n_boot": Setting("int", lo=1, default=DEFAULT_N_BOOT),  # resamples of the mutual_knn interval
+            "split": Setting("str", default="test")}      # the split whose images are compared
 
 
 def _union(groups) -> tuple[str, ...]:
@@ -384,17 +432,77 @@ def load_study(path: str | os.PathLike | None = None) -> Study:
             raise UsageError(f"[multitask] in {source}: tasks needs two dense tasks to train jointly, e.g. "
                              'tasks = ["segmentation", "depth"]')
         _check_finetune_rules({**multitask, "modes": ["full"]}, "multitask", source)
+    transfer = tables["transfer"][0] if tables["transfer"] else None
+    if transfer is not None:
+        transfer = _check_transfer(transfer, datasets, source)
+    similarity = tables["similarity"][0] if tables["similarity"] else None
+    if similarity is not None:
+        similarity = _check_similarity(similarity, backbones, datasets, finetune, source)
     per_dataset = [t.name for t in _tasks.all_tasks() if t.dataset_probes]
     if not sweeps and finetune is None and not any(set(d.tasks) & set(per_dataset) for d in datasets):
         raise UsageError(f"study file {source} has neither [[sweeps]] nor [finetune] (nor a dataset with tasks "
                          f"{', '.join(per_dataset)}): nothing to run")
     return Study(name=head.get("name", Path(source).stem), backbones=backbones, datasets=datasets, sweeps=sweeps,
-                 finetune=finetune, pretrain=pretrain, multitask=multitask,
-                 extract=tables["extract"][0] if tables["extract"] else {},
+                 finetune=finetune, pretrain=pretrain, multitask=multitask, transfer=transfer,
+                 similarity=similarity, extract=tables["extract"][0] if tables["extract"] else {},
                  executor=tables["executor"][0] if tables["executor"] else {},
                  seeds=head.get("seeds", [0]), val_fraction=head.get("val_fraction", DEFAULT_VAL_FRACTION),
                  select_metric=head.get("select_metric", "top1"), device=head.get("device", "auto"),
                  jobs=head.get("jobs", 1), source=source)
+
+
+def _check_feature_taps(taps: list[str], where: str) -> list[str]:
+    """Taps of [transfer] / [similarity]: known names, each an [N, D] feature (not patch tokens)."""
+    from .._taps import parse_taps
+
+    if ALL_BLOCKS in taps:
+        raise UsageError(f"{where}: taps: \"{ALL_BLOCKS}\" is for [[sweeps]]; name the taps (pooled, cls, mean, "
+                         "block<i>)" + ("; blocks = true compares every block" if "similarity" in where else ""))
+    try:
+        parse_taps(taps)
+    except UsageError as exc:
+        raise UsageError(f"{where}: taps: {exc}") from None
+    bad = [t for t in taps if t in ("patch", "logits")]
+    if bad:
+        raise UsageError(f"{where}: taps {bad} are not [N, D] features; use pooled, cls, mean or block<i>")
+    return list(dict.fromkeys(taps))
+
+
+def _check_transfer(table: dict, datasets: list[DatasetSpec], source: str) -> dict:
+    """``[transfer]``: "default" alone or score names, taps, and a dataset whose tasks the scores read."""
+    where = f"[transfer] in {source}"
+    scores = table.get("scores", [DEFAULT_SCORES])
+    if DEFAULT_SCORES in scores and len(scores) > 1:
+        raise UsageError(f"{where}: scores = \"{DEFAULT_SCORES}\" is every score; drop it or the names "
+                         f"({', '.join(s for s in scores if s != DEFAULT_SCORES)})")
+    if not any(set(d.tasks) & set(TRANSFER_TASKS) for d in datasets):
+        raise UsageError(f"{where}: the scores read {' or '.join(TRANSFER_TASKS)} labels and no dataset has those "
+                         "tasks; add one to a dataset's tasks or drop [transfer]")
+    return {"scores": DEFAULT_SCORES if scores == [DEFAULT_SCORES] else list(scores),
+            "taps": _check_feature_taps(table.get("taps", ["pooled"]), where)}
+
+
+def _check_similarity(table: dict, backbones: list[BackboneSpec], datasets: list[DatasetSpec],
+                      finetune: dict | None, source: str) -> dict:
+    """``[similarity]``: what it compares exists (two backbones, or a fine-tune; a classification dataset)."""
+    from ..similarity import DEFAULT_K, DEFAULT_N_BOOT, JACKKNIFE_GROUPS, MEASURES
+
+    where = f"[similarity] in {source}"
+    out = {"taps": _check_feature_taps(table.get("taps", ["pooled"]), where),
+           "blocks": table.get("blocks", False), "finetuned": table.get("finetuned", False),
+           "measures": list(dict.fromkeys(table.get("measures", MEASURES))), "k": table.get("k", DEFAULT_K),
+           "groups": table.get("groups", JACKKNIFE_GROUPS), "n_boot": table.get("n_boot", DEFAULT_N_BOOT),
+           "split": table.get("split", "test")}
+    if out["finetuned"] and finetune is None:
+        raise UsageError(f"{where}: finetuned = true compares each backbone with its fine-tuned weights; add a "
+                         "[finetune] table or set finetuned = false")
+    if len({b.name for b in backbones}) < 2 and not out["finetuned"]:
+        raise UsageError(f"{where}: comparing backbones needs two or more [[backbones]]; add one, or set "
+                         "finetuned = true to compare a backbone with its fine-tuned weights")
+    if not any(_tasks.DEFAULT in d.tasks for d in datasets):
+        raise UsageError(f"{where}: similarity is computed on datasets with the {_tasks.DEFAULT} task and none has "
+                         "it; add one or drop [similarity]")
+    return out
 
 
 def _check_sweep_task(task, probes: list[str], taps: list[str], where: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .. import tasks as _tasks
 from .._errors import ProbeError
-from .file import BackboneSpec, Study
+from .file import ALL_BLOCKS, DEFAULT_SCORES, BackboneSpec, Study
 from .plan import Job, expand_taps
 
 
@@ -70,19 +70,23 @@ def run_job(job: Job, study: Study, pretrained: dict[str, str], *, cache_dir, re
                      jobs=jobs, seed=bb.seed, **_evaluation_args(job), **common, **extract_opts)
         made = _count_results(results_dir) - before
         return f"{made} result files written" if made else "skipped (done before)"
-    if job.kind == "finetune":
-        from .._finetune import finetune
+    if job.kind == "transfer":
+        from ..transfer import default_scores, score_backbone
 
-        settings = dict(job.settings)
-        ft_size = settings.pop("img_size", None) or bb.finetune_img_size or img_size
-        # the job's seed carves val and drives training; the backbone's own seed is its random initialisation,
-        # so a random-init fine-tune starts from the weights whose frozen features the sweeps probed
-        result = finetune(bb.name, ds.spec, select_metric=_select_metric(job, study, finetune=True),
-                          val_fraction=study.val_fraction, test_fraction=ds.test_fraction, init_seed=bb.seed,
-                          allow_overlap=bool(extract_opts.get("allow_overlap", False)),
-                          results_dir=results_dir, verbose=False,
-                          workers=extract_opts.get("workers"),
-                          **{**common, "img_size": ft_size}, **settings)
+        s = job.settings
+        names = s["scores"]
+        if names == DEFAULT_SCORES:  # every score of the task this configuration can give
+            names = default_scores(bb.name, task=s["task"], weights=common["weights"], img_size=img_size)
+        before = _count_results(results_dir)
+        score_backbone(bb.name, ds.spec, scores=names, tap=s["tap"], task=s["task"], results_dir=results_dir,
+                       seed=bb.seed, **common, **extract_opts)
+        made = _count_results(results_dir) - before
+        return f"{len(names)} scores written" if made else "skipped (done before)"
+    if job.kind == "similarity":
+        return _similarity(job, study, pretrained, results_dir=results_dir, extract_opts=extract_opts,
+                           common=common)
+    if job.kind == "finetune":
+        result = _finetune(job, study, results_dir=results_dir, extract_opts=extract_opts, common=common)
         if result.skipped:
             return "skipped (done before)"
         scores = ", ".join(f"{task} {metric} {m[metric]:.3f}" if task != _tasks.DEFAULT else f"{metric} {m[metric]:.3f}"
@@ -91,6 +95,58 @@ def run_job(job: Job, study: Study, pretrained: dict[str, str], *, cache_dir, re
                   else f"best epoch {result.best_epoch}")
         return f"done, {chosen}" + (f", test {scores}" if scores else "")
     raise AssertionError(job.kind)
+
+
+def _finetune(job: Job, study: Study, *, results_dir, extract_opts: dict, common: dict):
+    """Run (or read back, when its results exist) a fine-tune job; returns its :class:`FinetuneResult`."""
+    from .._finetune import finetune
+
+    bb, ds = job.backbone, job.dataset
+    settings = dict(job.settings)
+    ft_size = settings.pop("img_size", None) or bb.finetune_img_size or common["img_size"]
+    # the job's seed carves val and drives training; the backbone's own seed is its random initialisation,
+    # so a random-init fine-tune starts from the weights whose frozen features the sweeps probed
+    return finetune(bb.name, ds.spec, select_metric=_select_metric(job, study, finetune=True),
+                    val_fraction=study.val_fraction, test_fraction=ds.test_fraction, init_seed=bb.seed,
+                    allow_overlap=bool(extract_opts.get("allow_overlap", False)),
+                    results_dir=results_dir, verbose=False,
+                    workers=extract_opts.get("workers"),
+                    **{**common, "img_size": ft_size}, **settings)
+
+
+def _similarity(job: Job, study: Study, pretrained: dict[str, str], *, results_dir, extract_opts: dict,
+                common: dict) -> str:
+    """One matrix of :func:`probe.similarity.run_job` on the job's split: the entries are read through the cache
+    (extracted when missing), the fine-tuned side with the fine-tune's exported weights as any weights file."""
+    from .._extract import extract_features
+    from ..similarity import run_job as compare
+
+    s, ds = job.settings, job.dataset
+    kind, split = s["kind"], s["split"]
+
+    def entry(bb: BackboneSpec, weights: dict):
+        img_size = ds.img_size or bb.img_size
+        taps = [s["tap"]] if kind == "configs" else expand_taps([ALL_BLOCKS], bb.name, img_size)
+        entries = extract_features(bb.name, ds.spec, splits=[split], taps=taps, seed=bb.seed,
+                                   **{**common, "img_size": img_size, "family": bb.family, **weights},
+                                   **extract_opts)
+        return entries[split]
+
+    entries = [entry(bb, _weights_for(bb, pretrained)) for bb in job.backbones]
+    if kind == "finetune":
+        bb = job.backbone
+        tune = Job("finetune", bb, ds, s["finetune"])
+        result = _finetune(tune, study, results_dir=results_dir, extract_opts=extract_opts,
+                           common={**common, **_weights_for(bb, pretrained)})
+        if result.weights_path is None:
+            raise ProbeError(f"the fine-tune of {bb.name} on {ds.spec} exported no weights to compare with its "
+                             "frozen features; rerun it with --overwrite")
+        entries.append(entry(bb, {"weights": str(result.weights_path), "random_init": False}))
+    before = _count_results(results_dir)
+    compare(kind, entries, results_dir=results_dir, tap=s.get("tap", "pooled"), measures=s["measures"], k=s["k"],
+            groups=s["groups"], n_boot=s["n_boot"], device=common["device"])
+    made = _count_results(results_dir) - before
+    return f"{kind} matrix of {len(entries)} entries written" if made else "skipped (done before)"
 
 
 def _pretrain(job: Job, pretrained: dict[str, str], *, cache_dir, pretrain_dir, device, progress, workers) -> str:
