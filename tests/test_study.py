@@ -212,7 +212,7 @@ def test_default_study_loads_and_plans():
     # one face dataset entry runs each of its tasks (its own probes, pooled features); only its regression task
     # is also fine-tuned, with a regression head under the dataset's grouped folds
     faces = [j for j in jobs if j.dataset is not None and j.dataset.spec == "faces"]
-    assert {j.kind for j in faces} == {"extract", "sweep", "finetune"}
+    assert {j.kind for j in faces} == {"extract", "sweep", "finetune", "transfer"}
     tuned = [j for j in faces if j.kind == "finetune"]
     assert [j.backbone.name for j in tuned] == ["test_resnet", "test_convnext", "test_vit", "test_vit2"]
     assert all(j.settings["tasks"] == ["regression"] and j.settings["cv"] == 5 and j.settings["cv_group"] ==
@@ -226,6 +226,13 @@ def test_default_study_loads_and_plans():
                      for t in (("segmentation", "depth"), ("segmentation",), ("depth",))]
     assert {j.dataset.spec for j in jobs if "tasks" in j.settings and j.settings["tasks"] != ["regression"]} == {
         "shapes"}
+    # transferability scores on digits (classification) and faces (regression); similarity on digits alone
+    assert sorted({(j.dataset.spec, j.settings["task"]) for j in jobs if j.kind == "transfer"}) == [
+        ("digits", "classification"), ("faces", "regression")]
+    sims = [j for j in jobs if j.kind == "similarity"]
+    assert {j.dataset.spec for j in sims} == {"digits"}
+    assert [j.settings["kind"] for j in sims].count("blocks") == 6  # every pair of the four backbones
+    assert [j.settings["kind"] for j in sims].count("finetune") == 4
 
 
 @pytest.mark.parametrize("text,needles", [
@@ -274,20 +281,22 @@ def test_a_prerequisite_is_decided_once_from_what_each_job_needs():
     jobs = plan_study(load_study(None))
     by_key = {j.key: j for j in jobs}
     assert len(by_key) == len(jobs)  # every job has its own key
-    first = [j for j in jobs if j.backbone.name == "test_resnet"]
+    first = [j for j in jobs if "test_resnet" in {b.name for b in j.backbones}]
     pretrain, extract = first[0], next(j for j in first if j.kind == "extract" and j.dataset.spec == "digits")
     assert pretrain.kind == "pretrain" and pretrain.needs == ()
     for job in first[1:]:  # every job of the backbone needs its pretraining; a sweep also its extraction
         assert pretrain.key in job.needs
-        assert all(by_key[k].kind in ("pretrain", "extract") for k in job.needs)
-        if job.kind == "sweep":
+        # a similarity job also needs the fine-tune whose export it compares
+        assert all(by_key[k].kind in ("pretrain", "extract", "finetune") for k in job.needs)
+        assert job.kind == "similarity" or by_key[job.needs[-1]].kind != "finetune"
+        if job.kind in ("sweep", "transfer"):
             assert [by_key[k].kind for k in job.needs] == ["pretrain", "extract"]
             assert by_key[job.needs[1]].dataset == job.dataset
     digits = [j for j in first if j.dataset is not None and j.dataset.spec == "digits"]
-    # a failed extraction blocks the sweeps on its features, not the fine-tune of the same dataset
+    # a failed extraction blocks the sweeps, scores and comparisons on its features, not the fine-tune
     failed = {extract.key}
     blocked = {j.kind: blocked_by(j, jobs, lambda o: o.key not in failed) for j in digits if j is not extract}
-    assert blocked == {"sweep": "extract", "finetune": ""}
+    assert blocked == {"sweep": "extract", "finetune": "", "transfer": "extract", "similarity": "extract"}
     # a failed pretraining blocks every job of its backbone and none of another's
     failed = {pretrain.key}
     assert all(blocked_by(j, jobs, lambda o: o.key not in failed) == "pretrain" for j in first[1:])
@@ -330,4 +339,110 @@ def test_dataset_keys_against_its_tasks(tmp_path, capsys, extra, needles):
     path = tmp_path / "s.toml"
     path.write_text("[[backbones]]\nname='test_vit'\n[[datasets]]\nspec='digits'\n" + extra
                     + "[[sweeps]]\nprobes=['knn']\n")
+    assert_one_line_error(run_main(capsys, "run", path, "--plan"), 2, *needles)
+
+
+TWO_BACKBONES = """
+[[backbones]]
+name = "test_resnet"
+random_init = true
+img_size = 32
+
+[[backbones]]
+name = "test_vit"
+random_init = true
+img_size = 32
+
+[[datasets]]
+spec = "digits"
+
+[[datasets]]
+spec = "faces"
+tasks = ["identification", "regression"]
+cv = 5
+
+[[sweeps]]
+probes = ["knn"]
+taps = ["pooled"]
+"""
+
+
+def test_transfer_and_similarity_tables_plan_their_jobs(tmp_path):
+    from probe.study import blocked_by
+
+    path = tmp_path / "s.toml"
+    path.write_text(TWO_BACKBONES + "[finetune]\nepochs = 1\n[transfer]\nscores = ['logme', 'sfda']\n"
+                    "taps = ['pooled', 'block-1']\n[similarity]\ntaps = ['pooled', 'block-1']\nblocks = true\n"
+                    "finetuned = true\nk = 5\nsplit = 'test'\n")
+    study = load_study(path)
+    jobs = plan_study(study)
+    by_key = {j.key: j for j in jobs}
+    assert len(by_key) == len(jobs)
+    extract = {(j.backbone.name, j.dataset.spec): j for j in jobs if j.kind == "extract"}
+    tuned = {(j.backbone.name, j.dataset.spec): j for j in jobs if j.kind == "finetune" and "tasks" not in j.settings}
+    # the extraction holds every tap the scores and the comparisons read (block* for blocks and finetuned)
+    assert extract["test_vit", "digits"].settings["taps"] == ["pooled", "block-1", "block*"]
+    assert extract["test_vit", "faces"].settings["taps"] == ["pooled", "block-1"]  # no classification: no similarity
+    # one transfer job per (configuration, dataset, task the scores read, tap), after that extraction
+    transfer = [j for j in jobs if j.kind == "transfer"]
+    assert sorted((j.backbone.name, j.dataset.spec, j.settings["task"], j.settings["tap"]) for j in transfer) == sorted(
+        (b, d, t, tap) for b in ("test_resnet", "test_vit") for d, t in (("digits", "classification"),
+                                                                          ("faces", "regression"))
+        for tap in ("pooled", "block-1"))
+    for j in transfer:
+        assert j.needs == (extract[j.backbone.name, j.dataset.spec].key,)
+        # the regression form has LogME alone among the listed scores
+        assert j.settings["scores"] == (["logme", "sfda"] if j.settings["task"] == "classification" else ["logme"])
+    # similarity on digits: configurations per tap, the pair's blocks, each backbone against its own fine-tune
+    sims = [j for j in jobs if j.kind == "similarity"]
+    assert all(j.dataset.spec == "digits" and j.settings["k"] == 5 for j in sims)
+    both = (extract["test_resnet", "digits"].key, extract["test_vit", "digits"].key)
+    assert [(j.settings["kind"], j.settings.get("tap"), [b.name for b in j.backbones], j.needs) for j in sims[:3]] == [
+        ("configs", "pooled", ["test_resnet", "test_vit"], both),
+        ("configs", "block-1", ["test_resnet", "test_vit"], both),
+        ("blocks", None, ["test_resnet", "test_vit"], both)]
+    for j, name in zip(sims[3:], ("test_resnet", "test_vit")):
+        assert j.settings["kind"] == "finetune" and [b.name for b in j.backbones] == [name]
+        assert j.needs == (extract[name, "digits"].key, tuned[name, "digits"].key)
+        assert j.settings["finetune"] == tuned[name, "digits"].settings  # its weights: that fine-tune's export
+    assert len(sims) == 5
+    # a failed fine-tune blocks the comparison with its export, and nothing else of the similarity table
+    failed = {tuned["test_vit", "digits"].key}
+    assert [blocked_by(j, jobs, lambda o: o.key not in failed) for j in sims] == ["", "", "", "", "finetune"]
+    assert "similarity test_resnet,test_vit on digits configs tap=pooled split=test" in " ".join(sims[0].describe().split())
+
+
+@pytest.mark.parametrize("extra,needles", [
+    ("[transfer]\nscores = ['logmee']\n", ["[transfer] scores", "'logmee'", "logme"]),
+    ("[transfer]\nscores = ['default', 'sfda']\n", ["[transfer]", "\"default\" is every score", "sfda"]),
+    ("[transfer]\ntaps = ['patch']\n", ["[transfer]", "['patch']", "pooled, cls, mean or block<i>"]),
+    ("[transfer]\ntaps = ['block*']\n", ["[transfer]", "name the taps"]),
+    ("[transfer]\ntap = ['pooled']\n", ["unknown key 'tap'", "[transfer]", "did you mean taps"]),
+    ("[similarity]\nk = 0\n", ["[similarity] k", "k = 10"]),
+    ("[similarity]\nblocks = 'yes'\n", ["[similarity] blocks", "blocks = true"]),
+    ("[similarity]\nmeasures = ['cca']\n", ["[similarity] measures", "'cca'", "mutual_knn"]),
+    ("[similarity]\ngroups = 1\n", ["[similarity] groups", "groups = 32"]),
+    ("[similarity]\ntaps = ['block*']\n", ["[similarity]", "blocks = true compares every block"]),
+    ("[similarity]\nfinetuned = true\n", ["[similarity]", "finetuned = true", "add a [finetune] table"]),
+])
+def test_transfer_and_similarity_keys_are_checked_at_load(tmp_path, capsys, extra, needles):
+    path = tmp_path / "s.toml"
+    path.write_text(TWO_BACKBONES + extra)
+    assert_one_line_error(run_main(capsys, "run", path, "--plan"), 2, *needles)
+
+
+@pytest.mark.parametrize("text,needles", [
+    # one backbone and no fine-tune: nothing to compare
+    ("[[backbones]]\nname = 'test_vit'\n[[datasets]]\nspec = 'digits'\n[[sweeps]]\nprobes = ['knn']\n"
+     "[similarity]\n", ["[similarity]", "two or more [[backbones]]", "finetuned = true"]),
+    ("[[backbones]]\nname = 'test_vit'\n[[backbones]]\nname = 'test_resnet'\n[[datasets]]\nspec = 'shapes'\n"
+     "tasks = ['depth']\n[[sweeps]]\ntask = 'depth'\nprobes = ['linear']\ntaps = ['patch']\n[similarity]\n",
+     ["[similarity]", "classification task"]),
+    ("[[backbones]]\nname = 'test_vit'\n[[datasets]]\nspec = 'shapes'\ntasks = ['depth']\n[[sweeps]]\n"
+     "task = 'depth'\nprobes = ['linear']\ntaps = ['patch']\n[transfer]\n", ["[transfer]", "classification or "
+                                                                             "regression"]),
+])
+def test_transfer_and_similarity_need_something_to_compare(tmp_path, capsys, text, needles):
+    path = tmp_path / "s.toml"
+    path.write_text(text)
     assert_one_line_error(run_main(capsys, "run", path, "--plan"), 2, *needles)
