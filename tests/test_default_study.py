@@ -1,6 +1,6 @@
 """The default study's own output through everything that reads results (issue 21, defect 0): the three notebooks,
 ``probe report`` and the console summary, on classification, dense (segmentation, depth, multi-task), face and
-regression rows.
+regression rows, transferability scores and similarity matrices.
 
 The study is the embedded default study (probe/default_study.toml) with two of its four backbones (one ConvNet,
 one transformer) and shorter training, run once per module through the CLI in a subprocess: every dataset, task,
@@ -61,6 +61,13 @@ def test_the_default_study_covers_every_task(default_results):
     assert set(rows.filter(pl.col("probe") == "finetune")["task"]) >= {"classification", "segmentation", "depth",
                                                                        "regression"}
     assert (work / "report" / "report.md").is_file()
+    # the lighter copy keeps [transfer] and [similarity]: scores per configuration and task, similarity matrices
+    scores = rows.filter(pl.col("probe") == "transfer")
+    assert set(zip(scores["dataset"], scores["task"])) == {("digits", "classification"), ("faces", "regression")}
+    assert set(scores["backbone"]) == set(KEEP) and {"logme", "params", "gflops"} <= set(scores["score"])
+    sims = probe.scan_similarity(work / "results").collect()
+    assert set(sims["kind"]) == {"configs", "blocks", "finetune"} and set(sims["dataset"]) == {"digits"}
+    assert sims["value"].is_finite().all()
 
 
 @pytest.mark.parametrize("notebook", sorted(p.name for p in (ROOT / "notebooks").glob("*.py")))
@@ -84,7 +91,9 @@ def test_probe_report_on_the_default_study(default_results, tmp_path):
     for needle in ("## Frozen probes vs fine-tuning", "## Dense transfer: segmentation and depth",
                    "### shapes: depth", "Other fine-tunes of depth", "segmentation+depth",
                    "## Faces and continuous targets", "evaluation `cv2 by subject`", "evaluation `loo`",
-                   "(over people)", "## Multi-task fine-tuning", "Evaluation: `splits`."):
+                   "(over people)", "## Multi-task fine-tuning", "Evaluation: `splits`.",
+                   "## Can frozen features predict fine-tuning?", "### digits (classification, 2 configurations)",
+                   "## Do ConvNets and transformers see alike? Representation similarity"):
         assert needle in text, needle
     assert "Traceback" not in proc.stderr
 
