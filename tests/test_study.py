@@ -446,3 +446,10 @@ def test_transfer_and_similarity_need_something_to_compare(tmp_path, capsys, tex
     path = tmp_path / "s.toml"
     path.write_text(text)
     assert_one_line_error(run_main(capsys, "run", path, "--plan"), 2, *needles)
+
+
+def test_similarity_split_is_checked_before_the_first_job(tmp_path, capsys):
+    path = tmp_path / "s.toml"
+    path.write_text(TWO_BACKBONES + "[similarity]\nsplit = 'val'\n")
+    assert_one_line_error(run_main(capsys, "run", path), 2, "[similarity] split", "(digits) has no 'val' split",
+                          "train, test", 'split = "test"')

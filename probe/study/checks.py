@@ -36,6 +36,8 @@ def check_study(study: Study, *, data: bool = True) -> None:
     problems = check_datasets(study)
     if problems:
         raise UsageError(problems[0])
+    if study.similarity is not None:
+        _check_similarity_split(study)
     if any(s["grids"] for s in study.sweeps):
         import inspect
 
@@ -50,6 +52,24 @@ def check_study(study: Study, *, data: bool = True) -> None:
                 if bad:
                     raise UsageError(f"[[sweeps]] #{i + 1} grids.{name} in {where}: {bad} are not parameters of the "
                                      f"{name} probe; use {', '.join(sorted(params)) or 'none (it has no grid)'}")
+
+
+def _check_similarity_split(study: Study) -> None:
+    """The split ``[similarity]`` compares exists in each dataset it runs on (the classification datasets)."""
+    from .._datasets import open_dataset
+
+    split = study.similarity["split"]
+    for i, d in enumerate(study.datasets):
+        if _tasks.DEFAULT not in d.tasks:
+            continue
+        try:
+            source = open_dataset(d.spec, data_root=d.data_root)
+        except ProbeError:
+            continue  # not on disk yet (a hub dataset): extraction says so
+        if split not in source.splits:
+            raise UsageError(f"[similarity] split in {study.source}: [[datasets]] #{i + 1} ({source.name}) has no "
+                             f"{split!r} split (it has {', '.join(source.split_names)}); set split = "
+                             f"\"{source.split_names[-1]}\"")
 
 
 def check_datasets(study: Study, *, out=None) -> list[str]:
