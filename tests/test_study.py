@@ -431,16 +431,19 @@ def test_transfer_and_similarity_keys_are_checked_at_load(tmp_path, capsys, extr
     assert_one_line_error(run_main(capsys, "run", path, "--plan"), 2, *needles)
 
 
+ONE_BACKBONE = "[[backbones]]\nname = 'test_vit'\n"
+DIGITS_KNN = "[[datasets]]\nspec = 'digits'\n[[sweeps]]\nprobes = ['knn']\n"
+SHAPES_DEPTH = ("[[datasets]]\nspec = 'shapes'\ntasks = ['depth']\n[[sweeps]]\ntask = 'depth'\nprobes = ['linear']\n"
+                "taps = ['patch']\n")
+
+
 @pytest.mark.parametrize("text,needles", [
     # one backbone and no fine-tune: nothing to compare
-    ("[[backbones]]\nname = 'test_vit'\n[[datasets]]\nspec = 'digits'\n[[sweeps]]\nprobes = ['knn']\n"
-     "[similarity]\n", ["[similarity]", "two or more [[backbones]]", "finetuned = true"]),
-    ("[[backbones]]\nname = 'test_vit'\n[[backbones]]\nname = 'test_resnet'\n[[datasets]]\nspec = 'shapes'\n"
-     "tasks = ['depth']\n[[sweeps]]\ntask = 'depth'\nprobes = ['linear']\ntaps = ['patch']\n[similarity]\n",
+    (ONE_BACKBONE + DIGITS_KNN + "[similarity]\n", ["[similarity]", "two or more [[backbones]]",
+                                                     "finetuned = true"]),
+    (ONE_BACKBONE + "[[backbones]]\nname = 'test_resnet'\n" + SHAPES_DEPTH + "[similarity]\n",
      ["[similarity]", "classification task"]),
-    ("[[backbones]]\nname = 'test_vit'\n[[datasets]]\nspec = 'shapes'\ntasks = ['depth']\n[[sweeps]]\n"
-     "task = 'depth'\nprobes = ['linear']\ntaps = ['patch']\n[transfer]\n", ["[transfer]", "classification or "
-                                                                             "regression"]),
+    (ONE_BACKBONE + SHAPES_DEPTH + "[transfer]\n", ["[transfer]", "classification or regression"]),
 ])
 def test_transfer_and_similarity_need_something_to_compare(tmp_path, capsys, text, needles):
     path = tmp_path / "s.toml"

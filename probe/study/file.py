@@ -288,7 +288,7 @@ def _transfer_table() -> dict[str, Setting]:
 
 def _similarity_table() -> dict[str, Setting]:
     """The ``[similarity]`` table: representation similarity (:mod:`probe.similarity`) as study jobs."""
-    from ..similarity import DEFAULT_K, DEFAULT_N_BOOT, JACKKNIFE_GROUPS, MEASURES, MIN_IMAGES
+    from ..similarity import DEFAULT_K, DEFAULT_N_BOOT, JACKKNIFE_GROUPS, MEASURES
 
     return {"taps": Setting("str", many=True, nonempty=True, default=["pooled"]),
             "blocks": Setting("bool", default=False),      # block x block per pair of backbones

@@ -205,7 +205,7 @@ def _similarities(study: Study, extracts: dict, finetunes: dict) -> list[Job]:
         if _tasks.DEFAULT not in ds.tasks:
             continue
 
-        def needs(*indices: int) -> tuple[str, ...]:
+        def needs(*indices: int, d: int = d) -> tuple[str, ...]:
             return tuple(dict.fromkeys(k for b in indices for k in extracts[b, d]))
 
         if len(bbs) >= 2:
