@@ -248,9 +248,10 @@ DENSE_INTRO = (
     "Per dataset, task and evaluation scheme, the frozen dense probe (a linear layer on each patch token, "
     "bilinearly upsampled to the labels; `linear / patch`) beside its fine-tuned counterpart: the single-task "
     "fine-tune with a linear head, each chosen on val. Joint multi-task fine-tunes and other heads are listed "
-    "apart with their tasks and head (see also the multi-task section). Segmentation: mIoU over the classes "
-    "present in the test ground truth and pixel accuracy, in percent; depth: RMSE (m), abs rel and log10 (lower "
-    "is better), and δ thresholds in percent, on valid pixels (see `probe.dense` for the crop and the depth cap). "
+    "apart with their tasks and head (see also the multi-task section). Segmentation: mIoU (averaged over the "
+    "classes predicted or present in the test ground truth, as mmsegmentation and torchmetrics define it) and "
+    "pixel accuracy, in percent; depth: RMSE (m), abs rel and log10 (lower is better), and δ thresholds in "
+    "percent, on valid pixels (see `probe.dense` for the crop and the depth cap). "
     "Intervals are bootstrap {pct} CIs over test images (or the scenes they cluster in, where saved; paired for "
     "differences), resampling each image's saved statistics (intersection and union counts; depth error sums).")
 
