@@ -138,6 +138,7 @@ def _scheme_block(report, task, dataset: str, evaluation: str, tj) -> list[str]:
     lines = []
     groups = _candidates(report, task, tj)
     shown = []
+    undefined = {}  # metric -> why its n/a cells are undefined (the task's missing_reason)
     for name, rows in groups:
         recs = sorted(rows.to_dicts(), key=lambda r: (report.config_index(r["backbone_config"]), r["config_label"]))
         ref = _reference(report, task, recs)
@@ -149,7 +150,12 @@ def _scheme_block(report, task, dataset: str, evaluation: str, tj) -> list[str]:
         for r in recs:
             files = list(r["files"])
             sd = _fold_sd(files, r, metrics, task)
-            cells = [fmt(task, m, r.get(m), sd.get(m)) for m in metrics]
+            cells = []
+            for m in metrics:
+                reason = task.missing_reason(m) if _missing(r.get(m)) else None
+                if reason:
+                    undefined[m] = reason
+                cells.append("n/a" if reason else fmt(task, m, r.get(m), sd.get(m)))
             ci = a.resample_interval([files], hd, task=task.name, **report.kw)
             if isinstance(ci, str):
                 ci_text = fmt(task, hd, r.get(hd)) + f" (no interval: {ci})"
@@ -167,6 +173,8 @@ def _scheme_block(report, task, dataset: str, evaluation: str, tj) -> list[str]:
             lines.append(f"| `{r['config_label']}` | {r['family']} | {r['method']} | " + " | ".join(cells) +
                          f" | {ci_text} |" + (f" {diff} |" if ref is not None else "") + f" {r['n_eval'] or '—'} |")
         lines.append("")
+        lines += [f"_n/a in {head(task, m)}: {why}._" for m, why in undefined.items()] + ([""] if undefined else [])
+        undefined = {}
         if ref is None and len(recs) > 1:
             lines += ["_Nothing was selected on val in this group (no val score), so no configuration is the "
                       "reference: a reference picked by its test score would favour it._", ""]

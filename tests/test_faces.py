@@ -314,10 +314,30 @@ def test_verification_fold_logic_by_hand():
     assert m["verif_acc"] == pytest.approx(2 / 3)
     assert m["verif_acc_sd"] == pytest.approx(np.std([1.0, 0.5, 0.5], ddof=1))
     assert m["roc_auc"] == pytest.approx(8 / 9)
-    assert m["tar_far1e3"] == pytest.approx(2 / 3)  # no false accept allowed: threshold above 0.5
+    assert m["tar_far1e3"] is None  # 3 negative pairs: FAR = 1e-3 is not attainable (needs 1,000)
     # a fold's threshold never sees the fold's own pairs
     moved = verify(_pair_features([0.9, 0.95, 0.7, 0.5, 0.4, 0.2]), pairs)
     assert moved.thresholds[0] == v.thresholds[0] and moved.fold_accuracy[0] == 0.5
+
+
+def test_tar_at_far_needs_a_thousand_negative_pairs_by_hand():
+    from probe._verify import MIN_NEGATIVES, Verification
+
+    # 1,000 negatives scored 0.000, 0.001, ..., 0.999; four positives. FAR <= 1e-3 allows one false accept: the
+    # threshold sits above the second-highest negative (0.998), accepting 0.999 (FAR = 1/1000) and the positives
+    # 0.9985, 0.9995 and 1.0 but not 0.5: TAR = 3/4
+    neg = np.arange(1000) / 1000
+    pos = np.array([0.9985, 0.9995, 1.0, 0.5])
+    sims = np.concatenate([neg, pos])
+    same = np.concatenate([np.zeros(1000, bool), np.ones(4, bool)])
+    v = Verification(similarity=sims, correct=np.zeros(len(sims), bool), thresholds=np.zeros(1),
+                     fold_accuracy=np.array([0.5]))
+    assert MIN_NEGATIVES == 1000 and v.metrics(same)["tar_far1e3"] == pytest.approx(3 / 4)
+    # one negative fewer: one false accept is 1/999 > 1e-3, only FAR = 0 is attainable: null, not TAR at FAR = 0
+    drop = np.ones(len(sims), bool)
+    drop[0] = False
+    v.similarity = sims[drop]
+    assert v.metrics(same[drop])["tar_far1e3"] is None
 
 
 def test_best_threshold_ties_go_low():
@@ -433,6 +453,7 @@ def test_task_results_read_back(face_results):
     (verif,) = paths["test_vit", "verification"]
     row = pl.read_parquet(verif).row(0, named=True)
     assert row["task"] == "verification" and 0 <= row["verif_acc"] <= 1 and row["verif_acc_sd"] >= 0
+    assert row["tar_far1e3"] is None  # 10 folds of 2 people: far fewer than 1,000 negative pairs
     art = load_artifacts(verif)
     folds = art["fold"]
     per_fold = [art["item/verif_acc"][folds == f].mean() for f in np.unique(folds)]
@@ -510,7 +531,8 @@ def test_analysis_and_report_cover_the_tasks(face_results, tmp_path):
     text = report.read_text()
     assert "## Faces and continuous targets" in text
     for needle in ("Identification (who is this?)", "Verification (same person?)", "Regression", "(over people)",
-                   "vs best rank1", "transformers", "centroid / pooled"):
+                   "vs best rank1", "transformers", "centroid / pooled",
+                   "| n/a |", "_n/a in TAR@FAR=1e-3 (%): TAR at FAR = 1e-3 needs ≥ 1,000 negative pairs"):
         assert needle in text, needle
     figures = {p.name for p in (tmp_path / "report" / "figures").glob("*.png")}
     assert "faces-cosine_pooled-retrieval.png" in figures and "faces-regression-scatter.png" in figures

@@ -420,6 +420,12 @@ class Task:
             return evaluation_label(cv=folds, cv_group="subject" if params.get("interval_over") == "people" else None)
         return "splits"
 
+    def missing_reason(self, metric: str) -> str | None:
+        """Why ``metric`` can be null in a row of this task because it is undefined on the row's data (not because
+        it was not run): the report prints ``n/a`` in its cell and this reason under the table. None (the
+        default): a null prints ``—``."""
+        return None
+
     def report_figures(self, report, dataset: str, evaluation: str, shown: list) -> list[str]:
         """Markdown lines of the task's figures under its generic tables (none by default).
 

@@ -103,6 +103,11 @@ class Verification(Task):
     group_noun = "people"
     item_noun = "pairs"
 
+    def missing_reason(self, metric):
+        from .._verify import TAR_REASON
+
+        return TAR_REASON if metric == "tar_far1e3" else None
+
     def legacy_evaluation(self, params, protocol):
         """Older rows do not record the pairs or the whitening, only a protocol id that differs with them: each
         protocol is its own scheme (``pairs, protocol <id>``), so whitened and plain rows are never pooled."""
