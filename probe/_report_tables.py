@@ -132,8 +132,9 @@ def _reference(report, task, recs: list[dict]) -> dict | None:
 
 def _scheme_block(report, task, dataset: str, evaluation: str, tj) -> list[str]:
     a = report.a
+    # an sd or standard-error column (verif_acc_sd, verif_acc_se) shows beside its metric
     metrics = [m for m in task.metric_names if m in tj.columns
-               and not (m.endswith("_sd") and m[:-3] in task.metric_names)]  # an sd column shows beside its metric
+               and not (m[-3:] in ("_sd", "_se") and m[:-3] in task.metric_names)]
     hd = task.headline
     lines = []
     groups = _candidates(report, task, tj)
@@ -142,7 +143,9 @@ def _scheme_block(report, task, dataset: str, evaluation: str, tj) -> list[str]:
     for name, rows in groups:
         recs = sorted(rows.to_dicts(), key=lambda r: (report.config_index(r["backbone_config"]), r["config_label"]))
         ref = _reference(report, task, recs)
-        cols = [head(task, m) for m in metrics]
+        several = any((r.get("n") or 1) > 1 for r in recs)
+        cols = [head(task, m) + (" ± SE over folds" if f"{m}_se" in task.metric_names and not several else "")
+                for m in metrics]
         ref_head = f"vs best {hd} (chosen on val) [{report.pct} CI]" if ref is not None else None
         lines += [f"{name}:", "", "| configuration | family | method | " + " | ".join(cols) +
                   f" | {hd} [{report.pct} CI] |" + (f" {ref_head} |" if ref_head else "") + " n |",
@@ -233,11 +236,13 @@ def _frozen_vs_tuned(report, task, metrics: list[str], frozen, tuned) -> list[st
 
 def _fold_sd(files, row, metrics, task) -> dict:
     """The sd to show beside each metric: over seeds when there are several; else a cross-validation's sd over
-    folds (its summary row's params, ``fold_sd``), or a metric that is the sd of another (``verif_acc_sd``: over
-    the pair folds)."""
+    folds (its summary row's params, ``fold_sd``), or a metric that is the standard error or sd of another
+    (``verif_acc_se``, the standard error over the pair folds that LFW's protocol reports, labelled so in the
+    heading; else ``verif_acc_sd``)."""
     if (row.get("n") or 1) > 1:
         return {m: row.get(f"{m}_sd") for m in metrics}
-    own = {m: row.get(f"{m}_sd") for m in metrics if f"{m}_sd" in task.metric_names}
+    own = {m: row.get(f"{m}_se" if f"{m}_se" in task.metric_names else f"{m}_sd") for m in metrics
+           if f"{m}_se" in task.metric_names or f"{m}_sd" in task.metric_names}
     import polars as pl
 
     try:

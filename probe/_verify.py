@@ -3,7 +3,8 @@
 For each fold k of the pairs, everything learned is learned on the other folds' pairs: the optional PCA
 whitening (fitted on the images of the other folds' pairs) and the threshold on the cosine similarity (the one
 that classifies the other folds' pairs best). Fold k's pairs are then scored once at that threshold. The
-results: the mean and sample sd over folds of the accuracy (``verif_acc``, ``verif_acc_sd``), and on the pooled
+results: the mean, sample sd and standard error over folds of the accuracy (``verif_acc``, ``verif_acc_sd``,
+``verif_acc_se`` = sd / sqrt(folds): LFW's protocol reports the mean ± this standard error), and on the pooled
 held-out similarities the ROC AUC and the true accept rate at a false accept rate of 1e-3 (``tar_far1e3``).
 
 TAR at FAR = 1e-3 is defined only with at least :data:`MIN_NEGATIVES` (1,000) negative (different-person) pairs:
@@ -59,7 +60,8 @@ class Verification:
     fold_accuracy: np.ndarray
 
     def metrics(self, same) -> dict[str, float]:
-        """``verif_acc`` (mean over folds), ``verif_acc_sd`` (sample sd), ``roc_auc`` and ``tar_far1e3`` (None with
+        """``verif_acc`` (mean over folds), ``verif_acc_sd`` (sample sd), ``verif_acc_se`` (standard error of the
+        mean, sd / sqrt(folds)), ``roc_auc`` and ``tar_far1e3`` (None with
         fewer than :data:`MIN_NEGATIVES` negative pairs)."""
         from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -68,7 +70,8 @@ class Verification:
         fpr, tpr, _ = roc_curve(same, self.similarity, drop_intermediate=False)
         ok = fpr <= FAR
         tar = (float(tpr[ok].max()) if ok.any() else 0.0) if (~same).sum() >= MIN_NEGATIVES else None
-        return {"verif_acc": float(acc.mean()), "verif_acc_sd": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+        sd = float(acc.std(ddof=1)) if len(acc) > 1 else 0.0
+        return {"verif_acc": float(acc.mean()), "verif_acc_sd": sd, "verif_acc_se": sd / float(np.sqrt(len(acc))),
                 "roc_auc": float(roc_auc_score(same, self.similarity)) if 0 < same.sum() < len(same) else float("nan"),
                 "tar_far1e3": tar}
 

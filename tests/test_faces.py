@@ -313,6 +313,8 @@ def test_verification_fold_logic_by_hand():
     m = v.metrics(pairs.same)
     assert m["verif_acc"] == pytest.approx(2 / 3)
     assert m["verif_acc_sd"] == pytest.approx(np.std([1.0, 0.5, 0.5], ddof=1))
+    # LFW's protocol: mean ± standard error of the mean over the folds, sd (ddof 1) / sqrt(folds)
+    assert m["verif_acc_se"] == pytest.approx(np.std([1.0, 0.5, 0.5], ddof=1) / np.sqrt(3))
     assert m["roc_auc"] == pytest.approx(8 / 9)
     assert m["tar_far1e3"] is None  # 3 negative pairs: FAR = 1e-3 is not attainable (needs 1,000)
     # a fold's threshold never sees the fold's own pairs
@@ -458,6 +460,8 @@ def test_task_results_read_back(face_results):
     folds = art["fold"]
     per_fold = [art["item/verif_acc"][folds == f].mean() for f in np.unique(folds)]
     assert len(per_fold) == 10 and row["verif_acc"] == pytest.approx(np.mean(per_fold))
+    assert row["verif_acc_sd"] == pytest.approx(np.std(per_fold, ddof=1))
+    assert row["verif_acc_se"] == pytest.approx(np.std(per_fold, ddof=1) / np.sqrt(10))
 
     (reg,) = paths["test_vit", "regression"]
     frame = pl.read_parquet(reg)
@@ -534,6 +538,12 @@ def test_analysis_and_report_cover_the_tasks(face_results, tmp_path):
                    "vs best rank1", "transformers", "centroid / pooled",
                    "| n/a |", "_n/a in TAR@FAR=1e-3 (%): TAR at FAR = 1e-3 needs ≥ 1,000 negative pairs"):
         assert needle in text, needle
+    # verification accuracy ± the standard error over the pair folds (LFW's protocol), labelled in the heading
+    verif = [r for r in jobs.filter(pl.col("task") == "verification").to_dicts()
+             if r["backbone"] == "test_vit" and r["evaluation"] == "pairs drawn 10 folds"]
+    acc, se = verif[0]["verif_acc"], verif[0]["verif_acc_se"]
+    assert 0 < se < verif[0]["verif_acc_sd"]  # the SE, not the sd
+    assert "| accuracy (%) ± SE over folds |" in text and f"{acc * 100:.1f} ± {se * 100:.1f}" in text
     figures = {p.name for p in (tmp_path / "report" / "figures").glob("*.png")}
     assert "faces-cosine_pooled-retrieval.png" in figures and "faces-regression-scatter.png" in figures
 

@@ -19,7 +19,10 @@ PAIR_FOLDS = 10
 class Verification(Task):
     name = "verification"
     metrics = (mean_metric("verif_acc", "accuracy"), scalar_metric("verif_acc_sd", "sd", higher_is_better=False),
+               scalar_metric("verif_acc_se", "SE", higher_is_better=False),
                scalar_metric("roc_auc", "ROC AUC"), scalar_metric("tar_far1e3", "TAR@FAR=1e-3"))
+    #: the standard error over folds (LFW's "mean ± standard error"); the sample sd is the contract's verif_acc_sd
+    columns = {"verif_acc_se": "Float64"}
     probes = ("cosine",)
     default_probes = ("cosine",)
     options = frozenset({"pairs", "whiten"})
