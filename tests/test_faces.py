@@ -204,8 +204,34 @@ def test_regression_sweep_selects_on_val_and_scores_test_once(regression_data):
 # ------------------------------------------------------------------------------------------------ identification
 
 
+def _tied_reference(sims, hits):
+    """rank1, rank5 and AP of one query with exact ties scored as the package promises: AP by scikit-learn's
+    ``average_precision_score`` (a tie group counted at once); rank-k averaged over the orders of the tie group
+    holding the k-th place, from the hypergeometric chance that one of its places there draws a positive."""
+    from math import comb
+
+    from sklearn.metrics import average_precision_score
+
+    values = np.round(sims, 10)  # exact duplicates tie; float64 noise below 1e-10 does not split them
+    ap = float(average_precision_score(hits, values))
+    groups = [(int(hits[values == v].sum()), int((values == v).sum())) for v in np.unique(values)[::-1]]
+    out = []
+    for k in (1, 5):
+        before = pos_before = 0
+        found = 1.0 if hits.any() else 0.0  # fewer than k candidates: every positive is inside
+        for p, g in groups:
+            if before + g >= k:
+                m = k - before
+                found = 1.0 if pos_before else 1 - comb(g - p, m) / comb(g, m)
+                break
+            before, pos_before = before + g, pos_before + p
+        out.append(found)
+    return out[0], out[1], ap
+
+
 def _brute_force(X, y, top=5):
-    """Reference: full similarity matrix, each row stably sorted (ties: earlier row first)."""
+    """Reference: full similarity matrix; neighbours by a stable sort (ties: earlier row first), scores with ties
+    counted (:func:`_tied_reference`)."""
     X = X / np.linalg.norm(X, axis=1, keepdims=True)
     S = X @ X.T
     out = {"rank1": [], "rank5": [], "ap": [], "neighbours": []}
@@ -218,9 +244,8 @@ def _brute_force(X, y, top=5):
             for k in ("rank1", "rank5", "ap"):
                 out[k].append(np.nan)
             continue
-        out["rank1"].append(float(hits[0]))
-        out["rank5"].append(float(hits[:5].any()))
-        out["ap"].append(float((np.cumsum(hits) / np.arange(1, len(hits) + 1))[hits].mean()))
+        for k, v in zip(("rank1", "rank5", "ap"), _tied_reference(S[q, order], hits)):
+            out[k].append(v)
     return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -231,7 +256,8 @@ def test_identification_against_brute_force_with_known_neighbours():
     centres = rng.normal(size=(41, 32))
     y = np.concatenate([np.full(2 + p % 6, p) for p in range(40)] + [np.array([40])])
     X = (centres[y] + 0.35 * rng.normal(size=(len(y), 32))).astype(np.float32)
-    X[5] = X[6] = X[7]  # ties across people's rows: the earlier row ranks first
+    X[5] = X[6] = X[7]  # exact ties among one person's images (scored as a group)
+    X[2] = X[9]  # and between two people's (rows 2: person 1, 9: person 2): a positive tied with a negative
     X[y == 3] = centres[2] + 0.4 * rng.normal(size=((y == 3).sum(), 32))  # person 3 looks like person 2
     # person 41: six unrelated images, ranked far down each other's lists (past the top-K: rows sorted in full)
     y = np.r_[y, np.full(6, 41)]
@@ -241,13 +267,44 @@ def test_identification_against_brute_force_with_known_neighbours():
         r = loo_retrieval(X, y, method=method, block_bytes=4 * len(y) * 13)  # 13 queries a block: chunked
         assert r.valid.tolist() == (y != 40).tolist()
         assert np.isnan(r.rank1[y == 41]).sum() == 0 and r.ap[y == 41].max() < 0.5
-        np.testing.assert_array_equal(r.rank1, ref["rank1"])
-        np.testing.assert_array_equal(r.rank5, ref["rank5"])
+        np.testing.assert_allclose(r.rank1, ref["rank1"], rtol=1e-12)
+        np.testing.assert_allclose(r.rank5, ref["rank5"], rtol=1e-12)
         np.testing.assert_allclose(r.ap, ref["ap"], rtol=1e-12)
         np.testing.assert_array_equal(r.neighbours, ref["neighbours"])
     m = r.metrics()
     assert m["rank1"] == pytest.approx(np.nanmean(ref["rank1"])) and 0 < m["map"] <= m["rank5"] <= 1
     assert m["rank1"] < 1.0  # person 3 is sometimes found as person 2
+
+
+def test_retrieval_ties_scored_as_scikit_learn_whatever_the_file_order():
+    from sklearn.metrics import average_precision_score
+
+    # by hand: query 0's two nearest images are one duplicated image, filed under person 0 (row 1) and person 1
+    # (row 2). AP counts the tie group at once (1 positive in 2: 1/2, as scikit-learn); rank-1 is half a hit
+    X = np.array([[1.0, 0.0], [0.9, 0.1], [0.9, 0.1], [0.0, 1.0]])
+    for y in (np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])):  # the same images, the duplicates' rows swapped
+        for method in ("auto", "sort"):
+            r = loo_retrieval(X, y, method=method)
+            assert (r.rank1[0], r.rank5[0], r.ap[0]) == pytest.approx((0.5, 1.0, 0.5))
+    # random people with duplicated images, within a person and across people: AP equals scikit-learn's on every
+    # query, and every score follows an image, not its row, when the files are shuffled
+    rng = np.random.default_rng(7)
+    y = np.repeat(np.arange(12), 4)
+    X = (rng.normal(size=(12, 24))[y] + 0.8 * rng.normal(size=(len(y), 24))).astype(np.float32)
+    for i, j in ((0, 1), (0, 5), (9, 30), (17, 18), (17, 40), (44, 2)):
+        X[j] = X[i]
+    Xn = X.astype(np.float64) / np.linalg.norm(X.astype(np.float64), axis=1, keepdims=True)
+    S = np.round(Xn @ Xn.T, 10)
+    perm = rng.permutation(len(y))
+    for method in ("auto", "sort"):
+        r = loo_retrieval(X, y, method=method, block_bytes=4 * len(y) * 7)
+        for q in range(len(y)):
+            others = np.arange(len(y)) != q
+            assert r.ap[q] == pytest.approx(average_precision_score(y[others] == y[q], S[q, others]), rel=1e-12)
+        shuffled = loo_retrieval(X[perm], y[perm], method=method)
+        for name in ("rank1", "rank5", "ap"):
+            np.testing.assert_allclose(getattr(shuffled, name), getattr(r, name)[perm], rtol=1e-12)
+    assert r.rank1[0] == pytest.approx(0.5)  # row 0's duplicates: row 1 (its person) and row 5 (another)
 
 
 def test_average_precision_by_hand():
@@ -281,8 +338,7 @@ def test_gallery_probe_retrieval_against_brute_force():
             order = np.argsort(-S[q], kind="stable")
             hits = gy[order] == qy[q]
             assert r.neighbours[q].tolist() == order[:5].tolist()
-            assert r.rank1[q] == float(hits[0]) and r.rank5[q] == float(hits[:5].any())
-            assert r.ap[q] == pytest.approx((np.cumsum(hits) / np.arange(1, len(hits) + 1))[hits].mean(), rel=1e-12)
+            assert [r.rank1[q], r.rank5[q], r.ap[q]] == pytest.approx(_tied_reference(S[q, order], hits), rel=1e-12)
     with pytest.raises(ValueError, match="both gallery_features and gallery_labels"):
         retrieve(Q, qy, G)
 
