@@ -557,9 +557,20 @@ def test_every_row_names_its_evaluation_and_clustered_items_save_their_people(fa
         art = load_artifacts(path)
         people = art["group"]
         assert len(people) == len(art["ids"])
-        if key != ("test_vit", "verification"):  # a pair clusters in its first image's person
+        if key == ("test_vit", "verification"):  # a pair clusters in both its people: [N, 2]
+            names = [[side.split("/")[0] for side in i.split("|")] for i in art["ids"]]
+            assert people.shape == (len(names), 2)
+            assert [[f"person{int(p):02d}" for p in pair] for pair in people] == names
+            assert ((people[:, 0] == people[:, 1]) == art["labels"].astype(bool)).all()
+        else:  # a query, an image: its person
             names = [i.split("/")[0] for i in art["ids"]]
             assert [f"person{int(p):02d}" for p in people] == names
+    # identification queries and verification pairs: their intervals resample the 20 people
+    from probe.analysis import job_ci
+
+    for key, metric in ((("test_vit", "identification"), "rank1"), (("test_vit", "verification"), "verif_acc")):
+        ci = job_ci(paths[key][0], metric=metric, n_boot=200)
+        assert (ci.over, ci.n_groups) == ("people", 20) and ci.low <= ci.estimate <= ci.high
     # grouped and ungrouped schemes are different protocols
     ids = {pl.read_parquet(paths[k][0])["protocol"][0] for k in expected}
     assert len(ids) == len(expected)

@@ -25,6 +25,7 @@ import numpy as np
 UNITS = ("fraction", "target", "ratio", "log10")
 
 #: Key of the per-item group array in a job's ``.npz`` (a person, a scene): bootstrap intervals resample groups.
+#: One group per item ([N]), or two ([N, 2]: a verification pair of two people, counted as often as both are drawn).
 GROUP_KEY = "group"
 
 

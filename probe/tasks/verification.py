@@ -94,8 +94,9 @@ class Verification(Task):
         ids = np.asarray([f"{data.ids[a]}|{data.ids[b]}" for a, b in zip(pairs.a, pairs.b)])
         items = {"ids": ids, "labels": pairs.same.astype(np.int64), "item/verif_acc": v.correct.astype(float),
                  "similarity": v.similarity, "fold": pairs.fold, "thresholds": v.thresholds,
-                 # a pair's folds hold disjoint people; a pair clusters in its first image's person
-                 GROUP_KEY: data.labels[pairs.a].astype(str)}
+                 # a pair clusters in both its people ([N, 2]; twice the same for a matched pair): intervals
+                 # resample people and count a pair as often as both its people are drawn
+                 GROUP_KEY: np.stack([data.labels[pairs.a], data.labels[pairs.b]], axis=1).astype(str)}
         return [row], items
 
     # ------------------------------------------------------------------------------------------ report hooks
