@@ -527,7 +527,7 @@ class Report:
                  "One backbone with one head per task, trained jointly (loss weights equal, or learned "
                  "uncertainties where the weighting says so), against single-task fine-tunes of the same settings "
                  "on the same splits. Both choose their epoch on val (the joint run by the mean over its tasks of "
-                 "each val metric relative to epoch 1) and are retrained on train+val for that many epochs; test "
+                 "the share of each val metric's gap to perfect closed since epoch 1) and are retrained on train+val for that many epochs; test "
                  f"is scored once. multi − single with its paired bootstrap {self.pct} CI over test images "
                  "(per-image statistics, seed means; over scenes or people where the jobs saved them), grouped by "
                  "family; for the depth errors (rmse, lower is better) a negative difference is a gain. Each joint "
