@@ -373,8 +373,9 @@ class Resampling:
     (people, scenes), groups drawn with repetition and each item counted as often as its group (a cluster
     bootstrap). An item of two groups (group index [N, 2]: a verification pair of two people) counts as often as
     its two people were drawn multiplied (a pair of one person: as often as the person), so a pair is in a
-    resample when both its people are (the dyadic, "pigeonhole" bootstrap). ``values(counts)`` gives each result's metric per resample [B, M] (seed means), through
-    :meth:`probe.tasks.Metric.resampled` (linear in the counts).
+    resample when both its people are (the dyadic, "pigeonhole" bootstrap). ``values(counts)`` gives each
+    result's metric per resample [B, M] (seed means), through :meth:`probe.tasks.Metric.resampled` (linear in
+    the counts).
 
     Without groups, items whose statistics are identical in every result are one *kind* (a top-1 hit of the
     same class, say): drawing n items with repetition makes the kinds' counts multinomial with their shares as
