@@ -345,6 +345,11 @@ def run_dense_job(task, data: DenseData, job) -> tuple[list[dict], dict]:
              **{f"stat/{k}": v for k, v in stats.items()},
              **{f"weight/{k}": v for k, v in fitted._artifact_weights().items()},
              **{f"preview/{k}": v for k, v in preview.items()}}
+    scenes = source_carve_groups(data.source, "test", test_data.ids)
+    if scenes is not None:  # NYUv2: the test frames cluster in scenes, which the bootstrap intervals resample
+        from .tasks import GROUP_KEY
+
+        items[GROUP_KEY] = scenes
     return rows + [row], items
 
 

@@ -72,6 +72,7 @@ def test_nyuv2_val_is_carved_by_scene_in_sweeps_and_fine_tuning(tmp_path):
 
     from probe._finetune.data import plan_splits
     from probe._sweep import sweep_cached
+    from probe.results import load_artifacts
     from probe.splits import source_carve_groups
 
     mat, *_ = write_nyuv2(tmp_path / "nyu")
@@ -88,6 +89,9 @@ def test_nyuv2_val_is_carved_by_scene_in_sweeps_and_fine_tuning(tmp_path):
                          device="cpu", grids={"linear": {"lr": [0.01], "weight_decay": [0.0], "epochs": [1]}})
     rows = pl.read_parquet(paths[0])
     assert set(rows["n_val"]) == {2} and set(rows["val_fraction"]) == {0.2}
+    # the test frames save their scene, which intervals resample
+    art = load_artifacts(paths[0])
+    assert [SCENES[int(i) - 1] for i in art["ids"]] == art["group"].tolist() == ["office_0003", "office_0003"]
 
 
 def write_dense_manifest(root, *, mask_size=(10, 12), mask_value=1, depth=None):
