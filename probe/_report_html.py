@@ -49,7 +49,8 @@ _METRIC_HEAD = {"top1": "top-1", "top5": "top-5", "mean_per_class_acc": "mean pe
                 "pixel_acc": "pixel acc", "rmse": "RMSE", "abs_rel": "abs rel", "log10": "log10",
                 "delta1": "δ<1.25", "delta2": "δ<1.25²", "delta3": "δ<1.25³", "rank1": "rank-1",
                 "rank5": "rank-5", "map": "mAP", "verif_acc": "verif acc", "verif_acc_sd": "verif acc sd",
-                "roc_auc": "ROC AUC", "tar_far1e3": "TAR@FAR1e-3", "mae": "MAE", "cs5": "CS(5)"}
+                "verif_acc_se": "verif acc SE", "roc_auc": "ROC AUC", "tar_far1e3": "TAR@FAR1e-3", "mae": "MAE",
+                "cs5": "CS(5)"}
 
 
 def write_html_report(results_dir: str | os.PathLike = "results", out_dir: str | os.PathLike | None = None, *,

@@ -132,16 +132,20 @@ def _reference(report, task, recs: list[dict]) -> dict | None:
 
 def _scheme_block(report, task, dataset: str, evaluation: str, tj) -> list[str]:
     a = report.a
+    # an sd or standard-error column (verif_acc_sd, verif_acc_se) shows beside its metric
     metrics = [m for m in task.metric_names if m in tj.columns
-               and not (m.endswith("_sd") and m[:-3] in task.metric_names)]  # an sd column shows beside its metric
+               and not (m[-3:] in ("_sd", "_se") and m[:-3] in task.metric_names)]
     hd = task.headline
     lines = []
     groups = _candidates(report, task, tj)
     shown = []
+    undefined = {}  # metric -> why its n/a cells are undefined (the task's missing_reason)
     for name, rows in groups:
         recs = sorted(rows.to_dicts(), key=lambda r: (report.config_index(r["backbone_config"]), r["config_label"]))
         ref = _reference(report, task, recs)
-        cols = [head(task, m) for m in metrics]
+        several = any((r.get("n") or 1) > 1 for r in recs)
+        cols = [head(task, m) + (" ± SE over folds" if f"{m}_se" in task.metric_names and not several else "")
+                for m in metrics]
         ref_head = f"vs best {hd} (chosen on val) [{report.pct} CI]" if ref is not None else None
         lines += [f"{name}:", "", "| configuration | family | method | " + " | ".join(cols) +
                   f" | {hd} [{report.pct} CI] |" + (f" {ref_head} |" if ref_head else "") + " n |",
@@ -149,7 +153,12 @@ def _scheme_block(report, task, dataset: str, evaluation: str, tj) -> list[str]:
         for r in recs:
             files = list(r["files"])
             sd = _fold_sd(files, r, metrics, task)
-            cells = [fmt(task, m, r.get(m), sd.get(m)) for m in metrics]
+            cells = []
+            for m in metrics:
+                reason = task.missing_reason(m) if _missing(r.get(m)) else None
+                if reason:
+                    undefined[m] = reason
+                cells.append("n/a" if reason else fmt(task, m, r.get(m), sd.get(m)))
             ci = a.resample_interval([files], hd, task=task.name, **report.kw)
             if isinstance(ci, str):
                 ci_text = fmt(task, hd, r.get(hd)) + f" (no interval: {ci})"
@@ -167,6 +176,8 @@ def _scheme_block(report, task, dataset: str, evaluation: str, tj) -> list[str]:
             lines.append(f"| `{r['config_label']}` | {r['family']} | {r['method']} | " + " | ".join(cells) +
                          f" | {ci_text} |" + (f" {diff} |" if ref is not None else "") + f" {r['n_eval'] or '—'} |")
         lines.append("")
+        lines += [f"_n/a in {head(task, m)}: {why}._" for m, why in undefined.items()] + ([""] if undefined else [])
+        undefined = {}
         if ref is None and len(recs) > 1:
             lines += ["_Nothing was selected on val in this group (no val score), so no configuration is the "
                       "reference: a reference picked by its test score would favour it._", ""]
@@ -225,11 +236,13 @@ def _frozen_vs_tuned(report, task, metrics: list[str], frozen, tuned) -> list[st
 
 def _fold_sd(files, row, metrics, task) -> dict:
     """The sd to show beside each metric: over seeds when there are several; else a cross-validation's sd over
-    folds (its summary row's params, ``fold_sd``), or a metric that is the sd of another (``verif_acc_sd``: over
-    the pair folds)."""
+    folds (its summary row's params, ``fold_sd``), or a metric that is the standard error or sd of another
+    (``verif_acc_se``, the standard error over the pair folds that LFW's protocol reports, labelled so in the
+    heading; else ``verif_acc_sd``)."""
     if (row.get("n") or 1) > 1:
         return {m: row.get(f"{m}_sd") for m in metrics}
-    own = {m: row.get(f"{m}_sd") for m in metrics if f"{m}_sd" in task.metric_names}
+    own = {m: row.get(f"{m}_se" if f"{m}_se" in task.metric_names else f"{m}_sd") for m in metrics
+           if f"{m}_se" in task.metric_names or f"{m}_sd" in task.metric_names}
     import polars as pl
 
     try:
@@ -248,9 +261,10 @@ DENSE_INTRO = (
     "Per dataset, task and evaluation scheme, the frozen dense probe (a linear layer on each patch token, "
     "bilinearly upsampled to the labels; `linear / patch`) beside its fine-tuned counterpart: the single-task "
     "fine-tune with a linear head, each chosen on val. Joint multi-task fine-tunes and other heads are listed "
-    "apart with their tasks and head (see also the multi-task section). Segmentation: mIoU over the classes "
-    "present in the test ground truth and pixel accuracy, in percent; depth: RMSE (m), abs rel and log10 (lower "
-    "is better), and δ thresholds in percent, on valid pixels (see `probe.dense` for the crop and the depth cap). "
+    "apart with their tasks and head (see also the multi-task section). Segmentation: mIoU (averaged over the "
+    "classes predicted or present in the test ground truth, as mmsegmentation and torchmetrics define it) and "
+    "pixel accuracy, in percent; depth: RMSE (m), abs rel and log10 (lower is better), and δ thresholds in "
+    "percent, on valid pixels (see `probe.dense` for the crop and the depth cap). "
     "Intervals are bootstrap {pct} CIs over test images (or the scenes they cluster in, where saved; paired for "
     "differences), resampling each image's saved statistics (intersection and union counts; depth error sums).")
 

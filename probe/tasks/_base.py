@@ -25,6 +25,7 @@ import numpy as np
 UNITS = ("fraction", "target", "ratio", "log10")
 
 #: Key of the per-item group array in a job's ``.npz`` (a person, a scene): bootstrap intervals resample groups.
+#: One group per item ([N]), or two ([N, 2]: a verification pair of two people, counted as often as both are drawn).
 GROUP_KEY = "group"
 
 
@@ -419,6 +420,12 @@ class Task:
         if isinstance(folds, int) and not isinstance(folds, bool):
             return evaluation_label(cv=folds, cv_group="subject" if params.get("interval_over") == "people" else None)
         return "splits"
+
+    def missing_reason(self, metric: str) -> str | None:
+        """Why ``metric`` can be null in a row of this task because it is undefined on the row's data (not because
+        it was not run): the report prints ``n/a`` in its cell and this reason under the table. None (the
+        default): a null prints ``—``."""
+        return None
 
     def report_figures(self, report, dataset: str, evaluation: str, shown: list) -> list[str]:
         """Markdown lines of the task's figures under its generic tables (none by default).
