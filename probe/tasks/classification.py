@@ -44,6 +44,7 @@ class Classification(Task):
 
     title = "Classification"
     report_group = "Classification"
+    frozen_taps_excluded = frozenset({"patch"})
 
     def item_stats(self, artifacts):
         """Hits from the saved predictions when the job saved no ``item/`` arrays: ``item/top1`` is the top-1
