@@ -148,6 +148,11 @@ def test_report_html_of_the_default_study_in_a_browser(default_results, tmp_path
     page_file = out / "report.html"
     assert page_file.is_file() and not (out / "report.md").exists()
     assert page_file.stat().st_size < 5 * 2**20
+    # the figures each task's report hook names, as inline SVG: retrieved faces, predicted vs true, dense examples
+    text = page_file.read_text()
+    for title in ("faces: nearest faces per query and backbone", "faces: predicted vs true",
+                  "shapes segmentation: test images, ground truth", "shapes depth: test images, ground truth"):
+        assert re.search(r'<svg role="img"[^>]*><title id="fig\d+-title">' + re.escape(title), text), title
     truth = _default_protocols(work / "results")
 
     driver = browser_or_skip()
