@@ -220,9 +220,10 @@ class Report:
         """Test images, ground truth and each configuration's frozen dense probe (the dense tasks' figure)."""
         return _tables.dense_examples(self, task, dataset, evaluation, shown)
 
-    def classification_sections(self, task, jobs, *, extra: tuple[str, ...] = ()) -> list[str]:
+    def classification_sections(self, task, jobs, *, extra: tuple[str, ...] | None = None) -> list[str]:
         """Frozen probes vs fine-tuning, families, layer-wise and few-shot curves of ``task`` (classification's
-        section), once per evaluation scheme; ``extra`` metrics get their own columns and paired gains."""
+        section), once per evaluation scheme; ``extra`` metrics (default :attr:`probe.tasks.Task.gain_metrics`)
+        get their own columns and paired gains."""
         pl, analysis = self.pl, self.a
         schemes = sorted(set(jobs["evaluation"].to_list())) if jobs.height else ["splits"]
         lines = []
@@ -232,7 +233,7 @@ class Report:
             self.suffix = "" if len(schemes) == 1 else f" · evaluation `{evaluation}`"
             self.jobs = jobs.filter(pl.col("evaluation") == evaluation) if jobs.height else jobs
             self.metric = task.headline
-            self.extra = [m for m in extra if m in task.metric_names]
+            self.extra = [m for m in (task.gain_metrics if extra is None else extra) if m in task.metric_names]
             self.head = _label(task, self.metric)
             groups = analysis.report_groups(self.jobs, task, notes=self.notes)
             self.protocols = groups["protocols"]

@@ -30,14 +30,6 @@ from ._io import write_text_atomic
 from .vocab import FINETUNE
 
 
-def _is_dense(task: str) -> bool:
-    """Per-pixel targets, as the task declares (:attr:`probe.tasks.Task.dense`)."""
-    from .analysis import task_of
-
-    t = task_of(task)
-    return bool(t is not None and t.dense)
-
-
 #: The evaluation scheme of rows written before the ``evaluation`` column existed.
 DEFAULT_EVALUATION = "splits"
 #: Packages whose versions the provenance panel lists (read from their metadata; nothing is imported).
@@ -361,8 +353,8 @@ class _Explorer:
 
     def _gains(self, section, task, evaluation, metric, metrics, best_fz, best_ft) -> None:
         a, pl = self.a, self.pl
-        extra = [m for m in metrics[1:] if m in a.BOOTSTRAP_METRICS and m != "top5"
-                 and (_is_dense(task) or m not in a.DENSE_METRICS)]
+        t = a.task_of(task)  # the metrics the task names for paired gains (the markdown report asks the same)
+        extra = [m for m in (t.gain_metrics if t is not None else ()) if m in metrics[1:]]
         gains = a.finetune_gains(best_fz, best_ft, metric=metric, extra_metrics=extra, **self.kw)
         if not gains.height:
             return

@@ -178,8 +178,7 @@ def _frozen_vs_tuned(report, task, metrics: list[str], frozen, tuned) -> list[st
     held-out items (:func:`probe.analysis.finetune_gains`, pairing by item id, groups resampled)."""
     a = report.a
     hd = metrics[0] if metrics else task.headline
-    extra = [m for m in metrics[1:] if task.metric(m).from_items and task.metric(m).reduce is None
-             and task.metric(m).resample is None]
+    extra = [m for m in task.gain_metrics if m in metrics[1:]]
     gains = a.finetune_gains(frozen, tuned, metric=hd, extra_metrics=extra, **report.kw)
     rows = [g for g in (gains.to_dicts() if gains.height else []) if g["finetune"] is not None]
     if not rows:
@@ -263,7 +262,8 @@ def dense_section(report, task, jobs) -> list[str]:
             # the frozen dense probe and its counterpart fine-tune (single-task, linear head), as the task says
             groups = a.report_groups(sub, task, notes=report.notes)
             fz, ft, others = groups["frozen"], groups["tuned"], groups["others"]
-            gains = a.finetune_gains(fz, ft, metric=hd, extra_metrics=metrics[1:], **report.kw) \
+            gains = a.finetune_gains(fz, ft, metric=hd, extra_metrics=[m for m in task.gain_metrics if m in metrics],
+                                     **report.kw) \
                 if fz.height or ft.height else pl.DataFrame()
             lines += [f"### {dataset}: {task.name}", "", f"Evaluation: `{evaluation}`.", ""]
             header = ["configuration", "family", "method (val-selected)", "seeds",

@@ -404,6 +404,13 @@ class Task:
     #: whose reports show no family comparison).
     compare_families: ClassVar[bool] = True
 
+    @property
+    def gain_metrics(self) -> tuple[str, ...]:
+        """Metrics beyond the headline that get their own paired fine-tuned − frozen difference in both reports:
+        by default those pooled from per-item values with no reduction or resampling of their own (a plain mean
+        over items); classification names mean per-class accuracy, the dense tasks all their metrics."""
+        return tuple(m.name for m in self.metrics[1:] if m.from_items and m.reduce is None and m.resample is None)
+
     def finetune_counterpart(self, tasks: tuple[str, ...], head: str | None) -> bool:
         """Whether a fine-tune of this task is the frozen probe's counterpart ("fine-tuning" in the reports,
         compared with the best frozen probe); other fine-tunes are listed apart.

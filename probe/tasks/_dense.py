@@ -15,6 +15,11 @@ class DenseTask(Task):
     dense = True
     compare_families = False
 
+    @property
+    def gain_metrics(self) -> tuple[str, ...]:
+        """Every metric beyond the headline (each resampled from its per-image statistics)."""
+        return self.metric_names[1:]
+
     def finetune_counterpart(self, tasks, head) -> bool:
         """Only a single-task fine-tune with the linear head is the frozen linear probe's counterpart (older
         rows that record neither count as one); joint multi-task runs and other heads are listed apart."""
