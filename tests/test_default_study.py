@@ -169,7 +169,7 @@ def test_report_html_of_the_default_study_in_a_browser(default_results, tmp_path
         assert shown == sorted(shown, reverse=True) and len(shown) == len(KEEP)  # digits: one row per backbone
         # each row's frozen score is the test score of the protocol it names, and that protocol has the best val
         for r in rows(gains):
-            backbone = r["config"].split(" · ")[0]
+            backbone = re.sub(r"^\W+", "", r["config"].split(" · ")[0])  # the marker glyph before the label
             probe_name, tap = r["frozen_method"].split(" (")[0].split(" / ")
             cand = truth.filter((pl.col("task") == "classification") & (pl.col("dataset") == r["dataset"])
                                 & (pl.col("backbone") == backbone) & (pl.col("shots") == 0)
