@@ -102,8 +102,9 @@ def test_console_summary_covers_every_task(default_results):
 # ------------------------------------------------------------------------------------------ report.html in a browser
 
 def _default_protocols(results: Path):
-    """From the parquet files alone: per (task, dataset, evaluation, backbone, protocol), the seed mean of the task's
-    headline test metric (in the page's unit) and the number of seeds (what the explorer's protocol rows show)."""
+    """From the parquet files alone: per (task, dataset, evaluation, backbone, protocol), the seed means of the
+    task's headline test metric (``shown``, in the page's unit) and of the val score in the selection metric
+    (``val``), and the number of seeds (what the explorer's protocol rows show)."""
     import polars as pl
 
     import probe
@@ -116,12 +117,17 @@ def _default_protocols(results: Path):
     for (task,), sub in test.group_by("task"):
         t = probe.tasks.get(task)
         scale = 100.0 if t.metric(t.headline).unit == "fraction" else 1.0  # the page shows fractions in percent
+        # the val score of the chosen params: the val row of the same job and params, in the selection metric
+        val = rows.filter((pl.col("split") == "val") & (pl.col("task") == task))
+        val = val.select("file", "params", *[pl.col(m).alias(f"val_{m}") for m in t.selectable() if m in val.columns])
+        sub = sub.join(val, on=["file", "params"], how="left")
+        val_score = pl.coalesce(*[pl.when(pl.col("select_metric") == m).then(pl.col(f"val_{m}"))
+                                  for m in t.selectable() if f"val_{m}" in sub.columns], pl.lit(None))
         parts.append(sub.select("task", "dataset", "evaluation", "backbone", "protocol", "probe", "tap", "shots",
-                                (pl.col(t.headline) * scale).alias("shown")))
+                                (pl.col(t.headline) * scale).alias("shown"), val_score.cast(pl.Float64).alias("val")))
     jobs = pl.concat(parts, how="diagonal_relaxed")
     return (jobs.group_by("task", "dataset", "evaluation", "backbone", "protocol")
-            .agg(pl.col("probe", "tap", "shots").first(), pl.col("shown").mean(),
-                 pl.len().alias("n")))
+            .agg(pl.col("probe", "tap", "shots").first(), pl.col("shown", "val").mean(), pl.len().alias("n")))
 
 
 def _close(shown: list[float], expected: list[float], tol: float = 0.051) -> bool:
@@ -176,6 +182,11 @@ def test_report_html_of_the_default_study_in_a_browser(default_results, tmp_path
                                 & (pl.col("evaluation") == "splits") & (pl.col("probe") == probe_name)
                                 & (pl.col("tap") == tap))
             assert cand.height == 1 and abs(cand["shown"][0] - number(r["frozen"])) <= 0.051, (r, cand)
+            others = truth.filter((pl.col("task") == "classification") & (pl.col("dataset") == r["dataset"])
+                                  & (pl.col("backbone") == backbone) & (pl.col("shots") == 0)
+                                  & (pl.col("evaluation") == "splits") & (pl.col("probe") != "finetune")
+                                  & (pl.col("tap") != "patch"))
+            assert others.height > 1 and cand["val"][0] == others["val"].max(), others  # chosen on val, not test
 
         # filter by dataset: the protocols table holds exactly that dataset's protocols
         Select(driver.find_element(By.ID, "filter-dataset")).select_by_value("digits")
