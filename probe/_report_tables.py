@@ -11,6 +11,13 @@ composes them through the :class:`probe._report.Report` it is given.
 - :func:`dense_section`: per dataset and scheme, the frozen dense probe beside the single-task fine-tune with the
   linear head (the frozen probe's counterpart) and the gain; joint multi-task fine-tunes and other heads are
   listed apart, their tasks and head named.
+- The figures a task's :meth:`~probe.tasks.Task.report_figures` hook names: :func:`retrieval_figures`,
+  :func:`prediction_scatter_figure` and :func:`dense_examples_figure` build them (matplotlib, over
+  :mod:`probe.analysis`); :func:`retrieval_figure`, :func:`prediction_scatter` and :func:`dense_examples` save them
+  as PNGs for the markdown, and the HTML explorer draws the same figures as inline SVG.
+
+What each section compares (fixed methods, the frozen candidates, the fine-tunes that are the frozen probe's
+counterpart) comes from :func:`probe.analysis.report_groups`, as the task declares it.
 """
 
 from __future__ import annotations
