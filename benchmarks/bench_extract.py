@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_probes import matmul_peak  # noqa: E402  (one implementation of the peak)
+from bench_probes import cpu_model, matmul_peak  # noqa: E402  (one implementation of each)
 
 #: ImageNet-like sizes (width, height): most ImageNet photos are 500 px on the longer side, 4:3 or 3:2.
 IMAGENET_SIZES = ((500, 375), (375, 500), (500, 333), (333, 500), (500, 400), (640, 480), (500, 500), (400, 300))
@@ -187,7 +187,7 @@ def bench(model_name: str, spec: str, *, batch_size: int, workers: int | None, d
         peaks.append(matmul_peak(dev))
     agreement = _agreement(datasets, profiles, split, min(n, 64), dev) if set(paths) == {"pil", "gpu"} else None
     shutil.rmtree(keep, ignore_errors=True)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model()
     return {"model": model_name, "device": f"{dev} ({name})", "images": n, "workers": n_workers,
             "batch_size": batch_size, "input_size": cfg["input_size"], "build_s": build_s,
             "threads": torch.get_num_threads(), "gflop": gflop, "peak": statistics.median(peaks),
@@ -219,16 +219,6 @@ def _agreement(datasets, profiles, split, m, dev) -> dict:
     fa, fb = feats
     cos = (fa * fb).sum(1) / np.linalg.norm(fa, axis=1) / np.linalg.norm(fb, axis=1)
     return {"max": levels.amax(dim=(1, 2, 3)).numpy(), "mean": levels.mean(dim=(1, 2, 3)).numpy(), "cos": cos}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "cpu"
 
 
 def _shares(profile: dict) -> str:

@@ -289,7 +289,7 @@ def run_dense_job(task, data: DenseData, job) -> tuple[list[dict], dict]:
     from ._protocol import plain, select_refit_test
     from .dense import dense_metrics
     from .results import make_row
-    from .splits import carve_splits
+    from .splits import carve_splits, source_carve_groups
 
     est, points = job.extra["estimator"], job.extra["points"]
     train = data.meta["train"]
@@ -298,7 +298,9 @@ def run_dense_job(task, data: DenseData, job) -> tuple[list[dict], dict]:
         val_parts = [(data.entries["val"].path, data.targets["val"], None)]
         recorded = 0.0
     else:  # a seeded carve of train (the classification sweeps' carve, over the cached labels and ids)
-        parts = carve_splits(train.labels, ids=train.ids, val_fraction=job.val_fraction, seed=job.seed)
+        groups = source_carve_groups(data.source, "train", train.ids)  # NYUv2: whole scenes
+        parts = carve_splits(train.labels, ids=train.ids, val_fraction=job.val_fraction, seed=job.seed,
+                             **({} if groups is None else {"stratify": False, "groups": groups}))
         fit_parts = [(data.entries["train"].path, data.targets["train"], parts["train"])]
         val_parts = [(data.entries["train"].path, data.targets["train"], parts["val"])]
         recorded = float(job.val_fraction)
@@ -343,6 +345,11 @@ def run_dense_job(task, data: DenseData, job) -> tuple[list[dict], dict]:
              **{f"stat/{k}": v for k, v in stats.items()},
              **{f"weight/{k}": v for k, v in fitted._artifact_weights().items()},
              **{f"preview/{k}": v for k, v in preview.items()}}
+    scenes = source_carve_groups(data.source, "test", test_data.ids)
+    if scenes is not None:  # NYUv2: the test frames cluster in scenes, which the bootstrap intervals resample
+        from .tasks import GROUP_KEY
+
+        items[GROUP_KEY] = scenes
     return rows + [row], items
 
 

@@ -19,8 +19,11 @@ They are looked for in ``--data-root`` when given, else beside the ``.mat`` file
 classes that the mapping sends to 0 become :data:`probe.dense.IGNORE_INDEX`; segmentation ids are the mapped
 classes minus one (0..K-1). Depth is kept in metres; pixels outside the Eigen evaluation crop (rows 45:471,
 columns 41:601 of the 480 x 640 frame, scaled for another frame size) are set to 0 (unmeasured), so neither training nor scoring sees the frame's unfilled border.
-NYUv2 has no val split: the sweeps carve one from train (seeded, recorded in every row). There are no
-classification labels here (``task`` is ``segmentation`` or ``depth``).
+NYUv2 has no val split: the sweeps and fine-tuning carve one from train (seeded, recorded in every row) **by
+scene**: the ``.mat``'s ``scenes`` (one name per image, e.g. ``kitchen_0028``, the video sequence its frame comes
+from) group the images, and val takes whole scenes (:func:`probe.splits.source_carve_groups`), as the official
+train/test split is scene-disjoint; a per-image carve would put frames of one video in both train and val. There
+are no classification labels here (``task`` is ``segmentation`` or ``depth``).
 """
 
 from __future__ import annotations
@@ -66,13 +69,16 @@ def open_nyuv2(arg: str, data_root=None) -> dict:
                              f"holding {SPLITS_FILE} and {mapping_path.name} (see 'probe datasets' docs: README)")
     try:
         with h5py.File(path, "r") as f:
-            missing = [k for k in ("images", "depths", "labels") if k not in f]
+            missing = [k for k in ("images", "depths", "labels", "scenes") if k not in f]
             if missing:
                 raise UsageError(f"nyuv2: {path} has no {missing} arrays; is it nyu_depth_v2_labeled.mat?")
             n = int(f["images"].shape[0])
             if f["depths"].shape[0] != n or f["labels"].shape[0] != n:
                 raise ProbeError(f"nyuv2: {path} has {n} images but {f['depths'].shape[0]} depth maps and "
                                  f"{f['labels'].shape[0]} label maps")
+            scenes = [_text_of(f, r) for r in f["scenes"][()].ravel()]
+            if len(scenes) != n:
+                raise ProbeError(f"nyuv2: {path} has {n} images but {len(scenes)} scene names")
     except OSError as exc:
         raise UsageError(f"nyuv2: cannot open {path} as HDF5 (MATLAB v7.3): {exc}") from None
     train, test = _read_splits(splits_path, n)
@@ -84,6 +90,9 @@ def open_nyuv2(arg: str, data_root=None) -> dict:
                 labels={s: np.zeros(len(v), dtype=np.int64) for s, v in splits.items()},
                 ids={s: [f"{i + 1:04d}" for i in v] for s, v in splits.items()}, root=str(path),
                 options={"dense_tasks": ["segmentation", "depth"], "classification": False,
+                         # val is carved by scene (probe.splits.source_carve_groups)
+                         "carve_groups": {s: [scenes[i] for i in v] for s, v in splits.items()},
+                         "carve_group_noun": "scenes",
                          "segmentation_classes": names, "mapping": mapping.tolist(), "files": files})
 
 
@@ -106,6 +115,11 @@ def _read_mapping(path: Path) -> tuple[np.ndarray, list[str]]:
     if len(mapping) == 0 or mapping.max() > len(names) or mapping.min() < 0:
         raise UsageError(f"nyuv2: {path} maps raw classes to ids outside 1..{len(names)} (its className list)")
     return mapping, names
+
+
+def _text_of(f, ref) -> str:
+    """The string a MATLAB v7.3 cell holds (an HDF5 object reference to a uint16 char array)."""
+    return "".join(map(chr, np.asarray(f[ref][()]).ravel()))
 
 
 def _text(value) -> str:

@@ -124,9 +124,9 @@ class Report:
 
     A task's :meth:`probe.tasks.Task.report_section` gets this object and the task's jobs; it returns markdown
     lines built from :meth:`classification_sections`, :meth:`dense_section`, :meth:`scored_tables`,
-    :meth:`family_lines`, :meth:`retrieval_figure`, :meth:`prediction_scatter` and :meth:`group_heading`, with
-    ``a`` (:mod:`probe.analysis`), ``pl`` (polars), ``kw`` (bootstrap settings), ``pct``, ``notes`` and
-    :meth:`save` for figures.
+    :meth:`family_lines`, :meth:`retrieval_figure`, :meth:`prediction_scatter`, :meth:`dense_examples` and
+    :meth:`group_heading`, with ``a`` (:mod:`probe.analysis`), ``pl`` (polars), ``kw`` (bootstrap settings),
+    ``pct``, ``notes`` and :meth:`save` for figures.
     """
 
     jobs: object  # polars DataFrame of analysis.job_table
@@ -216,9 +216,14 @@ class Report:
         """Predicted vs true target per configuration (regression's figure)."""
         return _tables.prediction_scatter(self, dataset, evaluation, shown)
 
-    def classification_sections(self, task, jobs, *, extra: tuple[str, ...] = ()) -> list[str]:
+    def dense_examples(self, task, dataset: str, evaluation: str, shown) -> list[str]:
+        """Test images, ground truth and each configuration's frozen dense probe (the dense tasks' figure)."""
+        return _tables.dense_examples(self, task, dataset, evaluation, shown)
+
+    def classification_sections(self, task, jobs, *, extra: tuple[str, ...] | None = None) -> list[str]:
         """Frozen probes vs fine-tuning, families, layer-wise and few-shot curves of ``task`` (classification's
-        section), once per evaluation scheme; ``extra`` metrics get their own columns and paired gains."""
+        section), once per evaluation scheme; ``extra`` metrics (default :attr:`probe.tasks.Task.gain_metrics`)
+        get their own columns and paired gains."""
         pl, analysis = self.pl, self.a
         schemes = sorted(set(jobs["evaluation"].to_list())) if jobs.height else ["splits"]
         lines = []
@@ -228,13 +233,11 @@ class Report:
             self.suffix = "" if len(schemes) == 1 else f" · evaluation `{evaluation}`"
             self.jobs = jobs.filter(pl.col("evaluation") == evaluation) if jobs.height else jobs
             self.metric = task.headline
-            self.extra = [m for m in extra if m in task.metric_names]
+            self.extra = [m for m in (task.gain_metrics if extra is None else extra) if m in task.metric_names]
             self.head = _label(task, self.metric)
-            self.protocols = analysis.aggregate_seeds(self.jobs)
-            full = self.protocols.filter(pl.col("shots") == 0)
-            self.best_frozen = analysis.best_by_val(
-                full.filter((pl.col("probe") != FINETUNE) & (pl.col("tap") != "patch")), notes=self.notes)
-            self.best_ft = analysis.best_by_val(full.filter(pl.col("probe") == FINETUNE), notes=self.notes)
+            groups = analysis.report_groups(self.jobs, task, notes=self.notes)
+            self.protocols = groups["protocols"]
+            self.best_frozen, self.best_ft = groups["frozen"], groups["tuned"]
             self.datasets = sorted(set(self.jobs["dataset"].to_list())) if self.jobs.height else []
             if hasattr(self, "_gain_frame"):
                 del self._gain_frame
@@ -248,7 +251,7 @@ class Report:
         """One line per pair of families among ``rows`` (best-by-val rows of one group): the difference of the
         families' means over their backbones with its two-level interval, and the caveats."""
         a = self.a
-        if len(set(rows["family"].to_list())) < 2:
+        if not task.compare_families or len(set(rows["family"].to_list())) < 2:
             return []
         lines = []
         for c in a.compare_families(rows, metric=metric, **self.kw):
@@ -527,8 +530,9 @@ class Report:
                  "One backbone with one head per task, trained jointly (loss weights equal, or learned "
                  "uncertainties where the weighting says so), against single-task fine-tunes of the same settings "
                  "on the same splits. Both choose their epoch on val (the joint run by the mean over its tasks of "
-                 "each val metric relative to epoch 1) and are retrained on train+val for that many epochs; test "
-                 f"is scored once. multi − single with its paired bootstrap {self.pct} CI over test images "
+                 "the share of each val metric's gap to perfect closed since epoch 1) and are retrained on "
+                 "train+val for that many epochs; test is scored once. multi − single with its paired "
+                 f"bootstrap {self.pct} CI over test images "
                  "(per-image statistics, seed means; over scenes or people where the jobs saved them), grouped by "
                  "family; for the depth errors (rmse, lower is better) a negative difference is a gain. Each joint "
                  "run is paired with the single-task run of the same configuration, dataset, evaluation, seed, val "

@@ -27,16 +27,9 @@ from pathlib import Path
 
 from ._errors import UsageError
 from ._io import write_text_atomic
-from .vocab import COSINE, FINETUNE
+from .vocab import FINETUNE
 
 
-
-def _is_dense(task: str) -> bool:
-    """Per-pixel targets, as the task declares (:attr:`probe.tasks.Task.dense`)."""
-    from .analysis import task_of
-
-    t = task_of(task)
-    return bool(t is not None and t.dense)
 #: The evaluation scheme of rows written before the ``evaluation`` column existed.
 DEFAULT_EVALUATION = "splits"
 #: Packages whose versions the provenance panel lists (read from their metadata; nothing is imported).
@@ -49,7 +42,8 @@ _METRIC_HEAD = {"top1": "top-1", "top5": "top-5", "mean_per_class_acc": "mean pe
                 "pixel_acc": "pixel acc", "rmse": "RMSE", "abs_rel": "abs rel", "log10": "log10",
                 "delta1": "δ<1.25", "delta2": "δ<1.25²", "delta3": "δ<1.25³", "rank1": "rank-1",
                 "rank5": "rank-5", "map": "mAP", "verif_acc": "verif acc", "verif_acc_sd": "verif acc sd",
-                "roc_auc": "ROC AUC", "tar_far1e3": "TAR@FAR1e-3", "mae": "MAE", "cs5": "CS(5)"}
+                "verif_acc_se": "verif acc SE", "roc_auc": "ROC AUC", "tar_far1e3": "TAR@FAR1e-3", "mae": "MAE",
+                "cs5": "CS(5)"}
 
 
 def write_html_report(results_dir: str | os.PathLike = "results", out_dir: str | os.PathLike | None = None, *,
@@ -312,15 +306,11 @@ class _Explorer:
         a, pl = self.a, self.pl
         metrics = [m for m in a.task_metrics(task) if m in jobs.columns]
         metric = a.primary_metric(task)
-        protocols = a.aggregate_seeds(jobs, metrics=metrics).with_columns(pl.lit(evaluation).alias("evaluation"))
-        full = protocols.filter(pl.col("shots") == 0)
-        frozen = full.filter(~pl.col("probe").is_in([FINETUNE, COSINE]))
-        if not _is_dense(task):
-            frozen = frozen.filter(pl.col("tap") != "patch")
-        best_fz = a.best_by_val(frozen, notes=self.notes) if frozen.height else frozen
-        tuned = full.filter(pl.col("probe") == FINETUNE)
-        best_ft = a.best_by_val(tuned, notes=self.notes) if tuned.height else tuned
-        fixed = full.filter(pl.col("probe") == COSINE)
+        # what is compared, as the task declares it (the markdown report asks the same function)
+        groups = a.report_groups(jobs, task, notes=self.notes)
+        protocols = groups["protocols"].with_columns(pl.lit(evaluation).alias("evaluation"))
+        best_fz, best_ft, fixed_groups = groups["frozen"], groups["tuned"], groups["fixed"]
+        fixed = pl.concat([f for _, f in fixed_groups], how="diagonal_relaxed") if fixed_groups else None
         chosen = {(r["dataset"], r["backbone_config"], r["protocol"]): name
                   for name, best in (("best frozen", best_fz), ("fine-tuning", best_ft))
                   for r in best.select("dataset", "backbone_config", "protocol").to_dicts()}
@@ -333,15 +323,13 @@ class _Explorer:
             f"intervals over the test items ({self.kw['n_boot']} resamples, seed {self.kw['seed']})."))
         if best_fz.height or best_ft.height:
             self._gains(section, task, evaluation, metric, metrics, best_fz, best_ft)
-        if fixed.height:
+        if fixed is not None and fixed.height:
             self._fixed(section, task, evaluation, metric, fixed)
-        for side, best in (("frozen", best_fz), ("fine-tune", best_ft)):
+        self._task_figures(section, task, evaluation, fixed_groups, best_fz, best_ft)
+        for side, best in (("frozen", best_fz), ("fine-tune", best_ft), *fixed_groups):
             self._pairs(task, evaluation, metric, side, best)
-        taps = sorted(set(fixed["tap"].to_list())) if fixed.height else []
-        for tap in taps:
-            self._pairs(task, evaluation, metric, f"{COSINE} / {tap}", fixed.filter(pl.col("tap") == tap))
-        self._families(section, task, evaluation, metric, [("frozen", best_fz), ("fine-tune", best_ft)] + [
-            (f"{COSINE} / {tap}", fixed.filter(pl.col("tap") == tap)) for tap in taps])
+        self._families(section, task, evaluation, metric, [("frozen", best_fz), ("fine-tune", best_ft),
+                                                            *fixed_groups])
         self._layerwise(section, task, evaluation, metric, protocols)
         self._few_shot(section, task, evaluation, metric, protocols)
         if not section["blocks"]:
@@ -366,8 +354,8 @@ class _Explorer:
 
     def _gains(self, section, task, evaluation, metric, metrics, best_fz, best_ft) -> None:
         a, pl = self.a, self.pl
-        extra = [m for m in metrics[1:] if m in a.BOOTSTRAP_METRICS and m != "top5"
-                 and (_is_dense(task) or m not in a.DENSE_METRICS)]
+        t = a.task_of(task)  # the metrics the task names for paired gains (the markdown report asks the same)
+        extra = [m for m in (t.gain_metrics if t is not None else ()) if m in metrics[1:]]
         gains = a.finetune_gains(best_fz, best_ft, metric=metric, extra_metrics=extra, **self.kw)
         if not gains.height:
             return
@@ -423,43 +411,27 @@ class _Explorer:
                 self.notes.append(f"{title}: figure left out ({exc}).")
                 continue
             self._add_figure(section, fig, title)
-        if _is_dense(task) and best_fz.height:
-            self._dense_examples(section, task, evaluation, best_fz)
-        if task == "regression":
-            self._scatter(section, task, evaluation, pl.concat([best_fz, best_ft], how="diagonal_relaxed"))
 
-    def _dense_examples(self, section, task, evaluation, best_fz) -> None:
-        """Test images, ground truth and each configuration's frozen dense probe (the previews its job saved)."""
-        a = self.a
-        for dataset in sorted(set(best_fz["dataset"].to_list())):
-            rows = sorted(best_fz.filter(self.pl.col("dataset") == dataset).to_dicts(),
-                          key=lambda r: self._order(r["backbone_config"]))
-            previews = [(r["config_label"], p) for r in rows
-                        if (p := a.job_preview(list(r["files"])[0])) is not None]
-            if not previews:
-                continue
-            classes = [str(c) for c in previews[0][1].get("classes", [])]
-            title = (f"{dataset} ({task}, {evaluation}): test images, ground truth and each configuration's frozen "
-                     "dense probe")
-            self._add_figure(section, a.dense_examples_figure(previews, task=task, classes=classes or None,
-                                                              title=title), title)
+    def _task_figures(self, section, task, evaluation, fixed_groups, best_fz, best_ft) -> None:
+        """The figures the task's report hook names (:meth:`probe.tasks.Task.report_figures`: retrieved faces,
+        predicted vs true, dense examples), per dataset, drawn as inline SVG by :class:`_TaskFigures`."""
+        from ._report_tables import LEARNED, TUNED
 
-    def _scatter(self, section, task, evaluation, best) -> None:
-        """Predicted vs true of each configuration's val-selected protocols (held-out predictions)."""
-        from .results import load_artifacts
-
-        for dataset in sorted(set(best["dataset"].to_list())):
-            entries = [dict(r, file=list(r["files"])[0]) for r in sorted(
-                best.filter(self.pl.col("dataset") == dataset).to_dicts(),
-                key=lambda r: (self._order(r["backbone_config"]), r["method"]))]
+        t = self.a.task_of(task)
+        if t is None:
+            return
+        frames = [*fixed_groups, (LEARNED, best_fz), (TUNED, best_ft)]
+        datasets = sorted({d for _, f in frames if f.height for d in f["dataset"].to_list()})
+        sink = _TaskFigures(self, section)
+        for dataset in datasets:
+            shown = [(name, sorted(f.filter(self.pl.col("dataset") == dataset).to_dicts(),
+                                   key=lambda r: (self._order(r["backbone_config"]), r["config_label"])))
+                     for name, f in frames if f.height]
             try:
-                target = str(load_artifacts(entries[0]["file"]).get("target_name", ""))
-            except (OSError, KeyError, ValueError):
-                target = ""
-            title = f"{dataset} ({task}, {evaluation}): predicted vs true, held-out predictions"
-            fig = self.a.prediction_scatter_figure(entries, styles=self.styles,
-                                                   unit="years" if target == "age" else "units", title=title)
-            self._add_figure(section, fig, title)
+                t.report_figures(sink, dataset, evaluation, [(n, recs) for n, recs in shown if recs])
+            except AttributeError as exc:  # a hook that asks for a markdown-only block: the tables stay
+                self.notes.append(f"{task} ({evaluation}) on {dataset}: a figure is left out of the explorer "
+                                  f"({exc}).")
 
     def _fixed(self, section, task, evaluation, metric, fixed) -> None:
         """Protocols that learn nothing and select nothing (cosine retrieval/verification), one row per tap."""
@@ -522,8 +494,8 @@ class _Explorer:
         a = self.a
         if len(set(self.jobs.filter(self.pl.col("task") == task)["family"].to_list())) < 2:
             return
-        # family comparisons resample per-item values; dense metrics have none (the markdown report has none either)
-        if metric not in a.BOOTSTRAP_METRICS or metric in a.DENSE_METRICS:
+        t = a.task_of(task)
+        if t is not None and not t.compare_families:  # as the task declares (the markdown report asks the same)
             return
         records = []
         for side, best in sides:
@@ -744,6 +716,39 @@ class _Explorer:
             pairs=self.pairs, curves=self.curves, notes=list(dict.fromkeys(self.notes)),
             provenance=self.provenance())
         return _page(data, self.sections)
+
+
+class _TaskFigures:
+    """What a task's :meth:`~probe.tasks.Task.report_figures` hook is given by the explorer: the figure blocks of
+    :class:`probe._report.Report` under the same names, each drawn (by the same :mod:`probe._report_tables`
+    builders over :mod:`probe.analysis`) as inline SVG into the explorer's section; they return no markdown."""
+
+    def __init__(self, explorer: _Explorer, section: dict):
+        self.explorer, self.section = explorer, section
+        self.a, self.pl, self.styles = explorer.a, explorer.pl, explorer.styles
+
+    def retrieval_figure(self, dataset: str, evaluation: str, shown) -> list[str]:
+        from ._report_tables import retrieval_figures
+
+        for name, title, fig in retrieval_figures(self.a, dataset, shown):
+            self.explorer._add_figure(self.section, fig, f"{title}; {name}, evaluation {evaluation}")
+        return []
+
+    def prediction_scatter(self, dataset: str, evaluation: str, shown) -> list[str]:
+        from ._report_tables import prediction_scatter_figure
+
+        made = prediction_scatter_figure(self.a, self.styles, dataset, shown)
+        if made is not None:
+            self.explorer._add_figure(self.section, made[1], f"{made[0]}; evaluation {evaluation}")
+        return []
+
+    def dense_examples(self, task, dataset: str, evaluation: str, shown) -> list[str]:
+        from ._report_tables import dense_examples_figure
+
+        made = dense_examples_figure(self.a, task, dataset, shown)
+        if made is not None:
+            self.explorer._add_figure(self.section, made[1], f"{made[0]}; evaluation {evaluation}")
+        return []
 
 
 def _asset(name: str) -> str:

@@ -11,6 +11,13 @@ composes them through the :class:`probe._report.Report` it is given.
 - :func:`dense_section`: per dataset and scheme, the frozen dense probe beside the single-task fine-tune with the
   linear head (the frozen probe's counterpart) and the gain; joint multi-task fine-tunes and other heads are
   listed apart, their tasks and head named.
+- The figures a task's :meth:`~probe.tasks.Task.report_figures` hook names: :func:`retrieval_figures`,
+  :func:`prediction_scatter_figure` and :func:`dense_examples_figure` build them (matplotlib, over
+  :mod:`probe.analysis`); :func:`retrieval_figure`, :func:`prediction_scatter` and :func:`dense_examples` save them
+  as PNGs for the markdown, and the HTML explorer draws the same figures as inline SVG.
+
+What each section compares (fixed methods, the frozen candidates, the fine-tunes that are the frozen probe's
+counterpart) comes from :func:`probe.analysis.report_groups`, as the task declares it.
 """
 
 from __future__ import annotations
@@ -101,22 +108,16 @@ def scored_tables(report, task, jobs) -> list[str]:
 
 
 def _candidates(report, task, tj) -> list[tuple[str, object]]:
-    """Rows to compare per configuration: fixed methods per tap (probes the task runs without learning, no val
-    score: nothing selected), the learned probes' best protocol by val, and fine-tuning's best protocol by val
-    (never ranked against the frozen probes: the two are compared side by side)."""
-    pl, a = report.pl, report.a
-    protocols = a.aggregate_seeds(tj, metrics=[m for m in task.metric_names if m in tj.columns])
-    fixed = protocols.filter(pl.col("val_score").is_null() & (pl.col("probe") != FINETUNE))
-    learned = protocols.filter(pl.col("val_score").is_not_null() & (pl.col("probe") != FINETUNE))
-    tuned = protocols.filter(pl.col("probe") == FINETUNE)
-    groups = []
-    for method in sorted(set(fixed["method"].to_list())) if fixed.height else []:
-        groups.append((method, fixed.filter(pl.col("method") == method)))
-    for name, frame in ((LEARNED, learned), (TUNED, tuned)):
-        best = a.best_by_val(frame, notes=report.notes) if frame.height else frame
-        if best.height:
-            groups.append((name, best))
-    return groups
+    """Rows to compare per configuration (:func:`probe.analysis.report_groups`): fixed methods per tap (probes
+    the task runs without learning, no val score: nothing selected), the learned probes' best protocol by val, and
+    fine-tuning's best protocol by val (never ranked against the frozen probes: the two are compared side by
+    side)."""
+    groups = report.a.report_groups(tj, task, notes=report.notes)
+    out = list(groups["fixed"])
+    for name, key in ((LEARNED, "frozen"), (TUNED, "tuned")):
+        if groups[key].height:
+            out.append((name, groups[key]))
+    return out
 
 
 def _reference(report, task, recs: list[dict]) -> dict | None:
@@ -132,16 +133,20 @@ def _reference(report, task, recs: list[dict]) -> dict | None:
 
 def _scheme_block(report, task, dataset: str, evaluation: str, tj) -> list[str]:
     a = report.a
+    # an sd or standard-error column (verif_acc_sd, verif_acc_se) shows beside its metric
     metrics = [m for m in task.metric_names if m in tj.columns
-               and not (m.endswith("_sd") and m[:-3] in task.metric_names)]  # an sd column shows beside its metric
+               and not (m[-3:] in ("_sd", "_se") and m[:-3] in task.metric_names)]
     hd = task.headline
     lines = []
     groups = _candidates(report, task, tj)
     shown = []
+    undefined = {}  # metric -> why its n/a cells are undefined (the task's missing_reason)
     for name, rows in groups:
         recs = sorted(rows.to_dicts(), key=lambda r: (report.config_index(r["backbone_config"]), r["config_label"]))
         ref = _reference(report, task, recs)
-        cols = [head(task, m) for m in metrics]
+        several = any((r.get("n") or 1) > 1 for r in recs)
+        cols = [head(task, m) + (" ± SE over folds" if f"{m}_se" in task.metric_names and not several else "")
+                for m in metrics]
         ref_head = f"vs best {hd} (chosen on val) [{report.pct} CI]" if ref is not None else None
         lines += [f"{name}:", "", "| configuration | family | method | " + " | ".join(cols) +
                   f" | {hd} [{report.pct} CI] |" + (f" {ref_head} |" if ref_head else "") + " n |",
@@ -149,7 +154,12 @@ def _scheme_block(report, task, dataset: str, evaluation: str, tj) -> list[str]:
         for r in recs:
             files = list(r["files"])
             sd = _fold_sd(files, r, metrics, task)
-            cells = [fmt(task, m, r.get(m), sd.get(m)) for m in metrics]
+            cells = []
+            for m in metrics:
+                reason = task.missing_reason(m) if _missing(r.get(m)) else None
+                if reason:
+                    undefined[m] = reason
+                cells.append("n/a" if reason else fmt(task, m, r.get(m), sd.get(m)))
             ci = a.resample_interval([files], hd, task=task.name, **report.kw)
             if isinstance(ci, str):
                 ci_text = fmt(task, hd, r.get(hd)) + f" (no interval: {ci})"
@@ -167,6 +177,8 @@ def _scheme_block(report, task, dataset: str, evaluation: str, tj) -> list[str]:
             lines.append(f"| `{r['config_label']}` | {r['family']} | {r['method']} | " + " | ".join(cells) +
                          f" | {ci_text} |" + (f" {diff} |" if ref is not None else "") + f" {r['n_eval'] or '—'} |")
         lines.append("")
+        lines += [f"_n/a in {head(task, m)}: {why}._" for m, why in undefined.items()] + ([""] if undefined else [])
+        undefined = {}
         if ref is None and len(recs) > 1:
             lines += ["_Nothing was selected on val in this group (no val score), so no configuration is the "
                       "reference: a reference picked by its test score would favour it._", ""]
@@ -184,8 +196,7 @@ def _frozen_vs_tuned(report, task, metrics: list[str], frozen, tuned) -> list[st
     held-out items (:func:`probe.analysis.finetune_gains`, pairing by item id, groups resampled)."""
     a = report.a
     hd = metrics[0] if metrics else task.headline
-    extra = [m for m in metrics[1:] if task.metric(m).from_items and task.metric(m).reduce is None
-             and task.metric(m).resample is None]
+    extra = [m for m in task.gain_metrics if m in metrics[1:]]
     gains = a.finetune_gains(frozen, tuned, metric=hd, extra_metrics=extra, **report.kw)
     rows = [g for g in (gains.to_dicts() if gains.height else []) if g["finetune"] is not None]
     if not rows:
@@ -225,11 +236,13 @@ def _frozen_vs_tuned(report, task, metrics: list[str], frozen, tuned) -> list[st
 
 def _fold_sd(files, row, metrics, task) -> dict:
     """The sd to show beside each metric: over seeds when there are several; else a cross-validation's sd over
-    folds (its summary row's params, ``fold_sd``), or a metric that is the sd of another (``verif_acc_sd``: over
-    the pair folds)."""
+    folds (its summary row's params, ``fold_sd``), or a metric that is the standard error or sd of another
+    (``verif_acc_se``, the standard error over the pair folds that LFW's protocol reports, labelled so in the
+    heading; else ``verif_acc_sd``)."""
     if (row.get("n") or 1) > 1:
         return {m: row.get(f"{m}_sd") for m in metrics}
-    own = {m: row.get(f"{m}_sd") for m in metrics if f"{m}_sd" in task.metric_names}
+    own = {m: row.get(f"{m}_se" if f"{m}_se" in task.metric_names else f"{m}_sd") for m in metrics
+           if f"{m}_se" in task.metric_names or f"{m}_sd" in task.metric_names}
     import polars as pl
 
     try:
@@ -248,20 +261,12 @@ DENSE_INTRO = (
     "Per dataset, task and evaluation scheme, the frozen dense probe (a linear layer on each patch token, "
     "bilinearly upsampled to the labels; `linear / patch`) beside its fine-tuned counterpart: the single-task "
     "fine-tune with a linear head, each chosen on val. Joint multi-task fine-tunes and other heads are listed "
-    "apart with their tasks and head (see also the multi-task section). Segmentation: mIoU over the classes "
-    "present in the test ground truth and pixel accuracy, in percent; depth: RMSE (m), abs rel and log10 (lower "
-    "is better), and δ thresholds in percent, on valid pixels (see `probe.dense` for the crop and the depth cap). "
+    "apart with their tasks and head (see also the multi-task section). Segmentation: mIoU (averaged over the "
+    "classes predicted or present in the test ground truth, as mmsegmentation and torchmetrics define it) and "
+    "pixel accuracy, in percent; depth: RMSE (m), abs rel and log10 (lower is better), and δ thresholds in "
+    "percent, on valid pixels (see `probe.dense` for the crop and the depth cap). "
     "Intervals are bootstrap {pct} CIs over test images (or the scenes they cluster in, where saved; paired for "
     "differences), resampling each image's saved statistics (intersection and union counts; depth error sums).")
-
-
-def _counterpart(task_name: str, params) -> bool:
-    """True for a single-task fine-tune with the linear head: the frozen linear probe's counterpart (older rows
-    that record no head count as linear)."""
-    from .analysis import finetune_tasks
-
-    tasks, head_ = finetune_tasks(params)
-    return tasks in ((task_name,), ()) and head_ in ("linear", None)
 
 
 def dense_section(report, task, jobs) -> list[str]:
@@ -272,19 +277,14 @@ def dense_section(report, task, jobs) -> list[str]:
     lines = report.group_heading(task.report_group, [DENSE_INTRO.format(pct=report.pct), ""])
     metrics = [m for m in task.metric_names if m in jobs.columns]
     hd = metrics[0]
-    counterpart = [_counterpart(task.name, p) if pr == FINETUNE else False
-                   for pr, p in jobs.select("probe", "params").iter_rows()]
-    jobs = jobs.with_columns(pl.Series("_counterpart", counterpart, dtype=pl.Boolean))
     for dataset in sorted(set(jobs["dataset"].to_list())):
         for evaluation in sorted(set(jobs.filter(pl.col("dataset") == dataset)["evaluation"].to_list())):
             sub = jobs.filter((pl.col("dataset") == dataset) & (pl.col("evaluation") == evaluation))
-            frozen_jobs = sub.filter(pl.col("probe") != FINETUNE)
-            single = sub.filter((pl.col("probe") == FINETUNE) & pl.col("_counterpart"))
-            others = sub.filter((pl.col("probe") == FINETUNE) & ~pl.col("_counterpart"))
-            fz = a.best_by_val(a.aggregate_seeds(frozen_jobs), notes=report.notes) if frozen_jobs.height \
-                else frozen_jobs
-            ft = a.best_by_val(a.aggregate_seeds(single), notes=report.notes) if single.height else single
-            gains = a.finetune_gains(fz, ft, metric=hd, extra_metrics=metrics[1:], **report.kw) \
+            # the frozen dense probe and its counterpart fine-tune (single-task, linear head), as the task says
+            groups = a.report_groups(sub, task, notes=report.notes)
+            fz, ft, others = groups["frozen"], groups["tuned"], groups["others"]
+            gains = a.finetune_gains(fz, ft, metric=hd, extra_metrics=[m for m in task.gain_metrics if m in metrics],
+                                     **report.kw) \
                 if fz.height or ft.height else pl.DataFrame()
             lines += [f"### {dataset}: {task.name}", "", f"Evaluation: `{evaluation}`.", ""]
             header = ["configuration", "family", "method (val-selected)", "seeds",
@@ -315,18 +315,11 @@ def dense_section(report, task, jobs) -> list[str]:
                                   + over(g["gain_over"]) for g in both) + "."]
             if others.height:
                 lines += ["", *_other_finetunes(report, task, metrics, others)]
-            previews = []
-            for side, g, r in rows:
-                p = a.job_preview(list(r["files"])[0])
-                if p is not None and side == "frozen":
-                    previews.append((f"{r['config_label']}", p))
-            if previews:
-                classes = [str(c) for c in previews[0][1].get("classes", [])]
-                fig = a.dense_examples_figure(previews, task=task.name, classes=classes or None,
-                                              title=f"{dataset} {task.name}: test images, ground truth and each "
-                                                    "configuration's frozen dense probe")
-                png = report.save(fig, f"{dataset}-{task.name}-examples")
-                lines += ["", f"![{dataset} {task.name}: examples]({png})"]
+            shown = [(LEARNED, [r for side, _, r in rows if side == "frozen"]),
+                     (TUNED, [r for side, _, r in rows if side == "finetune"])]
+            figures = task.report_figures(report, dataset, evaluation, shown)
+            if figures:
+                lines += ["", *figures]
             lines.append("")
     return lines
 
@@ -368,12 +361,13 @@ def _int(value) -> str:
 # ----------------------------------------------------------------------------------------- task figures
 
 
-def retrieval_figure(report, dataset: str, evaluation: str, shown: list[tuple[str, list[dict]]]) -> list[str]:
-    """The retrieved faces of a few queries, per configuration, for each fixed retrieval group (``cosine / tap``)."""
-    a = report.a
-    lines = []
+def retrieval_figures(a, dataset: str, shown: list[tuple[str, list[dict]]]) -> list[tuple[str, str, object]]:
+    """The retrieved faces of a few queries, per configuration, for each fixed retrieval group (``cosine / tap``):
+    ``(group name, title, matplotlib figure)`` each, drawn by :func:`probe.analysis.retrieval_figure` (``a`` is
+    :mod:`probe.analysis`); none where the dataset's images cannot be opened here."""
+    out = []
     for name, recs in shown:
-        if name in (LEARNED, TUNED):
+        if name in (LEARNED, TUNED) or not recs:
             continue
         files = {r["config_label"]: list(r["files"])[0] for r in recs}
         examples = a.retrieval_examples(files, queries=3)
@@ -382,19 +376,26 @@ def retrieval_figure(report, dataset: str, evaluation: str, shown: list[tuple[st
         loader = _image_loader(files)
         if loader is None:
             continue
-        fig = a.retrieval_figure(examples, loader, title=f"{dataset}: nearest faces per query and backbone "
-                                                         "(green: same person, red: another)")
+        title = f"{dataset}: nearest faces per query and backbone (green: same person, red: another)"
+        out.append((name, title, a.retrieval_figure(examples, loader, title=title)))
+    return out
+
+
+def retrieval_figure(report, dataset: str, evaluation: str, shown: list[tuple[str, list[dict]]]) -> list[str]:
+    """Markdown of :func:`retrieval_figures` (PNG files beside the report)."""
+    lines = []
+    for name, _, fig in retrieval_figures(report.a, dataset, shown):
         png = report.save(fig, f"{dataset}-{name}-retrieval")
         lines += [f"![{dataset}: retrieved faces]({png})", ""]
     return lines
 
 
-def prediction_scatter(report, dataset: str, evaluation: str, shown: list[tuple[str, list[dict]]]) -> list[str]:
-    """Predicted vs true target, one panel per configuration and group (frozen probes, fine-tuning)."""
-    a = report.a
+def prediction_scatter_figure(a, styles, dataset: str, shown: list[tuple[str, list[dict]]]):
+    """Predicted vs true target, one panel per configuration and group (frozen probes, fine-tuning):
+    ``(title, matplotlib figure)``, or None without rows."""
     recs = [r for _, rows in shown for r in rows]
     if not recs:
-        return []
+        return None
     entries = [dict(r, file=list(r["files"])[0]) for r in recs]
     try:
         from .results import load_artifacts
@@ -403,13 +404,46 @@ def prediction_scatter(report, dataset: str, evaluation: str, shown: list[tuple[
     except (OSError, ValueError, KeyError):
         unit = "units"
     tuned = " and fine-tuning" if any(r["method"].startswith(FINETUNE) for r in recs) else ""
-    fig = a.prediction_scatter_figure(entries, styles=report.styles, unit=unit,
-                                      title=f"{dataset}: predicted vs true (held-out predictions of the frozen "
-                                            f"probes{tuned})")
-    task = recs[0]["task"]
+    title = f"{dataset}: predicted vs true (held-out predictions of the frozen probes{tuned})"
+    return title, a.prediction_scatter_figure(entries, styles=styles, unit=unit, title=title)
+
+
+def prediction_scatter(report, dataset: str, evaluation: str, shown: list[tuple[str, list[dict]]]) -> list[str]:
+    """Markdown of :func:`prediction_scatter_figure` (a PNG file beside the report)."""
+    made = prediction_scatter_figure(report.a, report.styles, dataset, shown)
+    if made is None:
+        return []
+    task = next(r for _, rows in shown for r in rows)["task"]
     suffix = "" if report.schemes(dataset, task)[:1] == [evaluation] else f"-{evaluation}"  # first scheme: plain
-    png = report.save(fig, f"{dataset}-{task}-scatter{suffix}")
+    png = report.save(made[1], f"{dataset}-{task}-scatter{suffix}")
     return [f"![{dataset}: predicted vs true]({png})", ""]
+
+
+def dense_examples_figure(a, task, dataset: str, shown: list[tuple[str, list[dict]]]):
+    """Test images, ground truth and each configuration's frozen dense probe (the previews its job saved, from
+    the :data:`LEARNED` group of ``shown``): ``(title, matplotlib figure)``, or None without previews."""
+    previews = []
+    for name, recs in shown:
+        if name != LEARNED:
+            continue
+        for r in recs:
+            p = a.job_preview(list(r["files"])[0])
+            if p is not None:
+                previews.append((f"{r['config_label']}", p))
+    if not previews:
+        return None
+    classes = [str(c) for c in previews[0][1].get("classes", [])]
+    title = f"{dataset} {task.name}: test images, ground truth and each configuration's frozen dense probe"
+    return title, a.dense_examples_figure(previews, task=task.name, classes=classes or None, title=title)
+
+
+def dense_examples(report, task, dataset: str, evaluation: str, shown: list[tuple[str, list[dict]]]) -> list[str]:
+    """Markdown of :func:`dense_examples_figure` (a PNG file beside the report)."""
+    made = dense_examples_figure(report.a, task, dataset, shown)
+    if made is None:
+        return []
+    png = report.save(made[1], f"{dataset}-{task.name}-examples")
+    return [f"![{dataset} {task.name}: examples]({png})"]
 
 
 def _image_loader(files: dict):

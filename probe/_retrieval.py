@@ -2,10 +2,16 @@
 
 Two protocols, one implementation (:func:`retrieve`): leave-one-image-out, where each image queries every other
 image of the dataset, and gallery/probe splits, where each query image ranks every gallery image. A query is
-answered by the ranking of the gallery by cosine similarity (ties: the earlier row first, the package's one tie
-rule). Per query: ``rank1`` (the nearest gallery image has the query's identity), ``rank5`` (one of the five
-nearest has), and average precision over all gallery images of its identity (itself excluded). Queries whose
-identity has no such image are not scored (``valid`` false).
+answered by the ranking of the gallery by cosine similarity. Per query: ``rank1`` (the nearest gallery image has
+the query's identity), ``rank5`` (one of the five nearest has), and average precision over all gallery images of
+its identity (itself excluded). Queries whose identity has no such image are not scored (``valid`` false).
+
+Exact similarity ties (duplicated images) never depend on the order of the files. Average precision scores them
+as scikit-learn's ``average_precision_score`` does: the images of one similarity are taken together, each positive
+among them at the precision after the whole group. ``rank1`` and ``rank5`` are averaged over the orders of the tied
+images: where the k-th place falls inside a group of g tied images holding p positives, m of them inside the top k,
+and no positive ranks above the group, the hit is ``1 - C(g - p, m) / C(g, m)`` (rank-1: p / g). ``neighbours``
+(figures only) lists tied images in row order.
 
 Queries go in blocks of at most 1,024 rows and 512 MiB of similarities on CPU
 (:func:`probe.probes._knn.for_query_blocks`), so the Nq x Ng similarity matrix is never held: memory is
@@ -13,9 +19,9 @@ O(block x Ng). Each block is read once more after its matmul, by one exact top-K
 :func:`probe.probes._knn._select_top`: ties to the earlier row) with K a few times the largest number of other
 images of one identity. A query whose positives are not all inside its top K (features that rank its own person
 far down) gets its positives' ranks by counting: one comparison pass keeps the entries at or above its lowest
-positive, and one interval search over those entries counts how many rank above each positive (exact ties
-between a positive and another image, from duplicated features, get a full stable sort of the row instead).
-All give the exact ranks of a full stable sort.
+positive, and one interval search over those entries counts how many rank above each positive. A row where a
+positive ties exactly with another image (found in its top K, or by the counting) is scored from a full sort of
+the row, its tie groups counted (:func:`_tied_scores`). All give the scores of that full-row computation.
 """
 
 from __future__ import annotations
@@ -135,34 +141,39 @@ def retrieve(query_features, query_labels, gallery_features=None, gallery_labels
             S[rows - lo, rows] = -float("inf")  # a query never retrieves itself
         self_rows = rows if loo else torch.full_like(rows, -1)
         qlab, qpos = torch.as_tensor(q_index[lo:hi], device=dev), n_pos[lo:hi]
+        tied = torch.zeros(hi - lo, dtype=torch.bool, device=dev)  # rows scored from a full sort, ties counted
         if k:
-            cols = _select_top(S, k)[1]
+            vals, cols = _select_top(S, k)
             hit = glab[cols] == qlab[:, None]
             inside = hit.sum(dim=1) == qpos  # every positive of the row is in its top k
+            # a positive tied with its neighbour in the top k, or kept last (it may tie with an entry left out)
+            tied = ((vals[:, 1:] == vals[:, :-1]) & (hit[:, 1:] | hit[:, :-1])).any(dim=1)
+            if k < candidates:
+                tied |= hit[:, -1]
+            tied &= inside & (qpos > 0)
             r1, r5, a = (np.array(v) for v in _scores(hit, qpos))
             if top:
                 neighbours[lo:hi] = cols[:, :top].cpu().numpy()
-        else:
-            inside = torch.zeros(hi - lo, dtype=torch.bool, device=dev)
-            r1, r5, a = (np.full(hi - lo, np.nan) for _ in range(3))
-        # rows whose positives are not all in the top k: ranks by counting (every row, sorted, without a top k)
-        out = torch.nonzero(~inside & (qpos > 0) if k else torch.ones_like(inside)).flatten()
-        if len(out):
-            idx = out.cpu().numpy()
-            if k:
-                ranks, tied = _counted_ranks(S[out], members, starts, q_index[lo + idx],
-                                             (lo + idx) if loo else None)
+            # rows whose positives are not all in the top k: ranks by counting
+            out = torch.nonzero(~inside & (qpos > 0)).flatten()
+            if len(out):
+                idx = out.cpu().numpy()
+                ranks, counted_ties = _counted_ranks(S[out], members, starts, q_index[lo + idx],
+                                                     (lo + idx) if loo else None)
                 r1[idx], r5[idx], a[idx] = _scores_from_ranks(ranks)
-            else:
-                tied = idx >= 0
-            if tied.any():  # exact ties around a positive (duplicated features): a stable sort of the row
-                t = out[torch.as_tensor(np.flatnonzero(tied), device=dev)]
+                tied[out[torch.as_tensor(np.flatnonzero(counted_ties), device=dev)]] = True
+        else:
+            r1, r5, a = (np.full(hi - lo, np.nan) for _ in range(3))
+            tied = torch.ones_like(tied)
+        if bool(tied.any()):  # a full sort of the row, exact ties scored by their groups
+            t = torch.nonzero(tied).flatten()
+            cols = torch.arange(n_gallery, device=dev)
+            positive = (glab[None, :] == qlab[t, None]) & (cols[None, :] != self_rows[t, None])
+            ti = t.cpu().numpy()
+            r1[ti], r5[ti], a[ti] = _tied_scores(S[t], positive)
+            if top and not k:
                 order = torch.sort(S[t], dim=1, descending=True, stable=True)[1]
-                full = (glab[order] == qlab[t, None]) & (order != self_rows[t, None])  # the query itself: last
-                ti = t.cpu().numpy()
-                r1[ti], r5[ti], a[ti] = _scores(full, qpos[t])
-                if top and not k:
-                    neighbours[lo + ti] = order[:, :top].cpu().numpy()
+                neighbours[lo + ti] = order[:, :top].cpu().numpy()
         rank1[lo:hi], rank5[lo:hi], ap[lo:hi] = r1, r5, a
 
     for_query_blocks(n, n_gallery, dev, Q.dtype, block, block_bytes=block_bytes)
@@ -246,3 +257,39 @@ def _scores(hit, n_pos):
     position = torch.arange(1, hit.shape[1] + 1, device=hit.device, dtype=torch.float64)
     ap = (torch.cumsum(hit, dim=1) / position * hit).sum(dim=1) / n_pos.clamp_min(1)
     return (hit[:, 0].cpu().numpy(), hit[:, :5].amax(dim=1).cpu().numpy(), ap.cpu().numpy())
+
+
+def _tied_scores(S, positive):
+    """rank1, rank5 hits and average precision of full rows whose similarities may tie exactly.
+
+    ``S`` [b, G] similarities (``-inf`` for an excluded entry, the query itself); ``positive`` [b, G] bool. The
+    entries of one similarity form a group: average precision counts each positive of a group at the precision
+    after the whole group (scikit-learn's ``average_precision_score``); rank-k is averaged over the orders of
+    the group holding the k-th place (see the module docstring).
+    """
+    import torch
+
+    vals, order = torch.sort(S, dim=1, descending=True)
+    hit = positive.gather(1, order).double()
+    b, g = vals.shape
+    start = torch.ones_like(vals, dtype=torch.bool)
+    start[:, 1:] = vals[:, 1:] != vals[:, :-1]
+    gid = torch.cumsum(start.long(), dim=1) - 1  # the tie group of each sorted entry
+    pos_g = torch.zeros(b, g, dtype=torch.float64, device=S.device).scatter_add_(1, gid, hit)
+    size_g = torch.zeros(b, g, dtype=torch.float64, device=S.device).scatter_add_(1, gid, torch.ones_like(hit))
+    cum_pos, cum_size = pos_g.cumsum(dim=1), size_g.cumsum(dim=1)
+    n_pos = hit.sum(dim=1)
+    ap = (pos_g * cum_pos / cum_size.clamp_min(1)).sum(dim=1) / n_pos.clamp_min(1)
+    before, pos_before = cum_size - size_g, cum_pos - pos_g
+    out = []
+    for k in (1, 5):
+        m = (k - before).clamp_min(0)  # places of the group inside the top k
+        holds = (size_g > 0) & (before < k) & (cum_size >= k)  # the group holding the k-th place
+        miss = torch.ones_like(size_g)  # no positive among m of the group's entries drawn at random
+        for i in range(k):
+            step = (size_g - pos_g - i).clamp_min(0) / (size_g - i).clamp_min(1)
+            miss = miss * torch.where(i < m, step, torch.ones_like(step))
+        found = torch.where(pos_before > 0, torch.ones_like(miss), 1 - miss)
+        hit_k = (holds * found).sum(dim=1)
+        out.append(torch.where(cum_size[:, -1] < k, (n_pos > 0).double(), hit_k).cpu().numpy())
+    return out[0], out[1], ap.cpu().numpy()

@@ -3,8 +3,14 @@
 For each fold k of the pairs, everything learned is learned on the other folds' pairs: the optional PCA
 whitening (fitted on the images of the other folds' pairs) and the threshold on the cosine similarity (the one
 that classifies the other folds' pairs best). Fold k's pairs are then scored once at that threshold. The
-results: the mean and sample sd over folds of the accuracy (``verif_acc``, ``verif_acc_sd``), and on the pooled
+results: the mean, sample sd and standard error over folds of the accuracy (``verif_acc``, ``verif_acc_sd``,
+``verif_acc_se`` = sd / sqrt(folds): LFW's protocol reports the mean ± this standard error), and on the pooled
 held-out similarities the ROC AUC and the true accept rate at a false accept rate of 1e-3 (``tar_far1e3``).
+
+TAR at FAR = 1e-3 is defined only with at least :data:`MIN_NEGATIVES` (1,000) negative (different-person) pairs:
+with fewer, one false accept is already more than 1e-3 of them, so the only rate at or below 1e-3 that the pairs
+can show is 0 and the number would be TAR at FAR = 0, another quantity. The value is then null (``n/a`` in the
+report, with the reason); it is never reported at another FAR under this name.
 """
 
 from __future__ import annotations
@@ -17,6 +23,13 @@ from ._faces import Pairs
 
 #: False accept rate of ``tar_far1e3``.
 FAR = 1e-3
+
+#: Fewest negative pairs for which ``tar_far1e3`` is defined (one false accept in ``1 / FAR`` pairs).
+MIN_NEGATIVES = 1000
+
+#: Why ``tar_far1e3`` is null with fewer negative pairs (the report prints it beside ``n/a``).
+TAR_REASON = (f"TAR at FAR = 1e-3 needs ≥ {MIN_NEGATIVES:,} negative pairs (two different people); with fewer, "
+              "the only false accept rate at or below 1e-3 the pairs can show is 0")
 
 
 def best_threshold(scores, same) -> float:
@@ -47,16 +60,20 @@ class Verification:
     fold_accuracy: np.ndarray
 
     def metrics(self, same) -> dict[str, float]:
-        """``verif_acc`` (mean over folds), ``verif_acc_sd`` (sample sd), ``roc_auc`` and ``tar_far1e3``."""
+        """``verif_acc`` (mean over folds), ``verif_acc_sd`` (sample sd), ``verif_acc_se`` (standard error of the
+        mean, sd / sqrt(folds)), ``roc_auc`` and ``tar_far1e3`` (None with
+        fewer than :data:`MIN_NEGATIVES` negative pairs)."""
         from sklearn.metrics import roc_auc_score, roc_curve
 
         same = np.asarray(same, dtype=bool)
         acc = self.fold_accuracy
         fpr, tpr, _ = roc_curve(same, self.similarity, drop_intermediate=False)
         ok = fpr <= FAR
-        return {"verif_acc": float(acc.mean()), "verif_acc_sd": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+        tar = (float(tpr[ok].max()) if ok.any() else 0.0) if (~same).sum() >= MIN_NEGATIVES else None
+        sd = float(acc.std(ddof=1)) if len(acc) > 1 else 0.0
+        return {"verif_acc": float(acc.mean()), "verif_acc_sd": sd, "verif_acc_se": sd / float(np.sqrt(len(acc))),
                 "roc_auc": float(roc_auc_score(same, self.similarity)) if 0 < same.sum() < len(same) else float("nan"),
-                "tar_far1e3": float(tpr[ok].max()) if ok.any() else 0.0}
+                "tar_far1e3": tar}
 
 
 def verify(features, pairs: Pairs, *, pca_dim: int | None = None) -> Verification:

@@ -15,7 +15,10 @@ Every metric is computed from *per-image sufficient statistics* (:func:`segmenta
 :func:`dense_metrics` on the resample, without the predictions.
 
 - ``miou``: per class, intersection over union of the pixel sets summed over the images, averaged over the classes
-  present in the ground truth of those images; pixels labelled :data:`IGNORE_INDEX` count nowhere.
+  whose union is non-empty (predicted or present in the ground truth of those images), as mmsegmentation's
+  ``IoUMetric`` and torchmetrics' ``MulticlassJaccardIndex(average="macro")`` define it: a class predicted but
+  absent from the ground truth counts with IoU 0; a class neither predicted nor labelled is left out. Pixels
+  labelled :data:`IGNORE_INDEX` count nowhere.
   ``pixel_acc``: correct labelled pixels / labelled pixels. Both fractions in [0, 1].
 - Depth, on *valid* pixels (ground truth finite and in ``(0, max_depth]``, :data:`DEPTH_CAP` = 10 m by default, the
   NYUv2 sensor range; the NYUv2 reader also marks the pixels outside the Eigen evaluation crop, rows 45:471 and
@@ -177,8 +180,9 @@ def resampled_metric(task: str, metric: str, stats: Mapping[str, Any], counts) -
         with np.errstate(invalid="ignore", divide="ignore"):
             if metric == "pixel_acc":
                 return inter.sum(axis=1) / labelled.sum(axis=1)
-            present = labelled > 0  # classes present in the ground truth of the resample
-            iou = np.where(present, inter / np.where(union > 0, union, 1.0), 0.0)
+            # classes predicted or labelled in the resample (mmsegmentation, torchmetrics' macro Jaccard index)
+            present = union > 0
+            iou = np.where(present, inter / np.where(present, union, 1.0), 0.0)
             return iou.sum(axis=1) / present.sum(axis=1)
     n = np.atleast_1d(np.asarray(stats["n_valid"], dtype=np.float64))
     keep = n > 0  # images without a valid pixel are left out

@@ -58,7 +58,7 @@ RESULT_COLUMNS: dict[str, str] = {
     "test_fraction": "Float64",  # part of the data carved off as test; 0 when the dataset has its own test split
     "family_source": "Utf8",  # table | override | unknown: where `family` came from
     # --- metrics of the other tasks (probe.tasks: each task's Metric objects); null on rows of a task they do not belong to
-    "miou": "Float64",  # segmentation: mean over classes present in the split of IoU, fraction in [0, 1]
+    "miou": "Float64",  # segmentation: IoU averaged over classes predicted or labelled, fraction in [0, 1]
     "pixel_acc": "Float64",  # segmentation: fraction of labelled (non-ignore) pixels right
     "rmse": "Float64",  # depth: metres; regression: the target's unit (years for age)
     "abs_rel": "Float64",  # depth: mean |d - d*| / d* over valid pixels (ratio)

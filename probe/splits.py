@@ -360,3 +360,20 @@ def check_fold_classes(folds, labels, *, class_names: Sequence[str] | None = Non
                    if grouped_by else "use fewer folds (--cv) or more items of that class")
             raise UsageError(f"--task {task}: fold {i} tests class {name!r} ({len(missing)} class(es) in all) with "
                              f"no training example, because {how}; {fix}")
+
+
+def source_carve_groups(source, split: str, ids) -> np.ndarray | None:
+    """The groups a dataset's val carve must keep whole (NYUv2's scenes), for ``ids`` of ``split``; None when the
+    dataset declares none (``options["carve_groups"]``: split -> one group per image of ``source.ids[split]``).
+
+    The frozen dense sweeps and fine-tuning both pass them to :func:`carve_splits` (``stratify=False``), so both
+    carve the same whole scenes.
+    """
+    groups = (getattr(source, "options", None) or {}).get("carve_groups")
+    if not groups or split not in groups:
+        return None
+    def text(i):
+        return i.decode() if isinstance(i, bytes) else str(i)
+
+    where = dict(zip((text(i) for i in source.ids[split]), groups[split]))
+    return np.asarray([where[text(i)] for i in ids], dtype=str)

@@ -106,3 +106,135 @@ def test_console_summary_covers_every_task(default_results):
     titles = [ln.split(":")[0] for ln in lines if ln.endswith("(one row per backbone configuration):")]
     assert titles == ["classification", "segmentation", "depth", "identification", "verification", "regression"]
     assert any(ln.startswith("classification: test top-1 (%)") for ln in lines)
+
+
+# ------------------------------------------------------------------------------------------ report.html in a browser
+
+def _default_protocols(results: Path):
+    """From the parquet files alone: per (task, dataset, evaluation, backbone, protocol), the seed means of the
+    task's headline test metric (``shown``, in the page's unit) and of the val score in the selection metric
+    (``val``), and the number of seeds (what the explorer's protocol rows show)."""
+    import polars as pl
+
+    import probe
+
+    rows = pl.scan_parquet(sorted(str(p) for p in results.rglob("*.parquet")), include_file_paths="file").collect()
+    if "fold" in rows.columns:  # a cross-validated job's summary rows (no fold) carry its scores
+        rows = rows.filter(pl.col("fold").is_null())
+    test = rows.filter(pl.col("selected") & (pl.col("split") == "test"))
+    parts = []
+    for (task,), sub in test.group_by("task"):
+        t = probe.tasks.get(task)
+        scale = 100.0 if t.metric(t.headline).unit == "fraction" else 1.0  # the page shows fractions in percent
+        # the val score of the chosen params: the val row of the same job and params, in the selection metric
+        val = rows.filter((pl.col("split") == "val") & (pl.col("task") == task))
+        val = val.select("file", "params", *[pl.col(m).alias(f"val_{m}") for m in t.selectable() if m in val.columns])
+        sub = sub.join(val, on=["file", "params"], how="left")
+        val_score = pl.coalesce(*[pl.when(pl.col("select_metric") == m).then(pl.col(f"val_{m}"))
+                                  for m in t.selectable() if f"val_{m}" in sub.columns], pl.lit(None))
+        parts.append(sub.select("task", "dataset", "evaluation", "backbone", "protocol", "probe", "tap", "shots",
+                                (pl.col(t.headline) * scale).alias("shown"), val_score.cast(pl.Float64).alias("val")))
+    jobs = pl.concat(parts, how="diagonal_relaxed")
+    return (jobs.group_by("task", "dataset", "evaluation", "backbone", "protocol")
+            .agg(pl.col("probe", "tap", "shots").first(), pl.col("shown", "val").mean(), pl.len().alias("n")))
+
+
+def _close(shown: list[float], expected: list[float], tol: float = 0.051) -> bool:
+    """Two lists of table numbers agree once sorted (each shown rounded to one decimal)."""
+    return len(shown) == len(expected) and all(abs(a - b) <= tol for a, b in zip(sorted(shown), sorted(expected)))
+
+
+def test_report_html_of_the_default_study_in_a_browser(default_results, tmp_path):
+    """The issue-27 browser checks on the default study's own report.html: offline, sort, dataset and evaluation
+    filters, a configuration's drill-down, each checked against the parquet results read with polars; a
+    non-blank screenshot."""
+    import polars as pl
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from tests._browser import (assert_offline, assert_screenshot_not_blank, browser_or_skip, column, number,
+                                open_page, rows, table)
+
+    work, _ = default_results
+    out = tmp_path / "report"
+    proc = run_cli("report", work / "results", "--out", out, "--format", "html", "--n-boot", "200", cwd=work,
+                   timeout=600, env={"MPLBACKEND": "Agg"})
+    assert proc.returncode == 0, proc.stderr
+    page_file = out / "report.html"
+    assert page_file.is_file() and not (out / "report.md").exists()
+    assert page_file.stat().st_size < 5 * 2**20
+    # the figures each task's report hook names, as inline SVG: retrieved faces, predicted vs true, dense examples
+    text = page_file.read_text()
+    for title in ("faces: nearest faces per query and backbone", "faces: predicted vs true",
+                  "shapes segmentation: test images, ground truth", "shapes depth: test images, ground truth"):
+        assert re.search(r'<svg role="img"[^>]*><title id="fig\d+-title">' + re.escape(title), text), title
+    truth = _default_protocols(work / "results")
+
+    driver = browser_or_skip()
+    try:
+        assert_offline(open_page(driver, page_file.resolve().as_uri()))
+
+        # sort: the classification gains table by the frozen score, descending, then ascending
+        gains = table(driver, "gains-classification-splits")
+        gains.find_element(By.CSS_SELECTOR, "th[data-col='frozen'] button").click()
+        gains = table(driver, "gains-classification-splits")
+        assert gains.find_element(By.CSS_SELECTOR, "th[data-col='frozen']").get_attribute("aria-sort") == \
+            "descending"
+        shown = [number(t) for t in column(gains, "frozen")]
+        assert shown == sorted(shown, reverse=True) and len(shown) == len(KEEP)  # digits: one row per backbone
+        # each row's frozen score is the test score of the protocol it names, and that protocol has the best val
+        for r in rows(gains):
+            backbone = re.sub(r"^\W+", "", r["config"].split(" · ")[0])  # the marker glyph before the label
+            probe_name, tap = r["frozen_method"].split(" (")[0].split(" / ")
+            cand = truth.filter((pl.col("task") == "classification") & (pl.col("dataset") == r["dataset"])
+                                & (pl.col("backbone") == backbone) & (pl.col("shots") == 0)
+                                & (pl.col("evaluation") == "splits") & (pl.col("probe") == probe_name)
+                                & (pl.col("tap") == tap))
+            assert cand.height == 1 and abs(cand["shown"][0] - number(r["frozen"])) <= 0.051, (r, cand)
+            others = truth.filter((pl.col("task") == "classification") & (pl.col("dataset") == r["dataset"])
+                                  & (pl.col("backbone") == backbone) & (pl.col("shots") == 0)
+                                  & (pl.col("evaluation") == "splits") & (pl.col("probe") != "finetune")
+                                  & (pl.col("tap") != "patch"))
+            assert others.height > 1 and cand["val"][0] == others["val"].max(), others  # chosen on val, not test
+
+        # filter by dataset: the protocols table holds exactly that dataset's protocols
+        Select(driver.find_element(By.ID, "filter-dataset")).select_by_value("digits")
+        digits = truth.filter(pl.col("dataset") == "digits")
+        protocols = table(driver, "protocols")
+        assert set(column(protocols, "dataset")) == {"digits"}
+        assert _close([number(t) for t in column(protocols, "test")], digits["shown"].to_list())
+
+        # filter by dataset and evaluation scheme: the faces rows of the person-grouped cross-validation only
+        schemes = sorted(set(truth.filter(pl.col("dataset") == "faces")["evaluation"].to_list()))
+        scheme = next(s for s in schemes if s.startswith("cv"))
+        Select(driver.find_element(By.ID, "filter-dataset")).select_by_value("faces")
+        Select(driver.find_element(By.ID, "filter-evaluation")).select_by_value(scheme)
+        expected = truth.filter((pl.col("dataset") == "faces") & (pl.col("evaluation") == scheme))
+        protocols = table(driver, "protocols")
+        assert set(column(protocols, "evaluation")) == {scheme}
+        assert sorted(set(column(protocols, "task"))) == sorted(set(expected["task"].to_list()))
+        assert _close([number(t) for t in column(protocols, "test")], expected["shown"].to_list())
+        driver.find_element(By.ID, "filter-reset").click()
+        assert len(column(table(driver, "protocols"), "dataset")) == truth.height
+
+        # drill-down: a configuration's protocols are all of its parquet protocols, every task and scheme
+        table(driver, "gains-classification-splits").find_element(
+            By.CSS_SELECTOR, "button.config-link[data-config]").click()
+        dialog = driver.find_element(By.ID, "drill")
+        assert dialog.get_attribute("open") is not None and dialog.is_displayed()
+        backbone = driver.find_element(By.ID, "drill-title").text.split(" · ")[0]
+        assert backbone in KEEP
+        drilled = [{td.get_attribute("data-col"): td.text for td in tr.find_elements(By.TAG_NAME, "td")}
+                   for tr in dialog.find_elements(By.CSS_SELECTOR, "#drill-protocols tbody tr")]
+        mine = truth.filter(pl.col("backbone") == backbone)
+        assert len(drilled) == mine.height
+        assert sorted((r["dataset"], r["task"], r["evaluation"]) for r in drilled) == \
+            sorted(mine.select("dataset", "task", "evaluation").rows())
+        assert _close([number(r["test"]) for r in drilled if r["test"].strip() not in ("", "—")],
+                      [v for v in mine["shown"].to_list() if v is not None])
+        assert dialog.find_elements(By.CSS_SELECTOR, "#drill-curves figure svg")  # layer-wise and few-shot curves
+        driver.find_element(By.ID, "drill-close").click()
+
+        assert_screenshot_not_blank(driver, tmp_path / "default-study.png")
+    finally:
+        driver.quit()

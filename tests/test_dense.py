@@ -37,6 +37,43 @@ def test_segmentation_stats_and_metrics_by_hand():
         segmentation_stats(SEG_PRED, np.full_like(SEG_TARGET, 3), 3)
 
 
+def _torchmetrics_miou(pred, target, n_classes):
+    import torch
+    from torchmetrics.classification import MulticlassJaccardIndex
+
+    jaccard = MulticlassJaccardIndex(num_classes=n_classes, average="macro", ignore_index=IGNORE_INDEX)
+    return float(jaccard(torch.as_tensor(pred), torch.as_tensor(target)))
+
+
+def test_miou_is_torchmetrics_macro_jaccard_also_for_bootstrap_resamples():
+    # the 6-class case: a random prediction over 6 classes, class 5 never in the ground truth. mIoU
+    # averages over the classes whose union is non-empty (mmsegmentation, torchmetrics), so the class predicted
+    # but absent counts with IoU 0 (averaging over the 5 labelled classes only would give 6/5 of it)
+    from probe.tasks import get
+
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 5, size=(8, 12, 16))
+    target[:, :2] = IGNORE_INDEX
+    target[3] = 4  # one image of a single class: a resample without it may lack class 4 (left out there)
+    pred = rng.integers(0, 6, size=target.shape)
+    pred[3] = 4  # ... predicted right: a resample of it alone has one class, the others neither predicted nor labelled
+    stats = segmentation_stats(pred, target, 6)
+    expected = _torchmetrics_miou(pred, target, 6)
+    got = dense_metrics("segmentation", stats)["miou"]
+    assert got == pytest.approx(expected, abs=1e-6)
+    labelled_only = (stats["intersection"].sum(0) / stats["union"].sum(0))[:5].mean()
+    assert got == pytest.approx(labelled_only * 5 / 6)  # not the mean over the labelled classes
+    # the bootstrap path (the task's Metric, as rows, folds and intervals use it): a resample is the images drawn
+    metric = get("segmentation").metric("miou")
+    items = {f"stat/{k}": v for k, v in stats.items()}
+    draws = [rng.integers(0, 8, size=8) for _ in range(4)] + [np.array([3, 3, 0]), np.array([3, 3])]
+    counts = np.stack([np.bincount(d, minlength=8) for d in draws])
+    values = metric.resampled(items, counts)
+    assert values[-1] == 1.0
+    for d, v in zip(draws, values):
+        assert v == pytest.approx(_torchmetrics_miou(pred[d], target[d], 6), abs=1e-6)
+
+
 def test_depth_stats_and_metrics_by_hand():
     target = np.array([[[1.0, 2.0], [0.0, np.nan]],  # 0 and NaN: no measurement
                        [[4.0, 4.0], [4.0, 20.0]]])  # 20 m: beyond the 10 m cap

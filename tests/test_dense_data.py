@@ -12,6 +12,8 @@ from probe.dense import IGNORE_INDEX
 from tests._helpers import assert_one_line_error, run_main
 
 H, W, N = 12, 16, 6  # the official frame is 480 x 640 x 1449 images
+#: the scene (video sequence) of each image: train images 1, 3 and 4, 6 share two scenes; test 2, 5 a third
+SCENES = ["kitchen_0001", "office_0003", "kitchen_0001", "bedroom_0002", "office_0003", "bedroom_0002"]
 
 
 def write_nyuv2(folder, *, classes=40):
@@ -28,6 +30,11 @@ def write_nyuv2(folder, *, classes=40):
         f["images"] = images.transpose(0, 3, 2, 1)
         f["depths"] = depths.transpose(0, 2, 1)
         f["labels"] = labels.transpose(0, 2, 1)
+        # a cell array of strings: references to uint16 char arrays under #refs#, as MATLAB writes them
+        scenes = f.create_dataset("scenes", (1, N), dtype=h5py.ref_dtype)
+        for i, name in enumerate(SCENES):
+            scenes[0, i] = f.create_dataset(f"#refs#/scene{i}", data=np.array([[ord(c)] for c in name],
+                                                                               dtype=np.uint16)).ref
     savemat(folder / "splits.mat", {"trainNdxs": np.array([[1], [3], [4], [6]]), "testNdxs": np.array([[2], [5]])})
     savemat(folder / f"classMapping{classes}.mat", {"mapClass": np.array([[2, 1, 3, 0, 2]]),  # raw 4 -> none
                                                    "className": np.array(["wall", "floor", "bed"], dtype=object)})
@@ -56,6 +63,35 @@ def test_nyuv2_reader_layout_split_mapping_and_ignore(tmp_path):
     (tmp_path / "nyu" / "splits.mat").unlink()
     with pytest.raises(UsageError, match="splits.mat is missing"):
         probe.open_dataset(f"nyuv2:{mat}")
+
+
+def test_nyuv2_val_is_carved_by_scene_in_sweeps_and_fine_tuning(tmp_path):
+    """NYUv2's official split is scene-disjoint; the val carve takes whole scenes (frames of one video never in
+    both train and val), the same for the frozen dense sweep and fine-tuning."""
+    import polars as pl
+
+    from probe._finetune.data import plan_splits
+    from probe._sweep import sweep_cached
+    from probe.results import load_artifacts
+    from probe.splits import source_carve_groups
+
+    mat, *_ = write_nyuv2(tmp_path / "nyu")
+    d = probe.open_dataset(f"nyuv2:{mat}")
+    scenes = source_carve_groups(d, "train", d.ids["train"])
+    assert scenes.tolist() == ["kitchen_0001", "kitchen_0001", "bedroom_0002", "bedroom_0002"]
+    for seed in range(6):
+        plan = plan_splits(d, val_fraction=0.2, test_fraction=0.0, seed=seed, stratify=True)
+        val = set(scenes[plan["val"][1]])
+        assert len(plan["val"][1]) == 2 and not val & set(scenes[plan["train"][1]])  # one whole scene
+    # the frozen dense probe carves the same scene: 2 val images (a per-image carve of 20% would take 1)
+    paths = sweep_cached("test_vit", f"nyuv2:{mat}", task="segmentation", random_init=True, img_size=32,
+                         cache_dir=tmp_path / "cache", results_dir=tmp_path / "results", progress=False,
+                         device="cpu", grids={"linear": {"lr": [0.01], "weight_decay": [0.0], "epochs": [1]}})
+    rows = pl.read_parquet(paths[0])
+    assert set(rows["n_val"]) == {2} and set(rows["val_fraction"]) == {0.2}
+    # the test frames save their scene, which intervals resample
+    art = load_artifacts(paths[0])
+    assert [SCENES[int(i) - 1] for i in art["ids"]] == art["group"].tolist() == ["office_0003", "office_0003"]
 
 
 def write_dense_manifest(root, *, mask_size=(10, 12), mask_value=1, depth=None):

@@ -204,8 +204,34 @@ def test_regression_sweep_selects_on_val_and_scores_test_once(regression_data):
 # ------------------------------------------------------------------------------------------------ identification
 
 
+def _tied_reference(sims, hits):
+    """rank1, rank5 and AP of one query with exact ties scored as the package promises: AP by scikit-learn's
+    ``average_precision_score`` (a tie group counted at once); rank-k averaged over the orders of the tie group
+    holding the k-th place, from the hypergeometric chance that one of its places there draws a positive."""
+    from math import comb
+
+    from sklearn.metrics import average_precision_score
+
+    values = np.round(sims, 10)  # exact duplicates tie; float64 noise below 1e-10 does not split them
+    ap = float(average_precision_score(hits, values))
+    groups = [(int(hits[values == v].sum()), int((values == v).sum())) for v in np.unique(values)[::-1]]
+    out = []
+    for k in (1, 5):
+        before = pos_before = 0
+        found = 1.0 if hits.any() else 0.0  # fewer than k candidates: every positive is inside
+        for p, g in groups:
+            if before + g >= k:
+                m = k - before
+                found = 1.0 if pos_before else 1 - comb(g - p, m) / comb(g, m)
+                break
+            before, pos_before = before + g, pos_before + p
+        out.append(found)
+    return out[0], out[1], ap
+
+
 def _brute_force(X, y, top=5):
-    """Reference: full similarity matrix, each row stably sorted (ties: earlier row first)."""
+    """Reference: full similarity matrix; neighbours by a stable sort (ties: earlier row first), scores with ties
+    counted (:func:`_tied_reference`)."""
     X = X / np.linalg.norm(X, axis=1, keepdims=True)
     S = X @ X.T
     out = {"rank1": [], "rank5": [], "ap": [], "neighbours": []}
@@ -218,9 +244,8 @@ def _brute_force(X, y, top=5):
             for k in ("rank1", "rank5", "ap"):
                 out[k].append(np.nan)
             continue
-        out["rank1"].append(float(hits[0]))
-        out["rank5"].append(float(hits[:5].any()))
-        out["ap"].append(float((np.cumsum(hits) / np.arange(1, len(hits) + 1))[hits].mean()))
+        for k, v in zip(("rank1", "rank5", "ap"), _tied_reference(S[q, order], hits)):
+            out[k].append(v)
     return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -231,7 +256,8 @@ def test_identification_against_brute_force_with_known_neighbours():
     centres = rng.normal(size=(41, 32))
     y = np.concatenate([np.full(2 + p % 6, p) for p in range(40)] + [np.array([40])])
     X = (centres[y] + 0.35 * rng.normal(size=(len(y), 32))).astype(np.float32)
-    X[5] = X[6] = X[7]  # ties across people's rows: the earlier row ranks first
+    X[5] = X[6] = X[7]  # exact ties among one person's images (scored as a group)
+    X[2] = X[9]  # and between two people's (rows 2: person 1, 9: person 2): a positive tied with a negative
     X[y == 3] = centres[2] + 0.4 * rng.normal(size=((y == 3).sum(), 32))  # person 3 looks like person 2
     # person 41: six unrelated images, ranked far down each other's lists (past the top-K: rows sorted in full)
     y = np.r_[y, np.full(6, 41)]
@@ -241,13 +267,44 @@ def test_identification_against_brute_force_with_known_neighbours():
         r = loo_retrieval(X, y, method=method, block_bytes=4 * len(y) * 13)  # 13 queries a block: chunked
         assert r.valid.tolist() == (y != 40).tolist()
         assert np.isnan(r.rank1[y == 41]).sum() == 0 and r.ap[y == 41].max() < 0.5
-        np.testing.assert_array_equal(r.rank1, ref["rank1"])
-        np.testing.assert_array_equal(r.rank5, ref["rank5"])
+        np.testing.assert_allclose(r.rank1, ref["rank1"], rtol=1e-12)
+        np.testing.assert_allclose(r.rank5, ref["rank5"], rtol=1e-12)
         np.testing.assert_allclose(r.ap, ref["ap"], rtol=1e-12)
         np.testing.assert_array_equal(r.neighbours, ref["neighbours"])
     m = r.metrics()
     assert m["rank1"] == pytest.approx(np.nanmean(ref["rank1"])) and 0 < m["map"] <= m["rank5"] <= 1
     assert m["rank1"] < 1.0  # person 3 is sometimes found as person 2
+
+
+def test_retrieval_ties_scored_as_scikit_learn_whatever_the_file_order():
+    from sklearn.metrics import average_precision_score
+
+    # by hand: query 0's two nearest images are one duplicated image, filed under person 0 (row 1) and person 1
+    # (row 2). AP counts the tie group at once (1 positive in 2: 1/2, as scikit-learn); rank-1 is half a hit
+    X = np.array([[1.0, 0.0], [0.9, 0.1], [0.9, 0.1], [0.0, 1.0]])
+    for y in (np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])):  # the same images, the duplicates' rows swapped
+        for method in ("auto", "sort"):
+            r = loo_retrieval(X, y, method=method)
+            assert (r.rank1[0], r.rank5[0], r.ap[0]) == pytest.approx((0.5, 1.0, 0.5))
+    # random people with duplicated images, within a person and across people: AP equals scikit-learn's on every
+    # query, and every score follows an image, not its row, when the files are shuffled
+    rng = np.random.default_rng(7)
+    y = np.repeat(np.arange(12), 4)
+    X = (rng.normal(size=(12, 24))[y] + 0.8 * rng.normal(size=(len(y), 24))).astype(np.float32)
+    for i, j in ((0, 1), (0, 5), (9, 30), (17, 18), (17, 40), (44, 2)):
+        X[j] = X[i]
+    Xn = X.astype(np.float64) / np.linalg.norm(X.astype(np.float64), axis=1, keepdims=True)
+    S = np.round(Xn @ Xn.T, 10)
+    perm = rng.permutation(len(y))
+    for method in ("auto", "sort"):
+        r = loo_retrieval(X, y, method=method, block_bytes=4 * len(y) * 7)
+        for q in range(len(y)):
+            others = np.arange(len(y)) != q
+            assert r.ap[q] == pytest.approx(average_precision_score(y[others] == y[q], S[q, others]), rel=1e-12)
+        shuffled = loo_retrieval(X[perm], y[perm], method=method)
+        for name in ("rank1", "rank5", "ap"):
+            np.testing.assert_allclose(getattr(shuffled, name), getattr(r, name)[perm], rtol=1e-12)
+    assert r.rank1[0] == pytest.approx(0.5)  # row 0's duplicates: row 1 (its person) and row 5 (another)
 
 
 def test_average_precision_by_hand():
@@ -281,8 +338,7 @@ def test_gallery_probe_retrieval_against_brute_force():
             order = np.argsort(-S[q], kind="stable")
             hits = gy[order] == qy[q]
             assert r.neighbours[q].tolist() == order[:5].tolist()
-            assert r.rank1[q] == float(hits[0]) and r.rank5[q] == float(hits[:5].any())
-            assert r.ap[q] == pytest.approx((np.cumsum(hits) / np.arange(1, len(hits) + 1))[hits].mean(), rel=1e-12)
+            assert [r.rank1[q], r.rank5[q], r.ap[q]] == pytest.approx(_tied_reference(S[q, order], hits), rel=1e-12)
     with pytest.raises(ValueError, match="both gallery_features and gallery_labels"):
         retrieve(Q, qy, G)
 
@@ -313,11 +369,33 @@ def test_verification_fold_logic_by_hand():
     m = v.metrics(pairs.same)
     assert m["verif_acc"] == pytest.approx(2 / 3)
     assert m["verif_acc_sd"] == pytest.approx(np.std([1.0, 0.5, 0.5], ddof=1))
+    # LFW's protocol: mean ± standard error of the mean over the folds, sd (ddof 1) / sqrt(folds)
+    assert m["verif_acc_se"] == pytest.approx(np.std([1.0, 0.5, 0.5], ddof=1) / np.sqrt(3))
     assert m["roc_auc"] == pytest.approx(8 / 9)
-    assert m["tar_far1e3"] == pytest.approx(2 / 3)  # no false accept allowed: threshold above 0.5
+    assert m["tar_far1e3"] is None  # 3 negative pairs: FAR = 1e-3 is not attainable (needs 1,000)
     # a fold's threshold never sees the fold's own pairs
     moved = verify(_pair_features([0.9, 0.95, 0.7, 0.5, 0.4, 0.2]), pairs)
     assert moved.thresholds[0] == v.thresholds[0] and moved.fold_accuracy[0] == 0.5
+
+
+def test_tar_at_far_needs_a_thousand_negative_pairs_by_hand():
+    from probe._verify import MIN_NEGATIVES, Verification
+
+    # 1,000 negatives scored 0.000, 0.001, ..., 0.999; four positives. FAR <= 1e-3 allows one false accept: the
+    # threshold sits above the second-highest negative (0.998), accepting 0.999 (FAR = 1/1000) and the positives
+    # 0.9985, 0.9995 and 1.0 but not 0.5: TAR = 3/4
+    neg = np.arange(1000) / 1000
+    pos = np.array([0.9985, 0.9995, 1.0, 0.5])
+    sims = np.concatenate([neg, pos])
+    same = np.concatenate([np.zeros(1000, bool), np.ones(4, bool)])
+    v = Verification(similarity=sims, correct=np.zeros(len(sims), bool), thresholds=np.zeros(1),
+                     fold_accuracy=np.array([0.5]))
+    assert MIN_NEGATIVES == 1000 and v.metrics(same)["tar_far1e3"] == pytest.approx(3 / 4)
+    # one negative fewer: one false accept is 1/999 > 1e-3, only FAR = 0 is attainable: null, not TAR at FAR = 0
+    drop = np.ones(len(sims), bool)
+    drop[0] = False
+    v.similarity = sims[drop]
+    assert v.metrics(same[drop])["tar_far1e3"] is None
 
 
 def test_best_threshold_ties_go_low():
@@ -433,10 +511,13 @@ def test_task_results_read_back(face_results):
     (verif,) = paths["test_vit", "verification"]
     row = pl.read_parquet(verif).row(0, named=True)
     assert row["task"] == "verification" and 0 <= row["verif_acc"] <= 1 and row["verif_acc_sd"] >= 0
+    assert row["tar_far1e3"] is None  # 10 folds of 2 people: far fewer than 1,000 negative pairs
     art = load_artifacts(verif)
     folds = art["fold"]
     per_fold = [art["item/verif_acc"][folds == f].mean() for f in np.unique(folds)]
     assert len(per_fold) == 10 and row["verif_acc"] == pytest.approx(np.mean(per_fold))
+    assert row["verif_acc_sd"] == pytest.approx(np.std(per_fold, ddof=1))
+    assert row["verif_acc_se"] == pytest.approx(np.std(per_fold, ddof=1) / np.sqrt(10))
 
     (reg,) = paths["test_vit", "regression"]
     frame = pl.read_parquet(reg)
@@ -476,9 +557,20 @@ def test_every_row_names_its_evaluation_and_clustered_items_save_their_people(fa
         art = load_artifacts(path)
         people = art["group"]
         assert len(people) == len(art["ids"])
-        if key != ("test_vit", "verification"):  # a pair clusters in its first image's person
+        if key == ("test_vit", "verification"):  # a pair clusters in both its people: [N, 2]
+            names = [[side.split("/")[0] for side in i.split("|")] for i in art["ids"]]
+            assert people.shape == (len(names), 2)
+            assert [[f"person{int(p):02d}" for p in pair] for pair in people] == names
+            assert ((people[:, 0] == people[:, 1]) == art["labels"].astype(bool)).all()
+        else:  # a query, an image: its person
             names = [i.split("/")[0] for i in art["ids"]]
             assert [f"person{int(p):02d}" for p in people] == names
+    # identification queries and verification pairs: their intervals resample the 20 people
+    from probe.analysis import job_ci
+
+    for key, metric in ((("test_vit", "identification"), "rank1"), (("test_vit", "verification"), "verif_acc")):
+        ci = job_ci(paths[key][0], metric=metric, n_boot=200)
+        assert (ci.over, ci.n_groups) == ("people", 20) and ci.low <= ci.estimate <= ci.high
     # grouped and ungrouped schemes are different protocols
     ids = {pl.read_parquet(paths[k][0])["protocol"][0] for k in expected}
     assert len(ids) == len(expected)
@@ -510,8 +602,15 @@ def test_analysis_and_report_cover_the_tasks(face_results, tmp_path):
     text = report.read_text()
     assert "## Faces and continuous targets" in text
     for needle in ("Identification (who is this?)", "Verification (same person?)", "Regression", "(over people)",
-                   "vs best rank1", "transformers", "centroid / pooled"):
+                   "vs best rank1", "transformers", "centroid / pooled",
+                   "| n/a |", "_n/a in TAR@FAR=1e-3 (%): TAR at FAR = 1e-3 needs ≥ 1,000 negative pairs"):
         assert needle in text, needle
+    # verification accuracy ± the standard error over the pair folds (LFW's protocol), labelled in the heading
+    verif = [r for r in jobs.filter(pl.col("task") == "verification").to_dicts()
+             if r["backbone"] == "test_vit" and r["evaluation"] == "pairs drawn 10 folds"]
+    acc, se = verif[0]["verif_acc"], verif[0]["verif_acc_se"]
+    assert 0 < se < verif[0]["verif_acc_sd"]  # the SE, not the sd
+    assert "| accuracy (%) ± SE over folds |" in text and f"{acc * 100:.1f} ± {se * 100:.1f}" in text
     figures = {p.name for p in (tmp_path / "report" / "figures").glob("*.png")}
     assert "faces-cosine_pooled-retrieval.png" in figures and "faces-regression-scatter.png" in figures
 

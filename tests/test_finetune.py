@@ -362,11 +362,23 @@ def test_epoch_rule_names_its_monitor_and_direction_and_scores_joint_runs():
     assert depth.score({"depth": {"rmse": 2.0}}) > depth.score({"depth": {"rmse": 3.0}})
     joint = EpochRule.for_tasks(("segmentation", "depth"), "top1")
     assert joint.joint and joint.mode == "max"
-    assert joint.name == "mean over tasks of val miou, rmse relative to epoch 1"
+    assert joint.name == "mean over tasks of the share of val miou, rmse gap to perfect closed since epoch 1"
     first = {"segmentation": {"miou": 0.2}, "depth": {"rmse": 2.0}}
     now = {"segmentation": {"miou": 0.3}, "depth": {"rmse": 1.6}}
-    assert joint.score(now, first) == pytest.approx((0.3 / 0.2 + 2.0 / 1.6) / 2)  # by hand: 1.375
-    assert joint.score(first, first) == pytest.approx(1.0) and joint.score(first) == pytest.approx(1.0)
+    # by hand: mIoU closed 0.1 of its 0.8 gap to 1, RMSE 0.4 of its 2.0 gap to 0
+    assert joint.score(now, first) == pytest.approx((0.1 / 0.8 + 0.4 / 2.0) / 2)
+    assert joint.score(first, first) == 0.0 and joint.score(first) == 0.0
+    # balanced (issue 22): a from-scratch run with epoch-1 mIoU 0.005. Epoch A multiplies mIoU by 10 and barely
+    # moves depth; epoch B is better at both in absolute terms but mIoU only x6 while RMSE falls from 2.0 to 0.8.
+    # The ratio to epoch 1 (the old rule: (10 + 1.05) / 2 vs (6 + 2.5) / 2) picked A, mIoU alone; B is chosen now
+    start = {"segmentation": {"miou": 0.005}, "depth": {"rmse": 2.0}}
+    a = {"segmentation": {"miou": 0.05}, "depth": {"rmse": 1.9}}
+    b = {"segmentation": {"miou": 0.03}, "depth": {"rmse": 0.8}}
+    assert joint.score(a, start) == pytest.approx((0.045 / 0.995 + 0.1 / 2.0) / 2)
+    assert joint.score(b, start) == pytest.approx((0.025 / 0.995 + 1.2 / 2.0) / 2)
+    assert joint.score(b, start) > joint.score(a, start)
+    perfect = {"segmentation": {"miou": 1.0}, "depth": {"rmse": 0.0}}
+    assert joint.score(perfect, start) == pytest.approx(1.0)  # each task's term is at most 1
 
     class Error(Task):  # a toy task registered at test time: the rule asks the registry for its direction
         name = "toy_error"

@@ -52,7 +52,7 @@ def test_each_task_writes_its_own_rows_naming_the_co_trained_tasks(runs):
         assert test["n_train"][0] == 480  # refit on train+val, as the classification path
         params = json.loads(test["params"][0])
         assert params["tasks"] == ["segmentation", "depth"] and params["task_weighting"] == "equal"
-        assert "relative to epoch 1" in params["select_rule"] and params["head"] == "linear"
+        assert "gap to perfect closed since epoch 1" in params["select_rule"] and params["head"] == "linear"
         # the saved per-image statistics give the row's metrics (the bootstrap resamples them)
         art = np.load(str(path).replace(".parquet", ".npz"))
         assert str(art["task"]) == task and len(art["ids"]) == 240
@@ -76,7 +76,7 @@ def test_each_task_writes_its_own_rows_naming_the_co_trained_tasks(runs):
     assert multi.task_metrics["depth"]["rmse"] > 0
 
 
-def test_combined_score_is_the_mean_ratio_to_epoch_one():
+def test_combined_score_is_the_mean_share_of_the_gap_closed_since_epoch_one():
     from probe._finetune.selection import EpochRule
 
     def record(miou, rmse):
@@ -84,8 +84,8 @@ def test_combined_score_is_the_mean_ratio_to_epoch_one():
 
     joint = EpochRule({"segmentation": "miou", "depth": "rmse"})
     first = record(0.2, 2.0)["val"]
-    assert joint.score(record(0.3, 1.0)["val"], first) == pytest.approx((0.3 / 0.2 + 2.0 / 1.0) / 2)
-    assert joint.score(record(0.2, 2.0)["val"], first) == pytest.approx(1.0)
+    assert joint.score(record(0.3, 1.0)["val"], first) == pytest.approx((0.1 / 0.8 + 1.0 / 2.0) / 2)
+    assert joint.score(record(0.2, 2.0)["val"], first) == 0.0
     one = EpochRule({"depth": "rmse"})
     assert one.score(record(0.2, 1.5)["val"]) == -1.5  # lower is better: negated, so higher always wins
 

@@ -8,11 +8,9 @@ through chromedriver; where either is missing the browser tests are skipped with
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +18,8 @@ from pathlib import Path
 import pytest
 
 import probe
+from tests._browser import assert_offline, assert_screenshot_not_blank, browser_or_skip, open_page, wait_ready
+from tests._browser import column as _column, number as _number, table as _table
 from tests._helpers import assert_one_line_error
 from tests._results_fixture import _write_job, write_fixture
 
@@ -153,82 +153,25 @@ def test_cli_bad_format_is_one_line(tmp_path):
 
 # ------------------------------------------------------------------------------------------ in the browser
 
-def _browser_or_skip():
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("selenium is not installed (pip install -e '.[dev]'); the browser tests need it")
-    binary = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)),
-                  None)
-    driver = shutil.which("chromedriver")
-    if binary is None or driver is None:
-        pytest.skip(f"no headless browser: chromium {'found' if binary else 'missing'}, chromedriver "
-                    f"{'found' if driver else 'missing'} (apt-get install -y chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,1000", "--disable-extensions", "--no-first-run"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-    try:
-        return webdriver.Chrome(service=Service(driver), options=options)
-    except Exception as exc:  # a browser that does not start is a missing browser, said so
-        pytest.skip(f"chromium did not start under chromedriver: {str(exc).splitlines()[0]}")
-
-
 @pytest.fixture(scope="module")
 def browser(report):
-    driver = _browser_or_skip()
+    driver = browser_or_skip()
     _, path = report
-    url = path.resolve().as_uri()
-    driver.get(url)
-    _wait_ready(driver)
     # the first load's network log and console, before anything else reads them
-    driver.first_load = dict(url=url, performance=driver.get_log("performance"), console=driver.get_log("browser"))
+    driver.first_load = open_page(driver, path.resolve().as_uri())
     yield driver
     driver.quit()
-
-
-def _wait_ready(driver):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.body.dataset.ready") == "1")
 
 
 @pytest.fixture
 def page(browser):
     browser.get(browser.first_load["url"])
-    _wait_ready(browser)
+    wait_ready(browser)
     return browser
 
 
-def _table(driver, suffix: str):
-    from selenium.webdriver.common.by import By
-
-    return driver.find_element(By.CSS_SELECTOR, f"table.data[data-table-id$='{suffix}']")
-
-
-def _column(table, key: str) -> list[str]:
-    from selenium.webdriver.common.by import By
-
-    return [td.text for td in table.find_elements(By.CSS_SELECTOR, f"tbody td[data-col='{key}']")]
-
-
-def _number(text: str) -> float:
-    return float(re.match(r"[+-]?\d+(\.\d+)?", text.strip()).group(0))
-
-
 def test_no_network_request_and_no_console_error(browser):
-    first = browser.first_load
-    urls = []
-    for entry in first["performance"]:
-        message = json.loads(entry["message"])["message"]
-        if message["method"] in ("Network.requestWillBeSent", "Network.webSocketCreated"):
-            urls.append(message["params"].get("request", message["params"]).get("url"))
-    assert urls, "the performance log recorded no request at all: the check would prove nothing"
-    assert all(u == first["url"] or u.startswith("data:") for u in urls), urls
-    assert [e for e in first["console"] if e["level"] == "SEVERE"] == []
+    assert_offline(browser.first_load)
 
 
 def test_sort_a_column(page, report):
@@ -307,14 +250,4 @@ def test_drill_down_shows_the_configurations_protocols_curves_and_pairs(page, re
 
 
 def test_screenshot_is_not_blank(page, tmp_path):
-    from PIL import Image
-
-    png = page.get_screenshot_as_png()
-    (tmp_path / "page.png").write_bytes(png)
-    image = Image.open(io.BytesIO(png)).convert("RGB")
-    assert image.size[0] >= 1000 and image.size[1] >= 600
-    colours = image.getcolors(maxcolors=1 << 20)
-    assert colours is not None and len(colours) > 50
-    white = max(count for count, rgb in colours if rgb == (255, 255, 255)) if any(
-        rgb == (255, 255, 255) for _, rgb in colours) else 0
-    assert white < 0.97 * image.size[0] * image.size[1]
+    assert_screenshot_not_blank(page, tmp_path / "page.png")

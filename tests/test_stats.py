@@ -175,3 +175,26 @@ def test_compare_jobs_refuses_results_that_disagree_on_labels(tmp_path):
     save_artifacts(tmp_path / "x", ids=ids, labels=np.array([0, 1, 0]), scores=np.eye(2)[[0, 1, 1]])
     save_artifacts(tmp_path / "y", ids=ids, labels=np.array([1, 1, 0]), scores=np.eye(2)[[0, 1, 1]])
     assert probe.compare_jobs(tmp_path / "x", tmp_path / "y", n_boot=50) is None
+
+
+def test_items_of_two_groups_count_as_often_as_both_are_drawn():
+    """A verification pair of two people is in a resample as often as both its people are drawn (c_a x c_b); a
+    pair of one person as often as that person (the dyadic bootstrap of pairs over people)."""
+    from probe.analysis._stats import Resampling
+    from probe.tasks import get
+
+    metric = get("verification").metric("verif_acc")
+    # items 0-2: pairs of one person (0, 1, 2); items 3, 4: pairs of persons (0, 1) and (1, 2)
+    group_index = np.array([[0, 0], [1, 1], [2, 2], [0, 1], [1, 2]])
+    hits = {"item/verif_acc": np.array([1.0, 1.0, 0.0, 0.0, 1.0])}
+    r = Resampling.build(np.arange(5).astype(str), [(metric, [hits])], group_index=group_index, over="people")
+    assert r.n_groups == 3
+    counts = r.draw(np.random.default_rng(0), 2000)
+    assert (counts[:, :3].sum(axis=1) == 3).all()  # three people drawn with repetition
+    np.testing.assert_array_equal(counts[:, 3], counts[:, 0] * counts[:, 1])
+    np.testing.assert_array_equal(counts[:, 4], counts[:, 1] * counts[:, 2])
+    assert (counts[:, 3] == 0).any() and (counts[:, 3] == 2).any()  # left out when a person is not drawn; 2 x 1
+    # each resample's accuracy is the weighted mean of its pairs' hits
+    values = r.values(counts)[:, 0]
+    expected = (counts @ hits["item/verif_acc"]) / counts.sum(axis=1)
+    np.testing.assert_allclose(values, expected)

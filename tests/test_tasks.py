@@ -120,6 +120,33 @@ def test_a_task_defined_in_a_test_runs_through_the_engine_and_the_cli(even, tmp_
     assert "even_acc" in scanned.columns and "evaluation" in scanned.columns
 
 
+def test_a_task_defined_in_a_test_runs_through_a_study_file_and_the_report(even, tmp_path):
+    """The same toy task, with no change outside this file: a study file names it, the study runs its sweep, and
+    the report and the console summary give it its own section and table."""
+    import io
+
+    study = tmp_path / "even.toml"
+    study.write_text("[study]\nname = 'even'\n[[backbones]]\nname = 'test_resnet'\nrandom_init = true\n"
+                     "img_size = 32\n[[datasets]]\nspec = 'digits'\ntasks = ['classification', 'even']\n"
+                     "[[sweeps]]\ntask = 'even'\nprobes = ['centroid', 'ridge']\n")
+    out = io.StringIO()
+    outcome = probe.run_study(study, cache_dir=tmp_path / "c", results_dir=tmp_path / "r",
+                              report_dir=tmp_path / "report", pretrain_dir=tmp_path / "p", device="cpu",
+                              progress=False, out=out)
+    frame = probe.scan_results(tmp_path / "r").collect()
+    assert set(frame["task"]) == {"even"} and set(frame["probe"]) == {"centroid", "ridge"}
+    test = frame.filter(pl.col("selected") & (pl.col("split") == "test"))
+    assert test.height == 2 and test["even_acc"].is_not_null().all()
+    text = outcome.report_path.read_text()
+    # a Classification subclass: classification's section, in its own metric, the best probe chosen on val
+    assert "frozen even acc (%)" in text and "Evaluation: `splits`." in text
+    vals = frame.filter(pl.col("split") == "val").group_by("probe").agg(pl.col("top1").max())
+    best = vals.sort(["top1", "probe"], descending=[True, False])["probe"][0]
+    row = test.filter(pl.col("probe") == best).row(0, named=True)
+    assert f"| {best} / pooled | {100 * row['even_acc']:.1f} |" in text
+    assert any(line.startswith("even: test even acc (%)") for line in out.getvalue().splitlines())
+
+
 # ------------------------------------------------------------------------------------------------ defect 1
 
 

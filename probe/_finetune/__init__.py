@@ -37,7 +37,7 @@ Layout of the package (building is separate from the loop that uses what was bui
   settings;
 - :mod:`.trainer`: :class:`Trainer`, one phase's loop over built objects;
 - :mod:`.selection`: :class:`EpochRule`, the rule that picks the epoch on val (a name and a direction; the mean
-  relative improvement over the tasks of a joint run);
+  share of the gap to perfect closed since epoch 1 over the tasks of a joint run);
 - :mod:`.checkpoint`: per-epoch checkpoints and the best weights;
 - :mod:`.lpft`: the logistic-probe head of lp-ft;
 - :mod:`.rows`: the result rows (with their ``evaluation``, their head and tasks in ``params``) and the per-item

@@ -46,15 +46,17 @@ def plan_splits(source, *, val_fraction: float, test_fraction: float, seed: int,
     """Split -> (dataset split, indices into it): the sweeps' train/val/test, carved from train where missing
     (:func:`probe.splits.carve_splits` over the dataset's full id list, as the sweeps carve it; ``stratify`` as
     the task's :attr:`probe.tasks.Task.stratified`: False for a continuous target)."""
-    from ..splits import carve_splits
+    from ..splits import carve_splits, source_carve_groups
 
     has_val, has_test = "val" in source.splits, "test" in source.splits
     if has_test and test_fraction:
         raise UsageError(f"dataset {source.name!r} has its own test split; drop --test-fraction (it carves a test "
                          "split only for datasets without one)")
+    groups = source_carve_groups(source, "train", source.ids["train"])  # NYUv2: whole scenes, as the sweeps
     parts = carve_splits(source.labels["train"], ids=source.ids["train"],
                          val_fraction=0.0 if has_val else val_fraction,
-                         test_fraction=0.0 if has_test else test_fraction, seed=seed, stratify=stratify)
+                         test_fraction=0.0 if has_test else test_fraction, seed=seed,
+                         **({"stratify": stratify} if groups is None else {"stratify": False, "groups": groups}))
     plan = {"train": ("train", parts["train"]),
             "val": ("val", np.arange(len(source.labels["val"]))) if has_val else ("train", parts["val"])}
     if has_test:

@@ -3,8 +3,17 @@
 As Lightning's ``ModelCheckpoint(monitor="val_miou", mode="max")``, an :class:`EpochRule` names what it monitors
 and which way is better; the training loop asks it for a score (higher is better) and keeps the first epoch with
 the best score (ties: the earliest). A joint multi-task run is scored by the same object: the mean over its tasks
-of each task's monitored metric relative to its value after the first epoch, so every task counts by its relative
-improvement whatever its unit.
+of the share of each task's gap to a perfect score closed since the first epoch,
+
+- higher is better, a fraction (mIoU, top-1; perfect = 1): ``(now - first) / (1 - first)``;
+- lower is better, an error (RMSE, MAE; perfect = 0): ``(first - now) / first``;
+- any other higher-is-better metric: ``(now - first) / |first|``.
+
+Each task's term is at most 1 (perfect) whatever its unit and its first value, so the tasks stay balanced: a
+from-scratch run whose first-epoch mIoU is 0.005 does not turn the score into mIoU alone, as a ratio to the first
+epoch (``now / first``, the rule before) did. The rule is named in the rows' ``select_rule``. A per-task rank
+over epochs would also be balanced, but a new epoch can reorder the earlier ones, whose weights are gone; this
+score is fixed once an epoch is scored.
 
 Each task monitors ``select_metric`` when the task can select on it (:meth:`probe.tasks.Task.selectable`), else
 its headline metric (``miou``; ``rmse`` and ``mae``, lower is better); directions come from the task registry.
@@ -43,7 +52,7 @@ class EpochRule:
 
     @property
     def joint(self) -> bool:
-        """True for a multi-task run (scored by the mean relative improvement over its tasks)."""
+        """True for a multi-task run (scored by the mean share of the gap to perfect closed over its tasks)."""
         return len(self.monitor) > 1
 
     @property
@@ -52,7 +61,8 @@ class EpochRule:
         if not self.joint:
             (metric,) = self.monitor.values()
             return f"val {metric}"
-        return "mean over tasks of val " + ", ".join(self.monitor.values()) + " relative to epoch 1"
+        return ("mean over tasks of the share of val " + ", ".join(self.monitor.values())
+                + " gap to perfect closed since epoch 1")
 
     @property
     def mode(self) -> str:
@@ -78,9 +88,14 @@ class EpochRule:
             value = float(val[task][metric])
             return value if self.mode == "max" else -value
         first = val if first is None else first
-        ratios = []
-        for task, metric in self.monitor.items():
-            now, then = float(val[task][metric]), float(first[task][metric])
-            higher = _tasks.get(task).metric(metric).higher_is_better
-            ratios.append(now / max(then, 1e-12) if higher else max(then, 1e-12) / max(now, 1e-12))
-        return float(np.mean(ratios))
+        return float(np.mean([closed_gap(_tasks.get(task).metric(metric), float(val[task][metric]),
+                                         float(first[task][metric])) for task, metric in self.monitor.items()]))
+
+
+def closed_gap(metric, now: float, first: float) -> float:
+    """The share of ``metric``'s gap to a perfect score closed from ``first`` to ``now`` (at most 1; see the
+    module docstring): a fraction's gap to 1, an error's to 0, else the relative change."""
+    if metric.higher_is_better:
+        gap = (1.0 - first) if metric.unit == "fraction" else abs(first)
+        return (now - first) / max(gap, 1e-12)
+    return (first - now) / max(first, 1e-12)

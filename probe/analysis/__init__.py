@@ -45,6 +45,7 @@ _LAZY = {
     "compare_families": "._compare", "family_wins": "._compare", "finetune_gains": "._compare",
     "with_intervals": "._compare", "family_order": "._compare", "multitask_gains": "._compare",
     "finetune_tasks": "._compare", "two_level_bootstrap": "._compare", "task_of": "._select", "metric_of": "._select",
+    "report_groups": "._compare",
     "task_metrics": "._select",
     # figures
     "FAMILY_COLORS": "._figures", "FAMILY_NAMES": "._figures", "Styles": "._figures", "new_figure": "._figures",

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._errors import UsageError
+from ..vocab import FINETUNE
 
 #: Most float cells (resamples x images) drawn at once.
 _CHUNK_CELLS = 4_000_000
@@ -476,6 +477,60 @@ def finetune_tasks(params) -> tuple[tuple[str, ...], str | None]:
 
     p = params if isinstance(params, dict) else _params(params)
     return tuple(p.get("tasks") or ()), p.get("head")
+
+
+def report_groups(jobs, task, *, notes: list[str] | None = None) -> dict:
+    """What both reports compare for one task's rows of one evaluation scheme, as the task declares it.
+
+    Parameters
+    ----------
+    jobs : polars.DataFrame
+        Rows of :func:`probe.analysis.job_table` of one task (and one evaluation scheme; selection never crosses
+        schemes either way: :func:`probe.analysis.best_by_val` keeps them apart).
+    task : probe.tasks.Task or str
+        The task (its :attr:`~probe.tasks.Task.frozen_taps_excluded` and
+        :meth:`~probe.tasks.Task.finetune_counterpart` decide the candidates).
+    notes : list of str, optional
+        Receives a line for each group without a val score (:func:`probe.analysis.best_by_val`).
+
+    Returns
+    -------
+    dict
+        ``protocols``: every protocol, seeds averaged (:func:`probe.analysis.aggregate_seeds`, the task's
+        metrics); at full data (``shots == 0``): ``fixed``, a list of ``(method, rows)`` for the methods that
+        learn and select nothing (no val score, not a fine-tune: cosine retrieval or verification per tap);
+        ``frozen``, the best frozen probe by val among the learned ones (taps the task excludes left out);
+        ``tuned``, the best fine-tune by val among the frozen probe's counterparts; ``others``, the job rows of
+        the other fine-tunes (joint multi-task runs, other heads), listed apart and never selected among.
+    """
+    import polars as pl
+
+    from ._select import aggregate_seeds, best_by_val, task_of
+
+    t = task_of(task) if isinstance(task, str) else task
+    metrics = [m for m in t.metric_names if m in jobs.columns] if t is not None else None
+    excluded = sorted(t.frozen_taps_excluded) if t is not None else []
+    protocols = aggregate_seeds(jobs, metrics=metrics)
+    empty = protocols.clear()
+    if not jobs.height:
+        return dict(protocols=protocols, fixed=[], frozen=empty, tuned=empty, others=jobs)
+    counterpart = [bool(t is None or t.finetune_counterpart(*finetune_tasks(params))) if probe == FINETUNE
+                   else False for probe, params in jobs.select("probe", "params").iter_rows()]
+    marked = jobs.with_columns(pl.Series("_counterpart", counterpart, dtype=pl.Boolean))
+    tuned_jobs = marked.filter((pl.col("probe") == FINETUNE) & pl.col("_counterpart")).drop("_counterpart")
+    others = marked.filter((pl.col("probe") == FINETUNE) & ~pl.col("_counterpart")).drop("_counterpart")
+    full = protocols.filter(pl.col("shots") == 0)
+    frozen = full.filter(pl.col("probe") != FINETUNE)
+    fixed = frozen.filter(pl.col("val_score").is_null())
+    learned = frozen.filter(pl.col("val_score").is_not_null() & ~pl.col("tap").is_in(excluded))
+    tuned = aggregate_seeds(tuned_jobs, metrics=metrics).filter(pl.col("shots") == 0) if tuned_jobs.height \
+        else empty
+    return dict(
+        protocols=protocols,
+        fixed=[(method, fixed.filter(pl.col("method") == method)) for method in sorted(set(fixed["method"]))],
+        frozen=best_by_val(learned, notes=notes) if learned.height else empty,
+        tuned=best_by_val(tuned, notes=notes) if tuned.height else empty,
+        others=others)
 
 
 def multitask_gains(jobs, *, n_boot: int = 10_000, seed: int = 0, ci: float = 0.95, intervals: bool = True,

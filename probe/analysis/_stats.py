@@ -371,8 +371,11 @@ class Resampling:
 
     ``draw(rng, size)`` gives counts [size, K]: items drawn with repetition, or, when the items cluster in groups
     (people, scenes), groups drawn with repetition and each item counted as often as its group (a cluster
-    bootstrap). ``values(counts)`` gives each result's metric per resample [B, M] (seed means), through
-    :meth:`probe.tasks.Metric.resampled` (linear in the counts).
+    bootstrap). An item of two groups (group index [N, 2]: a verification pair of two people) counts as often as
+    its two people were drawn multiplied (a pair of one person: as often as the person), so a pair is in a
+    resample when both its people are (the dyadic, "pigeonhole" bootstrap). ``values(counts)`` gives each
+    result's metric per resample [B, M] (seed means), through :meth:`probe.tasks.Metric.resampled` (linear in
+    the counts).
 
     Without groups, items whose statistics are identical in every result are one *kind* (a top-1 hit of the
     same class, say): drawing n items with repetition makes the kinds' counts multinomial with their shares as
@@ -426,7 +429,13 @@ class Resampling:
             return rng.multinomial(self.n, self._kind_counts / self.n, size=size).astype(np.float64)
         g = self.n_groups
         per_group = rng.multinomial(g, np.full(g, 1.0 / g), size=size).astype(np.float64)
-        return per_group[:, self._group_index]
+        gi = self._group_index
+        if gi.ndim == 1:
+            return per_group[:, gi]
+        # an item of two groups (a verification pair of two people): counted once for each draw of both, c_a x c_b
+        # (a pair of one person: c_a); kept only when both are drawn
+        first, second = gi[:, 0], gi[:, 1]
+        return per_group[:, first] * np.where(first == second, 1.0, per_group[:, second])
 
     def values(self, counts: np.ndarray) -> np.ndarray:
         counts = np.atleast_2d(counts)
@@ -510,10 +519,12 @@ def resampling(sides: list, metric: str, *, task: str | None = None, groups: boo
             stats_per_seed.append(st)
         sides_out.append((per_seed[0][0], stats_per_seed))
     group_index = None
-    if group is not None:
-        _, group_index = np.unique(group, return_inverse=True)
-        if int(group_index.max()) + 1 == len(ids):  # every item its own group: an ordinary bootstrap over items
-            group_index, noun = None, item_noun
+    if group is not None:  # [N], or [N, 2] for items of two groups (pairs of two people)
+        group = np.asarray(group).astype(str)
+        _, flat = np.unique(group.ravel(), return_inverse=True)
+        group_index = flat.reshape(group.shape)
+        if group_index.ndim == 1 and int(group_index.max()) + 1 == len(ids):  # every item its own group: an
+            group_index, noun = None, item_noun  # ordinary bootstrap over items
     note = f"paired on the {len(ids)} test items all results scored" if len(ids) < largest else ""
     return Resampling.build(ids, sides_out, group_index=group_index, over=noun, metric=metric, note=note)
 

@@ -25,6 +25,7 @@ import numpy as np
 UNITS = ("fraction", "target", "ratio", "log10")
 
 #: Key of the per-item group array in a job's ``.npz`` (a person, a scene): bootstrap intervals resample groups.
+#: One group per item ([N]), or two ([N, 2]: a verification pair of two people, counted as often as both are drawn).
 GROUP_KEY = "group"
 
 
@@ -397,6 +398,34 @@ class Task:
     group_noun: ClassVar[str] = "groups"
     #: What one item of the task's per-item statistics is, for "interval over <noun>" without groups.
     item_noun: ClassVar[str] = "images"
+    #: Taps whose probes never count as the task's best frozen probe (classification: ``patch``, the dense
+    #: probes' per-token tap). Both reports read it through :func:`probe.analysis.report_groups`.
+    frozen_taps_excluded: ClassVar[frozenset[str]] = frozenset()
+    #: Whether the reports compare backbone families on the task's headline metric (False for the dense tasks,
+    #: whose reports show no family comparison).
+    compare_families: ClassVar[bool] = True
+
+    @property
+    def gain_metrics(self) -> tuple[str, ...]:
+        """Metrics beyond the headline that get their own paired fine-tuned − frozen difference in both reports:
+        by default those pooled from per-item values with no reduction or resampling of their own (a plain mean
+        over items); classification names mean per-class accuracy, the dense tasks all their metrics."""
+        return tuple(m.name for m in self.metrics[1:] if m.from_items and m.reduce is None and m.resample is None)
+
+    def finetune_counterpart(self, tasks: tuple[str, ...], head: str | None) -> bool:
+        """Whether a fine-tune of this task is the frozen probe's counterpart ("fine-tuning" in the reports,
+        compared with the best frozen probe); other fine-tunes are listed apart.
+
+        Parameters
+        ----------
+        tasks : tuple of str
+            The tasks the fine-tune trained jointly (empty where an older row did not record them).
+        head : str or None
+            Its head (None where not recorded).
+
+        The default counts every fine-tune; the dense tasks count only single-task linear-head fine-tunes.
+        """
+        return True
 
     def item_stats(self, artifacts: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The per-item statistics of one job from its saved arrays (:func:`probe.results.load_artifacts`).
@@ -420,11 +449,19 @@ class Task:
             return evaluation_label(cv=folds, cv_group="subject" if params.get("interval_over") == "people" else None)
         return "splits"
 
+    def missing_reason(self, metric: str) -> str | None:
+        """Why ``metric`` can be null in a row of this task because it is undefined on the row's data (not because
+        it was not run): the report prints ``n/a`` in its cell and this reason under the table. None (the
+        default): a null prints ``—``."""
+        return None
+
     def report_figures(self, report, dataset: str, evaluation: str, shown: list) -> list[str]:
-        """Markdown lines of the task's figures under its generic tables (none by default).
+        """Markdown lines of the task's figures under its tables (none by default).
 
         ``shown`` lists ``(group name, rows)`` of the tables just written for ``dataset`` under ``evaluation``
-        (each row an :func:`probe.analysis.aggregate_seeds` record with its ``files``).
+        (each row an :func:`probe.analysis.aggregate_seeds` record with its ``files``). A task names its figures
+        by calling ``report.retrieval_figure``, ``report.prediction_scatter`` or ``report.dense_examples``; the
+        HTML explorer calls this hook too, with an object whose methods of those names draw inline SVG.
         """
         return []
 

@@ -13,6 +13,21 @@ class DenseTask(Task):
     default_taps = ("patch",)
     options = frozenset()
     dense = True
+    compare_families = False
+
+    @property
+    def gain_metrics(self) -> tuple[str, ...]:
+        """Every metric beyond the headline (each resampled from its per-image statistics)."""
+        return self.metric_names[1:]
+
+    def finetune_counterpart(self, tasks, head) -> bool:
+        """Only a single-task fine-tune with the linear head is the frozen linear probe's counterpart (older
+        rows that record neither count as one); joint multi-task runs and other heads are listed apart."""
+        return tuple(tasks) in ((self.name,), ()) and head in ("linear", None)
+
+    def report_figures(self, report, dataset, evaluation, shown):
+        """Test images, ground truth and each configuration's frozen dense probe (the previews its job saved)."""
+        return report.dense_examples(self, dataset, evaluation, shown)
 
     def probe_refusal(self, bad: list) -> str:
         return f"probe(s) {bad} do not take {self.name} targets; dense probes are {', '.join(self.probes)}"

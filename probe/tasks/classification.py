@@ -44,6 +44,8 @@ class Classification(Task):
 
     title = "Classification"
     report_group = "Classification"
+    frozen_taps_excluded = frozenset({"patch"})
+    gain_metrics = ("mean_per_class_acc",)
 
     def item_stats(self, artifacts):
         """Hits from the saved predictions when the job saved no ``item/`` arrays: ``item/top1`` is the top-1
@@ -61,7 +63,7 @@ class Classification(Task):
 
     def report_section(self, report, jobs):
         """Frozen probes vs fine-tuning, the families, layer-wise and few-shot curves (per evaluation scheme)."""
-        return report.classification_sections(self, jobs, extra=("mean_per_class_acc",))
+        return report.classification_sections(self, jobs)
 
 
 def class_target(task, data) -> np.ndarray:

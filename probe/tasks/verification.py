@@ -19,7 +19,10 @@ PAIR_FOLDS = 10
 class Verification(Task):
     name = "verification"
     metrics = (mean_metric("verif_acc", "accuracy"), scalar_metric("verif_acc_sd", "sd", higher_is_better=False),
+               scalar_metric("verif_acc_se", "SE", higher_is_better=False),
                scalar_metric("roc_auc", "ROC AUC"), scalar_metric("tar_far1e3", "TAR@FAR=1e-3"))
+    #: the standard error over folds (LFW's "mean ± standard error"); the sample sd is the contract's verif_acc_sd
+    columns = {"verif_acc_se": "Float64"}
     probes = ("cosine",)
     default_probes = ("cosine",)
     options = frozenset({"pairs", "whiten"})
@@ -91,8 +94,9 @@ class Verification(Task):
         ids = np.asarray([f"{data.ids[a]}|{data.ids[b]}" for a, b in zip(pairs.a, pairs.b)])
         items = {"ids": ids, "labels": pairs.same.astype(np.int64), "item/verif_acc": v.correct.astype(float),
                  "similarity": v.similarity, "fold": pairs.fold, "thresholds": v.thresholds,
-                 # a pair's folds hold disjoint people; a pair clusters in its first image's person
-                 GROUP_KEY: data.labels[pairs.a].astype(str)}
+                 # a pair clusters in both its people ([N, 2]; twice the same for a matched pair): intervals
+                 # resample people and count a pair as often as both its people are drawn
+                 GROUP_KEY: np.stack([data.labels[pairs.a], data.labels[pairs.b]], axis=1).astype(str)}
         return [row], items
 
     # ------------------------------------------------------------------------------------------ report hooks
@@ -102,6 +106,11 @@ class Verification(Task):
 
     group_noun = "people"
     item_noun = "pairs"
+
+    def missing_reason(self, metric):
+        from .._verify import TAR_REASON
+
+        return TAR_REASON if metric == "tar_far1e3" else None
 
     def legacy_evaluation(self, params, protocol):
         """Older rows do not record the pairs or the whitening, only a protocol id that differs with them: each
