@@ -118,7 +118,9 @@ def _default_protocols(results: Path):
 
     import probe
 
-    rows = pl.scan_parquet(sorted(str(p) for p in results.rglob("*.parquet")), include_file_paths="file").collect()
+    # the results rows (the similarity rows under results/similarity/ have their own schema: probe.scan_similarity)
+    files = sorted(str(p) for p in results.rglob("*.parquet") if p.relative_to(results).parts[0] != "similarity")
+    rows = pl.scan_parquet(files, include_file_paths="file").collect()
     if "fold" in rows.columns:  # a cross-validated job's summary rows (no fold) carry its scores
         rows = rows.filter(pl.col("fold").is_null())
     test = rows.filter(pl.col("selected") & (pl.col("split") == "test"))
