@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from ._base import Job, Task
+from ._base import Job, Metric, Task
+
+
+def dense_metric(task: str, name: str, stats: tuple[str, ...], *, higher_is_better: bool, unit: str,
+                 label: str) -> Metric:
+    """A per-pixel metric resampled from a job's per-image statistics ``stat/<k>`` through
+    :func:`probe.dense.resampled_metric` (the one definition of the dense metrics)."""
+
+    def resample(saved, counts):
+        from ..dense import resampled_metric
+
+        return resampled_metric(task, name, {k.split("/", 1)[1]: saved[k] for k in stats if k in saved}, counts)
+
+    return Metric(name, higher_is_better, unit, label, stats, resample=resample)
 
 
 class DenseTask(Task):
@@ -14,6 +27,13 @@ class DenseTask(Task):
     options = frozenset()
     dense = True
     compare_families = False
+    report_group = "Dense transfer: segmentation and depth"
+    group_noun = "scenes"
+
+    def report_section(self, report, jobs):
+        """The frozen dense probe beside single-task linear-head fine-tuning (the probe's counterpart), then
+        every other fine-tune with its tasks and head named (:meth:`probe._report.Report.dense_section`)."""
+        return report.dense_section(self, jobs)
 
     @property
     def gain_metrics(self) -> tuple[str, ...]:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from ._base import Metric
-from ._dense import DenseTask
+from ._dense import DenseTask, dense_metric
 from . import register
 
 _NAMES = ("rmse", "abs_rel", "log10", "delta1", "delta2", "delta3")
@@ -13,19 +12,10 @@ _LABELS = {"rmse": "RMSE", "abs_rel": "abs rel", "log10": "log10", "delta1": "δ
            "delta3": "δ<1.25³"}
 
 
-def _dense(name: str):
-    def resample(stats, counts):
-        from ..dense import resampled_metric
-
-        return resampled_metric("depth", name, {k.split("/", 1)[1]: stats[k] for k in _STATS if k in stats}, counts)
-
-    return resample
-
-
 class Depth(DenseTask):
     name = "depth"
-    metrics = tuple(Metric(n, n.startswith("delta"), _UNITS.get(n, "fraction"), _LABELS[n], _STATS,
-                           resample=_dense(n)) for n in _NAMES)
+    metrics = tuple(dense_metric("depth", n, _STATS, higher_is_better=n.startswith("delta"),
+                                 unit=_UNITS.get(n, "fraction"), label=_LABELS[n]) for n in _NAMES)
 
     # ------------------------------------------------------------------------------------------ engine hooks
     # (the dense probe's jobs: probe.tasks._dense.DenseTask)
@@ -33,15 +23,7 @@ class Depth(DenseTask):
     # ------------------------------------------------------------------------------------------ report hooks
 
     title = "Depth"
-    report_group = "Dense transfer: segmentation and depth"
     target_unit = "m"
-
-    group_noun = "scenes"
-
-    def report_section(self, report, jobs):
-        """The frozen dense probe beside single-task linear-head fine-tuning (the probe's counterpart), then
-        every other fine-tune with its tasks and head named (:meth:`probe._report.Report.dense_section`)."""
-        return report.dense_section(self, jobs)
 
 
 register(Depth())

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from ._base import Metric
-from ._dense import DenseTask
+from ._dense import DenseTask, dense_metric
 from . import register
 
 _STATS = ("stat/intersection", "stat/union", "stat/labelled")
 
 
-def _dense(name: str):
-    def resample(stats, counts):
-        from ..dense import resampled_metric
-
-        return resampled_metric("segmentation", name, {k.split("/", 1)[1]: stats[k] for k in _STATS}, counts)
-
-    return resample
-
-
 class Segmentation(DenseTask):
     name = "segmentation"
-    metrics = (Metric("miou", True, "fraction", "mIoU", _STATS, resample=_dense("miou")),
-               Metric("pixel_acc", True, "fraction", "pixel acc", _STATS, resample=_dense("pixel_acc")))
+    metrics = (dense_metric(name, "miou", _STATS, higher_is_better=True, unit="fraction", label="mIoU"),
+               dense_metric(name, "pixel_acc", _STATS, higher_is_better=True, unit="fraction", label="pixel acc"))
 
     # ------------------------------------------------------------------------------------------ engine hooks
     # (the dense probe's jobs: probe.tasks._dense.DenseTask)
@@ -32,14 +22,6 @@ class Segmentation(DenseTask):
     # ------------------------------------------------------------------------------------------ report hooks
 
     title = "Segmentation"
-    report_group = "Dense transfer: segmentation and depth"
-
-    group_noun = "scenes"
-
-    def report_section(self, report, jobs):
-        """The frozen dense probe beside single-task linear-head fine-tuning (the probe's counterpart), then
-        every other fine-tune with its tasks and head named (:meth:`probe._report.Report.dense_section`)."""
-        return report.dense_section(self, jobs)
 
 
 register(Segmentation())
