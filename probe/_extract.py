@@ -35,7 +35,7 @@ from ._errors import ProbeError, UsageError
 from ._io import atomic_path, save_npz_atomic, write_text_atomic
 from ._schema import SEED, WORKERS, Setting, check_setting
 from ._runtime import cpu_plan, cpu_threads, default_workers, full_fp32, resolve_device, torch_threads
-from ._pixels import TensorImages, check_data_config, check_pixels, pixel_identity
+from ._pixels import StoredImages, TensorImages, check_data_config, check_pixels, pixel_identity
 from ._taps import check_taps, forward_taps, parse_taps
 from ._version import CACHE_FORMAT, __version__
 
@@ -50,6 +50,7 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
                      cache_dir: str | os.PathLike = "cache", batch_size: int = 64, workers: int | None = None,
                      device: str = "auto", dtype: str = "float16", precision: str = "auto",
                      skip_bad: bool = False, allow_overlap: bool = False, pixels: str | None = None,
+                     reuse_pixels: bool = False, compile: bool = False,
                      progress: bool = True) -> dict[str, CacheEntry]:
     """Extract (or reuse) cached features of ``backbone`` on every requested split of ``dataset``.
 
@@ -81,6 +82,16 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
         transform); ``gpu`` decodes JPEGs with torchvision (batched with nvJPEG on CUDA, libjpeg-turbo per image on
         the CPU) and resizes, crops and normalises with tensor ops in timm's geometry; other images take the PIL path
         (:mod:`probe._pixels`). The path is part of the cache key.
+    reuse_pixels : bool
+        Keep the decoded, resized and cropped 8-bit pixels of each split in ``<cache_dir>/pixels/`` and read them
+        from there instead of decoding again: the next backbone with the same eval geometry (the data config
+        without mean and std) skips decoding (:class:`probe._pixels.PixelStore`; features are identical either
+        way). Costs ``rows x H x W x 3`` bytes of disk per split (not used when the disk lacks them, nor on the
+        CUDA tensor path, which decodes on the GPU).
+    compile : bool
+        Run the forward through ``torch.compile`` (compiled once per entry; features agree with the eager forward
+        to float rounding, so the flag is part of the cache key). Off by default: on CPU it did not pay
+        (README, "Decoding and the pixel paths").
 
     Returns
     -------
@@ -136,6 +147,8 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
                     "split": split, "dtype": dtype, "precision": precision}
         if pixel_key is not None:  # absent for PIL: the keys made before the pixel paths stay valid
             material["pixels"] = pixel_key
+        if compile:  # absent when off: the keys made before the flag stay valid
+            material["compile"] = True
         key, final, reuse = _lookup(material, taps, cache_dir, skip_bad)
         if reuse is None and spec["weights"].startswith("hub:") and "@" not in spec["weights"]:
             # the hub checkpoint was not on disk: once downloaded, its file hash is part of the identity
@@ -169,11 +182,35 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
                     "versions": _versions()}
             resume = "the extraction resumes from its last finished batch"
             size = f" (the missing entries need about {format_bytes(needed)})" if needed else ""
+            store = _pixel_store(cache_dir, source, split, spec["data_config"], pixels, device) if reuse_pixels \
+                else None
             with disk_full_guard(final.parent, f"the cache entry {final.name}{size}", resume):
                 _extract_split(get_backbone, source, split, taps, final, meta, batch_size=batch_size, workers=workers,
-                               device=device, skip_bad=skip_bad, progress=progress)
+                               device=device, skip_bad=skip_bad, progress=progress, pixel_store=store,
+                               compile=compile)
             entries[split] = CacheEntry(path=final, key=key, split=split, taps=taps, rows=_rows(final))
     return {split: entries[split] for split in wanted}
+
+
+def _pixel_store(cache_dir, source, split: str, data_config: dict, pixels: str, device: str):
+    """The :class:`probe._pixels.PixelStore` of ``split`` for ``--reuse-pixels``, or None where it cannot serve (the
+    CUDA tensor path decodes on the device; a disk without room for it: one line on stderr says so)."""
+    from ._pixels import PixelStore, pixel_store_path
+
+    dev = resolve_device(device)
+    if pixels != "pil" and dev.type == "cuda":
+        return None
+    path = pixel_store_path(cache_dir, source, split, data_config, pixels, dev.type)
+    _, h, w = (int(v) for v in data_config["input_size"])
+    n = len(source.splits[split])
+    if not path.is_file():
+        need = n * h * w * 3
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(path.parent).free < 2 * need:  # room for it and for the features
+            print(f"probe: --reuse-pixels needs {format_bytes(need)} for the pixels of {source.name}/{split} in "
+                  f"{path.parent}; decoding without them", file=sys.stderr)
+            return None
+    return PixelStore.create(path, n, (h, w, 3))
 
 
 def tap_shapes(backbone: str, img_size: int | None, data_config: dict, taps) -> dict[str, tuple[int, ...]] | None:
@@ -342,6 +379,18 @@ class _SplitImages:
         return x.sub_(mean).div_(std)
 
 
+def _compile_forward(model):
+    """``model`` with its feature forwards (``forward_features``, ``forward_intermediates``) run through
+    ``torch.compile``, which compiles them on the first batch (and once more for a last, smaller batch); the head's
+    pooling stays eager. The model object is kept, so every caller of :func:`probe._taps.forward_taps` runs it."""
+    import torch
+
+    for name in ("forward_features", "forward_intermediates"):
+        if hasattr(model, name):
+            setattr(model, name, torch.compile(getattr(model, name), dynamic=False))
+    return model
+
+
 def _split_tail(transform):
     """(transform without its final to-tensor + normalise steps, mean, std); the transform unchanged and None, None
     when it does not end that way (a custom transform)."""
@@ -444,7 +493,8 @@ def _contiguous_end(shards) -> int:
 
 
 def _extract_split(get_backbone, source, split: str, taps, final: Path, meta: dict, *, batch_size: int,
-                   workers: int | None, device: str, skip_bad: bool, progress: bool) -> None:
+                   workers: int | None, device: str, skip_bad: bool, progress: bool, pixel_store=None,
+                   compile: bool = False) -> None:
     """Compute the missing batches of one entry (under torchrun: this rank's share of them), then finalise it on
     rank 0 once every rank's shards are written."""
     n = len(source.splits[split])
@@ -456,7 +506,8 @@ def _extract_split(get_backbone, source, split: str, taps, final: Path, meta: di
     try:
         _compute_batches(get_backbone, source, split, taps, parts, meta, _distributed.rank_batches(todo), n=n,
                          batch_size=batch_size, workers=workers, device=device, skip_bad=skip_bad,
-                         progress=progress if _distributed.is_main() else False)
+                         progress=progress if _distributed.is_main() else False, pixel_store=pixel_store,
+                         compile=compile)
     except Exception as exc:  # every rank must reach the collective below, failed or not
         error = exc
     _distributed.gather_errors(error)  # under torchrun: every rank's shards are written once this returns
@@ -547,10 +598,12 @@ class _Profile:
 
 def _compute_batches(get_backbone, source, split: str, taps, parts: Path, meta: dict, batches: list[list[int]], *,
                      n: int, batch_size: int, workers: int | None, device: str, skip_bad: bool,
-                     progress: bool) -> None:
+                     progress: bool, pixel_store=None, compile: bool = False) -> None:
     """Forward ``batches`` (lists of row indices) and write one shard per batch into ``parts``.
 
-    The backbone (``get_backbone()``) is built once the loader's workers are decoding the first batches.
+    The backbone (``get_backbone()``) is built once the loader's workers are decoding the first batches. Images come
+    through ``pixel_store`` (a :class:`probe._pixels.PixelStore`) when one is given; with ``compile`` the forward
+    runs through ``torch.compile``.
     """
     import timm.data
     import torch
@@ -568,6 +621,8 @@ def _compute_batches(get_backbone, source, split: str, taps, parts: Path, meta: 
     if meta.get("pixels", "pil") != "pil":
         images = TensorImages(images, source, split, data_config, on_device=dev.type == "cuda" or _DECODE_ON_DEVICE)
     on_device = getattr(images, "on_device", False)
+    if pixel_store is not None and not on_device and images.mean is not None:  # items are uint8 pixels
+        images = StoredImages(images, pixel_store)
     model_state: dict[str, Any] = {}
 
     def prepare_model():
@@ -576,6 +631,8 @@ def _compute_batches(get_backbone, source, split: str, taps, parts: Path, meta: 
         # channels-last on every device: oneDNN's and cuDNN's convolutions run on it natively (ConvNets gain on CPU
         # too; transformers are unchanged); features agree with the default layout to float rounding
         model_state["model"] = bb.model.to(dev).to(memory_format=torch.channels_last)
+        if compile:
+            model_state["model"] = _compile_forward(model_state["model"])
         prof.host["build"] = time.perf_counter() - begin
         return model_state["model"]
 
@@ -663,7 +720,8 @@ def _compute_batches(get_backbone, source, split: str, taps, parts: Path, meta: 
             with _BatchDecoder(images, threads) as decode:
                 # a third batch times the forward on one thread when enough batches remain for processes that
                 # each forward on one core to pay off (their start and the last, uneven round cost a batch each)
-                timed_n = 3 if threads > 1 and len(batches) >= 3 + _BATCHES_PER_PROCESS * threads else 2
+                # (not under --compile: compiled code is not forked into processes)
+                timed_n = 3 if threads > 1 and not compile and len(batches) >= 3 + _BATCHES_PER_PROCESS * threads else 2
                 for j, batch_rows in enumerate(batches[:timed_n]):
                     begin = time.perf_counter()
                     with prof.stage("decode"):

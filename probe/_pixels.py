@@ -299,3 +299,133 @@ class TensorImages:
         x = pixels.to(torch.float32).div_(255)
         mean, std = (v.to(x.device, non_blocking=True).view(1, -1, 1, 1) for v in (self.mean, self.std))
         return x.sub_(mean).div_(std)
+
+
+def pixel_store_path(cache_dir, source, split: str, data_config: dict, pixels: str, device_type: str):
+    """Where the decoded pixels of ``split`` live for every backbone whose eval transform gives the same 8-bit
+    pixels: ``<cache_dir>/pixels/<dataset>/<split>-<key[:12]>.npy``.
+
+    The key holds what the uint8 pixels depend on: the dataset's identity and fingerprint, the split, the pixel path
+    (and its decoder) and the data config without its normalisation (applied later, per backbone, to a whole
+    batch), except the mean where it is the pad colour (crop mode ``border``). Backbones that differ only in mean
+    and std share a store.
+    """
+    from pathlib import Path
+
+    from ._cache import cache_key
+    from ._io import safe_name
+
+    geometry = {k: v for k, v in data_config.items() if k not in ("mean", "std")}
+    if (data_config.get("crop_mode") or "center") == "border":
+        geometry["mean"] = data_config.get("mean")
+    key = cache_key({"what": "pixels", "format": 1, "split": split, "geometry": geometry,
+                     "pixels": pixel_identity(pixels, device_type) or "pil",
+                     "dataset": {"name": source.name, "kind": source.kind, "fingerprint": source.fingerprint()}})
+    return Path(cache_dir) / "pixels" / safe_name(source.name) / f"{split}-{key[:12]}.npy"
+
+
+class PixelStore:
+    """Decoded, resized and cropped uint8 pixels [N, H, W, 3] of one split in a memory-mapped ``.npy`` file, and a
+    ``.rows`` file of N flags (1 = that row is written), so that other backbones with the same eval geometry read
+    the pixels instead of decoding the images again (FFCV's decode-once idea, per split).
+
+    Loader workers (forked or spawned) open the files lazily and write the rows they decode; a row's flag is set
+    after its pixels, so a reader never sees half a row, and two writers of one row write the same bytes. Made on
+    first use with a temporary name and ``os.replace``; delete the ``pixels/`` folder of a cache at any time.
+    """
+
+    def __init__(self, path, n: int, shape: tuple[int, int, int]):
+        self.path, self.n, self.shape = path, n, tuple(shape)  # shape: (H, W, C)
+        self._pixels = self._rows = None
+
+    @classmethod
+    def create(cls, path, n: int, shape) -> "PixelStore":
+        """The store at ``path`` for ``n`` rows of ``shape`` (H, W, C), made empty when missing or of another
+        shape."""
+        import numpy as np
+
+        from ._runtime import ProcessLock
+
+        store = cls(path, n, shape)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with ProcessLock(path.with_suffix(".lock"), wait=True):  # one maker; the others then open its files
+            try:
+                ok = np.load(path, mmap_mode="r").shape == (n, *store.shape) and os.path.getsize(store.rows_path) == n
+            except (OSError, ValueError):
+                ok = False
+            if not ok:
+                store._make()
+        return store
+
+    def _make(self) -> None:
+        import numpy as np
+
+        path, n = self.path, self.n
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, *self.shape)).flush()
+        rows_tmp = self.rows_path.with_name(f"{self.rows_path.name}.tmp{os.getpid()}")
+        rows_tmp.write_bytes(bytes(n))
+        os.replace(rows_tmp, self.rows_path)  # the flags first: a pixels file never meets stale flags
+        os.replace(tmp, path)
+
+    @property
+    def rows_path(self):
+        return self.path.with_suffix(".rows")
+
+    def _open(self) -> None:
+        import numpy as np
+
+        if self._pixels is None:
+            self._pixels = np.load(self.path, mmap_mode="r+")
+            self._rows = np.memmap(self.rows_path, dtype=np.uint8, mode="r+", shape=(self.n,))
+
+    def get(self, i: int):
+        """Row ``i`` as a uint8 [H, W, C] array (a copy), or None when it is not written yet."""
+        self._open()
+        return self._pixels[i].copy() if self._rows[i] else None
+
+    def put(self, i: int, pixels) -> None:
+        """Write row ``i`` (uint8 [H, W, C]), then its flag."""
+        self._open()
+        self._pixels[i] = pixels
+        self._rows[i] = 1
+
+    def written(self) -> int:
+        """How many rows are written."""
+        self._open()
+        return int(self._rows.sum())
+
+    def __getstate__(self):  # the memory maps are opened again in each worker process
+        return {"path": self.path, "n": self.n, "shape": self.shape}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"], state["n"], state["shape"])
+
+
+class StoredImages:
+    """A split's images (a :class:`probe._extract._SplitImages`, or a :class:`TensorImages` that decodes in the
+    loader workers) read through a :class:`PixelStore`: a written row is read from it, any other is decoded by
+    ``images`` and written to it. Items, batches and :meth:`finish` are ``images``'; an image that fails is not
+    stored (its error comes back each time)."""
+
+    def __init__(self, images, store: PixelStore):
+        self.images, self.store = images, store
+        self.mean, self.std = images.mean, images.std
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        stored = self.store.get(i)
+        if stored is not None:
+            return i, torch.from_numpy(stored), ""
+        index, pixels, error = self.images[i]
+        if not error:
+            self.store.put(i, pixels.numpy())
+        return index, pixels, error
+
+    def finish(self, x):
+        """As ``images.finish``: a collated uint8 batch as the backbone's normalised float input."""
+        return self.images.finish(x)

@@ -304,3 +304,62 @@ def test_the_cuda_layout_of_the_tensor_path_runs_on_cpu_tensors(tmp_path, monkey
     a, b = probe.load_split(per_image["train"]), probe.load_split(batched["train"])
     assert a.ids == b.ids and len(a.ids) == 7 and a.key == b.key
     np.testing.assert_array_equal(a.features["pooled"], b.features["pooled"])
+
+
+def _jpeg_folder(root: Path, n: int = 7) -> str:
+    for i in range(n):
+        d = root / "train" / ("cat" if i % 2 else "dog")
+        d.mkdir(parents=True, exist_ok=True)
+        img = _photo(36 + 2 * i, 44 - i, seed=i)
+        (d / f"{i}.png").write_bytes(_png(img)) if i == 3 else (d / f"{i}.jpg").write_bytes(_jpeg(img))
+    return f"imagefolder:{root}"
+
+
+@pytest.mark.parametrize("pixels", ["pil", "gpu"], ids=["pil-path", "tensor-path"])
+@pytest.mark.parametrize("workers", [1, None], ids=["loader-workers", "cpu-auto"])
+def test_reused_pixels_give_identical_features(tmp_path, pixels, workers):
+    """Two backbones with one eval geometry but different mean and std (test_vit, test_efficientnet): with
+    reuse_pixels the first writes every row of the split's pixel store (read back as a .npy file) and the second reads
+    them; the features of both, read back with h5py, are the very features of runs without reuse."""
+    spec = _jpeg_folder(tmp_path / "pets")
+    kwargs = dict(random_init=True, img_size=32, batch_size=3, workers=workers, progress=False, pixels=pixels)
+    with_store, without = {}, {}
+    for name in ("test_vit", "test_efficientnet"):
+        with_store[name] = probe.extract_features(name, spec, cache_dir=tmp_path / "a", reuse_pixels=True,
+                                                  **kwargs)["train"]
+        without[name] = probe.extract_features(name, spec, cache_dir=tmp_path / "b", **kwargs)["train"]
+        (store,) = (tmp_path / "a" / "pixels").rglob("train-*.npy")  # one store serves both backbones
+        rows = np.fromfile(store.with_suffix(".rows"), dtype=np.uint8)
+        assert rows.tolist() == [1] * 7 and np.load(store).shape == (7, 32, 32, 3)
+    assert not (tmp_path / "b" / "pixels").exists()
+    for name in with_store:
+        assert with_store[name].key == without[name].key  # reuse is not a configuration
+        with h5py.File(with_store[name].path, "r") as f, h5py.File(without[name].path, "r") as g:
+            assert list(f["ids"].asstr()[()]) == list(g["ids"].asstr()[()])
+            np.testing.assert_array_equal(f["features/pooled"][()], g["features/pooled"][()])
+
+
+def test_the_second_backbone_reads_the_stored_pixels(tmp_path, monkeypatch):
+    """Once a split's pixels are stored, another backbone with the same geometry opens no image, and what it
+    forwards is what the store holds (pixels overwritten in the store change its features)."""
+    from probe._datasets import DatasetSource
+
+    spec = _jpeg_folder(tmp_path / "pets")
+    kwargs = dict(random_init=True, img_size=32, batch_size=3, workers=0, progress=False, reuse_pixels=True)
+    probe.extract_features("test_vit", spec, cache_dir=tmp_path / "a", **kwargs)
+    loads = []
+    real = DatasetSource.load
+    monkeypatch.setattr(DatasetSource, "load", lambda self, *a: (loads.append(a), real(self, *a))[1])
+    reused = probe.load_split(probe.extract_features("test_convnext", spec, cache_dir=tmp_path / "a",
+                                                     **kwargs)["train"])
+    assert loads == []
+    (store,) = (tmp_path / "a" / "pixels").rglob("train-*.npy")
+    pixels = np.load(store, mmap_mode="r+")
+    pixels[:] = 255 - pixels  # the same rows, other pixels
+    pixels.flush()
+    (tmp_path / "d").mkdir()  # another cache with the same pixel store
+    (tmp_path / "d" / "pixels").symlink_to(tmp_path / "a" / "pixels")
+    inverted = probe.load_split(probe.extract_features("test_convnext", spec, cache_dir=tmp_path / "d",
+                                                       **kwargs)["train"])
+    assert loads == []
+    assert not np.allclose(inverted.features["pooled"], reused.features["pooled"], atol=1e-3)

@@ -87,6 +87,14 @@ def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
                              "workers; gpu decodes JPEGs with torchvision (batched on the GPU with nvJPEG, or per "
                              "image on the CPU) and resizes, crops and normalises as tensor ops in timm's eval "
                              "geometry, other images taking the PIL path (part of the cache key)")
+    parser.add_argument("--reuse-pixels", action=argparse.BooleanOptionalAction, default=False,
+                        help="keep each split's decoded, resized and cropped 8-bit pixels in <cache-dir>/pixels/ and "
+                             "read them back instead of decoding again: the next backbone with the same input size, "
+                             "interpolation and crop skips decoding (identical features; costs rows x H x W x 3 "
+                             "bytes of disk per split; off by default)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                        help="run the backbone's forward through torch.compile (compiled on the first batch; part of "
+                             "the cache key; off by default: it did not pay on CPU)")
     parser.add_argument("--allow-overlap", action=argparse.BooleanOptionalAction, default=False,
                         help="accept the same image (same path or identical file) in two splits; by default that "
                              "is an error naming both entries")
@@ -133,5 +141,7 @@ def extraction_kwargs(args: argparse.Namespace) -> dict:
         skip_bad=args.skip_bad,
         allow_overlap=args.allow_overlap,
         pixels=args.pixels,
+        reuse_pixels=args.reuse_pixels,
+        compile=args.compile,
         progress=progress_option(args.progress),
     )
