@@ -91,7 +91,8 @@ def _sync(dev) -> None:
 
 
 def bench(model_name: str, spec: str, *, batch_size: int, workers: int | None, device: str, repeats: int,
-          img_size: int | None, paths=("pil", "gpu"), compile_forward: bool = False) -> dict:
+          img_size: int | None, paths=("pil", "gpu"), compile_forward: bool = False, reuse: bool = False,
+          compile_runs: bool = False) -> dict:
     import timm.data
     import torch
 
@@ -159,23 +160,55 @@ def bench(model_name: str, spec: str, *, batch_size: int, workers: int | None, d
 
     runs = itertools.count()
 
-    def end_to_end(path):
-        if path in profiles:
-            shutil.rmtree(profiles[path]["cache"], ignore_errors=True)
-        cache = keep / f"{path}-{next(runs)}"  # a fresh cache each run: nothing is reused
+    stores = keep / "stores"  # pixel stores filled once (warm-up), for the runs that reuse decoded pixels
+
+    def end_to_end(path, variant=""):
+        """One extraction into a fresh cache (no feature is reused). ``variant``: "" (plain), "store" (with
+        --reuse-pixels and an empty pixel store: the first backbone's run, which writes it), "reused" (with a
+        filled store: any later backbone with the same geometry), "compiled" (--compile)."""
+        name = path + (f"_{variant}" if variant else "")
+        if name in profiles:
+            shutil.rmtree(profiles[name]["cache"], ignore_errors=True)
+        cache = keep / f"{name}-{next(runs)}"
+        if variant == "reused":
+            cache.mkdir()
+            (cache / "pixels").symlink_to(stores / path / "pixels", target_is_directory=True)
         _extract._PROFILE.clear()
         probe.extract_features(model_name, spec, random_init=True, img_size=img_size, cache_dir=cache,
                                batch_size=batch_size, workers=workers, device=device, progress=False,
-                               pixels=path, splits=[split])
+                               pixels=path, splits=[split], reuse_pixels=variant in ("store", "reused"),
+                               compile=variant == "compiled")
         assert _extract._PROFILE, "the extraction computed nothing"
-        profiles[path] = dict(_extract._PROFILE, cache=cache)
+        profiles[name] = dict(_extract._PROFILE, cache=cache)
         return n
 
     forward_only()  # warm-up (allocator, kernels; the compilation with --compile)
     peaks = [matmul_peak(dev)]
     stages = [("forward", forward_only)]
+    if compile_runs:  # the bare forward under torch.compile, beside the eager one
+        compiled_fn = torch.compile(pooled)
+
+        def forward_compiled():
+            nonlocal forward_fn
+            forward_fn, eager = compiled_fn, forward_fn
+            try:
+                return forward_only()
+            finally:
+                forward_fn = eager
+
+        forward_compiled()  # compiles (not timed)
+        stages.append(("forward_compiled", forward_compiled))
     for p in paths:
         stages += [(f"data_{p}", lambda p=p: data_only(p)), (f"end_to_end_{p}", lambda p=p: end_to_end(p))]
+        if reuse:
+            # fill the store once, as the first backbone of a study does: the later backbones' view of it
+            probe.extract_features(model_name, spec, random_init=True, img_size=img_size, cache_dir=stores / p,
+                                   batch_size=batch_size, workers=workers, device=device, progress=False, pixels=p,
+                                   splits=[split], reuse_pixels=True)
+            stages += [(f"end_to_end_{p}_store", lambda p=p: end_to_end(p, "store")),
+                       (f"end_to_end_{p}_reused", lambda p=p: end_to_end(p, "reused"))]
+        if compile_runs:
+            stages.append((f"end_to_end_{p}_compiled", lambda p=p: end_to_end(p, "compiled")))
     times = {name: [] for name, _ in stages}
     for _ in range(repeats):
         for name, fn in stages:
@@ -192,7 +225,8 @@ def bench(model_name: str, spec: str, *, batch_size: int, workers: int | None, d
             "batch_size": batch_size, "input_size": cfg["input_size"], "build_s": build_s,
             "threads": torch.get_num_threads(), "gflop": gflop, "peak": statistics.median(peaks),
             "precision": "bf16" if bf16 else "fp32", "paths": paths, "profiles": profiles,
-            "agreement": agreement, "compiled": compile_forward, **times}
+            "agreement": agreement, "compiled": compile_forward, "reuse": reuse, "compile_runs": compile_runs,
+            **times}
 
 
 def _agreement(datasets, profiles, split, m, dev) -> dict:
@@ -243,6 +277,9 @@ def report(r: dict) -> None:
           f"float32 matmul peak {peak:.0f} GFLOP/s, forward {r['gflop']:.2f} GFLOP/image:")
     label = "forward only (device-resident input" + (", torch.compile)" if r["compiled"] else ")")
     print(f"  (a) {label:<44s} {med['forward']:8.1f}  ({span['forward']})  {of_peak('forward')}")
+    if "forward_compiled" in med:
+        print(f"  (a) {'forward only, torch.compile':<44s} {med['forward_compiled']:8.1f}  ({span['forward_compiled']})"
+              f"  {of_peak('forward_compiled')}   compiled / eager = {med['forward_compiled'] / med['forward']:.2f}")
     for p in r["paths"]:
         d, e = f"data_{p}", f"end_to_end_{p}"
         print(f"  --pixels {p}:")
@@ -258,6 +295,12 @@ def report(r: dict) -> None:
                 wait = prof["host_s"].get("build_wait", 0.0)
                 print(f"    first forward {marks['first_forward']:.2f} s after the start; building the backbone took "
                       f"{prof['host_s'].get('build', 0.0):.2f} s, of which the forward waited {wait:.2f} s")
+        for variant, what in (("store", "--reuse-pixels, first backbone (writes the store)"),
+                              ("reused", "--reuse-pixels, later backbone (reads it)"),
+                              ("compiled", "--compile (compilation included)")):
+            k = f"{e}_{variant}"
+            if k in med:
+                print(f"    (c) {what:<52s} {med[k]:8.1f}  ({span[k]})  / plain (c) = {med[k] / med[e]:.2f}")
         if r["device"].startswith("cpu") and r["workers"] > 0 and p == "pil":
             # On a CPU, decoding and the forward share the cores: no layout beats doing both in
             # threads / (workers / b + threads / a) images/s unless the forward scales worse than linearly
@@ -286,6 +329,11 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--pixels", nargs="+", default=["pil", "gpu"], choices=["pil", "gpu"],
                         help="pixel paths to measure (default both, side by side)")
+    parser.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=False,
+                        help="also time extract-features with --reuse-pixels: the run that writes the pixel store "
+                             "(the first backbone) and a run that reads a filled one (any later backbone)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                        help="also time the bare forward and extract-features under torch.compile")
     parser.add_argument("--gpu-models", action="store_true",
                         help="on CUDA, instead of --model: issue 25's table, vit_base_patch16_224 at 224 over 4,096 "
                              "ImageNet-sized JPEGs (batch 256, bf16) and resnetv2_101x3_bit at 448 over 1,024 of "
@@ -297,7 +345,8 @@ def main(argv=None) -> None:
         if not args.gpu_models:
             spec = make_jpeg_folder(Path(tmp) / "jpegs", args.images)
             report(bench(args.model, spec, batch_size=args.batch_size, workers=args.workers, device=args.device,
-                         repeats=args.repeats, img_size=args.img_size, paths=tuple(args.pixels)))
+                         repeats=args.repeats, img_size=args.img_size, paths=tuple(args.pixels), reuse=args.reuse,
+                         compile_runs=args.compile))
             return
         if not torch.cuda.is_available():
             print("--gpu-models: CUDA is not available here; nothing measured")

@@ -383,8 +383,12 @@ def _compile_forward(model):
     """``model`` with its feature forwards (``forward_features``, ``forward_intermediates``) run through
     ``torch.compile``, which compiles them on the first batch (and once more for a last, smaller batch); the head's
     pooling stays eager. The model object is kept, so every caller of :func:`probe._taps.forward_taps` runs it."""
+    import logging
+
     import torch
 
+    # without a CUDA runtime, inductor's C++ toolchain logs that it guessed CUDA_HOME: nothing for the user to do
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     for name in ("forward_features", "forward_intermediates"):
         if hasattr(model, name):
             setattr(model, name, torch.compile(getattr(model, name), dynamic=False))

@@ -363,3 +363,21 @@ def test_the_second_backbone_reads_the_stored_pixels(tmp_path, monkeypatch):
                                                        **kwargs)["train"])
     assert loads == []
     assert not np.allclose(inverted.features["pooled"], reused.features["pooled"], atol=1e-3)
+
+
+@pytest.mark.slow
+def test_compile_flag_extracts_the_eager_features_into_an_entry_of_its_own(tmp_path):
+    """--compile on the command line (a subprocess): a complete entry with its own key beside the eager one, the same
+    features to float rounding, the pixel store written by --reuse-pixels, and no library warning on stderr."""
+    spec = _jpeg_folder(tmp_path / "pets", n=5)
+    common = ("--random-init", "--img-size", "32", "--batch-size", "4", "--cache-dir", str(tmp_path / "c"),
+              "--no-progress", "--splits", "train")
+    eager = run_cli("extract-features", "test_vit", spec, *common, "--no-compile", check=0)
+    compiled = run_cli("extract-features", "test_vit", spec, *common, "--compile", "--reuse-pixels", check=0)
+    assert compiled.stderr.strip() == ""
+    paths = [Path(r.stdout.strip().split("\t")[-1]) for r in (eager, compiled)]
+    assert paths[0] != paths[1]
+    with h5py.File(paths[0], "r") as f, h5py.File(paths[1], "r") as g:
+        assert g.attrs["complete"]
+        np.testing.assert_allclose(g["features/pooled"][()], f["features/pooled"][()], rtol=1e-2, atol=1e-3)
+    assert len(list((tmp_path / "c" / "pixels").rglob("train-*.npy"))) == 1
