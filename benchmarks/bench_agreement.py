@@ -23,7 +23,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -56,9 +55,7 @@ def measure(dataset: str, model: str, *, img_size: int, device: str, n_boot: int
     out = {"dataset": dataset, "model": model, "img_size": img_size}
     files, feats = {}, {}
     for path in ("pil", "gpu"):
-        begin = time.perf_counter()
         entries = probe.extract_features(model, spec, cache_dir=tmp / "cache", pixels=path, **kwargs)
-        out[f"extract_s_{path}"] = time.perf_counter() - begin
         feats[path] = {s: probe.load_split(e) for s, e in entries.items()}
         (files[path],) = probe.sweep_cached(model, spec, probes=["logistic"], taps=["pooled"], cache_dir=tmp / "cache",
                                             results_dir=tmp / f"results-{path}", pixels=path, **kwargs)
@@ -84,8 +81,7 @@ def report(r: dict, device_name: str) -> None:
           f"1st percentile {np.percentile(cos, 1):.5f}, median {np.median(cos):.5f}")
     for path, name in (("pil", "--pixels pil"), ("gpu", "--pixels gpu")):
         ci = r[f"ci_{path}"]
-        print(f"  logistic probe test top-1, {name:<13s} {ci.estimate:.4f}  95% CI [{ci.low:.4f}, {ci.high:.4f}]  "
-              f"(extraction {r[f'extract_s_{path}']:.1f} s)")
+        print(f"  logistic probe test top-1, {name:<13s} {ci.estimate:.4f}  95% CI [{ci.low:.4f}, {ci.high:.4f}]")
     d = r["diff"]
     print(f"  paired difference gpu - pil over the same {d.n} test images: {d.estimate:+.4f}  95% CI "
           f"[{d.low:+.4f}, {d.high:+.4f}] ({d.n_boot} resamples)")
