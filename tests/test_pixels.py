@@ -381,3 +381,49 @@ def test_compile_flag_extracts_the_eager_features_into_an_entry_of_its_own(tmp_p
         assert g.attrs["complete"]
         np.testing.assert_allclose(g["features/pooled"][()], f["features/pooled"][()], rtol=1e-2, atol=1e-3)
     assert len(list((tmp_path / "c" / "pixels").rglob("train-*.npy"))) == 1
+
+
+@pytest.mark.slow
+def test_a_study_decodes_once_for_its_backbones(tmp_path):
+    """``reuse_pixels = true`` in a study's [extract] table (a ``probe run`` subprocess): its two backbones with one
+    geometry share one pixel store per split, every row written, and their entries hold the features of runs
+    without the store."""
+    study = """
+[study]
+name = "reuse"
+seeds = [0]
+
+[[backbones]]
+name = "test_vit"
+random_init = true
+img_size = 32
+
+[[backbones]]
+name = "test_convnext"
+random_init = true
+img_size = 32
+
+[[datasets]]
+spec = "shapes"
+
+[extract]
+batch_size = 64
+workers = 0
+reuse_pixels = true
+
+[[sweeps]]
+probes = ["centroid"]
+taps = ["pooled"]
+"""
+    (tmp_path / "s.toml").write_text(study)
+    run_cli("run", "s.toml", "--no-progress", "--no-report", cwd=tmp_path, timeout=600, check=0)
+    stores = sorted((tmp_path / "cache" / "pixels").rglob("*.npy"))
+    assert [p.name.split("-")[0] for p in stores] == ["test", "train", "val"]
+    for p in stores:
+        assert np.fromfile(p.with_suffix(".rows"), dtype=np.uint8).all()
+    for name in ("test_vit", "test_convnext"):
+        plain = probe.extract_features(name, "shapes", random_init=True, img_size=32, batch_size=64, workers=0,
+                                       progress=False, cache_dir=tmp_path / "plain", splits=["val"])["val"]
+        (entry,) = (tmp_path / "cache" / name).rglob("val-*.h5")
+        np.testing.assert_array_equal(probe.load_split(entry).features["pooled"],
+                                      probe.load_split(plain).features["pooled"])

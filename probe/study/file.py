@@ -43,6 +43,7 @@ The study file (all tables but ``[[backbones]]`` and ``[[datasets]]`` optional):
     [extract]                     # how features are computed (see probe extract-features)
     batch_size = 64
     dtype = "float16"
+    reuse_pixels = false          # true: decode each split once for all backbones with the same input geometry
 
     [[sweeps]]                    # any number; each names probes x taps x shots
     probes = ["logistic", "ridge", "knn", "centroid"]
@@ -245,6 +246,8 @@ def study_schema() -> dict[str, dict[str, Setting]]:
                     "dtype": Setting("str", choices=("float16", "float32"), default="float16"),
                     "skip_bad": Setting("bool", default=False),
                     "precision": Setting("str", choices=("auto", "fp32", "bf16"), default="auto"),
+                    "pixels": Setting("str", choices=("pil", "gpu"), default="pil"),
+                    "reuse_pixels": Setting("bool", default=False), "compile": Setting("bool", default=False),
                     "allow_overlap": Setting("bool", default=False)},
         "sweeps": {"probes": Setting("str", many=True, nonempty=True, default=["logistic"],
                                      choices=_union(t.probes for t in everything if not t.dataset_probes)),
