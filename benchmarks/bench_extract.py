@@ -99,7 +99,7 @@ def bench(model_name: str, spec: str, *, batch_size: int, workers: int | None, d
     import probe
     from probe import _extract
     from probe._extract import _SplitImages
-    from probe._pixels import TensorImages
+    from probe._pixels import StoredImages, TensorImages
     from probe._runtime import default_workers, resolve_device
     from probe._taps import forward_taps
 
@@ -139,8 +139,15 @@ def bench(model_name: str, spec: str, *, batch_size: int, workers: int | None, d
                 done += len(x)
         return n
 
-    def data_only(path):
+    def data_only(path, stored=False):
         images = datasets[path]
+        if stored:  # read through the pixel store that the warm-up filled (what a later backbone's loader does)
+            from probe._extract import _pixel_store
+
+            store = _pixel_store(stores / path, source, split, cfg, repr(pil_images.transform), pixels=path,
+                                 device=device)
+            assert store is not None and store.written() == n, "the pixel store is not filled"
+            images = StoredImages(images, store)
         on_device = getattr(images, "on_device", False)
         loader = torch.utils.data.DataLoader(images, batch_sampler=batches, num_workers=n_workers,
                                              pin_memory=dev.type == "cuda" and not on_device,
@@ -200,12 +207,13 @@ def bench(model_name: str, spec: str, *, batch_size: int, workers: int | None, d
         stages.append(("forward_compiled", forward_compiled))
     for p in paths:
         stages += [(f"data_{p}", lambda p=p: data_only(p)), (f"end_to_end_{p}", lambda p=p: end_to_end(p))]
-        if reuse:
+        if reuse and not (dev.type == "cuda" and p == "gpu"):  # there the JPEGs are decoded on the GPU: no store
             # fill the store once, as the first backbone of a study does: the later backbones' view of it
             probe.extract_features(model_name, spec, random_init=True, img_size=img_size, cache_dir=stores / p,
                                    batch_size=batch_size, workers=workers, device=device, progress=False, pixels=p,
                                    splits=[split], reuse_pixels=True)
-            stages += [(f"end_to_end_{p}_store", lambda p=p: end_to_end(p, "store")),
+            stages += [(f"data_{p}_reused", lambda p=p: data_only(p, stored=True)),
+                       (f"end_to_end_{p}_store", lambda p=p: end_to_end(p, "store")),
                        (f"end_to_end_{p}_reused", lambda p=p: end_to_end(p, "reused"))]
         if compile_runs:
             stages.append((f"end_to_end_{p}_compiled", lambda p=p: end_to_end(p, "compiled")))
@@ -284,6 +292,9 @@ def report(r: dict) -> None:
         d, e = f"data_{p}", f"end_to_end_{p}"
         print(f"  --pixels {p}:")
         print(f"    (b) data only                 {med[d]:8.1f}  ({span[d]})")
+        if f"{d}_reused" in med:
+            print(f"    (b) data only, read from the pixel store  {med[d + '_reused']:8.1f}  ({span[d + '_reused']})"
+                  f"  / decoding = {med[d + '_reused'] / med[d]:.1f}")
         print(f"    (c) extract-features          {med[e]:8.1f}  ({span[e]})  {of_peak(e)}")
         print(f"    (c) / (a) = {med[e] / med['forward']:.2f}   (c) / min(a, b) = "
               f"{med[e] / min(med['forward'], med[d]):.2f}")
@@ -329,6 +340,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--pixels", nargs="+", default=["pil", "gpu"], choices=["pil", "gpu"],
                         help="pixel paths to measure (default both, side by side)")
+    parser.add_argument("--imagenet-sizes", action=argparse.BooleanOptionalAction, default=False,
+                        help="write JPEGs of ImageNet-like sizes (500 x 375 and the like) instead of 256 x 256")
     parser.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=False,
                         help="also time extract-features with --reuse-pixels: the run that writes the pixel store "
                              "(the first backbone) and a run that reads a filled one (any later backbone)")
@@ -343,7 +356,7 @@ def main(argv=None) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         if not args.gpu_models:
-            spec = make_jpeg_folder(Path(tmp) / "jpegs", args.images)
+            spec = make_jpeg_folder(Path(tmp) / "jpegs", args.images, size=None if args.imagenet_sizes else 256)
             report(bench(args.model, spec, batch_size=args.batch_size, workers=args.workers, device=args.device,
                          repeats=args.repeats, img_size=args.img_size, paths=tuple(args.pixels), reuse=args.reuse,
                          compile_runs=args.compile))

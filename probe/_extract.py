@@ -23,6 +23,7 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -182,7 +183,7 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
                     "versions": _versions()}
             resume = "the extraction resumes from its last finished batch"
             size = f" (the missing entries need about {format_bytes(needed)})" if needed else ""
-            store = _pixel_store(cache_dir, source, split, spec["data_config"], pixels, device) if reuse_pixels \
+            store = partial(_pixel_store, cache_dir, source, split, pixels=pixels, device=device) if reuse_pixels \
                 else None
             with disk_full_guard(final.parent, f"the cache entry {final.name}{size}", resume):
                 _extract_split(get_backbone, source, split, taps, final, meta, batch_size=batch_size, workers=workers,
@@ -192,15 +193,16 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
     return {split: entries[split] for split in wanted}
 
 
-def _pixel_store(cache_dir, source, split: str, data_config: dict, pixels: str, device: str):
-    """The :class:`probe._pixels.PixelStore` of ``split`` for ``--reuse-pixels``, or None where it cannot serve (the
-    CUDA tensor path decodes on the device; a disk without room for it: one line on stderr says so)."""
+def _pixel_store(cache_dir, source, split: str, data_config: dict, transform: str, *, pixels: str, device: str):
+    """The :class:`probe._pixels.PixelStore` of ``split`` for ``--reuse-pixels`` (``transform``: the text of the PIL
+    steps that make its pixels), or None where it cannot serve (the CUDA tensor path decodes on the device; a disk
+    without room for it: one line on stderr says so)."""
     from ._pixels import PixelStore, pixel_store_path
 
     dev = resolve_device(device)
     if pixels != "pil" and dev.type == "cuda":
         return None
-    path = pixel_store_path(cache_dir, source, split, data_config, pixels, dev.type)
+    path = pixel_store_path(cache_dir, source, split, data_config, pixels, dev.type, transform)
     _, h, w = (int(v) for v in data_config["input_size"])
     n = len(source.splits[split])
     if not path.is_file():
@@ -606,8 +608,8 @@ def _compute_batches(get_backbone, source, split: str, taps, parts: Path, meta: 
     """Forward ``batches`` (lists of row indices) and write one shard per batch into ``parts``.
 
     The backbone (``get_backbone()``) is built once the loader's workers are decoding the first batches. Images come
-    through ``pixel_store`` (a :class:`probe._pixels.PixelStore`) when one is given; with ``compile`` the forward
-    runs through ``torch.compile``.
+    through a :class:`probe._pixels.PixelStore` when ``pixel_store`` is given (``pixel_store(data_config,
+    transform_text)`` opens it, or gives None); with ``compile`` the forward runs through ``torch.compile``.
     """
     import timm.data
     import torch
@@ -626,7 +628,10 @@ def _compute_batches(get_backbone, source, split: str, taps, parts: Path, meta: 
         images = TensorImages(images, source, split, data_config, on_device=dev.type == "cuda" or _DECODE_ON_DEVICE)
     on_device = getattr(images, "on_device", False)
     if pixel_store is not None and not on_device and images.mean is not None:  # items are uint8 pixels
-        images = StoredImages(images, pixel_store)
+        # keyed by the pixels' own recipe: the data config and the PIL steps before to-tensor and normalise
+        pixel_store = pixel_store(data_config, repr(getattr(images, "fallback", images).transform))
+        if pixel_store is not None:
+            images = StoredImages(images, pixel_store)
     model_state: dict[str, Any] = {}
 
     def prepare_model():

@@ -301,14 +301,16 @@ class TensorImages:
         return x.sub_(mean).div_(std)
 
 
-def pixel_store_path(cache_dir, source, split: str, data_config: dict, pixels: str, device_type: str):
+def pixel_store_path(cache_dir, source, split: str, data_config: dict, pixels: str, device_type: str,
+                     transform: str = ""):
     """Where the decoded pixels of ``split`` live for every backbone whose eval transform gives the same 8-bit
     pixels: ``<cache_dir>/pixels/<dataset>/<split>-<key[:12]>.npy``.
 
     The key holds what the uint8 pixels depend on: the dataset's identity and fingerprint, the split, the pixel path
-    (and its decoder) and the data config without its normalisation (applied later, per backbone, to a whole
-    batch), except the mean where it is the pad colour (crop mode ``border``). Backbones that differ only in mean
-    and std share a store.
+    (and its decoder), the data config without its normalisation (applied later, per backbone, to a whole batch)
+    except the mean where it is the pad colour (crop mode ``border``), and ``transform``, the text of the PIL
+    steps before that normalisation (so a caller that builds another transform from the same config gets another
+    store). Backbones that differ only in mean and std share a store.
     """
     from pathlib import Path
 
@@ -318,7 +320,7 @@ def pixel_store_path(cache_dir, source, split: str, data_config: dict, pixels: s
     geometry = {k: v for k, v in data_config.items() if k not in ("mean", "std")}
     if (data_config.get("crop_mode") or "center") == "border":
         geometry["mean"] = data_config.get("mean")
-    key = cache_key({"what": "pixels", "format": 1, "split": split, "geometry": geometry,
+    key = cache_key({"what": "pixels", "format": 1, "split": split, "geometry": geometry, "transform": transform,
                      "pixels": pixel_identity(pixels, device_type) or "pil",
                      "dataset": {"name": source.name, "kind": source.kind, "fingerprint": source.fingerprint()}})
     return Path(cache_dir) / "pixels" / safe_name(source.name) / f"{split}-{key[:12]}.npy"
