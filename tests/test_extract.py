@@ -327,7 +327,8 @@ def test_importing_probe_does_not_import_torch():
 def test_extract_features_console_script_help_lists_every_flag():
     out = run_cli("extract-features", "--help", check=0).stdout
     for flag in ("--splits", "--taps", "--weights", "--random-init", "--seed", "--img-size", "--cache-dir",
-                 "--batch-size", "--workers", "--device", "--dtype", "--skip-bad", "--pixels"):
+                 "--batch-size", "--workers", "--device", "--dtype", "--skip-bad", "--pixels", "--reuse-pixels",
+                 "--no-reuse-pixels", "--compile", "--no-compile"):
         assert flag in out, flag
 
 
