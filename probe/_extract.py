@@ -90,9 +90,9 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
         way). Costs ``rows x H x W x 3`` bytes of disk per split (not used when the disk lacks them, nor on the
         CUDA tensor path, which decodes on the GPU).
     compile : bool
-        Run the forward through ``torch.compile`` (compiled once per entry; features agree with the eager forward
-        to float rounding, so the flag is part of the cache key). Off by default: on CPU it did not pay
-        (README, "Decoding and the pixel paths").
+        Run the backbone's feature forward through ``torch.compile`` (compiled on the first batch; features agree
+        with the eager forward to float rounding, so the flag is part of the cache key). Off by default: on CPU it
+        did not pay (README, "Pixel paths").
 
     Returns
     -------
@@ -384,11 +384,15 @@ class _SplitImages:
 def _compile_forward(model):
     """``model`` with its feature forwards (``forward_features``, ``forward_intermediates``) run through
     ``torch.compile``, which compiles them on the first batch (and once more for a last, smaller batch); the head's
-    pooling stays eager. The model object is kept, so every caller of :func:`probe._taps.forward_taps` runs it."""
+    pooling stays eager. The model object is kept, so every caller of :func:`probe._taps.forward_taps` runs it;
+    a model compiled before (the next split of the same extraction) is returned as it is."""
     import logging
 
     import torch
 
+    if getattr(model, "_probe_compiled", False):
+        return model
+    model._probe_compiled = True
     # without a CUDA runtime, inductor's C++ toolchain logs that it guessed CUDA_HOME: nothing for the user to do
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     for name in ("forward_features", "forward_intermediates"):
