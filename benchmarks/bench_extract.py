@@ -327,6 +327,7 @@ def report(r: dict) -> None:
               f"{np.median(ag['mean']):.3f} levels (worst {ag['mean'].max():.3f}); pooled-feature cosine over all "
               f"{len(ag['cos'])} images: min {ag['cos'].min():.5f}, median {np.median(ag['cos']):.5f}")
     print(f"  building the backbone alone took {r['build_s']:.2f} s (before the runs)")
+    print("  load average (1, 5, 15 min) at the end: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
 
 
 def main(argv=None) -> None:
