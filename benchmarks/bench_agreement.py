@@ -6,8 +6,9 @@ timm backbone's features with ``--pixels pil`` and with ``--pixels gpu`` (torchv
 libjpeg-turbo per image on a CPU, batched nvJPEG on CUDA); and prints
 
 - per image, the cosine of the two paths' pooled features (min, 1st percentile, median over every image),
-- per path, the test top-1 of probe's own logistic probe (C selected on a seeded val carve of train, refit on
-  train+val, test scored once: ``probe.sweep_cached``) with its bootstrap interval (``probe.job_ci``),
+- per path, the test top-1 of probe's own logistic probe (C selected on the dataset's val split, or on a seeded
+  val carve of train when it has none, refit on train+val, test scored once: ``probe.sweep_cached``) with its
+  bootstrap interval (``probe.job_ci``),
 - the paired bootstrap interval of the difference tensor - PIL over the same test images (``probe.compare_jobs``).
 
 Both paths run the same backbone weights (random init, seeded), the same carve and grid; only the pixels differ.
@@ -75,7 +76,8 @@ def measure(dataset: str, model: str, *, img_size: int, device: str, n_boot: int
 
 def report(r: dict, device_name: str) -> None:
     cos = r["cos"]
-    print(f"{r['model']} (random init) on {r['dataset']} written as JPEGs ({r['n_images']}), {r['img_size']} px, "
+    splits = ", ".join(f"{s} {n}" for s, n in r["n_images"].items())
+    print(f"{r['model']} (random init) on {r['dataset']} written as JPEGs ({splits}), {r['img_size']} px, "
           f"{device_name}:")
     print(f"  pooled-feature cosine, tensor path vs PIL, over all {len(cos)} images: min {cos.min():.5f}, "
           f"1st percentile {np.percentile(cos, 1):.5f}, median {np.median(cos):.5f}")
