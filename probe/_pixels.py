@@ -18,6 +18,10 @@ timm's eval transform. The tensor path does the same steps with torch:
 The two paths agree to rounding, not bit for bit (different IDCT and chroma upsampling, float vs 8-bit passes in the
 resize); tests/test_pixels.py states the agreement on CPU. So the path is part of the preprocessing identity in the
 cache key (:func:`pixel_identity`): entries of the two paths never mix.
+
+Decode once for many backbones (``--reuse-pixels``): :class:`PixelStore` keeps a split's 8-bit pixels, as either path
+makes them in the loader workers, in a memory-mapped file that :class:`StoredImages` reads for every later backbone
+whose pixels come out the same (:func:`pixel_store_path`); normalisation stays per backbone, on the batch.
 """
 
 from __future__ import annotations
