@@ -315,6 +315,27 @@ def test_knn_selection_is_exact_with_ties(monkeypatch, threads):
     np.testing.assert_array_equal(sims.numpy(), np.take_along_axis(full, ref, 1))
 
 
+def test_stable_selection_by_keys_orders_as_a_stable_sort(monkeypatch):
+    """The key selection of tied rows (kNN vote counts, the metrics' top-5): signed zeros are one value, infinities
+    order as numbers, several row groups per call, every k up to the row width."""
+    from probe.probes import _knn
+    from probe.probes._knn import _select_top, _select_top_stable
+
+    rng = np.random.default_rng(1)
+    block = rng.integers(-3, 4, size=(50, 37)).astype(np.float32) * np.float32(0.5)
+    block[rng.random(block.shape) < 0.2] = -0.0
+    block[3, :5] = np.inf
+    block[4, 7:20] = -np.inf
+    block[5] = 0.0
+    monkeypatch.setattr(_knn, "_SELECT_BYTES", 8 * 37 * 6)  # 6 rows per group
+    for k in (1, 5, 15, 36, 37):
+        ref = np.argsort(-block, axis=1, kind="stable")[:, :k]
+        for select in (_select_top_stable, _select_top):
+            vals, cols = select(torch.from_numpy(block), k)
+            np.testing.assert_array_equal(cols.numpy(), ref, err_msg=f"{select.__name__}, k={k}")
+            np.testing.assert_array_equal(vals.numpy(), np.take_along_axis(block, ref, 1))
+
+
 @pytest.mark.parametrize("fit_intercept", [True, False])
 def test_ridge_refit_extends_the_path_moments(digits, monkeypatch, fit_intercept):
     from probe.probes import _ridge

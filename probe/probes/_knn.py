@@ -78,11 +78,23 @@ class KNNProbe(ProbeBase):
         max_k = max(int(p.get("k", self.k)) for p in points)
         sims, labels = _top_neighbours(F.normalize(X_eval, dim=1), F.normalize(X, dim=1), y_index, max_k)
         shared = (time.perf_counter() - start) / max(1, len(points))
+        # Votes of the first k neighbours are those of the first k' < k plus neighbours k'..k-1 (a vote's weight
+        # does not depend on k): per temperature, one running total grows from the smallest k to the largest.
+        by_temperature: dict[Any, list[int]] = {}
         for i, point in enumerate(points):
+            by_temperature.setdefault(point.get("temperature", self.temperature), []).append(i)
+        for temperature, members in by_temperature.items():
             start = time.perf_counter()
-            k = min(int(point.get("k", self.k)), sims.shape[1])
-            scores = _votes(sims, labels, k, point.get("temperature", self.temperature), n_classes)
-            yield i, scores, shared + time.perf_counter() - start
+            weights = _vote_weights(sims, temperature)
+            votes = torch.zeros(len(sims), n_classes, device=sims.device, dtype=sims.dtype)
+            done, setup = 0, (time.perf_counter() - start) / len(members)
+            for i in sorted(members, key=lambda i: int(points[i].get("k", self.k))):
+                start = time.perf_counter()
+                k = min(int(points[i].get("k", self.k)), sims.shape[1])
+                if k > done:
+                    votes.scatter_add_(1, labels[:, done:k], weights[:, done:k])
+                    done = k
+                yield i, votes.clone(), shared + setup + time.perf_counter() - start
 
     @staticmethod
     def _strength_order(points: list[dict[str, Any]]) -> list[int]:
@@ -167,15 +179,23 @@ def for_query_blocks(n_queries: int, n_bank: int, device, dtype, work, *, block_
         list(pool.map(run, range(workers)))
 
 
+#: Most entries of a CPU block whose top k < 16 go through :func:`_select_top_stable` (the metrics' top-5 of a score
+#: matrix): on one thread, without the barriers of several small multithreaded torch ops (which, on a host shared
+#: with other jobs, cost more than the work).
+_SMALL_BLOCK = 2**22
+
+
 def _select_top(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The k largest entries of each row of ``block`` (descending; ties: lower column first) and their columns.
 
     ``torch.topk`` orders equal values arbitrarily, so it is asked for one entry more than needed: a row whose
     k-th and (k+1)-th values differ has a unique top-k set, which a stable sort by value over ascending columns
-    puts in the promised order; a row with a tie across that boundary (rare: duplicated features) is sorted in
-    full, stably. On CPU with one torch thread (the workers of :func:`for_query_blocks`) and k >= 16, the rows go
-    through :func:`_select_top_by_threshold` instead (the same result; its work barely grows with k, while
-    ``torch.topk``'s heap does). With more threads ``torch.topk`` splits the rows over them and stays.
+    puts in the promised order; a row with a tie across that boundary (rare for similarities, common for vote
+    counts) goes through :func:`_select_top_stable`. On CPU with one torch thread (the workers of
+    :func:`for_query_blocks`) and k >= 16, the rows go through :func:`_select_top_by_threshold` instead (the same result; its work barely grows with k, while
+    ``torch.topk``'s heap does). With more threads ``torch.topk`` splits the rows over them and stays, except for
+    k < 16 on a block of at most :data:`_SMALL_BLOCK` entries (a score matrix), which goes to
+    :func:`_select_top_stable`.
     """
     rows, n = block.shape
     if k >= n:
@@ -184,15 +204,57 @@ def _select_top(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     if (k >= 16 and block.device.type == "cpu" and block.dtype in (torch.float32, torch.float64)
             and torch.get_num_threads() == 1):
         return _select_top_by_threshold(block, k)
+    if k < 16 and block.device.type == "cpu" and block.dtype == torch.float32 and block.numel() <= _SMALL_BLOCK:
+        return _select_top_stable(block, k)
     top, cols = torch.topk(block, k + 1, dim=1, largest=True, sorted=True)
     tied = top[:, k - 1] == top[:, k]
     cols, order = torch.sort(cols[:, :k], dim=1)  # ascending columns, then a stable sort by value
     vals, order = torch.sort(top[:, :k].gather(1, order), dim=1, descending=True, stable=True)
     cols = cols.gather(1, order)
     if bool(tied.any()):
-        full_vals, full_cols = torch.sort(block[tied], dim=1, descending=True, stable=True)
-        vals[tied], cols[tied] = full_vals[:, :k], full_cols[:, :k]
+        vals[tied], cols[tied] = _select_top_stable(block[tied], k)
     return vals, cols
+
+
+def _select_top_stable(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_select_top` for rows whose top k may tie, with no full sort: one selection over unique keys.
+
+    A float32 value's bits, with the low 31 bits flipped for negative values, order as the values do (``-0.0``
+    becomes ``+0.0`` first: equal values, equal keys); shifted up 32 bits, with ``n - 1 - column`` below, every key
+    of a row is distinct, and a larger key means a larger value or, among equal values, a lower column: the stable
+    order itself. On CPU the keys are made and selected by numpy (one thread, no barrier between small parallel
+    ops) in row groups of about :data:`_SELECT_BYTES`; elsewhere by ``torch.topk``. Other dtypes, or rows holding
+    NaN, are sorted in full, stably.
+    """
+    rows_n, n = rows.shape
+    cpu = rows.device.type == "cpu"
+    if rows.dtype != torch.float32 or (bool(np.isnan(rows.numpy()).any()) if cpu else bool(rows.isnan().any())):
+        full_vals, full_cols = torch.sort(rows, dim=1, descending=True, stable=True)
+        return full_vals[:, :k], full_cols[:, :k]
+    if not cpu:
+        bits = (rows + 0.0).view(torch.int32)
+        keys = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64) * 2**32
+        keys += (n - 1) - torch.arange(n, device=rows.device)
+        cols = torch.topk(keys, k, dim=1, sorted=True)[1]
+        return rows.gather(1, cols), cols
+    a = rows.numpy()
+    low = (n - 1) - np.arange(n, dtype=np.int64)
+    vals = np.empty((rows_n, k), dtype=np.float32)
+    cols = np.empty((rows_n, k), dtype=np.int64)
+    step = max(1, _SELECT_BYTES // (8 * n))
+    for lo in range(0, rows_n, step):
+        part = a[lo:lo + step]
+        bits = (part + np.float32(0.0)).view(np.int32)
+        keys = np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits).astype(np.int64)
+        keys <<= 32
+        keys |= low
+        if k < n:
+            keys = np.take_along_axis(keys, np.argpartition(keys, n - k, axis=1)[:, n - k:], 1)
+        keys.sort(axis=1)  # distinct keys: ascending, so the top k are read backwards
+        top = (n - 1) - (keys[:, ::-1] & 0xFFFFFFFF)
+        cols[lo:lo + step] = top
+        vals[lo:lo + step] = np.take_along_axis(part, top, 1)
+    return torch.from_numpy(vals), torch.from_numpy(cols)
 
 
 #: Bytes of a block that :func:`_select_top_by_threshold` works on at a time (its temporary arrays stay in the cache
@@ -215,8 +277,8 @@ def _select_top_by_threshold(block: torch.Tensor, k: int) -> tuple[torch.Tensor,
        candidates at or above it (no tie there) holds its top k+1 in ascending column order, so a stable sort of
        their values gives the promised order.
 
-    Rows with a tie at the (k+1)-th value, or with a non-finite value, are sorted in full, stably. Rows go in
-    groups of about :data:`_SELECT_BYTES`.
+    Rows with a tie at the (k+1)-th value, or with a non-finite value, go through :func:`_select_top_stable`. Rows
+    go in groups of about :data:`_SELECT_BYTES`.
     """
     rows, n = block.shape
     a = block.detach().numpy()
@@ -265,20 +327,22 @@ def _select_top_by_threshold(block: torch.Tensor, k: int) -> tuple[torch.Tensor,
     vals_k, cols_k = torch.from_numpy(vals_out), torch.from_numpy(cols_out)
     if redo:
         redo = torch.as_tensor(redo)
-        full_vals, full_cols = torch.sort(block[redo], dim=1, descending=True, stable=True)
-        vals_k[redo], cols_k[redo] = full_vals[:, :k], full_cols[:, :k]
+        vals_k[redo], cols_k[redo] = _select_top_stable(block[redo], k)
     return vals_k, cols_k
+
+
+def _vote_weights(sims: torch.Tensor, temperature: float | None) -> torch.Tensor:
+    """Each neighbour's vote [N, k]: 1 (``temperature`` None; a broadcast view, no memory) or DINO's weight."""
+    if temperature is None:
+        return torch.ones((), device=sims.device, dtype=sims.dtype).expand(sims.shape)
+    # Subtracting the row's best similarity rescales a row's votes by one constant (argmax and shares are
+    # unchanged) and keeps exp() finite for small temperatures.
+    return torch.exp((sims - sims[:, :1]) / float(temperature))
 
 
 def _votes(sims: torch.Tensor, labels: torch.Tensor, k: int, temperature: float | None,
            n_classes: int) -> torch.Tensor:
     """Per-class votes [N, n_classes] of the first ``k`` neighbours."""
     sims, labels = sims[:, :k], labels[:, :k]
-    if temperature is None:
-        weights = torch.ones_like(sims)
-    else:
-        # Subtracting the row's best similarity rescales a row's votes by one constant (argmax and shares are
-        # unchanged) and keeps exp() finite for small temperatures.
-        weights = torch.exp((sims - sims[:, :1]) / float(temperature))
     votes = torch.zeros(len(sims), n_classes, device=sims.device, dtype=sims.dtype)
-    return votes.scatter_add_(1, labels, weights)
+    return votes.scatter_add_(1, labels, _vote_weights(sims, temperature))
