@@ -52,11 +52,18 @@ class KNNProbe(ProbeBase):
         check_positive(type(self).__name__, "temperature", self.temperature, allow_none=True)
 
     def _fit(self, X: torch.Tensor, y_index: torch.Tensor) -> None:
-        self.bank_ = F.normalize(X, dim=1)
+        # A sweep's refit on train+val finds both parts normalised by its path (the rows are compared, not trusted),
+        # with the path's similarity buffers for the one test search that follows.
+        known, self._refit_state = getattr(self, "_refit_state", None), None
+        bank = known.bank_for(X) if known is not None else None
+        self.bank_ = F.normalize(X, dim=1) if bank is None else bank
+        self._spare_buffers = None if bank is None else known.buffers
         self.bank_labels_ = y_index
 
     def _scores(self, X: torch.Tensor) -> torch.Tensor:
-        sims, labels = _top_neighbours(F.normalize(X, dim=1), self.bank_, self.bank_labels_, self.k)
+        buffers, self._spare_buffers = getattr(self, "_spare_buffers", None), None  # once: never held by a model
+        sims, labels = _top_neighbours(F.normalize(X, dim=1), self.bank_, self.bank_labels_, self.k,
+                                       buffers=buffers)
         return _votes(sims, labels, min(self.k, sims.shape[1]), self.temperature, len(self.classes_))
 
     def predict_proba(self, X) -> np.ndarray:
@@ -76,7 +83,9 @@ class KNNProbe(ProbeBase):
             check_positive(type(self).__name__, "temperature", point.get("temperature", self.temperature),
                            allow_none=True)
         max_k = max(int(p.get("k", self.k)) for p in points)
-        sims, labels = _top_neighbours(F.normalize(X_eval, dim=1), F.normalize(X, dim=1), y_index, max_k)
+        path = _PathState(X, X_eval)
+        self._path_state = path
+        sims, labels = _top_neighbours(path.queries, path.bank, y_index, max_k, buffers=path.buffers)
         shared = (time.perf_counter() - start) / max(1, len(points))
         # Votes of the first k neighbours are those of the first k' < k plus neighbours k'..k-1 (a vote's weight
         # does not depend on k): per temperature, one running total grows from the smallest k to the largest.
@@ -96,6 +105,9 @@ class KNNProbe(ProbeBase):
                     done = k
                 yield i, votes.clone(), shared + setup + time.perf_counter() - start
 
+    def _prepare_refit(self, point_index: int) -> None:
+        self._refit_state, self._path_state = getattr(self, "_path_state", None), None
+
     @staticmethod
     def _strength_order(points: list[dict[str, Any]]) -> list[int]:
         # More neighbours smooth more; among equal k, uniform votes (None) smooth more than any temperature,
@@ -105,6 +117,50 @@ class KNNProbe(ProbeBase):
             return (-int(points[i].get("k", 1)), 0 if t is None else 1, -(t or 0.0), i)
 
         return sorted(range(len(points)), key=key)
+
+
+class _PathState:
+    """What a kNN sweep's path keeps for its refit on train+val: both parts normalised once, and the search buffers.
+
+    The train rows (the path's bank) and the val rows (its queries) are normalised into one [n_train + n_val, d]
+    tensor, which is the refit's bank when the refit's rows are those rows in that order; the per-worker similarity
+    buffers are sized for that bank, so the test search reuses the path's memory (no page faults on fresh buffers).
+    """
+
+    def __init__(self, X: torch.Tensor, X_eval: torch.Tensor):
+        n = len(X)
+        self.source, self.source_eval = X, X_eval
+        self.unit = torch.empty(n + len(X_eval), X.shape[1], device=X.device, dtype=X.dtype)
+        torch.div(X, torch.linalg.vector_norm(X, dim=1, keepdim=True).clamp_min_(1e-12), out=self.unit[:n])
+        torch.div(X_eval, torch.linalg.vector_norm(X_eval, dim=1, keepdim=True).clamp_min_(1e-12),
+                  out=self.unit[n:])
+        self.bank, self.queries = self.unit[:n], self.unit[n:]
+        self.buffers = _BlockBuffers(len(self.unit), X.device, X.dtype)
+
+    def bank_for(self, X: torch.Tensor) -> torch.Tensor | None:
+        """The normalised rows of ``X`` when ``X`` is the path's train rows followed by its val rows, else None."""
+        n = len(self.source)
+        same = (X.shape == self.unit.shape and X.device == self.unit.device and X.dtype == self.unit.dtype
+                and torch.equal(X[:n], self.source) and torch.equal(X[n:], self.source_eval))
+        return self.unit if same else None
+
+
+class _BlockBuffers:
+    """Per-worker similarity buffers of :func:`for_query_blocks`, kept across searches (a sweep's path search and its
+    test search); each is first made large enough for a block of a bank of ``n_bank`` rows."""
+
+    def __init__(self, n_bank: int, device, dtype):
+        self.reserve = _block_rows(n_bank, device) * n_bank  # entries (counted here: the workers run on one thread)
+        self.flat: dict[int, torch.Tensor] = {}
+
+    def get(self, worker: int, rows: int, n_bank: int, device, dtype) -> torch.Tensor:
+        """An uninitialised [rows, n_bank] view of worker ``worker``'s buffer (replaced when too small)."""
+        numel = rows * n_bank
+        buf = self.flat.get(worker)
+        if buf is None or buf.numel() < numel or buf.device != torch.device(device) or buf.dtype != dtype:
+            buf = self.flat[worker] = torch.empty(max(numel, self.reserve if buf is None else 0), device=device,
+                                                  dtype=dtype)
+        return buf[:numel].view(rows, n_bank)
 
 
 #: Query rows per block on CPU. A one-thread product pays for packing the bank once per block, so more query rows
@@ -117,11 +173,11 @@ _BLOCK_BYTES = 512 * 2**20
 
 
 def _top_neighbours(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor,
-                    k: int) -> tuple[torch.Tensor, torch.Tensor]:
+                    k: int, *, buffers: "_BlockBuffers | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Similarities [N, k'] (descending) and class indices [N, k'] of the k' = min(k, n_bank) nearest rows.
 
     Exact: equal similarities are ordered by bank row (the earlier row first), as a stable sort of each row's
-    similarities would order them. Queries go in blocks (:func:`for_query_blocks`).
+    similarities would order them. Queries go in blocks (:func:`for_query_blocks`, with ``buffers``).
     """
     k = min(int(k), len(bank))
     sims = torch.empty(len(queries), k, device=queries.device, dtype=queries.dtype)
@@ -131,11 +187,19 @@ def _top_neighbours(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torc
         block = torch.mm(queries[lo:hi], bank.T, out=buffer)
         sims[lo:hi], idx[lo:hi] = _select_top(block, k)
 
-    for_query_blocks(len(queries), len(bank), queries.device, queries.dtype, search)
+    for_query_blocks(len(queries), len(bank), queries.device, queries.dtype, search, buffers=buffers)
     return sims, bank_labels[idx]
 
 
-def for_query_blocks(n_queries: int, n_bank: int, device, dtype, work, *, block_bytes: int | None = None) -> None:
+def _block_rows(n_bank: int, device, *, block_bytes: int | None = None) -> int:
+    """Most query rows of one block of :func:`for_query_blocks` for a bank of ``n_bank`` rows."""
+    if torch.device(device).type == "cpu":
+        return max(1, min(_BLOCK_ROWS, (block_bytes or _BLOCK_BYTES) // max(1, 4 * n_bank * torch.get_num_threads())))
+    return max(1, (block_bytes or CHUNK_BYTES) // max(1, 4 * n_bank))
+
+
+def for_query_blocks(n_queries: int, n_bank: int, device, dtype, work, *, block_bytes: int | None = None,
+                     buffers: _BlockBuffers | None = None) -> None:
     """Call ``work(lo, hi, buffer)`` for consecutive blocks of query rows, ``buffer`` an uninitialised
     [hi - lo, n_bank] tensor for the block's similarities.
 
@@ -146,24 +210,25 @@ def for_query_blocks(n_queries: int, n_bank: int, device, dtype, work, *, block_
     becomes one worker that runs its own blocks on one thread, so the memory-bound passes over one block (a
     selection) overlap the other cores' products instead of idling every core's multipliers in turn. The blocks are
     of equal size and their number a multiple of the workers, so no core waits for another at the end. ``work``
-    must only write rows ``lo:hi`` of shared outputs.
+    must only write rows ``lo:hi`` of shared outputs. ``buffers`` (:class:`_BlockBuffers`) keeps the workers'
+    buffers for the next search.
     """
     if n_queries <= 0:
         return
     cpu = torch.device(device).type == "cpu"
     workers = torch.get_num_threads() if cpu else 1
-    if cpu:
-        most = min(_BLOCK_ROWS, (block_bytes or _BLOCK_BYTES) // max(1, 4 * n_bank * workers))
-    else:
-        most = (block_bytes or CHUNK_BYTES) // max(1, 4 * n_bank)
-    blocks = -(-n_queries // max(1, most))
+    most = _block_rows(n_bank, device, block_bytes=block_bytes)
+    blocks = -(-n_queries // most)
     blocks = workers * -(-blocks // workers) if blocks > workers else blocks
     step = -(-n_queries // blocks)
     starts = list(range(0, n_queries, step))
     workers = max(1, min(workers, len(starts)))
 
     def run(w: int) -> None:
-        buffer = torch.empty(step, n_bank, device=device, dtype=dtype)
+        if buffers is None:
+            buffer = torch.empty(step, n_bank, device=device, dtype=dtype)
+        else:
+            buffer = buffers.get(w, step, n_bank, device, dtype)
         for lo in starts[w::workers]:
             hi = min(n_queries, lo + step)
             work(lo, hi, buffer[:hi - lo])
