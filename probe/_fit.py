@@ -233,7 +233,8 @@ def sweep(probe, train: tuple, val: tuple | None = None, test: tuple | None = No
                        split="test", n_train=n_fit, n_eval=len(X_test), fit_seconds=seconds, **metrics)
         return row, test_scores
 
-    # the val tensor lives only in the path (freed once every point is scored, before the refit)
+    # the val tensor lives only in the path (freed once every point is scored, before the refit; kNN's path keeps it
+    # until the refit, to recognise the refit's rows as the ones it normalised)
     path = est._sweep_path(Xt, yt, len(classes), to_tensor(X_val, dev), points)
     outcome = select_refit_test(est, points, path, val_score=on_val,
                                 higher_is_better=own.metric(select_metric).higher_is_better, metric=select_metric,

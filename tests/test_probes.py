@@ -315,6 +315,67 @@ def test_knn_selection_is_exact_with_ties(monkeypatch, threads):
     np.testing.assert_array_equal(sims.numpy(), np.take_along_axis(full, ref, 1))
 
 
+def test_stable_selection_by_keys_orders_as_a_stable_sort(monkeypatch):
+    """The key selection of tied rows (kNN vote counts, the metrics' top-5): signed zeros are one value, infinities
+    order as numbers, several row groups per call, every k up to the row width."""
+    from probe.probes import _knn
+    from probe.probes._knn import _select_top, _select_top_stable
+
+    rng = np.random.default_rng(1)
+    block = rng.integers(-3, 4, size=(50, 37)).astype(np.float32) * np.float32(0.5)
+    block[rng.random(block.shape) < 0.2] = -0.0
+    block[3, :5] = np.inf
+    block[4, 7:20] = -np.inf
+    block[5] = 0.0
+    monkeypatch.setattr(_knn, "_SELECT_BYTES", 8 * 37 * 6)  # 6 rows per group
+    for k in (1, 5, 15, 36, 37):
+        ref = np.argsort(-block, axis=1, kind="stable")[:, :k]
+        for select in (_select_top_stable, _select_top):
+            vals, cols = select(torch.from_numpy(block), k)
+            np.testing.assert_array_equal(cols.numpy(), ref, err_msg=f"{select.__name__}, k={k}")
+            np.testing.assert_array_equal(vals.numpy(), np.take_along_axis(block, ref, 1))
+
+
+def test_knn_refit_reuses_the_path_normalisation_and_buffers(digits, monkeypatch):
+    """The refit on train+val takes the rows the path normalised (only when they are those rows) and the path's
+    similarity buffers, and scores test as a fresh fit does."""
+    import probe
+    from probe.probes._knn import _PathState, _top_neighbours
+
+    reused = []
+    bank_for = _PathState.bank_for
+    monkeypatch.setattr(_PathState, "bank_for", lambda self, X: reused.append(bank_for(self, X)) or reused[-1])
+    Xtr, ytr, Xte, yte = digits
+    Xfit, Xval, yfit, yval = train_test_split(Xtr, ytr, test_size=0.25, random_state=0, stratify=ytr)
+    res = probe.sweep(KNNProbe(), (Xfit, yfit), (Xval, yval), (Xte, yte), grid={"k": [1, 10, 30],
+                      "temperature": [0.07, None]}, device="cpu", return_result=True)
+    fresh = KNNProbe(**res.selected_params, device="cpu").fit(np.concatenate([Xfit, Xval]),
+                                                              np.concatenate([yfit, yval]))
+    np.testing.assert_allclose(res.test_scores / res.test_scores.sum(1, keepdims=True), fresh.predict_proba(Xte),
+                               rtol=1e-6, atol=1e-7)
+    assert len(reused) == 1 and reused[0] is res.estimator.bank_  # the sweep's refit took the path's rows
+    assert res.estimator._spare_buffers is None  # used by the one test search, then let go
+    monkeypatch.undo()
+
+    X, Xe = torch.tensor(Xfit), torch.tensor(Xval)
+    path = _PathState(X, Xe)
+    both = torch.cat([X, Xe])
+    assert path.bank_for(both) is path.unit
+    torch.testing.assert_close(path.unit, torch.nn.functional.normalize(both, dim=1), rtol=0, atol=0)
+    changed = both.clone()
+    changed[len(X) + 3, 5] += 1.0  # one val value differs: normalised afresh
+    assert path.bank_for(changed) is None and path.bank_for(X) is None
+    labels = torch.arange(len(both)) % 10
+    _top_neighbours(path.queries, path.bank, labels[:len(X)], 5, buffers=path.buffers)
+    first = {w: b.data_ptr() for w, b in path.buffers.flat.items()}
+    sims, got = _top_neighbours(torch.nn.functional.normalize(torch.tensor(Xte), dim=1), path.unit, labels, 5,
+                                buffers=path.buffers)
+    assert first and {w: b.data_ptr() for w, b in path.buffers.flat.items()} == first  # the larger bank fits
+    ref = np.argsort(-(torch.nn.functional.normalize(torch.tensor(Xte), dim=1) @ path.unit.T).numpy(), axis=1,
+                     kind="stable")[:, :5]
+    assert np.mean(got.numpy() == labels.numpy()[ref]) >= 0.999  # float32 near-ties between two products
+
+
 @pytest.mark.parametrize("fit_intercept", [True, False])
 def test_ridge_refit_extends_the_path_moments(digits, monkeypatch, fit_intercept):
     from probe.probes import _ridge
