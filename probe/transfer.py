@@ -533,7 +533,7 @@ def gmm_posteriors(x, n_components: int, *, max_iter: int = 100, tol: float = 1e
         resp = log_p.sub_(top).exp_()
         total = resp.sum(1, keepdim=True)
         resp.div_(total)
-        return (top + torch.log(total)).mean(), resp
+        return (top + torch.log(total)).double().mean(), resp  # float64 mean: the stopping rule sees no rounding
 
     lower = -math.inf
     for _ in range(max_iter):
