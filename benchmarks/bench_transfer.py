@@ -25,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -74,12 +75,19 @@ def logme_flops(n: int, d: int, c: int) -> float:
     return 2 * n * d * d + 9 * d ** 3 + 2 * d * d * c
 
 
+#: CPU seconds (all threads of this process) of the last :func:`timed` runs, median: on a shared host the wall
+#: time depends on the other tenants, the CPU time much less (printed beside the wall time).
+CPU = {"last": 0.0}
+
+
 def timed(fn, repeats: int):
-    values, times = [], []
+    values, times, cpu = [], [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         values.append(fn())
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    CPU["last"] = statistics.median(cpu)
     return values[-1], statistics.median(times), times
 
 
@@ -103,14 +111,17 @@ def main(argv=None) -> int:
     source_of = rng.integers(0, args.source_classes, args.classes)  # each target class resembles a source class
     logits = (rng.normal(size=(args.n, args.source_classes)) * 1.5).astype(np.float32)
     logits[np.arange(args.n), source_of[y]] += 3.0
+    print(f"load average {os.getloadavg()[0]:.1f} at the start (the host may be shared)")
     print(f"CPU: {cpu_model()}; torch threads {torch.get_num_threads()}; numpy BLAS: {blas_kernels()}")
     print(f"features {args.n} x {args.dim}, {args.classes} classes, logits {args.source_classes} columns; "
           f"device {device}; median of {args.repeats} runs\n")
     peak_start = matmul_peak(device)
 
     ours_value, ours_t, ours_all = timed(lambda: transfer.logme(x, y, device=device), args.repeats)
+    ours_cpu = CPU["last"]
     time.sleep(1.0)  # let the other side's BLAS threads settle
     ref_value, ref_t, ref_all = timed(lambda: reference_logme(x, y), args.repeats)
+    ref_cpu = CPU["last"]
     peak = statistics.median([peak_start, matmul_peak(device)])
     flops = logme_flops(args.n, args.dim, args.classes)
     runs = lambda times: ", ".join(f"{t:.3f}" for t in times)  # noqa: E731
@@ -118,6 +129,8 @@ def main(argv=None) -> int:
           f"value {ours_value:.10f}")
     print(f"LogME, numpy reference (SVD, F V, class loop):  {ref_t:.3f} s (runs {runs(ref_all)}), "
           f"value {ref_value:.10f}")
+    print(f"CPU seconds (median, all threads): ours {ours_cpu:.3f}, reference {ref_cpu:.3f}: ratio "
+          f"{ref_cpu / ours_cpu:.2f}x")
     print(f"ratio reference / ours: {ref_t / ours_t:.2f}x; |difference| {abs(ours_value - ref_value):.2e} "
           f"(relative {abs(ours_value - ref_value) / abs(ref_value):.2e})")
     if args.published:
@@ -129,14 +142,15 @@ def main(argv=None) -> int:
               f"ratio published / ours {pub_t / ours_t:.2f}x, relative difference "
               f"{abs(ours_value - pub_value) / abs(pub_value):.2e}")
     print()
-    print(f"{'score':<14s} {'seconds':>8s} {'value':>14s}   (each alone, one run)")
+    print(f"{'score':<14s} {'seconds':>8s} {'CPU s':>8s} {'value':>14s}   (each alone, one run; load average "
+          f"{os.getloadavg()[0]:.1f})")
     for name in transfer.SCORES:
         value, t, _ = timed(lambda name=name: transfer.compute_scores(x, y, logits=logits, scores=[name],
                                                                      device=device)[name], 1)
-        print(f"{name:<14s} {t:8.2f} {value:14.6g}")
+        print(f"{name:<14s} {t:8.2f} {CPU['last']:8.2f} {value:14.6g}")
     _, total, totals = timed(lambda: transfer.compute_scores(x, y, logits=logits, device=device), args.total_repeats)
-    print(f"{'all scores':<14s} {total:8.2f}   (one call: LogME and the H-scores share one streaming pass; runs "
-          f"{', '.join(f'{t:.1f}' for t in totals)})\n")
+    print(f"{'all scores':<14s} {total:8.2f} {CPU['last']:8.2f}   (one call: LogME and the H-scores share one "
+          f"streaming pass; runs {', '.join(f'{t:.1f}' for t in totals)}; load average {os.getloadavg()[0]:.1f})\n")
 
     print(f"\nfloat32 matmul peak ({device}): {peak:.0f} GFLOP/s (median of start and end: {peak_start:.0f}, "
           f"{matmul_peak(device):.0f} now)")
