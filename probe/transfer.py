@@ -51,6 +51,7 @@ Notes where a reference implementation and the paper part ways, and which side t
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
@@ -169,13 +170,13 @@ def _gram(a):
     For D >= 256 only the block upper triangle is multiplied (``_GRAM_BLOCKS`` column blocks, each against itself
     and the blocks after it) and mirrored: 5/8 of the full product's FLOPs, exactly symmetric.
     """
-    n, d = a.shape
+    d = a.shape[1]
     if d < 256:
         return a.T @ a
     torch = _torch()
     edges = np.linspace(0, d, _GRAM_BLOCKS + 1).astype(int)
     g = torch.empty(d, d, dtype=a.dtype, device=a.device)
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges.tolist()):
         g[lo:hi, lo:] = a[:, lo:hi].T @ a[:, lo:]
         g[hi:, lo:hi] = g[lo:hi, hi:].T
     return g
