@@ -13,7 +13,9 @@ Printed, in one run:
    SVD, F V, then a loop over classes), side by side, median of ``--repeats`` each, the ratio, and both values;
 3. with ``--published DIR`` (a checkout of github.com/thuml/LogME, kept outside this repository), the published
    ``LogME.fit`` on the same features: its time and its value;
-4. the float32 matmul peak of this machine, measured in the same run, and each time as a share of it (the FLOPs
+4. NLEEP's mixture: ``--em-steps`` EM steps of ours (in-place E-step) against the same steps written with the
+   textbook's separate buffers (``reference_gmm_steps``), side by side;
+5. the float32 matmul peak of this machine, measured in the same run, and each time as a share of it (the FLOPs
    counted are the dominant matmul and eigendecomposition terms, see ``logme_flops``).
 
 Usage::
@@ -70,6 +72,37 @@ def reference_logme(f: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(evidences))
 
 
+def reference_gmm_steps(x: torch.Tensor, k: int, steps: int, seed: int = 0) -> torch.Tensor:
+    """``steps`` EM steps of the diagonal mixture written as the textbook formulas (a quadratic form, the log
+    densities, logsumexp, then exp of the log posteriors: separate [N, K] buffers), from the same start as
+    ``transfer.gmm_posteriors``: the side-by-side reference for its in-place E-step."""
+    import math
+
+    n, d = x.shape
+    idx = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+    means = x[torch.as_tensor(idx)].clone()
+    var = (x.var(0, unbiased=False) + 1e-6)[None, :].expand(k, d).clone()
+    log_w = torch.full((k,), -math.log(k), dtype=x.dtype)
+    both = torch.cat([x * x, x], dim=1)
+    const = d * math.log(2 * math.pi)
+
+    def e_step():
+        prec = 1.0 / var
+        quad = both @ torch.cat([prec, -2 * means * prec], dim=1).T + (means * means * prec).sum(1)[None, :]
+        log_p = -0.5 * (const + torch.log(var).sum(1)[None, :] + quad) + log_w[None, :]
+        norm = torch.logsumexp(log_p, dim=1)
+        return log_p - norm[:, None]
+
+    for _ in range(steps):
+        resp = e_step().exp()
+        nk = resp.sum(0) + 10 * torch.finfo(x.dtype).eps
+        moments = (resp.T @ both) / nk[:, None]
+        means = moments[:, d:]
+        var = moments[:, :d] - means * means + 1e-6
+        log_w = torch.log(nk / n)
+    return e_step().exp()
+
+
 def logme_flops(n: int, d: int, c: int) -> float:
     """Dominant FLOPs of our LogME: the Gram matrix (2 N D^2), an eigendecomposition (~9 D^3), V^T B (2 D^2 C)."""
     return 2 * n * d * d + 9 * d ** 3 + 2 * d * d * c
@@ -102,6 +135,8 @@ def main(argv=None) -> int:
     parser.add_argument("--published", default=None, metavar="DIR",
                         help="directory holding the published LogME.py (github.com/thuml/LogME), run on the same "
                              "features for its time and value; never part of this repository")
+    parser.add_argument("--em-steps", type=int, default=10,
+                        help="EM steps of NLEEP's mixture timed side by side with the textbook formulation")
     parser.add_argument("--device", default="cpu", help="torch device of our scores (cpu, cuda)")
     args = parser.parse_args(argv)
 
@@ -152,8 +187,23 @@ def main(argv=None) -> int:
     print(f"{'all scores':<14s} {total:8.2f} {CPU['last']:8.2f}   (one call: LogME and the H-scores share one "
           f"streaming pass; runs {', '.join(f'{t:.1f}' for t in totals)}; load average {os.getloadavg()[0]:.1f})\n")
 
+    # NLEEP's EM, the bulk of "all scores": our in-place E-step against the textbook buffers, the same steps
+    z = transfer.pca_components(transfer._as64(x, device), 0.8).float()
+    k = 5 * args.classes
+    em_flops = args.em_steps * 2 * 2 * z.shape[0] * 2 * z.shape[1] * k  # E- and M-step products per step
+    ours_em = timed(lambda: transfer.gmm_posteriors(z, k, max_iter=args.em_steps, tol=0.0), 1)[1]
+    ours_em_cpu = CPU["last"]
+    ref_em = timed(lambda: reference_gmm_steps(z.cpu(), k, args.em_steps), 1)[1]
+    ref_em_cpu = CPU["last"]
+    print(f"NLEEP mixture, {args.em_steps} EM steps ({k} components, {z.shape[1]} PCA dimensions): ours "
+          f"{ours_em:.2f} s ({ours_em_cpu:.2f} CPU s), textbook buffers {ref_em:.2f} s ({ref_em_cpu:.2f} CPU s): "
+          f"ratio {ref_em / ours_em:.2f}x wall, {ref_em_cpu / ours_em_cpu:.2f}x CPU; load average "
+          f"{os.getloadavg()[0]:.1f}")
+
     print(f"\nfloat32 matmul peak ({device}): {peak:.0f} GFLOP/s (median of start and end: {peak_start:.0f}, "
           f"{matmul_peak(device):.0f} now)")
+    print(f"NLEEP EM ours: {em_flops / 1e9:.1f} GFLOP counted, {em_flops / ours_em / 1e9 / peak * 100:.1f}% of the "
+          f"float32 peak; textbook buffers {em_flops / ref_em / 1e9 / peak * 100:.1f}%")
     print(f"LogME ours: {flops / 1e9:.1f} GFLOP counted, {flops / ours_t / 1e9:.1f} GFLOP/s = "
           f"{flops / ours_t / 1e9 / peak * 100:.1f}% of the float32 peak (float64 work: the float64 peak is lower)")
     return 0
