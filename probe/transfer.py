@@ -168,7 +168,7 @@ def _gram(a):
     """a^T a of a [N, D] tensor (one place for the Gram matrices of every score).
 
     For D >= 256 only the block upper triangle is multiplied (``_GRAM_BLOCKS`` column blocks, each against itself
-    and the blocks after it) and mirrored: 5/8 of the full product's FLOPs, exactly symmetric.
+    and the blocks after it) and mirrored: 5/8 of the full product's FLOPs.
     """
     d = a.shape[1]
     if d < 256:
