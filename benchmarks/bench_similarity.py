@@ -81,6 +81,12 @@ def matmul_peak(dtype: str, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process, all threads (on a shared host less tenant-dependent than the wall time)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -93,14 +99,14 @@ def child(args) -> None:
     from probe import similarity  # noqa: F401
 
     base = rss_mb()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), cpu_seconds()
     if args.child == "cka":
         frame = probe.block_matrix(args.a, args.b, measures=["cka", "cka_debiased"], product_dtype=args.product_dtype,
                                    device="cpu")
     else:
         frame = probe.compare_entries(args.a, args.b, taps=["block0"], measures=["mutual_knn"], k=10, device="cpu")
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "rss_base_mb": base, "rss_peak_mb": rss_mb(), "rows": frame.height,
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds() - start_cpu, "rss_base_mb": base, "rss_peak_mb": rss_mb(), "rows": frame.height,
                       "mean_value": float(frame["value"].mean())}))
 
 
@@ -120,6 +126,8 @@ def main() -> None:
     parser.add_argument("--memory-blocks", type=int, default=3, help="block taps per side of the memory comparison")
     parser.add_argument("--knn", action=argparse.BooleanOptionalAction, default=False,
                         help="also time mutual k-NN (k = 10) on one pair of taps at --rows")
+    parser.add_argument("--products", nargs="+", default=["float64", "float32"], choices=["float64", "float32"],
+                        help="dtypes of the block products timed on the block x block matrix (default both)")
     parser.add_argument("--quick", action="store_true", help="4 x 4 blocks, 2,000 images, memory at 2k and 20k")
     parser.add_argument("--dir", default=None, help="where the synthetic cache files go (default: a temporary folder)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -151,14 +159,15 @@ def main() -> None:
         flops = 2.0 * args.rows * args.dim * args.dim * pairs
         print(f"{args.blocks} x {args.blocks} block CKA (biased + debiased, jackknife intervals), {args.rows:,} "
               f"images, {args.dim}-d: {flops / 1e12:.2f} TFLOP of block products ({pairs} pairs with the self pairs)")
-        print(f"{'products':>9s} {'seconds':>8s} {'GFLOP/s':>8s} {'fp32 peak':>9s} {'of fp32':>8s} "
-              f"{'fp64 peak':>9s} {'of fp64':>8s} {'RSS MB':>7s} {'+ after imports':>15s}")
-        for dtype in ("float64", "float32"):
+        print(f"{'products':>9s} {'seconds':>8s} {'CPU s':>7s} {'GFLOP/s':>8s} {'fp32 peak':>9s} {'of fp32':>8s} "
+              f"{'fp64 peak':>9s} {'of fp64':>8s} {'RSS MB':>7s} {'+ after imports':>15s} {'load':>5s}")
+        for dtype in args.products:
             p32, p64 = matmul_peak("float32"), matmul_peak("float64")
             r = run_child("cka", a, b, dtype)
             rate = flops / r["seconds"] / 1e9
-            print(f"{dtype:>9s} {r['seconds']:8.1f} {rate:8.1f} {p32:9.1f} {rate / p32 * 100:7.1f}% {p64:9.1f} "
-                  f"{rate / p64 * 100:7.1f}% {r['rss_peak_mb']:7.0f} {r['rss_peak_mb'] - r['rss_base_mb']:15.0f}")
+            print(f"{dtype:>9s} {r['seconds']:8.1f} {r['cpu_seconds']:7.1f} {rate:8.1f} {p32:9.1f} "
+                  f"{rate / p32 * 100:7.1f}% {p64:9.1f} {rate / p64 * 100:7.1f}% {r['rss_peak_mb']:7.0f} "
+                  f"{r['rss_peak_mb'] - r['rss_base_mb']:15.0f} {os.getloadavg()[0]:5.1f}")
         if args.knn:
             p32 = matmul_peak("float32")
             r = run_child("knn", a, b)

@@ -261,7 +261,7 @@ class _GroupStats:
         self.av = torch.zeros(G, q, **f)  # sum ||u||^2 v
         self.bu = self.av if same else torch.zeros(G, p, **f)  # sum ||v||^2 u
 
-    def add(self, U, V, nu, nv, scratch) -> None:
+    def add(self, U, V, nu, nv, scratch, sums) -> None:
         """U [G, m, p], V [G, m, q]: a block's shifted rows per group, padded with zero rows, as (float64, product
         dtype) pairs; nu, nv their squared norms [G, m]; ``scratch``: a buffer for float32 products."""
         import torch
@@ -276,13 +276,14 @@ class _GroupStats:
             out = torch.bmm(Up.transpose(1, 2), Vp, out=scratch[:G * p * q].view(G, p, q))
             self.Z.copy_(out) if self.fresh else self.Z.add_(out)
         self.fresh = False
-        self.su += Ud.sum(1)
-        self.alpha += nu.sum(1)
+        (su, alpha), (sv, beta) = sums
+        self.su += su
+        self.alpha += alpha
         self.ab += (nu * nv).sum(1)
         self.av += torch.bmm(nu[:, None, :], Vd)[:, 0]
         if not self.same:
-            self.sv += Vd.sum(1)
-            self.beta += nv.sum(1)
+            self.sv += sv
+            self.beta += beta
             self.bu += torch.bmm(nv[:, None, :], Ud)[:, 0]
 
     def values(self, n_g) -> tuple[tuple[float, float], Any, Any]:
@@ -296,6 +297,9 @@ class _GroupStats:
 
         G = self.Z.shape[0]
         flat = self.Z.view(G, -1)
+        # <Z_g, Z_h> of every two groups in one product (one read of the group products): ||Z_g||^2 on its
+        # diagonal, <Z_total, Z_g> its row sums, ||Z_total||^2 its sum
+        inner = flat @ flat.T
         Zt = self.Z.sum(0)
         tot = [t.sum(0) for t in (self.su, self.sv, self.alpha, self.beta, self.ab, self.av, self.bu)]
         su, sv, alpha, beta, ab, av, bu = tot
@@ -304,7 +308,7 @@ class _GroupStats:
         point = _hsic_terms(torch.sum(exact * exact)[None], su[None], sv[None], n[None], alpha[None], beta[None],
                             ab[None], av[None], bu[None], (su @ Zt @ sv)[None])
         rsu, rsv, rn = su - self.su, sv - self.sv, n - n_g  # every group but g
-        S2 = torch.sum(Zt * Zt) - 2 * (flat @ Zt.reshape(-1)) + torch.linalg.vector_norm(flat, dim=1).square()
+        S2 = inner.sum() - 2 * inner.sum(1) + inner.diagonal()
         suSsv = ((rsu @ Zt) * rsv).sum(1) - (torch.bmm(self.Z, rsv[:, :, None])[:, :, 0] * rsu).sum(1)
         c2 = S2 - 2 * suSsv / rn + (rsu * rsu).sum(1) * (rsv * rsv).sum(1) / rn**2
         reps = _hsic_terms(c2, rsu, rsv, rn, alpha - self.alpha, beta - self.beta, ab - self.ab, av - self.av,
@@ -366,6 +370,44 @@ def _percentile_interval(reps: np.ndarray, ci: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def _pass_order(plan: _Plan, G: int, memory_bytes: int) -> list[tuple[int, int]]:
+    """Every pair the CKA needs (the plan's pairs and each view's self pair) in the order passes take them.
+
+    The cross pairs go tile by tile: a few left views against a few right views, as many pairs as one pass's
+    accumulators hold, so that a pass reads few views (a block x block matrix of t x t taps takes about
+    2 t^2 / sqrt(P) view reads instead of t^2 (1 + 1 / P) pair by pair, P pairs per pass); a view's self pair
+    comes just before the first pair that reads it.
+    """
+    import math
+
+    unit = G * max(plan.dims) ** 2 * 8
+    per_pass = max(1, memory_bytes // max(1, unit))
+    ta = max(1, int(math.sqrt(per_pass)))
+    tb = max(1, per_pass // ta)
+    rights: dict[int, list[int]] = {}
+    for a, b in plan.pairs:
+        rights.setdefault(a, []).append(b)
+    lefts = sorted(rights)
+    order: list[tuple[int, int]] = []
+    seen: set[tuple[int, int]] = set()
+    for i in range(0, len(lefts), ta):
+        chunk = lefts[i:i + ta]
+        bs = sorted({b for a in chunk for b in rights[a]})
+        for j in range(0, len(bs), tb):
+            for a in chunk:
+                for b in bs[j:j + tb]:
+                    if b not in rights[a] or (a, b) in seen:
+                        continue
+                    for v in (a, b):
+                        if (v, v) not in seen:
+                            seen.add((v, v))
+                            order.append((v, v))
+                    if (a, b) not in seen:
+                        seen.add((a, b))
+                        order.append((a, b))
+    return order
+
+
 def _cka_values(entries, rows, plan: _Plan, *, groups, G, device, product_dtype, block_rows, memory_bytes,
                 ) -> dict[tuple[int, int], dict[str, tuple[float, np.ndarray]]]:
     """CKA (biased, debiased) of every pair of the plan: the value and its G delete-one-group replicates."""
@@ -374,7 +416,7 @@ def _cka_values(entries, rows, plan: _Plan, *, groups, G, device, product_dtype,
     dt = torch.float64 if product_dtype == "float64" else torch.float32
     n = len(rows[0])
     n_g = torch.as_tensor(np.bincount(groups, minlength=G).astype(np.float64), device=device)
-    all_pairs = sorted(set(plan.pairs) | {(v, v) for pair in plan.pairs for v in pair})
+    all_pairs = _pass_order(plan, G, memory_bytes)
     cost = {pr: G * plan.dims[pr[0]] * plan.dims[pr[1]] * 8 for pr in all_pairs}
     passes, current, used = [], [], 0
     for pr in all_pairs:  # consecutive pairs share views
@@ -414,7 +456,7 @@ def _cka_values(entries, rows, plan: _Plan, *, groups, G, device, product_dtype,
             pos = np.arange(stop - start) - np.repeat(np.cumsum(sizes) - sizes, sizes)
             gi = torch.as_tensor(g[order], device=device)
             pi = torch.as_tensor(pos, device=device)
-            padded, norms = {}, {}
+            padded, norms, sums = {}, {}, {}
             for slot, v in enumerate(views):
                 e, tap = plan.views[v]
                 d = plan.dims[v]
@@ -422,13 +464,15 @@ def _cka_values(entries, rows, plan: _Plan, *, groups, G, device, product_dtype,
                 if v not in shifts:  # the first block's mean: a shift that keeps the float64 sums exact
                     shifts[v] = x.double().mean(0)
                 shifted = slots[slot][2][:x.numel()].view(x.shape).copy_(x).sub_(shifts[v])
-                U = slots[slot][0][:G * m * d].view(G, m, d).zero_()
+                U = slots[slot][0][:G * m * d].view(G, m, d)
+                U[:, int(sizes.min()):].zero_()  # the padding rows (group sizes differ by at most one)
                 U[gi, pi] = shifted
                 norms[v] = torch.linalg.vector_norm(U, dim=-1).square_()
+                sums[v] = (U.sum(1), norms[v].sum(1))  # per view, shared by every pair that reads it
                 Up = U if dt == torch.float64 else slots[slot][1][:G * m * d].view(G, m, d).copy_(U)
                 padded[v] = (U, Up)
             for (a, b), st in stats.items():
-                st.add(padded[a], padded[b], norms[a], norms[b], scratch)
+                st.add(padded[a], padded[b], norms[a], norms[b], scratch, (sums[a], sums[b]))
         for pr in list(stats):
             values[pr] = stats.pop(pr).values(n_g)
     out = {}

@@ -387,3 +387,16 @@ def test_import_is_cheap():
             "heavy = [m for m in ('torch', 'polars', 'matplotlib', 'h5py') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_pass_order_takes_every_pair_once_self_pairs_first():
+    """Tile by tile: every cross pair and every view's self pair exactly once, a self pair before its view's first
+    cross pair, whatever the budget."""
+    views = [(0, f"block{i}") for i in range(5)] + [(1, f"block{i}") for i in range(4)]
+    pairs = [(a, b) for a in range(5) for b in range(5, 9)]
+    for budget in (1, 3 * 8 * 4 * 4 * 8, 1 << 30):
+        order = sim._pass_order(sim._Plan(views=views, pairs=pairs, dims=[4] * 9), 8, budget)
+        assert len(order) == len(set(order)) == len(pairs) + len(views)
+        assert set(order) == set(pairs) | {(v, v) for v in range(9)}
+        for a, b in pairs:
+            assert order.index((a, a)) < order.index((a, b)) and order.index((b, b)) < order.index((a, b))

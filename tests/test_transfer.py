@@ -496,3 +496,14 @@ def test_default_scores_leave_out_the_head_scores_for_a_headless_checkpoint():
     assert "leep" not in names and "nce" not in names and "logme" in names
     assert transfer.default_scores("test_vit", task="regression") == ("logme",)
     assert "leep" not in transfer.default_scores("test_vit", weights="some.safetensors")
+
+
+def test_wide_gram_matrix_from_its_block_upper_triangle():
+    """D >= 256 takes the block upper triangle and mirrors it: the full product, its off-diagonal blocks mirrored
+    exactly."""
+    import torch
+
+    a = torch.as_tensor(np.random.default_rng(7).normal(size=(50, 301)))
+    g = transfer._gram(a)
+    assert torch.equal(g[:75, 75:], g[75:, :75].T)
+    np.testing.assert_allclose(g.numpy(), a.numpy().T @ a.numpy(), rtol=1e-12, atol=1e-12)
