@@ -59,6 +59,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from ._errors import UsageError
+from ._runtime import factor_threads, torch_threads
 
 
 @dataclass(frozen=True)
@@ -183,13 +184,15 @@ def _gram(a):
 
 
 def _eigh(m):
-    """Eigenvalues (ascending) and eigenvectors of a symmetric matrix."""
-    return _torch().linalg.eigh(m)
+    """Eigenvalues (ascending) and eigenvectors of a symmetric matrix (CPU threads as :func:`factor_threads`)."""
+    with factor_threads(m):
+        return _torch().linalg.eigh(m)
 
 
 def _largest_eigenvalue(m) -> float:
     """The largest eigenvalue of a symmetric matrix."""
-    return float(_torch().linalg.eigvalsh(m)[-1])
+    with factor_threads(m):
+        return float(_torch().linalg.eigvalsh(m)[-1])
 
 
 def _check_finite(t, what: str) -> None:
@@ -237,8 +240,8 @@ class FeatureStats:
         """Add a block of features ``x`` [B, D] with its class labels [B] and/or continuous targets [B] or [B, T]."""
         torch = _torch()
         x = _as64(x, self.device)
-        _check_finite(x, "features")
         if self.shift is None:
+            _check_finite(x, "features")  # the shift must be finite; later blocks are checked through their norms
             d = x.shape[1]
             self.shift = x.mean(0)
             self.gram = torch.zeros(d, d, dtype=torch.float64, device=self.device)
@@ -250,11 +253,16 @@ class FeatureStats:
                 self.class_count = torch.zeros(self.n_classes, dtype=torch.float64, device=self.device)
                 self.class_sum = torch.zeros(self.n_classes, d, dtype=torch.float64, device=self.device)
         xs = x - self.shift
+        a = (xs * xs).sum(1)
+        a_sum = a.sum()
+        if not bool(torch.isfinite(a_sum)):  # a NaN or inf anywhere in the block makes its squared norms non-finite
+            _check_finite(x, "features")
+            raise UsageError("features are too large to score in float64 (their squared norms overflow); rescale "
+                             "them before scoring")
         self.n += xs.shape[0]
         self.gram += _gram(xs)
         self.sum += xs.sum(0)
-        a = (xs * xs).sum(1)
-        self.sq += a.sum()
+        self.sq += a_sum
         self.sq2 += (a * a).sum()
         self.sq_x += a @ xs
         if labels is not None:
@@ -354,6 +362,15 @@ def _logme_evidence(sigma, z, yy, n: int, *, tol: float, max_iter: int):
     and ||F m - y||^2 = y^T y - sum z^2 (2t + sigma)/(t + sigma)^2: no division by a zero eigenvalue.
     """
     torch = _torch()
+    if z.device.type == "cpu":  # [D, K] element-wise steps: one thread avoids a parallel region per small op
+        with torch_threads(1):
+            return _logme_fixed_point(sigma, z, yy, n, tol=tol, max_iter=max_iter)
+    return _logme_fixed_point(sigma, z, yy, n, tol=tol, max_iter=max_iter)
+
+
+def _logme_fixed_point(sigma, z, yy, n: int, *, tol: float, max_iter: int):
+    """The iteration of :func:`_logme_evidence`, on the device of its inputs."""
+    torch = _torch()
     d = sigma.shape[0]
     k = z.shape[1]
     s = sigma[:, None]
@@ -407,7 +424,8 @@ def hscore_shrink_from_stats(stats: FeatureStats) -> float:
     a = stats.ledoit_wolf_shrinkage()
     shrunk = (1 - a) * cov + a * float(torch_trace(cov)) / d * torch.eye(d, dtype=cov.dtype, device=cov.device)
     between = (1 - a) * stats.between_covariance()
-    chol, info = torch.linalg.cholesky_ex(shrunk)
+    with factor_threads(shrunk):
+        chol, info = torch.linalg.cholesky_ex(shrunk)
     if int(info) != 0:  # singular (a = 0 on rank-deficient features): fall back to the pseudo-inverse
         return float(torch_trace(_pinv_sym(shrunk, 1e-15) @ between))
     return float(torch_trace(torch.cholesky_solve(between, chol)))
@@ -589,7 +607,8 @@ def _fisher_probs(x, y, c: int, shrinkage: float | None, a: float):
     if shrinkage is None:
         shrinkage = max(math.exp(-a * _largest_eigenvalue(sw)), 1e-10)
     s = (1 - shrinkage) * sw + shrinkage * float(torch_trace(sw)) / d * torch.eye(d, dtype=x.dtype, device=x.device)
-    coef = torch.linalg.solve(s, means.T).T  # [C, D] = mu S^-1
+    with factor_threads(s):
+        coef = torch.linalg.solve(s, means.T).T  # [C, D] = mu S^-1
     logits = x @ coef.T - 0.5 * (coef * means).sum(1)[None, :] + torch.log(cnt / n)[None, :]
     return torch.softmax(logits, dim=1), shrinkage
 
@@ -617,10 +636,11 @@ def _coding_rate(z, eps: float):
     n, d = z.shape
     m = (_gram(z) if d <= n else _gram(z.T.contiguous())) / (n * eps)
     m.diagonal().add_(1.0)  # I + Z^T Z / (n eps): symmetric positive definite, so a Cholesky factor gives logdet
-    chol, info = torch.linalg.cholesky_ex(m)
-    if int(info) == 0:
-        return float(chol.diagonal().log().sum())
-    return 0.5 * float(torch.linalg.slogdet(m)[1])
+    with factor_threads(m):
+        chol, info = torch.linalg.cholesky_ex(m)
+        if int(info) == 0:
+            return float(chol.diagonal().log().sum())
+        return 0.5 * float(torch.linalg.slogdet(m)[1])
 
 
 def transrate(features, labels, *, eps: float = 1e-4, device=None) -> float:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._runtime import factor_threads
 from ._base import ProbeBase, check_positive, chunk_rows
 
 
@@ -245,27 +246,6 @@ class _Decomposition:
         if self._dual_X is None:  # P = V is orthonormal: a float32 product loses nothing that matters
             return (X_eval - self.x_mean) @ self.P.float()
         return ((X_eval - self.x_mean).double() @ self.P).float()
-
-
-#: Matrix order per torch thread of a CPU factorisation (:func:`factor_threads`).
-_FACTOR_ORDER_PER_THREAD = 1024
-
-
-def factor_threads(A: torch.Tensor):
-    """Context in which a float64 eigendecomposition or Cholesky factorisation of the square ``A`` runs: on CPU
-    with one torch thread per :data:`_FACTOR_ORDER_PER_THREAD` rows (at least one, at most the current count).
-
-    MKL's multithreaded ``syevd`` and ``potrf`` at these orders cost more than one thread: on the 2-core AMD EPYC
-    host, a 768 x 768 ``eigh`` took 0.10 s of CPU on one thread and 0.57 s on two (wall 0.24 s vs 1.68 s with other
-    jobs running; 0.84 s vs 4.6 s of CPU at 1,536). On other devices nothing changes.
-    """
-    from contextlib import nullcontext
-
-    from .._runtime import torch_threads
-
-    if A.device.type != "cpu":
-        return nullcontext()
-    return torch_threads(min(torch.get_num_threads(), max(1, A.shape[0] // _FACTOR_ORDER_PER_THREAD)))
 
 
 def symmetric_gram(X: torch.Tensor, block: int = 192) -> torch.Tensor:
