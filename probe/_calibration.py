@@ -120,6 +120,13 @@ def _top(probs: np.ndarray) -> np.ndarray:
     return np.argmax(probs, axis=1)
 
 
+def bin_index(conf, n_bins: int = N_BINS) -> np.ndarray:
+    """The confidence bin of each item: equal-width, right-closed bins ``((m-1)/n_bins, m/n_bins]`` (0 and 1 in
+    the first and last)."""
+    conf = np.asarray(conf, dtype=np.float64)
+    return np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+
+
 def binned_errors(conf, hit, counts=None, *, n_bins: int = N_BINS) -> tuple[np.ndarray, np.ndarray]:
     """ECE and MCE of each resample from per-item confidences and hits.
 
@@ -142,7 +149,7 @@ def binned_errors(conf, hit, counts=None, *, n_bins: int = N_BINS) -> tuple[np.n
     conf = np.asarray(conf, dtype=np.float64)
     hit = np.asarray(hit, dtype=np.float64)
     counts = np.ones((1, len(conf))) if counts is None else np.atleast_2d(np.asarray(counts, dtype=np.float64))
-    b = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    b = bin_index(conf, n_bins)
     onehot = np.zeros((len(conf), n_bins))
     onehot[np.arange(len(conf)), b] = 1.0
     n_b = counts @ onehot

@@ -108,8 +108,9 @@ class Classification(Task):
         return out
 
     def report_section(self, report, jobs):
-        """Frozen probes vs fine-tuning, the families, layer-wise and few-shot curves (per evaluation scheme)."""
-        return report.classification_sections(self, jobs)
+        """Frozen probes vs fine-tuning, the families, layer-wise and few-shot curves (per evaluation scheme), then
+        the calibration of the chosen protocols."""
+        return report.classification_sections(self, jobs) + report.calibration_section(self, jobs)
 
 
 def class_target(task, data) -> np.ndarray:
