@@ -152,7 +152,6 @@ def reliability_figure(curves: list[dict], *, styles=None, title: str | None = N
                         color=color, markerfacecolor=face, markersize=4, linewidth=1.2)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
-        ax.set_aspect("equal")
         ax.set_xlabel("mean confidence (top label)", fontsize=8)
         ax.set_ylabel("accuracy", fontsize=8)
     handles = [Line2D([], [], color="gray", marker=markers[label], linestyle="none", label=label)
