@@ -109,17 +109,29 @@ def test_task_metrics_resample_the_items_the_columns_come_from():
     assert got == pytest.approx([columns["ece"], half])
 
 
-def test_cli_sweep_writes_calibration_of_every_probe(tmp_path):
-    cache, results = tmp_path / "cache", tmp_path / "results"
+@pytest.fixture(scope="module")
+def calibrated_results(tmp_path_factory):
+    """A real CLI sweep of four probes (test_resnet) and a short fine-tune (test_vit) on digits, one results dir."""
+    root = tmp_path_factory.mktemp("calib")
+    cache, results = root / "cache", root / "results"
     run_cli("sweep", "test_resnet", "digits", "--random-init", "--img-size", "32", "--cache-dir", cache,
             "--results-dir", results, "--probes", "logistic", "ridge", "knn", "centroid", "--device", "cpu",
             "--no-progress", check=0, timeout=600)
-    frame = probe.scan_results(results, include_file_paths="path").collect()
-    test = frame.filter(pl.col("selected") & (pl.col("split") == "test"))
+    finetuned = probe.finetune("test_vit", "digits", results_dir=results, cache_dir=cache, random_init=True,
+                               img_size=32, epochs=2, lr=2e-3, batch_size=64, warmup_epochs=0.5, hflip=False,
+                               seed=0, workers=0, progress=False, verbose=False)
+    return root, finetuned
+
+
+def test_cli_sweep_writes_calibration_of_every_probe(calibrated_results):
+    root, _ = calibrated_results
+    frame = probe.scan_results(root / "results", include_file_paths="path").collect()
+    test = frame.filter(pl.col("selected") & (pl.col("split") == "test") & (pl.col("probe") != "finetune"))
     assert test.height == 4
     assert dict(zip(test["probe"], test["calib_input"])) == {"logistic": "probabilities", "ridge": "scores",
                                                              "knn": "scores", "centroid": "scores"}
-    assert frame.filter(pl.col("split") == "val")["ece"].null_count() == frame.filter(pl.col("split") == "val").height
+    val = frame.filter(pl.col("split") == "val")
+    assert val["ece"].null_count() == val.height  # calibration belongs to the selected test row only
     for row in test.iter_rows(named=True):
         art = load_artifacts(row["path"])
         col = np.searchsorted(art["score_classes"], art["labels"])
@@ -139,10 +151,8 @@ def test_cli_sweep_writes_calibration_of_every_probe(tmp_path):
             assert row["nll_ts"] < row["nll"]
 
 
-def test_fine_tune_row_is_calibrated_on_the_chosen_epochs_val(tmp_path):
-    result = probe.finetune("test_vit", "digits", results_dir=tmp_path / "r", cache_dir=tmp_path / "c",
-                            random_init=True, img_size=32, epochs=2, lr=2e-3, batch_size=64, warmup_epochs=0.5,
-                            hflip=False, seed=0, workers=0, progress=False, verbose=False)
+def test_fine_tune_row_is_calibrated_on_the_chosen_epochs_val(calibrated_results):
+    _, result = calibrated_results
     frame = pl.read_parquet(result.results_path)
     row = frame.filter(pl.col("selected")).row(0, named=True)
     assert row["calib_input"] == "probabilities" and row["temperature"] > 0
@@ -152,3 +162,33 @@ def test_fine_tune_row_is_calibrated_on_the_chosen_epochs_val(tmp_path):
     assert row["ece_ts"] == pytest.approx(cal.ece(softmax(z / t, axis=1), y), abs=1e-6)
     assert row["nll"] == pytest.approx(cal.nll(softmax(z, axis=1), y), rel=1e-5)
     assert probe.tasks.get("classification").metric("brier_ts").value(art) == pytest.approx(row["brier_ts"])
+
+
+def test_report_calibration_section_and_paired_interval(calibrated_results):
+    from probe import analysis
+
+    root, _ = calibrated_results
+    proc = run_cli("report", root / "results", "--out", root / "report", "--n-boot", "300", check=0,
+                   env={"MPLBACKEND": "Agg"})
+    assert "Traceback" not in proc.stderr
+    text = (root / "report" / "report.md").read_text()
+    section = text.split("## Calibration", 1)[1]
+    lines = [ln for ln in section.split("\n\n## ")[0].splitlines() if ln.startswith("| `")]
+    assert len(lines) == 2  # the resnet's val-chosen frozen probe; the vit's fine-tune
+    assert (root / "report" / "figures" / "digits-splits-reliability.png").is_file()
+    assert "calibration-classification-splits" in (root / "report" / "report.html").read_text()
+    # the table's interval is the analysis layer's one bootstrap: ECE after minus before, paired on the same images
+    jobs = analysis.job_table(root / "results")
+    ft = jobs.filter(pl.col("probe") == "finetune")
+    table = analysis.calibration_table(analysis.report_groups(jobs, "classification")["tuned"], jobs, n_boot=300)
+    r = table.row(0, named=True)
+    assert r["ece"] == pytest.approx(ft["ece"][0]) and r["ece_ts"] == pytest.approx(ft["ece_ts"][0])
+    paired = analysis.resample_interval([r["files"], r["files"]], ["ece_ts", "ece"], n_boot=300)
+    assert (r["change"], r["change_low"], r["change_high"]) == pytest.approx((paired.estimate, paired.low,
+                                                                               paired.high))
+    assert r["change"] == pytest.approx(r["ece_ts"] - r["ece"])
+    assert paired.low <= paired.estimate <= paired.high
+    cells = [c.strip() for c in next(ln for ln in lines if "fine-tuning" in ln).strip("|").split("|")]
+    assert float(cells[8].split(" [")[0]) == pytest.approx(100 * r["change"], abs=0.051)
+    bins = analysis.reliability_bins(r["files"])
+    assert bins["count"].sum() == r["n_test"] == bins["count_ts"].sum()
