@@ -192,3 +192,22 @@ def test_report_calibration_section_and_paired_interval(calibrated_results):
     assert float(cells[8].split(" [")[0]) == pytest.approx(100 * r["change"], abs=0.051)
     bins = analysis.reliability_bins(r["files"])
     assert bins["count"].sum() == r["n_test"] == bins["count_ts"].sum()
+
+
+def test_cross_validated_summary_pools_calibration_of_the_folds(tmp_path):
+    from tests._helpers import write_image_folder
+
+    data = write_image_folder(tmp_path / "pets", splits=("train",), per_class=12, size=16)
+    paths = probe.sweep_cached("test_resnet", f"imagefolder:{data}", probes=("ridge",), cv=2,
+                               cache_dir=tmp_path / "cache", results_dir=tmp_path / "results", random_init=True,
+                               img_size=32, workers=0, device="cpu", progress=False)
+    tests = pl.read_parquet(paths[0]).filter(pl.col("selected") & (pl.col("split") == "test"))
+    folds, summary = tests.filter(pl.col("fold").is_not_null()), tests.filter(pl.col("fold").is_null()).row(0, named=True)
+    assert folds.height == 2 and folds["temperature"].is_not_null().all()
+    assert summary["temperature"] is None and summary["calib_input"] == "scores"  # one temperature per fold
+    # the summary is the pooled held-out images (each scaled by its own fold's temperature), not the first fold's
+    art = load_artifacts(paths[0])
+    task = probe.tasks.get("classification")
+    assert len(art["item/conf_ts"]) == 24
+    for name in ("ece", "ece_ts", "nll_ts", "brier"):
+        assert summary[name] == pytest.approx(task.metric(name).value(art)), name

@@ -199,13 +199,14 @@ def calibration_section(jobs, task, save_figure: Callable, *, styles=None, notes
     if not _has_calibration(jobs):
         return []
     pct = f"{ci:.0%}"
-    lines = ["## Calibration", "",
-             "Top-label expected calibration error (ECE, 15 equal-width confidence bins) on test, before and after "
+    intro = ("Top-label expected calibration error (ECE, 15 equal-width confidence bins) on test, before and after "
              "temperature scaling: one temperature per job, fitted on val by minimising NLL (test never touches it). "
              "Probes whose scores are not probabilities (ridge, kNN, centroid) are calibrated from their scores "
              "treated as logits (`calib_input` = scores). The methods are those the tables above chose on val; "
              f"intervals are {pct} bootstrap intervals over the test items, the change paired on the same items "
-             "(seeds averaged).", ""]
+             "(seeds averaged). Binned ECE is biased upward on a resample (and on a small test set), so its "
+             "interval can sit above the estimate.")
+    lines = ["## Calibration", "", intro, ""]
     schemes = sorted(set(jobs["evaluation"].to_list()))
     kw = dict(n_boot=n_boot, seed=seed, ci=ci)
     for evaluation in schemes:
@@ -221,11 +222,10 @@ def calibration_section(jobs, task, save_figure: Callable, *, styles=None, notes
             rows = sorted(table.filter(pl.col("dataset") == dataset).to_dicts(),
                           key=lambda r: (order.get(r["backbone_config"], len(order)), r["side"]))
             suffix = "" if len(schemes) == 1 else f" · evaluation `{evaluation}`"
-            lines += [f"### {dataset}{suffix}", "",
-                      f"| configuration | family | method | calibrated from | T | test top-1 (%) | ECE (%) [{pct} CI] "
+            header = (f"| configuration | family | method | calibrated from | T | test top-1 (%) | ECE (%) [{pct} CI] "
                       f"| ECE after TS (%) [{pct} CI] | change (pp) [{pct} CI] | NLL → after TS | Brier → after TS "
-                      "| seeds | test images |",
-                      "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                      "| seeds | test images |")
+            lines += [f"### {dataset}{suffix}", "", header, "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
             curves = []
             for r in rows:
                 lines.append("| " + " | ".join([
