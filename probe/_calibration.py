@@ -281,3 +281,22 @@ def calibration_metrics(val_scores, y_val, test_scores, y_test, classes=None, *,
     """
     return calibrate(val_scores, y_val, test_scores, y_test, classes, from_probabilities=from_probabilities,
                      val_classes=val_classes)[0]
+
+
+def calibrate_model(val_scores, y_val, test_scores, y_test, classes=None, *, probabilistic: bool,
+                    val_classes=None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """:func:`calibrate` for a model's raw scores: the columns and the per-item statistics to save beside its
+    predictions (its hits ``item/top1`` are saved there already).
+
+    ``probabilistic``: the scores are the logits of the model's probability model (a logistic probe, a fine-tuned
+    network), calibrated from their softmax (``calib_input = "probabilities"``); otherwise scores treated as
+    logits (``"scores"``).
+    """
+    if probabilistic:
+        from scipy.special import softmax
+
+        val_scores = softmax(np.asarray(val_scores, dtype=np.float64), axis=1)
+        test_scores = softmax(np.asarray(test_scores, dtype=np.float64), axis=1)
+    columns, items = calibrate(val_scores, y_val, test_scores, y_test, classes, from_probabilities=probabilistic,
+                               val_classes=val_classes)
+    return columns, {k: v for k, v in items.items() if k != "item/top1"}

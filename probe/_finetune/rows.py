@@ -297,16 +297,10 @@ def calibration_of(task: str, val: dict | None, test: dict) -> tuple[dict, dict]
     metrics or without val and test scores."""
     if val is None or "scores" not in val or "scores" not in test or not _tasks.get(task).extra_metrics:
         return {}, {}
-    from scipy.special import softmax
+    from .._calibration import calibrate_model
 
-    from .. import _calibration
-
-    n = test["scores"].shape[1]
-    columns, items = _calibration.calibrate(
-        softmax(np.asarray(val["scores"], np.float64), axis=1), val["labels"],
-        softmax(np.asarray(test["scores"], np.float64), axis=1), test["labels"], np.arange(n),
-        from_probabilities=True)
-    return columns, {k: v for k, v in items.items() if k != "item/top1"}
+    return calibrate_model(val["scores"], val["labels"], test["scores"], test["labels"],
+                           np.arange(test["scores"].shape[1]), probabilistic=True)
 
 
 def read_back(results_paths: dict, stem: Path, ckpt_dir: Path, settings: dict, verbose: bool) -> FinetuneResult:

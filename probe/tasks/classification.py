@@ -52,15 +52,9 @@ def calibrated(est, scores: np.ndarray, labels, extra: dict) -> tuple[dict, dict
     """
     if extra.get("val_scores") is None or scores is None:
         return {}, {}
-    probabilistic = bool(getattr(est, "probabilistic", False))
-    val, test = extra["val_scores"], scores
-    if probabilistic:
-        from scipy.special import softmax
-
-        val, test = softmax(np.asarray(val, np.float64), axis=1), softmax(np.asarray(test, np.float64), axis=1)
-    columns, items = _calibration.calibrate(val, extra["val_labels"], test, labels, est.classes_,
-                                            from_probabilities=probabilistic, val_classes=extra["val_classes"])
-    return columns, {k: v for k, v in items.items() if k != "item/top1"}
+    return _calibration.calibrate_model(extra["val_scores"], extra["val_labels"], scores, labels, est.classes_,
+                                        probabilistic=bool(getattr(est, "probabilistic", False)),
+                                        val_classes=extra["val_classes"])
 
 
 class Classification(Task):
