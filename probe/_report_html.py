@@ -422,7 +422,7 @@ class _Explorer:
         if t is None or "ece" not in jobs.columns or jobs["ece"].null_count() == jobs.height:
             return
         tables = [a.calibration_table(rows, jobs, side=label, **self.kw)
-                  for label, rows in a.calibration_groups(jobs, t, notes=self.notes)]
+                  for label, rows in a.calibration_groups(jobs, t)]  # (their notes: the gains table's)
         tables = [x for x in tables if x.height]
         if not tables:
             return
@@ -446,8 +446,9 @@ class _Explorer:
                              n_test=r["n_test"], note=r["note"],
                              _f=_facets(dataset=r["dataset"], task=task, evaluation=evaluation,
                                         family=[r["family"]], config=[r["backbone_config"]])))
-        caption = (f"Calibration ({task}, {evaluation}): top-label ECE (15 bins) on test before and after temperature "
-                   "scaling fitted on val; change = after − before, paired bootstrap interval over the same test items")
+        caption = (f"Calibration ({task}, {evaluation}): top-label ECE (15 bins) on test before and after "
+                   "temperature scaling fitted on val; change = after − before, paired bootstrap interval over the "
+                   "same test items")
         self._add_table(section, _table(f"calibration-{task}-{evaluation}", caption, cols, rows))
         for dataset in sorted(set(table["dataset"].to_list())):
             curves = []

@@ -202,7 +202,8 @@ def test_cross_validated_summary_pools_calibration_of_the_folds(tmp_path):
                                cache_dir=tmp_path / "cache", results_dir=tmp_path / "results", random_init=True,
                                img_size=32, workers=0, device="cpu", progress=False)
     tests = pl.read_parquet(paths[0]).filter(pl.col("selected") & (pl.col("split") == "test"))
-    folds, summary = tests.filter(pl.col("fold").is_not_null()), tests.filter(pl.col("fold").is_null()).row(0, named=True)
+    folds = tests.filter(pl.col("fold").is_not_null())
+    summary = tests.filter(pl.col("fold").is_null()).row(0, named=True)
     assert folds.height == 2 and folds["temperature"].is_not_null().all()
     assert summary["temperature"] is None and summary["calib_input"] == "scores"  # one temperature per fold
     # the summary is the pooled held-out images (each scaled by its own fold's temperature), not the first fold's

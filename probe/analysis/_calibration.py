@@ -212,7 +212,7 @@ def calibration_section(jobs, task, save_figure: Callable, *, styles=None, notes
     for evaluation in schemes:
         scoped = jobs.filter(pl.col("evaluation") == evaluation)
         tables = [calibration_table(rows, scoped, side=label, **kw)
-                  for label, rows in calibration_groups(scoped, task, notes=notes)]
+                  for label, rows in calibration_groups(scoped, task)]  # (notes: the task's tables say them)
         tables = [t for t in tables if t.height]
         if not tables:
             continue
@@ -225,7 +225,7 @@ def calibration_section(jobs, task, save_figure: Callable, *, styles=None, notes
             header = (f"| configuration | family | method | calibrated from | T | test top-1 (%) | ECE (%) [{pct} CI] "
                       f"| ECE after TS (%) [{pct} CI] | change (pp) [{pct} CI] | NLL → after TS | Brier → after TS "
                       "| seeds | test images |")
-            lines += [f"### {dataset}{suffix}", "", header, "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            lines += [f"### {dataset}{suffix}", "", header, "|---|---|---|---|" + "---:|" * 9]
             curves = []
             for r in rows:
                 lines.append("| " + " | ".join([
@@ -233,7 +233,8 @@ def calibration_section(jobs, task, save_figure: Callable, *, styles=None, notes
                     _num(r["temperature"], 2), _num(r["top1"], 1, 100), _iv(r["ece"], r["ece_low"], r["ece_high"]),
                     _iv(r["ece_ts"], r["ece_ts_low"], r["ece_ts_high"]),
                     _iv(r["change"], r["change_low"], r["change_high"], signed=True),
-                    f"{_num(r['nll'], 3)} → {_num(r['nll_ts'], 3)}", f"{_num(r['brier'], 3)} → {_num(r['brier_ts'], 3)}",
+                    f"{_num(r['nll'], 3)} → {_num(r['nll_ts'], 3)}",
+                    f"{_num(r['brier'], 3)} → {_num(r['brier_ts'], 3)}",
                     str(r["n"]), str(r["n_test"] or "—")]) + " |")
                 if r["note"] and notes is not None:
                     notes.append(f"calibration of {r['config_label']} ({r['side']}) on {dataset}: {r['note']}.")
