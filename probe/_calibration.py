@@ -17,7 +17,8 @@ The one owner of the calibration metrics (numpy and scipy; no torch). Convention
   training data) has probability 0: it is never a hit, adds 1 to its Brier term, and its NLL is -log of the
   smallest positive float64 (about 708).
 - **Temperature scaling**: one scalar T > 0 minimising the mean val NLL of ``softmax(logits / T)`` (convex in
-  1/T, solved by bounded Brent over 1/T in [1/100, 100]); fitted on val only, so test labels cannot move it. Val
+  1/T, so unimodal in log(1/T): bounded Brent over log(1/T), T in [1e-4, 1e4], wide enough for cosine scores in
+  [-1, 1]); fitted on val only, so test labels cannot move it. Val
   items whose class has no score column are left out of the fit (their NLL does not depend on T). Scaling never
   changes the predicted class, so accuracy is the same before and after.
 
@@ -34,8 +35,8 @@ import numpy as np
 
 #: Equal-width confidence bins of ECE and MCE.
 N_BINS = 15
-#: Bounds of the fitted temperature (1/T is searched in [1/T_MAX, 1/T_MIN]).
-T_MIN, T_MAX = 0.01, 100.0
+#: Bounds of the fitted temperature (log(1/T) is searched in [-log T_MAX, -log T_MIN]).
+T_MIN, T_MAX = 1e-4, 1e4
 #: The calibration columns of a results row (Float64 except ``calib_input``).
 COLUMNS = ("ece", "ece_ts", "mce", "mce_ts", "nll", "nll_ts", "brier", "brier_ts", "temperature", "calib_input")
 #: Per-item statistic keys saved beside a job's predictions (``item/top1`` is the hit).
@@ -94,8 +95,9 @@ def fit_temperature(val_logits, y_val) -> float:
     Returns
     -------
     float
-        T in [0.01, 100] (1.0 when no val item can be used or there is one column). The mean NLL is convex in
-        1/T, so the bounded Brent search over 1/T finds the global minimum within the bounds.
+        T in [1e-4, 1e4] (1.0 when no val item can be used or there is one column). The mean NLL is convex in
+        1/T, hence unimodal in log(1/T), so the bounded Brent search over log(1/T) finds the global minimum within
+        the bounds.
     """
     from scipy.optimize import minimize_scalar
 
@@ -105,9 +107,10 @@ def fit_temperature(val_logits, y_val) -> float:
     z, col = z[keep], col[keep]
     if not len(col) or z.shape[1] < 2:
         return 1.0
-    res = minimize_scalar(lambda beta: _nll_at(z, col, beta), bounds=(1.0 / T_MAX, 1.0 / T_MIN), method="bounded",
-                          options={"xatol": 1e-8})
-    beta = float(res.x)
+    lo, hi = -np.log(T_MAX), -np.log(T_MIN)
+    res = minimize_scalar(lambda lb: _nll_at(z, col, float(np.exp(lb))), bounds=(lo, hi), method="bounded",
+                          options={"xatol": 1e-9})
+    beta = float(np.exp(res.x))
     # the bounded search never evaluates its end points; a minimum at the bound is taken there
     for end in (1.0 / T_MAX, 1.0 / T_MIN):
         if _nll_at(z, col, end) < _nll_at(z, col, beta):

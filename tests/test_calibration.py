@@ -212,3 +212,15 @@ def test_cross_validated_summary_pools_calibration_of_the_folds(tmp_path):
     assert len(art["item/conf_ts"]) == 24
     for name in ("ece", "ece_ts", "nll_ts", "brier"):
         assert summary[name] == pytest.approx(task.metric(name).value(art)), name
+
+
+def test_temperature_reaches_cosine_scale_scores():
+    # centroid-like scores: cosine similarities whose class margins are a few hundredths
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 4, 500)
+    s = rng.normal(0.5, 0.01, size=(500, 4))
+    s[np.arange(500), y] += 0.02
+    t = cal.fit_temperature(s, y)
+    grid = np.exp(np.linspace(np.log(1e-4), np.log(1.0), 20001))
+    nll = [-log_softmax(s / g, axis=1)[np.arange(500), y].mean() for g in grid]
+    assert t < 0.01 and t == pytest.approx(grid[int(np.argmin(nll))], rel=1e-3)
