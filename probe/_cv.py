@@ -157,6 +157,16 @@ def summary_row(fold_rows: list[dict], items: dict, *, task=None, metrics: Seque
         if len(stats):
             low, high = np.quantile(stats, [tail, 1.0 - tail])
             intervals[m] = [float(low), float(high)]
+    # the task's extra metrics (calibration) from the pooled items; its other per-row numbers (one temperature per
+    # fold) have no pooled value: null, never the first fold's
+    for metric in task.extra_metrics:
+        if metric.name not in names:
+            first[metric.name] = (metric.value(items) if n and all(k in items for k in metric.stats)
+                                  else None)
+    extra = {m.name for m in task.extra_metrics}
+    for name, dtype in task.columns.items():
+        if dtype != "Utf8" and name not in names and name not in extra:
+            first[name] = None
     first.update(fold=None, params=json.dumps({"folds": len(fold_rows), "pooled": True, "fold_mean": fold_mean,
                                                "fold_sd": fold_sd, "ci": ci, "interval": intervals,
                                                "interval_over": "people" if groups is not None else "items",

@@ -59,7 +59,9 @@ class SweepResult:
     test_scores : ndarray [n_test, n_classes] or None
         ``estimator``'s scores on test; columns follow ``estimator.classes_``.
     extra : dict
-        ``test_ids`` and ``test_labels`` of a carved test split, ``val_ids`` of the val part.
+        ``test_ids`` and ``test_labels`` of a carved test split, ``val_ids`` of the val part; ``val_scores``
+        [n_val, n_classes] (the selected grid point's val scores from its fit on train, the material of
+        temperature scaling), ``val_labels`` and ``val_classes`` (the label of each of their columns).
     """
 
     frame: Any
@@ -192,14 +194,26 @@ def sweep(probe, train: tuple, val: tuple | None = None, test: tuple | None = No
                 n_val=len(y_val))
     val_rows: list[dict] = [None] * len(points)  # type: ignore[list-item]
     not_converged = []
+    sign = 1.0 if own.metric(select_metric).higher_is_better else -1.0
+    # val scores of the points tying the best val score so far: the chosen point is one of them (temperature
+    # scaling is fitted on its val scores); one matrix is held unless val scores tie exactly
+    leaders: dict[int, np.ndarray] = {}
+    lead = [-np.inf]
 
     def on_val(i, scores, seconds):
-        metrics = classification_metrics(y_val, scores.float().cpu().numpy(), classes)
+        scores_np = scores.float().cpu().numpy()
+        metrics = classification_metrics(y_val, scores_np, classes)
         status = converged(est)  # the fit of point i has just finished
         if status and not status["converged"]:
             not_converged.append(points[i])
         val_rows[i] = make_row(**base, params={**plain_params(points[i]), **status}, selected=False, split="val",
                                n_train=len(X_train), n_eval=len(X_val), fit_seconds=seconds, **metrics)
+        value = sign * float(metrics[select_metric])
+        if np.isfinite(value) and value >= lead[0]:
+            if value > lead[0]:
+                leaders.clear()
+                lead[0] = value
+            leaders[i] = scores_np
         return metrics[select_metric]
 
     def warn_path():
@@ -251,7 +265,8 @@ def sweep(probe, train: tuple, val: tuple | None = None, test: tuple | None = No
         return SweepResult(frame=frame, selected_params=outcome.params, estimator=outcome.estimator,
                            test_scores=test_scores,
                            extra={"test_ids": test_ids, "test_labels": None if test is None else y_test,
-                                  "val_ids": val_ids})
+                                  "val_ids": val_ids, "val_scores": leaders.get(outcome.best), "val_labels": y_val,
+                                  "val_classes": classes})
     return frame
 
 

@@ -247,6 +247,11 @@ class Report:
             lines += self._section_few_shot()
         return lines
 
+    def calibration_section(self, task, jobs) -> list[str]:
+        """ECE before and after temperature scaling of the chosen protocols, and reliability diagrams
+        (:func:`probe.analysis.calibration_section`); empty when no row carries calibration columns."""
+        return self.a.calibration_section(jobs, task, self.save, styles=self.styles, notes=self.notes, **self.kw)
+
     def family_lines(self, task, rows, metric: str, name: str) -> list[str]:
         """One line per pair of families among ``rows`` (best-by-val rows of one group): the difference of the
         families' means over their backbones with its two-level interval, and the caveats."""

@@ -43,7 +43,8 @@ _METRIC_HEAD = {"top1": "top-1", "top5": "top-5", "mean_per_class_acc": "mean pe
                 "delta1": "δ<1.25", "delta2": "δ<1.25²", "delta3": "δ<1.25³", "rank1": "rank-1",
                 "rank5": "rank-5", "map": "mAP", "verif_acc": "verif acc", "verif_acc_sd": "verif acc sd",
                 "verif_acc_se": "verif acc SE", "roc_auc": "ROC AUC", "tar_far1e3": "TAR@FAR1e-3", "mae": "MAE",
-                "cs5": "CS(5)"}
+                "cs5": "CS(5)", "ece": "ECE", "ece_ts": "ECE after TS", "nll": "NLL", "nll_ts": "NLL after TS",
+                "brier": "Brier", "brier_ts": "Brier after TS"}
 
 
 def write_html_report(results_dir: str | os.PathLike = "results", out_dir: str | os.PathLike | None = None, *,
@@ -332,6 +333,7 @@ class _Explorer:
                                                             *fixed_groups])
         self._layerwise(section, task, evaluation, metric, protocols)
         self._few_shot(section, task, evaluation, metric, protocols)
+        self._calibration(section, task, evaluation, jobs)
         if not section["blocks"]:
             section["blocks"].append(("text", f"Only the protocols table covers {scope}: no val-selected protocol."))
 
@@ -411,6 +413,52 @@ class _Explorer:
                 self.notes.append(f"{title}: figure left out ({exc}).")
                 continue
             self._add_figure(section, fig, title)
+
+    def _calibration(self, section, task, evaluation, jobs) -> None:
+        """ECE before and after temperature scaling of the chosen protocols, and reliability diagrams (the
+        markdown report's :func:`probe.analysis.calibration_section`, from the same analysis calls)."""
+        a, pl = self.a, self.pl
+        t = a.task_of(task)
+        if t is None or "ece" not in jobs.columns or jobs["ece"].null_count() == jobs.height:
+            return
+        tables = [a.calibration_table(rows, jobs, side=label, **self.kw)
+                  for label, rows in a.calibration_groups(jobs, t)]  # (their notes: the gains table's)
+        tables = [x for x in tables if x.height]
+        if not tables:
+            return
+        table = pl.concat(tables, how="diagonal_relaxed")
+        cols = [_col("config", "configuration", "config"), _col("family", "family"), _col("dataset", "dataset"),
+                _col("method", "method"), _col("calib_input", "calibrated from"),
+                _col("temperature", "T", "value", scale=1.0, digits=2),
+                _interval_col("ece", "ece", "ECE"), _interval_col("ece_ts", "ece_ts", "ECE after TS"),
+                _interval_col("change", "ece", "change", signed=True),
+                _metric_col("nll", "nll", "NLL"), _metric_col("nll_ts", "nll_ts", "NLL after TS"),
+                _metric_col("brier", "brier", "Brier"), _metric_col("brier_ts", "brier_ts", "Brier after TS"),
+                _col("n", "seeds", "int"), _col("n_test", "test items", "int"), _col("note", "note")]
+        rows = []
+        for r in sorted(table.to_dicts(), key=lambda r: (r["dataset"], self._order(r["backbone_config"]), r["side"])):
+            rows.append(dict(config=self._config_cell(r), family=r["family"], dataset=r["dataset"],
+                             method=f"{r['side']}: {r['method']}", calib_input=r["calib_input"],
+                             temperature=_num(r["temperature"]), ece=_iv(r["ece"], r["ece_low"], r["ece_high"]),
+                             ece_ts=_iv(r["ece_ts"], r["ece_ts_low"], r["ece_ts_high"]),
+                             change=_iv(r["change"], r["change_low"], r["change_high"]),
+                             **{m: _num(r[m]) for m in ("nll", "nll_ts", "brier", "brier_ts")}, n=r["n"],
+                             n_test=r["n_test"], note=r["note"],
+                             _f=_facets(dataset=r["dataset"], task=task, evaluation=evaluation,
+                                        family=[r["family"]], config=[r["backbone_config"]])))
+        caption = (f"Calibration ({task}, {evaluation}): top-label ECE (15 bins) on test before and after "
+                   "temperature scaling fitted on val; change = after − before, paired bootstrap interval over the "
+                   "same test items")
+        self._add_table(section, _table(f"calibration-{task}-{evaluation}", caption, cols, rows))
+        for dataset in sorted(set(table["dataset"].to_list())):
+            curves = []
+            for r in table.filter(pl.col("dataset") == dataset).to_dicts():
+                bins = a.reliability_bins(r["files"], task=task)
+                if bins is not None:
+                    curves.append(dict(r, bins=bins))
+            if curves:
+                title = f"{dataset} ({task}, {evaluation}): reliability diagrams (dashed: before TS, solid: after)"
+                self._add_figure(section, a.reliability_figure(curves, styles=self.styles, title=title), title)
 
     def _task_figures(self, section, task, evaluation, fixed_groups, best_fz, best_ft) -> None:
         """The figures the task's report hook names (:meth:`probe.tasks.Task.report_figures`: retrieved faces,

@@ -94,9 +94,43 @@ def test_probe_report_on_the_default_study(default_results, tmp_path):
                    "## Faces and continuous targets", "evaluation `cv2 by subject`", "evaluation `loo`",
                    "(over people)", "## Multi-task fine-tuning", "Evaluation: `splits`.",
                    "## Can frozen features predict fine-tuning?", "### digits (classification, 2 configurations)",
-                   "## Do ConvNets and transformers see alike? Representation similarity"):
+                   "## Do ConvNets and transformers see alike? Representation similarity", "## Calibration",
+                   "| ECE after TS (%) [95% CI] | change (pp) [95% CI] |", "best frozen probe: ", "fine-tuning: "):
         assert needle in text, needle
     assert "Traceback" not in proc.stderr
+    # the calibration table's numbers are the default study's own rows: each chosen job's seed-mean ECE
+    _calibration_rows_match(work / "results", text)
+    png = re.search(r"!\[digits: reliability diagrams\]\((figures/[^)]+\.png)\)", text)
+    assert png and (tmp_path / "report" / png.group(1)).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _calibration_rows_match(results, text: str) -> None:
+    """Every row of the report's digits calibration table names a chosen method whose test row (read with polars)
+    has that ECE before and after temperature scaling, that temperature and that calibration input."""
+    import polars as pl
+
+    import probe
+
+    rows = probe.scan_results(results).collect().filter(pl.col("selected") & (pl.col("split") == "test")
+                                                        & (pl.col("dataset") == "digits") & (pl.col("shots") == 0))
+    block = text.split("## Calibration", 1)[1].split("### digits", 1)[1].split("\n\n", 2)[1]
+    lines = [ln for ln in block.splitlines() if ln.startswith("| `")]
+    assert len(lines) == 2 * len(KEEP), block  # best frozen probe and fine-tuning of each configuration
+    for ln in lines:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        backbone = cells[0].strip("`").split(" · ")[0]
+        side, method = cells[2].split(": ", 1)
+        probe_name = "finetune" if side == "fine-tuning" else method.split(" / ")[0]
+        mine = rows.filter((pl.col("backbone") == backbone) & (pl.col("probe") == probe_name))
+        if probe_name != "finetune":
+            mine = mine.filter(pl.col("tap") == method.split(" / ")[1].split(" (")[0])
+        assert mine.height == 1, (ln, mine)
+        r = mine.row(0, named=True)
+        assert cells[3] == r["calib_input"] == ("scores" if probe_name in ("ridge", "knn", "centroid")
+                                                else "probabilities")
+        assert float(cells[4]) == pytest.approx(r["temperature"], abs=0.006)
+        assert float(cells[6].split(" [")[0]) == pytest.approx(100 * r["ece"], abs=0.051)
+        assert float(cells[7].split(" [")[0]) == pytest.approx(100 * r["ece_ts"], abs=0.051)
 
 
 def test_console_summary_covers_every_task(default_results):
@@ -170,7 +204,8 @@ def test_report_html_of_the_default_study_in_a_browser(default_results, tmp_path
     # the figures each task's report hook names, as inline SVG: retrieved faces, predicted vs true, dense examples
     text = page_file.read_text()
     for title in ("faces: nearest faces per query and backbone", "faces: predicted vs true",
-                  "shapes segmentation: test images, ground truth", "shapes depth: test images, ground truth"):
+                  "shapes segmentation: test images, ground truth", "shapes depth: test images, ground truth",
+                  "digits (classification, splits): reliability diagrams"):
         assert re.search(r'<svg role="img"[^>]*><title id="fig\d+-title">' + re.escape(title), text), title
     truth = _default_protocols(work / "results")
 
@@ -200,6 +235,11 @@ def test_report_html_of_the_default_study_in_a_browser(default_results, tmp_path
                                   & (pl.col("evaluation") == "splits") & (pl.col("probe") != "finetune")
                                   & (pl.col("tap") != "patch"))
             assert others.height > 1 and cand["val"][0] == others["val"].max(), others  # chosen on val, not test
+
+        # calibration: the best frozen probe and the fine-tune of each configuration, ECE with its interval
+        cal = rows(table(driver, "calibration-classification-splits"))
+        assert len(cal) == 2 * len(KEEP) and {r["calib_input"] for r in cal} <= {"scores", "probabilities"}
+        assert all(number(r["ece"]) >= 0 for r in cal)
 
         # filter by dataset: the protocols table holds exactly that dataset's protocols
         Select(driver.find_element(By.ID, "filter-dataset")).select_by_value("digits")

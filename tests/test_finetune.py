@@ -58,7 +58,8 @@ def test_tiny_model_learns_digits_on_cpu(digits_run):
 def test_results_schema_and_epoch_chosen_on_val(digits_run):
     root, result = digits_run
     frame = pl.scan_parquet(str(result.results_path)).collect()
-    assert frame.columns == list(RESULT_COLUMNS)
+    # the contract's columns, then those the task declares (classification: calibration, probe._calibration)
+    assert frame.columns == list(RESULT_COLUMNS) + list(probe.tasks.get("classification").columns)
     assert frame["probe"].unique().to_list() == ["finetune"]
     assert frame["tap"].unique().to_list() == ["-"] and frame["cache_key"].unique().to_list() == ["-"]
     val = frame.filter(pl.col("split") == "val")

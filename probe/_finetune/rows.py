@@ -154,9 +154,12 @@ class RunWriter:
         return params
 
     def write(self, *, bb, amp_dtype, accum_steps: int, test: dict | None, history: list, refit_history: list,
-              best: dict, lp: dict | None, skipped: set, refit: bool):
+              best: dict, lp: dict | None, skipped: set, refit: bool, val: dict | None = None):
         """Write each task's rows (and test predictions); returns (frames, paths, task metrics, artifacts path),
-        or a :class:`FoldOutcome` for a cross-validation fold (nothing written)."""
+        or a :class:`FoldOutcome` for a cross-validation fold (nothing written).
+
+        ``val`` is the evaluation of val by the weights of the chosen epoch (task -> result): a task with
+        calibration metrics fits its temperature there (:func:`calibration_of`)."""
         from .._identity import identity_columns, protocol_id
         from .._version import PROBE_VERSION
         from ..results import make_row, results_frame, write_results
@@ -195,10 +198,11 @@ class RunWriter:
             if test is not None:
                 result = test[task]
                 task_metrics[task] = result["metrics"]
+                calibration, result["calibration"] = calibration_of(task, (val or {}).get(task), result)
                 rows.append(make_row(**base, params={**params, "epoch": best_epoch}, selected=True, split="test",
                                      n_train=n_train + n_val if refit else n_train,
                                      n_eval=int(result["keep"].sum()), fit_seconds=total_seconds,
-                                     **result["metrics"]))
+                                     **result["metrics"], **calibration))
                 if self.fold is not None:  # the caller writes every fold's rows and the pooled items
                     return FoldOutcome(rows=rows, items=self.test_items(task, result), best_epoch=best_epoch)
                 saved = self.save_predictions(stem, task, result, bb)
@@ -247,6 +251,12 @@ class RunWriter:
             return save_npz_atomic(path, **arrays)
         if "scores" in result:
             # with the per-item hits item/top1 and item/top5 (probe.results.prediction_arrays)
+            if result.get("calibration"):  # and the calibration statistics (probe._calibration)
+                from ..results import prediction_arrays
+
+                arrays = prediction_arrays(ids=ids, labels=result["labels"], scores=result["scores"],
+                                           classes=self.source.classes)
+                return save_npz_atomic(path, **arrays, **result["calibration"])
             return save_artifacts(stem, ids=ids, labels=result["labels"], scores=result["scores"],
                                   classes=self.source.classes)
         split, idx = self.split_plan["test"]
@@ -278,6 +288,19 @@ class RunWriter:
                     f"level ({chance['chance']:.3f} with {n_classes} classes): the network learned "
                     "nothing the val split can see; try a larger --lr, more --epochs or pretrained weights"]
         return []
+
+
+def calibration_of(task: str, val: dict | None, test: dict) -> tuple[dict, dict]:
+    """The calibration columns of a fine-tune's test row and its per-item statistics (:mod:`probe._calibration`):
+    the temperature fitted on the chosen epoch's val logits, the test logits scored before and after. The network's
+    softmax is its probability model (``calib_input = "probabilities"``). Empty for a task without calibration
+    metrics or without val and test scores."""
+    if val is None or "scores" not in val or "scores" not in test or not _tasks.get(task).extra_metrics:
+        return {}, {}
+    from .._calibration import calibrate_model
+
+    return calibrate_model(val["scores"], val["labels"], test["scores"], test["labels"],
+                           np.arange(test["scores"].shape[1]), probabilistic=True)
 
 
 def read_back(results_paths: dict, stem: Path, ckpt_dir: Path, settings: dict, verbose: bool) -> FinetuneResult:

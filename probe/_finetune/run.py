@@ -537,6 +537,20 @@ class _Run:
 
 
     # ------------------------------------------------------------------------------------------ results
+    def _chosen_val(self, trainer, best_file: Path, refit: bool) -> dict | None:
+        """Val scored by the weights of the chosen epoch (the material of temperature scaling), after test was
+        scored: the model as it is without a refit; after a refit (trained on val too) the chosen epoch's weights
+        are loaded back. None when no task has calibration metrics or those weights are gone."""
+        from safetensors.torch import load_file
+
+        if not any(_tasks.get(t).extra_metrics for t in self.config.tasks):
+            return None
+        if refit:
+            if not best_file.is_file():
+                return None
+            trainer.model.load_state_dict(load_file(str(best_file), device=str(self.dev)))
+        return trainer.evaluate("val")
+
     def _finish(self, trainer, start_epoch: int, initial_head, refit: bool) -> FinetuneResult:
         """Export the weights that score test, score it, and hand the rows to the writer."""
         from safetensors.torch import load_file
@@ -559,9 +573,10 @@ class _Run:
                     with atomic_path(weights_path) as tmp:
                         shutil.copyfile(best_file, tmp)
         test = trainer.evaluate("test") if "test" in self.eval_loaders else None
+        val = self._chosen_val(trainer, best_file, refit) if test is not None else None
         written = self.writer.write(bb=self.bb, amp_dtype=self.amp_dtype, accum_steps=self.accum_steps, test=test,
                                     history=self.history, refit_history=self.refit_history, best=self.best,
-                                    lp=self.lp, skipped=self.skipped, refit=refit)
+                                    lp=self.lp, skipped=self.skipped, refit=refit, val=val)
         if self.fold is not None:
             return written  # a FoldOutcome: the cross-validation writes every fold's rows
         frames, paths, task_metrics, artifacts = written

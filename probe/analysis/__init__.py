@@ -62,6 +62,10 @@ _LAZY = {
     # can frozen features predict fine-tuning? (transferability scores judged against fine-tuning)
     "score_table": "._transfer", "target_table": "._transfer", "agreement": "._transfer",
     "mean_agreement": "._transfer", "score_figure": "._transfer", "transfer_section": "._transfer",
+    # calibration: ECE before/after temperature scaling of the chosen protocols, reliability diagrams
+    "calibration_table": "._calibration", "calibration_groups": "._calibration",
+    "calibration_section": "._calibration", "reliability_bins": "._calibration",
+    "reliability_figure": "._calibration",
     # notebooks
     "notebook_setup": "._notebook",
     # the console summary of probe run

@@ -68,7 +68,7 @@ def _task_for(art: dict, metric: str, task: str | None):
         return _tasks.get(name)
     found = []
     for t in _tasks.all_tasks():
-        if metric in t.metric_names and t.metric(metric).from_items:
+        if (metric in t.metric_names or metric in {m.name for m in t.extra_metrics}) and t.metric(metric).from_items:
             st = t.item_stats(art)
             if all(k in st for k in t.metric(metric).stats):
                 found.append(t)

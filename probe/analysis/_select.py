@@ -52,13 +52,11 @@ def task_of(name: str | None):
 
 
 def metric_of(metric: str, task: str | None = None):
-    """The :class:`probe.tasks.Metric` called ``metric`` of ``task`` (or of the first task that has it); None
-    when no registered task has it."""
+    """The :class:`probe.tasks.Metric` called ``metric`` of ``task`` (or of the first task that has it, among its
+    metrics or extra metrics); None when no registered task has it."""
     t = task_of(task) if task is not None else None
-    if t is not None and metric in t.metric_names:
-        return t.metric(metric)
-    for t in _tasks.all_tasks():
-        if metric in t.metric_names:
+    for t in ([t] if t is not None else []) + list(_tasks.all_tasks()):
+        if metric in t.metric_names or metric in {m.name for m in t.extra_metrics}:
             return t.metric(metric)
     return None
 

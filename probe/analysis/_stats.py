@@ -450,15 +450,16 @@ class Resampling:
         return max(1, _CHUNK_CELLS // max(width * max(1, len(self._sides)), 1))
 
 
-def resampling(sides: list, metric: str, *, task: str | None = None, groups: bool = True) -> Resampling | str:
+def resampling(sides: list, metric, *, task: str | None = None, groups: bool = True) -> Resampling | str:
     """Line up several results on the items they all scored, for a bootstrap of ``metric``.
 
     Parameters
     ----------
     sides : list
         One entry per result: a job file, or a list of job files (the seeds of one protocol, averaged).
-    metric : str
-        A metric of the jobs' task (:meth:`probe.tasks.Task.metric`), computed from per-item statistics.
+    metric : str or sequence of str
+        A metric of the jobs' task (:meth:`probe.tasks.Task.metric`), computed from per-item statistics; or one
+        metric per side (two metrics of the same jobs paired, e.g. ECE after and before temperature scaling).
     task : str, optional
         The jobs' task (their ``task`` column); found from the saved arrays otherwise.
     groups : bool
@@ -470,21 +471,26 @@ def resampling(sides: list, metric: str, *, task: str | None = None, groups: boo
         A string says why the results cannot be resampled (no saved statistics, a metric not computed from
         items, no shared item, duplicate ids, disagreeing labels).
     """
+    per_side = [metric] * len(sides) if isinstance(metric, str) else list(metric)
+    if len(per_side) != len(sides):
+        raise UsageError(f"give one metric, or one per side ({len(sides)}); got {len(per_side)}")
+    metric = per_side[0] if len(set(per_side)) == 1 else " - ".join(per_side)
     loaded = []
-    for files in sides:
+    for files, side_metric in zip(sides, per_side):
         per_seed = []
         for f in _files(files):
-            items = job_items(f, metric=metric, task=task)
+            items = job_items(f, metric=side_metric, task=task)
             if items is None:
                 return f"no saved predictions for {_name(f)}"
             t = _tasks.get(items.task)
-            if metric not in t.metric_names:
-                return f"{items.task} has no metric {metric!r}"
-            m = t.metric(metric)
+            try:  # the task's metrics and its extra metrics (classification: calibration)
+                m = t.metric(side_metric)
+            except KeyError:
+                return f"{items.task} has no metric {side_metric!r}"
             if not m.from_items:
-                return f"{m.label or metric} is not computed from per-item statistics (no interval)"
+                return f"{m.label or side_metric} is not computed from per-item statistics (no interval)"
             if any(k not in items.stats for k in m.stats):
-                return f"{_name(f)} saved no per-item statistics for {metric}"
+                return f"{_name(f)} saved no per-item statistics for {side_metric}"
             if len(np.unique(items.ids)) != len(items.ids):
                 return f"{_name(f)} has duplicate test item ids, so items cannot be paired by id"
             per_seed.append((m, items))
@@ -529,14 +535,15 @@ def resampling(sides: list, metric: str, *, task: str | None = None, groups: boo
     return Resampling.build(ids, sides_out, group_index=group_index, over=noun, metric=metric, note=note)
 
 
-def resample_interval(sides: list, metric: str, *, task: str | None = None, n_boot: int = 10_000, seed: int = 0,
+def resample_interval(sides: list, metric, *, task: str | None = None, n_boot: int = 10_000, seed: int = 0,
                       ci: float = 0.95, groups: bool = True) -> BootstrapResult | str:
     """The one bootstrap of the analysis layer: one result's ``metric`` (one side) or the paired difference
     ``a - b`` (two sides), from the per-item statistics the jobs saved, resampling items or their groups.
 
     Every resample draws item counts once (:meth:`Resampling.draw`: images, or people/scenes with each item
     counted as often as its group) and recomputes each seed's metric through :meth:`probe.tasks.Metric.resampled`;
-    a side's value is its seed mean. Returns a string saying why not when the results cannot be resampled.
+    a side's value is its seed mean. ``metric`` may name one metric per side (a paired difference of two metrics
+    of the same jobs). Returns a string saying why not when the results cannot be resampled.
     """
     if int(n_boot) < 1:
         raise UsageError(f"n_boot must be a positive number of resamples; got {n_boot}. Use e.g. 10000")

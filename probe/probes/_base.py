@@ -120,6 +120,10 @@ class ProbeBase(ClassifierMixin, BaseEstimator):
     name: ClassVar[str] = ""
     #: Grid used by :func:`probe.sweep` when none is given.
     default_grid: ClassVar[dict[str, list]] = {}
+    #: True when ``_scores`` are the logits of the probe's probability model (its softmax is ``predict_proba``):
+    #: calibration then starts from those probabilities; other probes' scores are treated as logits
+    #: (:mod:`probe._calibration`).
+    probabilistic: ClassVar[bool] = False
 
     # ----------------------------------------------------------------------------------------- public API
     def fit(self, X, y):

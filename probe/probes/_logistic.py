@@ -57,6 +57,7 @@ class LogisticProbe(ProbeBase):
     # 45 log-spaced values over the wide range of Kornblith et al. (2019). Warm starts along the path make the
     # extra points cheap (each fit starts next to its answer), and a fixed grid keeps runs comparable.
     default_grid = {"C": np.logspace(-6, 5, 45).tolist()}
+    probabilistic = True  # predict_proba is the softmax of _scores
 
     def __init__(self, C: float = 1.0, *, fit_intercept: bool = True, max_iter: int = 1000, tol: float = 1e-4,
                  history_size: int = 10, device: str = "auto"):

@@ -205,6 +205,11 @@ class Task:
     stratified : bool
         The val carve is stratified by class (:func:`probe.splits.carve_splits`); False for a continuous target.
         Fine-tuning carves with the same setting, so both sides select on the same images.
+    extra_metrics : tuple of Metric
+        Metrics the task's rows carry beyond those compared everywhere (classification: calibration). Found by
+        :meth:`metric` (so the analysis layer's one bootstrap resamples them) and pooled by :meth:`item_metrics`,
+        but not in :attr:`metric_names`: never selected on, not in the generic tables; their report section is
+        the task's own. Their columns are declared in ``columns``.
     columns : dict
         Results columns of the task's metrics that are not in :data:`probe.results.RESULT_COLUMNS` (name ->
         polars dtype name, e.g. ``{"even_acc": "Float64"}``). :func:`probe.results.make_row` accepts them while
@@ -225,6 +230,7 @@ class Task:
 
     name: ClassVar[str] = ""
     metrics: ClassVar[tuple[Metric, ...]] = ()
+    extra_metrics: ClassVar[tuple[Metric, ...]] = ()
     select_metrics: ClassVar[tuple[str, ...]] = ()
     probes: ClassVar[tuple[str, ...]] = ()
     default_probes: ClassVar[tuple[str, ...]] = ()
@@ -248,8 +254,9 @@ class Task:
         return tuple(m.name for m in self.metrics)
 
     def metric(self, name: str) -> Metric:
-        """The :class:`Metric` called ``name``; KeyError naming the task's metrics otherwise."""
-        for m in self.metrics:
+        """The :class:`Metric` called ``name`` (one of :attr:`metrics` or :attr:`extra_metrics`); KeyError naming
+        the task's metrics otherwise."""
+        for m in self.metrics + self.extra_metrics:
             if m.name == name:
                 return m
         raise KeyError(f"task {self.name!r} has no metric {name!r}; its metrics are {', '.join(self.metric_names)}")
@@ -378,8 +385,9 @@ class Task:
         raise NotImplementedError(f"task {self.name!r} does not run jobs")
 
     def item_metrics(self, items: Mapping[str, Any]) -> dict[str, float]:
-        """The task's metrics that per-item arrays can give, pooled over every item (:meth:`Metric.value`)."""
-        return {m.name: m.value(items) for m in self.metrics
+        """The task's metrics (:attr:`extra_metrics` too) that per-item arrays can give, pooled over every item
+        (:meth:`Metric.value`)."""
+        return {m.name: m.value(items) for m in self.metrics + self.extra_metrics
                 if m.from_items and all(k in items for k in m.stats) and len(np.asarray(items[m.stats[0]]))}
 
     # ------------------------------------------------------------------------------------------ report hooks
@@ -434,7 +442,7 @@ class Task:
         ``labels``; a task whose jobs save something else (classification: predictions) derives them here.
         Arrays have one row per item in the order of ``artifacts["ids"]``.
         """
-        keys = {k for m in self.metrics for k in m.stats} | {"labels"}
+        keys = {k for m in self.metrics + self.extra_metrics for k in m.stats} | {"labels"}
         return {k: np.asarray(artifacts[k]) for k in keys if k in artifacts}
 
     def legacy_evaluation(self, params: Mapping[str, Any], protocol: str | None) -> str:

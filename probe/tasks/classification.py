@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _calibration
 from ._base import Metric, Task, mean_metric
 from . import register
 
@@ -19,6 +20,43 @@ def _mean_per_class(stats, counts) -> np.ndarray:
         return np.where(seen > 0, hits / np.where(seen > 0, seen, 1.0), 0.0).sum(axis=1) / (seen > 0).sum(axis=1)
 
 
+def _binned(conf: str, which: int):
+    """Resampled ECE (``which`` 0) or MCE (1) from the items' confidences ``conf`` and hits ``item/top1``."""
+    def resample(stats, counts) -> np.ndarray:
+        return _calibration.binned_errors(stats[conf], stats["item/top1"], counts)[which]
+
+    return resample
+
+
+#: Calibration of the selected test row (:mod:`probe._calibration`): before and after temperature scaling.
+CALIBRATION = (
+    Metric("ece", False, "fraction", "ECE", ("item/conf", "item/top1"), resample=_binned("item/conf", 0)),
+    Metric("ece_ts", False, "fraction", "ECE after TS", ("item/conf_ts", "item/top1"),
+           resample=_binned("item/conf_ts", 0)),
+    Metric("mce", False, "fraction", "MCE", ("item/conf", "item/top1"), resample=_binned("item/conf", 1)),
+    Metric("mce_ts", False, "fraction", "MCE after TS", ("item/conf_ts", "item/top1"),
+           resample=_binned("item/conf_ts", 1)),
+    mean_metric("nll", "NLL", higher_is_better=False, unit="ratio"),
+    mean_metric("nll_ts", "NLL after TS", higher_is_better=False, unit="ratio"),
+    mean_metric("brier", "Brier", higher_is_better=False, unit="ratio"),
+    mean_metric("brier_ts", "Brier after TS", higher_is_better=False, unit="ratio"),
+)
+
+
+def calibrated(est, scores: np.ndarray, labels, extra: dict) -> tuple[dict, dict]:
+    """The calibration columns of a selected test row and the per-item statistics beside its predictions.
+
+    ``est`` is the refitted probe (``classes_``, ``probabilistic``), ``scores`` its test scores, ``extra`` the
+    sweep's ``val_scores``/``val_labels``/``val_classes`` (:class:`probe._fit.SweepResult`). Probabilistic probes
+    are calibrated from their softmax, the others from their scores as logits. Empty without val scores.
+    """
+    if extra.get("val_scores") is None or scores is None:
+        return {}, {}
+    return _calibration.calibrate_model(extra["val_scores"], extra["val_labels"], scores, labels, est.classes_,
+                                        probabilistic=bool(getattr(est, "probabilistic", False)),
+                                        val_classes=extra["val_classes"])
+
+
 class Classification(Task):
     name = "classification"
     metrics = (mean_metric("top1", "top-1"), mean_metric("top5", "top-5"),
@@ -28,6 +66,8 @@ class Classification(Task):
     default_probes = probes
     options = frozenset({"cv", "cv_group", "test_fraction", "shots"})
     learns_classes = True
+    extra_metrics = CALIBRATION
+    columns = {**{m.name: "Float64" for m in CALIBRATION}, "temperature": "Float64", "calib_input": "Utf8"}
 
     # ------------------------------------------------------------------------------------------ engine hooks
     # The target is the class labels (Task.target returns None); a subclass that reads another class target
@@ -62,8 +102,9 @@ class Classification(Task):
         return out
 
     def report_section(self, report, jobs):
-        """Frozen probes vs fine-tuning, the families, layer-wise and few-shot curves (per evaluation scheme)."""
-        return report.classification_sections(self, jobs)
+        """Frozen probes vs fine-tuning, the families, layer-wise and few-shot curves (per evaluation scheme), then
+        the calibration of the chosen protocols."""
+        return report.classification_sections(self, jobs) + report.calibration_section(self, jobs)
 
 
 def class_target(task, data) -> np.ndarray:
@@ -118,6 +159,10 @@ def _classify_splits(task, data, job):
                               score_classes=est.classes_)
     if people is not None:
         items[GROUP_KEY] = np.asarray(people).astype(str)
+    if task.extra_metrics:
+        columns, calibration_items = calibrated(est, result.test_scores, labels, result.extra)
+        rows[-1] = dict(rows[-1], **columns)
+        items.update(calibration_items)
     rows[-1] = dict(rows[-1], **{k: v for k, v in task.item_metrics(items).items() if rows[-1].get(k) is None})
     return rows, items
 
@@ -163,6 +208,10 @@ def classify_folds(task, data, job, *, rank_columns: bool = False):
             rows.append(r)
         if rank_columns:
             items.update({"item/rank1": hits1, "item/rank5": hits5})
+        if task.extra_metrics and rows[-1]["split"] == "test":
+            columns, calibration_items = calibrated(result.estimator, result.test_scores, labels, result.extra)
+            rows[-1].update(columns)
+            items.update(calibration_items)
         if rows[-1]["split"] == "test":
             rows[-1].update({k: v for k, v in task.item_metrics(items).items() if rows[-1].get(k) is None})
         return TaskSweep(rows=rows, selected_params=result.selected_params, estimator=result.estimator,
