@@ -160,7 +160,8 @@ def test_dense_sweep_rows_artifacts_and_baselines(dense_sweeps, task):
     root, _, paths = dense_sweeps
     (path,) = paths[task]
     rows = pl.read_parquet(path)
-    assert rows.columns == list(RESULT_COLUMNS)
+    assert rows.columns == [*RESULT_COLUMNS, "grid"]  # the dense tasks' own column: the token grid
+    assert set(rows["grid"]) == {"4x4"}  # test_vit at 64 px, patch 16
     assert rows["split"].to_list() == ["val", "val", "test"] and rows["selected"].to_list() == [False, False, True]
     assert set(rows["task"]) == {task} and set(rows["probe"]) == {"linear"} and set(rows["tap"]) == {"patch"}
     assert set(rows["select_metric"]) == {TASK_METRICS[task][0]} and rows["protocol"].n_unique() == 1

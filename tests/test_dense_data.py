@@ -3,6 +3,7 @@ scipy) and dense csv/parquet manifests, with their bad inputs as one-line errors
 
 from __future__ import annotations
 
+import json
 import numpy as np
 import pytest
 
@@ -147,3 +148,44 @@ def test_bad_dense_input_is_one_cli_line(tmp_path, capsys):
     proc = run_main(capsys, "extract-features", "test_resnet", f"csv:{manifest}", "--random-init", "--img-size",
                     "32", "--task", "depth", "--cache-dir", tmp_path / "cache", "--no-progress")
     assert_one_line_error(proc, 1, "has NaN values", str(tmp_path / "bad" / "depth2.npy"))
+
+
+def test_nyuv2_every_backbone_is_scored_on_the_eigen_crop_at_label_resolution(tmp_path):
+    """Dense tasks feed the whole frame (no centre crop) and score the predictions upsampled to the label
+    resolution: two backbones of different input size, crop_pct and output stride score the same pixels per test
+    image, those of the Eigen crop (rows 45:471, columns 41:601 of 480 x 640, scaled to the 12 x 16 frame)."""
+    import h5py
+    import polars as pl
+
+    from probe._nyuv2 import EIGEN_CROP
+    from probe.results import load_artifacts
+
+    mat, *_ = write_nyuv2(tmp_path / "nyu")
+    r0, r1, c0, c1 = EIGEN_CROP
+    eigen = (round(r1 * H / 480) - round(r0 * H / 480)) * (round(c1 * W / 640) - round(c0 * W / 640))
+    assert eigen == 11 * 14
+    grid = {"linear": {"lr": [0.01], "weight_decay": [0.0], "epochs": [1]}}
+    seen = {}
+    for backbone, img_size, crop_pct, want_grid in (("test_vit", 48, 0.95, "3x3"),
+                                                    ("convnext_atto.d2_in1k", 64, 0.875, "2x2")):
+        paths = probe.sweep_cached(backbone, f"nyuv2:{mat}", task="depth", random_init=True, img_size=img_size,
+                                   cache_dir=tmp_path / "cache", results_dir=tmp_path / "results", progress=False,
+                                   device="cpu", grids=grid)
+        rows = pl.read_parquet(paths[0])
+        assert set(rows["img_size"]) == {img_size} and set(rows["grid"]) == {want_grid}
+        art = load_artifacts(paths[0])
+        assert art["stat/n_valid"].tolist() == [eigen, eigen]  # both test images, every crop pixel
+        assert art["ids"].tolist() == ["0002", "0005"]
+        for path in (tmp_path / "cache").rglob("*.h5"):
+            with h5py.File(path, "r") as f:
+                if f.attrs.get("backbone") == backbone:  # a feature file (not a targets file) of this backbone
+                    config = json.loads(f.attrs["data_config"])
+                    assert (config["crop_pct"], config["crop_mode"]) == (1.0, "squash")  # whole frame, no crop
+        seen[backbone] = describe_crop(backbone, img_size)
+    assert seen == {"test_vit": 0.95, "convnext_atto.d2_in1k": 0.875}  # the checkpoints' own crops differ
+
+
+def describe_crop(backbone: str, img_size: int) -> float:
+    from probe._backbones import describe_backbone
+
+    return describe_backbone(backbone, random_init=True, img_size=img_size)["data_config"]["crop_pct"]
