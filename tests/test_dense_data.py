@@ -189,3 +189,38 @@ def describe_crop(backbone: str, img_size: int) -> float:
     from probe._backbones import describe_backbone
 
     return describe_backbone(backbone, random_init=True, img_size=img_size)["data_config"]["crop_pct"]
+
+
+def test_patch16_is_a_convnets_stride16_stage_and_a_dense_tap(tmp_path):
+    """``patch16`` is the stage before the last of a ConvNet (stride 16; its final map is stride 32), checked
+    against a forward hook on that stage; for a ViT/16 it is the final grid; a dense sweep on it records its grid,
+    so a matched-stride comparison (ConvNet patch16 vs ViT patch) can be run."""
+    import polars as pl
+    import torch
+
+    from probe._backbones import create_backbone
+    from probe._taps import forward_taps
+
+    bb = create_backbone("test_resnet", random_init=True, img_size=64)
+    seen = {}
+    bb.model.layer3.register_forward_hook(lambda m, i, out: seen.setdefault("layer3", out))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = forward_taps(bb.model, x, ("patch", "patch16"))
+    want = seen["layer3"].flatten(2).transpose(1, 2)  # [B, 4 * 4, C] at stride 16
+    assert out["patch"].shape[1] == 2 * 2 and out["patch16"].shape == want.shape == (2, 16, want.shape[2])
+    assert torch.allclose(out["patch16"], want)
+    vit = create_backbone("test_vit", random_init=True, img_size=64)
+    with torch.no_grad():
+        both = forward_taps(vit.model, x, ("patch", "patch16"))
+    assert torch.equal(both["patch"], both["patch16"])
+    mat, *_ = write_nyuv2(tmp_path / "nyu")
+    paths = probe.sweep_cached("test_resnet", f"nyuv2:{mat}", task="segmentation", taps=["patch", "patch16"],
+                               random_init=True, img_size=64, cache_dir=tmp_path / "cache", progress=False,
+                               results_dir=tmp_path / "results", device="cpu",
+                               grids={"linear": {"lr": [0.01], "weight_decay": [0.0], "epochs": [1]}})
+    rows = pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed")
+    assert dict(rows.select("tap", "grid").unique().iter_rows()) == {"patch": "2x2", "patch16": "4x4"}
+    with pytest.raises(UsageError, match="no stage at output stride 16"):
+        probe.extract_features("vit_small_patch14_dinov2", "digits", taps=["patch16"], random_init=True,
+                               img_size=28, cache_dir=tmp_path / "c2", progress=False)
