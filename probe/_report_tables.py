@@ -264,8 +264,11 @@ DENSE_INTRO = (
     "apart with their tasks and head (see also the multi-task section). Segmentation: mIoU (averaged over the "
     "classes predicted or present in the test ground truth, as mmsegmentation and torchmetrics define it) and "
     "pixel accuracy, in percent; depth: RMSE (m), abs rel and log10 (lower is better), and δ thresholds in "
-    "percent, on valid pixels (see `probe.dense` for the crop and the depth cap). "
-    "Intervals are bootstrap {pct} CIs over test images (or the scenes they cluster in, where saved; paired for "
+    "percent, on valid pixels (see `probe.dense` for the crop and the depth cap). Every configuration sees the "
+    "whole frame resized to its input size (no centre crop) and is scored on the same pixels, its predictions "
+    "upsampled to the label resolution; `grid` is its token grid (rows x columns; a ConvNet's final map is "
+    "stride 32, a ViT/16's stride 16: tap `patch16` gives a ConvNet's stride-16 stage for a matched-stride "
+    "comparison). Intervals are bootstrap {pct} CIs over test images (or the scenes they cluster in, where saved; paired for "
     "differences), resampling each image's saved statistics (intersection and union counts; depth error sums).")
 
 
@@ -287,10 +290,11 @@ def dense_section(report, task, jobs) -> list[str]:
                                      **report.kw) \
                 if fz.height or ft.height else pl.DataFrame()
             lines += [f"### {dataset}: {task.name}", "", f"Evaluation: `{evaluation}`.", ""]
-            header = ["configuration", "family", "method (val-selected)", "seeds",
+            grid = _grids(sub)
+            header = ["configuration", "grid", "family", "method (val-selected)", "seeds",
                       f"{head(task, hd)} [{report.pct} CI]", *(head(task, m) for m in metrics[1:]),
                       "train images", "test images"]
-            lines += ["| " + " | ".join(header) + " |", "|---|---|---|" + "---:|" * (len(header) - 3)]
+            lines += ["| " + " | ".join(header) + " |", "|---|---|---|---|" + "---:|" * (len(header) - 4)]
             rows = []
             for side, frame in (("frozen", fz), ("finetune", ft)):
                 by_config = {r["backbone_config"]: r for r in frame.to_dicts()} if frame.height else {}
@@ -300,7 +304,7 @@ def dense_section(report, task, jobs) -> list[str]:
                         rows.append((side, g, r))
             rows.sort(key=lambda t: (report.config_index(t[1]["backbone_config"]), t[0]))
             for side, g, r in rows:
-                cells = [f"`{r['config_label']}`", r["family"], r["method"], str(r["n"]),
+                cells = [f"`{r['config_label']}`", grid(r), r["family"], r["method"], str(r["n"]),
                          fmt(task, hd, r[hd], digits=3) + interval(task, hd, g[f"{side}_low"], g[f"{side}_high"],
                                                                     digits=3) + over(g.get(f"{side}_over")),
                          *(fmt(task, m, r[m], digits=3) for m in metrics[1:]), _int(r["n_train"]), _int(r["n_eval"])]
@@ -352,6 +356,21 @@ def _other_finetunes(report, task, metrics: list[str], others) -> list[str]:
     if pl is not None:
         lines.append("")
     return lines
+
+
+def _grids(jobs):
+    """``row -> its token grid`` (the dense rows' ``grid`` column, e.g. ``14x14``) by configuration and protocol
+    (the tap is part of the protocol); ``—`` for rows written without one."""
+    found: dict = {}
+    if "grid" in jobs.columns:
+        for config, protocol, value in jobs.select("backbone_config", "protocol", "grid").iter_rows():
+            if value:
+                found.setdefault((config, protocol), value)
+
+    def grid(r) -> str:
+        return found.get((r.get("backbone_config"), r.get("protocol")), "—")
+
+    return grid
 
 
 def _int(value) -> str:

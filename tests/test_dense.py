@@ -218,6 +218,8 @@ def test_report_dense_section(dense_sweeps, tmp_path):
     assert "## Dense transfer: segmentation and depth" in text
     assert "### shapes: segmentation" in text and "### shapes: depth" in text
     assert "| mIoU (%) [95% CI] |" in text and "| RMSE (m) [95% CI] |" in text
+    table = [line for line in text.splitlines() if line.startswith("| `test_vit") and "linear / patch" in line]
+    assert len(table) == 2 and all(line.split(" | ")[1] == "4x4" for line in table)  # each dense row's grid
     assert (tmp_path / "report" / "figures" / "shapes-segmentation-examples.png").stat().st_size > 1000
     assert (tmp_path / "report" / "figures" / "shapes-depth-examples.png").stat().st_size > 1000
     seg = job_ci(paths["segmentation"][0], metric="miou", n_boot=300)

@@ -183,6 +183,16 @@ def test_nyuv2_every_backbone_is_scored_on_the_eigen_crop_at_label_resolution(tm
                     assert (config["crop_pct"], config["crop_mode"]) == (1.0, "squash")  # whole frame, no crop
         seen[backbone] = describe_crop(backbone, img_size)
     assert seen == {"test_vit": 0.95, "convnext_atto.d2_in1k": 0.875}  # the checkpoints' own crops differ
+    # fine-tuning feeds the same whole frame and scores the same pixels
+    run = probe.finetune("test_vit", f"nyuv2:{mat}", tasks=["depth"], random_init=True, img_size=48, epochs=1,
+                         batch_size=2, warmup_epochs=0.0, workers=0, results_dir=tmp_path / "ft",
+                         cache_dir=tmp_path / "cache", progress=False, verbose=False)
+    art = np.load(str(run.results_path).replace(".parquet", ".npz"))
+    assert art["stat/n_valid"].tolist() == [eigen, eigen]
+    assert art["preview/image"].shape[1:] == art["preview/pred"].shape[1:] + (3,) == (H, W, 3)
+    params = json.loads(run.frame.filter(pl.col("selected"))["params"][0])
+    assert (params["frame"], params["scored"], params["depth_zoom"]) == ("full-frame-squash", "label resolution",
+                                                                         "divide")
 
 
 def describe_crop(backbone: str, img_size: int) -> float:
