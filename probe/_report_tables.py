@@ -342,16 +342,17 @@ def _other_finetunes(report, task, metrics: list[str], others) -> list[str]:
     hd = metrics[0]
     lines = [f"Other fine-tunes of {task.name} (joint multi-task runs or other heads; not the frozen probe's "
              "counterpart, so not in the gain above):", "",
-             "| configuration | family | trained tasks | head | seeds | "
+             "| configuration | grid | family | trained tasks | head | seeds | "
              f"{head(task, hd)} [{report.pct} CI] | " + " | ".join(head(task, m) for m in metrics[1:]) + " |",
-             "|---|---|---|---|---:|---:|" + "---:|" * len(metrics[1:])]
+             "|---|---|---|---|---|---:|---:|" + "---:|" * len(metrics[1:])]
+    grid = _grids(others)
     recs = sorted(protocols.to_dicts(), key=lambda r: (report.config_index(r["backbone_config"]), r["protocol"]))
     for r in recs:
         tasks, head_ = described.get(r["protocol"], (task.name, "not recorded"))
         ci = a.resample_interval([list(r["files"])], hd, task=task.name, **report.kw)
         cell = fmt(task, hd, r[hd], digits=3) + ("" if isinstance(ci, str) else
                                                  interval(task, hd, ci.low, ci.high, digits=3) + over(ci.over))
-        lines.append(f"| `{r['config_label']}` | {r['family']} | {tasks} | {head_} | {r['n']} | {cell} | "
+        lines.append(f"| `{r['config_label']}` | {grid(r)} | {r['family']} | {tasks} | {head_} | {r['n']} | {cell} | "
                      + " | ".join(fmt(task, m, r[m], digits=3) for m in metrics[1:]) + " |")
     if pl is not None:
         lines.append("")

@@ -97,6 +97,11 @@ def test_probe_report_on_the_default_study(default_results, tmp_path):
                    "## Do ConvNets and transformers see alike? Representation similarity"):
         assert needle in text, needle
     assert "Traceback" not in proc.stderr
+    # issue 22: each dense row shows its token grid; TAR@FAR=1e-3 is n/a with its reason (200 negative pairs)
+    dense = [line for line in text.split("## Dense transfer")[1].split("\n## ")[0].splitlines()
+             if line.startswith("| `") and " | " in line]
+    assert dense and all(re.fullmatch(r"\d+x\d+", line.split(" | ")[1]) for line in dense), dense
+    assert " n/a " in text and "needs ≥ 1,000 negative pairs" in text
 
 
 def test_console_summary_covers_every_task(default_results):
