@@ -268,8 +268,8 @@ DENSE_INTRO = (
     "whole frame resized to its input size (no centre crop) and is scored on the same pixels, its predictions "
     "upsampled to the label resolution; `grid` is its token grid (rows x columns; a ConvNet's final map is "
     "stride 32, a ViT/16's stride 16: tap `patch16` gives a ConvNet's stride-16 stage for a matched-stride "
-    "comparison). Intervals are bootstrap {pct} CIs over test images (or the scenes they cluster in, where saved; paired for "
-    "differences), resampling each image's saved statistics (intersection and union counts; depth error sums).")
+    "comparison). Intervals are bootstrap {pct} CIs over test images (or the scenes they cluster in, where saved; "
+    "paired for differences), resampling each image's saved statistics (intersection and union counts; depth error sums).")
 
 
 def dense_section(report, task, jobs) -> list[str]:

@@ -4,9 +4,12 @@ Targets
 -------
 A dataset's dense targets (:meth:`probe.DatasetSource.dense_targets`) come at the image's own resolution:
 ``segmentation`` int64 [H, W] class ids (:data:`IGNORE_INDEX` = 255 for unlabelled pixels) and ``depth`` float32
-[H, W] in metres (0, negative or non-finite = no measurement). :func:`transform_dense_target` maps them through the
-geometry of the backbone's evaluation transform (the same resize and centre crop as the image, nearest-neighbour
-for both, so class ids stay ids and depths stay measured metres; pixels that a ``border`` crop pads are ignored).
+[H, W] in metres (0, negative or non-finite = no measurement). Dense tasks feed every backbone the whole frame
+resized to its input size, never a centre crop (:func:`full_frame_config`, :data:`FRAME`), train on the targets
+mapped through that geometry (:func:`transform_dense_target`: nearest-neighbour, so class ids stay ids and depths
+stay measured metres; pixels that a ``border`` crop pads are ignored), and score at the label resolution: the
+outputs upsampled bilinearly to the target's own size (:func:`upsample_logits`), so every configuration of a
+table is scored on the same pixels, the benchmark's.
 
 Metrics (the standard NYU Depth V2 definitions)
 -----------------------------------------------

@@ -167,6 +167,9 @@ class DenseTrainTransform:
     - ``no-zoom``: the whole frame resized to the input size (the evaluation view), a random window of the same
       area and aspect ranges kept in place, the rest set to the mean colour (0 after normalisation) and left out
       of the targets (ignored label, unmeasured depth): objects keep the size and depth they have at evaluation.
+
+    A run without depth among its tasks always crops as ``divide`` does (nothing to divide; its protocol id
+    records no ``depth_zoom``).
     """
 
     #: Aspect ratio range of the random crop (torchvision's default).

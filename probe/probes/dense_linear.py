@@ -18,8 +18,8 @@ learning-rate decay over ``epochs`` passes of shuffled mini-batches; every grid 
 Data come from a :class:`DenseBatches`-like object: anything with ``grid`` ((h, w) of the token grid),
 ``dim`` (D) and ``batches(batch_size, shuffle=, seed=)`` yielding ``(features [B, h*w, D], targets [B, H, W],
 rows)`` numpy arrays (targets may also be a list of B maps of their own sizes: the label resolution, where
-:meth:`DenseLinearProbe.score_stats` upsamples each image's output to its map), so memory stays one batch however large the dataset (see :mod:`probe._dense_sweep`, which
-streams them from the HDF5 feature cache).
+:meth:`DenseLinearProbe.score_stats` upsamples each image's output to its map), so memory stays one batch
+however large the dataset (see :mod:`probe._dense_sweep`, which streams them from the HDF5 feature cache).
 """
 
 from __future__ import annotations
