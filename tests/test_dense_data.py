@@ -165,7 +165,7 @@ def test_nyuv2_every_backbone_is_scored_on_the_eigen_crop_at_label_resolution(tm
     eigen = (round(r1 * H / 480) - round(r0 * H / 480)) * (round(c1 * W / 640) - round(c0 * W / 640))
     assert eigen == 11 * 14
     grid = {"linear": {"lr": [0.01], "weight_decay": [0.0], "epochs": [1]}}
-    seen = {}
+    configs = {}
     for backbone, img_size, crop_pct, want_grid in (("test_vit", 48, 0.95, "3x3"),
                                                     ("convnext_atto.d2_in1k", 64, 0.875, "2x2")):
         paths = probe.sweep_cached(backbone, f"nyuv2:{mat}", task="depth", random_init=True, img_size=img_size,
@@ -176,13 +176,15 @@ def test_nyuv2_every_backbone_is_scored_on_the_eigen_crop_at_label_resolution(tm
         art = load_artifacts(paths[0])
         assert art["stat/n_valid"].tolist() == [eigen, eigen]  # both test images, every crop pixel
         assert art["ids"].tolist() == ["0002", "0005"]
+        views = []
         for path in (tmp_path / "cache").rglob("*.h5"):
             with h5py.File(path, "r") as f:
                 if f.attrs.get("backbone") == backbone:  # a feature file (not a targets file) of this backbone
                     config = json.loads(f.attrs["data_config"])
-                    assert (config["crop_pct"], config["crop_mode"]) == (1.0, "squash")  # whole frame, no crop
-        seen[backbone] = describe_crop(backbone, img_size)
-    assert seen == {"test_vit": 0.95, "convnext_atto.d2_in1k": 0.875}  # the checkpoints' own crops differ
+                    views.append((config["crop_pct"], config["crop_mode"]))
+        assert views == [(1.0, "squash")] * 2  # train and test: the whole frame, no centre crop
+        assert describe_crop(backbone, img_size) == crop_pct  # the checkpoints' own centre crops differ
+        configs[backbone] = rows["backbone_config"][0]
     # fine-tuning feeds the same whole frame and scores the same pixels
     run = probe.finetune("test_vit", f"nyuv2:{mat}", tasks=["depth"], random_init=True, img_size=48, epochs=1,
                          batch_size=2, warmup_epochs=0.0, workers=0, results_dir=tmp_path / "ft",
@@ -190,7 +192,9 @@ def test_nyuv2_every_backbone_is_scored_on_the_eigen_crop_at_label_resolution(tm
     art = np.load(str(run.results_path).replace(".parquet", ".npz"))
     assert art["stat/n_valid"].tolist() == [eigen, eigen]
     assert art["preview/image"].shape[1:] == art["preview/pred"].shape[1:] + (3,) == (H, W, 3)
-    params = json.loads(run.frame.filter(pl.col("selected"))["params"][0])
+    test_row = run.frame.filter(pl.col("selected"))
+    assert test_row["backbone_config"][0] == configs["test_vit"]  # the frozen probe's configuration: they pair up
+    params = json.loads(test_row["params"][0])
     assert (params["frame"], params["scored"], params["depth_zoom"]) == ("full-frame-squash", "label resolution",
                                                                          "divide")
 

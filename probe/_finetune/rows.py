@@ -38,6 +38,12 @@ def _dense_frame() -> str:
     return FRAME
 
 
+def _dense_view(data_config: dict) -> dict:
+    from ..dense import full_frame_config
+
+    return full_frame_config(data_config)
+
+
 def _grid_label(bb, head: str = "linear") -> str:
     """The token grid of a dense head (``"14x14"``): the finest feature map it reads at the input size."""
     import math
@@ -202,7 +208,10 @@ class RunWriter:
             recipe.pop("depth_zoom")
         if set(c.tasks) & set(_DENSE):
             recipe["frame"] = _dense_frame()
-        identity = identity_columns(backbone=self.backbone, weights=bb.weights_id, data_config=bb.data_config,
+        # a dense run is evaluated on the whole frame: its configuration is the frozen dense probe's (the same
+        # preprocessing, so the two pair up in the report)
+        view = _dense_view(bb.data_config) if set(c.tasks) & set(_DENSE) else bb.data_config
+        identity = identity_columns(backbone=self.backbone, weights=bb.weights_id, data_config=view,
                                     precision=precision_name(amp_dtype))
         total_seconds = sum(r["train_seconds"] for r in history + refit_history)
         evaluation = evaluation_of(self.source, c, self.evaluation)
