@@ -185,6 +185,10 @@ def test_nyuv2_every_backbone_is_scored_on_the_eigen_crop_at_label_resolution(tm
         assert views == [(1.0, "squash")] * 2  # train and test: the whole frame, no centre crop
         assert describe_crop(backbone, img_size) == crop_pct  # the checkpoints' own centre crops differ
         configs[backbone] = rows["backbone_config"][0]
+    # one labels file per split scores both (their network-input targets differ: one file per geometry)
+    names = [p.name for p in (tmp_path / "cache" / "_targets").rglob("*.h5")]
+    assert sorted(n.rsplit("-", 1)[0] for n in names if "-labels-" in n) == ["test-depth-labels", "train-depth-labels"]
+    assert len(names) == 2 + 2 * 2
     # fine-tuning feeds the same whole frame and scores the same pixels
     run = probe.finetune("test_vit", f"nyuv2:{mat}", tasks=["depth"], random_init=True, img_size=48, epochs=1,
                          batch_size=2, warmup_epochs=0.0, workers=0, results_dir=tmp_path / "ft",
