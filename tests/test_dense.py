@@ -143,9 +143,9 @@ def dense_sweeps(tmp_path_factory):
 def _targets(root, split, task):
     import h5py
 
-    (path,) = (root / "cache" / "_targets" / "shapes").glob(f"{split}-{task}-*.h5")
+    (path,) = (root / "cache" / "_targets" / "shapes").glob(f"{split}-{task}-labels-*.h5")  # the scored pixels
     with h5py.File(path, "r") as f:
-        return f["targets"][()]
+        return np.stack([v.reshape(shape) for v, shape in zip(f["labels"][()], f["label_shape"][()])])
 
 
 @pytest.mark.parametrize("task", ["segmentation", "depth"])
