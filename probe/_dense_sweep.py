@@ -1,12 +1,17 @@
 """Frozen dense probes over the feature cache: the jobs of the per-pixel tasks (:mod:`probe.tasks.segmentation`,
 :mod:`probe.tasks.depth`), which :func:`probe.sweep_cached` plans and runs through their engine hooks.
 
-1. Features: the ``patch`` tap from the cache (:func:`probe.extract_features`).
-2. Targets: the dataset's dense targets (:meth:`probe.DatasetSource.dense_targets`) mapped onto the network
-   input (:func:`probe.dense.transform_dense_target`), written once to a targets file beside the cache,
-   ``<cache_dir>/_targets/<dataset>/<split>-<task>-<key[:12]>.h5`` (``targets`` [N, H, W], ``ids`` [N]; the key
-   hashes the dataset's fingerprint, the task and the transform's geometry), shared by every backbone with that
-   geometry.
+1. Features: the ``patch`` tap (or ``patch16``, a ConvNet's stride-16 stage) from the cache, extracted from
+   the whole frame resized to the backbone's input size, never centre-cropped
+   (:func:`probe.extract_features` with ``full_frame=True``, :func:`probe.dense.full_frame_config`).
+2. Targets: the dataset's dense targets (:meth:`probe.DatasetSource.dense_targets`), written once beside the
+   cache: a targets file ``<cache_dir>/_targets/<dataset>/<split>-<task>-<key[:12]>.h5`` (the key hashes the
+   dataset's fingerprint, the task and the geometry; shared by every backbone with that geometry) holds
+   ``targets`` [N, h, w] mapped onto the network input (:func:`probe.dense.transform_dense_target`; what the
+   probe trains on) and ``ids`` [N]; a labels file ``<split>-<task>-labels-<key[:12]>.h5`` (one per dataset,
+   split and task, whatever the geometry) holds them at the label resolution, the image's own (``labels`` [N]
+   variable-length and flattened, ``label_shape`` [N, 2], ``ids`` [N]): what every val and test metric is
+   computed on, the predictions upsampled to it (:func:`labels_file`).
 3. The one protocol (:func:`probe._protocol.select_refit_test`): val is the dataset's own or a seeded carve of
    train (recorded in ``val_fraction``); every grid point (``lr``, ``weight_decay``) trains on train and is scored
    on val (``split="val"``); the best on val by ``select_metric`` (``miou`` / ``rmse``, lower is better for the
@@ -36,7 +41,7 @@ from .dense import IGNORE_INDEX, check_dense_target, network_view, transform_den
 from .vocab import DENSE_GRID_KEYS
 
 #: Version of the targets files' layout (part of their key).
-TARGETS_FORMAT = 1
+TARGETS_FORMAT = 2
 
 #: Test images whose predictions are saved for the report's figure.
 PREVIEW_IMAGES = 4
@@ -93,22 +98,57 @@ def targets_file(source, split: str, task: str, data_config: Mapping[str, Any],
     return path
 
 
+def labels_file(source, split: str, task: str, cache_dir: str | os.PathLike) -> Path:
+    """The labels file of one split: its ``task`` targets at the label resolution (written when missing; see the
+    module docstring). One per dataset, split and task: the same pixels score every configuration."""
+    import h5py
+
+    from ._cache import cache_key
+    from ._io import atomic_path, safe_name
+    from . import tasks
+
+    key = cache_key({"targets_format": TARGETS_FORMAT, "dataset": source.name, "kind": source.kind,
+                     "fingerprint": source.fingerprint(), "split": split, "task": task, "labels": True})
+    path = Path(cache_dir) / "_targets" / safe_name(source.name) / f"{split}-{task}-labels-{key[:12]}.h5"
+    if path.is_file():
+        return path
+    n = len(source.splits[split])
+    classes = tasks.get(task).classes(source)
+    dtype = (np.uint8 if len(classes) <= IGNORE_INDEX else np.int32) if classes else np.float32
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        labels = f.create_dataset("labels", shape=(n,), dtype=h5py.vlen_dtype(np.dtype(dtype)))
+        shapes = f.create_dataset("label_shape", shape=(n, 2), dtype=np.int64)
+        f.create_dataset("ids", data=np.array(source.ids[split], dtype=object), dtype=h5py.string_dtype("utf-8"))
+        for i in range(n):
+            name = f"{source.name}/{split}/{source.ids[split][i]}"
+            raw = check_dense_target(task, source.dense_targets(split, i)[task], name=name,
+                                     n_classes=len(classes) or None)
+            labels[i], shapes[i] = np.asarray(raw).astype(dtype).ravel(), raw.shape
+        f.attrs.update({"task": task, "key": key, "dataset": source.name, "split": split,
+                        "classes": json.dumps(classes), "complete": True})
+    return path
+
+
 class DenseBatches:
     """Mini-batches of cached patch features and their dense targets, streamed from the HDF5 files.
 
     Parameters
     ----------
     parts : list of (features path, targets path, rows or None)
-        Cache entries with a ``patch`` tap, their targets files, and the feature rows to use (sorted; None =
-        all). Several parts make one dataset (train+val for the refit).
+        Cache entries with a ``patch`` tap, their targets files (labels files with ``labels``), and the feature
+        rows to use (sorted; None = all). Several parts make one dataset (train+val for the refit).
     block : int
         Batches read together and shuffled among each other (``shuffle=True``): the shuffle window.
+    labels : bool
+        Yield the targets at the label resolution (a list of [H_i, W_i] maps, one per image: what val and test
+        are scored on) instead of the network-input targets [B, h, w] (what the probe trains on).
     """
 
-    def __init__(self, parts: Sequence[tuple], *, tap: str = "patch", block: int = 4):
+    def __init__(self, parts: Sequence[tuple], *, tap: str = "patch", block: int = 4, labels: bool = False):
         import h5py
 
-        self.tap, self.block = tap, int(block)
+        self.tap, self.block, self.labels = tap, int(block), bool(labels)
         self.parts = []
         for features, targets, rows in parts:
             with h5py.File(features, "r") as f, h5py.File(targets, "r") as t:
@@ -119,7 +159,8 @@ class DenseBatches:
                 ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f["ids"][()]]
                 where = {s.decode() if isinstance(s, bytes) else str(s): i for i, s in enumerate(t["ids"][()])}
                 tokens, dim = int(ds.shape[1]), int(ds.shape[2])
-                size = tuple(int(v) for v in t["targets"].shape[1:])
+                size = (tuple(int(v) for v in json.loads(f.attrs["data_config"])["input_size"][1:]) if self.labels
+                        else tuple(int(v) for v in t["targets"].shape[1:]))  # the network input's
             rows = np.arange(len(ids)) if rows is None else np.asarray(sorted(rows), dtype=np.int64)
             missing = [ids[r] for r in rows if ids[r] not in where]
             if missing:
@@ -134,7 +175,8 @@ class DenseBatches:
         return sum(len(p[2]) for p in self.parts)
 
     def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0):
-        """Yield ``(features float32 [B, T, D], targets [B, H, W], positions [B])``; positions index ``ids``."""
+        """Yield ``(features float32 [B, T, D], targets, positions [B])``; positions index ``ids``; targets are
+        [B, h, w] at the network input, or with ``labels`` a list of B maps at the label resolution."""
         import h5py
 
         chunks, offset = [], 0
@@ -154,13 +196,20 @@ class DenseBatches:
                     _, _, rows, target_rows = self.parts[p]
                     f, t = files[p]
                     feats.append(_read(f["features"][self.tap], rows[idx]))
-                    targets.append(_read(t["targets"], target_rows[idx]))
+                    if self.labels:
+                        flat, shape = _read(t["labels"], target_rows[idx]), _read(t["label_shape"], target_rows[idx])
+                        maps = np.empty(len(idx), dtype=object)
+                        maps[:] = [np.asarray(v).reshape(tuple(sh)) for v, sh in zip(flat, shape)]
+                        targets.append(maps)
+                    else:
+                        targets.append(_read(t["targets"], target_rows[idx]))
                     positions.append(idx + off)
                 feats, targets, positions = map(np.concatenate, (feats, targets, positions))
                 order = rng.permutation(len(positions)) if shuffle else np.arange(len(positions))
                 for s in range(0, len(order), batch_size):
                     pick = order[s:s + batch_size]
-                    yield feats[pick].astype(np.float32), targets[pick], positions[pick]
+                    yield (feats[pick].astype(np.float32), list(targets[pick]) if self.labels else targets[pick],
+                           positions[pick])
         finally:
             for f, t in files:
                 f.close()
@@ -183,6 +232,11 @@ def _read(ds, index: np.ndarray) -> np.ndarray:
     out = np.empty((len(index), *ds.shape[1:]), dtype=ds.dtype)
     out[order] = ds[index[order]]
     return out
+
+
+def grid_label(grid: tuple[int, int]) -> str:
+    """The results' ``grid`` column: a token grid (rows, columns) as ``"14x14"``."""
+    return f"{int(grid[0])}x{int(grid[1])}"
 
 
 def token_grid(tokens: int, size: tuple[int, int]) -> tuple[int, int]:
@@ -210,7 +264,8 @@ def extract_dense_targets(backbone: str, dataset, *, task: str, taps: Sequence[s
 
     source = opened(dataset, extract_kwargs.get("data_root"))
     check_task(task, source)
-    entries = extract_features(backbone, source, taps=tuple(taps), cache_dir=cache_dir, **extract_kwargs)
+    entries = extract_features(backbone, source, taps=tuple(taps), cache_dir=cache_dir, full_frame=True,
+                               **extract_kwargs)
     import h5py
 
     targets = {}
@@ -228,10 +283,10 @@ class DenseData:
     """What every dense job of a sweep reads: the cache entries with the patch tap, their attributes (labels,
     ids) and the targets file of every split, with the opened dataset."""
 
-    def __init__(self, source, entries: dict, targets: dict):
+    def __init__(self, source, entries: dict, targets: dict, labels: dict):
         from ._cache import load_split
 
-        self.source, self.entries, self.targets = source, entries, targets
+        self.source, self.entries, self.targets, self.labels = source, entries, targets, labels
         self.meta = {split: load_split(entry, taps=[]) for split, entry in entries.items()}
         self.splits = self.meta
         first = self.meta.get("train") or next(iter(self.meta.values()))
@@ -256,7 +311,8 @@ def load_dense(backbone: str, source, *, task: str, taps=("patch",), cache_dir="
                                              **extract_kwargs)
     if "train" not in entries:
         raise UsageError(f"dataset {source.spec!r} has no train split (found {sorted(entries)}); probes need one")
-    return DenseData(source, entries, targets)
+    labels = {split: labels_file(source, split, task, cache_dir) for split in entries}
+    return DenseData(source, entries, targets, labels)
 
 
 def dense_estimator(task: str, n_classes: int, grid, *, seed: int, device: str, name: str = "linear"):
@@ -296,6 +352,7 @@ def run_dense_job(task, data: DenseData, job) -> tuple[list[dict], dict]:
     if "val" in data.entries:
         fit_parts = [(data.entries["train"].path, data.targets["train"], None)]
         val_parts = [(data.entries["val"].path, data.targets["val"], None)]
+        val_labels = [(data.entries["val"].path, data.labels["val"], None)]
         recorded = 0.0
     else:  # a seeded carve of train (the classification sweeps' carve, over the cached labels and ids)
         groups = source_carve_groups(data.source, "train", train.ids)  # NYUv2: whole scenes
@@ -303,11 +360,13 @@ def run_dense_job(task, data: DenseData, job) -> tuple[list[dict], dict]:
                              **({} if groups is None else {"stratify": False, "groups": groups}))
         fit_parts = [(data.entries["train"].path, data.targets["train"], parts["train"])]
         val_parts = [(data.entries["train"].path, data.targets["train"], parts["val"])]
+        val_labels = [(data.entries["train"].path, data.labels["train"], parts["val"])]
         recorded = float(job.val_fraction)
-    fit_data, val_data = DenseBatches(fit_parts), DenseBatches(val_parts)
+    tap = job.tap
+    fit_data, val_data = DenseBatches(fit_parts, tap=tap), DenseBatches(val_labels, tap=tap, labels=True)
     base = dict(job.context, task=task.name, evaluation=job.evaluation, probe=est.name, shots=0, seed=job.seed,
                 val_fraction=recorded, test_fraction=0.0, select_metric=job.select_metric, protocol=job.protocol,
-                n_val=len(val_data))
+                n_val=len(val_data), grid=grid_label(fit_data.grid))
     fixed = {k: plain(v) for k, v in est.get_params().items() if k in ("epochs", "batch_size")}
     rows: list[dict] = []
 
@@ -319,8 +378,9 @@ def run_dense_job(task, data: DenseData, job) -> tuple[list[dict], dict]:
         return metrics[job.select_metric]
 
     has_test = "test" in data.entries
-    refit_data = DenseBatches(fit_parts + val_parts) if has_test else None
-    test_data = DenseBatches([(data.entries["test"].path, data.targets["test"], None)]) if has_test else None
+    refit_data = DenseBatches(fit_parts + val_parts, tap=tap) if has_test else None
+    test_labels = [(data.entries["test"].path, data.labels["test"], None)] if has_test else []
+    test_data = DenseBatches(test_labels, tap=tap, labels=True) if has_test else None
 
     def score(fitted, seconds):
         stats = fitted.score_stats(test_data)
@@ -339,7 +399,9 @@ def run_dense_job(task, data: DenseData, job) -> tuple[list[dict], dict]:
         return rows, {}
     row, stats = outcome.test
     fitted = outcome.estimator
-    preview = _preview(fitted, test_data, data.source, data.meta["test"].attrs["data_config"])
+    # the preview shows the network's view (its input-size targets): the figure's panels share one size
+    test_part = [(data.entries["test"].path, data.targets["test"], None)]
+    preview = _preview(fitted, DenseBatches(test_part, tap=tap), data.source, data.meta["test"].attrs["data_config"])
     items = {"task": np.asarray(task.name), "ids": np.asarray(test_data.ids, dtype=str),
              "classes": np.asarray(job.extra.get("classes", []), dtype=str),
              **{f"stat/{k}": v for k, v in stats.items()},

@@ -52,7 +52,7 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
                      device: str = "auto", dtype: str = "float16", precision: str = "auto",
                      skip_bad: bool = False, allow_overlap: bool = False, pixels: str | None = None,
                      reuse_pixels: bool = False, compile: bool = False,
-                     progress: bool = True) -> dict[str, CacheEntry]:
+                     full_frame: bool = False, progress: bool = True) -> dict[str, CacheEntry]:
     """Extract (or reuse) cached features of ``backbone`` on every requested split of ``dataset``.
 
     Parameters
@@ -93,6 +93,9 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
         Run the backbone's feature forward through ``torch.compile`` (compiled on the first batch; features agree
         with the eager forward to float rounding, so the flag is part of the cache key). Off by default: on CPU it
         did not pay (README, "Pixel paths").
+    full_frame : bool
+        Feed the whole frame, resized to the input size, instead of the eval transform's centre crop
+        (:func:`probe.dense.full_frame_config`; what dense tasks extract). The data config is part of the key.
 
     Returns
     -------
@@ -137,6 +140,10 @@ def extract_features(backbone: str, dataset: str, *, splits: Iterable[str] | Non
 
     spec = describe_backbone(backbone, weights=weights, random_init=random_init, seed=seed, img_size=img_size,
                              family=family)
+    if full_frame:  # dense tasks: the whole frame, no centre crop (one place: probe.dense)
+        from .dense import full_frame_config
+
+        spec = {**spec, "data_config": full_frame_config(spec["data_config"])}
     if pixels != "pil":
         check_data_config(spec["data_config"], backbone)
     pixel_key = pixel_identity(pixels, resolve_device(device).type)

@@ -264,9 +264,12 @@ DENSE_INTRO = (
     "apart with their tasks and head (see also the multi-task section). Segmentation: mIoU (averaged over the "
     "classes predicted or present in the test ground truth, as mmsegmentation and torchmetrics define it) and "
     "pixel accuracy, in percent; depth: RMSE (m), abs rel and log10 (lower is better), and δ thresholds in "
-    "percent, on valid pixels (see `probe.dense` for the crop and the depth cap). "
-    "Intervals are bootstrap {pct} CIs over test images (or the scenes they cluster in, where saved; paired for "
-    "differences), resampling each image's saved statistics (intersection and union counts; depth error sums).")
+    "percent, on valid pixels (see `probe.dense` for the crop and the depth cap). Every configuration sees the "
+    "whole frame resized to its input size (no centre crop) and is scored on the same pixels, its predictions "
+    "upsampled to the label resolution; `grid` is its token grid (rows x columns; a ConvNet's final map is "
+    "stride 32, a ViT/16's stride 16: tap `patch16` gives a ConvNet's stride-16 stage for a matched-stride "
+    "comparison). Intervals are bootstrap {pct} CIs over test images (or the scenes they cluster in, where saved; "
+    "paired for differences), resampling each image's saved statistics (intersection and union counts; depth error sums).")
 
 
 def dense_section(report, task, jobs) -> list[str]:
@@ -287,10 +290,11 @@ def dense_section(report, task, jobs) -> list[str]:
                                      **report.kw) \
                 if fz.height or ft.height else pl.DataFrame()
             lines += [f"### {dataset}: {task.name}", "", f"Evaluation: `{evaluation}`.", ""]
-            header = ["configuration", "family", "method (val-selected)", "seeds",
+            grid = _grids(sub)
+            header = ["configuration", "grid", "family", "method (val-selected)", "seeds",
                       f"{head(task, hd)} [{report.pct} CI]", *(head(task, m) for m in metrics[1:]),
                       "train images", "test images"]
-            lines += ["| " + " | ".join(header) + " |", "|---|---|---|" + "---:|" * (len(header) - 3)]
+            lines += ["| " + " | ".join(header) + " |", "|---|---|---|---|" + "---:|" * (len(header) - 4)]
             rows = []
             for side, frame in (("frozen", fz), ("finetune", ft)):
                 by_config = {r["backbone_config"]: r for r in frame.to_dicts()} if frame.height else {}
@@ -300,7 +304,7 @@ def dense_section(report, task, jobs) -> list[str]:
                         rows.append((side, g, r))
             rows.sort(key=lambda t: (report.config_index(t[1]["backbone_config"]), t[0]))
             for side, g, r in rows:
-                cells = [f"`{r['config_label']}`", r["family"], r["method"], str(r["n"]),
+                cells = [f"`{r['config_label']}`", grid(r), r["family"], r["method"], str(r["n"]),
                          fmt(task, hd, r[hd], digits=3) + interval(task, hd, g[f"{side}_low"], g[f"{side}_high"],
                                                                     digits=3) + over(g.get(f"{side}_over")),
                          *(fmt(task, m, r[m], digits=3) for m in metrics[1:]), _int(r["n_train"]), _int(r["n_eval"])]
@@ -338,20 +342,36 @@ def _other_finetunes(report, task, metrics: list[str], others) -> list[str]:
     hd = metrics[0]
     lines = [f"Other fine-tunes of {task.name} (joint multi-task runs or other heads; not the frozen probe's "
              "counterpart, so not in the gain above):", "",
-             "| configuration | family | trained tasks | head | seeds | "
+             "| configuration | grid | family | trained tasks | head | seeds | "
              f"{head(task, hd)} [{report.pct} CI] | " + " | ".join(head(task, m) for m in metrics[1:]) + " |",
-             "|---|---|---|---|---:|---:|" + "---:|" * len(metrics[1:])]
+             "|---|---|---|---|---|---:|---:|" + "---:|" * len(metrics[1:])]
+    grid = _grids(others)
     recs = sorted(protocols.to_dicts(), key=lambda r: (report.config_index(r["backbone_config"]), r["protocol"]))
     for r in recs:
         tasks, head_ = described.get(r["protocol"], (task.name, "not recorded"))
         ci = a.resample_interval([list(r["files"])], hd, task=task.name, **report.kw)
         cell = fmt(task, hd, r[hd], digits=3) + ("" if isinstance(ci, str) else
                                                  interval(task, hd, ci.low, ci.high, digits=3) + over(ci.over))
-        lines.append(f"| `{r['config_label']}` | {r['family']} | {tasks} | {head_} | {r['n']} | {cell} | "
+        lines.append(f"| `{r['config_label']}` | {grid(r)} | {r['family']} | {tasks} | {head_} | {r['n']} | {cell} | "
                      + " | ".join(fmt(task, m, r[m], digits=3) for m in metrics[1:]) + " |")
     if pl is not None:
         lines.append("")
     return lines
+
+
+def _grids(jobs):
+    """``row -> its token grid`` (the dense rows' ``grid`` column, e.g. ``14x14``) by configuration and protocol
+    (the tap is part of the protocol); ``—`` for rows written without one."""
+    found: dict = {}
+    if "grid" in jobs.columns:
+        for config, protocol, value in jobs.select("backbone_config", "protocol", "grid").iter_rows():
+            if value:
+                found.setdefault((config, protocol), value)
+
+    def grid(r) -> str:
+        return found.get((r.get("backbone_config"), r.get("protocol")), "—")
+
+    return grid
 
 
 def _int(value) -> str:

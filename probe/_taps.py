@@ -9,6 +9,10 @@
   final norm; for layer-wise curves.
 - ``patch``: the final patch-token grid ``[T, D]`` (ConvNets: the final feature map flattened to ``[H*W, C]``),
   for dense probes.
+- ``patch16``: the token grid at output stride 16, for a matched-stride comparison of dense probes: a ConvNet's
+  final map is stride 32 (7 x 7 at 224 px) where a ViT/16's is 16 (14 x 14). For a model whose final grid is at
+  stride 16 it is ``patch``; otherwise the last stage of stride 16 in ``feature_info`` (a ConvNet's stage before
+  the last) from ``forward_intermediates``, without a final norm, flattened to ``[H*W, C]``.
 - ``logits``: the backbone's own classifier head output ``[Z]`` (its source classes), for the transferability
   scores that need a source head (LEEP, NCE); only for checkpoints that have a head.
 
@@ -21,7 +25,7 @@ import re
 
 from ._errors import UsageError
 
-TAP_PATTERN = re.compile(r"^(pooled|cls|mean|patch|logits|block-?\d+)$")
+TAP_PATTERN = re.compile(r"^(pooled|cls|mean|patch|patch16|logits|block-?\d+)$")
 
 
 def parse_taps(taps) -> tuple[str, ...]:
@@ -33,7 +37,7 @@ def parse_taps(taps) -> tuple[str, ...]:
         raise UsageError("no taps requested; use e.g. --taps pooled")
     bad = [t for t in taps if not TAP_PATTERN.match(str(t))]
     if bad:
-        raise UsageError(f"unknown tap(s) {bad}; taps are pooled, cls, mean, patch, logits and block<i> "
+        raise UsageError(f"unknown tap(s) {bad}; taps are pooled, cls, mean, patch, patch16, logits and block<i> "
                          "(e.g. block3, block-1)")
     return tuple(sorted(set(taps), key=_tap_order))
 
@@ -41,7 +45,7 @@ def parse_taps(taps) -> tuple[str, ...]:
 def _tap_order(tap: str):
     if tap.startswith("block"):
         return (1, int(tap[5:]) if int(tap[5:]) >= 0 else 10_000 + int(tap[5:]), tap)
-    return (0, ["pooled", "cls", "mean", "patch", "logits"].index(tap), tap)
+    return (0, ["pooled", "cls", "mean", "patch", "patch16", "logits"].index(tap), tap)
 
 
 def block_count(model) -> int:
@@ -54,6 +58,20 @@ def block_count(model) -> int:
             pass
     blocks = getattr(model, "blocks", None) or getattr(model, "stages", None)
     return len(blocks) if blocks is not None else 0
+
+
+def stride16_index(model) -> int | None:
+    """The ``forward_intermediates`` index of the ``patch16`` tap: None when the final grid is already at stride
+    16 (the tap is ``patch``); -1 when the model has no stride-16 stage. Raises nothing."""
+    info = getattr(model, "feature_info", None)
+    try:
+        reductions = [int(f["reduction"]) for f in info]
+    except (TypeError, KeyError):
+        return -1
+    if reductions and reductions[-1] == 16:
+        return None
+    at16 = [i for i, r in enumerate(reductions) if r == 16]
+    return at16[-1] if at16 and hasattr(model, "forward_intermediates") else -1
 
 
 def check_taps(model, taps: tuple[str, ...], name: str) -> None:
@@ -73,6 +91,9 @@ def check_taps(model, taps: tuple[str, ...], name: str) -> None:
     if "logits" in taps and not getattr(model, "num_classes", 0):
         raise UsageError(f"backbone {name} has no classifier head, so tap 'logits' (needed by LEEP and NCE) is "
                          "unavailable; use a checkpoint with a head, or leave out the scores that need it")
+    if "patch16" in taps and stride16_index(model) == -1:
+        raise UsageError(f"backbone {name} has no stage at output stride 16, so tap 'patch16' is unavailable; "
+                         "use patch")
     if "cls" in taps and (n_prefix < 1 or getattr(model, "cls_token", None) is None):
         raise UsageError(f"backbone {name} has no class token, so tap 'cls' is unavailable; use pooled or mean")
 
@@ -82,10 +103,11 @@ def forward_taps(model, x, taps: tuple[str, ...]) -> dict:
     import torch
 
     blocks = [t for t in taps if t.startswith("block")]
+    at16 = stride16_index(model) if "patch16" in taps else None
     intermediates = []
-    if blocks:
+    if blocks or at16 is not None:
         n = block_count(model)
-        indices = [int(t[5:]) % n for t in blocks]
+        indices = [int(t[5:]) % n for t in blocks] + ([at16] if at16 is not None else [])
         final, intermediates = model.forward_intermediates(x, indices=sorted(set(indices)), norm=False,
                                                            output_fmt="NCHW", intermediates_only=False)
         by_index = dict(zip(sorted(set(indices)), intermediates))
@@ -109,6 +131,8 @@ def forward_taps(model, x, taps: tuple[str, ...]) -> dict:
         out["mean"] = grid.mean(dim=1)
     if "patch" in taps:
         out["patch"] = grid
+    if "patch16" in taps:
+        out["patch16"] = grid if at16 is None else by_index[at16].flatten(2).transpose(1, 2)
     for t in blocks:
         feat = by_index[int(t[5:]) % n]
         out[t] = feat.mean(dim=(2, 3)) if feat.ndim == 4 else feat.mean(dim=1)

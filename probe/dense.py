@@ -4,9 +4,12 @@ Targets
 -------
 A dataset's dense targets (:meth:`probe.DatasetSource.dense_targets`) come at the image's own resolution:
 ``segmentation`` int64 [H, W] class ids (:data:`IGNORE_INDEX` = 255 for unlabelled pixels) and ``depth`` float32
-[H, W] in metres (0, negative or non-finite = no measurement). :func:`transform_dense_target` maps them through the
-geometry of the backbone's evaluation transform (the same resize and centre crop as the image, nearest-neighbour
-for both, so class ids stay ids and depths stay measured metres; pixels that a ``border`` crop pads are ignored).
+[H, W] in metres (0, negative or non-finite = no measurement). Dense tasks feed every backbone the whole frame
+resized to its input size, never a centre crop (:func:`full_frame_config`, :data:`FRAME`), train on the targets
+mapped through that geometry (:func:`transform_dense_target`: nearest-neighbour, so class ids stay ids and depths
+stay measured metres; pixels that a ``border`` crop pads are ignored), and score at the label resolution: the
+outputs upsampled bilinearly to the target's own size (:func:`upsample_logits`), so every configuration of a
+table is scored on the same pixels, the benchmark's.
 
 Metrics (the standard NYU Depth V2 definitions)
 -----------------------------------------------
@@ -208,6 +211,33 @@ def dense_stats(task: str, pred, target, *, n_classes: int | None = None,
 
 
 # ---------------------------------------------------------------------------------------------------- geometry
+
+#: How every dense task feeds a frame to a backbone, recorded in its protocol id and parameters: the whole frame
+#: (no centre crop), resized to the checkpoint's own input size (:func:`full_frame_config`).
+FRAME = "full-frame-squash"
+
+
+def full_frame_config(data_config: Mapping[str, Any]) -> dict:
+    """The data config that dense tasks use for ``data_config``'s backbone: the whole frame, no crop.
+
+    timm's eval transform resizes and centre-crops (``crop_pct``), so each backbone would see, and be scored on,
+    a different part of the frame. Dense tasks instead resize the whole frame to the checkpoint's input size
+    (``crop_mode="squash"``, ``crop_pct=1``: aspect not kept), for frozen probes and fine-tuning alike; every
+    backbone then runs at the resolution it was trained at, a file's token grid is one size, and predictions are
+    upsampled back to the label resolution, where the metrics are computed (:func:`upsample_logits`).
+    """
+    return {**dict(data_config), "crop_pct": 1.0, "crop_mode": "squash"}
+
+
+def upsample_logits(output, size: tuple[int, int]):
+    """Bilinear upsampling (``align_corners=False``) of a dense output [B, C, h, w] to the label resolution
+    ``size`` = (H, W); class logits or log-depth, before the argmax or ``exp``."""
+    import torch.nn.functional as F
+
+    if tuple(output.shape[-2:]) == tuple(size):
+        return output
+    return F.interpolate(output, size=tuple(int(v) for v in size), mode="bilinear", align_corners=False)
+
 
 
 def transform_dense_target(target, data_config: Mapping[str, Any], *, task: str) -> np.ndarray:

@@ -922,7 +922,7 @@ def score_backbone(backbone: str, dataset: str, *, scores: Iterable[str] | None 
         raise UsageError(f"transferability scores are defined for classification and regression; got task {task}")
     names = check_scores(scores, task=task)
     parse_taps(tap)
-    if tap in ("patch", "logits"):
+    if tap in ("patch", "patch16", "logits"):
         raise UsageError(f"scores read [N, D] features; tap {tap!r} is not one (use pooled, cls, mean or block<i>)")
     dev = resolve_device(device)
     # bad input is refused before any image is read

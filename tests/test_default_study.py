@@ -103,6 +103,11 @@ def test_probe_report_on_the_default_study(default_results, tmp_path):
     png = re.search(r"!\[digits: reliability diagrams\]\((figures/[^)]+\.png)\)", text)
     assert png and (tmp_path / "report" / png.group(1)).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # issue 22: each dense row shows its token grid; TAR@FAR=1e-3 is n/a with its reason (200 negative pairs)
+    dense = [line for line in text.split("## Dense transfer")[1].split("\n## ")[0].splitlines()
+             if line.startswith("| `") and " | " in line]
+    assert dense and all(re.fullmatch(r"\d+x\d+", line.split(" | ")[1]) for line in dense), dense
+    assert " n/a " in text and "needs ≥ 1,000 negative pairs" in text
 
 def _calibration_rows_match(results, text: str) -> None:
     """Every row of the report's digits calibration table names a chosen method whose test row (read with polars)

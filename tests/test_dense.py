@@ -143,9 +143,9 @@ def dense_sweeps(tmp_path_factory):
 def _targets(root, split, task):
     import h5py
 
-    (path,) = (root / "cache" / "_targets" / "shapes").glob(f"{split}-{task}-*.h5")
+    (path,) = (root / "cache" / "_targets" / "shapes").glob(f"{split}-{task}-labels-*.h5")  # the scored pixels
     with h5py.File(path, "r") as f:
-        return f["targets"][()]
+        return np.stack([v.reshape(shape) for v, shape in zip(f["labels"][()], f["label_shape"][()])])
 
 
 @pytest.mark.parametrize("task", ["segmentation", "depth"])
@@ -160,7 +160,8 @@ def test_dense_sweep_rows_artifacts_and_baselines(dense_sweeps, task):
     root, _, paths = dense_sweeps
     (path,) = paths[task]
     rows = pl.read_parquet(path)
-    assert rows.columns == list(RESULT_COLUMNS)
+    assert rows.columns == [*RESULT_COLUMNS, "grid"]  # the dense tasks' own column: the token grid
+    assert set(rows["grid"]) == {"4x4"}  # test_vit at 64 px, patch 16
     assert rows["split"].to_list() == ["val", "val", "test"] and rows["selected"].to_list() == [False, False, True]
     assert set(rows["task"]) == {task} and set(rows["probe"]) == {"linear"} and set(rows["tap"]) == {"patch"}
     assert set(rows["select_metric"]) == {TASK_METRICS[task][0]} and rows["protocol"].n_unique() == 1
@@ -217,6 +218,8 @@ def test_report_dense_section(dense_sweeps, tmp_path):
     assert "## Dense transfer: segmentation and depth" in text
     assert "### shapes: segmentation" in text and "### shapes: depth" in text
     assert "| mIoU (%) [95% CI] |" in text and "| RMSE (m) [95% CI] |" in text
+    table = [line for line in text.splitlines() if line.startswith("| `test_vit") and "linear / patch" in line]
+    assert len(table) == 2 and all(line.split(" | ")[1] == "4x4" for line in table)  # each dense row's grid
     assert (tmp_path / "report" / "figures" / "shapes-segmentation-examples.png").stat().st_size > 1000
     assert (tmp_path / "report" / "figures" / "shapes-depth-examples.png").stat().st_size > 1000
     seg = job_ci(paths["segmentation"][0], metric="miou", n_boot=300)

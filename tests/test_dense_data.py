@@ -3,6 +3,7 @@ scipy) and dense csv/parquet manifests, with their bad inputs as one-line errors
 
 from __future__ import annotations
 
+import json
 import numpy as np
 import pytest
 
@@ -147,3 +148,97 @@ def test_bad_dense_input_is_one_cli_line(tmp_path, capsys):
     proc = run_main(capsys, "extract-features", "test_resnet", f"csv:{manifest}", "--random-init", "--img-size",
                     "32", "--task", "depth", "--cache-dir", tmp_path / "cache", "--no-progress")
     assert_one_line_error(proc, 1, "has NaN values", str(tmp_path / "bad" / "depth2.npy"))
+
+
+def test_nyuv2_every_backbone_is_scored_on_the_eigen_crop_at_label_resolution(tmp_path):
+    """Dense tasks feed the whole frame (no centre crop) and score the predictions upsampled to the label
+    resolution: two backbones of different input size, crop_pct and output stride score the same pixels per test
+    image, those of the Eigen crop (rows 45:471, columns 41:601 of 480 x 640, scaled to the 12 x 16 frame)."""
+    import h5py
+    import polars as pl
+
+    from probe._nyuv2 import EIGEN_CROP
+    from probe.results import load_artifacts
+
+    mat, *_ = write_nyuv2(tmp_path / "nyu")
+    r0, r1, c0, c1 = EIGEN_CROP
+    eigen = (round(r1 * H / 480) - round(r0 * H / 480)) * (round(c1 * W / 640) - round(c0 * W / 640))
+    assert eigen == 11 * 14
+    grid = {"linear": {"lr": [0.01], "weight_decay": [0.0], "epochs": [1]}}
+    configs = {}
+    for backbone, img_size, crop_pct, want_grid in (("test_vit", 48, 0.95, "3x3"),
+                                                    ("convnext_atto.d2_in1k", 64, 0.875, "2x2")):
+        paths = probe.sweep_cached(backbone, f"nyuv2:{mat}", task="depth", random_init=True, img_size=img_size,
+                                   cache_dir=tmp_path / "cache", results_dir=tmp_path / "results", progress=False,
+                                   device="cpu", grids=grid)
+        rows = pl.read_parquet(paths[0])
+        assert set(rows["img_size"]) == {img_size} and set(rows["grid"]) == {want_grid}
+        art = load_artifacts(paths[0])
+        assert art["stat/n_valid"].tolist() == [eigen, eigen]  # both test images, every crop pixel
+        assert art["ids"].tolist() == ["0002", "0005"]
+        views = []
+        for path in (tmp_path / "cache").rglob("*.h5"):
+            with h5py.File(path, "r") as f:
+                if f.attrs.get("backbone") == backbone:  # a feature file (not a targets file) of this backbone
+                    config = json.loads(f.attrs["data_config"])
+                    views.append((config["crop_pct"], config["crop_mode"]))
+        assert views == [(1.0, "squash")] * 2  # train and test: the whole frame, no centre crop
+        assert describe_crop(backbone, img_size) == crop_pct  # the checkpoints' own centre crops differ
+        configs[backbone] = rows["backbone_config"][0]
+    # one labels file per split scores both (their network-input targets differ: one file per geometry)
+    names = [p.name for p in (tmp_path / "cache" / "_targets").rglob("*.h5")]
+    assert sorted(n.rsplit("-", 1)[0] for n in names if "-labels-" in n) == ["test-depth-labels", "train-depth-labels"]
+    assert len(names) == 2 + 2 * 2
+    # fine-tuning feeds the same whole frame and scores the same pixels
+    run = probe.finetune("test_vit", f"nyuv2:{mat}", tasks=["depth"], random_init=True, img_size=48, epochs=1,
+                         batch_size=2, warmup_epochs=0.0, workers=0, results_dir=tmp_path / "ft",
+                         cache_dir=tmp_path / "cache", progress=False, verbose=False)
+    art = np.load(str(run.results_path).replace(".parquet", ".npz"))
+    assert art["stat/n_valid"].tolist() == [eigen, eigen]
+    assert art["preview/image"].shape[1:] == art["preview/pred"].shape[1:] + (3,) == (H, W, 3)
+    test_row = run.frame.filter(pl.col("selected"))
+    assert test_row["backbone_config"][0] == configs["test_vit"]  # the frozen probe's configuration: they pair up
+    params = json.loads(test_row["params"][0])
+    assert (params["frame"], params["scored"], params["depth_zoom"]) == ("full-frame-squash", "label resolution",
+                                                                         "divide")
+
+
+def describe_crop(backbone: str, img_size: int) -> float:
+    from probe._backbones import describe_backbone
+
+    return describe_backbone(backbone, random_init=True, img_size=img_size)["data_config"]["crop_pct"]
+
+
+def test_patch16_is_a_convnets_stride16_stage_and_a_dense_tap(tmp_path):
+    """``patch16`` is the stage before the last of a ConvNet (stride 16; its final map is stride 32), checked
+    against a forward hook on that stage; for a ViT/16 it is the final grid; a dense sweep on it records its grid,
+    so a matched-stride comparison (ConvNet patch16 vs ViT patch) can be run."""
+    import polars as pl
+    import torch
+
+    from probe._backbones import create_backbone
+    from probe._taps import forward_taps
+
+    bb = create_backbone("test_resnet", random_init=True, img_size=64)
+    seen = {}
+    bb.model.layer3.register_forward_hook(lambda m, i, out: seen.setdefault("layer3", out))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = forward_taps(bb.model, x, ("patch", "patch16"))
+    want = seen["layer3"].flatten(2).transpose(1, 2)  # [B, 4 * 4, C] at stride 16
+    assert out["patch"].shape[1] == 2 * 2 and out["patch16"].shape == want.shape == (2, 16, want.shape[2])
+    assert torch.allclose(out["patch16"], want)
+    vit = create_backbone("test_vit", random_init=True, img_size=64)
+    with torch.no_grad():
+        both = forward_taps(vit.model, x, ("patch", "patch16"))
+    assert torch.equal(both["patch"], both["patch16"])
+    mat, *_ = write_nyuv2(tmp_path / "nyu")
+    paths = probe.sweep_cached("test_resnet", f"nyuv2:{mat}", task="segmentation", taps=["patch", "patch16"],
+                               random_init=True, img_size=64, cache_dir=tmp_path / "cache", progress=False,
+                               results_dir=tmp_path / "results", device="cpu",
+                               grids={"linear": {"lr": [0.01], "weight_decay": [0.0], "epochs": [1]}})
+    rows = pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed")
+    assert dict(rows.select("tap", "grid").unique().iter_rows()) == {"patch": "2x2", "patch16": "4x4"}
+    with pytest.raises(UsageError, match="no stage at output stride 16"):
+        probe.extract_features("vit_small_patch14_dinov2", "digits", taps=["patch16"], random_init=True,
+                               img_size=28, cache_dir=tmp_path / "c2", progress=False)

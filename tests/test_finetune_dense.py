@@ -45,7 +45,7 @@ def test_each_task_writes_its_own_rows_naming_the_co_trained_tasks(runs):
     assert set(multi.results_paths) == {"segmentation", "depth"}
     for task, path in multi.results_paths.items():
         frame = pl.scan_parquet(str(path)).collect()
-        assert frame.columns == list(RESULT_COLUMNS)
+        assert frame.columns == [*RESULT_COLUMNS, "grid"] and set(frame["grid"]) == {"2x2"}  # 32 px, patch 16
         assert set(frame["task"]) == {task} and set(frame["probe"]) == {"finetune"}
         test = frame.filter(pl.col("selected"))
         assert len(test) == 1 and test["split"][0] == "test" and test["n_eval"][0] == 240
@@ -123,7 +123,8 @@ def test_dense_heads_give_maps_at_the_input_size(name, head):
 
 
 def test_training_transform_moves_targets_with_the_image():
-    """Random crops and flips: each output pixel's class is the one its colour was painted with."""
+    """Random crops and flips: each output pixel's class is the one its colour was painted with; the depth of a
+    zooming crop is divided by its zoom, measured here from a ruler painted into the image (issue 22)."""
     from PIL import Image
 
     from probe._finetune import make_config
@@ -132,17 +133,54 @@ def test_training_transform_moves_targets_with_the_image():
     rng = np.random.default_rng(0)
     seg = rng.integers(0, 5, size=(8, 8)).repeat(6, 0).repeat(6, 1)  # 48 x 48 blocks of class ids
     depth = (seg.astype(np.float32) + 1.0) * 0.5
-    image = Image.fromarray(np.stack([seg * 50] * 3, axis=-1).astype(np.uint8))
-    config = make_config(tasks=["segmentation", "depth"], crop_scale=(0.3, 1.0), hflip=True)
+    rows, cols = np.mgrid[0:48, 0:48]
+    image = Image.fromarray(np.stack([seg * 50, rows * 5, cols * 5], axis=-1).astype(np.uint8))  # class, ruler
+    config = make_config(tasks=["segmentation", "depth"], crop_scale=(0.3, 1.0), hflip=False)
+    assert config.depth_zoom == "divide"
     tf = DenseTrainTransform({"input_size": (3, 32, 32), "interpolation": "nearest", "mean": (0, 0, 0),
                               "std": (1, 1, 1)}, config)
-    for s in range(5):
+    zooms = []
+    for s in range(6):
         seed_everything(s)
         x, t = tf(image, {"segmentation": seg, "depth": depth})
         assert t["segmentation"].shape == (32, 32) and t["segmentation"].dtype == torch.int64
         painted = torch.round(x[0] * 255 / 50).long()
         assert torch.equal(painted, t["segmentation"])
-        assert torch.allclose(t["depth"], (t["segmentation"].float() + 1) * 0.5)  # metres kept as they are
+        ruler = torch.round(x[1:] * 255 / 5)  # the source row and column of each output pixel
+        h = float(ruler[0].max() - ruler[0].min()) + 1  # rows of the frame the crop spans (to a pixel)
+        w = float(ruler[1].max() - ruler[1].min()) + 1
+        zoom = np.sqrt((48 / h) * (48 / w))  # magnification relative to the whole-frame view
+        ratio = (t["segmentation"].float() + 1) * 0.5 / t["depth"]
+        assert torch.allclose(ratio, ratio.flatten()[0])  # one factor per crop
+        assert float(ratio.flatten()[0]) == pytest.approx(zoom, rel=0.08)
+        zooms.append(zoom)
+    assert max(zooms) > 1.2  # the crops did zoom
+
+
+def test_no_zoom_crops_keep_the_evaluation_scale_and_depth():
+    """``depth_zoom = no-zoom``: a window of the whole-frame view at its own scale; depth unchanged inside it, the
+    rest ignored (segmentation 255, depth 0) and at the mean colour."""
+    from PIL import Image
+
+    from probe._finetune import make_config
+    from probe._finetune.data import DenseTrainTransform, seed_everything
+    from probe.dense import IGNORE_INDEX
+
+    rng = np.random.default_rng(1)
+    seg = rng.integers(0, 5, size=(8, 8)).repeat(4, 0).repeat(4, 1)  # 32 x 32: the evaluation view's size
+    depth = (seg.astype(np.float32) + 1.0) * 0.5
+    image = Image.fromarray(np.stack([seg * 50] * 3, axis=-1).astype(np.uint8))
+    config = make_config(tasks=["segmentation", "depth"], crop_scale=(0.2, 0.5), hflip=False, depth_zoom="no-zoom")
+    tf = DenseTrainTransform({"input_size": (3, 32, 32), "interpolation": "nearest", "mean": (0, 0, 0),
+                              "std": (1, 1, 1)}, config)
+    for s in range(4):
+        seed_everything(s)
+        x, t = tf(image, {"segmentation": seg, "depth": depth})
+        kept = t["segmentation"] != IGNORE_INDEX
+        assert 0.1 < float(kept.float().mean()) < 0.6  # a window of 20-50% of the area
+        assert torch.equal(t["segmentation"][kept], torch.as_tensor(seg)[kept])  # in place, not rescaled
+        assert torch.equal(t["depth"][kept], torch.as_tensor(depth)[kept])  # metres as measured
+        assert torch.all(t["depth"][~kept] == 0) and torch.all(x[:, ~kept] == 0)
 
 
 def _cli(args, cwd, **kw):

@@ -207,6 +207,8 @@ def test_default_study_loads_and_plans():
     assert sorted({(j.kind, j.settings.get("task", "-")) for j in on_shapes}) == [
         ("extract", "-"), ("sweep", "depth"), ("sweep", "segmentation")]
     assert all(j.settings["taps"] == ["patch"] for j in on_shapes)
+    # the dense sweeps' features are the whole frame's (issue 22), extracted once in the extract stage
+    assert [j.settings.get("full_frame") for j in on_shapes if j.kind == "extract"] == [True] * 4  # per backbone
     assert not any(j.settings.get("task", "classification") != "classification" for j in jobs
                    if j.dataset is not None and j.dataset.spec == "digits")
     # one face dataset entry runs each of its tasks (its own probes, pooled features); only its regression task

@@ -85,15 +85,17 @@ def mean_log_depth(source, split_plan: dict) -> float:
 
 
 def build_eval_loaders(*, bb, config: FinetuneConfig, source, split_plan: dict, n_workers: int, device) -> dict:
-    """One loader per evaluated split (val, test) with the checkpoint's own evaluation transform."""
-    from .data import Batches, DenseEvalTransform, ImageOnly, ImageSet, make_loader
+    """One loader per evaluated split (val, test) with the checkpoint's own evaluation transform; dense tasks see
+    the whole frame and keep their targets at the label resolution (:class:`probe._finetune.data.DenseEvalTransform`),
+    as the frozen dense probe."""
+    from .data import Batches, DenseEvalTransform, ImageOnly, ImageSet, collate_dense, make_loader
 
     data_config = bb.data_config
     shape = tuple(data_config["input_size"])
-    eval_tf = (DenseEvalTransform(bb.eval_transform(), data_config) if is_dense(config)
-               else ImageOnly(bb.eval_transform()))
+    dense = is_dense(config)
+    eval_tf = DenseEvalTransform(data_config) if dense else ImageOnly(bb.eval_transform())
     return {s: make_loader(ImageSet(source, [plan], eval_tf, shape, tasks=config.tasks), Batches(), n_workers,
-                           device, 0)
+                           device, 0, collate_fn=collate_dense if dense else None)
             for s, plan in split_plan.items() if s != "train"}
 
 

@@ -28,6 +28,9 @@ POOLED_TASKS = ("classification", "regression")
 CV_TASKS = ("regression",)
 #: Dense heads (see :mod:`probe._finetune.decoders`); classification always uses the backbone's linear classifier.
 HEADS = ("linear", "multiscale")
+#: How dense training crops treat depth (issue 22): a random resized crop zooms in, so a zoomed object would look
+#: nearer while its target said it was not.
+DEPTH_ZOOMS = ("divide", "no-zoom")
 #: How the task losses of a multi-task fine-tune are weighed.
 TASK_WEIGHTINGS = ("equal", "uncertainty")
 #: Accepted values of ``accum_steps`` (not a config field: it adapts during a run).
@@ -93,6 +96,13 @@ class FinetuneConfig:
     # timm jitter strength; None = off
     color_jitter: float | None = _field(None, "color jitter strength during training (default: off)", metavar="X",
                                         lo=0)
+    # dense tasks: divide = the random resized crop's zoom z (relative to the whole-frame view) divides the depth
+    # target, as a camera z times nearer would measure; no-zoom = the whole-frame view with a random crop_scale
+    # window kept in place and the rest ignored (objects keep their size, depth is unchanged)
+    depth_zoom: str = _field("divide", "dense tasks: divide (the random resized crop's zoom divides the depth "
+                                       "target, as a camera that much nearer would measure) or no-zoom (crops "
+                                       "without rescaling: a random window of the whole-frame view, the rest "
+                                       "ignored)", choices=DEPTH_ZOOMS)
     # lp-ft: logistic probe C; None = selected on val over the sweeps' grid
     lp_C: float | None = _field(None, "lp-ft: the logistic probe's C (default: selected on val over the sweeps' "
                                       "grid)", metavar="C", lo=0, lo_open=True)

@@ -155,24 +155,38 @@ class ImageOnly:
 
 
 class DenseTrainTransform:
-    """Training augmentation applied with one geometry to the image and its dense targets: a random resized crop
-    (``crop_scale`` of the area, aspect 3/4..4/3) to the input size (the checkpoint's interpolation for the image,
-    nearest for the targets, so class ids stay ids and depths stay measured metres), a horizontal flip (p = 0.5
-    with ``hflip``), colour jitter on the image only, then the checkpoint's normalisation."""
+    """Training augmentation applied with one geometry to the image and its dense targets, then a horizontal flip
+    (p = 0.5 with ``hflip``), colour jitter on the image only and the checkpoint's normalisation. The crop follows
+    ``config.depth_zoom`` (the checkpoint's interpolation for the image, nearest for the targets, so class ids stay
+    ids and depths stay measured metres):
+
+    - ``divide``: a random resized crop (``crop_scale`` of the area, aspect 3/4..4/3) to the input size. Relative
+      to the whole-frame view that evaluation feeds (:func:`probe.dense.full_frame_config`) it magnifies by
+      ``z = sqrt((H / h) (W / w))`` for an ``h x w`` crop of an ``H x W`` frame, as a camera ``z`` times nearer
+      would; the depth target is divided by ``z`` so the scale cue stays honest.
+    - ``no-zoom``: the whole frame resized to the input size (the evaluation view), a random window of the same
+      area and aspect ranges kept in place, the rest set to the mean colour (0 after normalisation) and left out
+      of the targets (ignored label, unmeasured depth): objects keep the size and depth they have at evaluation.
+
+    A run without depth among its tasks always crops as ``divide`` does (nothing to divide; its protocol id
+    records no ``depth_zoom``).
+    """
+
+    #: Aspect ratio range of the random crop (torchvision's default).
+    RATIO = (3 / 4, 4 / 3)
 
     def __init__(self, data_config: dict, config):
+        import torch
         from torchvision.transforms import InterpolationMode, v2
 
-        size = tuple(int(v) for v in data_config["input_size"][1:])
-        mode = {"bicubic": InterpolationMode.BICUBIC, "nearest": InterpolationMode.NEAREST}.get(
+        self.size = tuple(int(v) for v in data_config["input_size"][1:])
+        self.mode = {"bicubic": InterpolationMode.BICUBIC, "nearest": InterpolationMode.NEAREST}.get(
             data_config.get("interpolation", "bilinear"), InterpolationMode.BILINEAR)
-        import torch
-
-        # the image becomes a tensor first, so image and targets are resampled by the same (torch) pixel grid
-        steps = [v2.ToImage(),
-                 v2.RandomResizedCrop(size, scale=tuple(config.crop_scale), interpolation=mode, antialias=True)]
-        if config.hflip:
-            steps.append(v2.RandomHorizontalFlip(0.5))
+        # without a depth target there is nothing to divide: every such run crops with zoom (its protocol id
+        # records no depth_zoom)
+        self.scale = tuple(config.crop_scale)
+        self.zoom = config.depth_zoom if "depth" in tuple(config.tasks) else "divide"
+        steps = [v2.RandomHorizontalFlip(0.5)] if config.hflip else []
         if config.color_jitter:
             j = float(config.color_jitter)
             steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
@@ -182,33 +196,74 @@ class DenseTrainTransform:
 
     def __call__(self, image, targets):
         import torch
-        from torchvision import tv_tensors
+        from torchvision import transforms as T, tv_tensors
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
 
-        dense = {t: tv_tensors.Mask(torch.as_tensor(np.asarray(v))) for t, v in targets.items()
-                 if t != "classification"}
-        x, dense = self.transform(image, dense)
+        from ..dense import IGNORE_INDEX
+
+        img = F.to_image(image)  # the image becomes a tensor first: image and targets share one pixel grid
+        dense = {t: torch.as_tensor(np.asarray(v)) for t, v in targets.items() if t != "classification"}
+        H, W = img.shape[-2:]
+        i, j, h, w = T.RandomResizedCrop.get_params(img, list(self.scale), list(self.RATIO))
+        nearest = InterpolationMode.NEAREST
+        if self.zoom == "divide":
+            img = F.resized_crop(img, i, j, h, w, list(self.size), interpolation=self.mode, antialias=True)
+            dense = {t: F.resized_crop(v[None], i, j, h, w, list(self.size), interpolation=nearest)[0]
+                     for t, v in dense.items()}
+            if "depth" in dense:  # unmeasured pixels (0) stay 0
+                dense["depth"] = dense["depth"] / float(np.sqrt((H / h) * (W / w)))
+        else:  # no-zoom: the evaluation view, a window kept in place
+            img = F.resize(img, list(self.size), interpolation=self.mode, antialias=True)
+            dense = {t: F.resize(v[None], list(self.size), interpolation=nearest)[0] for t, v in dense.items()}
+            sh, sw = self.size
+            keep = torch.zeros(self.size, dtype=torch.bool)
+            keep[round(i * sh / H):round((i + h) * sh / H), round(j * sw / W):round((j + w) * sw / W)] = True
+            mean = torch.tensor([round(255 * float(m)) for m in self.transform.transforms[-1].mean],
+                                dtype=img.dtype)
+            img = torch.where(keep, img, mean[:, None, None])
+            dense = {t: torch.where(keep, v, torch.full_like(v, IGNORE_INDEX if t == "segmentation" else 0))
+                     for t, v in dense.items()}
+        x, dense = self.transform(tv_tensors.Image(img), {t: tv_tensors.Mask(v) for t, v in dense.items()})
         out = {t: v.as_subclass(torch.Tensor) for t, v in dense.items()}
         if "classification" in targets:
             out["classification"] = targets["classification"]
-        return x, out
+        return x.as_subclass(torch.Tensor), out
 
 
 class DenseEvalTransform:
-    """The checkpoint's evaluation transform for the image, and the same resize and crop for its dense targets
-    (:func:`probe.dense.transform_dense_target`)."""
+    """Dense evaluation: the image through the whole-frame view (:func:`probe.dense.full_frame_config`: resized to
+    the checkpoint's input size, no centre crop, the checkpoint's interpolation and normalisation); the dense
+    targets stay at the label resolution (the image's own), where the outputs are scored after upsampling."""
 
-    def __init__(self, eval_transform, data_config: dict):
-        self.transform, self.data_config = eval_transform, data_config
+    def __init__(self, data_config: dict):
+        import timm.data
+
+        from ..dense import full_frame_config
+
+        self.data_config = full_frame_config(data_config)
+        self.transform = timm.data.create_transform(**self.data_config, is_training=False)
 
     def __call__(self, image, targets):
         import torch
 
-        from ..dense import transform_dense_target
-
-        out = {t: (v if t == "classification" else
-                   torch.from_numpy(transform_dense_target(v, self.data_config, task=t)))
-               for t, v in targets.items()}
+        out = {t: (v if t == "classification" else torch.as_tensor(np.asarray(v))) for t, v in targets.items()}
         return self.transform(image), out
+
+
+def collate_dense(items):
+    """Collate ``(image, targets, error)`` items; dense targets of different sizes (label resolutions) stay a list
+    of maps, one per image, instead of a stacked batch."""
+    import torch
+    from torch.utils.data import default_collate
+
+    xs, targets, errors = zip(*items)
+    out = {}
+    for t in targets[0]:
+        values = [d[t] for d in targets]
+        same = all(isinstance(v, torch.Tensor) and v.shape == values[0].shape for v in values)
+        out[t] = default_collate(values) if same or t == "classification" else list(values)
+    return default_collate(list(xs)), out, list(errors)
 
 
 class Batches:
@@ -224,8 +279,9 @@ class Batches:
         return len(self.batches)
 
 
-def make_loader(images: ImageSet, batches: Batches, workers: int, device, seed: int):
-    """A DataLoader over ``images`` whose batches are ``batches`` (set before each pass)."""
+def make_loader(images: ImageSet, batches: Batches, workers: int, device, seed: int, *, collate_fn=None):
+    """A DataLoader over ``images`` whose batches are ``batches`` (set before each pass); ``collate_fn`` as
+    torch's (:func:`collate_dense` for dense evaluation)."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)  # workers' base seed; keeps the global RNG untouched
@@ -236,7 +292,7 @@ def make_loader(images: ImageSet, batches: Batches, workers: int, device, seed: 
     cuda = device.type == "cuda"
     return torch.utils.data.DataLoader(images, batch_sampler=batches, num_workers=workers, pin_memory=cuda,
                                        generator=generator, prefetch_factor=4 if workers > 0 else None,
-                                       persistent_workers=workers > 0 and not cuda)
+                                       persistent_workers=workers > 0 and not cuda, collate_fn=collate_fn)
 
 
 def shuffled_batches(n: int, batch_size: int, steps: int, *, seed: int, epoch: int) -> list[list]:

@@ -203,27 +203,33 @@ class DepthTask:
 
 
 class _DenseEval:
-    """Per-image statistics of a dense task over a split (:func:`probe.dense.dense_stats`), and the metrics."""
+    """Per-image statistics of a dense task over a split (:func:`probe.dense.dense_stats`), and the metrics.
+
+    The outputs (at the network input) are upsampled bilinearly to each image's label resolution
+    (:func:`probe.dense.upsample_logits`) before the argmax or ``exp``, and scored there: the frozen dense probe's
+    rule. One image at a time, so memory stays one full-resolution map of outputs."""
 
     def __init__(self, task):
         self.task, self.stats, self.losses, self.keep = task, [], [], []
         self.preview: dict[str, list] = {"target": [], "pred": []}
+        self.scored = 0  # images scored so far: the previews are the first ones
 
     def add(self, output, target, keep) -> None:
-        from ..dense import dense_stats
+        from ..dense import dense_stats, upsample_logits
 
         self.keep.append(keep)
-        if not bool(keep.any()):
-            return
-        output, target = output[keep], target[keep]
-        self.losses.append((float(self.task.loss(output, target)), len(target)))
-        pred = self.task.predict(output)
-        self.stats.append(dense_stats(self.task.name, pred.numpy(), target.numpy(),
-                                      n_classes=getattr(self.task, "n_classes", None)))
-        have = sum(len(t) for t in self.preview["target"])
-        if have < PREVIEW_IMAGES:
-            self.preview["target"].append(target[:PREVIEW_IMAGES - have].numpy())
-            self.preview["pred"].append(pred[:PREVIEW_IMAGES - have].numpy())
+        for k in np.flatnonzero(keep.numpy()):
+            t = target[int(k)]
+            out = upsample_logits(output[int(k):int(k) + 1], tuple(t.shape[-2:]))
+            self.losses.append((float(self.task.loss(out, t[None])), 1))
+            pred = self.task.predict(out)
+            self.stats.append(dense_stats(self.task.name, pred.numpy(), t[None].numpy(),
+                                          n_classes=getattr(self.task, "n_classes", None)))
+            shown = self.preview["target"]
+            if len(shown) == self.scored < PREVIEW_IMAGES and (not shown or shown[0].shape[1:] == tuple(t.shape)):
+                self.preview["target"].append(t[None].numpy())  # the first images, while of one size
+                self.preview["pred"].append(pred.numpy())
+            self.scored += 1
 
     def result(self) -> dict:
         import torch

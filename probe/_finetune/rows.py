@@ -28,6 +28,33 @@ from .selection import EpochRule
 #: The head of a task trained on the pooled features (the backbone's own classifier slot: one linear layer).
 POOLED_HEAD = "linear"
 
+#: Tasks whose heads sit on the feature maps.
+_DENSE = ("segmentation", "depth")
+
+
+def _dense_frame() -> str:
+    from ..dense import FRAME
+
+    return FRAME
+
+
+def _dense_view(data_config: dict) -> dict:
+    from ..dense import full_frame_config
+
+    return full_frame_config(data_config)
+
+
+def _grid_label(bb, head: str = "linear") -> str:
+    """The token grid of a dense head (``"14x14"``): the finest feature map it reads at the input size."""
+    import math
+
+    from .decoders import feature_levels
+
+    info = bb.model.feature_info
+    stride = min(int(info[i]["reduction"]) for i in feature_levels(head, len(info)))
+    _, h, w = (int(v) for v in bb.data_config["input_size"])
+    return f"{math.ceil(h / stride)}x{math.ceil(w / stride)}"
+
 
 @dataclass
 class FinetuneResult:
@@ -147,6 +174,10 @@ class RunWriter:
                   "tasks": list(c.tasks), "head": head_of(c), "select_rule": self.rule.name}
         if lp is not None:
             params["lp_C"] = lp["C"]
+        if set(c.tasks) & set(_DENSE):  # how the frame is fed and scored; how crops treat depth (issue 22)
+            params.update(frame=_dense_frame(), scored="label resolution")
+            if "depth" in c.tasks:
+                params["depth_zoom"] = c.depth_zoom
         if len(c.tasks) > 1:
             params["task_weighting"] = c.task_weighting
         if "regression" in c.tasks:  # the target the head predicts (standardised by its phase's train statistics)
@@ -176,7 +207,14 @@ class RunWriter:
         if c.tasks == (_tasks.DEFAULT,):  # the protocol id the default task's runs always had
             for k in ("tasks", "head", "task_weighting"):
                 recipe.pop(k)
-        identity = identity_columns(backbone=self.backbone, weights=bb.weights_id, data_config=bb.data_config,
+        if "depth" not in c.tasks:  # only depth targets are divided by a crop's zoom
+            recipe.pop("depth_zoom")
+        if set(c.tasks) & set(_DENSE):
+            recipe["frame"] = _dense_frame()
+        # a dense run is evaluated on the whole frame: its configuration is the frozen dense probe's (the same
+        # preprocessing, so the two pair up in the report)
+        view = _dense_view(bb.data_config) if set(c.tasks) & set(_DENSE) else bb.data_config
+        identity = identity_columns(backbone=self.backbone, weights=bb.weights_id, data_config=view,
                                     precision=precision_name(amp_dtype))
         total_seconds = sum(r["train_seconds"] for r in history + refit_history)
         evaluation = evaluation_of(self.source, c, self.evaluation)
@@ -190,7 +228,8 @@ class RunWriter:
                         weights=bb.weights_id, dataset=self.source.name, tap="-", probe="finetune", shots=0,
                         seed=self.seed, val_fraction=val_fraction, test_fraction=test_fraction,
                         select_metric=metric, cache_key="-", protocol=protocol, n_val=n_val, task=task,
-                        evaluation=evaluation, n_skipped=len(skipped), **identity)
+                        evaluation=evaluation, n_skipped=len(skipped), **identity,
+                        **({"grid": _grid_label(bb, head_of(c))} if task in _DENSE else {}))
             rows = [make_row(**base, params={**params, "epoch": r["epoch"]}, selected=False, split="val",
                              n_train=n_train, n_eval=n_val, fit_seconds=r["train_seconds"], **r["val"][task])
                     for r in history]
@@ -237,7 +276,6 @@ class RunWriter:
         """The test predictions beside the rows, with the sweeps' per-item keys: class scores and ``item/top1``,
         ``item/top5`` (classification); per-image predictions, ``item/<metric>`` and each image's person as
         ``group`` (regression); ``stat/<k>`` and a few previews (dense tasks)."""
-        from .. import dense as dense_mod
         from .._io import save_npz_atomic
         from ..results import save_artifacts
 
@@ -264,11 +302,10 @@ class RunWriter:
         if preview:
             k = len(result["preview"]["pred"])
             preview["preview/ids"] = ids[:k].astype(str)
-            view = getattr(dense_mod, "network_view", None)  # the pixels the network saw, for the report's figure
-            if view is not None:
-                positions = np.asarray(idx)[result["keep"]][:k]
-                preview["preview/image"] = np.stack([view(self.source.load(split, int(i)), bb.data_config)
-                                                     for i in positions])
+            # the frames at the label resolution, where the targets and predictions were scored
+            positions = np.asarray(idx)[result["keep"]][:k]
+            preview["preview/image"] = np.stack([np.asarray(self.source.load(split, int(i)).convert("RGB"))
+                                                 for i in positions])
         classes = self.source.segmentation_classes if task == "segmentation" else []
         return save_npz_atomic(path, task=np.asarray(task), ids=ids.astype(str),
                                classes=np.asarray(classes, dtype=str),

@@ -46,6 +46,7 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
              label_smoothing: float = _DEFAULT.label_smoothing, layer_decay: float | None = _DEFAULT.layer_decay,
              clip_grad: float | None = _DEFAULT.clip_grad, crop_scale: tuple[float, float] = _DEFAULT.crop_scale,
              hflip: bool = _DEFAULT.hflip, color_jitter: float | None = _DEFAULT.color_jitter,
+             depth_zoom: str = _DEFAULT.depth_zoom,
              lp_C: float | None = _DEFAULT.lp_C, img_size: int | None = None,
              weights: str | os.PathLike | None = None, random_init: bool = False, seed: int = 0,
              family: str | None = None, val_fraction: float = _DEFAULT.val_fraction,
@@ -89,7 +90,11 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
         Micro-batches per step. ``"auto"`` starts with 1 and doubles whenever a step runs out of GPU memory.
     crop_scale, hflip, color_jitter
         Training augmentation (timm's ``create_transform(is_training=True)``, no auto-augment). Evaluation
-        always uses the checkpoint's own preprocessing (:meth:`probe.Backbone.eval_transform`).
+        always uses the checkpoint's own preprocessing (:meth:`probe.Backbone.eval_transform`); dense tasks
+        feed the whole frame instead (:func:`probe.dense.full_frame_config`) and score at the label resolution.
+    depth_zoom : {"divide", "no-zoom"}
+        Dense tasks: how training crops treat depth (:class:`probe._finetune.data.DenseTrainTransform`):
+        the random resized crop's zoom divides the depth target, or crops keep the evaluation scale.
     lp_C : float, optional
         ``lp-ft``: the logistic probe's C; default: selected on val over the sweeps' grid.
     img_size, weights, random_init, family
@@ -178,7 +183,7 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
                          trainable_blocks=trainable_blocks, epochs=epochs, lr=lr, batch_size=batch_size,
                          weight_decay=weight_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
                          layer_decay=layer_decay, clip_grad=clip_grad, crop_scale=crop_scale, hflip=hflip,
-                         color_jitter=color_jitter, lp_C=lp_C, select_metric=select_metric,
+                         color_jitter=color_jitter, depth_zoom=depth_zoom, lp_C=lp_C, select_metric=select_metric,
                          val_fraction=val_fraction, precision=precision, skip_bad=skip_bad, refit=refit,
                          test_fraction=test_fraction)
     accum_auto = accum_steps == "auto"

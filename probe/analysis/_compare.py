@@ -571,7 +571,10 @@ def multitask_gains(jobs, *, n_boot: int = 10_000, seed: int = 0, ci: float = 0.
 
     def ident(r: dict) -> tuple:
         p = _params(r["params"])
-        recipe = json.dumps({k: v for k, v in p.items() if k not in _NOT_RECIPE}, sort_keys=True, default=str)
+        recipe = {k: v for k, v in p.items() if k not in _NOT_RECIPE}
+        if recipe.get("depth_zoom") == "divide":  # the crops of every single-task run (only depth is rescaled)
+            recipe.pop("depth_zoom")
+        recipe = json.dumps(recipe, sort_keys=True, default=str)
         return (r["dataset"], r["task"], r.get("evaluation"), r["backbone_config"], r["seed"], r["val_fraction"],
                 r["select_metric"], recipe)
 

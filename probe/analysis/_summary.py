@@ -30,7 +30,7 @@ def summary_tables(results_dir: str | os.PathLike) -> list[tuple]:
         return []
     if jobs.is_empty():
         return []
-    jobs = jobs.filter((pl.col("shots") == 0) & pl.col("tap").is_in(["pooled", "patch", "-"]))
+    jobs = jobs.filter((pl.col("shots") == 0) & pl.col("tap").is_in(["pooled", "patch", "patch16", "-"]))
     out = []
     present = set(jobs["task"].to_list())
     for task in _tasks.all_tasks():

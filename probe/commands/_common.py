@@ -69,7 +69,8 @@ def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
     """Everything that controls how features are computed and cached (shared by extract, sweep, run)."""
     parser.add_argument("--taps", nargs="+", default=None, metavar="TAP",
                         help="representations to store: pooled (the default; patch for dense tasks), cls, mean, "
-                             "block<i> (e.g. block3, block-1), patch")
+                             "block<i> (e.g. block3, block-1), patch, patch16 (the token grid at output stride 16: "
+                             "a ConvNet's stage before the last, for matched-stride dense probes)")
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-init and every seeded step")
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, metavar="DIR", help="feature cache directory")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass")

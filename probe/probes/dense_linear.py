@@ -17,8 +17,9 @@ learning-rate decay over ``epochs`` passes of shuffled mini-batches; every grid 
 
 Data come from a :class:`DenseBatches`-like object: anything with ``grid`` ((h, w) of the token grid),
 ``dim`` (D) and ``batches(batch_size, shuffle=, seed=)`` yielding ``(features [B, h*w, D], targets [B, H, W],
-rows)`` numpy arrays, so memory stays one batch however large the dataset (see :mod:`probe._dense_sweep`, which
-streams them from the HDF5 feature cache).
+rows)`` numpy arrays (targets may also be a list of B maps of their own sizes: the label resolution, where
+:meth:`DenseLinearProbe.score_stats` upsamples each image's output to its map), so memory stays one batch
+however large the dataset (see :mod:`probe._dense_sweep`, which streams them from the HDF5 feature cache).
 """
 
 from __future__ import annotations
@@ -311,11 +312,14 @@ def _collect_on(est, heads, data) -> list[dict[str, np.ndarray]]:
     parts: list[list[dict[str, np.ndarray]]] = [[] for _ in heads]
     for feats, targets, _ in data.batches(est.batch_size, shuffle=False):
         x = _normalise(est, feats, dev)
+        # a list of maps (the label resolution): one image at a time, each upsampled to its own map's size
+        pieces = [(x, targets)] if not isinstance(targets, list) else [(x[j:j + 1], t[None])
+                                                                      for j, t in enumerate(targets)]
         for k, (w, b) in enumerate(tensors):
-            with torch.no_grad():
-                pred = _decode(est, _forward(est, x, w, b, data.grid, targets.shape[1:])).cpu().numpy()
-            parts[k].append(dense_stats(est.task, pred, targets, n_classes=est.n_outputs,
-                                        max_depth=est.max_depth))
+            for xs, ts in pieces:
+                with torch.no_grad():
+                    pred = _decode(est, _forward(est, xs, w, b, data.grid, ts.shape[1:])).cpu().numpy()
+                parts[k].append(dense_stats(est.task, pred, ts, n_classes=est.n_outputs, max_depth=est.max_depth))
     return [{name: np.concatenate([p[name] for p in head]) for name in head[0]} for head in parts]
 
 

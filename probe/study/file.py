@@ -465,7 +465,7 @@ def _check_feature_taps(taps: list[str], where: str) -> list[str]:
         parse_taps(taps)
     except UsageError as exc:
         raise UsageError(f"{where}: taps: {exc}") from None
-    bad = [t for t in taps if t in ("patch", "logits")]
+    bad = [t for t in taps if t in ("patch", "patch16", "logits")]
     if bad:
         raise UsageError(f"{where}: taps {bad} are not [N, D] features; use pooled, cls, mean or block<i>")
     return list(dict.fromkeys(taps))

@@ -56,7 +56,7 @@ def run_job(job: Job, study: Study, pretrained: dict[str, str], *, cache_dir, re
         from .._extract import extract_features
 
         entries = extract_features(bb.name, ds.spec, taps=tuple(job.settings["taps"]), seed=bb.seed,
-                                   **common, **extract_opts)
+                                   full_frame=bool(job.settings.get("full_frame")), **common, **extract_opts)
         reused = all(e.reused for e in entries.values())
         return "cached" if reused else f"extracted {sum(e.rows for e in entries.values())} images"
     if job.kind == "sweep":

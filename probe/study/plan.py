@@ -99,7 +99,8 @@ class Job:
             if "tasks" in self.settings:
                 extra += f" tasks={'+'.join(self.settings['tasks'])}"
         elif self.kind == "extract":
-            extra = f" taps={','.join(self.settings['taps'])}"
+            extra = f" taps={','.join(self.settings['taps'])}" + (" whole frame" if self.settings.get("full_frame")
+                                                                  else "")
         elif self.kind == "transfer":
             s = self.settings
             scores = s["scores"] if isinstance(s["scores"], str) else ",".join(s["scores"])
@@ -128,14 +129,17 @@ def plan_study(study: Study) -> list[Job]:
             # tasks that run once per dataset, on pooled features, with the dataset's own probes
             own = [t for t in ds.tasks if _tasks.get(t).dataset_probes]
             taps = ["pooled"] if own else []
+            dense_taps: list[str] = []  # dense tasks see the whole frame: features of their own (probe.dense)
             for s in sweeps:
-                taps.extend(t for t in s["taps"] if t not in taps)
+                into = dense_taps if _tasks.get(s.get("task", _tasks.DEFAULT)).dense else taps
+                into.extend(t for t in s["taps"] if t not in into)
             taps.extend(t for t in _comparison_taps(study, ds) if t not in taps)
             extracted = first
-            if taps:
-                extract = Job("extract", bb, ds, {"taps": taps}, needs=first)
-                jobs.append(extract)
-                extracted = (*first, extract.key)
+            for settings in ({"taps": taps}, {"taps": dense_taps, "full_frame": True}):
+                if settings["taps"]:
+                    extract = Job("extract", bb, ds, settings, needs=first)
+                    jobs.append(extract)
+                    extracted = (*extracted, extract.key)
             for s in sweeps:
                 if ds.cv and any(s["shots"]):
                     continue  # few-shot draws are not cross-validated

@@ -1,4 +1,5 @@
-"""What the two per-pixel tasks share: the linear dense probe on the ``patch`` tap, one job per (probe, seed)."""
+"""What the two per-pixel tasks share: the linear dense probe on the ``patch`` tap (or ``patch16``, a ConvNet's
+stride-16 stage), one job per (tap, probe, seed), on the whole frame, scored at the label resolution."""
 
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ class DenseTask(Task):
     probes = ("linear",)
     default_probes = ("linear",)
     default_taps = ("patch",)
+    #: Taps a dense probe reads: the final token grid, or the stride-16 one (:mod:`probe._taps`).
+    dense_taps = ("patch", "patch16")
+    #: The token grid of the configuration (rows x columns, e.g. ``"14x14"``): its output stride at its input size.
+    columns = {"grid": "Utf8"}
     options = frozenset()
     dense = True
     compare_families = False
@@ -56,9 +61,10 @@ class DenseTask(Task):
         from .._errors import UsageError
 
         request = super().check_request(request)
-        bad = [t for t in request.taps if t != "patch"]
+        bad = [t for t in request.taps if t not in self.dense_taps]
         if bad:
-            raise UsageError(f"dense probes read the patch tap; got {bad}. Use --taps patch")
+            raise UsageError(f"dense probes read the token-grid taps {', '.join(self.dense_taps)}; got {bad}. "
+                             "Use --taps patch (or patch16 for a ConvNet's stride-16 stage)")
         return request
 
     def check_source(self, request, source) -> None:
@@ -78,25 +84,30 @@ class DenseTask(Task):
     def plan(self, data, request):
         from .._dense_sweep import dense_estimator
         from .._protocol import protocol_of
+        from ..dense import FRAME
 
         jobs = []
         n_classes = len(self.classes(data.source))
         recorded = 0.0 if "val" in data.entries else float(request.val_fraction)
-        for name in request.probes:
-            for seed in request.seeds:
-                est, points = dense_estimator(self.name, n_classes, (request.grids or {}).get(name),
-                                              seed=int(seed), device=request.device, name=name)
-                # the seed is the job's (its own column), not part of the protocol: seeds are averaged
-                protocol = protocol_of(est, points, tap="patch", task=self.name, val_fraction=recorded,
-                                       test_fraction=0.0, select_metric=request.select_metric, shots=0, refit=True,
-                                       exclude=("device", "seed"))
-                scheme = self.evaluation(request, name, data)
-                jobs.append(Job(tap="patch", probe=name, seed=int(seed), protocol=protocol,
-                                evaluation=scheme["label"], tag=f"{self.name}-{data.feature_tag}-{protocol[:8]}",
-                                select_metric=request.select_metric, val_fraction=float(request.val_fraction),
-                                device=request.device, context=data.context("patch", request.family),
-                                extra={"estimator": est, "points": points,
-                                       "classes": self.classes(data.source)}))
+        for tap in request.taps:
+            for name in request.probes:
+                for seed in request.seeds:
+                    est, points = dense_estimator(self.name, n_classes, (request.grids or {}).get(name),
+                                                  seed=int(seed), device=request.device, name=name)
+                    # the seed is the job's (its own column), not part of the protocol: seeds are averaged; the
+                    # frame (whole, no crop) and the scoring at the label resolution are
+                    protocol = protocol_of(est, points, tap=tap, task=self.name, val_fraction=recorded,
+                                           test_fraction=0.0, select_metric=request.select_metric, shots=0,
+                                           refit=True, exclude=("device", "seed"),
+                                           evaluation={"frame": FRAME, "scored": "label resolution"})
+                    scheme = self.evaluation(request, name, data)
+                    jobs.append(Job(tap=tap, probe=name, seed=int(seed), protocol=protocol,
+                                    evaluation=scheme["label"],
+                                    tag=f"{self.name}-{data.feature_tag}-{protocol[:8]}",
+                                    select_metric=request.select_metric, val_fraction=float(request.val_fraction),
+                                    device=request.device, context=data.context(tap, request.family),
+                                    extra={"estimator": est, "points": points,
+                                           "classes": self.classes(data.source)}))
         return jobs
 
     def run(self, data, job):

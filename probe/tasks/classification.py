@@ -84,7 +84,7 @@ class Classification(Task):
 
     title = "Classification"
     report_group = "Classification"
-    frozen_taps_excluded = frozenset({"patch"})
+    frozen_taps_excluded = frozenset({"patch", "patch16"})
     gain_metrics = ("mean_per_class_acc",)
 
     def item_stats(self, artifacts):
