@@ -109,6 +109,7 @@ def test_probe_report_on_the_default_study(default_results, tmp_path):
     assert dense and all(re.fullmatch(r"\d+x\d+", line.split(" | ")[1]) for line in dense), dense
     assert " n/a " in text and "needs ≥ 1,000 negative pairs" in text
 
+
 def _calibration_rows_match(results, text: str) -> None:
     """Every row of the report's digits calibration table names a chosen method whose test row (read with polars)
     has that ECE before and after temperature scaling, that temperature and that calibration input."""
