@@ -26,7 +26,7 @@ class Classification(Task):
                       resample=_mean_per_class))
     probes = ("logistic", "ridge", "knn", "centroid")
     default_probes = probes
-    options = frozenset({"cv", "cv_group", "test_fraction", "shots"})
+    options = frozenset({"cv", "cv_group", "test_fraction", "shots", "eval_on"})
     learns_classes = True
 
     # ------------------------------------------------------------------------------------------ engine hooks
@@ -119,6 +119,12 @@ def _classify_splits(task, data, job):
     if people is not None:
         items[GROUP_KEY] = np.asarray(people).astype(str)
     rows[-1] = dict(rows[-1], **{k: v for k, v in task.item_metrics(items).items() if rows[-1].get(k) is None})
+    if job.shifted:  # the selected, refitted probe scored once on each shifted set
+        from .._shifted import score_frozen
+
+        classes = list(data.classes)
+        shifted = [(es, *score_frozen(est, es, fd, job.tap, rows[-1], classes)) for es, fd in job.shifted]
+        return rows, items, shifted
     return rows, items
 
 
