@@ -66,6 +66,11 @@ def test_the_default_study_covers_every_task(default_results):
     scores = rows.filter(pl.col("probe") == "transfer")
     assert set(zip(scores["dataset"], scores["task"])) == {("digits", "classification"), ("faces", "regression")}
     assert set(scores["backbone"]) == set(KEEP) and {"logme", "params", "gflops"} <= set(scores["score"])
+    # distribution shift: each configuration's fine-tune and frozen probes scored on the same shifted images
+    shifted = rows.filter(pl.col("eval_dataset") != pl.col("dataset"))
+    assert set(shifted["eval_dataset"]) == {"digits-c-gaussian_noise-3", "digits-c-blur-3"}
+    assert set(shifted["dataset"]) == {"digits"} and shifted["selected"].all()
+    assert {"finetune", "logistic"} <= set(shifted["probe"]) and set(shifted["backbone"]) == set(KEEP)
     sims = probe.scan_similarity(work / "results").collect()
     assert set(sims["kind"]) == {"configs", "blocks", "finetune"} and set(sims["dataset"]) == {"digits"}
     assert sims["value"].is_finite().all()
@@ -94,7 +99,10 @@ def test_probe_report_on_the_default_study(default_results, tmp_path):
                    "## Faces and continuous targets", "evaluation `cv2 by subject`", "evaluation `loo`",
                    "(over people)", "## Multi-task fine-tuning", "Evaluation: `splits`.",
                    "## Can frozen features predict fine-tuning?", "### digits (classification, 2 configurations)",
-                   "## Do ConvNets and transformers see alike? Representation similarity"):
+                   "## Do ConvNets and transformers see alike? Representation similarity",
+                   "## Distribution shift: effective robustness",
+                   "### digits → digits-c-gaussian_noise-3 · evaluation `splits`",
+                   "### digits → digits-c-blur-3 · evaluation `splits`", "| fine-tuned | finetune (full) |"):
         assert needle in text, needle
     assert "Traceback" not in proc.stderr
 
@@ -125,6 +133,8 @@ def _default_protocols(results: Path):
     rows = pl.concat([pl.read_parquet(f).with_columns(pl.lit(f).alias("file")) for f in files], how="diagonal_relaxed")
     if "fold" in rows.columns:  # a cross-validated job's summary rows (no fold) carry its scores
         rows = rows.filter(pl.col("fold").is_null())
+    # the explorer's protocols are in-distribution: rows scored on a shifted set (eval_on) have their own section
+    rows = rows.filter(pl.col("eval_dataset") == pl.col("dataset"))
     test = rows.filter(pl.col("selected") & (pl.col("split") == "test"))
     parts = []
     for (task,), sub in test.group_by("task"):
