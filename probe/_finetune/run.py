@@ -610,7 +610,7 @@ class _Run:
         if self.fold is not None:
             return written  # a FoldOutcome: the cross-validation writes every fold's rows
         frames, paths, task_metrics, artifacts = written
-        if test is not None:
+        if test is not None and self.eval_sets:  # a classification run (finetune() refuses eval_on otherwise)
             self._score_shifted(trainer, frames[_tasks.DEFAULT].row(-1, named=True))
         if self.skipped:
             names = sorted(self.skipped)
