@@ -217,6 +217,8 @@ def make_row(**values: Any) -> dict[str, Any]:
         row["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     if row["task"] is None:
         row["task"] = "classification"  # probe.tasks.DEFAULT
+    if row["eval_dataset"] is None:
+        row["eval_dataset"] = row["dataset"]  # scored on its own dataset unless a shifted set is named
     if row["probe_version"] is None:
         row["probe_version"] = PROBE_VERSION
     return row
@@ -247,7 +249,7 @@ def write_results(rows, path: str | os.PathLike) -> Path:
     missing = [c for c in RESULT_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"results are missing contract columns {missing}")
-    # a row names the dataset it was scored on: its own dataset unless a shifted set is named (never null)
+    # a row names the dataset it was scored on (rows not built by make_row: their own dataset; never null)
     frame = frame.with_columns(pl.col("eval_dataset").fill_null(pl.col("dataset")))
     path = Path(path)
     with disk_full_guard(path.parent, f"the results file {path.name}", _RESUME):
