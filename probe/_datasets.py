@@ -6,6 +6,10 @@ Specs (``DatasetSource.spec``):
   fixed, stratified train (75%) and test (25%).
 - ``shapes``: synthetic and deterministic coloured shapes (6 classes) with a per-pixel segmentation map and a
   depth map kept beside each image for the dense probes; splits train/val/test.
+- ``digits-c?corruption=NAME&severity=1..5``: digits' test split corrupted in the manner of ImageNet-C
+  (``gaussian_noise``, ``blur``, ``contrast``, ``rotation``, ``invert``, ``jpeg``; severity default 3),
+  deterministic (seeded by image id); ``shapes-texture``: shapes' test images with textures instead of flat
+  colours. Both have a test split only, with the clean set's ids and class names: shifted sets for ``eval_on``.
 - ``imagefolder:PATH``: ``PATH/<split>/<class>/...`` when PATH's sub-folders are split names, else
   ``PATH/<class>/...`` (a single ``train`` split).
 - ``csv:PATH`` or a ``.parquet`` manifest: columns ``path,label[,split]``, paths relative to the manifest. A dense
@@ -45,8 +49,9 @@ import numpy as np
 from ._errors import ProbeError, UsageError
 from ._faces import BUILTIN_KINDS as FACE_BUILTINS
 from ._faces import FILE_KINDS as FACE_FILE_KINDS
-from ._builtin_data import (DIGITS_CLASSES, DIGITS_VERSION, SHAPES_CLASSES, SHAPES_SIZE,  # noqa: F401
-                            SHAPES_VERSION, digit_image, digits_splits, shape_sample, shapes_splits)
+from ._builtin_data import (DIGITS_C_VERSION, DIGITS_CLASSES, DIGITS_CORRUPTIONS, DIGITS_VERSION,  # noqa: F401
+                            SHAPES_CLASSES, SHAPES_SIZE, SHAPES_TEXTURE_VERSION, SHAPES_VERSION, digit_image,
+                            digits_c_splits, digits_splits, shape_sample, shapes_splits, shapes_texture_splits)
 from ._hub_data import (hf_class_names, hf_download, hf_image_bytes, init_params, torchvision_object,
                         torchvision_targets)
 from ._images import images_under as _images_under
@@ -145,7 +150,7 @@ class DatasetSource:
         if self.kind == "digits":
             return digit_image(ref)
         if self.kind == "shapes":
-            return shape_sample(ref, self.options["size"])[0]
+            return shape_sample(ref, self.options["size"], texture=bool(self.options.get("texture")))[0]
         if self.kind == "nyuv2":
             from ._nyuv2 import nyuv2_image
 
@@ -248,7 +253,10 @@ def open_dataset(spec: str, *, data_root: str | os.PathLike | None = None) -> Da
     if not isinstance(spec, str) or not spec:
         raise UsageError("dataset spec is empty; use e.g. digits, shapes, imagefolder:PATH or csv:PATH")
     kind, _, arg = spec.partition(":")
-    if kind == "digits" and not arg:
+    builtin, _, query = spec.partition("?")
+    if builtin in SHIFTED_BUILTINS and ":" not in spec:
+        source = _open_shifted(builtin, query, spec)
+    elif kind == "digits" and not arg:
         source = _open_digits()
     elif kind == "shapes" and not arg:
         source = _open_shapes()
@@ -272,7 +280,8 @@ def open_dataset(spec: str, *, data_root: str | os.PathLike | None = None) -> Da
         source = DatasetSource(kind=kind, **read_official(kind, arg))
         spec = source.spec  # canonical, every option spelled out: the cache records e.g. the seed of a drawn split
     else:
-        raise UsageError(f"unknown dataset spec {spec!r}; use digits, shapes, faces, imagefolder:PATH, csv:PATH "
+        raise UsageError(f"unknown dataset spec {spec!r}; use digits, shapes, digits-c?corruption=NAME&severity=N, "
+                         f"shapes-texture, faces, imagefolder:PATH, csv:PATH "
                          f"(or a .parquet manifest), torchvision:NAME, hf:REPO, nyuv2:PATH, fgnet:PATH or an official "
                          f"download: "
                          f"{', '.join(k + ':PATH' for k in OFFICIAL_KINDS)}")
@@ -297,6 +306,37 @@ def _open_shapes() -> DatasetSource:
                          labels=labels, ids=ids, version=SHAPES_VERSION,
                          options={"size": SHAPES_SIZE, "dense_tasks": ["segmentation", "depth"],
                                   "segmentation_classes": ["background", *SHAPES_CLASSES]})
+
+
+#: The built-in shifted sets (spec before ``?``) and the options each accepts.
+SHIFTED_BUILTINS = {"digits-c": ("corruption", "severity"), "shapes-texture": ()}
+
+
+def _open_shifted(builtin: str, query: str, spec: str) -> DatasetSource:
+    """``digits-c?corruption=NAME&severity=N`` or ``shapes-texture``: a test split only (see the module docstring)."""
+    from urllib.parse import parse_qsl
+
+    options = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
+    unknown = sorted(set(options) - set(SHIFTED_BUILTINS[builtin]))
+    if unknown:
+        takes = ", ".join(SHIFTED_BUILTINS[builtin]) or "no options"
+        raise UsageError(f"dataset {spec!r}: unknown option(s) {unknown}; {builtin} takes {takes}")
+    if builtin == "shapes-texture":
+        splits, labels, ids = shapes_texture_splits()
+        return DatasetSource(spec=spec, name="shapes-texture", kind="shapes", classes=list(SHAPES_CLASSES),
+                             splits=splits, labels=labels, ids=ids, version=SHAPES_TEXTURE_VERSION,
+                             options={"size": SHAPES_SIZE, "texture": True})
+    corruption = options.get("corruption")
+    if corruption not in DIGITS_CORRUPTIONS:
+        raise UsageError(f"dataset {spec!r}: corruption must be one of {', '.join(DIGITS_CORRUPTIONS)}; got "
+                         f"{corruption!r}. Use e.g. digits-c?corruption=blur&severity=3")
+    severity = options.get("severity", "3")
+    if severity not in {"1", "2", "3", "4", "5"}:
+        raise UsageError(f"dataset {spec!r}: severity must be 1, 2, 3, 4 or 5; got {severity!r}")
+    splits, labels, ids = digits_c_splits(corruption, int(severity))
+    return DatasetSource(spec=spec, name=f"digits-c-{corruption}-{severity}", kind="digits",
+                         classes=list(DIGITS_CLASSES), splits=splits, labels=labels, ids=ids,
+                         version=DIGITS_C_VERSION, options={"corruption": corruption, "severity": int(severity)})
 
 
 # ---------------------------------------------------------------------------------------------------- files

@@ -240,7 +240,7 @@ def sweep(probe, train: tuple, val: tuple | None = None, test: tuple | None = No
             fitted.fit(X_train, y_train)
 
     def score(fitted, seconds):
-        test_scores = fitted._scores(to_tensor(X_test, dev)).float().cpu().numpy()
+        test_scores = class_scores(fitted, X_test)
         metrics = classification_metrics(y_test, test_scores, fitted.classes_)
         n_fit = len(y_train) + (len(y_val) if refit_on_val else 0)
         row = make_row(**base, params={**plain_params(points_best(points, fitted)), **converged(fitted)}, selected=True,
@@ -268,6 +268,15 @@ def sweep(probe, train: tuple, val: tuple | None = None, test: tuple | None = No
                                   "val_ids": val_ids, "val_scores": leaders.get(outcome.best), "val_labels": y_val,
                                   "val_classes": classes})
     return frame
+
+
+def class_scores(fitted, X: np.ndarray) -> np.ndarray:
+    """The class scores [N, C] of a fitted classification probe on features ``X`` (columns: ``fitted.classes_``):
+    how its test split, and any shifted set it is scored on (:mod:`probe._shifted`), are scored."""
+    from .probes._base import resolve_device, to_tensor
+
+    dev = resolve_device(fitted.get_params().get("device"))
+    return fitted._scores(to_tensor(X, dev)).float().cpu().numpy()
 
 
 def points_best(points, fitted) -> dict:

@@ -167,6 +167,7 @@ class Report:
             self.notes.append(f"rows of task {name!r} are left out: no task module registers it in this "
                               "environment.")
         lines += self._section_multitask()
+        lines += self.a.shift_section(self)  # empty without rows scored on shifted sets (eval_on)
         lines += self.a.transfer_section(self.results_dir, self.save, notes=self.notes)  # empty without scores
         lines += self.a.similarity_section(self.results_dir, self.save)  # empty without similarity rows
         if self.notes:

@@ -284,6 +284,7 @@ class _Explorer:
             jobs = self.jobs.filter((pl.col("task") == task) & (pl.col("evaluation") == evaluation))
             self._scope(task, evaluation, jobs)
         self._multitask()
+        self._shift()
         for r in self.a.skipped_images(self.jobs).iter_rows(named=True):
             self.notes.append(f"{r['dataset']}: {r['n_skipped']} unreadable image(s) left out with --skip-bad for "
                               f"{r['config_label']}; its numbers are on the rest.")
@@ -703,6 +704,41 @@ class _Explorer:
         self._add_table(section, _table("multitask", "Multi-task minus single-task fine-tuning", cols, rows))
         self._add_figure(section, a.multitask_figure(gains, styles=self.styles),
                          "Multi-task minus single-task fine-tuning per configuration, with paired intervals")
+
+    def _shift(self) -> None:
+        """Distribution shift (:mod:`probe.analysis._shift`): each point's in-distribution and shifted accuracy and
+        effective robustness, the figure of each dataset and shifted set."""
+        a = self.a
+        groups = a.effective_robustness(a.shift_points(a.job_table(self.results_dir, shifted=True),
+                                                       notes=self.notes), **self.kw)
+        if not groups:
+            return
+        section = self._section(
+            "Distribution shift: effective robustness",
+            "The selected models (frozen probe chosen on val and refitted; fine-tune's chosen epoch) scored once on "
+            "shifted copies of the test images (eval_on), nothing fitted or selected on them. The line is fitted "
+            "through every configuration and protocol on logit-scaled accuracies (Taori et al. 2020); effective "
+            "robustness is the shifted accuracy minus the line's prediction, with a "
+            f"{self.pct} bootstrap interval that resamples the images of both sets and refits the line.")
+        metric = groups[0]["metric"]
+        cols = [_col("config", "configuration", "config"), _col("family", "family"), _col("dataset", "dataset"),
+                _col("evaluation", "evaluation"), _col("eval_dataset", "shifted set"), _col("method", "probe / tap"),
+                _col("chosen", "chosen on val as"), _metric_col("acc_id", metric, "in-distribution"),
+                _metric_col("acc_shift", metric, "shifted"),
+                _interval_col("er", metric, "effective robustness", signed=True), _col("note", "note")]
+        rows = [dict(config=self._config_cell(r), family=r["family"], dataset=r["dataset"],
+                     evaluation=r["evaluation"], eval_dataset=r["eval_dataset"], method=r["method"],
+                     chosen=r["chosen"], acc_id=_num(r["acc_id"]), acc_shift=_num(r["acc_shift"]),
+                     er=_iv(r["er"], r["er_low"], r["er_high"]), note=r["note"] or "",
+                     _f=_facets(dataset=r["dataset"], task=r["task"], evaluation=r["evaluation"],
+                                family=[r["family"]], config=[r["backbone_config"]], probe=[r["probe"]]))
+                for r in a.shift_rows(groups)]
+        self._add_table(section, _table("shift", "Shifted vs in-distribution accuracy and effective robustness",
+                                        cols, rows, sort="er", desc=True))
+        for g in groups:
+            if g["slope"] is not None:
+                self._add_figure(section, a.shift_figure(g, styles=self.styles),
+                                 f"{g['dataset']} to {g['eval_dataset']}: shifted vs in-distribution accuracy")
 
     # ------------------------------------------------------------------------------------- provenance
 

@@ -40,7 +40,8 @@ def sweep_cached(backbone: str, dataset, *, probes: Sequence[str] | None = None,
                  cache_dir: str | os.PathLike = "cache", results_dir: str | os.PathLike = "results", jobs: int = 1,
                  device: str = "auto", overwrite: bool = False, progress: bool = True, task: str | None = None,
                  cv: int | None = None, cv_group: str | None = None, pairs: str | os.PathLike | None = None,
-                 whiten: int | None = None, **extract_kwargs) -> list[Path]:
+                 whiten: int | None = None, eval_on: Sequence[str] = (), shared_classes: bool = False,
+                 **extract_kwargs) -> list[Path]:
     """Sweep a task's probes on a backbone's cached features of a dataset; one parquet file per job.
 
     Features come from :func:`probe.extract_features` (which extracts whatever the cache lacks). One job per
@@ -102,6 +103,15 @@ def sweep_cached(backbone: str, dataset, *, probes: Sequence[str] | None = None,
     whiten : int, optional
         Verification: compare the features after a PCA whitening to this many components, fitted for each fold
         of the pairs on the other folds' images (:func:`probe._verify.verify`); a different protocol id.
+    eval_on : sequence of str
+        Shifted sets (dataset specs sharing the dataset's class names, e.g. ``digits-c?corruption=blur&severity=3``)
+        that each job's selected, refitted probe is scored on once (:mod:`probe._shifted`): their features are
+        extracted and cached like any dataset's, and each is written as its own file beside the job's
+        (``<job stem>.on-<name>.parquet`` and ``.npz``: one selected test row whose ``eval_dataset`` names it).
+        Nothing is fitted or selected on them.
+    shared_classes : bool
+        Score a shifted set that has classes the dataset lacks on its items of the shared classes (recorded in the
+        row's params); without it such a set is refused with one line naming the classes.
     **extract_kwargs
         Passed to :func:`probe.extract_features` (weights, random_init, img_size, batch_size, family, ...).
 
@@ -114,6 +124,7 @@ def sweep_cached(backbone: str, dataset, *, probes: Sequence[str] | None = None,
     from ._checks import check_output_dir
     from ._features import opened
     from ._schema import Setting, check_setting
+    from ._shifted import shifted_stem
     from .results import job_stem, write_job
     from .tasks import Request
 
@@ -133,14 +144,27 @@ def sweep_cached(backbone: str, dataset, *, probes: Sequence[str] | None = None,
         probes=None if probes is None else tuple(probes), taps=None if taps is None else tuple(taps),
         shots=tuple(int(k) for k in shots), seeds=tuple(int(s) for s in seeds), grids=dict(grids or {}),
         select_metric=select_metric, val_fraction=float(val_fraction), test_fraction=float(test_fraction), cv=cv,
-        cv_group=cv_group, pairs=pairs, whiten=whiten, device=device, family=extract_kwargs.get("family")))
+        cv_group=cv_group, pairs=pairs, whiten=whiten, device=device, family=extract_kwargs.get("family"),
+        eval_on=tuple(eval_on or ())))
     _check_grids(the_task, request)
     check_output_dir(results_dir, "--results-dir")
     source = opened(dataset, extract_kwargs.get("data_root"))  # the spec is parsed once; the object travels down
     the_task.check_source(request, source)
+    eval_sets = []
+    if request.eval_on:
+        from ._shifted import open_eval_sets
+
+        eval_sets = open_eval_sets(request.eval_on, source, shared_classes=shared_classes,
+                                   data_root=extract_kwargs.get("data_root"))
+        if "test" not in source.splits and not request.test_fraction:
+            raise UsageError(f"dataset {source.name!r} has no test split: no probe is refitted to score the "
+                             "--eval-on sets; pass --test-fraction F, or drop --eval-on")
     data = the_task.load(backbone, source, request, cache_dir=cache_dir, device=device, progress=progress,
                          **extract_kwargs)
     _say_without_test(the_task, request, data)
+    # the shifted sets' features: the same extractor and cache rules as the dataset's
+    shifted = tuple((es, the_task.load(backbone, es.source, request, cache_dir=cache_dir, device=device,
+                                       progress=progress, **extract_kwargs)) for es in eval_sets)
 
     paths, pending = [], []
     for job in the_task.plan(data, request):
@@ -149,15 +173,21 @@ def sweep_cached(backbone: str, dataset, *, probes: Sequence[str] | None = None,
                         shots=job.shots, seed=job.seed, tag=job.tag)
         path = Path(str(stem) + ".parquet")
         paths.append(path)
-        if overwrite or not path.exists():
+        job.shifted = shifted
+        shifted_paths = [Path(str(shifted_stem(stem, es)) + ".parquet") for es, _ in shifted]
+        if overwrite or not all(p.exists() for p in [path, *shifted_paths]):
             pending.append((job, stem))
 
     def run(item):
         job, stem = item
-        rows, items = the_task.run(data, job)
-        # every row names its task and its evaluation scheme (part of every grouping key, never selected across)
-        rows = [dict(r, task=the_task.name, evaluation=job.evaluation) for r in rows]
-        return write_job(stem, rows, items)
+        rows, items, *more = the_task.run(data, job)
+
+        def named(rows):  # every row names its task and its evaluation scheme (part of every grouping key)
+            return [dict(r, task=the_task.name, evaluation=job.evaluation) for r in rows]
+
+        for es, row, shifted_items in (more[0] if more else ()):  # written first: the job's own file marks it done
+            write_job(shifted_stem(stem, es), named([row]), shifted_items)
+        return write_job(stem, named(rows), items)
 
     run_jobs(run, pending, jobs=jobs, progress=progress)
     return paths

@@ -80,6 +80,10 @@ RESULT_COLUMNS: dict[str, str] = {
     "evaluation": "Utf8",  # how the row was scored (probe.tasks.evaluation_label): splits | test carve 0.2 | cv5 |
     #                        cv5 by subject | loo | gallery/query | pairs file | pairs drawn 10 folds [whiten 128];
     #                        part of every grouping key, never selected across
+    "eval_dataset": "Utf8",  # the dataset the row's metrics were measured on: equals `dataset` on in-distribution
+    #                          rows; the shifted set's name (e.g. digits-c-blur-3) on rows of a probe or fine-tune
+    #                          selected on `dataset` and scored once on a shifted set (probe._shifted); part of
+    #                          every grouping key, never pooled or selected across
     # --- transferability scores (probe.transfer; probe = "transfer"): one row per (configuration, dataset, task,
     #     score); null on other rows
     "score": "Utf8",  # logme | hscore | hscore_shrink | leep | nce | nleep | sfda | transrate | gbc, or a
@@ -213,6 +217,8 @@ def make_row(**values: Any) -> dict[str, Any]:
         row["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     if row["task"] is None:
         row["task"] = "classification"  # probe.tasks.DEFAULT
+    if row["eval_dataset"] is None:
+        row["eval_dataset"] = row["dataset"]  # scored on its own dataset unless a shifted set is named
     if row["probe_version"] is None:
         row["probe_version"] = PROBE_VERSION
     return row
@@ -243,6 +249,8 @@ def write_results(rows, path: str | os.PathLike) -> Path:
     missing = [c for c in RESULT_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"results are missing contract columns {missing}")
+    # a row names the dataset it was scored on (rows not built by make_row: their own dataset; never null)
+    frame = frame.with_columns(pl.col("eval_dataset").fill_null(pl.col("dataset")))
     path = Path(path)
     with disk_full_guard(path.parent, f"the results file {path.name}", _RESUME):
         path.parent.mkdir(parents=True, exist_ok=True)

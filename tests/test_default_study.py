@@ -66,6 +66,11 @@ def test_the_default_study_covers_every_task(default_results):
     scores = rows.filter(pl.col("probe") == "transfer")
     assert set(zip(scores["dataset"], scores["task"])) == {("digits", "classification"), ("faces", "regression")}
     assert set(scores["backbone"]) == set(KEEP) and {"logme", "params", "gflops"} <= set(scores["score"])
+    # distribution shift: each configuration's fine-tune and frozen probes scored on the same shifted images
+    shifted = rows.filter(pl.col("eval_dataset") != pl.col("dataset"))
+    assert set(shifted["eval_dataset"]) == {"digits-c-gaussian_noise-3", "digits-c-blur-3"}
+    assert set(shifted["dataset"]) == {"digits"} and shifted["selected"].all()
+    assert {"finetune", "logistic"} <= set(shifted["probe"]) and set(shifted["backbone"]) == set(KEEP)
     sims = probe.scan_similarity(work / "results").collect()
     assert set(sims["kind"]) == {"configs", "blocks", "finetune"} and set(sims["dataset"]) == {"digits"}
     assert sims["value"].is_finite().all()
@@ -95,7 +100,10 @@ def test_probe_report_on_the_default_study(default_results, tmp_path):
                    "(over people)", "## Multi-task fine-tuning", "Evaluation: `splits`.",
                    "## Can frozen features predict fine-tuning?", "### digits (classification, 2 configurations)",
                    "## Do ConvNets and transformers see alike? Representation similarity", "## Calibration",
-                   "| ECE after TS (%) [95% CI] | change (pp) [95% CI] |", "best frozen probe: ", "fine-tuning: "):
+                   "| ECE after TS (%) [95% CI] | change (pp) [95% CI] |", "best frozen probe: ", "fine-tuning: ",
+                   "## Distribution shift: effective robustness",
+                   "### digits → digits-c-gaussian_noise-3 · evaluation `splits`",
+                   "### digits → digits-c-blur-3 · evaluation `splits`", "| fine-tuned | finetune (full) |"):
         assert needle in text, needle
     assert "Traceback" not in proc.stderr
     # the calibration table's numbers are the default study's own rows: each chosen job's seed-mean ECE
@@ -118,7 +126,8 @@ def _calibration_rows_match(results, text: str) -> None:
     import probe
 
     rows = probe.scan_results(results).collect().filter(pl.col("selected") & (pl.col("split") == "test")
-                                                        & (pl.col("dataset") == "digits") & (pl.col("shots") == 0))
+                                                        & (pl.col("dataset") == "digits") & (pl.col("shots") == 0)
+                                                        & (pl.col("eval_dataset") == "digits"))
     block = text.split("## Calibration", 1)[1].split("### digits", 1)[1].split("\n\n", 2)[1]
     lines = [ln for ln in block.splitlines() if ln.startswith("| `")]
     assert len(lines) == 2 * len(KEEP), block  # best frozen probe and fine-tuning of each configuration
@@ -165,6 +174,8 @@ def _default_protocols(results: Path):
     rows = pl.concat([pl.read_parquet(f).with_columns(pl.lit(f).alias("file")) for f in files], how="diagonal_relaxed")
     if "fold" in rows.columns:  # a cross-validated job's summary rows (no fold) carry its scores
         rows = rows.filter(pl.col("fold").is_null())
+    # the explorer's protocols are in-distribution: rows scored on a shifted set (eval_on) have their own section
+    rows = rows.filter(pl.col("eval_dataset") == pl.col("dataset"))
     test = rows.filter(pl.col("selected") & (pl.col("split") == "test"))
     parts = []
     for (task,), sub in test.group_by("task"):

@@ -58,7 +58,8 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
              checkpoint_dir: str | os.PathLike | None = None, keep_checkpoints: bool = False,
              overwrite: bool = False, device: str = "auto", workers: int | None = None, progress: bool = True,
              verbose: bool = True, sync_batchnorm: bool = False, cv: int | None = None,
-             cv_group: str | None = None) -> FinetuneResult:
+             cv_group: str | None = None, eval_on: tuple[str, ...] | list[str] = (),
+             shared_classes: bool = False) -> FinetuneResult:
     """Fine-tune ``backbone`` with a new head on ``dataset``; choose the epoch on val, score test once.
 
     Parameters
@@ -151,6 +152,14 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
     cv_group : {"subject"}, optional
         Keep each person's images in one fold (``cv`` = the number of people: leave-one-person-out).
 
+    eval_on : sequence of str
+        Shifted sets sharing the dataset's class names (classification, split-based runs): the model that scores
+        test (the chosen epoch's, refitted on train+val by default) scores each shifted set's test split once,
+        written beside the rows as ``<stem>.on-<name>.parquet``/``.npz`` (:mod:`probe._shifted`; the frozen
+        probes of the same configuration are scored on the same images).
+    shared_classes : bool
+        Score an ``eval_on`` set with classes the dataset lacks on its images of the shared classes.
+
     Notes
     -----
     Under ``torchrun`` (:mod:`probe._distributed`) every global batch is the single process's, split among the
@@ -176,6 +185,7 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
     from .._datasets import open_dataset
     from .._runtime import resolve_device
     from .._schema import SEED, WORKERS
+    from .._shifted import shifted_stem
     from ..results import job_stem
     from ..splits import require_two_classes
 
@@ -211,6 +221,14 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
         raise UsageError(f"dataset {source.name!r} has no continuous target for --task regression; use a dataset "
                          "that carries one (fgnet:PATH or faces: age; a csv/parquet manifest with a target column)")
     folds = check_cv(source, cv, cv_group, tasks=config.tasks, test_fraction=config.test_fraction, seed=seed)
+    eval_sets: tuple = ()
+    if eval_on:
+        from .._shifted import open_eval_sets
+
+        if config.tasks != (_tasks.DEFAULT,) or folds is not None:
+            raise UsageError("--eval-on scores a classification fine-tune refitted on the dataset's splits; drop it "
+                             "(or --cv / --task)")
+        eval_sets = tuple(open_eval_sets(eval_on, source, shared_classes=shared_classes, data_root=data_root))
     if folds is not None:
         fold_plans = [fold_plan(source, tr, te, groups=folds[1], val_fraction=config.val_fraction, seed=seed)
                       for tr, te in folds[0]]
@@ -272,10 +290,11 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
     stem = stem_of("+".join(config.tasks) if named else None)
     stems = {t: stem_of(t) for t in config.tasks} if named else {_tasks.DEFAULT: stem}
     results_paths = {t: Path(str(st) + ".parquet") for t, st in stems.items()}
+    shifted_paths = [Path(str(shifted_stem(stem, es)) + ".parquet") for es in eval_sets]
     ckpt_dir = Path(str(stem) + ".ckpt") if checkpoint_dir is None else Path(checkpoint_dir) / (stem.name + ".ckpt")
 
     def done() -> bool:
-        return all(p.is_file() for p in results_paths.values())
+        return all(p.is_file() for p in [*results_paths.values(), *shifted_paths])
 
     if done() and not overwrite:
         return read_back(results_paths, stem, ckpt_dir, settings, verbose)
@@ -294,7 +313,7 @@ def finetune(backbone: str, dataset: str, *, tasks: str | tuple[str, ...] = _DEF
                         seed=int(seed), init_seed=init_seed, family=family, data_root=data_root,
                         cache_dir=cache_dir, device=device, workers=workers,
                         progress=progress if _distributed.is_main() else False, verbose=verbose and _distributed.is_main(),
-                        sync_batchnorm=sync_batchnorm)
+                        sync_batchnorm=sync_batchnorm, eval_sets=eval_sets)
         if folds is not None:
             result = cross_validate_runs(_Run, run_args, fold_plans, folds, ckpt_dir=ckpt_dir, cv=int(cv),
                                          cv_group=cv_group)
@@ -353,6 +372,7 @@ class _Run:
     sync_batchnorm: bool = False
     fold: int | None = None  # cross-validation: this fold's rows and items are returned, nothing is written
     evaluation: dict | None = None  # how test is made when not a test split (the protocol id's ``evaluation``)
+    eval_sets: tuple = ()  # shifted sets the model that scores test scores too (probe._shifted.EvalSet)
 
     def __post_init__(self) -> None:
         self.rule = EpochRule.for_tasks(self.config.tasks, self.config.select_metric)
@@ -556,6 +576,43 @@ class _Run:
             trainer.model.load_state_dict(load_file(str(best_file), device=str(self.dev)))
         return trainer.evaluate("val")
 
+    def _evaluate_shifted(self, trainer) -> list:
+        """The model that scored test scores each shifted set's test split once (the same evaluation transform):
+        ``[(eval set, source aligned to it, its evaluation)]``, written by :meth:`_write_shifted`."""
+        import numpy as np
+
+        out = []
+        for es in self.eval_sets:
+            aligned = es.aligned_source(self.source.classes)
+            n = len(aligned.ids["test"])
+            loaders = build_eval_loaders(bb=self.bb, config=self.config, source=aligned,
+                                         split_plan={"shifted": ("test", np.arange(n))}, n_workers=self.n_workers,
+                                         device=self.dev)
+            trainer.eval_loaders["shifted"] = loaders["shifted"]
+            try:
+                out.append((es, aligned, trainer.evaluate("shifted")[_tasks.DEFAULT]))
+            finally:
+                _stop_workers(trainer.eval_loaders.pop("shifted"))
+        return out
+
+    def _write_shifted(self, shifted: list, row: dict, val: dict | None) -> None:
+        """Each shifted set's row and arrays beside the job's (:func:`probe._shifted.shifted_result`,
+        :func:`probe._shifted.shifted_stem`), calibrated with the temperature fitted on the source's val."""
+        import numpy as np
+
+        from .._shifted import shifted_result, shifted_stem
+        from ..results import write_job
+        from .rows import calibration_of
+
+        val = None if val is None else val.get(_tasks.DEFAULT)
+        for es, aligned, result in shifted:
+            ids = np.asarray(aligned.ids["test"], dtype=str)[result["keep"]]
+            shifted_row, items = shifted_result(
+                row, es, ids=ids, labels=result["labels"], scores=result["scores"],
+                score_classes=np.arange(len(self.source.classes)), classes=self.source.classes,
+                calibration=lambda s, y: calibration_of(_tasks.DEFAULT, val, {"scores": s, "labels": y}))
+            write_job(shifted_stem(self.stems[_tasks.DEFAULT], es), [shifted_row], items)
+
     def _finish(self, trainer, start_epoch: int, initial_head, refit: bool) -> FinetuneResult:
         """Export the weights that score test, score it, and hand the rows to the writer."""
         from safetensors.torch import load_file
@@ -578,6 +635,8 @@ class _Run:
                     with atomic_path(weights_path) as tmp:
                         shutil.copyfile(best_file, tmp)
         test = trainer.evaluate("test") if "test" in self.eval_loaders else None
+        # shifted sets are scored by the model that scored test, before the chosen epoch's weights are reloaded
+        shifted = self._evaluate_shifted(trainer) if test is not None and self.fold is None and self.eval_sets else []
         val = self._chosen_val(trainer, best_file, refit) if test is not None else None
         written = self.writer.write(bb=self.bb, amp_dtype=self.amp_dtype, accum_steps=self.accum_steps, test=test,
                                     history=self.history, refit_history=self.refit_history, best=self.best,
@@ -585,6 +644,8 @@ class _Run:
         if self.fold is not None:
             return written  # a FoldOutcome: the cross-validation writes every fold's rows
         frames, paths, task_metrics, artifacts = written
+        if shifted:  # a classification run (finetune() refuses eval_on otherwise)
+            self._write_shifted(shifted, frames[_tasks.DEFAULT].row(-1, named=True), val)
         if self.skipped:
             names = sorted(self.skipped)
             print(f"probe: --skip-bad left out {len(names)} unreadable image{'s' if len(names) != 1 else ''} of "

@@ -39,7 +39,10 @@ _LAZY = {
     "PairedPredictions": "._stats", "Aligned": "._stats",
     "DENSE_METRICS": "._stats", "job_dense_stats": "._items", "job_preview": "._items",
     "job_items": "._items", "JobItems": "._items", "resampling": "._stats", "Resampling": "._stats",
-    "resample_interval": "._stats",
+    "resample_interval": "._stats", "resampled_values": "._stats",
+    # distribution shift: shifted vs in-distribution accuracy, effective robustness
+    "shift_points": "._shift", "effective_robustness": "._shift", "shift_section": "._shift",
+    "shift_figure": "._shift", "fit_line": "._shift", "shift_rows": "._shift",
     # comparisons
     "FamilyComparison": "._compare", "family_bootstrap": "._compare", "sign_test": "._compare",
     "compare_families": "._compare", "family_wins": "._compare", "finetune_gains": "._compare",

@@ -6,7 +6,10 @@ The rules every table and figure follows (report, notebooks, console summary):
   job's ``select_metric`` (the number it was chosen on). A cross-validated job is its summary row (``fold``
   null: the mean over folds), and its val score the mean over folds of each fold's selected val score. A job without such a val row has no val score and is
   never chosen; a note says so.
-- Rows are grouped by ``(dataset, task, evaluation, backbone_config, protocol)``; nothing is pooled across
+- Rows are grouped by ``(dataset, task, evaluation, eval_dataset, backbone_config, protocol)``; ``eval_dataset``
+  is the set a row was scored on (``dataset`` itself, or a shifted set the model selected on ``dataset`` was scored
+  on once: :mod:`probe._shifted`), and :func:`job_table` keeps the in-distribution rows unless asked for the
+  shifted ones. Nothing is pooled across
   evaluation schemes (``evaluation``: ``splits``, ``cv5 by subject``, ``loo``, ``pairs file whiten 128`` ...),
   backbone configurations or protocol ids. Rows written before the ``evaluation`` column existed get it from
   their task (:meth:`probe.tasks.Task.legacy_evaluation`: ``splits``, or ``cv<k>[ by subject]`` from a
@@ -36,7 +39,7 @@ from ..vocab import FINETUNE, UNKNOWN_FAMILY
 DEFAULT_TASK = _tasks.DEFAULT
 
 #: Columns that identify what a row measured; groups never cross them (the evaluation scheme included).
-GROUP = ("dataset", "task", "evaluation", "backbone_config", "protocol")
+GROUP = ("dataset", "task", "evaluation", "eval_dataset", "backbone_config", "protocol")
 #: Columns that describe a (backbone_config, protocol) group and are the same in each of its jobs.
 _DESCRIBE = ("backbone", "config_label", "family", "family_source", "weights", "img_size", "precision", "probe",
              "tap", "shots", "select_metric", "val_fraction", "test_fraction", "method")
@@ -79,7 +82,7 @@ def task_metrics(task: str | None) -> tuple[str, ...]:
     return t.metric_names if t is not None else ()
 
 
-def job_table(results, *, notes: list[str] | None = None):
+def job_table(results, *, notes: list[str] | None = None, shifted: bool = False):
     """One row per job: its selected test row with ``val_score``, ``file``, ``method`` and filled identity.
 
     Parameters
@@ -88,6 +91,10 @@ def job_table(results, *, notes: list[str] | None = None):
         A results directory (read with :func:`probe.scan_results`) or rows that carry a ``file`` column.
     notes : list of str, optional
         Receives one line per results file that has no selected test row (it is left out).
+    shifted : bool
+        Also the rows of models scored on shifted sets (``eval_dataset`` other than ``dataset``: each its own
+        file, ``<job stem>.on-<name>.parquet``, whose val score is its job's). Default: only in-distribution rows,
+        which every table but the distribution-shift section reads.
 
     Returns
     -------
@@ -105,12 +112,18 @@ def job_table(results, *, notes: list[str] | None = None):
         frame = scan_results(results, include_file_paths="file").collect()
     else:
         frame = results.collect() if isinstance(results, pl.LazyFrame) else results
+    from .._shifted import source_file
+
     frame = with_identity(frame)
     by_file: dict[str, list[dict]] = {}
     for row in frame.to_dicts():
         by_file.setdefault(row["file"], []).append(row)
     jobs = []
     for file, rows in sorted(by_file.items()):
+        if source_file(file) != file:  # a shifted set's file: its job's val rows chose its setting
+            if not shifted:
+                continue
+            rows = rows + [r for r in by_file.get(source_file(file), []) if r["split"] == "val"]
         tests = [r for r in rows if r["selected"] and r["split"] == "test"]
         folds = [r for r in tests if r.get("fold") is not None]
         if folds:  # cross-validated: the job is its summary row; its val score is the folds' mean
@@ -176,6 +189,9 @@ def with_identity(frame):
         pl.col("shots").fill_null(0),
         pl.col("seed").fill_null(0),
         pl.col("params").fill_null("{}"),
+        # rows written before eval_dataset existed were scored on their own dataset
+        (pl.col("eval_dataset") if "eval_dataset" in frame.columns else pl.lit(None, dtype=pl.Utf8))
+        .fill_null(pl.col("dataset")).alias("eval_dataset"),
     ).with_columns(
         pl.col("select_metric").fill_null(pl.col("task").replace_strict(
             {t.name: t.headline for t in _tasks.all_tasks()}, default=primary_metric(DEFAULT_TASK),
@@ -221,7 +237,8 @@ def _with_evaluation(frame):
 
 
 def aggregate_seeds(jobs, *, metrics: Iterable[str] | None = None):
-    """Average the seeds of each ``(dataset, task, backbone_config, protocol)``: mean, sd and n, never max.
+    """Average the seeds of each :data:`GROUP` (``dataset, task, evaluation, eval_dataset, backbone_config,
+    protocol``): mean, sd and n, never max.
 
     Parameters
     ----------
@@ -244,6 +261,8 @@ def aggregate_seeds(jobs, *, metrics: Iterable[str] | None = None):
         tasks = set(jobs["task"].to_list()) if jobs.height else {DEFAULT_TASK}
         metrics = [m for t in sorted(tasks) for m in task_metrics(t) if m in jobs.columns]
     metrics = list(dict.fromkeys(metrics))
+    if "eval_dataset" not in jobs.columns:  # rows built by hand: scored on their own dataset
+        jobs = jobs.with_columns(pl.col("dataset").alias("eval_dataset"))
     describe = [c for c in _DESCRIBE if c in jobs.columns]
     sd = lambda c: pl.col(c).std(ddof=1).fill_nan(None)  # noqa: E731
     ordered = jobs.sort("seed", "file")
@@ -263,8 +282,9 @@ def aggregate_seeds(jobs, *, metrics: Iterable[str] | None = None):
 
 
 def best_by_val(protocols, *, notes: list[str] | None = None, by: Iterable[str] = ()):
-    """Per ``(dataset, task, evaluation, backbone_config, select_metric)`` the protocol with the best seed-mean
-    val score: never chosen across evaluation schemes.
+    """Per ``(dataset, task, evaluation, eval_dataset, backbone_config, select_metric)`` the protocol with the best
+    seed-mean val score (the val split of ``dataset``): never chosen across evaluation schemes, nor across the
+    sets the rows were scored on.
 
     Parameters
     ----------
@@ -286,9 +306,11 @@ def best_by_val(protocols, *, notes: list[str] | None = None, by: Iterable[str] 
 
     if "evaluation" not in protocols.columns:  # rows built by hand: one scheme
         protocols = protocols.with_columns(pl.lit(None, dtype=pl.Utf8).alias("evaluation"))
+    if "eval_dataset" not in protocols.columns:  # rows built by hand: scored on their own dataset
+        protocols = protocols.with_columns(pl.col("dataset").alias("eval_dataset"))
     if "n" not in protocols.columns:
         protocols = aggregate_seeds(protocols)
-    keys = ["dataset", "task", "evaluation", "backbone_config", "select_metric", *by]
+    keys = ["dataset", "task", "evaluation", "eval_dataset", "backbone_config", "select_metric", *by]
     if protocols.is_empty():
         return protocols
     lower = sorted({(t, m) for t, m in protocols.select("task", "select_metric").iter_rows() if lower_is_better(m, t)})

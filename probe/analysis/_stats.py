@@ -229,17 +229,13 @@ def _run(r: "Resampling", *, n_boot: int, seed: int, ci: float) -> BootstrapResu
     metric = r.metric
     n = r.n
 
-    def statistic(counts):
-        v = r.values(counts)
-        return v[:, 0] - v[:, 1] if v.shape[1] == 2 else v[:, 0]
+    def statistic(v):
+        return v[..., 0] - v[..., 1] if v.shape[-1] == 2 else v[..., 0]
 
-    estimate = float(statistic(r.full_counts())[0])
-    rng = np.random.default_rng(seed)
+    full, values = resampled_values(r, n_boot=n_boot, seed=seed)
+    estimate = float(statistic(full))
     n_boot = int(n_boot)
-    samples = np.empty(n_boot, dtype=np.float64)
-    for start in range(0, n_boot, r.chunk()):
-        stop = min(n_boot, start + r.chunk())
-        samples[start:stop] = statistic(r.draw(rng, stop - start))
+    samples = statistic(values)
     finite = samples[np.isfinite(samples)]
     if not len(finite):
         raise UsageError(f"no bootstrap resample gave a finite {metric}")
@@ -251,6 +247,20 @@ def _run(r: "Resampling", *, n_boot: int, seed: int, ci: float) -> BootstrapResu
                            std_error=float(finite.std(ddof=1)) if len(finite) > 1 else 0.0,
                            p_le_zero=float(np.mean(finite <= 0)) if paired else float("nan"), paired=paired,
                            samples=finite, over=r.over, n_groups=r.n_groups)
+
+
+def resampled_values(r: "Resampling", *, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every side's metric on the full sample [M] and on ``n_boot`` resamples [n_boot, M] of ``r``: the draws of
+    the one bootstrap loop (:func:`resample_interval` summarises them for one result or a paired difference; a
+    statistic of several results, such as effective robustness against a line fitted through them, is computed
+    from them per resample)."""
+    rng = np.random.default_rng(seed)
+    n_boot = int(n_boot)
+    values = np.empty((n_boot, len(r._sides)), dtype=np.float64)
+    for start in range(0, n_boot, r.chunk()):
+        stop = min(n_boot, start + r.chunk())
+        values[start:stop] = r.values(r.draw(rng, stop - start))
+    return r.values(r.full_counts())[0], values
 
 
 @dataclass

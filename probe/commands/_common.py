@@ -53,6 +53,20 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
                              "caltech101:PATH?keep_background=1)")
 
 
+def add_shift_arguments(parser: argparse.ArgumentParser) -> None:
+    """--eval-on and --shared-classes: shifted sets the selected model is scored on once (probe._shifted)."""
+    parser.add_argument("--eval-on", action="append", default=[], metavar="SPEC",
+                        help="a shifted evaluation set (repeatable) that shares the dataset's class names, e.g. "
+                             "'digits-c?corruption=blur&severity=3' (gaussian_noise, blur, contrast, rotation, invert, "
+                             "jpeg; severity 1-5), shapes-texture, or any dataset spec with a test split: the model "
+                             "selected and refitted on DATASET scores its test split once (rows with eval_dataset = "
+                             "its name); nothing is fitted or selected on it")
+    parser.add_argument("--shared-classes", action=argparse.BooleanOptionalAction, default=False,
+                        help="score an --eval-on set that has classes DATASET lacks on its images of the shared "
+                             "classes only (recorded in the rows' params); without it such a set is an error naming "
+                             "the classes")
+
+
 def dataset_spec(args: argparse.Namespace) -> str:
     """The dataset spec of parsed CLI arguments, with the options that flags set (``--keep-background``)."""
     spec = args.dataset

@@ -22,7 +22,7 @@ from pathlib import Path
 from probe._console import progress_option
 
 from ._common import (DEFAULT_CACHE_DIR, DEFAULT_RESULTS_DIR, add_backbone_arguments,
-                      add_dataset_arguments, dataset_spec)
+                      add_dataset_arguments, add_shift_arguments, dataset_spec)
 
 
 def _accum(text: str):
@@ -82,6 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sync-batchnorm", action=argparse.BooleanOptionalAction, default=False,
                         help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA) "
                              "instead of each rank's share; models without BatchNorm are unaffected")
+    add_shift_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         family=args.family, init_seed=args.init_seed, allow_overlap=args.allow_overlap, data_root=args.data_root,
         cache_dir=Path(args.cache_dir), results_dir=Path(args.results_dir), checkpoint_dir=args.checkpoint_dir,
         keep_checkpoints=args.keep_checkpoints, overwrite=args.overwrite, device=args.device, workers=args.workers,
-        progress=progress_option(args.progress, lines=False), sync_batchnorm=args.sync_batchnorm, cv=args.cv, cv_group=args.cv_group)
+        progress=progress_option(args.progress, lines=False), sync_batchnorm=args.sync_batchnorm, cv=args.cv, cv_group=args.cv_group,
+        eval_on=args.eval_on, shared_classes=args.shared_classes)
     from probe import _distributed
 
     if not _distributed.is_main():  # under torchrun rank 0 speaks for the group

@@ -20,7 +20,7 @@ from probe import tasks
 from probe.vocab import DEFAULT_VAL_FRACTION
 
 from ._common import (DEFAULT_RESULTS_DIR, add_backbone_arguments, add_dataset_arguments, add_extraction_arguments,
-                      dataset_spec, extraction_kwargs)
+                      add_shift_arguments, dataset_spec, extraction_kwargs)
 
 
 def _probe_names() -> list[str]:
@@ -84,6 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "train carved off as test (seeded, the same for every job); default 0 = no test rows")
     parser.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                         help="re-run jobs whose results already exist")
+    add_shift_arguments(parser)
     add_extraction_arguments(parser)
 
 
@@ -119,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         args.backbone, dataset_spec(args), probes=args.probes, taps=taps if args.taps is not None else None,
         shots=args.shots, seeds=args.seeds, select_metric=args.select_metric, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, results_dir=args.results_dir, jobs=args.jobs, overwrite=args.overwrite,
-        task=task.name, cv=args.cv, cv_group=args.cv_group, pairs=args.pairs, whiten=args.whiten, **kwargs))
+        task=task.name, cv=args.cv, cv_group=args.cv_group, pairs=args.pairs, whiten=args.whiten,
+        eval_on=args.eval_on, shared_classes=args.shared_classes, **kwargs))
     if not _distributed.is_main():
         return 0
     for path in paths:
@@ -138,4 +140,8 @@ def run(args: argparse.Namespace) -> int:
             text = f"{metric}={row[metric]:.4f}"
         print(f"{row['probe']}\t{row['tap']}\tshots={row['shots']}\tseed={row['seed']}\t{params}\t"
               f"{row['split']} {text}\t{row['evaluation']}\t{path}")
+        for shifted in sorted(path.parent.glob(path.stem + ".on-*.parquet")):  # the same probe on shifted sets
+            r = pl.read_parquet(shifted).row(0, named=True)
+            print(f"{row['probe']}\t{row['tap']}\tshots={row['shots']}\tseed={row['seed']}\ton {r['eval_dataset']}\t"
+                  f"test {metric}={r[metric]:.4f}\t{r['evaluation']}\t{shifted}")
     return 0

@@ -34,6 +34,10 @@ The study file (all tables but ``[[backbones]]`` and ``[[datasets]]`` optional):
     pairs = "lfw/pairs.txt"       # optional (verification): LFW pairs file, relative to the study file
     whiten = 128                  # optional (verification): PCA whitening to this many components, fitted per
                                   # fold on the other folds' images
+    eval_on = ["digits-c?corruption=blur&severity=3"]   # optional (classification): shifted sets sharing its
+                                  # class names; the probe selected and refitted here (and the fine-tune's chosen
+                                  # epoch) is scored once on each (rows with eval_dataset = its name)
+    shared_classes = false        # optional: score an eval_on set with extra classes on the shared ones only
     probes = ["ridge", "knn"]     # optional: the probes of its identification / verification / regression tasks
                                   # (each runs the listed probes it takes; default: cosine for identification and
                                   # verification, ridge and knn for regression), instead of the [[sweeps]]
@@ -164,6 +168,8 @@ class DatasetSpec:
     pairs: str | None = None  # verification pairs file (LFW pairs.txt); default: drawn from the identities
     whiten: int | None = None  # verification: PCA whitening components, fitted on the other folds' images
     probes: list[str] | None = None  # probes of its tasks that run per dataset (Task.dataset_probes)
+    eval_on: list[str] = field(default_factory=list)  # shifted sets scored once by the selected models
+    shared_classes: bool = False  # score an eval_on set with classes this dataset lacks on the shared ones
 
     def task_probes(self, task: str) -> list[str]:
         """The probes a task of this dataset runs when it runs per dataset (:attr:`probe.tasks.Task.dataset_probes`):
@@ -241,7 +247,10 @@ def study_schema() -> dict[str, dict[str, Setting]]:
                      "cv": Setting("int", lo=2, default=5), "cv_group": Setting("str", choices=CV_GROUPS),
                      "pairs": Setting("str", default="pairs.txt"), "whiten": Setting("int", lo=1, default=128),
                      "probes": Setting("str", many=True, nonempty=True,
-                                       choices=_union(t.probes for t in per_dataset), default=[COSINE])},
+                                       choices=_union(t.probes for t in per_dataset), default=[COSINE]),
+                     "eval_on": Setting("str", many=True, nonempty=True,
+                                        default=["digits-c?corruption=blur&severity=3"]),
+                     "shared_classes": Setting("bool", default=False)},
         "extract": {"batch_size": Setting("int", lo=1, default=64), "workers": Setting("int", lo=0),
                     "dtype": Setting("str", choices=("float16", "float32"), default="float16"),
                     "skip_bad": Setting("bool", default=False),
@@ -394,6 +403,8 @@ def load_study(path: str | os.PathLike | None = None) -> Study:
             d["data_root"] = str(_resolve(base, d["data_root"]))
         if d.get("pairs"):
             d["pairs"] = str(_resolve(base, d["pairs"]))
+        if d.get("eval_on"):
+            d["eval_on"] = [_resolve_spec(base, e) for e in d["eval_on"]]
         _check_task_keys(d, f"[[datasets]] #{i + 1} in {source}")
         datasets.append(DatasetSpec(**d))
     sweeps = []
@@ -533,7 +544,10 @@ def _check_task_keys(d: dict, where: str) -> None:
     if d.get("cv_group") and not d.get("cv"):
         raise UsageError(f"{where}: cv_group = \"{d['cv_group']}\" groups the folds of cv; add cv = K (the number "
                          "of people for leave-one-person-out)")
-    for key in ("cv", "cv_group", "pairs", "whiten"):
+    if d.get("eval_on") and d.get("cv"):
+        raise UsageError(f"{where}: eval_on scores the models refitted on the dataset's splits; a cross-validated "
+                         "dataset has one per fold: drop cv or eval_on")
+    for key in ("cv", "cv_group", "pairs", "whiten", "eval_on"):
         if d.get(key) is not None and not any(key in t.options for t in tasks):
             owners = [t.name for t in _tasks.all_tasks() if key in t.options]
             raise UsageError(f"{where}: {key} is for {' and '.join(owners) or 'no task'}; add "

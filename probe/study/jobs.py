@@ -104,6 +104,8 @@ def _finetune(job: Job, study: Study, *, results_dir, extract_opts: dict, common
     bb, ds = job.backbone, job.dataset
     settings = dict(job.settings)
     ft_size = settings.pop("img_size", None) or bb.finetune_img_size or common["img_size"]
+    if ds.eval_on and "tasks" not in settings and "cv" not in settings:  # a split-based classification fine-tune
+        settings.update(eval_on=list(ds.eval_on), shared_classes=ds.shared_classes)
     # the job's seed carves val and drives training; the backbone's own seed is its random initialisation,
     # so a random-init fine-tune starts from the weights whose frozen features the sweeps probed
     return finetune(bb.name, ds.spec, select_metric=_select_metric(job, study, finetune=True),
@@ -194,6 +196,8 @@ def _evaluation_args(job: Job) -> dict:
     for key in ("pairs", "whiten"):
         if key in options:
             out[key] = getattr(ds, key)
+    if "eval_on" in options and ds.eval_on and not job.folded:
+        out.update(eval_on=list(ds.eval_on), shared_classes=ds.shared_classes)
     return out
 
 

@@ -60,8 +60,12 @@ class Job:
     @cached_property
     def key(self) -> str:
         """A stable id of the job (kind, backbones, dataset, settings; not its prerequisites)."""
-        material = {"kind": self.kind, "backbone": asdict(self.backbone),
-                    "dataset": asdict(self.dataset) if self.dataset is not None else None,
+        dataset = asdict(self.dataset) if self.dataset is not None else None
+        if dataset is not None:  # keys of studies without shifted sets stay what they were
+            for k in ("eval_on", "shared_classes"):
+                if not dataset.get(k):
+                    dataset.pop(k, None)
+        material = {"kind": self.kind, "backbone": asdict(self.backbone), "dataset": dataset,
                     "settings": self.settings}
         if self.partners:
             material["partners"] = [asdict(b) for b in self.partners]

@@ -137,6 +137,7 @@ class Request:
     whiten: int | None = None
     device: str = "auto"
     family: str | None = None
+    eval_on: tuple = ()  # shifted sets' specs (probe._shifted): the selected probe scores each once
 
 
 @dataclass
@@ -165,11 +166,14 @@ class Job:
     device: str = "auto"
     context: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    #: The shifted sets the job's selected probe is scored on once: ((EvalSet, FeatureData of its test split),
+    #: ...) (:mod:`probe._shifted`); a task that accepts ``eval_on`` returns their rows as :meth:`Task.run` says.
+    shifted: tuple = ()
 
 
 #: Evaluation options of a request: (option, the flag that sets it).
 _OPTIONS = (("cv", "--cv"), ("cv_group", "--cv-group"), ("pairs", "--pairs"), ("whiten", "--whiten"),
-            ("test_fraction", "--test-fraction"), ("shots", "--shots"))
+            ("test_fraction", "--test-fraction"), ("shots", "--shots"), ("eval_on", "--eval-on"))
 
 
 class Task:
@@ -193,7 +197,8 @@ class Task:
         Taps probed when none are named.
     options : frozenset of str
         Evaluation options the task accepts: ``cv``, ``cv_group``, ``pairs``, ``whiten``, ``test_fraction``,
-        ``shots``. Others are refused with one line.
+        ``shots``, ``eval_on`` (scoring the selected probe on shifted sets, :mod:`probe._shifted`). Others are
+        refused with one line.
     learns_classes : bool
         True when probes learn the dataset's classes: a fold grouping that leaves a test label without a
         training example is refused.
@@ -284,7 +289,8 @@ class Task:
 
         given = {"cv": request.cv is not None, "cv_group": request.cv_group is not None,
                  "pairs": request.pairs is not None, "whiten": request.whiten is not None,
-                 "test_fraction": bool(request.test_fraction), "shots": any(int(k) for k in request.shots)}
+                 "test_fraction": bool(request.test_fraction), "shots": any(int(k) for k in request.shots),
+                 "eval_on": bool(request.eval_on)}
         for option, flag in _OPTIONS:
             if given[option] and option not in self.options:
                 raise UsageError(_refusal(self, option, flag))
@@ -297,6 +303,9 @@ class Task:
             raise UsageError(f"--cv-group must be one of subject; got {request.cv_group!r}")
         if request.cv is not None and request.test_fraction:
             raise UsageError("--cv and --test-fraction both make the test data; pass one of them")
+        if request.cv is not None and request.eval_on:
+            raise UsageError("--eval-on scores the probe refitted on the dataset's splits; a cross-validated job has "
+                             "one probe per fold: drop --cv or --eval-on")
         probes = tuple(self.default_probes if request.probes is None else request.probes)
         bad = [p for p in probes if p not in self.probes]
         if bad:
@@ -379,9 +388,13 @@ class Task:
 
         return make_probe(probe)
 
-    def run(self, data, job: Job) -> tuple[list[dict], dict]:
+    def run(self, data, job: Job) -> tuple:
         """Run one job: its result rows (val rows, the selected test row; per fold and a summary under
-        cross-validation) and its per-item arrays for the ``.npz``."""
+        cross-validation) and its per-item arrays for the ``.npz``.
+
+        A task that accepts ``eval_on`` returns a third element when ``job.shifted`` names shifted sets: one
+        ``(EvalSet, row, items)`` per set, the selected probe scored once on it (:func:`probe._shifted.shifted_result`),
+        which the engine writes beside the job's files (:func:`probe._shifted.shifted_stem`)."""
         raise NotImplementedError(f"task {self.name!r} does not run jobs")
 
     def item_metrics(self, items: Mapping[str, Any]) -> dict[str, float]:

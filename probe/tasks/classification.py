@@ -64,7 +64,7 @@ class Classification(Task):
                       resample=_mean_per_class))
     probes = ("logistic", "ridge", "knn", "centroid")
     default_probes = probes
-    options = frozenset({"cv", "cv_group", "test_fraction", "shots"})
+    options = frozenset({"cv", "cv_group", "test_fraction", "shots", "eval_on"})
     learns_classes = True
     extra_metrics = CALIBRATION
     columns = {**{m.name: "Float64" for m in CALIBRATION}, "temperature": "Float64", "calib_input": "Utf8"}
@@ -164,6 +164,14 @@ def _classify_splits(task, data, job):
         rows[-1] = dict(rows[-1], **columns)
         items.update(calibration_items)
     rows[-1] = dict(rows[-1], **{k: v for k, v in task.item_metrics(items).items() if rows[-1].get(k) is None})
+    if job.shifted:  # the selected, refitted probe scored once on each shifted set
+        from .._shifted import score_frozen
+
+        classes = list(data.classes)
+        calibration = ((lambda s, y: calibrated(est, s, y, result.extra)) if task.extra_metrics else None)
+        shifted = [(es, *score_frozen(est, es, fd, job.tap, rows[-1], classes, calibration=calibration))
+                   for es, fd in job.shifted]
+        return rows, items, shifted
     return rows, items
 
 
