@@ -109,6 +109,30 @@ def test_a_shifted_row_is_the_selected_probe_scored_once_on_the_shifted_features
     assert abs(row["top1"] - accuracy_score(labels, pred)) <= 1 / len(pred)
 
 
+def test_a_shifted_row_is_calibrated_with_the_source_vals_temperature(swept):
+    """The shifted row's calibration is its own (recomputed here from its saved scores) with the temperature fitted
+    on the source's val; it is never the in-distribution row's values copied."""
+    from scipy.special import softmax
+
+    from probe import _calibration
+
+    _, paths = swept
+    for name in ("centroid", "logistic"):
+        path = next(p for p in paths if p.name.startswith(name))
+        chosen = pl.read_parquet(path).filter(pl.col("selected")).row(0, named=True)
+        row = pl.read_parquet(_shifted_file(path)).row(0, named=True)
+        assert row["temperature"] == chosen["temperature"] and row["calib_input"] == chosen["calib_input"]
+        items = np.load(str(_shifted_file(path)).replace(".parquet", ".npz"))
+        col = np.searchsorted(items["score_classes"], items["labels"])
+        scores = items["scores"].astype(np.float64)
+        z = scores if name == "centroid" else np.log(softmax(scores, axis=1))  # logistic: its softmax's logits
+        before, after = softmax(z, axis=1), softmax(z / row["temperature"], axis=1)
+        assert row["ece"] == pytest.approx(_calibration.ece(before, col), abs=1e-9)
+        assert row["ece_ts"] == pytest.approx(_calibration.ece(after, col), abs=1e-9)
+        assert row["nll_ts"] == pytest.approx(_calibration.nll(after, col), rel=1e-9)
+        assert row["ece"] != chosen["ece"]
+
+
 def test_in_distribution_tables_do_not_change_and_selection_stays_on_the_source_val(swept, tmp_path):
     root, paths = swept
     results = root / "results"

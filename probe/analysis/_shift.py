@@ -25,7 +25,6 @@ from __future__ import annotations
 import numpy as np
 
 from .. import tasks as _tasks
-from ..vocab import FINETUNE
 
 #: Points needed for a fitted line (two points always lie on their line: no effective robustness to speak of).
 MIN_POINTS = 3
@@ -96,7 +95,8 @@ def shift_points(jobs, *, notes: list[str] | None = None):
     """
     import polars as pl
 
-    from ._select import aggregate_seeds, best_by_val
+    from ._compare import report_groups
+    from ._select import aggregate_seeds
 
     empty = pl.DataFrame()
     if not jobs.height or "eval_dataset" not in jobs.columns:
@@ -117,13 +117,13 @@ def shift_points(jobs, *, notes: list[str] | None = None):
         points = shifted.join(own.select(*keys, pl.col(metric).alias("acc_id"), pl.col("files").alias("files_id"),
                                          pl.col("n_eval").alias("n_id")), on=keys, how="inner")
         points = points.rename({metric: "acc_shift", "files": "files_shift", "n_eval": "n_shift"})
-        # the configuration's choices, made on the source's val (the same val scores on both sides of a point)
+        # the configuration's choices, made on the source's val as every other table makes them (the best frozen
+        # probe and the counterpart fine-tune: probe.analysis.report_groups)
         chosen = []
-        learned = own.filter(pl.col("val_score").is_not_null())
-        for side, name in ((learned.filter(pl.col("probe") != FINETUNE), "frozen"),
-                           (learned.filter(pl.col("probe") == FINETUNE), "fine-tuned")):
+        groups = report_groups(sub.filter(pl.col("eval_dataset") == pl.col("dataset")), task, notes=notes)
+        for side, name in ((groups["frozen"], "frozen"), (groups["tuned"], "fine-tuned")):
             if side.height:
-                chosen.append(best_by_val(side, notes=notes).select(*keys, pl.lit(name).alias("chosen")))
+                chosen.append(side.select(*keys, pl.lit(name).alias("chosen")))
         if chosen:
             points = points.join(pl.concat(chosen), on=keys, how="left")
         else:
