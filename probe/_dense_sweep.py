@@ -64,34 +64,47 @@ def check_task(task: str, source=None) -> str:
 # ---------------------------------------------------------------------------------------------------- targets
 
 
+def _target_store(source, split: str, task: str, cache_dir, what: dict, stem: str):
+    """Key, path, class names and storage dtype of one split's targets file (``what``: what else the key covers;
+    ``stem``: the file name's middle part)."""
+    from . import tasks
+    from ._cache import cache_key
+    from ._io import safe_name
+
+    key = cache_key({"targets_format": TARGETS_FORMAT, "dataset": source.name, "kind": source.kind,
+                     "fingerprint": source.fingerprint(), "split": split, "task": task, **what})
+    path = Path(cache_dir) / "_targets" / safe_name(source.name) / f"{split}-{task}{stem}-{key[:12]}.h5"
+    classes = tasks.get(task).classes(source)  # per-pixel class ids, or none for a continuous target (metres)
+    dtype = (np.uint8 if len(classes) <= IGNORE_INDEX else np.int32) if classes else np.float32
+    return key, path, classes, dtype
+
+
+def _checked_targets(source, split: str, task: str, classes):
+    """Each image's raw ``task`` target of one split, checked (:func:`check_dense_target`)."""
+    for i, image_id in enumerate(source.ids[split]):
+        name = f"{source.name}/{split}/{image_id}"
+        yield i, check_dense_target(task, source.dense_targets(split, i)[task], name=name,
+                                    n_classes=len(classes) or None)
+
+
 def targets_file(source, split: str, task: str, data_config: Mapping[str, Any],
                  cache_dir: str | os.PathLike) -> Path:
     """The targets file of one split (written when missing; see the module docstring)."""
     import h5py
 
-    from ._cache import cache_key
-    from ._io import atomic_path, safe_name
+    from ._io import atomic_path
 
     geometry = {k: data_config.get(k) for k in ("input_size", "crop_pct", "crop_mode")}
-    key = cache_key({"targets_format": TARGETS_FORMAT, "dataset": source.name, "kind": source.kind,
-                     "fingerprint": source.fingerprint(), "split": split, "task": task, "geometry": geometry})
-    path = Path(cache_dir) / "_targets" / safe_name(source.name) / f"{split}-{task}-{key[:12]}.h5"
+    key, path, classes, dtype = _target_store(source, split, task, cache_dir, {"geometry": geometry}, "")
     if path.is_file():
         return path
     n = len(source.splits[split])
     size = (int(data_config["input_size"][1]), int(data_config["input_size"][2]))
-    from . import tasks
-
-    classes = tasks.get(task).classes(source)  # per-pixel class ids, or none for a continuous target (metres)
-    dtype = (np.uint8 if len(classes) <= IGNORE_INDEX else np.int32) if classes else np.float32
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         ds = f.create_dataset("targets", shape=(n, *size), dtype=dtype, chunks=(1, *size))
         f.create_dataset("ids", data=np.array(source.ids[split], dtype=object), dtype=h5py.string_dtype("utf-8"))
-        for i in range(n):
-            name = f"{source.name}/{split}/{source.ids[split][i]}"
-            raw = check_dense_target(task, source.dense_targets(split, i)[task], name=name,
-                                     n_classes=len(classes) or None)
+        for i, raw in _checked_targets(source, split, task, classes):
             ds[i] = transform_dense_target(raw, data_config, task=task).astype(dtype)
         f.attrs.update({"task": task, "key": key, "dataset": source.name, "split": split,
                         "classes": json.dumps(classes), "geometry": json.dumps(geometry), "complete": True})
@@ -103,27 +116,18 @@ def labels_file(source, split: str, task: str, cache_dir: str | os.PathLike) -> 
     module docstring). One per dataset, split and task: the same pixels score every configuration."""
     import h5py
 
-    from ._cache import cache_key
-    from ._io import atomic_path, safe_name
-    from . import tasks
+    from ._io import atomic_path
 
-    key = cache_key({"targets_format": TARGETS_FORMAT, "dataset": source.name, "kind": source.kind,
-                     "fingerprint": source.fingerprint(), "split": split, "task": task, "labels": True})
-    path = Path(cache_dir) / "_targets" / safe_name(source.name) / f"{split}-{task}-labels-{key[:12]}.h5"
+    key, path, classes, dtype = _target_store(source, split, task, cache_dir, {"labels": True}, "-labels")
     if path.is_file():
         return path
     n = len(source.splits[split])
-    classes = tasks.get(task).classes(source)
-    dtype = (np.uint8 if len(classes) <= IGNORE_INDEX else np.int32) if classes else np.float32
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         labels = f.create_dataset("labels", shape=(n,), dtype=h5py.vlen_dtype(np.dtype(dtype)))
         shapes = f.create_dataset("label_shape", shape=(n, 2), dtype=np.int64)
         f.create_dataset("ids", data=np.array(source.ids[split], dtype=object), dtype=h5py.string_dtype("utf-8"))
-        for i in range(n):
-            name = f"{source.name}/{split}/{source.ids[split][i]}"
-            raw = check_dense_target(task, source.dense_targets(split, i)[task], name=name,
-                                     n_classes=len(classes) or None)
+        for i, raw in _checked_targets(source, split, task, classes):
             labels[i], shapes[i] = np.asarray(raw).astype(dtype).ravel(), raw.shape
         f.attrs.update({"task": task, "key": key, "dataset": source.name, "split": split,
                         "classes": json.dumps(classes), "complete": True})

@@ -187,10 +187,11 @@ def _default_protocols(results: Path):
         sub = sub.join(val, on=["file", "params"], how="left")
         val_score = pl.coalesce(*[pl.when(pl.col("select_metric") == m).then(pl.col(f"val_{m}"))
                                   for m in t.selectable() if f"val_{m}" in sub.columns], pl.lit(None))
-        parts.append(sub.select("task", "dataset", "evaluation", "backbone", "protocol", "probe", "tap", "shots",
+        parts.append(sub.select("task", "dataset", "evaluation", "backbone", "backbone_config", "protocol", "probe",
+                                "tap", "shots",
                                 (pl.col(t.headline) * scale).alias("shown"), val_score.cast(pl.Float64).alias("val")))
     jobs = pl.concat(parts, how="diagonal_relaxed")
-    return (jobs.group_by("task", "dataset", "evaluation", "backbone", "protocol")
+    return (jobs.group_by("task", "dataset", "evaluation", "backbone", "backbone_config", "protocol")
             .agg(pl.col("probe", "tap", "shots").first(), pl.col("shown", "val").mean(), pl.len().alias("n")))
 
 
@@ -278,16 +279,20 @@ def test_report_html_of_the_default_study_in_a_browser(default_results, tmp_path
         driver.find_element(By.ID, "filter-reset").click()
         assert len(column(table(driver, "protocols"), "dataset")) == truth.height
 
-        # drill-down: a configuration's protocols are all of its parquet protocols, every task and scheme
-        table(driver, "gains-classification-splits").find_element(
-            By.CSS_SELECTOR, "button.config-link[data-config]").click()
+        # drill-down: a configuration's protocols are all of its parquet protocols, every task and scheme (a dense
+        # task's configuration is the backbone fed the whole frame: a configuration of its own)
+        link = table(driver, "gains-classification-splits").find_element(By.CSS_SELECTOR,
+                                                                          "button.config-link[data-config]")
+        config = link.get_attribute("data-config")
+        link.click()
         dialog = driver.find_element(By.ID, "drill")
         assert dialog.get_attribute("open") is not None and dialog.is_displayed()
         backbone = driver.find_element(By.ID, "drill-title").text.split(" · ")[0]
         assert backbone in KEEP
         drilled = [{td.get_attribute("data-col"): td.text for td in tr.find_elements(By.TAG_NAME, "td")}
                    for tr in dialog.find_elements(By.CSS_SELECTOR, "#drill-protocols tbody tr")]
-        mine = truth.filter(pl.col("backbone") == backbone)
+        mine = truth.filter(pl.col("backbone_config") == config)
+        assert mine.height and set(mine["backbone"]) == {backbone}
         assert len(drilled) == mine.height
         assert sorted((r["dataset"], r["task"], r["evaluation"]) for r in drilled) == \
             sorted(mine.select("dataset", "task", "evaluation").rows())
