@@ -44,6 +44,13 @@ def default_report_dir(results_dir: str | os.PathLike) -> Path:
     return Path(results_dir).resolve().parent / "report"
 
 
+def resamples(n_boot) -> int:
+    """``n_boot`` as a number of bootstrap resamples, or a one-line error (both report writers check it so)."""
+    if int(n_boot) < 1:
+        raise UsageError(f"n_boot must be a positive number of resamples; got {n_boot}. Use e.g. --n-boot 10000")
+    return int(n_boot)
+
+
 def write_report(results_dir: str | os.PathLike = "results", out_dir: str | os.PathLike | None = None, *,
                  n_boot: int = 10_000, seed: int = 0, ci: float = 0.95) -> Path:
     """Write ``report.md`` and its PNG figures for every result under ``results_dir``.
@@ -75,8 +82,7 @@ def write_report(results_dir: str | os.PathLike = "results", out_dir: str | os.P
     from . import analysis
 
     results_dir = Path(results_dir)
-    if int(n_boot) < 1:
-        raise UsageError(f"n_boot must be a positive number of resamples; got {n_boot}. Use e.g. --n-boot 10000")
+    n_boot = resamples(n_boot)
     notes: list[str] = []
     jobs = analysis.job_table(results_dir, notes=notes)
     out_dir = default_report_dir(results_dir) if out_dir is None else Path(out_dir)

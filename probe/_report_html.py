@@ -80,11 +80,10 @@ def write_html_report(results_dir: str | os.PathLike = "results", out_dir: str |
     UsageError
         When ``results_dir`` is missing or holds no results.
     """
-    from ._report import default_report_dir
+    from ._report import default_report_dir, resamples
 
     results_dir = Path(results_dir)
-    if int(n_boot) < 1:
-        raise UsageError(f"n_boot must be a positive number of resamples; got {n_boot}. Use e.g. --n-boot 10000")
+    n_boot = resamples(n_boot)
     out_dir = default_report_dir(results_dir) if out_dir is None else Path(out_dir)
     if command is None:
         command = (f"probe.write_html_report({str(results_dir)!r}, {str(out_dir)!r}, n_boot={int(n_boot)}, "
