@@ -254,10 +254,12 @@ def factor_threads(A):
     """Context in which a float64 eigendecomposition or Cholesky factorisation of the square ``A`` runs: on CPU
     with one torch thread per :data:`_FACTOR_ORDER_PER_THREAD` rows (at least one, at most the current count).
 
-    MKL's multithreaded ``syevd`` and ``potrf`` at these orders cost more than one thread: on the 2-core AMD EPYC
-    host, a 768 x 768 ``eigh`` took 0.10 s of CPU on one thread and 0.57 s on two (wall 0.24 s vs 1.68 s with other
-    jobs running; 0.84 s vs 4.6 s of CPU at 1,536; 0.10 s vs 0.82 s wall for LogME's 768 x 768 ``eigh``). On other
-    devices nothing changes. Used by every float64 factorisation of the package (ridge, the transferability scores).
+    MKL's multithreaded ``syevd`` and ``potrf`` at these orders cost far more than one thread on a 2-core host shared
+    with other jobs (measured outside the benchmarks on the AMD EPYC host with other agents running: a 768 x 768
+    ``eigh`` 0.10 s of CPU on one thread, 0.57 s on two). On the idle host two threads are a little faster
+    (``benchmarks/bench_transfer.py`` prints both: 0.105 s against 0.072 s); one thread is kept as the rule that
+    never loses badly. On other devices nothing changes. Used by every float64 factorisation of the package (ridge,
+    the transferability scores).
     """
     import torch
 
