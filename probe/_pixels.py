@@ -381,9 +381,10 @@ class PixelStore:
     def _open(self) -> None:
         import numpy as np
 
-        if self._pixels is None:
-            self._pixels = np.load(self.path, mmap_mode="r+")
-            self._rows = np.memmap(self.rows_path, dtype=np.uint8, mode="r+", shape=(self.n,))
+        if self._pixels is None:  # in-process decoding threads may race here: both maps map the same files
+            rows = np.memmap(self.rows_path, dtype=np.uint8, mode="r+", shape=(self.n,))
+            self._rows = rows
+            self._pixels = np.load(self.path, mmap_mode="r+")  # set last: a thread that sees it sees the flags too
 
     def get(self, i: int):
         """Row ``i`` as a uint8 [H, W, C] array (a copy), or None when it is not written yet."""
