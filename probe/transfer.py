@@ -59,7 +59,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from ._errors import UsageError
-from ._runtime import factor_threads, torch_threads
+from ._runtime import factor_threads, symmetric_eigh, torch_threads
 
 
 @dataclass(frozen=True)
@@ -181,12 +181,6 @@ def _gram(a):
         g[lo:hi, lo:] = a[:, lo:hi].T @ a[:, lo:]
         g[hi:, lo:hi] = g[lo:hi, hi:].T
     return g
-
-
-def _eigh(m):
-    """Eigenvalues (ascending) and eigenvectors of a symmetric matrix (CPU threads as :func:`factor_threads`)."""
-    with factor_threads(m):
-        return _torch().linalg.eigh(m)
 
 
 def _largest_eigenvalue(m) -> float:
@@ -342,7 +336,7 @@ def logme_from_stats(stats: FeatureStats, *, regression: bool = False, tol: floa
                      max_iter: int = 11) -> float:
     """LogME from streamed statistics: one eigendecomposition of F^T F, every class (target) at once."""
     gram = stats.raw_gram()
-    sigma, vecs = _eigh(gram)
+    sigma, vecs = symmetric_eigh(gram)
     sigma = sigma.clamp_min(0.0)
     if regression:
         cross = stats.target_cross + stats.shift[:, None] * stats.target_sum[None, :]  # F^T Y  [D, T]
@@ -405,7 +399,7 @@ def _logme_fixed_point(sigma, z, yy, n: int, *, tol: float, max_iter: int):
 def _pinv_sym(m, rcond: float):
     """Pseudo-inverse of a symmetric matrix: eigenvalues at most rcond * the largest magnitude count as zero."""
     torch = _torch()
-    w, v = _eigh(m)
+    w, v = symmetric_eigh(m)
     cut = rcond * w.abs().max()
     inv = torch.where(w.abs() > cut, 1.0 / w, torch.zeros_like(w))
     return (v * inv) @ v.T
@@ -515,7 +509,7 @@ def pca_components(x, variance: float):
     torch = _torch()
     xc = x - x.mean(0)
     cov = _gram(xc) / (x.shape[0] - 1)
-    w, v = _eigh(cov)
+    w, v = symmetric_eigh(cov)
     w, v = w.flip(0).clamp_min(0), v.flip(1)
     ratio = torch.cumsum(w, 0) / w.sum()
     k = int(np.searchsorted(ratio.cpu().numpy(), variance, side="right")) + 1

@@ -216,6 +216,26 @@ def test_bad_input_is_a_clear_value_error(cls, digits):
         est.predict(bad_nan)
 
 
+def test_finite_check_is_exact_where_row_sums_overflow_or_cancel():
+    """The finite check sums rows in the features' own precision: finite rows whose sum overflows pass, and a NaN
+    or infinity is found whatever the rest of its row holds (float16, float32 and float64; 3-D arrays too)."""
+    from probe.probes._base import check_finite
+
+    for dtype in (np.float16, np.float32, np.float64):
+        big = np.full((4, 8), np.finfo(dtype).max, dtype=dtype)
+        big[1] *= -1
+        check_finite(big)  # every row overflows its sum, none holds a non-finite value
+        check_finite(big.reshape(4, 2, 4))
+        for value, row in ((np.nan, 2), (np.inf, 3), (-np.inf, 0)):
+            bad = big.copy()
+            bad[row, 5] = value
+            with pytest.raises(ValueError, match=f"1 NaN or infinite values \\(first in row {row}\\)"):
+                check_finite(bad)
+    cancel = np.array([[np.inf, -np.inf, 1.0], [1.0, 2.0, 3.0]], dtype=np.float32)
+    with pytest.raises(ValueError, match="2 NaN or infinite values \\(first in row 0\\)"):
+        check_finite(cancel)
+
+
 def test_not_fitted_and_bad_parameters(digits):
     from sklearn.exceptions import NotFittedError
 

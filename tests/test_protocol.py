@@ -220,6 +220,27 @@ def test_top5_with_knn_vote_ties_matches_the_saved_scores(tmp_path):
     assert tied["top1"] == 0.5 and tied["top5"] == 1.0
 
 
+def test_metrics_from_the_true_class_rank_equal_the_top_k_columns():
+    """classification_metrics counts ranks instead of selecting columns; it must agree with top_k's columns on
+    heavy ties, unsorted classes, labels without a column, -0.0 beside 0.0, and fall back on non-finite scores."""
+    from probe.results import mean_per_class_accuracy, top_k
+
+    rng = np.random.default_rng(5)
+    for trial in range(40):
+        n, n_cols = int(rng.integers(1, 60)), int(rng.integers(1, 12))
+        scores = rng.integers(-2, 3, size=(n, n_cols)).astype(np.float32)  # few values: ties everywhere
+        scores[scores == 0] *= rng.choice([-1.0, 1.0], size=int((scores == 0).sum()))
+        classes = rng.permutation(n_cols + 3)[:n_cols] * 10  # unsorted; some labels below have no column
+        y = rng.choice(np.concatenate([classes, [-10, 999]]), size=n)
+        if trial % 10 == 9:
+            scores[0, 0] = np.nan
+        top = classes[top_k(scores, 5)]
+        got = classification_metrics(y, scores, classes)
+        assert got["top1"] == np.mean(top[:, 0] == y)
+        assert got["top5"] == np.mean((top == y[:, None]).any(axis=1))
+        assert got["mean_per_class_acc"] == mean_per_class_accuracy(y, top[:, 0])
+
+
 def test_logistic_that_stops_at_max_iter_says_so():
     from sklearn.exceptions import ConvergenceWarning
 

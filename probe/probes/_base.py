@@ -57,10 +57,14 @@ def check_finite(X: np.ndarray, *, name: str = "X") -> None:
     """Raise ValueError naming the count and first row of NaN/inf values in a validated feature array."""
     if X.dtype.kind != "f":
         return
-    # One pass without an [N, D] temporary: a row's float64 sum is finite exactly when all its values are (float32
-    # and float16 values cannot overflow it), so only a failing array is checked element by element.
-    if X.size == 0 or np.isfinite(X.sum(axis=tuple(range(1, X.ndim)), dtype=np.float64)).all():
-        return
+    # One pass without an [N, D] temporary: a NaN or infinity makes its row's sum non-finite, so finite row sums
+    # prove the array finite; sums in float32 (float64 for float64 input) run at memory speed (a float64 sum of
+    # float32 rows converts every value: 12 ms against 3.5 ms for 25,000 x 768), and the rare row whose finite values
+    # overflow the sum is checked element by element below, like an array that does hold a NaN.
+    wide = np.float64 if X.dtype == np.float64 else np.float32
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing or inf - inf sum is what is being looked for
+        if X.size == 0 or np.isfinite(X.sum(axis=tuple(range(1, X.ndim)), dtype=wide)).all():
+            return
     finite = np.isfinite(X)
     if not finite.all():
         bad = int(finite.size - np.count_nonzero(finite))
