@@ -229,13 +229,7 @@ def sweep(probe, train: tuple, val: tuple | None = None, test: tuple | None = No
     def fit(fitted):
         warn_path()
         if refit_on_val:
-            # torch's allocator: numpy asks the kernel for huge pages on large arrays, which stalls in page
-            # compaction on a host whose memory another process has just fragmented
-            with warnings.catch_warnings():  # read-only inputs (memory maps) are only read
-                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                X_fit = torch.cat([torch.from_numpy(np.ascontiguousarray(X_train)),
-                                   torch.from_numpy(np.ascontiguousarray(X_val))]).numpy()
-            fitted.fit(X_fit, np.concatenate([y_train, y_val]))
+            fitted._fit_stacked([(X_train, y_train), (X_val, y_val)])
         else:
             fitted.fit(X_train, y_train)
 

@@ -259,7 +259,7 @@ def factor_threads(A):
     ``eigh`` 0.10 s of CPU on one thread, 0.57 s on two). On the idle host two threads are a little faster
     (``benchmarks/bench_transfer.py`` prints both: 0.105 s against 0.072 s); one thread is kept as the rule that
     never loses badly. On other devices nothing changes. Used by every float64 Cholesky factorisation and solve of
-    the package (ridge, the transferability scores); eigendecompositions go through :func:`symmetric_eigh`.
+    the package (ridge, the transferability scores); eigendecompositions go through :func:`probe._linalg.symmetric_eigh`.
     """
     import torch
 
@@ -267,25 +267,3 @@ def factor_threads(A):
         return nullcontext()
     return torch_threads(min(torch.get_num_threads(), max(1, A.shape[0] // _FACTOR_ORDER_PER_THREAD)))
 
-
-def symmetric_eigh(A):
-    """Eigenvalues (ascending) and eigenvectors of the symmetric float32/float64 tensor ``A``: the one
-    eigendecomposition of the package (ridge, the transferability scores).
-
-    On CPU, LAPACK's divide-and-conquer ``dsyevd`` through scipy (OpenBLAS), held to one thread, for the reason
-    :func:`factor_threads` gives: measured on the AMD EPYC host for a 768 x 768 float64 Gram matrix, 0.080 s against
-    0.099 s for torch's (MKL's) on one thread, and under a competing two-thread job 0.106 s against 0.126 s (both
-    collapse on two threads under load: 0.81 s and 0.39 s). One fixed thread count also keeps the result the same
-    bit for bit from run to run (a different count changes the eigenvectors' last bits). Elsewhere
-    ``torch.linalg.eigh``. Returns torch tensors on ``A``'s device and dtype.
-    """
-    import torch
-
-    if A.device.type != "cpu" or A.dtype not in (torch.float32, torch.float64):
-        return torch.linalg.eigh(A)
-    import scipy.linalg
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        w, v = scipy.linalg.eigh(A.numpy(), driver="evd", check_finite=False)
-    return torch.from_numpy(w), torch.from_numpy(v)

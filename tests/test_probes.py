@@ -408,15 +408,27 @@ def test_ridge_refit_extends_the_path_moments(digits, monkeypatch, fit_intercept
     init = _ridge._Moments.__init__
     monkeypatch.setattr(_ridge._Moments, "__init__", lambda self, X, *a: rows.append(len(X)) or init(self, X, *a))
     est._prepare_refit(0)
-    est.fit(np.concatenate([Xa, Xb]), np.concatenate([ya, yb]))
+    est._fit_stacked([(Xa, ya), (Xb, yb)])
     assert rows == [len(Xb)]  # only the new rows were multiplied
     ref = RidgeClassifier(alpha=5.0, fit_intercept=fit_intercept).fit(Xtr.astype(np.float64), ytr)
     np.testing.assert_allclose(est.decision_function(Xte), ref.decision_function(Xte), atol=1e-3)
     np.testing.assert_allclose(est.intercept_, ref.intercept_, atol=1e-3)
-    # other rows than the path's (here: shuffled) are fitted from scratch, with the same answer
-    _path(est, Xa, ya, Xte, [{"alpha": 5.0}])
-    rows.clear()
-    est._prepare_refit(0)
-    est.fit(Xtr[::-1], ytr[::-1])
-    assert rows == [len(Xtr)]
-    np.testing.assert_allclose(est.decision_function(Xte), ref.decision_function(Xte), atol=1e-3)
+    assert est.n_features_in_ == Xtr.shape[1] and list(est.classes_) == list(np.unique(ytr))
+    # other rows than the path's (here: shuffled), or a class that only the second part has, are fitted from the
+    # stack, with the same answer as a plain fit
+    for first, second in [((Xtr[::-1][:900], ytr[::-1][:900]), (Xtr[::-1][900:], ytr[::-1][900:])),
+                          ((Xa[ya != 3], ya[ya != 3]), (np.concatenate([Xa[ya == 3], Xb]),
+                                                        np.concatenate([ya[ya == 3], yb])))]:
+        _path(est, Xa, ya, Xte, [{"alpha": 5.0}])
+        if len(first[0]) != 900:  # the path must see the first part for its moments to be offered
+            _path(est, first[0], first[1], Xte, [{"alpha": 5.0}])
+        rows.clear()
+        est._prepare_refit(0)
+        est._fit_stacked([first, second])
+        assert rows == [len(Xtr)]
+        plain = RidgeProbe(alpha=5.0, fit_intercept=fit_intercept).fit(np.concatenate([first[0], second[0]]),
+                                                                       np.concatenate([first[1], second[1]]))
+        np.testing.assert_allclose(est.decision_function(Xte), plain.decision_function(Xte), atol=1e-4)
+        np.testing.assert_allclose(est.decision_function(Xte), ref.decision_function(Xte), atol=1e-3)
+
+

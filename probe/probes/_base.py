@@ -177,6 +177,16 @@ class ProbeBase(ClassifierMixin, BaseEstimator):
     def _prepare_refit(self, point_index: int) -> None:
         """Called by the sweep before refitting grid point ``point_index`` on more data (e.g. to warm-start)."""
 
+    def _fit_stacked(self, parts: list[tuple[np.ndarray, np.ndarray]]):
+        """Fit on the rows of the validated ``(X, y)`` parts stacked in order, as ``fit`` on their concatenation
+        (a sweep's refit on train+val). A probe that can fit from the parts themselves overrides it."""
+        # torch's allocator: numpy asks the kernel for huge pages on large arrays, which stalls in page compaction on
+        # a host whose memory another process has just fragmented
+        with warnings.catch_warnings():  # read-only inputs (memory maps) are only read
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            X = torch.cat([torch.from_numpy(np.ascontiguousarray(x)) for x, _ in parts]).numpy()
+        return self.fit(X, np.concatenate([y for _, y in parts]))
+
     @staticmethod
     def _strength_order(points: list[dict[str, Any]]) -> list[int]:
         """Indices of ``points`` from the strongest regularisation to the weakest (the tie-break order)."""

@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._runtime import factor_threads, symmetric_eigh
-from ._base import ProbeBase, check_positive, chunk_rows
+from .._linalg import gram, symmetric_eigh
+from .._runtime import factor_threads
+from ._base import ProbeBase, check_labels, check_positive, chunk_rows, to_tensor
 
 
 class RidgeProbe(ProbeBase):
@@ -53,20 +54,47 @@ class RidgeProbe(ProbeBase):
     def _fit(self, X: torch.Tensor, y_index: torch.Tensor) -> None:
         n, d = X.shape
         if n >= d:
-            # One alpha: a Cholesky solve of (Xc^T Xc + alpha I) W = Xc^T Yc is cheaper than a decomposition. A
-            # sweep's refit on train+val reuses the train moments of its path (only the val rows are new).
-            known, self._refit_moments = getattr(self, "_refit_moments", None), None
-            mom = _Moments.extend(known, X, y_index, len(self.classes_), self.fit_intercept)
-            G = mom.gram.clone()
-            G.diagonal().add_(float(self.alpha))
-            with factor_threads(G):
-                W = torch.cholesky_solve(mom.xty(), torch.linalg.cholesky(G)).float()
-            self._W, self._b = W, mom.y_mean - mom.x_mean @ W
+            self._solve(_Moments(X, y_index, len(self.classes_), self.fit_intercept))
         else:
             dec = _Decomposition(X, y_index, len(self.classes_), self.fit_intercept)
             self._W, self._b = dec.solution(float(self.alpha))
+            self._set_weights()
+
+    def _solve(self, mom: "_Moments") -> None:
+        """One alpha from the moments: a Cholesky solve of (Xc^T Xc + alpha I) W = Xc^T Yc (cheaper than a
+        decomposition)."""
+        G = mom.gram.clone()
+        G.diagonal().add_(float(self.alpha))
+        with factor_threads(G):
+            W = torch.cholesky_solve(mom.xty(), torch.linalg.cholesky(G)).float()
+        self._W, self._b = W, mom.y_mean - mom.x_mean @ W
+        self._set_weights()
+
+    def _set_weights(self) -> None:
         self.coef_ = self._W.T.cpu().numpy()
         self.intercept_ = self._b.cpu().numpy()
+
+    def _fit_stacked(self, parts):
+        """A sweep's refit on train+val: the train moments of its path, extended by the val rows' (Chan et al.'s
+        pairwise update), so only the val rows are multiplied and no stacked copy is made. Anything else (other
+        rows than the path's, a class only val has, fewer rows than features) is fitted from the stack."""
+        known, self._refit_moments = getattr(self, "_refit_moments", None), None
+        if known is None or len(parts) != 2 or known.fit_intercept != self.fit_intercept:
+            return super()._fit_stacked(parts)
+        (X0, y0), (X1, y1) = parts
+        device = self._device()
+        if X1.shape[1] != X0.shape[1] or len(X0) + len(X1) < X0.shape[1] or not known.describes(X0, device):
+            return super()._fit_stacked(parts)
+        y = check_labels(np.concatenate([y0, y1]), len(X0) + len(X1))
+        classes, y_index = np.unique(y, return_inverse=True)
+        if len(classes) != known.n_classes:
+            return super()._fit_stacked(parts)
+        self._check_params()
+        self.classes_, self.n_features_in_ = classes, X0.shape[1]
+        new = _Moments(to_tensor(X1, device), torch.as_tensor(y_index[len(X0):], device=device), len(classes),
+                       self.fit_intercept)
+        self._solve(_Moments.combine(known, new))
+        return self
 
     def _scores(self, X: torch.Tensor) -> torch.Tensor:
         z = X @ self._W.to(X.device) + self._b.to(X.device)
@@ -124,50 +152,50 @@ class _Moments:
     def __init__(self, X: torch.Tensor, y_index: torch.Tensor, n_classes: int, fit_intercept: bool):
         n, d = X.shape
         self.n, self.n_classes, self.fit_intercept = n, n_classes, fit_intercept
-        self.source = X  # the rows these moments describe (for extend's check); not copied
+        self.source = X  # the rows these moments describe (for describes); not copied
         mean = X.mean(dim=0) if fit_intercept else torch.zeros(d, device=X.device, dtype=X.dtype)
         self.mean = mean.double()
         self.counts = torch.bincount(y_index, minlength=n_classes).double()
         # Centred rows a block at a time, in one reused buffer: no [n, d] copy (whose fresh pages cost about 15 ms at
         # 20,000 x 768 on the AMD host). Each block's Gram matrix is accumulated in float32, as scikit-learn's float32
         # path, and the blocks are summed in float64.
-        rows = min(n, _CENTRED_ROWS)
+        rows = -(-n // max(1, -(-n // _CENTRED_ROWS)))  # equal blocks of at most _CENTRED_ROWS (no small last one)
         buf = torch.empty(rows, d, device=X.device, dtype=X.dtype)
-        gram = torch.zeros(d, d, device=X.device, dtype=torch.float64)
+        total = torch.zeros(d, d, device=X.device, dtype=torch.float64)
         sums = torch.zeros(n_classes, d, device=X.device, dtype=X.dtype)
         for lo in range(0, n, rows):
             hi = min(lo + rows, n)
             Xc = torch.sub(X[lo:hi], mean, out=buf[:hi - lo])
-            gram += symmetric_gram(Xc)
+            total += gram(Xc)
             sums.index_add_(0, y_index[lo:hi], Xc)
-        self.gram = gram
+        self.gram = total
         self.class_sums = sums.double()  # of the centred rows: sum over class members of (x - mean)
 
+    def describes(self, X, device) -> bool:
+        """Whether these moments are of exactly the rows of the array ``X`` (the same memory, or equal values)."""
+        if tuple(X.shape) != tuple(self.source.shape):
+            return False
+        X = to_tensor(X, device)
+        return X.data_ptr() == self.source.data_ptr() or bool(torch.equal(X, self.source))
+
     @classmethod
-    def extend(cls, known: "_Moments | None", X: torch.Tensor, y_index: torch.Tensor, n_classes: int,
-               fit_intercept: bool) -> "_Moments":
-        """Moments of ``X``, reusing ``known`` when ``X`` starts with exactly the rows ``known`` describes."""
-        m = getattr(known, "n", 0)
-        reusable = (known is not None and known.fit_intercept == fit_intercept and known.n_classes == n_classes
-                    and m < len(X) and known.source.shape[1] == X.shape[1]
-                    and known.source.device == X.device and torch.equal(known.source, X[:m]))
-        if not reusable:
-            return cls(X, y_index, n_classes, fit_intercept)
-        new = cls(X[m:], y_index[m:], n_classes, fit_intercept)
+    def combine(cls, a: "_Moments", b: "_Moments") -> "_Moments":
+        """The moments of ``a``'s rows followed by ``b``'s (Chan et al.'s pairwise update of the mean and Gram)."""
+        m = a.n
         out = cls.__new__(cls)
-        out.n, out.n_classes, out.fit_intercept, out.source = m + new.n, n_classes, fit_intercept, X
-        out.counts = known.counts + new.counts
-        if fit_intercept:
-            delta = new.mean - known.mean
-            out.mean = known.mean + delta * (new.n / out.n)
-            out.gram = known.gram + new.gram + torch.outer(delta, delta) * (m * new.n / out.n)
+        out.n, out.n_classes, out.fit_intercept, out.source = m + b.n, a.n_classes, a.fit_intercept, None
+        out.counts = a.counts + b.counts
+        if a.fit_intercept:
+            delta = b.mean - a.mean
+            out.mean = a.mean + delta * (b.n / out.n)
+            out.gram = a.gram + b.gram + torch.outer(delta, delta) * (m * b.n / out.n)
             # re-centre each part's class sums on the joint mean
-            out.class_sums = (known.class_sums - torch.outer(known.counts, out.mean - known.mean)
-                              + new.class_sums - torch.outer(new.counts, out.mean - new.mean))
+            out.class_sums = (a.class_sums - torch.outer(a.counts, out.mean - a.mean)
+                              + b.class_sums - torch.outer(b.counts, out.mean - b.mean))
         else:
-            out.mean = known.mean
-            out.gram = known.gram + new.gram
-            out.class_sums = known.class_sums + new.class_sums
+            out.mean = a.mean
+            out.gram = a.gram + b.gram
+            out.class_sums = a.class_sums + b.class_sums
         return out
 
     @property
@@ -266,21 +294,6 @@ _CENTRED_ROWS = 4096
 
 #: Score columns per product of a ridge sweep (see ``RidgeProbe._sweep_path``).
 _SCORE_COLUMNS = 400
-
-
-def symmetric_gram(X: torch.Tensor, block: int = 192) -> torch.Tensor:
-    """``X^T X`` from the products of column blocks on and above the diagonal, mirrored (about 5/8 of the
-    multiply-adds of one full product at 768 columns, with the same float32 accumulation)."""
-    d = X.shape[1]
-    if d <= block:
-        return X.T @ X
-    G = torch.empty(d, d, device=X.device, dtype=X.dtype)
-    for lo in range(0, d, block):
-        hi = min(lo + block, d)
-        part = X[:, lo:hi].T @ X[:, lo:]
-        G[lo:hi, lo:] = part
-        G[lo:, lo:hi] = part.T
-    return G
 
 
 def _centred(X: torch.Tensor, y_index: torch.Tensor, n_classes: int, fit_intercept: bool):
