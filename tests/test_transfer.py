@@ -254,6 +254,11 @@ def test_streaming_statistics_equal_one_block():
     many = transfer.stats_from_arrays(f, y, chunk=37)
     for fn in (transfer.logme_from_stats, transfer.hscore_from_stats, transfer.hscore_shrink_from_stats):
         close(fn(many), fn(one), rtol=1e-9)
+    # LogME and the plain H-score skip the fourth moments; the shrinkage, which needs them, says so
+    lean = transfer.stats_from_arrays(f, y, chunk=37, fourth_moments=False)
+    close(transfer.logme_from_stats(lean), transfer.logme_from_stats(one), rtol=1e-9)
+    with pytest.raises(ValueError, match="fourth_moments=True"):
+        transfer.hscore_shrink_from_stats(lean)
 
 
 # ---------------------------------------------------------------------------------------------- properties
