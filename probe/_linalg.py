@@ -34,9 +34,9 @@ def symmetric_eigh(A):
     """Eigenvalues (ascending) and eigenvectors of the symmetric float32/float64 tensor ``A``: the one
     eigendecomposition of the package (ridge, the transferability scores).
 
-    On CPU, LAPACK's divide-and-conquer ``syevd`` through scipy (OpenBLAS), held to one thread: measured on the AMD
-    EPYC host for a 768 x 768 float64 Gram matrix, 0.080 s against 0.099 s for torch's (MKL's) on one thread, and
-    under a competing two-thread job 0.106 s against 0.126 s. Two threads are faster on an idle host (0.060 s and
+    On CPU, LAPACK's divide-and-conquer ``syevd`` through scipy (OpenBLAS), held to one thread: timed once on the AMD
+    EPYC host (a throwaway script, not a benchmark) for a 768 x 768 float64 Gram matrix, 0.080 s against 0.099 s for
+    torch's (MKL's) on one thread, and under a competing two-thread job 0.106 s against 0.126 s. Two threads are faster on an idle host (0.060 s and
     0.056 s) but collapse under load (0.81 s and 0.39 s), the reason :func:`probe._runtime.factor_threads` gives;
     one fixed thread count also keeps the result the same bit for bit from run to run (another count changes the
     eigenvectors' last bits). Elsewhere ``torch.linalg.eigh``. Returns tensors on ``A``'s device, in its dtype.

@@ -259,7 +259,8 @@ def factor_threads(A):
     ``eigh`` 0.10 s of CPU on one thread, 0.57 s on two). On the idle host two threads are a little faster
     (``benchmarks/bench_transfer.py`` prints both: 0.105 s against 0.072 s); one thread is kept as the rule that
     never loses badly. On other devices nothing changes. Used by every float64 Cholesky factorisation and solve of
-    the package (ridge, the transferability scores); eigendecompositions go through :func:`probe._linalg.symmetric_eigh`.
+    the package (ridge, the transferability scores); eigendecompositions go through
+    :func:`probe._linalg.symmetric_eigh`.
     """
     import torch
 

@@ -113,7 +113,7 @@ class RidgeProbe(ProbeBase):
         shared = (time.perf_counter() - start) / max(1, len(points))
         n_out = dec.B.shape[1]
         # A few alphas per product: [N_eval, d] x [d, group * C] with a few hundred columns runs nearer the matmul
-        # peak than C = 100 columns alone, and than all alphas at once (a large fresh output; measured on the AMD
+        # peak than C = 100 columns alone, and than all alphas at once (a large fresh output; timed once on the AMD
         # host: 400 columns 0.10 s, 2,100 columns 0.13 s for the 21 alphas of 100 classes)
         group = max(1, min(len(points), -(-_SCORE_COLUMNS // n_out), chunk_rows(len(points), len(Xc_eval) * n_out)))
         for lo in range(0, len(points), group):
@@ -157,8 +157,8 @@ class _Moments:
         self.mean = mean.double()
         self.counts = torch.bincount(y_index, minlength=n_classes).double()
         # Centred rows a block at a time, in one reused buffer: no [n, d] copy (whose fresh pages cost about 15 ms at
-        # 20,000 x 768 on the AMD host). Each block's Gram matrix is accumulated in float32, as scikit-learn's float32
-        # path, and the blocks are summed in float64.
+        # 20,000 x 768, timed once on the AMD host). Each block's Gram matrix is accumulated in float32, as
+        # scikit-learn's float32 path, and the blocks are summed in float64.
         rows = -(-n // max(1, -(-n // _CENTRED_ROWS)))  # equal blocks of at most _CENTRED_ROWS (no small last one)
         buf = torch.empty(rows, d, device=X.device, dtype=X.dtype)
         total = torch.zeros(d, d, device=X.device, dtype=torch.float64)
