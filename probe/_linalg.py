@@ -31,8 +31,8 @@ def gram(a):
 
 
 def symmetric_eigh(A):
-    """Eigenvalues (ascending) and eigenvectors of the symmetric float32/float64 tensor ``A``: the one
-    eigendecomposition of the package (ridge, the transferability scores).
+    """Eigenvalues (ascending) and eigenvectors of the symmetric float32/float64 tensor ``A``: every full
+    eigendecomposition of the package goes through it (ridge, the transferability scores).
 
     On CPU, LAPACK's divide-and-conquer ``syevd`` through scipy (OpenBLAS), held to one thread: timed once on the AMD
     EPYC host (a throwaway script, not a benchmark) for a 768 x 768 float64 Gram matrix, 0.080 s against 0.099 s for
