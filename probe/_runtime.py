@@ -160,6 +160,27 @@ def full_fp32(device, precision: str):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
+_BLAS_CONTROLLER = []
+
+
+@contextmanager
+def blas_threads(n: int):
+    """Run the block with numpy's and scipy's BLAS (OpenBLAS) on ``n`` threads (restored afterwards).
+
+    The loaded BLAS libraries are found once per process (``threadpoolctl.ThreadpoolController``): a fresh
+    ``threadpool_limits`` scans them again on every entry, about 1 ms, which the per-block calls of a streaming pass
+    would pay each time. scipy's own OpenBLAS is loaded before they are found, so it is among them.
+    """
+    if not _BLAS_CONTROLLER:
+        import numpy  # noqa: F401  (numpy's and scipy's OpenBLAS, loaded before the scan)
+        import scipy.linalg  # noqa: F401
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_CONTROLLER.append(ThreadpoolController())
+    with _BLAS_CONTROLLER[0].limit(limits=max(1, int(n)), user_api="blas"):
+        yield
+
+
 @contextmanager
 def quiet_blas():
     """Hold numpy/scipy's BLAS (OpenBLAS) to one thread while torch does the heavy work on the CPU.
@@ -167,9 +188,7 @@ def quiet_blas():
     Between torch's kernels, scipy and numpy make small BLAS calls; OpenBLAS's idle threads then spin-wait on the
     cores torch's OpenMP threads need (benchmarks/bench_probes.py shows the effect on the logistic sweep).
     """
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
+    with blas_threads(1):
         yield
 
 

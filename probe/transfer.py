@@ -33,7 +33,10 @@ score                     what it measures                                      
 
 LogME and both H-scores need only D x D statistics: :class:`FeatureStats` accumulates them chunk by chunk
 (float64), so :func:`scores_from_cache` reads the HDF5 file in blocks with memory flat in the number of images.
-The other scores hold the features in memory. Everything runs in torch, on the GPU when one is given.
+The other scores hold the features in memory. Everything runs in torch, on the GPU when one is given; on the CPU the
+streaming pass's Gram matrix is BLAS's symmetric product (``dsyrk``, :class:`probe._linalg.GramSum`) and LogME takes
+the eigenvalues of F^T F and the coordinates of F^T Y in its eigenvectors without forming them
+(:func:`probe._linalg.eigh_coordinates`).
 
 Notes where a reference implementation and the paper part ways, and which side this module takes:
 
@@ -52,6 +55,7 @@ Notes where a reference implementation and the paper part ways, and which side t
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Iterable, Mapping
@@ -60,7 +64,7 @@ import numpy as np
 
 from ._errors import UsageError
 from ._linalg import gram as _gram
-from ._linalg import symmetric_eigh
+from ._linalg import GramSum, eigh_coordinates, symmetric_eigh
 from ._runtime import factor_threads, torch_threads
 
 
@@ -215,7 +219,8 @@ class FeatureStats:
         self.fourth_moments = fourth_moments
         self.n = 0
         self.shift = None  # [D], float64 holding exactly the value subtracted from each block
-        self.gram = None  # sum of (x - shift)(x - shift)^T  [D, D]
+        self._gram = None  # GramSum of (x - shift): the running sum of (x - shift)(x - shift)^T  [D, D]
+        self._gram_total = None  # its symmetric total, kept until the next update
         self.sum = None  # sum of (x - shift)  [D]
         self.class_count = None  # [C]
         self.class_sum = None  # sum of (x - shift) per class  [C, D]
@@ -242,7 +247,7 @@ class FeatureStats:
                 shift = x.to(f64).mean(0)
             d = x.shape[1]
             self.shift = shift
-            self.gram = torch.zeros(d, d, dtype=f64, device=self.device)
+            self._gram = GramSum(d, self.device)
             self.sum = torch.zeros(d, dtype=f64, device=self.device)
             if self.fourth_moments:
                 self.sq = torch.zeros((), dtype=f64, device=self.device)
@@ -251,34 +256,31 @@ class FeatureStats:
             if self.n_classes is not None:
                 self.class_count = torch.zeros(self.n_classes, dtype=f64, device=self.device)
                 self.class_sum = torch.zeros(self.n_classes, d, dtype=f64, device=self.device)
-        if x.dtype == f64:
-            xs = x - self.shift
-        else:
-            if self._buffer is None or self._buffer.shape[0] < x.shape[0]:
-                self._buffer = torch.empty(x.shape, dtype=f64, device=x.device)
-            # a copy then an in-place subtraction: a subtraction that promotes float32 to float64 runs element by
-            # element (21 ms against 5 ms for 8,192 x 768, timed once on the AMD host)
-            xs = self._buffer[:x.shape[0]].copy_(x).sub_(self.shift)
-        gram = _gram(xs)
-        if not bool(torch.isfinite(gram.diagonal().sum())):  # a NaN or inf anywhere in the block reaches it
+        xs = self._shifted(x)
+        self._gram.add(xs)
+        self._gram_total = None
+        if not math.isfinite(self._gram.trace()):  # a NaN or inf anywhere in a block reaches the diagonal
             _check_finite(x, "features")
             raise UsageError("features are too large to score in float64 (their squared norms overflow); rescale "
                              "them before scoring")
         self.n += xs.shape[0]
-        self.gram += gram
-        if self.fourth_moments:
-            a = (xs * xs).sum(1, dtype=f64)
-            self.sq += a.sum()
-            self.sq2 += (a * a).sum()
-            self.sq_x += a @ xs
-        if labels is not None:
-            y = torch.as_tensor(np.asarray(labels), device=self.device, dtype=torch.int64)
-            self.class_count.index_add_(0, y, torch.ones_like(y, dtype=f64))
-            part = torch.zeros_like(self.class_sum).index_add_(0, y, xs)
-            self.class_sum += part
-            self.sum += part.sum(0)  # the block's sum from its class sums: no second pass over the block
-        else:
-            self.sum += xs.sum(0)
+        # on the CPU the rest on one torch thread: OpenMP threads woken beside the BLAS threads of the Gram product
+        # spin-wait on the same cores (two threads cost 0.07 s more per 20,000 x 768 pass, one 0.013 s, timed once
+        # on the AMD host in a throwaway script)
+        with torch_threads(1) if xs.device.type == "cpu" else nullcontext():
+            if self.fourth_moments:
+                a = (xs * xs).sum(1, dtype=f64)
+                self.sq += a.sum()
+                self.sq2 += (a * a).sum()
+                self.sq_x += a @ xs
+            if labels is not None:
+                y = torch.as_tensor(np.asarray(labels), device=self.device, dtype=torch.int64)
+                self.class_count.index_add_(0, y, torch.ones_like(y, dtype=f64))
+                part = torch.zeros_like(self.class_sum).index_add_(0, y, xs)
+                self.class_sum += part
+                self.sum += part.sum(0)  # the block's sum from its class sums: no second pass over the block
+            else:
+                self.sum += xs.sum(0)
         if targets is not None:
             t = _as64(targets, self.device)
             t = t[:, None] if t.ndim == 1 else t
@@ -292,15 +294,46 @@ class FeatureStats:
             self.target_sq += (t * t).sum(0)
         return self
 
+    def _shifted(self, x):
+        """The block ``x`` minus the shift, in float64 (a reused buffer for a float32 block)."""
+        torch = _torch()
+        f64 = torch.float64
+        if x.dtype == f64:
+            return x - self.shift
+        if self._buffer is None or self._buffer.shape[0] < x.shape[0]:
+            # on the CPU numpy's allocation: it asks the kernel for huge pages (madvise), which a fresh 50 MB buffer
+            # fills about three times as fast as torch's (7 ms against 21-25 ms for 8,192 x 768, timed once on the
+            # AMD host in a throwaway script)
+            self._buffer = (torch.from_numpy(np.empty(tuple(x.shape))) if x.device.type == "cpu"
+                            else torch.empty(x.shape, dtype=f64, device=x.device))
+        out = self._buffer[:x.shape[0]]
+        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float16):
+            # numpy's single-threaded cast and subtraction: no OpenMP threads woken beside the BLAS threads
+            np.copyto(out.numpy(), x.numpy())
+            np.subtract(out.numpy(), self.shift.numpy(), out=out.numpy())
+            return out
+        # a copy then an in-place subtraction: a subtraction that promotes float32 to float64 runs element by element
+        # (21 ms against 5 ms for 8,192 x 768 on the CPU, timed once on the AMD host)
+        return out.copy_(x).sub_(self.shift)
+
     # derived quantities --------------------------------------------------------------------------------------
+    @property
+    def gram(self):
+        """The sum of (x - shift)(x - shift)^T over every block [D, D] (float64, symmetric)."""
+        if self._gram_total is None:
+            self._gram_total = self._gram.total()
+        return self._gram_total
+
     @property
     def mean(self):
         return self.shift + self.sum / self.n
 
     def raw_gram(self):
         """F^T F of the raw (unshifted) features."""
-        h, s = self.shift, self.sum
-        return self.gram + s[:, None] * h[None, :] + h[:, None] * s[None, :] + self.n * h[:, None] * h[None, :]
+        torch = _torch()
+        h = self.shift
+        u = self.sum + (self.n / 2.0) * h  # s h^T + h s^T + n h h^T = u h^T + h u^T
+        return torch.addr(torch.addr(self.gram, u, h), h, u)
 
     def covariance(self):
         """Covariance of the features (divided by N)."""
@@ -368,10 +401,8 @@ def streamed_stats(names: Iterable[str], blocks, n_classes: int | None, device=N
 
 def logme_from_stats(stats: FeatureStats, *, regression: bool = False, tol: float = 1e-3,
                      max_iter: int = 11) -> float:
-    """LogME from streamed statistics: one eigendecomposition of F^T F, every class (target) at once."""
-    gram = stats.raw_gram()
-    sigma, vecs = symmetric_eigh(gram)
-    sigma = sigma.clamp_min(0.0)
+    """LogME from streamed statistics: the eigenvalues of F^T F and V^T F^T Y (:func:`eigh_coordinates`), every class
+    (target) at once."""
     if regression:
         cross = stats.target_cross + stats.shift[:, None] * stats.target_sum[None, :]  # F^T Y  [D, T]
         yy = stats.target_sq
@@ -379,7 +410,8 @@ def logme_from_stats(stats: FeatureStats, *, regression: bool = False, tol: floa
         cross = (stats.class_sum + stats.class_count[:, None] * stats.shift[None, :]).T  # F^T onehot(y)  [D, C]
         keep = stats.class_count > 0
         cross, yy = cross[:, keep], stats.class_count[keep]
-    return float(_logme_evidence(sigma, vecs.T @ cross, yy, stats.n, tol=tol, max_iter=max_iter).mean())
+    sigma, z = eigh_coordinates(stats.raw_gram(), cross)
+    return float(_logme_evidence(sigma.clamp_min(0.0), z, yy, stats.n, tol=tol, max_iter=max_iter).mean())
 
 
 def _logme_evidence(sigma, z, yy, n: int, *, tol: float, max_iter: int):

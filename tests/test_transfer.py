@@ -514,3 +514,61 @@ def test_wide_gram_matrix_from_its_block_upper_triangle():
     g = gram(a)
     assert torch.equal(g[:75, 75:], g[75:, :75].T)
     np.testing.assert_allclose(g.numpy(), a.numpy().T @ a.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["random", "rank-deficient", "one-column", "repeated"])
+def test_eigen_coordinates_without_the_eigenvectors_equal_scipy_eigh(case):
+    """The tridiagonal route (dsytrd, Q^T B by dormqr, dstevd) gives LAPACK's eigenvalues and V^T B: equal to
+    scipy's eigh and its eigenvectors' products (up to each eigenvector's sign; within a repeated eigenvalue only
+    the squared length of B's coordinates in the eigenspace is defined, and that is compared)."""
+    import torch
+
+    from probe._linalg import eigh_coordinates
+
+    rng = np.random.default_rng(11)
+    f = rng.normal(size=(40, 30)) + 3.0
+    if case == "rank-deficient":
+        f = rng.normal(size=(12, 30))  # rank 12 < 30: 18 zero eigenvalues
+    a = f.T @ f
+    if case == "repeated":
+        q, _ = np.linalg.qr(rng.normal(size=(30, 30)))
+        a = (q * np.repeat([1.0, 5.0, 9.0], 10)) @ q.T
+    b = rng.normal(size=(30, 1 if case == "one-column" else 7))
+    w, z = eigh_coordinates(torch.from_numpy(a), torch.from_numpy(b))
+    w_ref, v_ref = scipy.linalg.eigh(a)
+    z_ref = v_ref.T @ b
+    scale = np.abs(w_ref).max()
+    np.testing.assert_allclose(w.numpy(), w_ref, rtol=0, atol=1e-12 * scale)
+    if case == "repeated":
+        for lo in range(0, 30, 10):
+            np.testing.assert_allclose((z.numpy()[lo:lo + 10] ** 2).sum(0), (z_ref[lo:lo + 10] ** 2).sum(0),
+                                       rtol=1e-10)
+    elif case == "rank-deficient":  # the null space is one repeated eigenvalue: its share of B as a whole
+        np.testing.assert_allclose(np.abs(z.numpy()[18:]), np.abs(z_ref[18:]), rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose((z.numpy()[:18] ** 2).sum(0), (z_ref[:18] ** 2).sum(0), rtol=1e-10)
+    else:
+        np.testing.assert_allclose(np.abs(z.numpy()), np.abs(z_ref), rtol=1e-8, atol=1e-10)
+
+
+def test_gram_sum_over_blocks_equals_one_float64_product():
+    """GramSum adds each block's a^T a into one triangle (dsyrk on the CPU) and mirrors it: equal to numpy's product
+    of all rows; a NaN in any block leaves the diagonal's sum non-finite."""
+    import torch
+
+    from probe._linalg import GramSum
+
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(301, 257)) * 10.0 + 1.0
+    s = GramSum(257)
+    for lo, hi in [(0, 100), (100, 101), (101, 301)]:
+        s.add(torch.from_numpy(a[lo:hi]))
+    total = s.total().numpy()
+    assert total.flags.c_contiguous and np.array_equal(total, total.T)
+    np.testing.assert_allclose(total, a.T @ a, rtol=1e-12, atol=1e-9)
+    assert math.isclose(s.trace(), float(np.trace(a.T @ a)), rel_tol=1e-12)
+    s.add(torch.from_numpy(a[:3].T.copy().T))  # a non-contiguous view of rows
+    np.testing.assert_allclose(s.total().numpy(), a.T @ a + a[:3].T @ a[:3], rtol=1e-12, atol=1e-9)
+    bad = a[:4].copy()
+    bad[2, 100] = np.nan
+    s.add(torch.from_numpy(bad))
+    assert not math.isfinite(s.trace())
