@@ -64,13 +64,25 @@ def init(device: str = "auto") -> bool:
 
 
 def _leave() -> None:
+    """Leave the group at exit, the ranks together.
+
+    On gloo the ranks first meet at a barrier (at most a minute): a rank that tears its group down while its peer
+    still holds the connections can abort at exit ("terminate called without an active exception"), which
+    happened on the 2-core host under load after a finished job (the job's file already written).
+    """
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        try:
-            dist.destroy_process_group()
-        except Exception:  # exiting anyway
-            pass
+    if not dist.is_initialized():
+        return
+    try:
+        if dist.get_backend() == "gloo" and dist.get_world_size() > 1:
+            dist.monitored_barrier(timeout=timedelta(seconds=60))
+    except Exception:  # a peer already gone: leave anyway
+        pass
+    try:
+        dist.destroy_process_group()
+    except Exception:  # exiting anyway
+        pass
 
 
 def active() -> bool:
