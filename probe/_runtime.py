@@ -275,9 +275,10 @@ def factor_threads(A):
 
     MKL's multithreaded ``syevd`` and ``potrf`` at these orders cost far more than one thread on a 2-core host shared
     with other jobs (measured outside the benchmarks on the AMD EPYC host with other agents running: a 768 x 768
-    ``eigh`` 0.10 s of CPU on one thread, 0.57 s on two). On the idle host two threads are a little faster
-    (``benchmarks/bench_transfer.py`` prints both: 0.105 s against 0.072 s); one thread is kept as the rule that
-    never loses badly. On other devices nothing changes. Used by every float64 Cholesky factorisation and solve of
+    ``eigh`` 0.10 s of CPU on one thread, 0.57 s on two). On the idle host two threads win little or nothing
+    (``benchmarks/bench_transfer.py`` prints LogME's eigen step on one thread through scipy and on two through torch:
+    0.079-0.083 s against 0.060-0.101 s in six runs on Dec 7); one thread is kept as the rule that never loses
+    badly. On other devices nothing changes. Used by every float64 Cholesky factorisation and solve of
     the package (ridge, the transferability scores); eigendecompositions go through
     :func:`probe._linalg.symmetric_eigh`.
     """
